@@ -1,0 +1,1 @@
+//! Redirecting file system.
