@@ -12,6 +12,12 @@
 //! assert_eq!(share.volume_dir().unwrap(), std::path::Path::new("/srv/store/data"));
 //! ```
 
+pub mod beneath;
+pub mod fdcache;
+pub mod meta;
+pub mod names;
 pub mod share;
+pub mod store;
 
 pub use share::{ShareSpec, ShareSpecError, StoreSpec};
+pub use store::{Store, StoreError};

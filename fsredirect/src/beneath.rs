@@ -1,0 +1,129 @@
+//! Host path resolution that never leaves a directory and never follows a host symlink.
+//!
+//! Every store path is resolved with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+//! RESOLVE_NO_MAGICLINKS)` from the volume's directory fd, so neither a `..` nor a symlink
+//! planted in the store can lead outside it.
+
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// `struct open_how` of openat2(2); libc marks its own non-exhaustive, so it cannot be built.
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// Opens `path` (relative, '/'-separated) beneath `dir` with `flags`, refusing symlinks.
+pub fn open_beneath(dir: &impl AsRawFd, path: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64,
+        mode: if flags & libc::O_CREAT != 0 {
+            u64::from(mode)
+        } else {
+            0
+        },
+        resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: `path` is a valid NUL-terminated string and `how` a valid open_how that lives
+    // across the call; the kernel reads `size_of(open_how)` bytes from it.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the syscall returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Opens a regular file beneath `dir` for reading and writing, after checking through an
+/// `O_PATH` descriptor that it is one: a FIFO or device node is never opened for I/O.
+pub fn open_regular_beneath(dir: &impl AsRawFd, path: &CStr) -> io::Result<File> {
+    let path_fd = open_beneath(dir, path, libc::O_PATH, 0)?;
+    let st = fstat(&path_fd)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(io::Error::from_raw_os_error(libc::EIO));
+    }
+    let proc_path = CString::new(format!("/proc/self/fd/{}", path_fd.as_raw_fd()))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `proc_path` is NUL-terminated; reopening our own O_PATH fd through /proc only
+    // reaches the file it already names.
+    let fd = unsafe {
+        libc::open(
+            proc_path.as_ptr(),
+            libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOCTTY,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `open` returned a new descriptor that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// `fstat` on any descriptor.
+pub fn fstat(fd: &impl AsRawFd) -> io::Result<libc::stat64> {
+    let mut st = std::mem::MaybeUninit::<libc::stat64>::zeroed();
+    // SAFETY: `st` is a writable stat64 buffer; the fd is valid for the call.
+    let res = unsafe { libc::fstat64(fd.as_raw_fd(), st.as_mut_ptr()) };
+    if res < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat64 succeeded, so it filled the buffer (which was zeroed anyway).
+    Ok(unsafe { st.assume_init() })
+}
+
+/// Turns the result of a libc call returning -1 on error into an `io::Result`.
+pub fn check(res: libc::c_int) -> io::Result<libc::c_int> {
+    if res < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(res)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotdot_cannot_escape() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = File::open(tmp.path()).unwrap();
+        let err = open_beneath(&dir, c"../etc", libc::O_PATH, 0).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EXDEV));
+    }
+
+    #[test]
+    fn symlink_component_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("real")).unwrap();
+        std::os::unix::fs::symlink("real", tmp.path().join("link")).unwrap();
+        std::fs::write(tmp.path().join("real/f"), b"x").unwrap();
+        let dir = File::open(tmp.path()).unwrap();
+        assert!(open_beneath(&dir, c"link/f", libc::O_RDONLY, 0).is_err());
+        assert!(open_beneath(&dir, c"real/f", libc::O_RDONLY, 0).is_ok());
+    }
+
+    #[test]
+    fn fifo_is_never_opened_for_io() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo =
+            CString::new(tmp.path().join("p").into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let dir = File::open(tmp.path()).unwrap();
+        let err = open_regular_beneath(&dir, c"p").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    }
+}

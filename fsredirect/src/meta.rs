@@ -1,0 +1,196 @@
+//! The redirect metadata kept on a stub in the guest tree, as one small extended attribute.
+//!
+//! Two kinds: a redirected regular file names its volume and common portion; an inert special
+//! file (FIFO, socket, device node the guest created) records its type and device number, since
+//! the host keeps it as an empty regular file. The value stays small (tens of bytes for usual
+//! paths) so that on ext4 it fits inside the inode and does not count in `st_blocks`.
+
+use std::ffi::CStr;
+
+/// Attribute name used when the server runs as root: `trusted.*` is invisible to host users.
+pub const META_XATTR_ROOT: &CStr = c"trusted.fsredirect";
+/// Attribute name used otherwise (`trusted.*` needs CAP_SYS_ADMIN).
+pub const META_XATTR_USER: &CStr = c"user.fsredirect";
+
+/// Errors decoding a metadata value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MetaError {
+    /// The value does not start with a known kind and version.
+    #[error("redirect metadata has unknown format (first bytes {0:02x?})")]
+    UnknownFormat(Vec<u8>),
+    /// The value is cut short or has a bad field.
+    #[error("redirect metadata of kind `{0}` is malformed")]
+    Malformed(char),
+}
+
+/// A `Result` with a [`MetaError`].
+pub type Result<T> = std::result::Result<T, MetaError>;
+
+/// What a stub's metadata says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Meta {
+    /// A redirected regular file: data in `<store>/<volume>/<portion>`.
+    Redirect {
+        /// The volume holding the data.
+        volume: Vec<u8>,
+        /// The common portion: path relative to the share root, without a leading '/'.
+        /// It names one of the file's hard links; after a directory rename it may be stale and
+        /// is corrected when the file is next looked up.
+        portion: Vec<u8>,
+    },
+    /// An inert special file: the guest sees this type and device number.
+    Special {
+        /// The `S_IFMT` bits of the guest's view.
+        kind: u32,
+        /// The device number (for character and block devices).
+        rdev: u32,
+    },
+}
+
+impl Meta {
+    /// Encodes as `R1 <volume> NUL <portion>` or `S1 <kind-hex> <rdev-hex>`.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Meta::Redirect { volume, portion } => {
+                let mut out = Vec::with_capacity(3 + volume.len() + portion.len());
+                out.extend_from_slice(b"R1");
+                out.extend_from_slice(volume);
+                out.push(0);
+                out.extend_from_slice(portion);
+                out
+            }
+            Meta::Special { kind, rdev } => format!("S1{kind:x} {rdev:x}").into_bytes(),
+        }
+    }
+
+    /// Decodes a value written by [`Meta::encode`].
+    pub fn decode(value: &[u8]) -> Result<Self> {
+        match value {
+            [b'R', b'1', rest @ ..] => {
+                let nul = rest
+                    .iter()
+                    .position(|&b| b == 0)
+                    .ok_or(MetaError::Malformed('R'))?;
+                let (volume, portion) = (&rest[..nul], &rest[nul + 1..]);
+                if volume.is_empty() || portion.is_empty() || portion.contains(&0) {
+                    return Err(MetaError::Malformed('R'));
+                }
+                Ok(Meta::Redirect {
+                    volume: volume.to_vec(),
+                    portion: portion.to_vec(),
+                })
+            }
+            [b'S', b'1', rest @ ..] => {
+                let text = std::str::from_utf8(rest).map_err(|_| MetaError::Malformed('S'))?;
+                let (kind, rdev) = text.split_once(' ').ok_or(MetaError::Malformed('S'))?;
+                let kind = u32::from_str_radix(kind, 16).map_err(|_| MetaError::Malformed('S'))?;
+                let rdev = u32::from_str_radix(rdev, 16).map_err(|_| MetaError::Malformed('S'))?;
+                if !is_special_kind(kind) {
+                    return Err(MetaError::Malformed('S'));
+                }
+                Ok(Meta::Special { kind, rdev })
+            }
+            _ => Err(MetaError::UnknownFormat(
+                value.iter().take(4).copied().collect(),
+            )),
+        }
+    }
+}
+
+/// True for the file types the host keeps inert: FIFOs, sockets, character and block devices.
+pub fn is_special_kind(kind: u32) -> bool {
+    matches!(
+        kind & libc::S_IFMT,
+        libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR | libc::S_IFBLK
+    ) && kind & !libc::S_IFMT == 0
+}
+
+/// True if `name` is reserved for us: the guest may neither read, write, remove nor list it.
+/// Both spellings are reserved whichever one this server uses, so a guest cannot plant the
+/// other one for a later server running with different privileges.
+pub fn is_reserved_xattr(name: &[u8]) -> bool {
+    [META_XATTR_ROOT, META_XATTR_USER]
+        .iter()
+        .any(|reserved| name.starts_with(reserved.to_bytes()))
+}
+
+/// Removes reserved names from a NUL-separated `listxattr` result.
+pub fn filter_xattr_list(list: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(list.len());
+    for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if !is_reserved_xattr(name) {
+            out.extend_from_slice(name);
+            out.push(0);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_meta_round_trips() {
+        let meta = Meta::Redirect {
+            volume: b"vol".to_vec(),
+            portion: b"dir/file.txt".to_vec(),
+        };
+        assert_eq!(Meta::decode(&meta.encode()).unwrap(), meta);
+    }
+
+    #[test]
+    fn special_meta_round_trips() {
+        let meta = Meta::Special {
+            kind: libc::S_IFCHR,
+            rdev: 0x0501,
+        };
+        assert_eq!(Meta::decode(&meta.encode()).unwrap(), meta);
+    }
+
+    #[test]
+    fn redirect_meta_is_small_for_usual_paths() {
+        let meta = Meta::Redirect {
+            volume: b"data".to_vec(),
+            portion: b"home/user/report.pdf".to_vec(),
+        };
+        assert!(meta.encode().len() < 40);
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        assert!(matches!(
+            Meta::decode(b"hello"),
+            Err(MetaError::UnknownFormat(_))
+        ));
+    }
+
+    #[test]
+    fn redirect_without_portion_is_refused() {
+        assert_eq!(Meta::decode(b"R1vol\0"), Err(MetaError::Malformed('R')));
+    }
+
+    #[test]
+    fn special_with_regular_kind_is_refused() {
+        let value = format!("S1{:x} 0", libc::S_IFREG);
+        assert_eq!(
+            Meta::decode(value.as_bytes()),
+            Err(MetaError::Malformed('S'))
+        );
+    }
+
+    #[test]
+    fn reserved_names_cover_both_spellings_and_suffixes() {
+        assert!(is_reserved_xattr(b"trusted.fsredirect"));
+        assert!(is_reserved_xattr(b"user.fsredirect"));
+        assert!(is_reserved_xattr(b"user.fsredirect.extra"));
+        assert!(!is_reserved_xattr(b"user.fsredirec"));
+        assert!(!is_reserved_xattr(b"user.other"));
+    }
+
+    #[test]
+    fn listing_hides_reserved_names() {
+        let list = b"user.a\0trusted.fsredirect\0user.b\0";
+        assert_eq!(filter_xattr_list(list), b"user.a\0user.b\0");
+    }
+}

@@ -1,0 +1,233 @@
+//! Guest names: validation before any host syscall, and the table of names through which each
+//! inode was reached (the common portion of a file is the path of one of its names).
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::io;
+
+/// The FUSE root inode.
+pub const ROOT_INODE: u64 = 1;
+
+/// Longest name component (NAME_MAX).
+pub const NAME_MAX: usize = 255;
+
+/// Checks a name the guest sent: one component, 1..=255 bytes, no '/', not '.' or '..'.
+/// (A `CStr` cannot hold NUL.) Fails with EINVAL, or ENAMETOOLONG for long names.
+pub fn validate_name(name: &CStr) -> io::Result<()> {
+    let bytes = name.to_bytes();
+    if bytes.len() > NAME_MAX {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    if bytes.is_empty() || bytes == b"." || bytes == b".." || bytes.contains(&b'/') {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    Ok(())
+}
+
+/// Where one inode was seen: (parent inode, name).
+type Link = (u64, CString);
+
+#[derive(Debug, Default)]
+struct Known {
+    links: Vec<Link>,
+    lookups: u64,
+}
+
+/// Inode -> names table, kept in step with the kernel's lookup counts.
+#[derive(Debug, Default)]
+pub struct NameTable {
+    inodes: HashMap<u64, Known>,
+}
+
+impl NameTable {
+    /// Records that the kernel now holds one more reference to `inode`, reached as
+    /// `parent`/`name`.
+    pub fn remember(&mut self, inode: u64, parent: u64, name: &CStr) {
+        let known = self.inodes.entry(inode).or_default();
+        known.lookups += 1;
+        if !known
+            .links
+            .iter()
+            .any(|(p, n)| *p == parent && n.as_c_str() == name)
+        {
+            known.links.push((parent, name.to_owned()));
+        }
+    }
+
+    /// Drops `count` kernel references; forgets the inode when none remain.
+    /// Returns true if the inode is no longer known.
+    pub fn forget(&mut self, inode: u64, count: u64) -> bool {
+        match self.inodes.get_mut(&inode) {
+            Some(known) => {
+                known.lookups = known.lookups.saturating_sub(count);
+                if known.lookups == 0 {
+                    self.inodes.remove(&inode);
+                    true
+                } else {
+                    false
+                }
+            }
+            None => true,
+        }
+    }
+
+    /// Removes the name `parent`/`name` from whichever inode has it.
+    pub fn remove_name(&mut self, parent: u64, name: &CStr) {
+        for known in self.inodes.values_mut() {
+            known
+                .links
+                .retain(|(p, n)| !(*p == parent && n.as_c_str() == name));
+        }
+    }
+
+    /// Renames `old` to `new` for whichever inode had `old`; a previous holder of `new` loses it.
+    pub fn rename(&mut self, old: (u64, &CStr), new: (u64, &CStr)) {
+        self.remove_name(new.0, new.1);
+        for known in self.inodes.values_mut() {
+            for link in known.links.iter_mut() {
+                if link.0 == old.0 && link.1.as_c_str() == old.1 {
+                    *link = (new.0, new.1.to_owned());
+                }
+            }
+        }
+    }
+
+    /// Swaps two names (RENAME_EXCHANGE).
+    pub fn exchange(&mut self, a: (u64, &CStr), b: (u64, &CStr)) {
+        for known in self.inodes.values_mut() {
+            for link in known.links.iter_mut() {
+                if link.0 == a.0 && link.1.as_c_str() == a.1 {
+                    *link = (b.0, b.1.to_owned());
+                } else if link.0 == b.0 && link.1.as_c_str() == b.1 {
+                    *link = (a.0, a.1.to_owned());
+                }
+            }
+        }
+    }
+
+    /// The path of `inode` relative to the share root, as components, through its first known
+    /// name; `None` if the inode or one of its ancestors has no known name.
+    pub fn path(&self, inode: u64) -> Option<Vec<CString>> {
+        let mut parts = Vec::new();
+        let mut current = inode;
+        // A depth bound guards against a cycle, which would be a bug, never a hang.
+        for _ in 0..4096 {
+            if current == ROOT_INODE {
+                parts.reverse();
+                return Some(parts);
+            }
+            let (parent, name) = self.inodes.get(&current)?.links.first()?;
+            parts.push(name.clone());
+            current = *parent;
+        }
+        None
+    }
+
+    /// The path of `parent`/`name` relative to the share root.
+    pub fn child_path(&self, parent: u64, name: &CStr) -> Option<Vec<CString>> {
+        let mut parts = self.path(parent)?;
+        parts.push(name.to_owned());
+        Some(parts)
+    }
+
+    /// All known names of `inode`.
+    pub fn links(&self, inode: u64) -> Vec<(u64, CString)> {
+        self.inodes
+            .get(&inode)
+            .map(|k| k.links.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Joins path components with '/'.
+pub fn join(parts: &[CString]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(b'/');
+        }
+        out.extend_from_slice(part.to_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_name_is_invalid() {
+        assert_eq!(
+            validate_name(c"").unwrap_err().raw_os_error(),
+            Some(libc::EINVAL)
+        );
+    }
+
+    #[test]
+    fn dot_and_dotdot_are_invalid() {
+        assert!(validate_name(c".").is_err());
+        assert!(validate_name(c"..").is_err());
+    }
+
+    #[test]
+    fn name_with_slash_is_invalid() {
+        assert!(validate_name(c"a/b").is_err());
+    }
+
+    #[test]
+    fn name_over_255_bytes_is_too_long() {
+        let long = CString::new(vec![b'a'; 256]).unwrap();
+        assert_eq!(
+            validate_name(&long).unwrap_err().raw_os_error(),
+            Some(libc::ENAMETOOLONG)
+        );
+        let ok = CString::new(vec![b'a'; 255]).unwrap();
+        assert!(validate_name(&ok).is_ok());
+    }
+
+    #[test]
+    fn path_walks_parents_to_root() {
+        let mut t = NameTable::default();
+        t.remember(2, ROOT_INODE, c"dir");
+        t.remember(3, 2, c"file");
+        assert_eq!(join(&t.path(3).unwrap()), b"dir/file");
+    }
+
+    #[test]
+    fn rename_of_directory_moves_descendant_paths() {
+        let mut t = NameTable::default();
+        t.remember(2, ROOT_INODE, c"dir");
+        t.remember(3, 2, c"file");
+        t.rename((ROOT_INODE, c"dir"), (ROOT_INODE, c"moved"));
+        assert_eq!(join(&t.path(3).unwrap()), b"moved/file");
+    }
+
+    #[test]
+    fn removing_first_link_falls_back_to_second() {
+        let mut t = NameTable::default();
+        t.remember(3, ROOT_INODE, c"a");
+        t.remember(3, ROOT_INODE, c"b");
+        t.remove_name(ROOT_INODE, c"a");
+        assert_eq!(join(&t.path(3).unwrap()), b"b");
+    }
+
+    #[test]
+    fn forget_drops_inode_after_last_reference() {
+        let mut t = NameTable::default();
+        t.remember(3, ROOT_INODE, c"a");
+        t.remember(3, ROOT_INODE, c"a");
+        assert!(!t.forget(3, 1));
+        assert!(t.forget(3, 1));
+        assert!(t.path(3).is_none());
+    }
+
+    #[test]
+    fn exchange_swaps_names() {
+        let mut t = NameTable::default();
+        t.remember(3, ROOT_INODE, c"a");
+        t.remember(4, ROOT_INODE, c"b");
+        t.exchange((ROOT_INODE, c"a"), (ROOT_INODE, c"b"));
+        assert_eq!(join(&t.path(3).unwrap()), b"b");
+        assert_eq!(join(&t.path(4).unwrap()), b"a");
+    }
+}

@@ -1,0 +1,438 @@
+//! The store side of one volume: `<store>/<volume>/` for data and
+//! `<store>/.fsredirect/<volume>/` for control data (format version, lock, orphans).
+//!
+//! All paths given here are guest paths already validated component by component; they are
+//! resolved beneath the volume's directory fd without following symlinks ([`crate::beneath`]).
+//! Stored objects are created with mode 0600 and never take guest ownership.
+
+use std::ffi::{CStr, CString};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::beneath::{check, open_beneath, open_regular_beneath};
+use crate::names::join;
+
+/// Name of the control area inside the store root.
+pub const CONTROL_DIR: &str = ".fsredirect";
+/// Version of the on-disk layout, written to `<control>/format`.
+pub const FORMAT_VERSION: &str = "fsredirect-1\n";
+
+/// Errors opening a volume.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A directory of the store could not be created or opened.
+    #[error("cannot prepare store directory {path}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// What the host said.
+        #[source]
+        source: io::Error,
+    },
+    /// Another server holds the volume.
+    #[error("volume `{volume}` of store {store} is in use by another server (lock file {lock}); stop it first")]
+    Busy {
+        /// The volume.
+        volume: String,
+        /// The store root.
+        store: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// The lock file could not be opened or locked.
+    #[error("cannot lock volume with {path}")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// What the host said.
+        #[source]
+        source: io::Error,
+    },
+    /// The control area holds a layout this version does not know.
+    #[error("store control area {path} has format {found:?}, expected {FORMAT_VERSION:?}")]
+    Format {
+        /// The format file.
+        path: PathBuf,
+        /// What it contains.
+        found: String,
+    },
+}
+
+/// A `Result` with a [`StoreError`].
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// An open, locked volume of a store.
+#[derive(Debug)]
+pub struct Store {
+    volume: OwnedFd,
+    orphans: OwnedFd,
+    volume_path: PathBuf,
+    next_orphan: AtomicU64,
+    // Held for the lifetime of the server: the flock is released when it closes.
+    _lock: File,
+}
+
+impl Store {
+    /// Opens (creating if needed) `volume` in the store at `root`, takes the volume lock and
+    /// clears orphans left by a previous server (none can still be open: we hold the lock).
+    pub fn open(root: &Path, volume: &str) -> Result<Self> {
+        let volume_path = root.join(volume);
+        let control = root.join(CONTROL_DIR).join(volume);
+        let orphans_path = control.join("orphans");
+        for dir in [&volume_path, &control, &orphans_path] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| StoreError::Dir {
+                    path: dir.clone(),
+                    source,
+                })?;
+        }
+        let lock_path = control.join("lock");
+        let mut lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&lock_path)
+            .map_err(|source| StoreError::Lock {
+                path: lock_path.clone(),
+                source,
+            })?;
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(StoreError::Busy {
+                    volume: volume.to_string(),
+                    store: root.to_path_buf(),
+                    lock: lock_path,
+                });
+            }
+            return Err(StoreError::Lock {
+                path: lock_path,
+                source: err,
+            });
+        }
+        let lock_err = |source| StoreError::Lock {
+            path: lock_path.clone(),
+            source,
+        };
+        lock.set_len(0).map_err(lock_err)?;
+        writeln!(lock, "{}", std::process::id()).map_err(lock_err)?;
+        check_format(&control.join("format"))?;
+        let open_dir = |path: &Path| -> Result<OwnedFd> {
+            File::open(path)
+                .map(OwnedFd::from)
+                .map_err(|source| StoreError::Dir {
+                    path: path.to_path_buf(),
+                    source,
+                })
+        };
+        let store = Store {
+            volume: open_dir(&volume_path)?,
+            orphans: open_dir(&orphans_path)?,
+            volume_path,
+            next_orphan: AtomicU64::new(0),
+            _lock: lock,
+        };
+        store.clear_orphans(&orphans_path)?;
+        Ok(store)
+    }
+
+    /// The volume's data directory.
+    pub fn volume_path(&self) -> &Path {
+        &self.volume_path
+    }
+
+    fn clear_orphans(&self, path: &Path) -> Result<()> {
+        let entries = fs::read_dir(path).map_err(|source| StoreError::Dir {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            if let Err(e) = fs::remove_file(entry.path()) {
+                log::warn!("cannot remove orphan {}: {e}", entry.path().display());
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the directory holding `parts` (all but the last component), creating missing
+    /// directories when `create` is set, and returns it with the last component.
+    fn parent<'a>(&self, parts: &'a [CString], create: bool) -> io::Result<(OwnedFd, &'a CStr)> {
+        let (last, dirs) = parts
+            .split_last()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let mut fd = open_beneath(&self.volume, c".", libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        for dir in dirs {
+            fd = match open_beneath(&fd, dir, libc::O_PATH | libc::O_DIRECTORY, 0) {
+                Ok(next) => next,
+                Err(e) if create && e.raw_os_error() == Some(libc::ENOENT) => {
+                    // SAFETY: `dir` is NUL-terminated; mkdirat creates one entry under `fd`.
+                    let res = unsafe { libc::mkdirat(fd.as_raw_fd(), dir.as_ptr(), 0o700) };
+                    if res < 0 {
+                        let err = io::Error::last_os_error();
+                        if err.raw_os_error() != Some(libc::EEXIST) {
+                            return Err(err);
+                        }
+                    }
+                    open_beneath(&fd, dir, libc::O_PATH | libc::O_DIRECTORY, 0)?
+                }
+                Err(e) => return Err(e),
+            };
+        }
+        Ok((fd, last.as_c_str()))
+    }
+
+    fn cpath(parts: &[CString]) -> io::Result<CString> {
+        CString::new(join(parts)).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+    }
+
+    /// Creates an empty private object at `parts`, replacing a leftover object that no stub
+    /// names (the caller checked that no guest file has this name).
+    pub fn create_object(&self, parts: &[CString]) -> io::Result<File> {
+        let (dir, name) = self.parent(parts, true)?;
+        // SAFETY: `name` is one validated component; unlinkat only touches that entry.
+        unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
+        let fd = open_beneath(
+            &dir,
+            name,
+            libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+            0o600,
+        )?;
+        Ok(File::from(fd))
+    }
+
+    /// Opens the object at `parts` for I/O.
+    pub fn open_object(&self, parts: &[CString]) -> io::Result<File> {
+        open_regular_beneath(&self.volume, &Self::cpath(parts)?)
+    }
+
+    /// `fstatat` without following symlinks, beneath the volume.
+    pub fn stat_object(&self, parts: &[CString]) -> io::Result<libc::stat64> {
+        let fd = open_beneath(&self.volume, &Self::cpath(parts)?, libc::O_PATH, 0)?;
+        crate::beneath::fstat(&fd)
+    }
+
+    /// Removes the object (or empty directory, with `dir`) at `parts`; a missing one is fine.
+    pub fn remove(&self, parts: &[CString], dir: bool) -> io::Result<()> {
+        let (parent, name) = match self.parent(parts, false) {
+            Ok(p) => p,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
+        // SAFETY: one validated component under a directory fd we own.
+        match check(unsafe { libc::unlinkat(parent.as_raw_fd(), name.as_ptr(), flags) }) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// Renames `old` to `new` with renameat2 `flags`; a missing `old` is reported as ENOENT.
+    pub fn rename(&self, old: &[CString], new: &[CString], flags: u32) -> io::Result<()> {
+        let (old_dir, old_name) = self.parent(old, false)?;
+        let (new_dir, new_name) = self.parent(new, true)?;
+        // SAFETY: single validated components under directory fds we own.
+        check(unsafe {
+            libc::renameat2(
+                old_dir.as_raw_fd(),
+                old_name.as_ptr(),
+                new_dir.as_raw_fd(),
+                new_name.as_ptr(),
+                flags,
+            )
+        })
+        .map(|_| ())
+    }
+
+    /// Hard-links the object at `old` as `new`.
+    pub fn link(&self, old: &[CString], new: &[CString]) -> io::Result<()> {
+        let (old_dir, old_name) = self.parent(old, false)?;
+        let (new_dir, new_name) = self.parent(new, true)?;
+        // SAFETY: single validated components under directory fds we own; flags 0 means the
+        // old name is not followed if it is a symlink.
+        check(unsafe {
+            libc::linkat(
+                old_dir.as_raw_fd(),
+                old_name.as_ptr(),
+                new_dir.as_raw_fd(),
+                new_name.as_ptr(),
+                0,
+            )
+        })
+        .map(|_| ())
+    }
+
+    /// Moves the object at `parts` into the orphan area; returns its orphan name.
+    pub fn orphan(&self, parts: &[CString], inode: u64) -> io::Result<CString> {
+        let n = self.next_orphan.fetch_add(1, Ordering::Relaxed);
+        let orphan = CString::new(format!("{inode}-{n}"))
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let (dir, name) = self.parent(parts, false)?;
+        // SAFETY: single components under directory fds we own.
+        check(unsafe {
+            libc::renameat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                self.orphans.as_raw_fd(),
+                orphan.as_ptr(),
+            )
+        })?;
+        Ok(orphan)
+    }
+
+    /// Moves an orphan back to `parts` (undoing [`Store::orphan`]).
+    pub fn unorphan(&self, orphan: &CStr, parts: &[CString]) -> io::Result<()> {
+        let (dir, name) = self.parent(parts, true)?;
+        // SAFETY: single components under directory fds we own.
+        check(unsafe {
+            libc::renameat(
+                self.orphans.as_raw_fd(),
+                orphan.as_ptr(),
+                dir.as_raw_fd(),
+                name.as_ptr(),
+            )
+        })
+        .map(|_| ())
+    }
+
+    /// Opens an orphan for I/O.
+    pub fn open_orphan(&self, orphan: &CStr) -> io::Result<File> {
+        open_regular_beneath(&self.orphans, orphan)
+    }
+
+    /// Removes an orphan.
+    pub fn remove_orphan(&self, orphan: &CStr) -> io::Result<()> {
+        // SAFETY: one component under the orphan directory fd we own.
+        check(unsafe { libc::unlinkat(self.orphans.as_raw_fd(), orphan.as_ptr(), 0) }).map(|_| ())
+    }
+
+    /// `fstatvfs` of the volume.
+    pub fn statvfs(&self) -> io::Result<libc::statvfs64> {
+        let mut st = std::mem::MaybeUninit::<libc::statvfs64>::zeroed();
+        // SAFETY: `st` is a writable statvfs64 buffer; the fd is valid.
+        check(unsafe { libc::fstatvfs64(self.volume.as_raw_fd(), st.as_mut_ptr()) })?;
+        // SAFETY: the call succeeded and filled the (zeroed) buffer.
+        Ok(unsafe { st.assume_init() })
+    }
+}
+
+fn check_format(path: &Path) -> Result<()> {
+    match fs::read_to_string(path) {
+        Ok(found) if found == FORMAT_VERSION => Ok(()),
+        Ok(found) => Err(StoreError::Format {
+            path: path.to_path_buf(),
+            found,
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::write(path, FORMAT_VERSION).map_err(|source| StoreError::Dir {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+        Err(source) => Err(StoreError::Dir {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(path: &str) -> Vec<CString> {
+        path.split('/').map(|p| CString::new(p).unwrap()).collect()
+    }
+
+    #[test]
+    fn open_creates_volume_and_control_area() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _store = Store::open(tmp.path(), "vol").unwrap();
+        assert!(tmp.path().join("vol").is_dir());
+        assert!(tmp.path().join(".fsredirect/vol/orphans").is_dir());
+        assert_eq!(
+            fs::read_to_string(tmp.path().join(".fsredirect/vol/format")).unwrap(),
+            FORMAT_VERSION
+        );
+    }
+
+    #[test]
+    fn second_server_on_same_volume_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _first = Store::open(tmp.path(), "vol").unwrap();
+        let err = Store::open(tmp.path(), "vol").unwrap_err();
+        assert!(matches!(err, StoreError::Busy { .. }), "{err}");
+    }
+
+    #[test]
+    fn lock_is_released_when_store_is_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        drop(Store::open(tmp.path(), "vol").unwrap());
+        assert!(Store::open(tmp.path(), "vol").is_ok());
+    }
+
+    #[test]
+    fn other_volume_is_independent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _a = Store::open(tmp.path(), "a").unwrap();
+        assert!(Store::open(tmp.path(), "b").is_ok());
+    }
+
+    #[test]
+    fn created_object_is_private_and_parents_are_made() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path(), "vol").unwrap();
+        store.create_object(&parts("a/b/c")).unwrap();
+        let st = store.stat_object(&parts("a/b/c")).unwrap();
+        assert_eq!(st.st_mode & 0o7777, 0o600);
+    }
+
+    #[test]
+    fn leftover_orphans_are_cleared_on_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        drop(Store::open(tmp.path(), "vol").unwrap());
+        let orphan = tmp.path().join(".fsredirect/vol/orphans/7-0");
+        fs::write(&orphan, b"old").unwrap();
+        let _store = Store::open(tmp.path(), "vol").unwrap();
+        assert!(!orphan.exists());
+    }
+
+    #[test]
+    fn symlink_planted_in_store_is_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path(), "vol").unwrap();
+        std::os::unix::fs::symlink("/etc", tmp.path().join("vol/evil")).unwrap();
+        assert!(store.open_object(&parts("evil/passwd")).is_err());
+        assert!(store.create_object(&parts("evil/x")).is_err());
+    }
+
+    #[test]
+    fn orphan_round_trip_keeps_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path(), "vol").unwrap();
+        let mut f = store.create_object(&parts("f")).unwrap();
+        f.write_all(b"data").unwrap();
+        let orphan = store.orphan(&parts("f"), 9).unwrap();
+        assert!(store.stat_object(&parts("f")).is_err());
+        assert_eq!(
+            store
+                .open_orphan(&orphan)
+                .unwrap()
+                .metadata()
+                .unwrap()
+                .len(),
+            4
+        );
+        store.unorphan(&orphan, &parts("f")).unwrap();
+        assert_eq!(store.stat_object(&parts("f")).unwrap().st_size, 4);
+    }
+}
