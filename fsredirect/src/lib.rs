@@ -14,10 +14,12 @@
 
 pub mod beneath;
 pub mod fdcache;
+pub mod fs;
 pub mod meta;
 pub mod names;
 pub mod share;
 pub mod store;
 
+pub use fs::{FsConfig, FsError, RedirectFs};
 pub use share::{ShareSpec, ShareSpecError, StoreSpec};
 pub use store::{Store, StoreError};

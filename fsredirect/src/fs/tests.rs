@@ -1,0 +1,786 @@
+//! Unit tests of the redirect contract through the `FileSystem` trait, on temp directories,
+//! without a FUSE kernel.
+
+use std::ffi::CString;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use fuse_backend_rs::abi::fuse_abi::{CreateIn, FsOptions, SetattrValid};
+use fuse_backend_rs::api::filesystem::{
+    Context, Entry, FileSystem, GetxattrReply, ListxattrReply, ZeroCopyReader, ZeroCopyWriter,
+};
+use fuse_backend_rs::file_buf::FileVolatileSlice;
+use fuse_backend_rs::file_traits::FileReadWriteVolatile;
+
+use super::{FsConfig, FsError, RedirectFs};
+use crate::names::ROOT_INODE;
+use crate::share::ShareSpec;
+use crate::store::StoreError;
+
+/// Bytes the "guest" writes.
+struct Source(io::Cursor<Vec<u8>>);
+
+impl Read for Source {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl ZeroCopyReader for Source {
+    fn read_to(
+        &mut self,
+        f: &mut dyn FileReadWriteVolatile,
+        count: usize,
+        off: u64,
+    ) -> io::Result<usize> {
+        let mut buf = vec![0; count];
+        let n = self.0.read(&mut buf)?;
+        // SAFETY: `buf` outlives the slice, which is used only inside this call.
+        let slice = unsafe { FileVolatileSlice::from_mut_slice(&mut buf[..n]) };
+        f.write_at_volatile(slice, off)
+    }
+}
+
+/// Bytes the "guest" reads.
+#[derive(Default)]
+struct Sink(Vec<u8>);
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ZeroCopyWriter for Sink {
+    fn write_from(
+        &mut self,
+        f: &mut dyn FileReadWriteVolatile,
+        count: usize,
+        off: u64,
+    ) -> io::Result<usize> {
+        let mut buf = vec![0; count];
+        // SAFETY: `buf` outlives the slice, which is used only inside this call.
+        let slice = unsafe { FileVolatileSlice::from_mut_slice(&mut buf) };
+        let n = f.read_at_volatile(slice, off)?;
+        self.0.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+    fn available_bytes(&self) -> usize {
+        usize::MAX
+    }
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    guest: PathBuf,
+    volume: PathBuf,
+    control: PathBuf,
+    fs: RedirectFs,
+    ctx: Context,
+}
+
+fn ctx() -> Context {
+    let mut ctx = Context::new();
+    // SAFETY: geteuid/getegid have no preconditions.
+    ctx.uid = unsafe { libc::geteuid() };
+    // SAFETY: as above.
+    ctx.gid = unsafe { libc::getegid() };
+    ctx
+}
+
+fn fixture_with(store: bool, cfg: FsConfig) -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let guest = tmp.path().join("guest");
+    std::fs::create_dir(&guest).unwrap();
+    let spec = if store {
+        format!(
+            "tag=t,dir={},store={},volume=vol",
+            guest.display(),
+            tmp.path().join("store").display()
+        )
+    } else {
+        format!("tag=t,dir={}", guest.display())
+    };
+    let share = ShareSpec::parse(&spec).unwrap();
+    let fs = RedirectFs::new(&share, cfg).unwrap();
+    fs.init(FsOptions::empty()).unwrap();
+    Fixture {
+        volume: tmp.path().join("store/vol"),
+        control: tmp.path().join("store/.fsredirect/vol"),
+        guest,
+        _tmp: tmp,
+        fs,
+        ctx: ctx(),
+    }
+}
+
+fn redirecting() -> Fixture {
+    fixture_with(true, FsConfig::default())
+}
+
+fn passthrough() -> Fixture {
+    fixture_with(false, FsConfig::default())
+}
+
+fn c(name: &str) -> CString {
+    CString::new(name).unwrap()
+}
+
+fn create_in(mode: u32, flags: i32) -> CreateIn {
+    CreateIn {
+        flags: flags as u32,
+        mode: libc::S_IFREG | mode,
+        umask: 0,
+        fuse_flags: 0,
+    }
+}
+
+impl Fixture {
+    fn create(&self, parent: u64, name: &str) -> (Entry, u64) {
+        let (entry, handle, _, _) = self
+            .fs
+            .create(&self.ctx, parent, &c(name), create_in(0o644, libc::O_RDWR))
+            .unwrap();
+        (entry, handle.unwrap())
+    }
+
+    fn mkdir(&self, parent: u64, name: &str) -> Entry {
+        self.fs
+            .mkdir(&self.ctx, parent, &c(name), 0o755, 0)
+            .unwrap()
+    }
+
+    fn lookup(&self, parent: u64, name: &str) -> io::Result<Entry> {
+        self.fs.lookup(&self.ctx, parent, &c(name))
+    }
+
+    fn open(&self, inode: u64, flags: i32) -> u64 {
+        self.fs
+            .open(&self.ctx, inode, flags as u32, 0)
+            .unwrap()
+            .0
+            .unwrap()
+    }
+
+    fn write(&self, inode: u64, handle: u64, offset: u64, data: &[u8]) -> usize {
+        let mut src = Source(io::Cursor::new(data.to_vec()));
+        self.fs
+            .write(
+                &self.ctx,
+                inode,
+                handle,
+                &mut src,
+                data.len() as u32,
+                offset,
+                None,
+                false,
+                0,
+                0,
+            )
+            .unwrap()
+    }
+
+    fn read(&self, inode: u64, handle: u64, offset: u64, size: u32) -> Vec<u8> {
+        let mut sink = Sink::default();
+        self.fs
+            .read(&self.ctx, inode, handle, &mut sink, size, offset, None, 0)
+            .unwrap();
+        sink.0
+    }
+
+    fn release(&self, inode: u64, handle: u64) {
+        self.fs
+            .release(&self.ctx, inode, 0, handle, false, false, None)
+            .unwrap();
+    }
+
+    fn write_file(&self, parent: u64, name: &str, data: &[u8]) -> Entry {
+        let (entry, handle) = self.create(parent, name);
+        self.write(entry.inode, handle, 0, data);
+        self.release(entry.inode, handle);
+        entry
+    }
+
+    fn read_file(&self, parent: u64, name: &str) -> Vec<u8> {
+        let entry = self.lookup(parent, name).unwrap();
+        let handle = self.open(entry.inode, libc::O_RDONLY);
+        let data = self.read(entry.inode, handle, 0, 1 << 20);
+        self.release(entry.inode, handle);
+        data
+    }
+
+    fn size(&self, inode: u64) -> i64 {
+        self.fs.getattr(&self.ctx, inode, None).unwrap().0.st_size
+    }
+
+    fn truncate(&self, inode: u64, size: i64) {
+        // SAFETY: stat64 is plain old data.
+        let mut attr: libc::stat64 = unsafe { std::mem::zeroed() };
+        attr.st_size = size;
+        self.fs
+            .setattr(&self.ctx, inode, attr, None, SetattrValid::SIZE)
+            .unwrap();
+    }
+
+    fn orphans(&self) -> usize {
+        std::fs::read_dir(self.control.join("orphans"))
+            .unwrap()
+            .count()
+    }
+}
+
+fn host_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let p = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let n = c(name);
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid C strings and a writable buffer of the given length.
+    let len =
+        unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if len < 0 {
+        return None;
+    }
+    buf.truncate(len as usize);
+    Some(buf)
+}
+
+fn has_data_extent(path: &Path) -> bool {
+    let f = std::fs::File::open(path).unwrap();
+    // SAFETY: lseek on a descriptor we own.
+    let res = unsafe { libc::lseek64(std::os::fd::AsRawFd::as_raw_fd(&f), 0, libc::SEEK_DATA) };
+    res >= 0
+}
+
+fn errno_of<T>(r: io::Result<T>) -> i32 {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.raw_os_error().unwrap(),
+    }
+}
+
+#[test]
+fn written_bytes_land_in_store_at_common_portion() {
+    let fx = redirecting();
+    let dir = fx.mkdir(ROOT_INODE, "docs");
+    fx.write_file(dir.inode, "a.txt", b"hello store");
+    assert_eq!(
+        std::fs::read(fx.volume.join("docs/a.txt")).unwrap(),
+        b"hello store"
+    );
+}
+
+#[test]
+fn stub_is_sparse_with_same_size_and_no_data() {
+    let fx = redirecting();
+    fx.write_file(ROOT_INODE, "f", &[7u8; 100_000]);
+    let stub = fx.guest.join("f");
+    assert_eq!(std::fs::metadata(&stub).unwrap().len(), 100_000);
+    assert!(!has_data_extent(&stub));
+}
+
+#[test]
+fn stub_metadata_names_volume_and_portion() {
+    let fx = redirecting();
+    let dir = fx.mkdir(ROOT_INODE, "d");
+    fx.write_file(dir.inode, "f", b"x");
+    let value = host_xattr(&fx.guest.join("d/f"), fx.fs.meta_name.to_str().unwrap()).unwrap();
+    assert_eq!(value, b"R1vol\0d/f");
+}
+
+#[test]
+fn read_returns_written_bytes() {
+    let fx = redirecting();
+    fx.write_file(ROOT_INODE, "f", b"0123456789");
+    assert_eq!(fx.read_file(ROOT_INODE, "f"), b"0123456789");
+}
+
+#[test]
+fn getattr_reports_size_and_blocks_of_stored_object() {
+    let fx = redirecting();
+    let entry = fx.write_file(ROOT_INODE, "f", &[1u8; 65536]);
+    let (st, _) = fx.fs.getattr(&fx.ctx, entry.inode, None).unwrap();
+    let stored = std::fs::metadata(fx.volume.join("f")).unwrap();
+    assert_eq!(st.st_size, 65536);
+    assert_eq!(st.st_blocks as u64, stored.blocks());
+    assert!(st.st_blocks > 0);
+}
+
+#[test]
+fn stored_object_is_private_whatever_guest_mode() {
+    let fx = redirecting();
+    let (entry, handle) = fx
+        .fs
+        .create(
+            &fx.ctx,
+            ROOT_INODE,
+            &c("suid"),
+            create_in(0o4755, libc::O_RDWR),
+        )
+        .map(|(e, h, _, _)| (e, h.unwrap()))
+        .unwrap();
+    fx.release(entry.inode, handle);
+    let stored = std::fs::metadata(fx.volume.join("suid")).unwrap();
+    assert_eq!(stored.mode() & 0o7777, 0o600);
+    assert_eq!(entry.attr.st_mode & 0o7777, 0o4755);
+}
+
+#[test]
+fn truncate_then_extend_reads_zeros_not_stale_bytes() {
+    let fx = redirecting();
+    let entry = fx.write_file(ROOT_INODE, "f", b"abcdefgh");
+    fx.truncate(entry.inode, 2);
+    fx.truncate(entry.inode, 6);
+    assert_eq!(fx.read_file(ROOT_INODE, "f"), b"ab\0\0\0\0");
+    assert_eq!(std::fs::metadata(fx.guest.join("f")).unwrap().len(), 6);
+}
+
+#[test]
+fn open_with_trunc_empties_stored_object() {
+    let fx = redirecting();
+    let entry = fx.write_file(ROOT_INODE, "f", b"old data");
+    let handle = fx.open(entry.inode, libc::O_WRONLY | libc::O_TRUNC);
+    fx.release(entry.inode, handle);
+    assert_eq!(std::fs::metadata(fx.volume.join("f")).unwrap().len(), 0);
+    assert_eq!(fx.size(entry.inode), 0);
+}
+
+#[test]
+fn append_writes_at_end_of_stored_data() {
+    let fx = redirecting();
+    let entry = fx.write_file(ROOT_INODE, "f", b"abc");
+    let handle = fx.open(entry.inode, libc::O_WRONLY | libc::O_APPEND);
+    fx.write(entry.inode, handle, 0, b"def");
+    fx.release(entry.inode, handle);
+    assert_eq!(fx.read_file(ROOT_INODE, "f"), b"abcdef");
+}
+
+#[test]
+fn write_updates_stub_mtime() {
+    let fx = redirecting();
+    let (entry, handle) = fx.create(ROOT_INODE, "f");
+    let past = std::fs::File::options()
+        .write(true)
+        .open(fx.guest.join("f"))
+        .unwrap();
+    past.set_modified(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap();
+    fx.write(entry.inode, handle, 0, b"x");
+    fx.release(entry.inode, handle);
+    let mtime = std::fs::metadata(fx.guest.join("f")).unwrap().mtime();
+    assert!(mtime > 0);
+}
+
+#[test]
+fn unlink_removes_stored_object() {
+    let fx = redirecting();
+    fx.write_file(ROOT_INODE, "f", b"x");
+    fx.fs.unlink(&fx.ctx, ROOT_INODE, &c("f")).unwrap();
+    assert!(!fx.volume.join("f").exists());
+    assert!(!fx.guest.join("f").exists());
+}
+
+#[test]
+fn file_unlinked_while_open_works_until_release() {
+    let fx = redirecting();
+    let (entry, handle) = fx.create(ROOT_INODE, "f");
+    fx.write(entry.inode, handle, 0, b"still here");
+    fx.fs.unlink(&fx.ctx, ROOT_INODE, &c("f")).unwrap();
+    assert!(!fx.volume.join("f").exists());
+    assert_eq!(fx.orphans(), 1);
+    assert_eq!(fx.read(entry.inode, handle, 0, 100), b"still here");
+    fx.release(entry.inode, handle);
+    assert_eq!(fx.orphans(), 0);
+}
+
+#[test]
+fn orphan_is_reopened_after_descriptor_eviction() {
+    let fx = fixture_with(
+        true,
+        FsConfig {
+            max_store_fds: 1,
+            ..FsConfig::default()
+        },
+    );
+    let (entry, handle) = fx.create(ROOT_INODE, "f");
+    fx.write(entry.inode, handle, 0, b"orphan");
+    fx.fs.unlink(&fx.ctx, ROOT_INODE, &c("f")).unwrap();
+    fx.write_file(ROOT_INODE, "other", b"evicts");
+    assert_eq!(fx.read(entry.inode, handle, 0, 100), b"orphan");
+}
+
+#[test]
+fn rename_moves_stored_object_with_stub() {
+    let fx = redirecting();
+    let dir = fx.mkdir(ROOT_INODE, "d");
+    fx.write_file(ROOT_INODE, "a", b"data");
+    fx.fs
+        .rename(&fx.ctx, ROOT_INODE, &c("a"), dir.inode, &c("b"), 0)
+        .unwrap();
+    assert!(!fx.volume.join("a").exists());
+    assert_eq!(std::fs::read(fx.volume.join("d/b")).unwrap(), b"data");
+    assert_eq!(fx.read_file(dir.inode, "b"), b"data");
+    let meta = host_xattr(&fx.guest.join("d/b"), fx.fs.meta_name.to_str().unwrap()).unwrap();
+    assert_eq!(meta, b"R1vol\0d/b");
+}
+
+#[test]
+fn overwrite_rename_replaces_stored_object() {
+    let fx = redirecting();
+    fx.write_file(ROOT_INODE, "a", b"new");
+    fx.write_file(ROOT_INODE, "b", b"old contents");
+    fx.fs
+        .rename(&fx.ctx, ROOT_INODE, &c("a"), ROOT_INODE, &c("b"), 0)
+        .unwrap();
+    assert_eq!(std::fs::read(fx.volume.join("b")).unwrap(), b"new");
+    assert!(!fx.volume.join("a").exists());
+    assert_eq!(fx.orphans(), 0);
+}
+
+#[test]
+fn overwritten_file_open_elsewhere_keeps_its_bytes() {
+    let fx = redirecting();
+    fx.write_file(ROOT_INODE, "a", b"new");
+    let (victim, handle) = fx.create(ROOT_INODE, "b");
+    fx.write(victim.inode, handle, 0, b"victim");
+    fx.fs
+        .rename(&fx.ctx, ROOT_INODE, &c("a"), ROOT_INODE, &c("b"), 0)
+        .unwrap();
+    assert_eq!(fx.read(victim.inode, handle, 0, 100), b"victim");
+    fx.release(victim.inode, handle);
+    assert_eq!(fx.orphans(), 0);
+    assert_eq!(fx.read_file(ROOT_INODE, "b"), b"new");
+}
+
+#[test]
+fn directory_rename_moves_store_directory() {
+    let fx = redirecting();
+    let dir = fx.mkdir(ROOT_INODE, "d");
+    fx.write_file(dir.inode, "f", b"inside");
+    fx.fs
+        .rename(&fx.ctx, ROOT_INODE, &c("d"), ROOT_INODE, &c("e"), 0)
+        .unwrap();
+    assert_eq!(std::fs::read(fx.volume.join("e/f")).unwrap(), b"inside");
+    assert!(!fx.volume.join("d").exists());
+    assert_eq!(fx.read_file(dir.inode, "f"), b"inside");
+}
+
+#[test]
+fn stale_portion_after_directory_rename_is_corrected_on_lookup() {
+    let fx = redirecting();
+    let dir = fx.mkdir(ROOT_INODE, "d");
+    fx.write_file(dir.inode, "f", b"x");
+    fx.fs
+        .rename(&fx.ctx, ROOT_INODE, &c("d"), ROOT_INODE, &c("e"), 0)
+        .unwrap();
+    fx.lookup(dir.inode, "f").unwrap();
+    let meta = host_xattr(&fx.guest.join("e/f"), fx.fs.meta_name.to_str().unwrap()).unwrap();
+    assert_eq!(meta, b"R1vol\0e/f");
+}
+
+#[test]
+fn exchange_rename_swaps_stored_objects() {
+    let fx = redirecting();
+    fx.write_file(ROOT_INODE, "a", b"A");
+    fx.write_file(ROOT_INODE, "b", b"B");
+    fx.fs
+        .rename(
+            &fx.ctx,
+            ROOT_INODE,
+            &c("a"),
+            ROOT_INODE,
+            &c("b"),
+            libc::RENAME_EXCHANGE,
+        )
+        .unwrap();
+    assert_eq!(std::fs::read(fx.volume.join("a")).unwrap(), b"B");
+    assert_eq!(fx.read_file(ROOT_INODE, "a"), b"B");
+    assert_eq!(fx.read_file(ROOT_INODE, "b"), b"A");
+}
+
+#[test]
+fn rename_whiteout_is_refused() {
+    let fx = redirecting();
+    fx.write_file(ROOT_INODE, "a", b"A");
+    let r = fx.fs.rename(
+        &fx.ctx,
+        ROOT_INODE,
+        &c("a"),
+        ROOT_INODE,
+        &c("b"),
+        libc::RENAME_WHITEOUT,
+    );
+    assert_eq!(errno_of(r), libc::EINVAL);
+}
+
+#[test]
+fn hard_link_is_mirrored_as_hard_link_in_store() {
+    let fx = redirecting();
+    let entry = fx.write_file(ROOT_INODE, "a", b"shared");
+    fx.fs
+        .link(&fx.ctx, entry.inode, ROOT_INODE, &c("b"))
+        .unwrap();
+    let a = std::fs::metadata(fx.volume.join("a")).unwrap();
+    let b = std::fs::metadata(fx.volume.join("b")).unwrap();
+    assert_eq!(a.ino(), b.ino());
+}
+
+#[test]
+fn data_survives_unlink_of_first_hard_link() {
+    let fx = redirecting();
+    let entry = fx.write_file(ROOT_INODE, "a", b"shared");
+    fx.fs
+        .link(&fx.ctx, entry.inode, ROOT_INODE, &c("b"))
+        .unwrap();
+    fx.fs.unlink(&fx.ctx, ROOT_INODE, &c("a")).unwrap();
+    assert!(!fx.volume.join("a").exists());
+    assert_eq!(fx.read_file(ROOT_INODE, "b"), b"shared");
+    let meta = host_xattr(&fx.guest.join("b"), fx.fs.meta_name.to_str().unwrap()).unwrap();
+    assert_eq!(meta, b"R1vol\0b");
+}
+
+#[test]
+fn rmdir_removes_store_directory() {
+    let fx = redirecting();
+    let dir = fx.mkdir(ROOT_INODE, "d");
+    fx.write_file(dir.inode, "f", b"x");
+    fx.fs.unlink(&fx.ctx, dir.inode, &c("f")).unwrap();
+    fx.fs.rmdir(&fx.ctx, ROOT_INODE, &c("d")).unwrap();
+    assert!(!fx.volume.join("d").exists());
+}
+
+#[test]
+fn fifo_is_an_inert_regular_file_on_host() {
+    let fx = redirecting();
+    let entry = fx
+        .fs
+        .mknod(&fx.ctx, ROOT_INODE, &c("p"), libc::S_IFIFO | 0o644, 0, 0)
+        .unwrap();
+    assert_eq!(entry.attr.st_mode & libc::S_IFMT, libc::S_IFIFO);
+    let host = std::fs::symlink_metadata(fx.guest.join("p")).unwrap();
+    assert!(host.file_type().is_file());
+    assert_eq!(host.len(), 0);
+}
+
+#[test]
+fn device_node_keeps_its_number_in_metadata() {
+    let fx = passthrough();
+    let rdev = (1 << 8) | 3;
+    let entry = fx
+        .fs
+        .mknod(
+            &fx.ctx,
+            ROOT_INODE,
+            &c("null"),
+            libc::S_IFCHR | 0o666,
+            rdev,
+            0,
+        )
+        .unwrap();
+    let (st, _) = fx.fs.getattr(&fx.ctx, entry.inode, None).unwrap();
+    assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFCHR);
+    assert_eq!(st.st_rdev, u64::from(rdev));
+    assert!(std::fs::symlink_metadata(fx.guest.join("null"))
+        .unwrap()
+        .file_type()
+        .is_file());
+}
+
+#[test]
+fn special_file_cannot_be_opened_through_server() {
+    let fx = redirecting();
+    let entry = fx
+        .fs
+        .mknod(&fx.ctx, ROOT_INODE, &c("p"), libc::S_IFIFO | 0o644, 0, 0)
+        .unwrap();
+    let r = fx.fs.open(&fx.ctx, entry.inode, libc::O_RDONLY as u32, 0);
+    assert_eq!(errno_of(r), libc::ENXIO);
+}
+
+#[test]
+fn guest_cannot_read_redirect_metadata() {
+    let fx = redirecting();
+    let entry = fx.write_file(ROOT_INODE, "f", b"x");
+    let r = fx.fs.getxattr(&fx.ctx, entry.inode, fx.fs.meta_name, 1024);
+    assert_eq!(errno_of(r), libc::ENODATA);
+}
+
+#[test]
+fn guest_cannot_forge_either_metadata_spelling() {
+    let fx = redirecting();
+    let entry = fx.write_file(ROOT_INODE, "f", b"x");
+    for name in ["trusted.fsredirect", "user.fsredirect"] {
+        let r = fx
+            .fs
+            .setxattr(&fx.ctx, entry.inode, &c(name), b"R1vol\0../../etc", 0);
+        assert_eq!(errno_of(r), libc::EPERM, "{name}");
+    }
+}
+
+#[test]
+fn guest_cannot_remove_redirect_metadata() {
+    let fx = redirecting();
+    let entry = fx.write_file(ROOT_INODE, "f", b"x");
+    let r = fx.fs.removexattr(&fx.ctx, entry.inode, fx.fs.meta_name);
+    assert_eq!(errno_of(r), libc::ENODATA);
+    assert!(host_xattr(&fx.guest.join("f"), fx.fs.meta_name.to_str().unwrap()).is_some());
+}
+
+#[test]
+fn listing_xattrs_hides_metadata_but_shows_guest_ones() {
+    let fx = redirecting();
+    let entry = fx.write_file(ROOT_INODE, "f", b"x");
+    fx.fs
+        .setxattr(&fx.ctx, entry.inode, &c("user.mine"), b"v", 0)
+        .unwrap();
+    let list = match fx.fs.listxattr(&fx.ctx, entry.inode, 4096).unwrap() {
+        ListxattrReply::Names(l) => l,
+        ListxattrReply::Count(_) => panic!("asked for names"),
+    };
+    assert_eq!(list, b"user.mine\0");
+    match fx.fs.listxattr(&fx.ctx, entry.inode, 0).unwrap() {
+        ListxattrReply::Count(n) => assert_eq!(n as usize, b"user.mine\0".len()),
+        ListxattrReply::Names(_) => panic!("asked for the size"),
+    }
+    match fx
+        .fs
+        .getxattr(&fx.ctx, entry.inode, &c("user.mine"), 16)
+        .unwrap()
+    {
+        GetxattrReply::Value(v) => assert_eq!(v, b"v"),
+        GetxattrReply::Count(_) => panic!("asked for the value"),
+    }
+}
+
+#[test]
+fn hostile_names_are_refused_before_any_host_call() {
+    let fx = redirecting();
+    let long = "x".repeat(256);
+    for (name, want) in [
+        ("", libc::EINVAL),
+        (".", libc::EINVAL),
+        ("..", libc::EINVAL),
+        ("a/b", libc::EINVAL),
+        (long.as_str(), libc::ENAMETOOLONG),
+    ] {
+        assert_eq!(
+            errno_of(fx.lookup(ROOT_INODE, name)),
+            want,
+            "lookup {name:?}"
+        );
+        let r = fx.fs.create(
+            &fx.ctx,
+            ROOT_INODE,
+            &c(name),
+            create_in(0o644, libc::O_RDWR),
+        );
+        assert_eq!(errno_of(r), want, "create {name:?}");
+    }
+}
+
+#[test]
+fn unknown_handle_is_ebadf() {
+    let fx = redirecting();
+    let mut sink = Sink::default();
+    let r = fx
+        .fs
+        .read(&fx.ctx, ROOT_INODE, 9999, &mut sink, 10, 0, None, 0);
+    assert_eq!(errno_of(r), libc::EBADF);
+}
+
+#[test]
+fn store_descriptors_stay_within_bound() {
+    let fx = fixture_with(
+        true,
+        FsConfig {
+            max_store_fds: 2,
+            ..FsConfig::default()
+        },
+    );
+    let mut open = Vec::new();
+    for i in 0..8 {
+        let (entry, handle) = fx.create(ROOT_INODE, &format!("f{i}"));
+        fx.write(entry.inode, handle, 0, format!("data {i}").as_bytes());
+        open.push((entry.inode, handle));
+    }
+    assert!(fx.fs.open_store_fds() <= 2);
+    for (i, (inode, handle)) in open.iter().enumerate() {
+        assert_eq!(
+            fx.read(*inode, *handle, 0, 100),
+            format!("data {i}").as_bytes()
+        );
+    }
+    assert!(fx.fs.open_store_fds() <= 2);
+}
+
+#[test]
+fn second_server_on_same_volume_is_refused() {
+    let fx = redirecting();
+    let spec = format!(
+        "tag=t,dir={},store={},volume=vol",
+        fx.guest.display(),
+        fx.volume.parent().unwrap().display()
+    );
+    let err = RedirectFs::new(&ShareSpec::parse(&spec).unwrap(), FsConfig::default())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, FsError::Store(StoreError::Busy { .. })),
+        "{err}"
+    );
+}
+
+#[test]
+fn passthrough_share_keeps_data_in_guest_tree() {
+    let fx = passthrough();
+    fx.write_file(ROOT_INODE, "f", b"plain");
+    assert_eq!(std::fs::read(fx.guest.join("f")).unwrap(), b"plain");
+    assert_eq!(fx.read_file(ROOT_INODE, "f"), b"plain");
+}
+
+#[test]
+fn lseek_data_and_hole_follow_stored_data() {
+    let fx = redirecting();
+    let (entry, handle) = fx.create(ROOT_INODE, "f");
+    fx.write(entry.inode, handle, 1 << 20, b"tail");
+    let data = fx
+        .fs
+        .lseek(&fx.ctx, entry.inode, handle, 0, libc::SEEK_DATA as u32)
+        .unwrap();
+    let hole = fx
+        .fs
+        .lseek(&fx.ctx, entry.inode, handle, 0, libc::SEEK_HOLE as u32)
+        .unwrap();
+    fx.release(entry.inode, handle);
+    assert!(data > 0 && data <= 1 << 20);
+    assert_eq!(hole, 0);
+}
+
+#[test]
+fn fallocate_extends_stored_object_and_stub() {
+    let fx = redirecting();
+    let (entry, handle) = fx.create(ROOT_INODE, "f");
+    fx.fs
+        .fallocate(&fx.ctx, entry.inode, handle, 0, 0, 8192)
+        .unwrap();
+    fx.release(entry.inode, handle);
+    assert_eq!(std::fs::metadata(fx.volume.join("f")).unwrap().len(), 8192);
+    assert_eq!(std::fs::metadata(fx.guest.join("f")).unwrap().len(), 8192);
+    assert!(!has_data_extent(&fx.guest.join("f")));
+}
+
+#[test]
+fn create_exclusive_on_existing_name_is_eexist() {
+    let fx = redirecting();
+    fx.write_file(ROOT_INODE, "f", b"x");
+    let r = fx.fs.create(
+        &fx.ctx,
+        ROOT_INODE,
+        &c("f"),
+        create_in(0o644, libc::O_RDWR | libc::O_EXCL),
+    );
+    assert_eq!(errno_of(r), libc::EEXIST);
+    assert_eq!(std::fs::read(fx.volume.join("f")).unwrap(), b"x");
+}
