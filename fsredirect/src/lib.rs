@@ -16,6 +16,7 @@ pub mod beneath;
 pub mod fdcache;
 pub mod fs;
 pub mod meta;
+pub mod mount;
 pub mod names;
 pub mod share;
 pub mod store;

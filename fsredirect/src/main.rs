@@ -1,0 +1,140 @@
+//! `fsredirect`: host tools for the redirecting file system.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fsredirect::mount::{Mount, MountOptions};
+use fsredirect::{FsConfig, ShareSpec};
+
+#[derive(Parser)]
+#[command(version, about = "Host tools for the redirecting file system")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Mount a share on the host through /dev/fuse until SIGINT or SIGTERM.
+    ///
+    /// Either `mount --share tag=T,dir=GUEST[,store=STORE][,volume=V] MOUNTPOINT`
+    /// or `mount GUEST_TREE [STORE] MOUNTPOINT [--volume V]`.
+    Mount {
+        /// Share description: tag=NAME,dir=GUEST_TREE[,store=STORE][,volume=V][,policy=...].
+        #[arg(long)]
+        share: Option<String>,
+        /// With --share: MOUNTPOINT. Otherwise: GUEST_TREE [STORE] MOUNTPOINT.
+        #[arg(required = true, num_args = 1..=3)]
+        paths: Vec<PathBuf>,
+        /// Volume inside the store (default: the tag, "fsredirect" without --share).
+        #[arg(long)]
+        volume: Option<String>,
+        /// Most store descriptors open at once.
+        #[arg(long, default_value_t = 256)]
+        max_store_fds: usize,
+        /// Worker threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Mount {
+            share,
+            paths,
+            volume,
+            max_store_fds,
+            threads,
+        } => match mount(share, paths, volume, max_store_fds, threads) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fsredirect: {e}");
+                let mut source = std::error::Error::source(e.as_ref());
+                while let Some(s) = source {
+                    eprintln!("  caused by: {s}");
+                    source = s.source();
+                }
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn share_from_args(
+    share: Option<String>,
+    mut paths: Vec<PathBuf>,
+    volume: Option<String>,
+) -> Result<(ShareSpec, PathBuf), Box<dyn std::error::Error>> {
+    let mountpoint = paths.pop().ok_or("missing MOUNTPOINT")?;
+    let spec = match (share, paths.as_slice(), volume) {
+        (Some(spec), [], None) => spec,
+        (Some(_), [], Some(_)) => return Err("--volume goes inside --share (volume=V)".into()),
+        (Some(_), _, _) => return Err("with --share, give only MOUNTPOINT".into()),
+        (None, [guest], None) => format!("tag=fsredirect,dir={}", guest.display()),
+        (None, [_], Some(_)) => return Err("--volume needs a STORE".into()),
+        (None, [guest, store], volume) => format!(
+            "tag=fsredirect,dir={},store={},volume={}",
+            guest.display(),
+            store.display(),
+            volume.as_deref().unwrap_or("fsredirect")
+        ),
+        (None, _, _) => return Err("expected GUEST_TREE [STORE] MOUNTPOINT or --share".into()),
+    };
+    Ok((ShareSpec::parse(&spec)?, mountpoint))
+}
+
+fn mount(
+    share: Option<String>,
+    paths: Vec<PathBuf>,
+    volume: Option<String>,
+    max_store_fds: usize,
+    threads: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (share, mountpoint) = share_from_args(share, paths, volume)?;
+    let signals = block_termination_signals()?;
+    let opts = MountOptions {
+        threads,
+        fs: FsConfig {
+            max_store_fds,
+            ..FsConfig::default()
+        },
+    };
+    let mount = Mount::start(&share, &mountpoint, &opts)?;
+    let unmounter = mount.unmounter();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            // SAFETY: `signals` is an initialised set and `sig` a writable int.
+            if unsafe { libc::sigwait(&signals, &mut sig) } == 0 {
+                log::info!("signal {sig}: unmounting");
+            }
+            unmounter.unmount();
+        })?;
+    println!("fsredirect: serving {share} on {}", mountpoint.display());
+    mount.wait();
+    log::info!("unmounted {}", mountpoint.display());
+    Ok(())
+}
+
+/// Blocks SIGINT and SIGTERM in this thread and every thread it starts, so that only the
+/// `sigwait` thread receives them and can unmount cleanly.
+fn block_termination_signals() -> std::io::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use; pthread_sigmask
+    // only reads the set.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let res = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if res != 0 {
+            return Err(std::io::Error::from_raw_os_error(res));
+        }
+        Ok(set)
+    }
+}
