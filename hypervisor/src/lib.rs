@@ -1,1 +1,35 @@
-//! Hypervisor.
+//! `hypervisor`: a minimal KVM virtual machine monitor built from rust-vmm
+//! crates, which boots Linux guests (ELF vmlinux or bzImage) with a serial
+//! console and the devices in the `devices` crate.
+//!
+//! Everything the `hypervisor` binary does is available here: describe a VM
+//! with [`VmConfig::builder`], run it with [`Vm::run`], get an [`ExitStatus`].
+//!
+//! ```no_run
+//! use hypervisor::{Vm, VmConfig};
+//!
+//! let config = VmConfig::builder("build/guest/vmlinux")
+//!     .initrd("build/guest/initramfs.cpio.gz")
+//!     .vcpus(2)
+//!     .build()?;
+//! let status = Vm::new(config)?.run()?;
+//! println!("guest stopped: {status}");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod boot;
+pub mod cli;
+pub mod config;
+pub mod console;
+pub mod cpuid;
+pub mod host;
+pub mod layout;
+pub mod memory;
+pub mod signals;
+pub mod terminal;
+pub mod vcpu;
+pub mod vm;
+
+pub use config::{ConfigError, VmConfig, VmConfigBuilder};
+pub use devices::ExitReason;
+pub use vm::{ExitStatus, Vm, VmError};

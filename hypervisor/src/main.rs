@@ -1,1 +1,42 @@
-fn main() {}
+//! The `hypervisor` binary: parses the command line and runs the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use hypervisor::cli::Cli;
+use hypervisor::Vm;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(&cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("hypervisor: error: {err}");
+            let mut source = err.source();
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<u8, Box<dyn std::error::Error>> {
+    let config = cli.run_args().to_config()?;
+    let status = Vm::new(config)?.run()?;
+    // Exit codes are one byte; signals map to 128+n, which fits.
+    Ok(u8::try_from(status.code).unwrap_or(1))
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp_millis()
+        .init();
+}

@@ -1,0 +1,181 @@
+//! The command line of the `hypervisor` binary. Every option maps onto the
+//! library's [`VmConfig`](crate::VmConfig); `main.rs` only parses and runs.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, ConfigError, VmConfig, DEFAULT_CMDLINE};
+
+const EXAMPLES: &str = "\
+Examples:
+  Boot the default guest (built by guest-images/build-guest.sh):
+    hypervisor
+  Boot a kernel with an initramfs, 2 vCPUs and 512 MiB:
+    hypervisor run --kernel build/guest/vmlinux --initrd build/guest/initramfs.cpio.gz \\
+        --vcpus 2 --mem 512M
+  Run a named guest scenario and return its exit code:
+    hypervisor run --append 'fsr.scenario=exit fsr.arg=3'; echo $?
+
+In the guest console, type Ctrl-A then x to stop the VM (Ctrl-A Ctrl-A sends Ctrl-A).
+The guest ends the VM with an exit code by writing it to I/O port 0xf4 (see docs/guest-protocol.md).";
+
+/// A minimal KVM virtual machine monitor with a redirecting virtio-fs device.
+#[derive(Debug, Parser)]
+#[command(name = "hypervisor", version, after_help = EXAMPLES, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to do (default: run).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of `run`, accepted without the subcommand too.
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// More log output: -v for progress, -vv for debugging (RUST_LOG overrides).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a guest and attach its serial console to this terminal.
+    #[command(after_help = EXAMPLES)]
+    Run(RunArgs),
+}
+
+/// Options of `hypervisor run`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunArgs {
+    /// Guest kernel: uncompressed ELF vmlinux or bzImage [default: build/guest/vmlinux]
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs [default with the default kernel: build/guest/initramfs.cpio.gz]
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// The whole kernel command line
+    #[arg(long, value_name = "TEXT", default_value = DEFAULT_CMDLINE)]
+    pub cmdline: String,
+    /// Extra kernel parameters appended to the command line
+    #[arg(long, value_name = "TEXT")]
+    pub append: Vec<String>,
+    /// Guest memory, with unit K, M or G (a bare number is MiB)
+    #[arg(long, value_name = "SIZE", default_value = "128M", value_parser = config::parse_mem_size)]
+    pub mem: u64,
+    /// Number of vCPUs
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub vcpus: u32,
+}
+
+impl RunArgs {
+    /// Turns the options into a VM configuration; the default guest image is
+    /// found from the source tree the binary was built in.
+    pub fn to_config(&self) -> Result<VmConfig, ConfigError> {
+        let guest_dir = config::default_guest_dir();
+        let (kernel, initrd) = match &self.kernel {
+            Some(kernel) => (kernel.clone(), self.initrd.clone()),
+            None => (
+                guest_dir.join("vmlinux"),
+                Some(
+                    self.initrd
+                        .clone()
+                        .unwrap_or_else(|| guest_dir.join("initramfs.cpio.gz")),
+                ),
+            ),
+        };
+        let mut cmdline = self.cmdline.clone();
+        for extra in &self.append {
+            cmdline.push(' ');
+            cmdline.push_str(extra);
+        }
+        let mut builder = VmConfig::builder(kernel)
+            .cmdline(cmdline)
+            .mem_size(self.mem)
+            .vcpus(self.vcpus);
+        if let Some(initrd) = initrd {
+            builder = builder.initrd(initrd);
+        }
+        builder.build()
+    }
+}
+
+impl Cli {
+    /// The `run` options, whether given with or without the subcommand.
+    pub fn run_args(&self) -> &RunArgs {
+        match &self.command {
+            Some(Command::Run(args)) => args,
+            None => &self.run,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("hypervisor").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn no_arguments_means_run_with_the_default_guest() {
+        let config = parse(&[]).run_args().to_config().unwrap();
+
+        assert!(config.kernel.ends_with("build/guest/vmlinux"));
+        assert!(config
+            .initrd
+            .unwrap()
+            .ends_with("build/guest/initramfs.cpio.gz"));
+        assert_eq!(config.cmdline, DEFAULT_CMDLINE);
+    }
+
+    #[test]
+    fn run_options_work_with_and_without_the_subcommand() {
+        for args in [
+            &["run", "--vcpus", "2", "--mem", "1G"][..],
+            &["--vcpus", "2", "--mem", "1G"],
+        ] {
+            let config = parse(args).run_args().to_config().unwrap();
+            assert_eq!((config.vcpus, config.mem_size), (2, 1 << 30), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn explicit_kernel_has_no_default_initrd() {
+        let config = parse(&["run", "--kernel", "/k"])
+            .run_args()
+            .to_config()
+            .unwrap();
+        assert_eq!(config.initrd, None);
+    }
+
+    #[test]
+    fn append_adds_to_the_command_line() {
+        let config = parse(&["--append", "fsr.scenario=exit", "--append", "fsr.arg=3"])
+            .run_args()
+            .to_config()
+            .unwrap();
+
+        assert_eq!(
+            config.cmdline,
+            format!("{DEFAULT_CMDLINE} fsr.scenario=exit fsr.arg=3")
+        );
+    }
+
+    #[test]
+    fn bad_memory_size_is_a_parse_error_naming_the_input() {
+        let err = Cli::try_parse_from(["hypervisor", "--mem", "lots"]).unwrap_err();
+        assert!(err.to_string().contains("lots"), "{err}");
+    }
+
+    #[test]
+    fn zero_vcpus_is_refused() {
+        let err = parse(&["--vcpus", "0"]).run_args().to_config().unwrap_err();
+        assert_eq!(err, ConfigError::Vcpus(0));
+    }
+}

@@ -1,0 +1,279 @@
+//! What a VM is made of: [`VmConfig`] and its builder.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::boot::mptable::MAX_CPUS;
+
+/// The command line used when none is given: serial console, reboot via
+/// the keyboard controller, reboot at once on panic, no PS/2 aux probe.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 i8042.noaux";
+/// Guest memory when none is given.
+pub const DEFAULT_MEM_SIZE: u64 = 128 << 20;
+/// Smallest guest memory we accept.
+pub const MIN_MEM_SIZE: u64 = 16 << 20;
+/// Largest guest memory we accept (1 TiB).
+pub const MAX_MEM_SIZE: u64 = 1 << 40;
+
+/// Errors in a VM description.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// No kernel was given.
+    #[error("no kernel image given; pass --kernel PATH (build the default one with guest-images/build-guest.sh)")]
+    NoKernel,
+    /// Memory size outside the accepted range or badly aligned.
+    #[error("guest memory of {0} bytes is not usable: give a multiple of 4 KiB between 16 MiB and 1 TiB, e.g. --mem 512M")]
+    MemSize(u64),
+    /// A memory size that does not parse.
+    #[error("cannot read memory size {0:?}: give a number with an optional unit K, M or G (e.g. 128M, 2G); a bare number means MiB")]
+    MemSyntax(String),
+    /// A vCPU count outside the accepted range.
+    #[error("{0} vCPUs is not usable: give 1 to {MAX_CPUS}")]
+    Vcpus(u32),
+    /// The command line is too long or has a NUL byte.
+    #[error("the kernel command line {0}")]
+    Cmdline(String),
+}
+
+/// Parses a memory size such as `128M`, `2G`, `512MiB`, `65536K` or `256` (MiB).
+pub fn parse_mem_size(text: &str) -> Result<u64, ConfigError> {
+    let syntax = || ConfigError::MemSyntax(text.to_owned());
+    let trimmed = text.trim();
+    let digits_end = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(digits_end);
+    let number: u64 = number.parse().map_err(|_| syntax())?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "M" | "MB" | "MIB" => 20,
+        "K" | "KB" | "KIB" => 10,
+        "G" | "GB" | "GIB" => 30,
+        _ => return Err(syntax()),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or(ConfigError::MemSize(u64::MAX))
+}
+
+/// Where guest console output goes.
+#[derive(Clone, Default)]
+pub enum ConsoleOutput {
+    /// The VMM's standard output.
+    #[default]
+    Stdout,
+    /// A writer of the caller's (e.g. a file or an in-memory buffer in tests).
+    Writer(Arc<Mutex<dyn Write + Send>>),
+}
+
+impl std::fmt::Debug for ConsoleOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConsoleOutput::Stdout => write!(f, "Stdout"),
+            ConsoleOutput::Writer(_) => write!(f, "Writer(..)"),
+        }
+    }
+}
+
+/// A complete description of a VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// The guest kernel: an ELF vmlinux or a bzImage.
+    pub kernel: PathBuf,
+    /// The initramfs, if any.
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line (the VMM appends device entries to it).
+    pub cmdline: String,
+    /// Guest memory in bytes.
+    pub mem_size: u64,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+    /// Where the guest console's output goes.
+    pub console_output: ConsoleOutput,
+    /// Whether the VMM's standard input feeds the guest console.
+    pub console_input: bool,
+}
+
+impl VmConfig {
+    /// Starts describing a VM that boots `kernel`.
+    pub fn builder(kernel: impl Into<PathBuf>) -> VmConfigBuilder {
+        VmConfigBuilder {
+            kernel: Some(kernel.into()),
+            ..VmConfigBuilder::default()
+        }
+    }
+}
+
+/// Builds a [`VmConfig`], checking every value.
+///
+/// ```
+/// use hypervisor::VmConfig;
+///
+/// let config = VmConfig::builder("build/guest/vmlinux")
+///     .initrd("build/guest/initramfs.cpio.gz")
+///     .mem_size(256 << 20)
+///     .vcpus(2)
+///     .cmdline("console=ttyS0 reboot=k panic=-1 fsr.scenario=exit fsr.arg=3")
+///     .build()
+///     .unwrap();
+/// assert_eq!(config.vcpus, 2);
+/// ```
+#[derive(Debug, Default)]
+pub struct VmConfigBuilder {
+    kernel: Option<PathBuf>,
+    initrd: Option<PathBuf>,
+    cmdline: Option<String>,
+    mem_size: Option<u64>,
+    vcpus: Option<u32>,
+    console_output: ConsoleOutput,
+    console_input: Option<bool>,
+}
+
+impl VmConfigBuilder {
+    /// Sets the initramfs.
+    pub fn initrd(mut self, path: impl Into<PathBuf>) -> Self {
+        self.initrd = Some(path.into());
+        self
+    }
+
+    /// Sets the whole kernel command line (default: [`DEFAULT_CMDLINE`]).
+    pub fn cmdline(mut self, cmdline: impl Into<String>) -> Self {
+        self.cmdline = Some(cmdline.into());
+        self
+    }
+
+    /// Sets guest memory in bytes (default: 128 MiB).
+    pub fn mem_size(mut self, bytes: u64) -> Self {
+        self.mem_size = Some(bytes);
+        self
+    }
+
+    /// Sets the number of vCPUs (default: 1).
+    pub fn vcpus(mut self, count: u32) -> Self {
+        self.vcpus = Some(count);
+        self
+    }
+
+    /// Sends guest console output to `writer` instead of standard output.
+    pub fn console_output(mut self, writer: Arc<Mutex<dyn Write + Send>>) -> Self {
+        self.console_output = ConsoleOutput::Writer(writer);
+        self
+    }
+
+    /// Whether standard input feeds the guest console (default: true).
+    pub fn console_input(mut self, enabled: bool) -> Self {
+        self.console_input = Some(enabled);
+        self
+    }
+
+    /// Checks every value and returns the configuration.
+    pub fn build(self) -> Result<VmConfig, ConfigError> {
+        let kernel = self.kernel.ok_or(ConfigError::NoKernel)?;
+        let mem_size = self.mem_size.unwrap_or(DEFAULT_MEM_SIZE);
+        if !(MIN_MEM_SIZE..=MAX_MEM_SIZE).contains(&mem_size) || mem_size % 4096 != 0 {
+            return Err(ConfigError::MemSize(mem_size));
+        }
+        let vcpus = self.vcpus.unwrap_or(1);
+        let vcpus = u8::try_from(vcpus)
+            .ok()
+            .filter(|n| (1..=MAX_CPUS).contains(n))
+            .ok_or(ConfigError::Vcpus(vcpus))?;
+        let cmdline = self.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_owned());
+        crate::boot::parse_cmdline(&cmdline).map_err(|e| ConfigError::Cmdline(e.to_string()))?;
+        Ok(VmConfig {
+            kernel,
+            initrd: self.initrd,
+            cmdline,
+            mem_size,
+            vcpus,
+            console_output: self.console_output,
+            console_input: self.console_input.unwrap_or(true),
+        })
+    }
+}
+
+/// The root of the source tree this binary was built from.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+/// Where guest-images/build-guest.sh puts its outputs.
+pub fn default_guest_dir() -> PathBuf {
+    workspace_root().join("build").join("guest")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes_parse_with_units() {
+        assert_eq!(parse_mem_size("128M"), Ok(128 << 20));
+        assert_eq!(parse_mem_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_mem_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_mem_size("65536k"), Ok(64 << 20));
+        assert_eq!(parse_mem_size("256"), Ok(256 << 20));
+    }
+
+    #[test]
+    fn memory_size_garbage_is_refused_with_the_input() {
+        for bad in ["", "M", "12X", "-5M", "1.5G"] {
+            assert_eq!(
+                parse_mem_size(bad),
+                Err(ConfigError::MemSyntax(bad.into())),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn memory_size_overflow_is_refused() {
+        assert!(matches!(
+            parse_mem_size("99999999999999999G"),
+            Err(ConfigError::MemSize(_))
+        ));
+    }
+
+    #[test]
+    fn defaults_are_one_vcpu_128_mib_and_the_default_cmdline() {
+        let config = VmConfig::builder("vmlinux").build().unwrap();
+
+        assert_eq!((config.vcpus, config.mem_size), (1, 128 << 20));
+        assert_eq!(config.cmdline, DEFAULT_CMDLINE);
+        assert!(config.console_input);
+    }
+
+    #[test]
+    fn too_little_or_unaligned_memory_is_refused() {
+        let small = VmConfig::builder("k").mem_size(8 << 20).build();
+        let odd = VmConfig::builder("k").mem_size((64 << 20) + 1).build();
+
+        assert_eq!(small.unwrap_err(), ConfigError::MemSize(8 << 20));
+        assert!(matches!(odd, Err(ConfigError::MemSize(_))));
+    }
+
+    #[test]
+    fn vcpu_count_must_be_between_1_and_254() {
+        assert_eq!(
+            VmConfig::builder("k").vcpus(0).build().unwrap_err(),
+            ConfigError::Vcpus(0)
+        );
+        assert_eq!(
+            VmConfig::builder("k").vcpus(300).build().unwrap_err(),
+            ConfigError::Vcpus(300)
+        );
+        assert!(VmConfig::builder("k").vcpus(254).build().is_ok());
+    }
+
+    #[test]
+    fn overlong_cmdline_is_refused() {
+        let long = "x".repeat(4096);
+        assert!(matches!(
+            VmConfig::builder("k").cmdline(long).build(),
+            Err(ConfigError::Cmdline(_))
+        ));
+    }
+}

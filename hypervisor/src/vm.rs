@@ -1,0 +1,521 @@
+//! A VM: KVM objects, guest memory, devices, vCPU threads and the event
+//! loop, from a [`VmConfig`] to an [`ExitStatus`].
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use devices::bus::{Bus, BusError};
+use devices::legacy::{self, Cmos, ExitPort, SerialPort, I8042};
+use devices::{ExitReason, VmExitRequest};
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use log::{debug, info, warn};
+use vm_memory::{GuestMemory as _, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::signal::Killable;
+
+use crate::boot::{self, BootError};
+use crate::config::{ConsoleOutput, VmConfig};
+use crate::console::ConsoleInput;
+use crate::cpuid;
+use crate::host::{self, HostKind};
+use crate::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+use crate::memory::{create_guest_memory, GuestMemory, MemoryError};
+use crate::signals::{self, SignalWatcher};
+use crate::terminal::{self, RawTerminal};
+use crate::vcpu::{Vcpu, VcpuContext, VcpuError};
+
+/// Errors that stop a VM from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// /dev/kvm does not exist.
+    #[error("/dev/kvm does not exist: this host offers no KVM. Enable VT-x/AMD-V in the firmware and load the module (modprobe kvm_intel or kvm_amd)")]
+    NoKvm,
+    /// /dev/kvm exists but we may not open it.
+    #[error("permission denied opening /dev/kvm: add your user to the kvm group (sudo usermod -aG kvm $USER, then log in again) or run as root")]
+    KvmPermission,
+    /// /dev/kvm could not be opened for another reason.
+    #[error("cannot open /dev/kvm")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    /// KVM lacks a capability we rely on.
+    #[error("this KVM lacks the {0} capability, which the VMM needs")]
+    MissingCapability(&'static str),
+    /// The kernel image does not exist.
+    #[error("kernel image {path} not found; {hint}")]
+    KernelNotFound {
+        /// The path that was tried.
+        path: std::path::PathBuf,
+        /// How to get one.
+        hint: String,
+    },
+    /// The initrd does not exist.
+    #[error("initrd {path} not found; {hint}")]
+    InitrdNotFound {
+        /// The path that was tried.
+        path: std::path::PathBuf,
+        /// How to get one.
+        hint: String,
+    },
+    /// A KVM ioctl on the VM failed.
+    #[error("{what} failed")]
+    Kvm {
+        /// The operation.
+        what: &'static str,
+        /// KVM's error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory could not be set up.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The guest could not be prepared for boot.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// A vCPU could not be set up.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// Devices could not be placed on a bus.
+    #[error("cannot place a device on a bus")]
+    Bus(#[from] BusError),
+    /// A host resource (eventfd, thread, signal handler, epoll) failed.
+    #[error("cannot {what}")]
+    Host {
+        /// What we tried.
+        what: &'static str,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result alias for VM operations.
+pub type Result<T> = std::result::Result<T, VmError>;
+
+/// How a VM ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// Why it stopped.
+    pub reason: ExitReason,
+    /// The exit code a process should return for it.
+    pub code: i32,
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (exit code {})", self.reason, self.code)
+    }
+}
+
+fn host_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
+    move |source| VmError::Host { what, source }
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// A virtual machine, ready to run.
+///
+/// ```no_run
+/// use hypervisor::{Vm, VmConfig};
+///
+/// let config = VmConfig::builder("build/guest/vmlinux")
+///     .initrd("build/guest/initramfs.cpio.gz")
+///     .cmdline("console=ttyS0 reboot=k panic=-1 fsr.scenario=exit fsr.arg=3")
+///     .build()?;
+/// let status = Vm::new(config)?.run()?;
+/// assert_eq!(status.code, 3);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Vm {
+    config: VmConfig,
+    exit: VmExitRequest,
+    handle_signals: bool,
+}
+
+impl Vm {
+    /// Prepares to run the VM described by `config`.
+    pub fn new(config: VmConfig) -> Result<Self> {
+        let exit = VmExitRequest::new().map_err(host_err("create the exit eventfd"))?;
+        Ok(Self {
+            config,
+            exit,
+            handle_signals: true,
+        })
+    }
+
+    /// A handle that stops the VM from another thread:
+    /// `handle.request(ExitReason::Signal(..))` or any other reason.
+    pub fn exit_handle(&self) -> VmExitRequest {
+        self.exit.clone()
+    }
+
+    /// Whether SIGTERM, SIGHUP and SIGINT stop the VM cleanly (default: yes).
+    /// Programs with their own signal handling turn this off.
+    pub fn handle_signals(mut self, enabled: bool) -> Self {
+        self.handle_signals = enabled;
+        self
+    }
+
+    /// Boots the guest and runs it until it stops; returns how it ended.
+    pub fn run(self) -> Result<ExitStatus> {
+        let started = Instant::now();
+        let host_kind = host::detect();
+        let failure_hint: Arc<str> = match &host_kind {
+            HostKind::Hardware => "".into(),
+            HostKind::SoftwareKvm { why } => {
+                warn!("{}", host::software_kvm_notice(why));
+                format!(". Likely cause: {}", host::software_kvm_notice(why)).into()
+            }
+        };
+        check_boot_files(&self.config)?;
+
+        let kvm = open_kvm()?;
+        check_capabilities(&kvm)?;
+        let vm_fd = create_vm(&kvm)?;
+        let mem = create_guest_memory(self.config.mem_size)?;
+        register_memory(&vm_fd, &mem)?;
+
+        let machine = Machine::build(&vm_fd, &self.config, self.exit.clone())?;
+        let cmdline = boot::parse_cmdline(&self.config.cmdline)?;
+        let boot_info = boot::prepare(
+            &mem,
+            self.config.mem_size,
+            &self.config.kernel,
+            self.config.initrd.as_deref(),
+            &cmdline,
+            self.config.vcpus,
+        )?;
+        info!(
+            "loaded {:?} kernel {} (entry {:#x}), {} MiB, {} vCPU(s)",
+            boot_info.kernel.format,
+            self.config.kernel.display(),
+            boot_info.kernel.entry.0,
+            self.config.mem_size >> 20,
+            self.config.vcpus
+        );
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let ctx = VcpuContext {
+            io_bus: Arc::new(machine.io_bus),
+            mmio_bus: Arc::new(machine.mmio_bus),
+            exit: self.exit.clone(),
+            stop: stop.clone(),
+            mem: mem.clone(),
+            failure_hint,
+        };
+        let vcpus = create_vcpus(&kvm, &vm_fd, &self.config, &boot_info, &ctx)?;
+
+        signals::install_kick_handler()
+            .map_err(host_err("install the vCPU kick signal handler"))?;
+        let mut events: EventManager<Box<dyn MutEventSubscriber + Send>> = EventManager::new()
+            .map_err(|e| VmError::Host {
+                what: "create the event loop",
+                source: std::io::Error::other(format!("{e:?}")),
+            })?;
+        events.add_subscriber(Box::new(ExitWatcher(self.exit.clone())));
+        if self.handle_signals {
+            let watcher = SignalWatcher::install(self.exit.clone())
+                .map_err(host_err("install the SIGTERM/SIGHUP handlers"))?;
+            events.add_subscriber(Box::new(watcher));
+        }
+        let stdin = std::io::stdin().as_raw_fd();
+        let interactive = self.config.console_input && terminal::is_terminal(stdin);
+        if self.config.console_input {
+            events.add_subscriber(Box::new(ConsoleInput::new(
+                stdin,
+                machine.serial.clone(),
+                machine.input_space,
+                self.exit.clone(),
+                interactive,
+            )));
+        }
+        let raw_terminal = if interactive {
+            match RawTerminal::enter(stdin) {
+                Ok(guard) => Some(guard),
+                Err(err) => {
+                    warn!("cannot put the terminal in raw mode ({err}); line editing stays on");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if interactive {
+            info!("console attached; type Ctrl-A then x to stop the VM");
+        }
+
+        let threads = spawn_vcpus(vcpus, started)?;
+        while self.exit.reason().is_none() {
+            if let Err(err) = events.run() {
+                warn!("event loop error: {err:?}");
+            }
+        }
+        stop_vcpus(&stop, threads);
+        drop(raw_terminal);
+        let _ = std::io::stdout().flush();
+
+        // The loop above only ends once a reason is recorded.
+        let reason = self.exit.reason().unwrap_or(ExitReason::VcpuFailure);
+        let status = ExitStatus {
+            reason,
+            code: reason.exit_code(),
+        };
+        info!("VM stopped: {status}");
+        Ok(status)
+    }
+}
+
+/// The devices and buses of one VM.
+struct Machine {
+    io_bus: Bus,
+    mmio_bus: Bus,
+    serial: Arc<Mutex<SerialPort<Box<dyn Write + Send>>>>,
+    input_space: EventFd,
+}
+
+/// Writes to a caller-supplied shared writer.
+struct SharedWriter(Arc<Mutex<dyn Write + Send>>);
+
+impl Write for SharedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).flush()
+    }
+}
+
+impl Machine {
+    fn build(vm_fd: &VmFd, config: &VmConfig, exit: VmExitRequest) -> Result<Self> {
+        let serial_irq =
+            EventFd::new(EFD_NONBLOCK).map_err(host_err("create the serial IRQ eventfd"))?;
+        vm_fd
+            .register_irqfd(&serial_irq, legacy::COM1_IRQ)
+            .map_err(kvm_err("KVM_IRQFD for the serial port"))?;
+        let input_space =
+            EventFd::new(EFD_NONBLOCK).map_err(host_err("create the console eventfd"))?;
+        let output: Box<dyn Write + Send> = match &config.console_output {
+            ConsoleOutput::Stdout => Box::new(std::io::stdout()),
+            ConsoleOutput::Writer(writer) => Box::new(SharedWriter(writer.clone())),
+        };
+        let serial = Arc::new(Mutex::new(SerialPort::new(
+            serial_irq,
+            input_space
+                .try_clone()
+                .map_err(host_err("clone the console eventfd"))?,
+            output,
+        )));
+
+        let mut io_bus = Bus::new();
+        io_bus.insert(
+            serial.clone(),
+            legacy::COM1_PORT.into(),
+            legacy::COM1_LEN.into(),
+        )?;
+        io_bus.insert(
+            Arc::new(Mutex::new(I8042::new(exit.clone()))),
+            legacy::I8042_PORT.into(),
+            legacy::I8042_LEN.into(),
+        )?;
+        io_bus.insert(
+            Arc::new(Mutex::new(Cmos::new())),
+            legacy::CMOS_PORT.into(),
+            legacy::CMOS_LEN.into(),
+        )?;
+        io_bus.insert(
+            Arc::new(Mutex::new(ExitPort::new(exit))),
+            legacy::EXIT_PORT.into(),
+            legacy::EXIT_PORT_LEN.into(),
+        )?;
+        Ok(Self {
+            io_bus,
+            mmio_bus: Bus::new(),
+            serial,
+            input_space,
+        })
+    }
+}
+
+fn check_boot_files(config: &VmConfig) -> Result<()> {
+    let hint = || {
+        if config
+            .kernel
+            .starts_with(crate::config::default_guest_dir())
+        {
+            "build the default guest image with guest-images/build-guest.sh".to_owned()
+        } else {
+            "check the path (the default guest image is built by guest-images/build-guest.sh)"
+                .to_owned()
+        }
+    };
+    if !config.kernel.exists() {
+        return Err(VmError::KernelNotFound {
+            path: config.kernel.clone(),
+            hint: hint(),
+        });
+    }
+    if let Some(initrd) = &config.initrd {
+        if !initrd.exists() {
+            return Err(VmError::InitrdNotFound {
+                path: initrd.clone(),
+                hint: hint(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn open_kvm() -> Result<Kvm> {
+    Kvm::new().map_err(|err| match err.errno() {
+        libc::ENOENT => VmError::NoKvm,
+        libc::EACCES | libc::EPERM => VmError::KvmPermission,
+        _ => VmError::OpenKvm(err),
+    })
+}
+
+fn check_capabilities(kvm: &Kvm) -> Result<()> {
+    for (cap, name) in [
+        (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+        (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+        (Cap::Irqfd, "KVM_CAP_IRQFD"),
+        (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+        (Cap::Pit2, "KVM_CAP_PIT2"),
+        (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(VmError::MissingCapability(name));
+        }
+    }
+    Ok(())
+}
+
+fn create_vm(kvm: &Kvm) -> Result<VmFd> {
+    let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    vm_fd
+        .set_tss_address(KVM_TSS_ADDRESS as usize)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm_fd
+        .set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+        .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    vm_fd
+        .create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        // The PC speaker port (0x61) is emulated in the kernel too.
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    Ok(vm_fd)
+}
+
+fn register_memory(vm_fd: &VmFd, mem: &GuestMemory) -> Result<()> {
+    for (slot, region) in mem.iter().enumerate() {
+        let region_desc = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which the
+        // caller keeps alive (cloned into every vCPU context) for as long
+        // as the VM can run; slots are distinct.
+        unsafe { vm_fd.set_user_memory_region(region_desc) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(())
+}
+
+fn create_vcpus(
+    kvm: &Kvm,
+    vm_fd: &VmFd,
+    config: &VmConfig,
+    boot_info: &boot::BootInfo,
+    ctx: &VcpuContext,
+) -> Result<Vec<Vcpu>> {
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let options = cpuid::CpuidOptions {
+        tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
+    };
+    let mut vcpus = Vec::with_capacity(config.vcpus.into());
+    for id in 0..config.vcpus {
+        let fd = vm_fd
+            .create_vcpu(u64::from(id))
+            .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        let mut entries = supported.as_slice().to_vec();
+        cpuid::configure(&mut entries, id, config.vcpus, options);
+        let cpuid = kvm_bindings::CpuId::from_entries(&entries).map_err(|_| VmError::Host {
+            what: "build the CPUID table",
+            source: std::io::Error::other("too many CPUID entries"),
+        })?;
+        let vcpu = Vcpu::new(id, fd, ctx.clone());
+        vcpu.configure(&cpuid, boot_info)?;
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
+}
+
+fn spawn_vcpus(vcpus: Vec<Vcpu>, started: Instant) -> Result<Vec<JoinHandle<()>>> {
+    let mut threads = Vec::with_capacity(vcpus.len());
+    for (id, vcpu) in vcpus.into_iter().enumerate() {
+        let handle = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || {
+                if id == 0 {
+                    debug!(
+                        "first vCPU entry {:.1} ms after VM start",
+                        started.elapsed().as_secs_f64() * 1e3
+                    );
+                }
+                vcpu.run()
+            })
+            .map_err(host_err("start a vCPU thread"))?;
+        threads.push(handle);
+    }
+    Ok(threads)
+}
+
+/// Tells every vCPU to stop and waits for them, kicking them out of
+/// KVM_RUN until each thread has returned.
+fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
+    stop.store(true, Ordering::Release);
+    for thread in threads {
+        while !thread.is_finished() {
+            // The kick sets immediate_exit, so even a signal that lands just
+            // before KVM_RUN makes it return; repeat in case of a race.
+            let _ = thread.kill(signals::kick_signal());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if thread.join().is_err() {
+            warn!("a vCPU thread panicked");
+        }
+    }
+}
+
+/// Wakes the event loop when a stop is requested.
+struct ExitWatcher(VmExitRequest);
+
+impl MutEventSubscriber for ExitWatcher {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(err) = ops.add(Events::new(self.0.eventfd(), EventSet::IN)) {
+            // Without it the loop would never wake: fail loudly and stop.
+            log::error!("cannot watch the VM exit event: {err:?}");
+            self.0.request(ExitReason::VcpuFailure);
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.0.eventfd().read();
+    }
+}
