@@ -20,6 +20,7 @@ pub mod mount;
 pub mod names;
 pub mod share;
 pub mod store;
+pub mod verify;
 
 pub use fs::{FsConfig, FsError, RedirectFs};
 pub use share::{ShareSpec, ShareSpecError, StoreSpec};
