@@ -1,0 +1,124 @@
+//! `testhost`: run boot scenarios of the real `hypervisor` binary, directly on a
+//! hardware-virtualization host or inside the emulated VT-x test host elsewhere.
+//!
+//! ```text
+//! testhost [--timeout SECS] [--quiet] [--in-test-host] [SCENARIO...]
+//! ```
+//!
+//! SCENARIO is a name from `testhost --list` or `GUEST[:ARG[:EXPECTED_CODE]]` for any guest
+//! scenario of docs/guest-protocol.md. Without scenarios it runs the standard boot batch.
+//! Exit code: 0 when every scenario passed, 1 when one failed, 2 on usage or setup errors.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use e2e_tests::testhost::{self, RunOptions, Scenario};
+
+const USAGE: &str =
+    "usage: testhost [--timeout SECS] [--quiet] [--in-test-host] [--list] [SCENARIO...]
+  SCENARIO   a name from --list, or GUEST[:ARG[:EXPECTED_CODE]] (guest scenario from
+             docs/guest-protocol.md, e.g. exit:7:7); default: the standard boot batch
+  --timeout  wall-clock limit for the whole run, in seconds
+  --quiet    do not stream the serial console
+  --in-test-host  use the emulated VT-x test host even on a hardware-virtualization host";
+
+fn presets() -> Vec<Scenario> {
+    let mut all = testhost::boot_scenarios();
+    all.push(testhost::default_scenario());
+    all
+}
+
+fn parse_scenario(spec: &str) -> Result<Scenario, String> {
+    if let Some(s) = presets().into_iter().find(|s| s.id == spec) {
+        return Ok(s);
+    }
+    let mut parts = spec.split(':');
+    let guest = parts
+        .next()
+        .filter(|g| !g.is_empty())
+        .ok_or("empty scenario")?;
+    let mut s = Scenario::new(&spec.replace(':', "-"), guest);
+    if let Some(arg) = parts.next() {
+        s = s.arg(arg);
+    }
+    if let Some(code) = parts.next() {
+        let code = code
+            .parse()
+            .map_err(|_| format!("expected exit code '{code}' in '{spec}' is not a number"))?;
+        s = s.expect_code(code);
+    }
+    if parts.next().is_some() {
+        return Err(format!("'{spec}' has more than GUEST:ARG:CODE"));
+    }
+    Ok(s)
+}
+
+fn main() -> ExitCode {
+    let mut opts = RunOptions::default();
+    let mut batch = Vec::new();
+    let mut force_test_host = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--timeout" => {
+                let Some(secs) = args.next().and_then(|s| s.parse::<u64>().ok()) else {
+                    eprintln!("testhost: --timeout needs a number of seconds\n{USAGE}");
+                    return ExitCode::from(2);
+                };
+                opts.timeout = Some(Duration::from_secs(secs));
+            }
+            "--quiet" => opts.stream = false,
+            "--in-test-host" => force_test_host = true,
+            "--list" => {
+                for s in presets() {
+                    println!(
+                        "{:<16} guest scenario '{}' arg {} vcpus {} expects exit code {}",
+                        s.id,
+                        s.guest,
+                        s.arg.as_deref().unwrap_or("-"),
+                        s.vcpus,
+                        s.expect_code
+                    );
+                }
+                return ExitCode::SUCCESS;
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            spec if !spec.starts_with('-') => match parse_scenario(spec) {
+                Ok(s) => batch.push(s),
+                Err(e) => {
+                    eprintln!("testhost: {e}\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+            },
+            other => {
+                eprintln!("testhost: unknown option '{other}'\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if batch.is_empty() {
+        batch = testhost::boot_scenarios();
+    }
+    let result = if force_test_host {
+        testhost::ensure_image(&opts.paths).and_then(|()| testhost::run_in_test_host(&batch, &opts))
+    } else {
+        testhost::run_scenarios(&batch, &opts)
+    };
+    match result {
+        Ok(report) => {
+            testhost::print_summary(&report);
+            if report.all_passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("testhost: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

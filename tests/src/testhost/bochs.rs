@@ -1,0 +1,186 @@
+//! Starting and stopping bochs: its own pseudo-terminal, its own session, SIGKILL, lock files.
+//!
+//! Debian's bochs has no head-less display; `display_library: term` draws the emulated VGA text
+//! screen with curses on its terminal. CI has no terminal, so bochs gets a pseudo-terminal from
+//! us, and a thread drains what it draws (otherwise bochs blocks once the pty buffer is full).
+//! Bochs ignores SIGTERM: it is stopped with SIGKILL, which leaves `IMAGE.lock` files beside its
+//! disk images; [`remove_locks`] deletes them.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+
+/// A running bochs process. Dropping it kills bochs and its process group.
+pub struct Bochs {
+    child: Child,
+    locks: Vec<PathBuf>,
+}
+
+/// Opens a pseudo-terminal pair with an 80x25 window (what bochs's text screen needs).
+fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut master: libc::c_int = -1;
+    let mut slave: libc::c_int = -1;
+    let size = libc::winsize {
+        ws_row: 25,
+        ws_col: 80,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two descriptors into the provided ints; the name and termios
+    // pointers may be null, and `size` outlives the call.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openpty succeeded, so both descriptors are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) })
+}
+
+impl Bochs {
+    /// Starts `bochs -q -f BOCHSRC -rc RCFILE` with `env` added to its environment, on a fresh
+    /// pseudo-terminal in a new session. `disks` are the disk images it will lock.
+    pub fn spawn(
+        bochsrc: &Path,
+        rcfile: &Path,
+        env: &[(&str, &Path)],
+        disks: &[&Path],
+    ) -> io::Result<Bochs> {
+        let (master, slave) = open_pty()?;
+        let mut cmd = Command::new("bochs");
+        cmd.arg("-q")
+            .arg("-f")
+            .arg(bochsrc)
+            .arg("-rc")
+            .arg(rcfile)
+            .env("TERM", "vt100")
+            .stdin(Stdio::from(slave.try_clone()?))
+            .stdout(Stdio::from(slave.try_clone()?))
+            .stderr(Stdio::from(slave));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        // SAFETY: the closure only calls async-signal-safe functions (setsid, ioctl) between
+        // fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // Make the pty (already on fd 0) the controlling terminal, as curses expects.
+                if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        // Our copies of the slave end were closed with `cmd` arguments; drain the master until
+        // bochs goes away (read then fails with EIO).
+        drop(cmd);
+        let mut screen = File::from(master);
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = screen.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+            }
+        });
+        Ok(Bochs {
+            child,
+            locks: disks.iter().map(|d| lock_path(d)).collect(),
+        })
+    }
+
+    /// Returns the exit status if bochs has exited.
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    /// Kills bochs (SIGKILL to its process group), reaps it and removes its lock files.
+    pub fn kill(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let pid = self.child.id() as libc::pid_t;
+            // SAFETY: kill has no memory effects; -pid names the process group bochs leads
+            // (it called setsid), which contains only bochs and anything it started.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            // Reap; an error means it was reaped already.
+            let _ = self.child.wait();
+        }
+        for lock in &self.locks {
+            remove_lock(lock);
+        }
+    }
+}
+
+impl Drop for Bochs {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The lock file bochs creates beside a disk image.
+pub fn lock_path(disk: &Path) -> PathBuf {
+    let mut name = disk.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+fn remove_lock(lock: &Path) {
+    match std::fs::remove_file(lock) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => eprintln!("testhost: warning: cannot remove {}: {e}", lock.display()),
+    }
+}
+
+/// Removes stale bochs lock files beside `disks` (call only while holding the run lock).
+pub fn remove_locks(disks: &[&Path]) {
+    for disk in disks {
+        remove_lock(&lock_path(disk));
+    }
+}
+
+/// Whether a `bochs` executable is on PATH.
+pub fn bochs_installed() -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join("bochs").is_file()))
+}
+
+/// An exclusive advisory lock on a file, held until dropped.
+pub struct RunLock {
+    _file: File,
+}
+
+impl RunLock {
+    /// Takes the lock on `path` (creating it), calling `waiting` first if someone else holds it.
+    pub fn acquire(path: &Path, waiting: impl FnOnce()) -> io::Result<RunLock> {
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        let fd = file.as_raw_fd();
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            waiting();
+            // SAFETY: as above.
+            if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(RunLock { _file: file })
+    }
+}

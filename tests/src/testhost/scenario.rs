@@ -1,0 +1,341 @@
+//! What one VMM run inside the test host does, and the parameter format that carries a batch
+//! of them from the runner to `testhost-agent`.
+//!
+//! The runner writes the batch as text at the start of a small raw disk (the parameter disk);
+//! the test host's `/init` copies it to a file and hands it to the agent. One line per scenario,
+//! tab-separated `key=value` fields after the word `scenario`:
+//!
+//! ```text
+//! FSR-TESTHOST-PARAMS v1
+//! scenario<TAB>id=boot-exit-code<TAB>guest=exit<TAB>vcpus=1<TAB>mem=128M<TAB>timeout=60<TAB>arg=42
+//! ```
+
+use std::fmt;
+
+/// First line of a parameter file; `/init` finds the parameter disk by it.
+pub const PARAMS_MAGIC: &str = "FSR-TESTHOST-PARAMS v1";
+
+/// One VMM run inside the test host: which guest scenario, with which VMM settings, and what
+/// counts as a pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scenario {
+    /// Unique label in a batch; marker lines and verdicts use it.
+    pub id: String,
+    /// Guest scenario name, passed as `fsr.scenario=` (docs/guest-protocol.md).
+    pub guest: String,
+    /// Scenario argument, passed as `fsr.arg=` when set.
+    pub arg: Option<String>,
+    /// `--vcpus` for the VMM.
+    pub vcpus: u32,
+    /// `--mem` for the VMM, e.g. `128M`.
+    pub mem: String,
+    /// A line fed to the VMM's standard input once the guest prints `@@fsr echo-ready`.
+    pub input: Option<String>,
+    /// Extra words appended to the guest kernel command line.
+    pub extra_cmdline: Vec<String>,
+    /// Extra VMM arguments, appended after the standard ones.
+    pub vmm_args: Vec<String>,
+    /// The VMM exit code that counts as a pass.
+    pub expect_code: i32,
+    /// Lines (substrings) that must appear in the VMM's output for a pass.
+    pub expect_output: Vec<String>,
+    /// Limit in the test host's clock (seconds) before the agent kills the VMM.
+    pub timeout_secs: u32,
+}
+
+/// A scenario that cannot be written into the parameter file.
+#[derive(Debug, PartialEq, Eq)]
+pub struct InvalidScenario {
+    /// The scenario's id.
+    pub id: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for InvalidScenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "scenario '{}': {}", self.id, self.reason)
+    }
+}
+
+impl std::error::Error for InvalidScenario {}
+
+impl Scenario {
+    /// A scenario running guest scenario `guest` with 1 vCPU and 128 MiB, expecting exit code 0.
+    pub fn new(id: &str, guest: &str) -> Self {
+        Scenario {
+            id: id.to_owned(),
+            guest: guest.to_owned(),
+            arg: None,
+            vcpus: 1,
+            mem: "128M".to_owned(),
+            input: None,
+            extra_cmdline: Vec::new(),
+            vmm_args: Vec::new(),
+            expect_code: 0,
+            expect_output: Vec::new(),
+            timeout_secs: 60,
+        }
+    }
+
+    /// Sets `fsr.arg`.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.arg = Some(arg.to_owned());
+        self
+    }
+
+    /// Sets the number of vCPUs.
+    pub fn vcpus(mut self, vcpus: u32) -> Self {
+        self.vcpus = vcpus;
+        self
+    }
+
+    /// Sets the line fed to the guest's console after `@@fsr echo-ready`.
+    pub fn input(mut self, line: &str) -> Self {
+        self.input = Some(line.to_owned());
+        self
+    }
+
+    /// Sets the expected VMM exit code.
+    pub fn expect_code(mut self, code: i32) -> Self {
+        self.expect_code = code;
+        self
+    }
+
+    /// Adds a substring that must appear in the VMM's output.
+    pub fn expect_output(mut self, text: &str) -> Self {
+        self.expect_output.push(text.to_owned());
+        self
+    }
+
+    /// Adds an extra VMM argument.
+    pub fn vmm_arg(mut self, arg: &str) -> Self {
+        self.vmm_args.push(arg.to_owned());
+        self
+    }
+
+    /// Adds an extra word to the guest kernel command line.
+    pub fn cmdline(mut self, word: &str) -> Self {
+        self.extra_cmdline.push(word.to_owned());
+        self
+    }
+
+    /// The guest kernel command line for this scenario.
+    pub fn guest_cmdline(&self) -> String {
+        let mut words = vec![
+            "console=ttyS0".to_owned(),
+            "reboot=k".to_owned(),
+            "panic=-1".to_owned(),
+            "i8042.noaux".to_owned(),
+            format!("fsr.scenario={}", self.guest),
+        ];
+        if let Some(arg) = &self.arg {
+            words.push(format!("fsr.arg={arg}"));
+        }
+        words.extend(self.extra_cmdline.iter().cloned());
+        words.join(" ")
+    }
+
+    /// The `hypervisor` arguments for this scenario, given where the guest image is.
+    pub fn vmm_argv(&self, kernel: &str, initrd: &str) -> Vec<String> {
+        let mut argv: Vec<String> = [
+            "run", "--kernel", kernel, "--initrd", initrd, "--mem", &self.mem, "--vcpus",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        argv.push(self.vcpus.to_string());
+        argv.push("--cmdline".to_owned());
+        argv.push(self.guest_cmdline());
+        argv.extend(self.vmm_args.iter().cloned());
+        argv
+    }
+
+    /// Checks that every field fits the parameter format and the kernel command line.
+    pub fn validate(&self) -> Result<(), InvalidScenario> {
+        let bad = |reason: String| {
+            Err(InvalidScenario {
+                id: self.id.clone(),
+                reason,
+            })
+        };
+        let word_ok = |s: &str| !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c == '"');
+        if !word_ok(&self.id) {
+            return bad("the id must be one word without quotes".into());
+        }
+        if !word_ok(&self.guest) {
+            return bad(format!("guest scenario '{}' must be one word", self.guest));
+        }
+        if let Some(arg) = &self.arg {
+            if !word_ok(arg) {
+                return bad(format!("fsr.arg '{arg}' must be one word"));
+            }
+        }
+        if self.vcpus == 0 {
+            return bad("vcpus must be at least 1".into());
+        }
+        if !word_ok(&self.mem) {
+            return bad(format!("mem '{}' must be one word like 128M", self.mem));
+        }
+        for word in &self.extra_cmdline {
+            if !word_ok(word) {
+                return bad(format!(
+                    "kernel command-line word '{word}' must be one word"
+                ));
+            }
+        }
+        let field_ok = |s: &str| !s.contains(['\t', '\n', '\r', '\0']);
+        if let Some(line) = &self.input {
+            if !field_ok(line) {
+                return bad("the input line must not contain tabs, line breaks or NUL".into());
+            }
+        }
+        if let Some(arg) = self.vmm_args.iter().find(|a| !field_ok(a)) {
+            return bad(format!(
+                "VMM argument {arg:?} must not contain tabs, line breaks or NUL"
+            ));
+        }
+        if self.timeout_secs == 0 {
+            return bad("timeout must be at least 1 s".into());
+        }
+        Ok(())
+    }
+}
+
+/// Writes a batch as parameter-file text. Fails on the first invalid scenario or duplicate id.
+pub fn encode_params(scenarios: &[Scenario]) -> Result<String, InvalidScenario> {
+    let mut out = format!("{PARAMS_MAGIC}\n");
+    for (i, s) in scenarios.iter().enumerate() {
+        s.validate()?;
+        if scenarios[..i].iter().any(|o| o.id == s.id) {
+            return Err(InvalidScenario {
+                id: s.id.clone(),
+                reason: "the id appears twice in the batch".into(),
+            });
+        }
+        let mut fields = vec![
+            "scenario".to_owned(),
+            format!("id={}", s.id),
+            format!("guest={}", s.guest),
+            format!("vcpus={}", s.vcpus),
+            format!("mem={}", s.mem),
+            format!("timeout={}", s.timeout_secs),
+        ];
+        if let Some(arg) = &s.arg {
+            fields.push(format!("arg={arg}"));
+        }
+        if let Some(line) = &s.input {
+            fields.push(format!("input={line}"));
+        }
+        fields.extend(s.extra_cmdline.iter().map(|w| format!("cmdline={w}")));
+        fields.extend(s.vmm_args.iter().map(|a| format!("vmm-arg={a}")));
+        out.push_str(&fields.join("\t"));
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// Reads parameter-file text back into scenarios (the agent's side). Verdict fields
+/// (`expect_*`) are not carried: the runner on the host judges.
+pub fn decode_params(text: &str) -> Result<Vec<Scenario>, String> {
+    let mut lines = text.lines();
+    match lines.next() {
+        Some(first) if first.trim_end() == PARAMS_MAGIC => {}
+        other => {
+            return Err(format!(
+                "parameter file starts with {other:?}, expected '{PARAMS_MAGIC}'"
+            ))
+        }
+    }
+    let mut out = Vec::new();
+    for (n, line) in lines.enumerate() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut fields = line.split('\t');
+        if fields.next() != Some("scenario") {
+            return Err(format!(
+                "parameter line {}: expected 'scenario': {line:?}",
+                n + 2
+            ));
+        }
+        let mut s = Scenario::new("", "");
+        for field in fields {
+            let (key, value) = field
+                .split_once('=')
+                .ok_or_else(|| format!("parameter line {}: field {field:?} has no '='", n + 2))?;
+            let number = |v: &str| {
+                v.parse::<u32>()
+                    .map_err(|_| format!("parameter line {}: {key}={v} is not a number", n + 2))
+            };
+            match key {
+                "id" => s.id = value.to_owned(),
+                "guest" => s.guest = value.to_owned(),
+                "arg" => s.arg = Some(value.to_owned()),
+                "vcpus" => s.vcpus = number(value)?,
+                "mem" => s.mem = value.to_owned(),
+                "timeout" => s.timeout_secs = number(value)?,
+                "input" => s.input = Some(value.to_owned()),
+                "cmdline" => s.extra_cmdline.push(value.to_owned()),
+                "vmm-arg" => s.vmm_args.push(value.to_owned()),
+                _ => return Err(format!("parameter line {}: unknown field '{key}'", n + 2)),
+            }
+        }
+        s.validate().map_err(|e| e.to_string())?;
+        out.push(s);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_round_trip_keeps_run_fields() {
+        let batch = vec![
+            Scenario::new("exit-42", "exit").arg("42").expect_code(42),
+            Scenario::new("echo", "echo")
+                .input("hello there")
+                .vmm_arg("--share")
+                .vmm_arg("tag=s0,dir=/share/g")
+                .cmdline("fsr.share=s0:/mnt"),
+        ];
+
+        let text = encode_params(&batch).unwrap();
+        let back = decode_params(&text).unwrap();
+
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[0].arg.as_deref(), Some("42"));
+        assert_eq!(back[1].input.as_deref(), Some("hello there"));
+        assert_eq!(back[1].vmm_args, batch[1].vmm_args);
+        assert_eq!(back[1].extra_cmdline, batch[1].extra_cmdline);
+    }
+
+    #[test]
+    fn encode_refuses_duplicate_ids_and_spaces_in_args() {
+        let dup = vec![Scenario::new("a", "exit"), Scenario::new("a", "exit")];
+        let spaced = vec![Scenario::new("a", "exit").arg("4 2")];
+
+        assert!(encode_params(&dup).unwrap_err().reason.contains("twice"));
+        assert!(encode_params(&spaced)
+            .unwrap_err()
+            .reason
+            .contains("one word"));
+    }
+
+    #[test]
+    fn guest_cmdline_follows_the_protocol() {
+        let s = Scenario::new("x", "cpus").arg("2").vcpus(2);
+
+        assert_eq!(
+            s.guest_cmdline(),
+            "console=ttyS0 reboot=k panic=-1 i8042.noaux fsr.scenario=cpus fsr.arg=2"
+        );
+        assert_eq!(
+            s.vmm_argv("/k", "/i")[..8],
+            ["run", "--kernel", "/k", "--initrd", "/i", "--mem", "128M", "--vcpus"]
+        );
+    }
+}
