@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: installs what the tests need,
+# builds the guest image (and, on hosts without hardware virtualization, the
+# emulated VT-x test host), then runs every test of the workspace and prints
+# one summary line: "N passed, N failed, N skipped".
+#
+# Usage: ./test.sh [--quick] [-- extra cargo test arguments]
+#   --quick   skip formatting and clippy checks
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+
+QUICK=0
+CARGO_ARGS=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --) shift; CARGO_ARGS=("$@"); break ;;
+        *) echo "test.sh: unknown option '$1' (see ./test.sh --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+# Debian packages the tests use directly (the image builders install their own).
+PACKAGES=(fio libacl1-dev qemu-system-x86 e2fsprogs)
+
+STAGES=()
+stage_start() { STAGE_NAME="$1"; STAGE_T0=$(date +%s); echo; echo "=== $1"; }
+stage_end() {
+    local secs=$(( $(date +%s) - STAGE_T0 ))
+    STAGES+=("$(printf '%-38s %5ss' "$STAGE_NAME" "$secs")")
+}
+print_stages() {
+    echo
+    echo "=== stage times"
+    for line in "${STAGES[@]}"; do echo "  $line"; done
+}
+trap print_stages EXIT
+
+stage_start "install system packages"
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+    echo "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
+        apt-get update -qq
+        apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+else
+    echo "all present"
+fi
+stage_end
+
+stage_start "build the guest image"
+guest-images/build-guest.sh
+stage_end
+
+if [[ $QUICK -eq 0 ]]; then
+    stage_start "format and lint"
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets --release -- -D warnings
+    stage_end
+fi
+
+stage_start "build the workspace"
+cargo build --workspace --all-targets --release
+stage_end
+
+stage_start "run the tests"
+LOG="$ROOT/build/test-output.log"
+mkdir -p "$ROOT/build"
+set +e
+cargo test --workspace --release --no-fail-fast "${CARGO_ARGS[@]}" 2>&1 | tee "$LOG"
+status=${PIPESTATUS[0]}
+set -e
+stage_end
+
+# One line over every test binary: libtest's "ignored" are our skipped tests.
+summary=$(awk '/^test result:/ {
+        for (i = 1; i <= NF; i++) {
+            if ($(i+1) ~ /^passed/) p += $i
+            if ($(i+1) ~ /^failed/) f += $i
+            if ($(i+1) ~ /^ignored/) s += $i
+        }
+    } END { printf "%d passed, %d failed, %d skipped", p, f, s }' "$LOG")
+echo
+echo "=== skipped tests and why"
+grep -E "^(SKIPPED|skipped)|skipped, because" "$LOG" | sort -u || echo "  (none)"
+print_stages
+trap - EXIT
+echo
+echo "$summary"
+exit "$status"
