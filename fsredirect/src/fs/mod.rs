@@ -27,7 +27,7 @@ use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
 use std::mem::ManuallyDrop;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -39,6 +39,7 @@ use fuse_backend_rs::api::filesystem::{
 };
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
+use crate::beneath::open_beneath;
 use crate::fdcache::FdCache;
 use crate::meta::{filter_xattr_list, is_reserved_xattr, is_special_kind, Meta};
 use crate::meta::{META_XATTR_ROOT, META_XATTR_USER};
@@ -127,11 +128,15 @@ struct State {
     handles: HashMap<u64, OpenFile>,
     open_counts: HashMap<u64, usize>,
     orphans: HashMap<u64, CString>,
+    /// Guest-tree inodes of open files whose last name is gone: an `O_PATH` descriptor keeps
+    /// the host inode alive so the passthrough layer can still reach it until release.
+    pins: HashMap<u64, OwnedFd>,
 }
 
 /// The redirecting file system over one share.
 pub struct RedirectFs {
     inner: PassthroughFs,
+    guest_root: OwnedFd,
     store: Option<Store>,
     volume: Vec<u8>,
     meta_name: &'static CStr,
@@ -159,12 +164,12 @@ impl RedirectFs {
             .to_str()
             .ok_or_else(|| FsError::NonUtf8(share.dir.clone()))?
             .to_string();
-        if let Err(source) = std::fs::read_dir(&share.dir) {
-            return Err(FsError::GuestTree {
+        let guest_root = File::open(&share.dir)
+            .map(OwnedFd::from)
+            .map_err(|source| FsError::GuestTree {
                 dir: share.dir.clone(),
                 source,
-            });
-        }
+            })?;
         let pcfg = Config {
             root_dir: dir,
             xattr: true,
@@ -204,6 +209,7 @@ impl RedirectFs {
         );
         Ok(RedirectFs {
             inner,
+            guest_root,
             store,
             volume,
             meta_name,
@@ -532,12 +538,32 @@ impl RedirectFs {
         }))
     }
 
+    fn is_open(&self, inode: u64) -> bool {
+        self.state().open_counts.get(&inode).copied().unwrap_or(0) > 0
+    }
+
+    /// Keeps the stub of an open redirected file reachable after its last name goes (the
+    /// caller is about to unlink or replace `parts`).
+    fn pin_stub(&self, inode: u64, parts: &[CString]) {
+        if !self.is_open(inode) || self.state().pins.contains_key(&inode) {
+            return;
+        }
+        let pinned = CString::new(join(parts))
+            .map_err(|_| errno(libc::EINVAL))
+            .and_then(|path| open_beneath(&self.guest_root, &path, libc::O_PATH, 0));
+        match pinned {
+            Ok(fd) => {
+                self.state().pins.insert(inode, fd);
+            }
+            Err(e) => log::warn!("cannot pin stub of open inode {inode}: {e}"),
+        }
+    }
+
     /// Called once the last name of `inode` is gone from the guest tree and from `parts` in
     /// the store: an open file keeps its object in the orphan area, a closed one loses it.
     fn drop_last_name(&self, inode: u64, parts: &[CString]) -> io::Result<()> {
         let store = self.store()?;
-        let open = self.state().open_counts.get(&inode).copied().unwrap_or(0) > 0;
-        if open {
+        if self.is_open(inode) {
             let orphan = store.orphan(parts, inode)?;
             self.state().orphans.insert(inode, orphan);
             Ok(())
@@ -724,6 +750,9 @@ impl FileSystem for RedirectFs {
                 Kind::Redirect => Some(self.child_parts(parent, name)?),
                 _ => None,
             };
+            if let (Some(parts), true) = (&parts, entry.attr.st_nlink <= 1) {
+                self.pin_stub(entry.inode, parts);
+            }
             // Stub first: a crash in between leaves an unnamed store object (garbage), never
             // a stub without data.
             self.inner.unlink(ctx, parent, name)?;
@@ -1039,6 +1068,7 @@ impl FileSystem for RedirectFs {
                         return Ok(());
                     }
                     st.open_counts.remove(&inode);
+                    st.pins.remove(&inode);
                     st.orphans.remove(&inode)
                 };
                 self.fds.remove(inode);
@@ -1247,7 +1277,12 @@ impl RedirectFs {
         // Move an overwritten file's object aside first, so the rename cannot destroy data
         // the guest rename might still fail to replace.
         let aside = match dst {
-            Some((e, Kind::Redirect)) => Some((e, store.orphan(&new_parts, e.inode)?)),
+            Some((e, Kind::Redirect)) => {
+                if e.attr.st_nlink <= 1 {
+                    self.pin_stub(e.inode, &new_parts);
+                }
+                Some((e, store.orphan(&new_parts, e.inode)?))
+            }
             _ => None,
         };
         let restore_aside = || {
