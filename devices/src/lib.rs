@@ -23,5 +23,7 @@
 pub mod bus;
 pub mod exit;
 pub mod legacy;
+pub mod ratelimit;
+pub mod virtio;
 
 pub use exit::{ExitReason, VmExitRequest};

@@ -1,0 +1,172 @@
+//! The virtio-fs device (virtio 1.2 §5.11): FUSE over virtqueues, served by
+//! fuse-backend-rs's `Server` over any `FileSystem` the caller supplies.
+
+pub mod handler;
+pub mod worker;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use fuse_backend_rs::api::filesystem::FileSystem;
+use fuse_backend_rs::api::server::Server;
+use log::warn;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{
+    read_config_bytes, ActivateError, ActivationContext, VirtioDevice, VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_RING_F_INDIRECT_DESC,
+};
+use worker::Worker;
+
+/// Longest tag the configuration space holds (virtio 1.2 §5.11.4).
+pub const MAX_TAG_LEN: usize = 36;
+/// Queue size of every queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Index of the high-priority queue.
+pub const HIPRIO_QUEUE: usize = 0;
+const VIRTIO_ID_FS: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_FS;
+
+/// Errors in a virtio-fs device description.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FsDeviceError {
+    /// The tag is empty, too long or has a NUL byte.
+    #[error("virtio-fs tag {0:?} is not usable: give 1 to 36 bytes without NUL")]
+    BadTag(String),
+    /// No request queue.
+    #[error("a virtio-fs device needs at least one request queue")]
+    NoRequestQueue,
+}
+
+/// The configuration space: the tag, NUL-padded, then the number of request queues.
+pub fn config_space(
+    tag: &str,
+    request_queues: u32,
+) -> Result<[u8; MAX_TAG_LEN + 4], FsDeviceError> {
+    if tag.is_empty() || tag.len() > MAX_TAG_LEN || tag.contains('\0') {
+        return Err(FsDeviceError::BadTag(tag.to_owned()));
+    }
+    if request_queues == 0 {
+        return Err(FsDeviceError::NoRequestQueue);
+    }
+    let mut config = [0u8; MAX_TAG_LEN + 4];
+    config[..tag.len()].copy_from_slice(tag.as_bytes());
+    config[MAX_TAG_LEN..].copy_from_slice(&request_queues.to_le_bytes());
+    Ok(config)
+}
+
+struct Running {
+    stop: EventFd,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// A virtio-fs device serving file system `F`.
+pub struct VirtioFs<F: FileSystem + Send + Sync + 'static> {
+    tag: String,
+    config: [u8; MAX_TAG_LEN + 4],
+    queue_sizes: Vec<u16>,
+    server: Arc<Server<Arc<F>>>,
+    broken: Arc<AtomicBool>,
+    running: Option<Running>,
+}
+
+impl<F: FileSystem + Send + Sync + 'static> VirtioFs<F> {
+    /// A device with tag `tag` and `request_queues` request queues.
+    pub fn new(tag: &str, request_queues: u32, fs: Arc<F>) -> Result<Self, FsDeviceError> {
+        let config = config_space(tag, request_queues)?;
+        Ok(Self {
+            tag: tag.to_owned(),
+            config,
+            queue_sizes: vec![QUEUE_SIZE; 1 + request_queues as usize],
+            server: Arc::new(Server::new(fs)),
+            broken: Arc::new(AtomicBool::new(false)),
+            running: None,
+        })
+    }
+
+    /// The tag the guest mounts.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    fn stop_workers(&mut self) {
+        if let Some(running) = self.running.take() {
+            let _ = running.stop.write(1);
+            for thread in running.threads {
+                if thread.join().is_err() {
+                    warn!("virtio-fs {}: a worker thread panicked", self.tag);
+                }
+            }
+        }
+    }
+}
+
+impl<F: FileSystem + Send + Sync + 'static> VirtioDevice for VirtioFs<F> {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_FS
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_RING_F_EVENT_IDX | VIRTIO_RING_F_INDIRECT_DESC
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(&mut self, ctx: ActivationContext) -> Result<(), ActivateError> {
+        self.stop_workers();
+        // The hiprio queue and the first request queue are required.
+        for required in [HIPRIO_QUEUE, HIPRIO_QUEUE + 1] {
+            if !ctx.queues.iter().any(|(index, _)| *index == required) {
+                return Err(ActivateError::MissingQueue(required));
+            }
+        }
+        self.broken.store(false, Ordering::SeqCst);
+        let stop = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Worker)?;
+        let mut threads = Vec::new();
+        for (index, queue) in ctx.queues {
+            let worker = Worker {
+                index,
+                queue,
+                mem: ctx.mem.clone(),
+                server: self.server.clone(),
+                interrupt: ctx.interrupt.clone(),
+                stop: stop.try_clone().map_err(ActivateError::Worker)?,
+                broken: self.broken.clone(),
+            };
+            let spawned = std::thread::Builder::new()
+                .name(format!("fs-{}-q{index}", self.tag))
+                .spawn(move || worker.run());
+            match spawned {
+                Ok(thread) => threads.push(thread),
+                Err(err) => {
+                    self.running = Some(Running { stop, threads });
+                    self.stop_workers();
+                    return Err(ActivateError::Worker(err));
+                }
+            }
+        }
+        self.running = Some(Running { stop, threads });
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.stop_workers();
+        self.broken.store(false, Ordering::SeqCst);
+    }
+
+    fn needs_reset(&self) -> bool {
+        self.broken.load(Ordering::SeqCst)
+    }
+}
+
+impl<F: FileSystem + Send + Sync + 'static> Drop for VirtioFs<F> {
+    fn drop(&mut self) {
+        self.stop_workers();
+    }
+}

@@ -1,0 +1,420 @@
+//! The virtio-mmio transport, version 2 (virtio 1.2 §4.2.2), modern only.
+//!
+//! The transport validates everything the driver writes before it reaches
+//! the device: feature negotiation, the status sequence (a table of legal
+//! transitions), queue sizes and addresses (inside guest memory, aligned)
+//! before the driver may mark a queue ready, and nothing after DRIVER_OK
+//! but notifications, interrupt acks and a reset.
+
+use std::sync::Arc;
+
+use log::{info, warn};
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE as ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER as DRIVER,
+    VIRTIO_CONFIG_S_DRIVER_OK as DRIVER_OK, VIRTIO_CONFIG_S_FAILED as FAILED,
+    VIRTIO_CONFIG_S_FEATURES_OK as FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET as NEEDS_RESET,
+};
+use virtio_bindings::virtio_mmio::*;
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{
+    ActivationContext, ActiveQueue, GuestMemory, MmioInterrupt, VirtioDevice, VIRTIO_F_VERSION_1,
+};
+use crate::bus::BusDevice;
+use crate::warn_limited;
+
+/// "virt" in little endian.
+const MAGIC: u32 = 0x7472_6976;
+/// virtio-mmio version 2: the modern interface.
+const VERSION: u32 = 2;
+/// Our vendor id ("FSRV"); drivers do not interpret it.
+const VENDOR_ID: u32 = 0x5652_5346;
+/// Offset of the device-specific configuration space.
+const CONFIG_SPACE: u64 = VIRTIO_MMIO_CONFIG as u64;
+
+/// The legal status transitions, as (status before, bit the driver adds);
+/// virtio 1.2 §3.1.1 steps 2, 3, 5 and 8. FAILED may be added at any time
+/// and a write of 0 resets from any state.
+const STATUS_TRANSITIONS: [(u32, u32); 4] = [
+    (0, ACKNOWLEDGE),
+    (ACKNOWLEDGE, DRIVER),
+    (ACKNOWLEDGE | DRIVER, FEATURES_OK),
+    (ACKNOWLEDGE | DRIVER | FEATURES_OK, DRIVER_OK),
+];
+
+/// A virtio device behind the MMIO transport, placed on the MMIO bus.
+pub struct MmioTransport<D: VirtioDevice> {
+    device: D,
+    mem: GuestMemory,
+    interrupt: Arc<MmioInterrupt>,
+    status: u32,
+    device_features_select: u32,
+    driver_features_select: u32,
+    acked_features: u64,
+    queue_select: u32,
+    queues: Vec<Queue>,
+    kicks: Vec<EventFd>,
+    config_generation: u32,
+    active: bool,
+}
+
+impl<D: VirtioDevice> std::fmt::Debug for MmioTransport<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmioTransport")
+            .field("device_type", &self.device.device_type())
+            .field("status", &self.status)
+            .field("active", &self.active)
+            .finish()
+    }
+}
+
+impl<D: VirtioDevice> MmioTransport<D> {
+    /// Wraps `device`; `interrupt` carries its irqfd.
+    pub fn new(
+        device: D,
+        mem: GuestMemory,
+        interrupt: Arc<MmioInterrupt>,
+    ) -> std::io::Result<Self> {
+        let mut queues = Vec::new();
+        let mut kicks = Vec::new();
+        for &max in device.queue_max_sizes() {
+            // A max size that is not a power of two is a bug of ours.
+            queues.push(Queue::new(max).map_err(|e| std::io::Error::other(format!("{e:?}")))?);
+            kicks.push(EventFd::new(EFD_NONBLOCK)?);
+        }
+        Ok(Self {
+            device,
+            mem,
+            interrupt,
+            status: 0,
+            device_features_select: 0,
+            driver_features_select: 0,
+            acked_features: 0,
+            queue_select: 0,
+            queues,
+            kicks,
+            config_generation: 0,
+            active: false,
+        })
+    }
+
+    /// The eventfd of each queue, to register as an ioeventfd at
+    /// [`Self::notify_offset`] with the queue index as datamatch.
+    pub fn queue_kicks(&self) -> &[EventFd] {
+        &self.kicks
+    }
+
+    /// Offset of the QueueNotify register inside the device's window.
+    pub const fn notify_offset() -> u64 {
+        VIRTIO_MMIO_QUEUE_NOTIFY as u64
+    }
+
+    /// The device behind the transport.
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
+    /// The current device status.
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_select as usize)
+    }
+
+    /// Queue registers may be written only between FEATURES_OK and DRIVER_OK.
+    fn queue_setup_allowed(&self) -> bool {
+        self.status & (FEATURES_OK | DRIVER_OK | FAILED) == FEATURES_OK
+    }
+
+    fn read_register(&self, offset: u32) -> u32 {
+        let queue = self.queues.get(self.queue_select as usize);
+        match offset {
+            VIRTIO_MMIO_MAGIC_VALUE => MAGIC,
+            VIRTIO_MMIO_VERSION => VERSION,
+            VIRTIO_MMIO_DEVICE_ID => self.device.device_type(),
+            VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
+            VIRTIO_MMIO_DEVICE_FEATURES => {
+                let features = self.device.features() | VIRTIO_F_VERSION_1;
+                match self.device_features_select {
+                    0 => features as u32,
+                    1 => (features >> 32) as u32,
+                    _ => 0,
+                }
+            }
+            VIRTIO_MMIO_QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
+            VIRTIO_MMIO_QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
+            VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt.status(),
+            VIRTIO_MMIO_STATUS => {
+                let needs_reset = self.active && self.device.needs_reset();
+                self.status | if needs_reset { NEEDS_RESET } else { 0 }
+            }
+            VIRTIO_MMIO_CONFIG_GENERATION => self.config_generation,
+            // No shared-memory regions: their length reads as all ones
+            // (virtio 1.2 §4.2.2.1), so virtiofs does not look for a DAX window.
+            VIRTIO_MMIO_SHM_LEN_LOW | VIRTIO_MMIO_SHM_LEN_HIGH => u32::MAX,
+            VIRTIO_MMIO_SHM_BASE_LOW | VIRTIO_MMIO_SHM_BASE_HIGH => u32::MAX,
+            _ => {
+                warn_limited!("virtio-mmio: read of unknown or write-only register {offset:#x}");
+                0
+            }
+        }
+    }
+
+    fn write_register(&mut self, offset: u32, value: u32) {
+        match offset {
+            VIRTIO_MMIO_DEVICE_FEATURES_SEL => self.device_features_select = value,
+            VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_select = value,
+            VIRTIO_MMIO_DRIVER_FEATURES => self.write_driver_features(value),
+            VIRTIO_MMIO_QUEUE_SEL => self.queue_select = value,
+            VIRTIO_MMIO_QUEUE_NUM
+            | VIRTIO_MMIO_QUEUE_READY
+            | VIRTIO_MMIO_QUEUE_DESC_LOW
+            | VIRTIO_MMIO_QUEUE_DESC_HIGH
+            | VIRTIO_MMIO_QUEUE_AVAIL_LOW
+            | VIRTIO_MMIO_QUEUE_AVAIL_HIGH
+            | VIRTIO_MMIO_QUEUE_USED_LOW
+            | VIRTIO_MMIO_QUEUE_USED_HIGH => self.write_queue_register(offset, value),
+            VIRTIO_MMIO_QUEUE_NOTIFY => self.notify(value),
+            VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt.ack(value),
+            VIRTIO_MMIO_STATUS => self.set_status(value),
+            VIRTIO_MMIO_SHM_SEL => {}
+            _ => warn_limited!(
+                "virtio-mmio: write of {value:#x} to unknown or read-only register {offset:#x}"
+            ),
+        }
+    }
+
+    fn write_driver_features(&mut self, value: u32) {
+        // Features are negotiated after DRIVER and before FEATURES_OK.
+        if self.status & (DRIVER | FEATURES_OK | FAILED) != DRIVER {
+            warn_limited!(
+                "virtio-mmio: driver features written in status {:#x}; ignored",
+                self.status
+            );
+            return;
+        }
+        let shift = match self.driver_features_select {
+            0 => 0,
+            1 => 32,
+            _ => return,
+        };
+        self.acked_features &= !(0xffff_ffffu64 << shift);
+        self.acked_features |= u64::from(value) << shift;
+    }
+
+    fn write_queue_register(&mut self, offset: u32, value: u32) {
+        if !self.queue_setup_allowed() {
+            warn_limited!(
+                "virtio-mmio: queue register {offset:#x} written in status {:#x}; ignored",
+                self.status
+            );
+            return;
+        }
+        let mem = self.mem.clone();
+        let Some(queue) = self.selected_queue() else {
+            warn_limited!("virtio-mmio: queue register written with no such queue selected");
+            return;
+        };
+        if queue.ready() && offset != VIRTIO_MMIO_QUEUE_READY {
+            warn_limited!("virtio-mmio: queue reconfigured while ready; ignored");
+            return;
+        }
+        match offset {
+            // Invalid sizes are caught by is_valid() when the queue is made ready.
+            VIRTIO_MMIO_QUEUE_NUM => queue.set_size(value.try_into().unwrap_or(0)),
+            VIRTIO_MMIO_QUEUE_DESC_LOW => queue.set_desc_table_address(Some(value), None),
+            VIRTIO_MMIO_QUEUE_DESC_HIGH => queue.set_desc_table_address(None, Some(value)),
+            VIRTIO_MMIO_QUEUE_AVAIL_LOW => queue.set_avail_ring_address(Some(value), None),
+            VIRTIO_MMIO_QUEUE_AVAIL_HIGH => queue.set_avail_ring_address(None, Some(value)),
+            VIRTIO_MMIO_QUEUE_USED_LOW => queue.set_used_ring_address(Some(value), None),
+            VIRTIO_MMIO_QUEUE_USED_HIGH => queue.set_used_ring_address(None, Some(value)),
+            VIRTIO_MMIO_QUEUE_READY => {
+                if value == 1 && !queue.is_valid(&mem) {
+                    // The driver reads QueueReady back and sees 0.
+                    warn_limited!(
+                        "virtio-mmio: queue of size {} at desc {:#x} avail {:#x} used {:#x} is \
+                         outside guest memory, misaligned or badly sized; not made ready",
+                        queue.size(),
+                        queue.desc_table(),
+                        queue.avail_ring(),
+                        queue.used_ring()
+                    );
+                    return;
+                }
+                queue.set_ready(value == 1);
+            }
+            _ => {}
+        }
+    }
+
+    fn notify(&mut self, value: u32) {
+        // Only reached when no ioeventfd is registered for this window.
+        if !self.active {
+            warn_limited!("virtio-mmio: notification before DRIVER_OK; ignored");
+            return;
+        }
+        match self.kicks.get(value as usize) {
+            Some(kick) => {
+                let _ = kick.write(1);
+            }
+            None => {
+                warn_limited!("virtio-mmio: notification for queue {value}, which does not exist")
+            }
+        }
+    }
+
+    fn set_status(&mut self, new: u32) {
+        if new == 0 {
+            self.reset();
+            return;
+        }
+        let old = self.status;
+        if new & old != old {
+            warn_limited!("virtio-mmio: status {new:#x} clears bits of {old:#x}; only a reset may");
+            return;
+        }
+        let added = new & !old;
+        if added & FAILED != 0 {
+            warn!("virtio-mmio: the driver gave up on the device (FAILED); it stays stopped until reset");
+            self.status |= FAILED;
+            self.deactivate();
+            return;
+        }
+        let base = old & !NEEDS_RESET;
+        if !STATUS_TRANSITIONS.contains(&(base, added)) {
+            warn_limited!("virtio-mmio: illegal status transition {old:#x} -> {new:#x}; ignored");
+            return;
+        }
+        match added {
+            FEATURES_OK => {
+                let offered = self.device.features() | VIRTIO_F_VERSION_1;
+                if self.acked_features & !offered != 0
+                    || self.acked_features & VIRTIO_F_VERSION_1 == 0
+                {
+                    // Leaving FEATURES_OK clear tells the driver (§3.1.1 step 6).
+                    warn!(
+                        "virtio-mmio: driver accepted features {:#x}, offered {offered:#x}; refused",
+                        self.acked_features
+                    );
+                    return;
+                }
+            }
+            DRIVER_OK => {
+                self.status |= DRIVER_OK;
+                self.activate();
+                return;
+            }
+            _ => {}
+        }
+        self.status |= added;
+    }
+
+    fn activate(&mut self) {
+        let queues: Vec<(usize, ActiveQueue)> = self
+            .queues
+            .iter()
+            .zip(&self.kicks)
+            .enumerate()
+            .filter(|(_, (queue, _))| queue.ready())
+            .filter_map(|(index, (queue, kick))| {
+                let kick = kick.try_clone().ok()?;
+                // The transport keeps its copy for register reads; the
+                // device gets its own, already validated by is_valid().
+                let mut queue = Queue::try_from(queue.state()).ok()?;
+                queue.set_event_idx(self.acked_features & super::VIRTIO_RING_F_EVENT_IDX != 0);
+                Some((index, ActiveQueue { queue, kick }))
+            })
+            .collect();
+        let ctx = ActivationContext {
+            mem: self.mem.clone(),
+            queues,
+            interrupt: self.interrupt.clone(),
+            acked_features: self.acked_features,
+        };
+        match self.device.activate(ctx) {
+            Ok(()) => {
+                self.active = true;
+                info!(
+                    "virtio-mmio: device type {} activated",
+                    self.device.device_type()
+                );
+            }
+            Err(err) => {
+                warn!("virtio-mmio: activation failed: {err}; the device needs a reset");
+                self.status |= NEEDS_RESET;
+                let _ = super::Interrupt::signal_config_change(self.interrupt.as_ref());
+            }
+        }
+    }
+
+    fn deactivate(&mut self) {
+        if self.active {
+            self.device.reset();
+            self.active = false;
+        }
+    }
+
+    fn reset(&mut self) {
+        self.deactivate();
+        for queue in &mut self.queues {
+            queue.reset();
+        }
+        for kick in &self.kicks {
+            // Drop notifications that arrived for the old queues.
+            let _ = kick.read();
+        }
+        self.status = 0;
+        self.acked_features = 0;
+        self.device_features_select = 0;
+        self.driver_features_select = 0;
+        self.queue_select = 0;
+        self.interrupt.clear();
+    }
+}
+
+impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_SPACE {
+            self.device.read_config(offset - CONFIG_SPACE, data);
+            return;
+        }
+        // Registers are 32 bits wide and must be accessed as such (§4.2.2.2).
+        match (u32::try_from(offset), <&mut [u8; 4]>::try_from(&mut *data)) {
+            (Ok(reg), Ok(bytes)) if reg % 4 == 0 => {
+                *bytes = self.read_register(reg).to_le_bytes();
+            }
+            _ => {
+                warn_limited!(
+                    "virtio-mmio: {}-byte read at {offset:#x}; registers are 4 bytes",
+                    data.len()
+                );
+                data.fill(0);
+            }
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG_SPACE {
+            self.device.write_config(offset - CONFIG_SPACE, data);
+            return;
+        }
+        match (u32::try_from(offset), <[u8; 4]>::try_from(data)) {
+            (Ok(reg), Ok(bytes)) if reg % 4 == 0 => {
+                self.write_register(reg, u32::from_le_bytes(bytes))
+            }
+            _ => warn_limited!(
+                "virtio-mmio: {}-byte write at {offset:#x}; registers are 4 bytes",
+                data.len()
+            ),
+        }
+    }
+}
+
+impl<D: VirtioDevice> Drop for MmioTransport<D> {
+    fn drop(&mut self) {
+        self.deactivate();
+    }
+}
