@@ -155,9 +155,9 @@ utimensat = {}
 utime_now = {}
 
 [settings]
-naptime = 0.001
+naptime = 0.01
 
-[dummy_auths]
+[dummy_auth]
 entries = [
   ["nobody", "nogroup"],
   ["daemon", "daemon"],

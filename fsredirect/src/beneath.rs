@@ -46,6 +46,16 @@ pub fn open_beneath(dir: &impl AsRawFd, path: &CStr, flags: i32, mode: u32) -> i
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// Opens the directory reached from `dir` through `parts`, one component at a time (so no
+/// path string ever approaches PATH_MAX), refusing symlinks; an `O_PATH` descriptor.
+pub fn walk(dir: &impl AsRawFd, parts: &[CString]) -> io::Result<OwnedFd> {
+    let mut fd = open_beneath(dir, c".", libc::O_PATH | libc::O_DIRECTORY, 0)?;
+    for part in parts {
+        fd = open_beneath(&fd, part, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+    }
+    Ok(fd)
+}
+
 /// Opens a regular file beneath `dir` for reading and writing, after checking through an
 /// `O_PATH` descriptor that it is one: a FIFO or device node is never opened for I/O.
 pub fn open_regular_beneath(dir: &impl AsRawFd, path: &CStr) -> io::Result<File> {
@@ -113,6 +123,31 @@ mod tests {
         let dir = File::open(tmp.path()).unwrap();
         assert!(open_beneath(&dir, c"link/f", libc::O_RDONLY, 0).is_err());
         assert!(open_beneath(&dir, c"real/f", libc::O_RDONLY, 0).is_ok());
+    }
+
+    #[test]
+    fn walk_reaches_paths_longer_than_path_max() {
+        let tmp = tempfile::tempdir().unwrap();
+        let name = "d".repeat(200);
+        let mut path = tmp.path().to_path_buf();
+        let mut parts = Vec::new();
+        for _ in 0..25 {
+            path.push(&name);
+            parts.push(CString::new(name.clone()).unwrap());
+        }
+        std::fs::create_dir_all(&path).unwrap_or_else(|_| {
+            // The host refuses one long path; build it a level at a time instead.
+            let mut fd = File::open(tmp.path()).unwrap();
+            for part in &parts {
+                // SAFETY: valid fd and NUL-terminated name.
+                unsafe { libc::mkdirat(fd.as_raw_fd(), part.as_ptr(), 0o700) };
+                fd = File::from(
+                    open_beneath(&fd, part, libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap(),
+                );
+            }
+        });
+        let dir = File::open(tmp.path()).unwrap();
+        assert!(walk(&dir, &parts).is_ok());
     }
 
     #[test]

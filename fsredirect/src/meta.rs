@@ -12,6 +12,9 @@ pub const META_XATTR_ROOT: &CStr = c"trusted.fsredirect";
 /// Attribute name used otherwise (`trusted.*` needs CAP_SYS_ADMIN).
 pub const META_XATTR_USER: &CStr = c"user.fsredirect";
 
+/// Longest common portion recorded whole; longer paths keep their last components only.
+pub const MAX_PORTION: usize = 1024;
+
 /// Errors decoding a metadata value.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MetaError {
@@ -37,6 +40,9 @@ pub enum Meta {
         /// It names one of the file's hard links; after a directory rename it may be stale and
         /// is corrected when the file is next looked up.
         portion: Vec<u8>,
+        /// True if `portion` is only the tail of a path longer than [`MAX_PORTION`] bytes
+        /// (whole components), so that the attribute stays small.
+        truncated: bool,
     },
     /// An inert special file: the guest sees this type and device number.
     Special {
@@ -51,9 +57,13 @@ impl Meta {
     /// Encodes as `R1 <volume> NUL <portion>` or `S1 <kind-hex> <rdev-hex>`.
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            Meta::Redirect { volume, portion } => {
+            Meta::Redirect {
+                volume,
+                portion,
+                truncated,
+            } => {
                 let mut out = Vec::with_capacity(3 + volume.len() + portion.len());
-                out.extend_from_slice(b"R1");
+                out.extend_from_slice(if *truncated { b"T1" } else { b"R1" });
                 out.extend_from_slice(volume);
                 out.push(0);
                 out.extend_from_slice(portion);
@@ -63,10 +73,35 @@ impl Meta {
         }
     }
 
+    /// The metadata of a redirected file at `path` (relative to the share) in `volume`,
+    /// keeping only the last whole components of a path longer than [`MAX_PORTION`].
+    pub fn redirect(volume: &[u8], path: &[u8]) -> Self {
+        let mut portion = path;
+        let mut truncated = false;
+        while portion.len() > MAX_PORTION {
+            match portion.iter().position(|&b| b == b'/') {
+                Some(slash) => {
+                    portion = &portion[slash + 1..];
+                    truncated = true;
+                }
+                // One component is at most 255 bytes, so this cannot happen; keep the tail.
+                None => {
+                    portion = &portion[portion.len() - MAX_PORTION..];
+                    truncated = true;
+                }
+            }
+        }
+        Meta::Redirect {
+            volume: volume.to_vec(),
+            portion: portion.to_vec(),
+            truncated,
+        }
+    }
+
     /// Decodes a value written by [`Meta::encode`].
     pub fn decode(value: &[u8]) -> Result<Self> {
         match value {
-            [b'R', b'1', rest @ ..] => {
+            [kind @ (b'R' | b'T'), b'1', rest @ ..] => {
                 let nul = rest
                     .iter()
                     .position(|&b| b == 0)
@@ -78,6 +113,7 @@ impl Meta {
                 Ok(Meta::Redirect {
                     volume: volume.to_vec(),
                     portion: portion.to_vec(),
+                    truncated: *kind == b'T',
                 })
             }
             [b'S', b'1', rest @ ..] => {
@@ -132,10 +168,7 @@ mod tests {
 
     #[test]
     fn redirect_meta_round_trips() {
-        let meta = Meta::Redirect {
-            volume: b"vol".to_vec(),
-            portion: b"dir/file.txt".to_vec(),
-        };
+        let meta = Meta::redirect(b"vol", b"dir/file.txt");
         assert_eq!(Meta::decode(&meta.encode()).unwrap(), meta);
     }
 
@@ -150,11 +183,26 @@ mod tests {
 
     #[test]
     fn redirect_meta_is_small_for_usual_paths() {
-        let meta = Meta::Redirect {
-            volume: b"data".to_vec(),
-            portion: b"home/user/report.pdf".to_vec(),
-        };
+        let meta = Meta::redirect(b"data", b"home/user/report.pdf");
         assert!(meta.encode().len() < 40);
+    }
+
+    #[test]
+    fn long_path_keeps_last_whole_components() {
+        let dir = "d".repeat(200);
+        let path = format!("{}/file", vec![dir.as_str(); 20].join("/"));
+        let meta = Meta::redirect(b"v", path.as_bytes());
+        let Meta::Redirect {
+            portion, truncated, ..
+        } = &meta
+        else {
+            panic!("not a redirect");
+        };
+        assert!(*truncated);
+        assert!(portion.len() <= MAX_PORTION);
+        assert!(portion.ends_with(b"/file"));
+        assert!(portion.starts_with(dir.as_bytes()));
+        assert_eq!(Meta::decode(&meta.encode()).unwrap(), meta);
     }
 
     #[test]

@@ -13,8 +13,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::beneath::{check, open_beneath, open_regular_beneath};
-use crate::names::join;
+use crate::beneath::{check, open_beneath, open_regular_beneath, walk};
 
 /// Name of the control area inside the store root.
 pub const CONTROL_DIR: &str = ".fsredirect";
@@ -170,6 +169,9 @@ impl Store {
         let (last, dirs) = parts
             .split_last()
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        if !create {
+            return Ok((walk(&self.volume, dirs)?, last.as_c_str()));
+        }
         let mut fd = open_beneath(&self.volume, c".", libc::O_PATH | libc::O_DIRECTORY, 0)?;
         for dir in dirs {
             fd = match open_beneath(&fd, dir, libc::O_PATH | libc::O_DIRECTORY, 0) {
@@ -191,10 +193,6 @@ impl Store {
         Ok((fd, last.as_c_str()))
     }
 
-    fn cpath(parts: &[CString]) -> io::Result<CString> {
-        CString::new(join(parts)).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-    }
-
     /// Creates an empty private object at `parts`, replacing a leftover object that no stub
     /// names (the caller checked that no guest file has this name).
     pub fn create_object(&self, parts: &[CString]) -> io::Result<File> {
@@ -212,12 +210,14 @@ impl Store {
 
     /// Opens the object at `parts` for I/O.
     pub fn open_object(&self, parts: &[CString]) -> io::Result<File> {
-        open_regular_beneath(&self.volume, &Self::cpath(parts)?)
+        let (dir, name) = self.parent(parts, false)?;
+        open_regular_beneath(&dir, name)
     }
 
     /// `fstatat` without following symlinks, beneath the volume.
     pub fn stat_object(&self, parts: &[CString]) -> io::Result<libc::stat64> {
-        let fd = open_beneath(&self.volume, &Self::cpath(parts)?, libc::O_PATH, 0)?;
+        let (dir, name) = self.parent(parts, false)?;
+        let fd = open_beneath(&dir, name, libc::O_PATH, 0)?;
         crate::beneath::fstat(&fd)
     }
 

@@ -39,7 +39,7 @@ use fuse_backend_rs::api::filesystem::{
 };
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
-use crate::beneath::open_beneath;
+use crate::beneath::{open_beneath, walk};
 use crate::fdcache::FdCache;
 use crate::meta::{filter_xattr_list, is_reserved_xattr, is_special_kind, Meta};
 use crate::meta::{META_XATTR_ROOT, META_XATTR_USER};
@@ -136,6 +136,7 @@ struct State {
 /// The redirecting file system over one share.
 pub struct RedirectFs {
     inner: PassthroughFs,
+    file_handles: bool,
     guest_root: OwnedFd,
     store: Option<Store>,
     volume: Vec<u8>,
@@ -209,6 +210,7 @@ impl RedirectFs {
         );
         Ok(RedirectFs {
             inner,
+            file_handles: cfg.inode_file_handles,
             guest_root,
             store,
             volume,
@@ -429,19 +431,22 @@ impl RedirectFs {
     fn correct_portion(&self, inode: u64, parts: &[CString]) -> io::Result<()> {
         let store = self.store()?;
         let here = join(parts);
-        let recorded = match self.read_meta(inode)? {
-            Some(Meta::Redirect { portion, .. }) => portion,
-            _ => return Ok(()),
-        };
-        if recorded == here {
+        let current = self.read_meta(inode)?;
+        if current == Some(Meta::redirect(&self.volume, &here)) {
             return Ok(());
         }
+        let (recorded, truncated) = match current {
+            Some(Meta::Redirect {
+                portion, truncated, ..
+            }) => (portion, truncated),
+            _ => return Ok(()),
+        };
         if store.stat_object(parts).is_err() {
             let old: Option<Vec<CString>> = recorded
                 .split(|&b| b == b'/')
                 .map(|p| CString::new(p).ok())
                 .collect();
-            if let Some(old) = old {
+            if let (Some(old), false) = (old, truncated) {
                 if old.iter().all(|p| validate_name(p).is_ok()) && store.stat_object(&old).is_ok() {
                     log::warn!(
                         "moving store object {:?} to {:?} to match the guest tree",
@@ -456,13 +461,7 @@ impl RedirectFs {
     }
 
     fn record_portion(&self, inode: u64, parts: &[CString]) -> io::Result<()> {
-        self.write_meta(
-            inode,
-            &Meta::Redirect {
-                volume: self.volume.clone(),
-                portion: join(parts),
-            },
-        )
+        self.write_meta(inode, &Meta::redirect(&self.volume, &join(parts)))
     }
 
     /// Creates a redirected regular file: the store object first, then the stub, then the
@@ -538,6 +537,55 @@ impl RedirectFs {
         }))
     }
 
+    /// Runs `make` (a mkdir or symlink in the passthrough layer) so that the new node belongs
+    /// to the caller.
+    ///
+    /// fuse-backend-rs reopens the parent directory after switching to the caller's fsuid for
+    /// these two calls; with file-handle inodes that reopen needs CAP_DAC_READ_SEARCH, which the
+    /// switch drops, so a non-root caller would get EPERM. Such calls are made as root and the
+    /// node handed over with chown (the group stays inherited under a set-group-ID parent).
+    /// The kernel (default_permissions) has already checked that the caller may create here.
+    fn create_as_caller(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        is_dir: bool,
+        make: impl FnOnce(&Context) -> io::Result<Entry>,
+    ) -> io::Result<Entry> {
+        if !self.file_handles || (ctx.uid == 0 && ctx.gid == 0) {
+            return make(ctx);
+        }
+        let (parent_st, _) = self.inner.getattr(&root_ctx(), parent, None)?;
+        let mut entry = make(&root_ctx())?;
+        // SAFETY: stat64 is plain old data; all-zero is a valid value.
+        let mut attr: libc::stat64 = unsafe { std::mem::zeroed() };
+        attr.st_uid = ctx.uid;
+        attr.st_gid = ctx.gid;
+        let mut valid = SetattrValid::UID;
+        if parent_st.st_mode & libc::S_ISGID == 0 {
+            valid |= SetattrValid::GID;
+        }
+        match self
+            .inner
+            .setattr(&root_ctx(), entry.inode, attr, None, valid)
+        {
+            Ok((st, _)) => {
+                entry.attr = st;
+                Ok(entry)
+            }
+            Err(e) => {
+                let _ = if is_dir {
+                    self.inner.rmdir(&root_ctx(), parent, name)
+                } else {
+                    self.inner.unlink(&root_ctx(), parent, name)
+                };
+                self.inner.forget(&root_ctx(), entry.inode, 1);
+                Err(e)
+            }
+        }
+    }
+
     fn is_open(&self, inode: u64) -> bool {
         self.state().open_counts.get(&inode).copied().unwrap_or(0) > 0
     }
@@ -548,9 +596,11 @@ impl RedirectFs {
         if !self.is_open(inode) || self.state().pins.contains_key(&inode) {
             return;
         }
-        let pinned = CString::new(join(parts))
-            .map_err(|_| errno(libc::EINVAL))
-            .and_then(|path| open_beneath(&self.guest_root, &path, libc::O_PATH, 0));
+        let pinned = match parts.split_last() {
+            Some((name, dirs)) => walk(&self.guest_root, dirs)
+                .and_then(|dir| open_beneath(&dir, name, libc::O_PATH, 0)),
+            None => Err(errno(libc::EINVAL)),
+        };
         match pinned {
             Ok(fd) => {
                 self.state().pins.insert(inode, fd);
@@ -688,7 +738,9 @@ impl FileSystem for RedirectFs {
     ) -> io::Result<Entry> {
         validate_name(name)?;
         let _ns = self.ns_write();
-        let entry = self.inner.symlink(ctx, linkname, parent, name)?;
+        let entry = self.create_as_caller(ctx, parent, name, false, |c| {
+            self.inner.symlink(c, linkname, parent, name)
+        })?;
         Ok(self.admit(parent, name, entry, Kind::Plain))
     }
 
@@ -736,7 +788,9 @@ impl FileSystem for RedirectFs {
     ) -> io::Result<Entry> {
         validate_name(name)?;
         let _ns = self.ns_write();
-        let entry = self.inner.mkdir(ctx, parent, name, mode, umask)?;
+        let entry = self.create_as_caller(ctx, parent, name, true, |c| {
+            self.inner.mkdir(c, parent, name, mode, umask)
+        })?;
         Ok(self.admit(parent, name, entry, Kind::Plain))
     }
 
@@ -884,13 +938,6 @@ impl FileSystem for RedirectFs {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         validate_name(name)?;
-        if self.store.is_none() {
-            let _ns = self.ns_write();
-            let (entry, ih, opts, passthrough) = self.inner.create(ctx, parent, name, args)?;
-            let entry = self.admit(parent, name, entry, Kind::Plain);
-            let handle = ih.map(|ih| self.new_handle(OpenFile::Inner(ih)));
-            return Ok((entry, handle, opts, passthrough));
-        }
         let _ns = self.ns_write();
         let entry = match self.peek(parent, name)? {
             Some(existing) => {
@@ -899,10 +946,20 @@ impl FileSystem for RedirectFs {
                     return Err(errno(libc::EEXIST));
                 }
                 // The name exists: this is an open of it, and the kernel gets the reference.
+                // (The passthrough layer's own create would reopen it under the caller's
+                // fsuid, which fails with file-handle inodes.)
                 let (entry, kind) = existing;
                 self.admit(parent, name, entry, kind)
             }
-            None => self.create_redirected(ctx, parent, name, args.mode, args.umask)?,
+            None if self.store.is_some() => {
+                self.create_redirected(ctx, parent, name, args.mode, args.umask)?
+            }
+            None => {
+                let (entry, ih, opts, passthrough) = self.inner.create(ctx, parent, name, args)?;
+                let entry = self.admit(parent, name, entry, Kind::Plain);
+                let handle = ih.map(|ih| self.new_handle(OpenFile::Inner(ih)));
+                return Ok((entry, handle, opts, passthrough));
+            }
         };
         let kind = self.kind(entry.inode)?;
         let opened = match kind {

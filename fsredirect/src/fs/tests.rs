@@ -784,3 +784,15 @@ fn create_exclusive_on_existing_name_is_eexist() {
     assert_eq!(errno_of(r), libc::EEXIST);
     assert_eq!(std::fs::read(fx.volume.join("f")).unwrap(), b"x");
 }
+
+#[test]
+fn unlinked_open_file_accepts_writes_and_getattr() {
+    let fx = redirecting();
+    let (entry, handle) = fx.create(ROOT_INODE, "f");
+    fx.fs.unlink(&fx.ctx, ROOT_INODE, &c("f")).unwrap();
+    fx.write(entry.inode, handle, 0, b"after unlink");
+    let (st, _) = fx.fs.getattr(&fx.ctx, entry.inode, Some(handle)).unwrap();
+    assert_eq!(st.st_size, 12);
+    assert_eq!(st.st_nlink, 0);
+    fx.release(entry.inode, handle);
+}
