@@ -38,6 +38,10 @@ fn main() {
             model_exerciser(redirect)
         }));
     }
+    trials.push(trial(
+        "host_fds_stay_bounded_redirect".into(),
+        host_fds_stay_bounded,
+    ));
     libtest_mimic::run(&args, trials).exit();
 }
 
@@ -62,7 +66,8 @@ fn trial(name: String, f: impl FnOnce() -> Result<Outcome, String> + Send + 'sta
 fn with_mount(
     label: &str,
     redirect: bool,
-    body: impl FnOnce(&Path) -> Result<(), String>,
+    extra: &[&str],
+    body: impl FnOnce(&HostMount, &Path) -> Result<(), String>,
 ) -> Result<Outcome, String> {
     if let Some(why) = fuse_unavailable() {
         return Ok(Outcome::Skip(why));
@@ -70,8 +75,8 @@ fn with_mount(
     let bin = fsredirect_bin()?;
     let dirs = ShareDirs::new(&format!("{label}-{redirect}"));
     let spec = dirs.spec(redirect);
-    let mount = HostMount::start(&bin, &spec, &dirs.mnt)?;
-    let result = body(&dirs.mnt);
+    let mount = HostMount::start(&bin, &spec, extra, &dirs.mnt)?;
+    let result = body(&mount, &dirs.mnt);
     let stopped = mount.stop();
     result?;
     stopped?;
@@ -106,7 +111,7 @@ fn pjdfstest(redirect: bool) -> Result<Outcome, String> {
         Err(why) => return Ok(Outcome::Skip(why)),
     };
     let mut counts = None;
-    let outcome = with_mount("pjdfstest", redirect, |mnt| {
+    let outcome = with_mount("pjdfstest", redirect, &[], |_, mnt| {
         let config = mnt.parent().unwrap_or(mnt).join("pjdfstest.toml");
         std::fs::write(&config, PJD_CONFIG).map_err(|e| e.to_string())?;
         let out = Command::new(&pjd)
@@ -242,7 +247,7 @@ fn fio_verify(redirect: bool) -> Result<Outcome, String> {
             "fio is not installed (apt-get install fio)".into(),
         ));
     };
-    with_mount("fio", redirect, |mnt| {
+    with_mount("fio", redirect, &[], |_, mnt| {
         for engine in ["psync", "mmap"] {
             let out = Command::new(&fio)
                 .args([
@@ -295,7 +300,61 @@ fn model_exerciser(redirect: bool) -> Result<Outcome, String> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000);
     println!("model exerciser: seed {seed}, {steps} steps (replay with FSR_MODEL_SEED={seed})");
-    with_mount("model", redirect, |mnt| {
+    with_mount("model", redirect, &[], |_, mnt| {
         model::run(mnt, seed, steps).map_err(|e| format!("seed {seed}: {e}"))
+    })
+}
+
+/// Store descriptors the server may hold in `host_fds_stay_bounded`.
+const FD_BOUND: usize = 32;
+
+/// 1. Mount a redirecting share with `--max-store-fds 32` and note the server's descriptors.
+/// 2. Create 2000 files and stat them all (2000 kernel inodes), then hold 300 of them open
+///    at once, writing to each and reading it back.
+/// 3. The server never holds more than the bound plus its fixed overhead, and every file
+///    still reads back its own bytes.
+fn host_fds_stay_bounded() -> Result<Outcome, String> {
+    let bound = FD_BOUND.to_string();
+    with_mount("fds", true, &["--max-store-fds", &bound], |mount, mnt| {
+        let baseline = mount.open_fds();
+        let dir = mnt.join("many");
+        std::fs::create_dir(&dir).map_err(|e| e.to_string())?;
+        for i in 0..2000 {
+            std::fs::write(dir.join(format!("f{i}")), format!("file {i}"))
+                .map_err(|e| e.to_string())?;
+        }
+        for i in 0..2000 {
+            std::fs::metadata(dir.join(format!("f{i}"))).map_err(|e| e.to_string())?;
+        }
+        let mut held = Vec::new();
+        let mut peak = mount.open_fds();
+        for i in 0..300 {
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(dir.join(format!("f{i}")))
+                .map_err(|e| e.to_string())?;
+            std::io::Write::write_all(&mut f, b"+").map_err(|e| e.to_string())?;
+            held.push(f);
+            peak = peak.max(mount.open_fds());
+        }
+        for (i, f) in held.iter_mut().enumerate() {
+            let mut back = String::new();
+            std::io::Seek::rewind(f).map_err(|e| e.to_string())?;
+            std::io::Read::read_to_string(f, &mut back).map_err(|e| e.to_string())?;
+            if back != format!("file {i}+") {
+                return Err(format!("f{i} reads {back:?}"));
+            }
+            peak = peak.max(mount.open_fds());
+        }
+        println!(
+            "server descriptors: {baseline} at start, peak {peak} with 2000 inodes and 300 open files (bound {FD_BOUND})"
+        );
+        if peak > baseline + FD_BOUND + 8 {
+            return Err(format!(
+                "server held {peak} descriptors, more than {baseline} + {FD_BOUND} + 8"
+            ));
+        }
+        Ok(())
     })
 }

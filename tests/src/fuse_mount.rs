@@ -119,10 +119,11 @@ pub fn is_mounted(path: &Path) -> bool {
 }
 
 impl HostMount {
-    /// Starts `fsredirect mount --share SPEC MNT` and waits until the mount is live.
-    pub fn start(bin: &Path, spec: &str, mnt: &Path) -> Result<Self, String> {
+    /// Starts `fsredirect mount --share SPEC [EXTRA...] MNT` and waits until the mount is live.
+    pub fn start(bin: &Path, spec: &str, extra: &[&str], mnt: &Path) -> Result<Self, String> {
         let child = Command::new(bin)
             .args(["mount", "--share", spec])
+            .args(extra)
             .arg(mnt)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -143,6 +144,13 @@ impl HostMount {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(mount)
+    }
+
+    /// How many descriptors the server process holds now.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns an error if the mount lingers.
