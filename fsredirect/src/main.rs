@@ -37,30 +37,57 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
+    /// Check, with no server running on it, that every stub of a redirecting share agrees
+    /// with its stored object; exits 1 and lists the disagreements if not.
+    Verify {
+        /// Share description: tag=NAME,dir=GUEST_TREE,store=STORE[,volume=V].
+        #[arg(long)]
+        share: String,
+    },
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Mount {
             share,
             paths,
             volume,
             max_store_fds,
             threads,
-        } => match mount(share, paths, volume, max_store_fds, threads) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("fsredirect: {e}");
-                let mut source = std::error::Error::source(e.as_ref());
-                while let Some(s) = source {
-                    eprintln!("  caused by: {s}");
-                    source = s.source();
-                }
-                ExitCode::FAILURE
+        } => mount(share, paths, volume, max_store_fds, threads).map(|()| ExitCode::SUCCESS),
+        Command::Verify { share } => verify(&share),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fsredirect: {e}");
+            let mut source = std::error::Error::source(e.as_ref());
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
             }
-        },
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn verify(share: &str) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let share = ShareSpec::parse(share)?;
+    if share.store.is_none() {
+        return Err("verify needs a redirecting share (store=...)".into());
+    }
+    let mismatches = fsredirect::verify::verify_share(&share)?;
+    for m in &mismatches {
+        println!("{m:?}");
+    }
+    if mismatches.is_empty() {
+        println!("{share}: every stub agrees with its stored object");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{share}: {} disagreement(s)", mismatches.len());
+        Ok(ExitCode::FAILURE)
     }
 }
 
@@ -136,5 +163,45 @@ fn block_termination_signals() -> std::io::Result<libc::sigset_t> {
             return Err(std::io::Error::from_raw_os_error(res));
         }
         Ok(set)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(paths: &[&str]) -> Vec<PathBuf> {
+        paths.iter().map(PathBuf::from).collect()
+    }
+
+    #[test]
+    fn three_paths_make_a_redirecting_share() {
+        let (share, mnt) = share_from_args(None, p(&["/g", "/s", "/m"]), None).unwrap();
+        assert_eq!(mnt, PathBuf::from("/m"));
+        assert_eq!(share.volume_dir(), Some(PathBuf::from("/s/fsredirect")));
+    }
+
+    #[test]
+    fn volume_flag_names_the_volume() {
+        let (share, _) = share_from_args(None, p(&["/g", "/s", "/m"]), Some("v1".into())).unwrap();
+        assert_eq!(share.volume_dir(), Some(PathBuf::from("/s/v1")));
+    }
+
+    #[test]
+    fn two_paths_make_a_passthrough_share() {
+        let (share, _) = share_from_args(None, p(&["/g", "/m"]), None).unwrap();
+        assert_eq!(share.store, None);
+    }
+
+    #[test]
+    fn share_flag_takes_only_the_mountpoint() {
+        let spec = Some("tag=t,dir=/g,store=/s".to_string());
+        assert!(share_from_args(spec.clone(), p(&["/m"]), None).is_ok());
+        assert!(share_from_args(spec, p(&["/g", "/m"]), None).is_err());
+    }
+
+    #[test]
+    fn volume_without_store_is_refused() {
+        assert!(share_from_args(None, p(&["/g", "/m"]), Some("v".into())).is_err());
     }
 }

@@ -796,3 +796,78 @@ fn unlinked_open_file_accepts_writes_and_getattr() {
     assert_eq!(st.st_nlink, 0);
     fx.release(entry.inode, handle);
 }
+
+#[test]
+fn unknown_inode_is_refused() {
+    let fx = redirecting();
+    let r = fx.fs.getattr(&fx.ctx, 123_456, None);
+    assert_eq!(errno_of(r), libc::EBADF);
+    let r = fx.fs.lookup(&fx.ctx, 123_456, &c("x"));
+    assert_eq!(errno_of(r), libc::EBADF);
+}
+
+#[test]
+fn forget_beyond_lookups_is_harmless() {
+    let fx = redirecting();
+    let entry = fx.write_file(ROOT_INODE, "f", b"x");
+    fx.fs.forget(&fx.ctx, entry.inode, 1_000_000);
+    fx.fs.forget(&fx.ctx, 999_999, 5);
+    assert_eq!(fx.read_file(ROOT_INODE, "f"), b"x");
+}
+
+#[test]
+fn release_of_unknown_handle_is_ebadf() {
+    let fx = redirecting();
+    let r = fx
+        .fs
+        .release(&fx.ctx, ROOT_INODE, 0, 4242, false, false, None);
+    assert_eq!(errno_of(r), libc::EBADF);
+}
+
+#[test]
+fn write_past_maximum_offset_is_efbig() {
+    let fx = redirecting();
+    let (entry, handle) = fx.create(ROOT_INODE, "f");
+    let mut src = Source(io::Cursor::new(vec![1u8; 16]));
+    let r = fx.fs.write(
+        &fx.ctx,
+        entry.inode,
+        handle,
+        &mut src,
+        16,
+        u64::MAX - 8,
+        None,
+        false,
+        0,
+        0,
+    );
+    assert_eq!(errno_of(r), libc::EFBIG);
+}
+
+#[test]
+fn mknod_of_unknown_type_is_einval() {
+    let fx = redirecting();
+    let r = fx
+        .fs
+        .mknod(&fx.ctx, ROOT_INODE, &c("d"), libc::S_IFDIR | 0o755, 0, 0);
+    assert_eq!(errno_of(r), libc::EINVAL);
+}
+
+#[test]
+fn special_file_kept_inert_in_readdir_type() {
+    let fx = redirecting();
+    fx.fs
+        .mknod(&fx.ctx, ROOT_INODE, &c("p"), libc::S_IFIFO | 0o644, 0, 0)
+        .unwrap();
+    let (dh, _) = fx.fs.opendir(&fx.ctx, ROOT_INODE, 0).unwrap();
+    let mut types = Vec::new();
+    fx.fs
+        .readdir(&fx.ctx, ROOT_INODE, dh.unwrap(), 4096, 0, &mut |e| {
+            if e.name == b"p" {
+                types.push(e.type_);
+            }
+            Ok(1)
+        })
+        .unwrap();
+    assert_eq!(types, vec![u32::from(libc::DT_UNKNOWN)]);
+}
