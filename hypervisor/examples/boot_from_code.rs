@@ -19,7 +19,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let guest = default_guest_dir();
     let kernel = args.next().map_or(guest.join("vmlinux"), Into::into);
-    let initrd = args.next().map_or(guest.join("initramfs.cpio.gz"), Into::into);
+    let initrd = args
+        .next()
+        .map_or(guest.join("initramfs.cpio.gz"), Into::into);
 
     let console = Arc::new(Mutex::new(Vec::<u8>::new()));
     let config = VmConfig::builder(kernel)

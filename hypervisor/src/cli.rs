@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use fsredirect::ShareSpec;
 
 use crate::config::{self, ConfigError, VmConfig, DEFAULT_CMDLINE};
 
@@ -14,6 +15,10 @@ Examples:
   Boot a kernel with an initramfs, 2 vCPUs and 512 MiB:
     hypervisor run --kernel build/guest/vmlinux --initrd build/guest/initramfs.cpio.gz \\
         --vcpus 2 --mem 512M
+  Share a host directory (plain passthrough), mounted in the guest at /mnt/data:
+    hypervisor run --share tag=data,dir=/srv/data
+  Share a directory whose file data is redirected into a block store:
+    hypervisor run --share tag=data,dir=/srv/guest-tree,store=/srv/store
   Run a named guest scenario and return its exit code:
     hypervisor run --append 'fsr.scenario=exit fsr.arg=3'; echo $?
 
@@ -64,6 +69,14 @@ pub struct RunArgs {
     /// Number of vCPUs
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub vcpus: u32,
+    /// Share a host directory through virtio-fs, mounted in the guest at /mnt/TAG
+    /// (repeatable): tag=TAG,dir=GUEST_TREE[,store=STORE][,volume=V][,policy=...]
+    #[arg(long, value_name = "SPEC", value_parser = parse_share)]
+    pub share: Vec<ShareSpec>,
+}
+
+fn parse_share(spec: &str) -> Result<ShareSpec, String> {
+    ShareSpec::parse(spec).map_err(|e| e.to_string())
 }
 
 impl RunArgs {
@@ -93,6 +106,9 @@ impl RunArgs {
             .vcpus(self.vcpus);
         if let Some(initrd) = initrd {
             builder = builder.initrd(initrd);
+        }
+        for share in &self.share {
+            builder = builder.share(share.clone());
         }
         builder.build()
     }
@@ -171,6 +187,26 @@ mod tests {
     fn bad_memory_size_is_a_parse_error_naming_the_input() {
         let err = Cli::try_parse_from(["hypervisor", "--mem", "lots"]).unwrap_err();
         assert!(err.to_string().contains("lots"), "{err}");
+    }
+
+    #[test]
+    fn shares_are_parsed_by_the_share_parser() {
+        let cli = parse(&[
+            "--share",
+            "tag=a,dir=/srv/a",
+            "--share",
+            "tag=b,dir=/srv/b,store=/srv/s",
+        ]);
+
+        let config = cli.run_args().to_config().unwrap();
+
+        assert_eq!(config.shares.len(), 2);
+        assert_eq!(config.shares[1].store.as_ref().unwrap().volume, "b");
+    }
+
+    #[test]
+    fn bad_share_is_a_parse_error() {
+        assert!(Cli::try_parse_from(["hypervisor", "--share", "dir=/x"]).is_err());
     }
 
     #[test]

@@ -4,6 +4,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use fsredirect::ShareSpec;
+
 use crate::boot::mptable::MAX_CPUS;
 
 /// The command line used when none is given: serial console, reboot via
@@ -31,6 +33,9 @@ pub enum ConfigError {
     /// A vCPU count outside the accepted range.
     #[error("{0} vCPUs is not usable: give 1 to {MAX_CPUS}")]
     Vcpus(u32),
+    /// Two shares with one tag.
+    #[error("two shares have the tag {0:?}; give each share its own tag")]
+    DuplicateTag(String),
     /// The command line is too long or has a NUL byte.
     #[error("the kernel command line {0}")]
     Cmdline(String),
@@ -92,6 +97,9 @@ pub struct VmConfig {
     pub console_output: ConsoleOutput,
     /// Whether the VMM's standard input feeds the guest console.
     pub console_input: bool,
+    /// Host directories shared with the guest through virtio-fs, each
+    /// mounted at /mnt/TAG by the guest's /init.
+    pub shares: Vec<ShareSpec>,
 }
 
 impl VmConfig {
@@ -127,9 +135,16 @@ pub struct VmConfigBuilder {
     vcpus: Option<u32>,
     console_output: ConsoleOutput,
     console_input: Option<bool>,
+    shares: Vec<ShareSpec>,
 }
 
 impl VmConfigBuilder {
+    /// Adds a virtio-fs share (see [`ShareSpec::parse`]).
+    pub fn share(mut self, share: ShareSpec) -> Self {
+        self.shares.push(share);
+        self
+    }
+
     /// Sets the initramfs.
     pub fn initrd(mut self, path: impl Into<PathBuf>) -> Self {
         self.initrd = Some(path.into());
@@ -180,6 +195,12 @@ impl VmConfigBuilder {
             .ok_or(ConfigError::Vcpus(vcpus))?;
         let cmdline = self.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_owned());
         crate::boot::parse_cmdline(&cmdline).map_err(|e| ConfigError::Cmdline(e.to_string()))?;
+        let mut tags = std::collections::HashSet::new();
+        for share in &self.shares {
+            if !tags.insert(share.tag.as_str()) {
+                return Err(ConfigError::DuplicateTag(share.tag.clone()));
+            }
+        }
         Ok(VmConfig {
             kernel,
             initrd: self.initrd,
@@ -188,6 +209,7 @@ impl VmConfigBuilder {
             vcpus,
             console_output: self.console_output,
             console_input: self.console_input.unwrap_or(true),
+            shares: self.shares,
         })
     }
 }
@@ -266,6 +288,20 @@ mod tests {
             ConfigError::Vcpus(300)
         );
         assert!(VmConfig::builder("k").vcpus(254).build().is_ok());
+    }
+
+    #[test]
+    fn duplicate_share_tags_are_refused() {
+        let share = ShareSpec::parse("tag=data,dir=/srv/a").unwrap();
+        let other = ShareSpec::parse("tag=data,dir=/srv/b").unwrap();
+
+        let err = VmConfig::builder("k")
+            .share(share)
+            .share(other)
+            .build()
+            .unwrap_err();
+
+        assert_eq!(err, ConfigError::DuplicateTag("data".into()));
     }
 
     #[test]

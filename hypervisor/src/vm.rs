@@ -31,6 +31,7 @@ use crate::memory::{create_guest_memory, GuestMemory, MemoryError};
 use crate::signals::{self, SignalWatcher};
 use crate::terminal::{self, RawTerminal};
 use crate::vcpu::{Vcpu, VcpuContext, VcpuError};
+use crate::virtio_devices::VirtioPlacer;
 
 /// Errors that stop a VM from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +85,21 @@ pub enum VmError {
     /// Devices could not be placed on a bus.
     #[error("cannot place a device on a bus")]
     Bus(#[from] BusError),
+    /// More virtio devices than interrupt lines.
+    #[error("at most {0} virtio devices fit; remove some --share options")]
+    TooManyDevices(usize),
+    /// A share could not be served.
+    #[error("cannot serve share {tag}")]
+    Share {
+        /// The share's tag.
+        tag: String,
+        /// What the file system reported.
+        #[source]
+        source: fsredirect::FsError,
+    },
+    /// A virtio-fs device could not be described.
+    #[error(transparent)]
+    FsDevice(#[from] devices::virtio::fs::FsDeviceError),
     /// A host resource (eventfd, thread, signal handler, epoll) failed.
     #[error("cannot {what}")]
     Host {
@@ -183,8 +199,13 @@ impl Vm {
         let mem = create_guest_memory(self.config.mem_size)?;
         register_memory(&vm_fd, &mem)?;
 
-        let machine = Machine::build(&vm_fd, &self.config, self.exit.clone())?;
-        let cmdline = boot::parse_cmdline(&self.config.cmdline)?;
+        let machine = Machine::build(&vm_fd, &mem, &self.config, self.exit.clone())?;
+        let full_cmdline = std::iter::once(self.config.cmdline.as_str())
+            .chain(machine.cmdline.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" ");
+        debug!("kernel command line: {full_cmdline}");
+        let cmdline = boot::parse_cmdline(&full_cmdline)?;
         let boot_info = boot::prepare(
             &mem,
             self.config.mem_size,
@@ -279,6 +300,8 @@ struct Machine {
     mmio_bus: Bus,
     serial: Arc<Mutex<SerialPort<Box<dyn Write + Send>>>>,
     input_space: EventFd,
+    /// Kernel parameters announcing the devices.
+    cmdline: Vec<String>,
 }
 
 /// Writes to a caller-supplied shared writer.
@@ -294,7 +317,12 @@ impl Write for SharedWriter {
 }
 
 impl Machine {
-    fn build(vm_fd: &VmFd, config: &VmConfig, exit: VmExitRequest) -> Result<Self> {
+    fn build(
+        vm_fd: &VmFd,
+        mem: &GuestMemory,
+        config: &VmConfig,
+        exit: VmExitRequest,
+    ) -> Result<Self> {
         let serial_irq =
             EventFd::new(EFD_NONBLOCK).map_err(host_err("create the serial IRQ eventfd"))?;
         vm_fd
@@ -335,11 +363,17 @@ impl Machine {
             legacy::EXIT_PORT.into(),
             legacy::EXIT_PORT_LEN.into(),
         )?;
+        let mut mmio_bus = Bus::new();
+        let mut placer = VirtioPlacer::new(vm_fd, mem.clone());
+        for share in &config.shares {
+            placer.place_share(&mut mmio_bus, share)?;
+        }
         Ok(Self {
             io_bus,
-            mmio_bus: Bus::new(),
+            mmio_bus,
             serial,
             input_space,
+            cmdline: placer.cmdline,
         })
     }
 }
