@@ -21,6 +21,7 @@
 
 pub mod bochs;
 pub mod scenario;
+pub mod trials;
 pub mod vmm;
 
 use std::fmt;

@@ -1,0 +1,54 @@
+//! libtest-mimic trials for a batch of scenarios: one trial per scenario, one boot for all.
+//!
+//! The first trial to run boots the batch (directly or in the emulated VT-x test host, see
+//! [`super::run_scenarios`]); the others wait for that result and read their own verdict, so
+//! `cargo test` reports each scenario separately while bochs starts only once.
+
+use std::sync::{Arc, OnceLock};
+
+use libtest_mimic::{Failed, Trial};
+
+use super::{print_summary, run_scenarios, RunOptions, RunReport, Scenario, Verdict};
+
+/// One trial per scenario of `batch`, all served by a single run with `opts`. Trial names are
+/// `PREFIX::ID`.
+pub fn trials(prefix: &str, batch: Vec<Scenario>, opts: RunOptions) -> Vec<Trial> {
+    let shared = Arc::new(Shared {
+        batch,
+        opts,
+        report: OnceLock::new(),
+    });
+    shared
+        .batch
+        .iter()
+        .map(|s| {
+            let shared = Arc::clone(&shared);
+            let id = s.id.clone();
+            Trial::test(format!("{prefix}::{}", s.id), move || shared.verdict(&id))
+        })
+        .collect()
+}
+
+struct Shared {
+    batch: Vec<Scenario>,
+    opts: RunOptions,
+    report: OnceLock<Result<RunReport, String>>,
+}
+
+impl Shared {
+    fn verdict(&self, id: &str) -> Result<(), Failed> {
+        let report = self.report.get_or_init(|| {
+            let result = run_scenarios(&self.batch, &self.opts).map_err(|e| e.to_string());
+            if let Ok(report) = &result {
+                print_summary(report);
+            }
+            result
+        });
+        let report = report.as_ref().map_err(|e| Failed::from(e.as_str()))?;
+        match report.outcome(id).map(|o| &o.verdict) {
+            Some(Verdict::Pass) => Ok(()),
+            Some(Verdict::Fail(why)) => Err(why.as_str().into()),
+            None => Err(format!("scenario {id} missing from the report").into()),
+        }
+    }
+}
