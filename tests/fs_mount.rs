@@ -205,6 +205,12 @@ fn parse_pjd_counts(out: &str) -> Option<(usize, usize, usize)> {
 /// Built dynamically on purpose: a static glibc binary still loads NSS modules for
 /// getpwnam (pjdfstest looks up its dummy users), and libnss_systemd crashes it.
 fn pjdfstest_bin() -> Result<PathBuf, String> {
+    // Both pjdfstest trials run at once: build once, the other waits for the result.
+    static BIN: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BIN.get_or_init(build_pjdfstest).clone()
+}
+
+fn build_pjdfstest() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("PJDFSTEST") {
         return Ok(PathBuf::from(p));
     }

@@ -11,6 +11,32 @@
 //! // The volume defaults to the tag: data lives in /srv/store/data/<path>.
 //! assert_eq!(share.volume_dir().unwrap(), std::path::Path::new("/srv/store/data"));
 //! ```
+//!
+//! A device (virtio-fs, vhost-user) or a host mount serves the share with a [`RedirectFs`],
+//! which is a fuse-backend-rs `FileSystem`:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use fuse_backend_rs::api::server::Server;
+//! use fsredirect::{FsConfig, RedirectFs, ShareSpec};
+//!
+//! # let tmp = tempfile::tempdir().unwrap();
+//! # std::fs::create_dir(tmp.path().join("guest")).unwrap();
+//! # let spec = format!("tag=data,dir={0}/guest,store={0}/store", tmp.path().display());
+//! let share = ShareSpec::parse(&spec).unwrap();
+//! // Opens (or creates) <store>/data and takes the volume lock until `fs` is dropped.
+//! let fs = RedirectFs::new(&share, FsConfig::default()).unwrap();
+//! assert!(fs.is_redirecting());
+//! // Hand each request (a Reader and a Writer over the queue's buffers) to the server.
+//! let server = Server::new(Arc::new(fs));
+//! # drop(server);
+//! ```
+//!
+//! Modules, each with one job: [`share`] parses share descriptions, [`fs`] is the file
+//! system, [`store`] owns a volume of the store, [`meta`] encodes the stub metadata,
+//! [`names`] validates guest names and tracks each inode's path, [`beneath`] resolves host
+//! paths without escaping or following symlinks, [`fdcache`] bounds open store descriptors,
+//! [`mount`] serves a share through /dev/fuse, [`verify`] checks stubs against the store.
 
 pub mod beneath;
 pub mod fdcache;
