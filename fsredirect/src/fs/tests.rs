@@ -871,3 +871,39 @@ fn special_file_kept_inert_in_readdir_type() {
         .unwrap();
     assert_eq!(types, vec![u32::from(libc::DT_UNKNOWN)]);
 }
+
+#[test]
+fn create_with_missing_store_fails_and_leaves_no_stub() {
+    let fx = redirecting();
+    std::fs::remove_dir_all(&fx.volume).unwrap();
+    let r = fx
+        .fs
+        .create(&fx.ctx, ROOT_INODE, &c("f"), create_in(0o644, libc::O_RDWR));
+    assert_eq!(errno_of(r), libc::ENOENT);
+    assert!(!fx.guest.join("f").exists());
+}
+
+#[test]
+fn write_to_vanished_object_is_an_error_and_stub_keeps_its_size() {
+    let fx = redirecting();
+    let entry = fx.write_file(ROOT_INODE, "f", b"1234");
+    std::fs::remove_file(fx.volume.join("f")).unwrap();
+    let r = fx.fs.open(&fx.ctx, entry.inode, libc::O_RDWR as u32, 0);
+    assert_eq!(errno_of(r), libc::ENOENT);
+    assert_eq!(std::fs::metadata(fx.guest.join("f")).unwrap().len(), 4);
+}
+
+#[test]
+fn rename_into_unreachable_store_fails_and_keeps_both_sides() {
+    let fx = redirecting();
+    let dir = fx.mkdir(ROOT_INODE, "d");
+    fx.write_file(ROOT_INODE, "a", b"A");
+    // A file where the store needs a directory: the store half fails first.
+    std::fs::write(fx.volume.join("d"), b"blocker").unwrap();
+    let r = fx
+        .fs
+        .rename(&fx.ctx, ROOT_INODE, &c("a"), dir.inode, &c("b"), 0);
+    assert!(r.is_err());
+    assert!(fx.guest.join("a").exists());
+    assert_eq!(std::fs::read(fx.volume.join("a")).unwrap(), b"A");
+}
