@@ -1,0 +1,821 @@
+//! The virtio-fs device as a vhost-user back-end: a daemon that another VMM
+//! (QEMU's `vhost-user-fs-device`, for one) connects to over a Unix socket.
+//!
+//! The front-end owns the transport and hands us the queues and guest memory
+//! (vhost-user protocol, "Ring states"); the queue work itself is the same
+//! [`process_queue`] the in-VMM device runs. Each queue (hiprio plus the
+//! request queues) gets its own worker thread, so requests on different
+//! queues are served in parallel.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use devices::virtio::fs::vhost_user::{DaemonConfig, VhostUserFsDaemon};
+//! use fuse_backend_rs::passthrough::{Config, PassthroughFs};
+//! use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+//!
+//! // Any fuse-backend-rs FileSystem; the hypervisor serves fsredirect's RedirectFs.
+//! let fs = PassthroughFs::<()>::new(Config {
+//!     root_dir: "/srv/data".into(),
+//!     do_import: true,
+//!     ..Default::default()
+//! })?;
+//! let config = DaemonConfig::new("/run/fs-data.sock", "data");
+//! let mut daemon = VhostUserFsDaemon::bind(config, Arc::new(fs))?;
+//! let stop = EventFd::new(EFD_NONBLOCK)?; // write to it to stop the daemon
+//! daemon.serve(&stop, |event| println!("{event}"))?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, RwLock};
+
+use fuse_backend_rs::api::filesystem::FileSystem;
+use fuse_backend_rs::api::server::Server;
+use log::{debug, info, warn};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::{Error as VhostUserError, Listener};
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::handler::process_queue;
+use super::{config_space, FsDeviceError, MAX_TAG_LEN};
+use crate::virtio::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use crate::warn_limited;
+
+/// Largest queue size offered to the front-end (QEMU's `queue-size=` may go up to this).
+pub const MAX_QUEUE_SIZE: usize = 1024;
+/// Most request queues: each queue is one bit of a 64-bit worker mask, and
+/// queue 0 is the hiprio queue.
+pub const MAX_REQUEST_QUEUES: usize = 63;
+
+/// Guest memory as the front-end shares it with us.
+type Mem = GuestMemoryAtomic<GuestMemoryMmap<()>>;
+
+/// Errors of the vhost-user-fs daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum VhostUserFsError {
+    /// A back-end is already listening on the socket path.
+    #[error(
+        "socket {0} is in use: a back-end is listening there; stop it or choose another socket path"
+    )]
+    SocketInUse(PathBuf),
+    /// Something other than a socket is at the socket path.
+    #[error("socket path {0} exists and is not a socket; remove it or choose another socket path")]
+    NotASocket(PathBuf),
+    /// The socket cannot be created.
+    #[error(
+        "cannot create the vhost-user socket {path}: check that its directory exists and is writable"
+    )]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// What the host said.
+        #[source]
+        source: io::Error,
+    },
+    /// The device description is not usable (tag, queue count).
+    #[error(transparent)]
+    Device(#[from] FsDeviceError),
+    /// More request queues than the back-end serves.
+    #[error("{0} request queues asked for; the back-end serves 1 to {MAX_REQUEST_QUEUES}")]
+    TooManyQueues(usize),
+    /// A host resource (eventfd, thread, poll) failed.
+    #[error("cannot {what}")]
+    Host {
+        /// What we were doing.
+        what: &'static str,
+        /// What the host said.
+        #[source]
+        source: io::Error,
+    },
+    /// vhost-user-backend could not set up or run the daemon.
+    #[error("the vhost-user daemon failed to {what}: {detail}")]
+    Daemon {
+        /// What it was doing.
+        what: &'static str,
+        /// vhost-user-backend's description (its error type is not `std::error::Error`).
+        detail: String,
+    },
+}
+
+/// A `Result` with a [`VhostUserFsError`].
+pub type Result<T> = std::result::Result<T, VhostUserFsError>;
+
+fn host(what: &'static str) -> impl FnOnce(io::Error) -> VhostUserFsError {
+    move |source| VhostUserFsError::Host { what, source }
+}
+
+/// The virtio-fs back-end: what vhost-user-backend's worker threads call.
+pub struct VhostUserFsBackend<F: FileSystem + Send + Sync + 'static> {
+    server: Arc<Server<Arc<F>>>,
+    config: [u8; MAX_TAG_LEN + 4],
+    num_queues: usize,
+    mem: RwLock<Mem>,
+    /// One exit event per worker thread (one thread per queue).
+    exits: Vec<(EventConsumer, EventNotifier)>,
+}
+
+impl<F: FileSystem + Send + Sync + 'static> VhostUserFsBackend<F> {
+    /// A back-end serving `server` on the hiprio queue and `request_queues`
+    /// request queues, with `tag` in its configuration space.
+    pub fn new(
+        server: Arc<Server<Arc<F>>>,
+        tag: &str,
+        request_queues: usize,
+        mem: Mem,
+    ) -> Result<Self> {
+        if request_queues > MAX_REQUEST_QUEUES {
+            return Err(VhostUserFsError::TooManyQueues(request_queues));
+        }
+        // Bounded by MAX_REQUEST_QUEUES just above.
+        let config = config_space(tag, request_queues as u32)?;
+        let num_queues = 1 + request_queues;
+        let exits = (0..num_queues)
+            .map(|_| new_event_consumer_and_notifier(EventFlag::NONBLOCK))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(host("create the worker exit events"))?;
+        Ok(Self {
+            server,
+            config,
+            num_queues,
+            mem: RwLock::new(mem),
+            exits,
+        })
+    }
+
+    fn memory(&self) -> Mem {
+        // Replaced whole under the lock; a panic elsewhere cannot leave it half-written.
+        self.mem.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VhostUserFsBackend<F> {
+    type Bitmap = ();
+    type Vring = VringRwLock<Mem>;
+
+    fn num_queues(&self) -> usize {
+        self.num_queues
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+            | VIRTIO_RING_F_INDIRECT_DESC
+            | VIRTIO_RING_F_EVENT_IDX
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn acked_features(&self, features: u64) {
+        debug!("vhost-user-fs: front-end acked features {features:#x}");
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        // CONFIG is optional: QEMU takes the tag from its own `tag=` option,
+        // other front-ends may ask us for it.
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        // vhost-user-backend sets it on every queue; process_queue follows the queue's flag.
+        debug!(
+            "vhost-user-fs: EVENT_IDX {}",
+            if enabled { "on" } else { "off" }
+        );
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let start = offset as usize;
+        let end = start.saturating_add(size as usize);
+        // Out of range: an empty reply, which the vhost crate turns into a failure.
+        self.config
+            .get(start..end)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default()
+    }
+
+    fn update_memory(&self, mem: Mem) -> io::Result<()> {
+        *self.mem.write().unwrap_or_else(|p| p.into_inner()) = mem;
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        // One worker thread per queue; num_queues <= 64 (MAX_REQUEST_QUEUES).
+        (0..self.num_queues).map(|queue| 1u64 << queue).collect()
+    }
+
+    fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        let (consumer, notifier) = self.exits.get(thread_index)?;
+        match (consumer.try_clone(), notifier.try_clone()) {
+            (Ok(consumer), Ok(notifier)) => Some((consumer, notifier)),
+            (Err(err), _) | (_, Err(err)) => {
+                warn!("vhost-user-fs: cannot clone the exit event of worker {thread_index}: {err}");
+                None
+            }
+        }
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Self::Vring],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        // With one queue per thread, the event is the thread's only vring.
+        let Some(vring) = vrings.get(usize::from(device_event)) else {
+            warn_limited!("vhost-user-fs: event {device_event} for no queue on worker {thread_id}");
+            return Ok(());
+        };
+        if evset != EventSet::IN {
+            warn_limited!("vhost-user-fs: queue {thread_id}: unexpected kick events {evset:?}");
+            return Ok(());
+        }
+        let mem = self.memory().memory();
+        let mut state = vring.get_mut();
+        match process_queue(&self.server, &*mem, state.get_queue_mut()) {
+            Ok(true) => {
+                if let Err(err) = state.signal_used_queue() {
+                    warn_limited!(
+                        "vhost-user-fs: queue {thread_id}: cannot signal the front-end: {err}"
+                    );
+                }
+            }
+            Ok(false) => {}
+            // vhost-user has no NEEDS_RESET for the back-end to raise: the
+            // queue stays unserved until the driver fixes or resets it; each
+            // kick costs one bounded check.
+            Err(err) => warn_limited!("vhost-user-fs: queue {thread_id}: {err}; ignoring it"),
+        }
+        Ok(())
+    }
+}
+
+/// What the daemon is told to do.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// The Unix socket the front-end connects to.
+    pub socket: PathBuf,
+    /// The tag (for the configuration space, if the front-end asks, and logs).
+    pub tag: String,
+    /// Number of request queues (QEMU's `num-request-queues=`, default 1).
+    pub request_queues: usize,
+}
+
+impl DaemonConfig {
+    /// One request queue, listening on `socket`.
+    pub fn new(socket: impl Into<PathBuf>, tag: &str) -> Self {
+        Self {
+            socket: socket.into(),
+            tag: tag.to_owned(),
+            request_queues: 1,
+        }
+    }
+}
+
+/// Progress of a daemon, for the caller to report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DaemonEvent {
+    /// A front-end connected.
+    Connected,
+    /// The front-end disconnected (or broke the protocol, with the reason).
+    Disconnected(Option<String>),
+    /// The stop event fired.
+    Stopped,
+}
+
+impl fmt::Display for DaemonEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DaemonEvent::Connected => write!(f, "front-end connected"),
+            DaemonEvent::Disconnected(None) => write!(f, "front-end disconnected"),
+            DaemonEvent::Disconnected(Some(why)) => {
+                write!(f, "front-end disconnected after a protocol error: {why}")
+            }
+            DaemonEvent::Stopped => write!(f, "stopped"),
+        }
+    }
+}
+
+/// How [`VhostUserFsDaemon::serve`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServeEnd {
+    /// The front-end went away.
+    Disconnected,
+    /// The stop event fired.
+    Stopped,
+}
+
+/// A vhost-user-fs daemon listening on its socket.
+///
+/// It serves one front-end at a time (one server per volume); the socket
+/// file is removed when the daemon is dropped.
+pub struct VhostUserFsDaemon<F: FileSystem + Send + Sync + 'static> {
+    config: DaemonConfig,
+    listener: Listener,
+    fs: Arc<F>,
+    server: Arc<Server<Arc<F>>>,
+}
+
+impl<F: FileSystem + Send + Sync + 'static> VhostUserFsDaemon<F> {
+    /// Creates the socket and listens on it.
+    ///
+    /// A socket file nobody listens on (left by a killed daemon) is replaced;
+    /// a live one, or anything that is not a socket, is an error.
+    pub fn bind(config: DaemonConfig, fs: Arc<F>) -> Result<Self> {
+        if config.request_queues > MAX_REQUEST_QUEUES {
+            return Err(VhostUserFsError::TooManyQueues(config.request_queues));
+        }
+        config_space(&config.tag, config.request_queues as u32)?;
+        remove_stale_socket(&config.socket)?;
+        let listener =
+            UnixListener::bind(&config.socket).map_err(|source| VhostUserFsError::Bind {
+                path: config.socket.clone(),
+                source,
+            })?;
+        info!(
+            "vhost-user-fs {}: listening on {}",
+            config.tag,
+            config.socket.display()
+        );
+        Ok(Self {
+            config,
+            listener: Listener::from(listener),
+            server: Arc::new(Server::new(fs.clone())),
+            fs,
+        })
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.config.socket
+    }
+
+    /// Waits for a front-end and serves it until it disconnects or `stop`
+    /// becomes readable.
+    ///
+    /// On a stop, the queue workers end at once; the thread reading the
+    /// socket ends when the front-end closes it (or the process exits).
+    /// After a disconnect the file system forgets the front-end's inodes and
+    /// handles (as on FUSE DESTROY), so the next front-end starts afresh.
+    pub fn serve(
+        &mut self,
+        stop: &EventFd,
+        mut on_event: impl FnMut(&DaemonEvent),
+    ) -> Result<ServeEnd> {
+        if !wait_readable(self.listener.as_raw_fd(), stop)? {
+            on_event(&DaemonEvent::Stopped);
+            return Ok(ServeEnd::Stopped);
+        }
+        let mem = Mem::new(GuestMemoryMmap::new());
+        let backend = Arc::new(VhostUserFsBackend::new(
+            self.server.clone(),
+            &self.config.tag,
+            self.config.request_queues,
+            mem.clone(),
+        )?);
+        let mut daemon =
+            VhostUserDaemon::new(format!("vhost-user-fs-{}", self.config.tag), backend, mem)
+                .map_err(|e| VhostUserFsError::Daemon {
+                    what: "start its queue workers",
+                    detail: e.to_string(),
+                })?;
+        let workers = daemon.get_epoll_handlers();
+        // The listener is readable, so this accept does not block (a
+        // connection aborted meanwhile makes it wait for the next one).
+        daemon
+            .start(&mut self.listener)
+            .map_err(|e| VhostUserFsError::Daemon {
+                what: "accept a front-end",
+                detail: e.to_string(),
+            })?;
+        on_event(&DaemonEvent::Connected);
+
+        // vhost-user-backend only offers a blocking wait for the connection
+        // thread: wait in a helper thread that reports through an eventfd.
+        let done = EventFd::new(EFD_NONBLOCK).map_err(host("create an eventfd"))?;
+        let done_writer = done.try_clone().map_err(host("clone an eventfd"))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("vhost-user-fs-{}-wait", self.config.tag))
+            .spawn(move || {
+                let _ = tx.send(disconnect_reason(daemon.wait()));
+                let _ = done_writer.write(1);
+            })
+            .map_err(host("start the connection watcher thread"))?;
+
+        let stopped = !wait_readable(done.as_raw_fd(), stop)?;
+        for worker in &workers {
+            worker.send_exit_event();
+        }
+        if stopped {
+            on_event(&DaemonEvent::Stopped);
+            return Ok(ServeEnd::Stopped);
+        }
+        let why = rx
+            .recv()
+            .unwrap_or_else(|_| Some("the connection thread panicked".to_owned()));
+        // The guest's FUSE session is over: drop its inodes and handles.
+        self.fs.destroy();
+        on_event(&DaemonEvent::Disconnected(why));
+        Ok(ServeEnd::Disconnected)
+    }
+
+    /// Serves front-ends one after another until `stop` fires; with
+    /// `accept_again` false, only the first one.
+    pub fn run(
+        &mut self,
+        stop: &EventFd,
+        accept_again: bool,
+        mut on_event: impl FnMut(&DaemonEvent),
+    ) -> Result<ServeEnd> {
+        loop {
+            let end = self.serve(stop, &mut on_event)?;
+            if end == ServeEnd::Stopped || !accept_again {
+                return Ok(end);
+            }
+        }
+    }
+}
+
+impl<F: FileSystem + Send + Sync + 'static> Drop for VhostUserFsDaemon<F> {
+    fn drop(&mut self) {
+        // We made the socket; a front-end must not find a dead one.
+        let _ = std::fs::remove_file(&self.config.socket);
+    }
+}
+
+/// Why a connection ended, if not by an ordinary disconnect.
+fn disconnect_reason(result: vhost_user_backend::Result<()>) -> Option<String> {
+    use vhost_user_backend::Error;
+    match result {
+        Ok(())
+        | Err(Error::HandleRequest(VhostUserError::Disconnected))
+        | Err(Error::HandleRequest(VhostUserError::PartialMessage))
+        | Err(Error::HandleRequest(VhostUserError::SocketBroken(_))) => None,
+        Err(err) => Some(err.to_string()),
+    }
+}
+
+/// Removes a socket file nobody listens on; refuses a live socket or a non-socket.
+fn remove_stale_socket(path: &Path) -> Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(VhostUserFsError::Bind {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(VhostUserFsError::NotASocket(path.to_owned()));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(VhostUserFsError::SocketInUse(path.to_owned())),
+        Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
+            info!(
+                "removing stale socket {} (nobody listens on it)",
+                path.display()
+            );
+            std::fs::remove_file(path).map_err(|source| VhostUserFsError::Bind {
+                path: path.to_owned(),
+                source,
+            })
+        }
+        Err(source) => Err(VhostUserFsError::Bind {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Waits until `fd` is readable (true) or `stop` is (false).
+fn wait_readable(fd: i32, stop: &EventFd) -> Result<bool> {
+    let mut fds = [
+        libc::pollfd {
+            fd: stop.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: fds is a valid array of two pollfd for the call's duration.
+        let ret = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if ret < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(VhostUserFsError::Host {
+                what: "wait for the front-end",
+                source: err,
+            });
+        }
+        if fds[0].revents != 0 {
+            return Ok(false);
+        }
+        if fds[1].revents != 0 {
+            return Ok(true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    use std::time::Duration;
+
+    use fuse_backend_rs::abi::fuse_abi::{InHeader, InitIn, OutHeader};
+    use fuse_backend_rs::passthrough::{Config, PassthroughFs};
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{ByteValued, Bytes, GuestAddress};
+
+    use super::*;
+
+    type Fs = PassthroughFs<()>;
+
+    fn passthrough(dir: &Path) -> Arc<Fs> {
+        let fs = Fs::new(Config {
+            root_dir: dir.to_str().unwrap().to_owned(),
+            do_import: true,
+            ..Default::default()
+        })
+        .unwrap();
+        fs.import().unwrap();
+        Arc::new(fs)
+    }
+
+    fn backend(dir: &Path, mem: Mem) -> VhostUserFsBackend<Fs> {
+        VhostUserFsBackend::new(Arc::new(Server::new(passthrough(dir))), "share0", 2, mem).unwrap()
+    }
+
+    #[test]
+    fn offers_version_1_indirect_event_idx_and_protocol_features() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = backend(dir.path(), Mem::new(GuestMemoryMmap::new()));
+
+        let features = backend.features();
+
+        for wanted in [
+            VIRTIO_F_VERSION_1,
+            VIRTIO_RING_F_INDIRECT_DESC,
+            VIRTIO_RING_F_EVENT_IDX,
+            VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
+        ] {
+            assert_eq!(features & wanted, wanted, "feature {wanted:#x} missing");
+        }
+        assert!(backend
+            .protocol_features()
+            .contains(VhostUserProtocolFeatures::MQ));
+    }
+
+    #[test]
+    fn serves_hiprio_and_each_request_queue_on_its_own_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = backend(dir.path(), Mem::new(GuestMemoryMmap::new()));
+
+        assert_eq!(backend.num_queues(), 3);
+        assert_eq!(backend.queues_per_thread(), vec![0b001, 0b010, 0b100]);
+        assert!((0..3).all(|thread| backend.exit_event(thread).is_some()));
+        assert!(backend.exit_event(3).is_none());
+    }
+
+    #[test]
+    fn config_space_holds_the_tag_then_the_request_queue_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = backend(dir.path(), Mem::new(GuestMemoryMmap::new()));
+
+        let tag = backend.get_config(0, 6);
+        let queues = backend.get_config(MAX_TAG_LEN as u32, 4);
+        let past_end = backend.get_config(MAX_TAG_LEN as u32, 8);
+        let huge = backend.get_config(u32::MAX, u32::MAX);
+
+        assert_eq!(tag, b"share0");
+        assert_eq!(queues, 2u32.to_le_bytes());
+        assert!(past_end.is_empty());
+        assert!(huge.is_empty());
+    }
+
+    #[test]
+    fn more_request_queues_than_worker_mask_bits_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = DaemonConfig::new(dir.path().join("sock"), "share0");
+        config.request_queues = MAX_REQUEST_QUEUES + 1;
+
+        let err = VhostUserFsDaemon::bind(config, passthrough(dir.path()))
+            .err()
+            .unwrap();
+
+        assert!(matches!(err, VhostUserFsError::TooManyQueues(64)), "{err}");
+    }
+
+    /// 1. Put a FUSE INIT on a split queue in guest memory, wired to a
+    ///    vring the way vhost-user-backend wires the front-end's queue.
+    /// 2. Deliver the kick to the back-end.
+    /// 3. The chain is used with a successful reply, and the call eventfd fired.
+    #[test]
+    fn a_kicked_vring_is_served_and_the_front_end_signalled() {
+        let dir = tempfile::tempdir().unwrap();
+        let guest = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mem = Mem::new(guest.clone());
+        let backend = backend(dir.path(), mem.clone());
+        let mock = MockSplitQueue::new(&guest, 16);
+        let vring = VringRwLock::new(mem, 16).unwrap();
+        vring
+            .set_queue_info(
+                mock.desc_table_addr().0,
+                mock.avail_addr().0,
+                mock.used_addr().0,
+            )
+            .unwrap();
+        vring.set_queue_size(16);
+        vring.set_queue_ready(true);
+        let (call_consumer, call_notifier) =
+            new_event_consumer_and_notifier(EventFlag::NONBLOCK).unwrap();
+        // SAFETY: the descriptor was just released by into_raw_fd; File owns it alone.
+        vring.set_call(Some(unsafe {
+            File::from_raw_fd(call_notifier.into_raw_fd())
+        }));
+        let init = InitIn {
+            major: 7,
+            minor: 31,
+            max_readahead: 4096,
+            flags: 0,
+        };
+        let header = InHeader {
+            len: (std::mem::size_of::<InHeader>() + std::mem::size_of::<InitIn>()) as u32,
+            opcode: 26, // FUSE_INIT
+            unique: 1,
+            ..Default::default()
+        };
+        let mut request = header.as_slice().to_vec();
+        request.extend_from_slice(init.as_slice());
+        guest.write_slice(&request, GuestAddress(0x8000)).unwrap();
+        let descs = [
+            Descriptor::new(0x8000, request.len() as u32, VRING_DESC_F_NEXT as u16, 1),
+            Descriptor::new(0x9000, 4096, VRING_DESC_F_WRITE as u16, 0),
+        ];
+        for (slot, desc) in descs.into_iter().enumerate() {
+            mock.desc_table()
+                .store(slot as u16, RawDescriptor::from(desc))
+                .unwrap();
+        }
+        mock.avail().ring().ref_at(0).unwrap().store(0);
+        mock.avail().idx().store(1);
+
+        backend
+            .handle_event(0, EventSet::IN, std::slice::from_ref(&vring), 1)
+            .unwrap();
+
+        assert_eq!(mock.used().idx().load(), 1);
+        let reply: OutHeader = guest.read_obj(GuestAddress(0x9000)).unwrap();
+        assert_eq!(reply.error, 0, "INIT answered without an error");
+        assert_eq!(reply.unique, 1);
+        assert!(call_consumer.consume().is_ok(), "the call eventfd fired");
+    }
+
+    #[test]
+    fn a_kick_for_a_queue_the_thread_does_not_have_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = backend(dir.path(), Mem::new(GuestMemoryMmap::new()));
+
+        let result = backend.handle_event(5, EventSet::IN, &[], 0);
+
+        assert!(result.is_ok());
+    }
+
+    #[test]
+    fn bind_refuses_a_path_that_is_not_a_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("file");
+        std::fs::write(&path, b"keep me").unwrap();
+
+        let err = VhostUserFsDaemon::bind(DaemonConfig::new(&path, "t"), passthrough(dir.path()))
+            .err()
+            .unwrap();
+
+        assert!(matches!(err, VhostUserFsError::NotASocket(_)), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
+    }
+
+    #[test]
+    fn bind_refuses_a_socket_another_back_end_listens_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sock");
+        let _other = UnixListener::bind(&path).unwrap();
+
+        let err = VhostUserFsDaemon::bind(DaemonConfig::new(&path, "t"), passthrough(dir.path()))
+            .err()
+            .unwrap();
+
+        assert!(matches!(err, VhostUserFsError::SocketInUse(_)), "{err}");
+    }
+
+    #[test]
+    fn bind_replaces_a_stale_socket_and_drop_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sock");
+        drop(UnixListener::bind(&path).unwrap()); // leaves the file, nobody listening
+
+        let daemon =
+            VhostUserFsDaemon::bind(DaemonConfig::new(&path, "t"), passthrough(dir.path()))
+                .unwrap();
+        let connected = UnixStream::connect(&path).is_ok();
+        drop(daemon);
+
+        assert!(connected, "the new daemon listens on the path");
+        assert!(!path.exists(), "the socket is removed with the daemon");
+    }
+
+    #[test]
+    fn bind_in_a_missing_directory_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("no/such/dir/sock");
+
+        let err = VhostUserFsDaemon::bind(DaemonConfig::new(&path, "t"), passthrough(dir.path()))
+            .err()
+            .unwrap();
+
+        assert!(err.to_string().contains("no/such/dir/sock"), "{err}");
+    }
+
+    #[test]
+    fn serve_returns_when_the_stop_event_fires_before_a_front_end_comes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut daemon = VhostUserFsDaemon::bind(
+            DaemonConfig::new(dir.path().join("sock"), "t"),
+            passthrough(dir.path()),
+        )
+        .unwrap();
+        let stop = EventFd::new(EFD_NONBLOCK).unwrap();
+        stop.write(1).unwrap();
+        let mut events = Vec::new();
+
+        let end = daemon.serve(&stop, |e| events.push(e.clone())).unwrap();
+
+        assert_eq!(end, ServeEnd::Stopped);
+        assert_eq!(events, vec![DaemonEvent::Stopped]);
+    }
+
+    /// A front-end that connects and hangs up at once ends the connection
+    /// cleanly, and with `accept_again` the daemon takes the next one.
+    #[test]
+    fn a_front_end_that_hangs_up_is_a_disconnect_and_the_next_one_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sock");
+        let mut daemon =
+            VhostUserFsDaemon::bind(DaemonConfig::new(&path, "t"), passthrough(dir.path()))
+                .unwrap();
+        let stop = EventFd::new(EFD_NONBLOCK).unwrap();
+        let stopper = stop.try_clone().unwrap();
+        let client = std::thread::spawn(move || {
+            for _ in 0..2 {
+                drop(UnixStream::connect(&path).unwrap());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            stopper.write(1).unwrap();
+        });
+        let mut events = Vec::new();
+
+        let end = daemon.run(&stop, true, |e| events.push(e.clone())).unwrap();
+        client.join().unwrap();
+
+        assert_eq!(end, ServeEnd::Stopped);
+        assert_eq!(
+            events,
+            vec![
+                DaemonEvent::Connected,
+                DaemonEvent::Disconnected(None),
+                DaemonEvent::Connected,
+                DaemonEvent::Disconnected(None),
+                DaemonEvent::Stopped
+            ]
+        );
+    }
+}
