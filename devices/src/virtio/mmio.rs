@@ -16,6 +16,7 @@ use virtio_bindings::virtio_config::{
 };
 use virtio_bindings::virtio_mmio::*;
 use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddress, GuestMemory as _};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{
@@ -54,6 +55,9 @@ pub struct MmioTransport<D: VirtioDevice> {
     acked_features: u64,
     queue_select: u32,
     queues: Vec<Queue>,
+    /// Per queue: whether the driver's last write of the size and of each
+    /// address half was refused (see [`address_slot`]).
+    bad_config: Vec<[bool; 7]>,
     kicks: Vec<EventFd>,
     config_generation: u32,
     active: bool,
@@ -92,6 +96,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             driver_features_select: 0,
             acked_features: 0,
             queue_select: 0,
+            bad_config: vec![[false; 7]; queues.len()],
             queues,
             kicks,
             config_generation: 0,
@@ -118,10 +123,6 @@ impl<D: VirtioDevice> MmioTransport<D> {
     /// The current device status.
     pub fn status(&self) -> u32 {
         self.status
-    }
-
-    fn selected_queue(&mut self) -> Option<&mut Queue> {
-        self.queues.get_mut(self.queue_select as usize)
     }
 
     /// Queue registers may be written only between FEATURES_OK and DRIVER_OK.
@@ -213,8 +214,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
             );
             return;
         }
-        let mem = self.mem.clone();
-        let Some(queue) = self.selected_queue() else {
+        let select = self.queue_select as usize;
+        let Some(queue) = self.queues.get_mut(select) else {
             warn_limited!("virtio-mmio: queue register written with no such queue selected");
             return;
         };
@@ -223,16 +224,61 @@ impl<D: VirtioDevice> MmioTransport<D> {
             return;
         }
         match offset {
-            // Invalid sizes are caught by is_valid() when the queue is made ready.
-            VIRTIO_MMIO_QUEUE_NUM => queue.set_size(value.try_into().unwrap_or(0)),
-            VIRTIO_MMIO_QUEUE_DESC_LOW => queue.set_desc_table_address(Some(value), None),
-            VIRTIO_MMIO_QUEUE_DESC_HIGH => queue.set_desc_table_address(None, Some(value)),
-            VIRTIO_MMIO_QUEUE_AVAIL_LOW => queue.set_avail_ring_address(Some(value), None),
-            VIRTIO_MMIO_QUEUE_AVAIL_HIGH => queue.set_avail_ring_address(None, Some(value)),
-            VIRTIO_MMIO_QUEUE_USED_LOW => queue.set_used_ring_address(Some(value), None),
-            VIRTIO_MMIO_QUEUE_USED_HIGH => queue.set_used_ring_address(None, Some(value)),
+            VIRTIO_MMIO_QUEUE_NUM => {
+                // virtio-queue keeps the old size on an invalid one; we
+                // remember the driver's mistake and refuse to make the
+                // queue ready, so both sides never disagree on its size.
+                let valid = u16::try_from(value)
+                    .ok()
+                    .filter(|size| size.is_power_of_two() && *size <= queue.max_size());
+                if let Some(size) = valid {
+                    queue.set_size(size);
+                }
+                self.bad_config[select][SIZE_SLOT] = valid.is_none();
+            }
+            VIRTIO_MMIO_QUEUE_DESC_LOW
+            | VIRTIO_MMIO_QUEUE_DESC_HIGH
+            | VIRTIO_MMIO_QUEUE_AVAIL_LOW
+            | VIRTIO_MMIO_QUEUE_AVAIL_HIGH
+            | VIRTIO_MMIO_QUEUE_USED_LOW
+            | VIRTIO_MMIO_QUEUE_USED_HIGH => {
+                let high = matches!(
+                    offset,
+                    VIRTIO_MMIO_QUEUE_DESC_HIGH
+                        | VIRTIO_MMIO_QUEUE_AVAIL_HIGH
+                        | VIRTIO_MMIO_QUEUE_USED_HIGH
+                );
+                let (low_part, high_part) = if high {
+                    (None, Some(value))
+                } else {
+                    (Some(value), None)
+                };
+                let stored = match offset {
+                    VIRTIO_MMIO_QUEUE_DESC_LOW | VIRTIO_MMIO_QUEUE_DESC_HIGH => {
+                        queue.set_desc_table_address(low_part, high_part);
+                        queue.desc_table()
+                    }
+                    VIRTIO_MMIO_QUEUE_AVAIL_LOW | VIRTIO_MMIO_QUEUE_AVAIL_HIGH => {
+                        queue.set_avail_ring_address(low_part, high_part);
+                        queue.avail_ring()
+                    }
+                    _ => {
+                        queue.set_used_ring_address(low_part, high_part);
+                        queue.used_ring()
+                    }
+                };
+                // virtio-queue keeps the old address when the new one is
+                // misaligned; remember that the driver's view differs.
+                let stored_part = if high {
+                    (stored >> 32) as u32
+                } else {
+                    stored as u32
+                };
+                self.bad_config[select][address_slot(offset)] = stored_part != value;
+            }
             VIRTIO_MMIO_QUEUE_READY => {
-                if value == 1 && !queue.is_valid(&mem) {
+                let refused_writes = self.bad_config[select].iter().any(|bad| *bad);
+                if value == 1 && (refused_writes || !rings_in_memory(queue, &self.mem)) {
                     // The driver reads QueueReady back and sees 0.
                     warn_limited!(
                         "virtio-mmio: queue of size {} at desc {:#x} avail {:#x} used {:#x} is \
@@ -362,6 +408,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         for queue in &mut self.queues {
             queue.reset();
         }
+        self.bad_config.fill([false; 7]);
         for kick in &self.kicks {
             // Drop notifications that arrived for the old queues.
             let _ = kick.read();
@@ -373,6 +420,36 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.queue_select = 0;
         self.interrupt.clear();
     }
+}
+
+/// Slot of the queue size in a queue's refused-write flags.
+const SIZE_SLOT: usize = 6;
+
+/// Slot of an address register in a queue's refused-write flags.
+fn address_slot(offset: u32) -> usize {
+    match offset {
+        VIRTIO_MMIO_QUEUE_DESC_LOW => 0,
+        VIRTIO_MMIO_QUEUE_DESC_HIGH => 1,
+        VIRTIO_MMIO_QUEUE_AVAIL_LOW => 2,
+        VIRTIO_MMIO_QUEUE_AVAIL_HIGH => 3,
+        VIRTIO_MMIO_QUEUE_USED_LOW => 4,
+        _ => 5,
+    }
+}
+
+/// Whether the descriptor table and both rings of `queue` lie wholly inside
+/// one region of guest memory and are aligned (virtio 1.2 §2.7: 16, 2 and 4
+/// bytes). virtio-queue's own is_valid() checks only where each range ends.
+fn rings_in_memory(queue: &Queue, mem: &GuestMemory) -> bool {
+    let size = u64::from(queue.size());
+    let ranges = [
+        (queue.desc_table(), 16 * size, 16),
+        (queue.avail_ring(), 6 + 2 * size, 2),
+        (queue.used_ring(), 6 + 8 * size, 4),
+    ];
+    ranges.iter().all(|&(addr, len, align)| {
+        addr % align == 0 && mem.get_slice(GuestAddress(addr), len as usize).is_ok()
+    })
 }
 
 impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
@@ -418,3 +495,6 @@ impl<D: VirtioDevice> Drop for MmioTransport<D> {
         self.deactivate();
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,15 +1,115 @@
 //! Moving FUSE requests between a virtqueue and the FUSE server: the part
 //! of the device shared by the in-VMM device and the vhost-user back-end.
 
-use std::sync::atomic::Ordering;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use fuse_backend_rs::abi::fuse_abi::{InHeader, OutHeader};
 use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::GuestMemory;
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::{ByteValued, GuestMemory};
 
 use crate::warn_limited;
+
+const FUSE_FORGET: u32 = 2;
+const FUSE_INIT: u32 = 26;
+const FUSE_DESTROY: u32 = 38;
+const FUSE_BATCH_FORGET: u32 = 42;
+
+/// Something that answers one FUSE request read from `r` into `w`.
+pub trait FuseServer: Sync {
+    /// Handles one request; returns the number of reply bytes written.
+    fn serve<S: BitmapSlice>(
+        &self,
+        r: Reader<'_, S>,
+        w: Writer<'_, S>,
+    ) -> fuse_backend_rs::Result<usize>;
+}
+
+impl<F: FileSystem + Sync> FuseServer for Server<F> {
+    fn serve<S: BitmapSlice>(
+        &self,
+        r: Reader<'_, S>,
+        w: Writer<'_, S>,
+    ) -> fuse_backend_rs::Result<usize> {
+        self.handle_message(r, w, None, None)
+    }
+}
+
+impl<T: FuseServer + Send> FuseServer for std::sync::Arc<T> {
+    fn serve<S: BitmapSlice>(
+        &self,
+        r: Reader<'_, S>,
+        w: Writer<'_, S>,
+    ) -> fuse_backend_rs::Result<usize> {
+        (**self).serve(r, w)
+    }
+}
+
+/// A FUSE server with the session state the protocol requires: nothing but
+/// INIT is served before INIT succeeded (answered EIO, as a FUSE kernel
+/// client would see from a server that is not ready), and DESTROY ends
+/// the session.
+pub struct FuseSession<F: FileSystem + Sync> {
+    server: Server<F>,
+    initialized: AtomicBool,
+}
+
+impl<F: FileSystem + Sync> FuseSession<F> {
+    /// A session over file system `fs`, waiting for INIT.
+    pub fn new(fs: F) -> Self {
+        Self {
+            server: Server::new(fs),
+            initialized: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether INIT has been served.
+    pub fn is_initialized(&self) -> bool {
+        self.initialized.load(Ordering::SeqCst)
+    }
+}
+
+impl<F: FileSystem + Sync> FuseServer for FuseSession<F> {
+    fn serve<S: BitmapSlice>(
+        &self,
+        r: Reader<'_, S>,
+        mut w: Writer<'_, S>,
+    ) -> fuse_backend_rs::Result<usize> {
+        let header: InHeader = r
+            .clone()
+            .read_obj()
+            .map_err(fuse_backend_rs::Error::DecodeMessage)?;
+        match header.opcode {
+            FUSE_INIT => {
+                let written = self.server.handle_message(r, w, None, None)?;
+                self.initialized.store(true, Ordering::SeqCst);
+                Ok(written)
+            }
+            FUSE_DESTROY => {
+                self.initialized.store(false, Ordering::SeqCst);
+                self.server.handle_message(r, w, None, None)
+            }
+            _ if self.is_initialized() => self.server.handle_message(r, w, None, None),
+            // Forgets have no reply, whatever the state.
+            FUSE_FORGET | FUSE_BATCH_FORGET => Ok(0),
+            opcode => {
+                warn_limited!("virtio-fs: request {opcode} before INIT; answered EIO");
+                let reply = OutHeader {
+                    len: std::mem::size_of::<OutHeader>() as u32,
+                    error: -libc::EIO,
+                    unique: header.unique,
+                };
+                w.write_all(reply.as_slice())
+                    .map_err(fuse_backend_rs::Error::EncodeMessage)?;
+                Ok(reply.as_slice().len())
+            }
+        }
+    }
+}
 
 /// Errors that make a queue unusable until the driver resets the device.
 #[derive(Debug, thiserror::Error)]
@@ -25,9 +125,9 @@ pub enum QueueError {
 /// Malformed chains (addresses outside guest memory, no writable part,
 /// truncated FUSE headers, ...) are answered with an errno by the FUSE
 /// server when it can parse enough to reply, and dropped otherwise.
-pub fn handle_chain<F, M>(server: &Server<F>, mem: &M, chain: DescriptorChain<&M>) -> u32
+pub fn handle_chain<F, M>(server: &F, mem: &M, chain: DescriptorChain<&M>) -> u32
 where
-    F: FileSystem + Sync,
+    F: FuseServer,
     M: GuestMemory,
 {
     let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
@@ -44,7 +144,7 @@ where
             return 0;
         }
     };
-    match server.handle_message(reader, writer, None, None) {
+    match server.serve(reader, writer) {
         Ok(written) => u32::try_from(written).unwrap_or(u32::MAX),
         Err(err) => {
             warn_limited!("virtio-fs: request failed: {err}");
@@ -55,13 +155,9 @@ where
 
 /// Serves every request available on `queue`, with notification
 /// suppression; returns whether the driver must be interrupted.
-pub fn process_queue<F, M>(
-    server: &Server<F>,
-    mem: &M,
-    queue: &mut Queue,
-) -> Result<bool, QueueError>
+pub fn process_queue<F, M>(server: &F, mem: &M, queue: &mut Queue) -> Result<bool, QueueError>
 where
-    F: FileSystem + Sync,
+    F: FuseServer,
     M: GuestMemory,
 {
     let corrupt = |e: virtio_queue::Error| QueueError::Corrupt(e.to_string());

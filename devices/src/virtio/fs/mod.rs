@@ -5,12 +5,14 @@ pub mod handler;
 pub mod vhost_user;
 pub mod worker;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use fuse_backend_rs::api::filesystem::FileSystem;
-use fuse_backend_rs::api::server::Server;
 use log::warn;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -66,7 +68,7 @@ pub struct VirtioFs<F: FileSystem + Send + Sync + 'static> {
     tag: String,
     config: [u8; MAX_TAG_LEN + 4],
     queue_sizes: Vec<u16>,
-    server: Arc<Server<Arc<F>>>,
+    server: Arc<handler::FuseSession<Arc<F>>>,
     broken: Arc<AtomicBool>,
     running: Option<Running>,
 }
@@ -79,7 +81,7 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFs<F> {
             tag: tag.to_owned(),
             config,
             queue_sizes: vec![QUEUE_SIZE; 1 + request_queues as usize],
-            server: Arc::new(Server::new(fs)),
+            server: Arc::new(handler::FuseSession::new(fs)),
             broken: Arc::new(AtomicBool::new(false)),
             running: None,
         })

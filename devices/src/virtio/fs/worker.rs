@@ -5,15 +5,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use fuse_backend_rs::api::filesystem::FileSystem;
-use fuse_backend_rs::api::server::Server;
 use log::{debug, warn};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::handler::process_queue;
+use super::handler::{process_queue, FuseSession};
 use crate::virtio::{ActiveQueue, GuestMemory, Interrupt};
 
 /// What a worker needs; moved into its thread.
-pub struct Worker<F: FileSystem + Sync> {
+pub struct Worker<F: FileSystem + Send + Sync> {
     /// Index of the queue (0 is hiprio).
     pub index: usize,
     /// The queue and its kick eventfd.
@@ -21,7 +20,7 @@ pub struct Worker<F: FileSystem + Sync> {
     /// Guest memory.
     pub mem: GuestMemory,
     /// The FUSE server.
-    pub server: Arc<Server<F>>,
+    pub server: Arc<FuseSession<F>>,
     /// How to interrupt the driver.
     pub interrupt: Arc<dyn Interrupt>,
     /// Written to stop the worker.
@@ -35,7 +34,7 @@ enum Wake {
     Stop,
 }
 
-impl<F: FileSystem + Sync> Worker<F> {
+impl<F: FileSystem + Send + Sync> Worker<F> {
     /// Serves the queue until told to stop or the queue breaks.
     pub fn run(mut self) {
         loop {

@@ -1,0 +1,699 @@
+//! The virtio-fs request path driven like a guest driver would: FUSE
+//! requests in real guest memory, on a real split virtqueue whose rings the
+//! test writes as a driver does (virtio 1.2 §2.7), through `handler::process_queue` and
+//! fuse-backend-rs's server, over a passthrough of a temporary directory.
+//! Then the same path fed hostile descriptors and malformed FUSE messages.
+
+use std::sync::Arc;
+
+use fuse_backend_rs::abi::fuse_abi::{
+    CreateIn, EntryOut, ForgetIn, InHeader, InitIn, OpenIn, OpenOut, OutHeader, ReadIn, WriteIn,
+    WriteOut,
+};
+use fuse_backend_rs::passthrough::{Config, PassthroughFs};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::handler::{process_queue, FuseSession, QueueError};
+
+const MEM_SIZE: usize = 4 << 20;
+const QUEUE_SIZE: u16 = 16;
+const BUFFERS_START: u64 = 0x10_0000;
+const DESC_TABLE: u64 = 0x0;
+const AVAIL_RING: u64 = 0x1000;
+const USED_RING: u64 = 0x2000;
+const FUSE_ROOT_ID: u64 = 1;
+const NEXT: u16 = VRING_DESC_F_NEXT as u16;
+const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+const INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
+
+const OP_LOOKUP: u32 = 1;
+const OP_FORGET: u32 = 2;
+const OP_GETATTR: u32 = 3;
+const OP_READ: u32 = 15;
+const OP_WRITE: u32 = 16;
+const OP_INIT: u32 = 26;
+const OP_OPENDIR: u32 = 27;
+const OP_READDIR: u32 = 28;
+const OP_CREATE: u32 = 35;
+
+type Fs = PassthroughFs<()>;
+
+/// A guest-side driver for one queue, plus the device-side server.
+struct Driver {
+    mem: &'static GuestMemoryMmap<()>,
+    queue: Queue,
+    server: FuseSession<Arc<Fs>>,
+    next_desc: u16,
+    next_buf: u64,
+    unique: u64,
+    _dir: tempfile::TempDir,
+}
+
+/// A reply as the driver sees it in the used ring.
+#[derive(Debug)]
+struct Reply {
+    used_len: u32,
+    bytes: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self) -> OutHeader {
+        let mut header = OutHeader::default();
+        header
+            .as_mut_slice()
+            .copy_from_slice(&self.bytes[..std::mem::size_of::<OutHeader>()]);
+        header
+    }
+
+    fn errno(&self) -> i32 {
+        -self.header().error
+    }
+
+    fn body<T: ByteValued + Default>(&self) -> T {
+        let start = std::mem::size_of::<OutHeader>();
+        let mut value = T::default();
+        value
+            .as_mut_slice()
+            .copy_from_slice(&self.bytes[start..start + std::mem::size_of::<T>()]);
+        value
+    }
+}
+
+fn message(opcode: u32, nodeid: u64, unique: u64, body: &[u8]) -> Vec<u8> {
+    let header = InHeader {
+        len: (std::mem::size_of::<InHeader>() + body.len()) as u32,
+        opcode,
+        unique,
+        nodeid,
+        ..Default::default()
+    };
+    let mut bytes = header.as_slice().to_vec();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+fn with_name<T: ByteValued>(value: T, name: &str) -> Vec<u8> {
+    let mut bytes = value.as_slice().to_vec();
+    bytes.extend_from_slice(name.as_bytes());
+    bytes.push(0);
+    bytes
+}
+
+impl Driver {
+    fn new() -> Self {
+        let mem: &'static GuestMemoryMmap<()> = Box::leak(Box::new(
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap(),
+        ));
+        let mut queue = Queue::new(QUEUE_SIZE).unwrap();
+        queue.set_size(QUEUE_SIZE);
+        queue.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
+        queue.set_avail_ring_address(Some(AVAIL_RING as u32), Some(0));
+        queue.set_used_ring_address(Some(USED_RING as u32), Some(0));
+        queue.set_ready(true);
+        assert!(queue.is_valid(mem));
+        let dir = tempfile::tempdir().unwrap();
+        let fs = Fs::new(Config {
+            root_dir: dir.path().to_str().unwrap().to_owned(),
+            do_import: true,
+            ..Default::default()
+        })
+        .unwrap();
+        fs.import().unwrap();
+        Self {
+            mem,
+            queue,
+            server: FuseSession::new(Arc::new(fs)),
+            next_desc: 0,
+            next_buf: BUFFERS_START,
+            unique: 0,
+            _dir: dir,
+        }
+    }
+
+    fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    fn alloc(&mut self, len: usize) -> u64 {
+        let addr = self.next_buf;
+        self.next_buf += (len as u64).next_multiple_of(64).max(64);
+        assert!(
+            self.next_buf < MEM_SIZE as u64,
+            "test buffer space exhausted"
+        );
+        addr
+    }
+
+    /// Writes one descriptor-table entry (virtio 1.2 §2.7.5 layout).
+    fn write_desc(&self, slot: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let base = DESC_TABLE + 16 * u64::from(slot);
+        self.mem.write_obj(addr, GuestAddress(base)).unwrap();
+        self.mem.write_obj(len, GuestAddress(base + 8)).unwrap();
+        self.mem.write_obj(flags, GuestAddress(base + 12)).unwrap();
+        self.mem.write_obj(next, GuestAddress(base + 14)).unwrap();
+    }
+
+    fn avail_idx(&self) -> u16 {
+        self.mem.read_obj(GuestAddress(AVAIL_RING + 2)).unwrap()
+    }
+
+    fn set_avail_idx(&self, idx: u16) {
+        self.mem
+            .write_obj(idx, GuestAddress(AVAIL_RING + 2))
+            .unwrap();
+    }
+
+    /// Writes raw descriptors into the table, starting at the next free
+    /// slot, and makes the first one available. `next` fields are given
+    /// relative to the first slot.
+    fn push_raw(&mut self, descs: &[(u64, u32, u16, u16)]) -> u16 {
+        let head = self.next_desc;
+        for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
+            let slot = (head + i as u16) % QUEUE_SIZE;
+            self.write_desc(slot, addr, len, flags, (head + next) % QUEUE_SIZE);
+        }
+        self.next_desc = (head + descs.len() as u16) % QUEUE_SIZE;
+        let idx = self.avail_idx();
+        let entry = AVAIL_RING + 4 + 2 * u64::from(idx % QUEUE_SIZE);
+        self.mem.write_obj(head, GuestAddress(entry)).unwrap();
+        self.set_avail_idx(idx.wrapping_add(1));
+        head
+    }
+
+    /// Places a request buffer and a reply buffer and makes them available
+    /// as one chain.
+    fn push_request(&mut self, request: &[u8], reply_cap: u32) -> u64 {
+        let req = self.alloc(request.len());
+        self.mem.write_slice(request, GuestAddress(req)).unwrap();
+        let reply = self.alloc(reply_cap as usize);
+        self.push_raw(&[
+            (req, request.len() as u32, NEXT, 1),
+            (reply, reply_cap, WRITE, 0),
+        ]);
+        reply
+    }
+
+    /// Runs the device over the queue; returns the used elements added.
+    fn run_device(&mut self) -> Result<Vec<(u32, u32)>, QueueError> {
+        let used_idx = |mem: &GuestMemoryMmap<()>| -> u16 {
+            mem.read_obj(GuestAddress(USED_RING + 2)).unwrap()
+        };
+        let before = used_idx(self.mem);
+        process_queue(&self.server, self.mem, &mut self.queue)?;
+        let after = used_idx(self.mem);
+        Ok((before..after)
+            .map(|i| {
+                let elem = USED_RING + 4 + 8 * u64::from(i % QUEUE_SIZE);
+                let id: u32 = self.mem.read_obj(GuestAddress(elem)).unwrap();
+                let len: u32 = self.mem.read_obj(GuestAddress(elem + 4)).unwrap();
+                (id, len)
+            })
+            .collect())
+    }
+
+    /// Sends one FUSE request and returns the reply.
+    fn call(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> Reply {
+        self.unique += 1;
+        let request = message(opcode, nodeid, self.unique, body);
+        self.send_raw(&request, 8192)
+    }
+
+    fn send_raw(&mut self, request: &[u8], reply_cap: u32) -> Reply {
+        let reply_addr = self.push_request(request, reply_cap);
+        let used = self.run_device().unwrap();
+        assert_eq!(used.len(), 1, "exactly one chain is used");
+        let used_len = used[0].1;
+        let mut bytes = vec![0u8; used_len as usize];
+        self.mem
+            .read_slice(&mut bytes, GuestAddress(reply_addr))
+            .unwrap();
+        Reply { used_len, bytes }
+    }
+
+    fn init(&mut self) {
+        let init = InitIn {
+            major: 7,
+            minor: 31,
+            max_readahead: 0x20000,
+            flags: 0,
+        };
+        let reply = self.call(OP_INIT, 0, init.as_slice());
+        assert_eq!(reply.errno(), 0, "INIT succeeds");
+    }
+}
+
+#[test]
+fn init_lookup_create_write_read_readdir_round_trip() {
+    let mut driver = Driver::new();
+    driver.init();
+
+    // CREATE hello.txt in the root.
+    let create = CreateIn {
+        flags: libc::O_RDWR as u32,
+        mode: libc::S_IFREG | 0o644,
+        ..Default::default()
+    };
+    let reply = driver.call(OP_CREATE, FUSE_ROOT_ID, &with_name(create, "hello.txt"));
+    assert_eq!(reply.errno(), 0);
+    let entry: EntryOut = reply.body();
+    let open: OpenOut = {
+        let start = std::mem::size_of::<OutHeader>() + std::mem::size_of::<EntryOut>();
+        let mut out = OpenOut::default();
+        out.as_mut_slice()
+            .copy_from_slice(&reply.bytes[start..start + std::mem::size_of::<OpenOut>()]);
+        out
+    };
+
+    // WRITE 11 bytes.
+    let data = b"hello world";
+    let write = WriteIn {
+        fh: open.fh,
+        size: data.len() as u32,
+        ..Default::default()
+    };
+    let mut body = write.as_slice().to_vec();
+    body.extend_from_slice(data);
+    let reply = driver.call(OP_WRITE, entry.nodeid, &body);
+    assert_eq!(reply.errno(), 0);
+    assert_eq!(reply.body::<WriteOut>().size, 11);
+
+    // READ them back.
+    let read = ReadIn {
+        fh: open.fh,
+        size: 4096,
+        ..Default::default()
+    };
+    let reply = driver.call(OP_READ, entry.nodeid, read.as_slice());
+    assert_eq!(reply.errno(), 0);
+    assert_eq!(&reply.bytes[std::mem::size_of::<OutHeader>()..], data);
+
+    // LOOKUP finds the same inode.
+    let reply = driver.call(OP_LOOKUP, FUSE_ROOT_ID, b"hello.txt\0");
+    assert_eq!(reply.errno(), 0);
+    assert_eq!(reply.body::<EntryOut>().nodeid, entry.nodeid);
+    assert_eq!(reply.body::<EntryOut>().attr.size, 11);
+
+    // READDIR lists it.
+    let reply = driver.call(OP_OPENDIR, FUSE_ROOT_ID, OpenIn::default().as_slice());
+    assert_eq!(reply.errno(), 0);
+    let dir: OpenOut = reply.body();
+    let readdir = ReadIn {
+        fh: dir.fh,
+        size: 4096,
+        ..Default::default()
+    };
+    let reply = driver.call(OP_READDIR, FUSE_ROOT_ID, readdir.as_slice());
+    assert_eq!(reply.errno(), 0);
+    let listing = String::from_utf8_lossy(&reply.bytes);
+    assert!(listing.contains("hello.txt"), "readdir lists the file");
+
+    // And the bytes are on the host.
+    assert_eq!(std::fs::read(driver.dir().join("hello.txt")).unwrap(), data);
+}
+
+#[test]
+fn reply_length_is_the_used_length() {
+    let mut driver = Driver::new();
+    driver.init();
+
+    let reply = driver.call(OP_GETATTR, FUSE_ROOT_ID, &[0u8; 16]);
+
+    assert_eq!(reply.header().len, reply.used_len);
+}
+
+// ---- hostile descriptors -------------------------------------------------
+
+/// After a hostile chain the device must still serve a good request.
+fn assert_still_serves(driver: &mut Driver) {
+    let reply = driver.call(OP_GETATTR, FUSE_ROOT_ID, &[0u8; 16]);
+    assert_eq!(reply.errno(), 0, "device still answers after hostile input");
+}
+
+#[test]
+fn descriptor_outside_guest_memory_is_dropped() {
+    let mut driver = Driver::new();
+    driver.init();
+    let reply = driver.alloc(4096);
+
+    driver.push_raw(&[
+        (MEM_SIZE as u64 + 0x1000, 64, NEXT, 1),
+        (reply, 4096, WRITE, 0),
+    ]);
+    let used = driver.run_device().unwrap();
+
+    assert_eq!(used.len(), 1);
+    assert_eq!(used[0].1, 0, "nothing written back");
+    assert_still_serves(&mut driver);
+}
+
+#[test]
+fn descriptor_address_plus_length_overflow_is_dropped() {
+    let mut driver = Driver::new();
+    driver.init();
+    let reply = driver.alloc(4096);
+
+    driver.push_raw(&[(u64::MAX - 8, 64, NEXT, 1), (reply, 4096, WRITE, 0)]);
+    let used = driver.run_device().unwrap();
+
+    assert!(used.iter().all(|&(_, len)| len == 0));
+    assert_still_serves(&mut driver);
+}
+
+#[test]
+fn descriptor_loop_does_not_hang() {
+    let mut driver = Driver::new();
+    driver.init();
+    let req = driver.alloc(64);
+
+    // Both descriptors point at each other forever.
+    driver.push_raw(&[(req, 64, NEXT, 1), (req, 64, NEXT, 0)]);
+    let used = driver.run_device().unwrap();
+
+    assert!(used.iter().all(|&(_, len)| len == 0));
+    assert_still_serves(&mut driver);
+}
+
+#[test]
+fn next_index_out_of_range_is_dropped() {
+    let mut driver = Driver::new();
+    driver.init();
+    let req = driver.alloc(64);
+    let head = driver.next_desc;
+
+    driver.push_raw(&[(req, 64, NEXT, 0)]);
+    // Point `next` past the end of the table.
+    driver.write_desc(head, req, 64, NEXT, QUEUE_SIZE + 5);
+    let used = driver.run_device().unwrap();
+
+    assert!(used.iter().all(|&(_, len)| len == 0));
+    assert_still_serves(&mut driver);
+}
+
+#[test]
+fn indirect_table_outside_memory_or_misaligned_is_dropped() {
+    let mut driver = Driver::new();
+    driver.init();
+
+    driver.push_raw(&[(MEM_SIZE as u64 - 16, 64, INDIRECT, 0)]);
+    driver.push_raw(&[(BUFFERS_START, 17, INDIRECT, 0)]);
+    let used = driver.run_device().unwrap();
+
+    assert!(used.iter().all(|&(_, len)| len == 0));
+    assert_still_serves(&mut driver);
+}
+
+#[test]
+fn chain_without_writable_part_gets_no_reply() {
+    let mut driver = Driver::new();
+    driver.init();
+    let request = message(OP_GETATTR, FUSE_ROOT_ID, 99, &[0u8; 16]);
+    let req = driver.alloc(request.len());
+    driver.mem.write_slice(&request, GuestAddress(req)).unwrap();
+
+    driver.push_raw(&[(req, request.len() as u32, 0, 0)]);
+    let used = driver.run_device().unwrap();
+
+    assert_eq!(used, vec![(used[0].0, 0)]);
+    assert_still_serves(&mut driver);
+}
+
+#[test]
+fn reply_buffer_too_small_is_not_overrun() {
+    let mut driver = Driver::new();
+    driver.init();
+    let request = message(OP_GETATTR, FUSE_ROOT_ID, 7, &[0u8; 16]);
+    let guard_addr = driver.push_request(&request, 8) + 8;
+    driver
+        .mem
+        .write_obj(0xdead_beef_u32, GuestAddress(guard_addr))
+        .unwrap();
+
+    let used = driver.run_device().unwrap();
+
+    assert!(used[0].1 <= 8);
+    let guard: u32 = driver.mem.read_obj(GuestAddress(guard_addr)).unwrap();
+    assert_eq!(guard, 0xdead_beef, "nothing written past the buffer");
+    assert_still_serves(&mut driver);
+}
+
+#[test]
+fn avail_index_running_ahead_of_the_queue_is_reported() {
+    let mut driver = Driver::new();
+    driver.init();
+
+    driver.set_avail_idx(driver.avail_idx().wrapping_add(QUEUE_SIZE + 1));
+    let result = driver.run_device();
+
+    assert!(matches!(result, Err(QueueError::Corrupt(_))), "{result:?}");
+}
+
+// ---- malformed FUSE messages ---------------------------------------------
+
+#[test]
+fn header_shorter_than_declared_is_dropped() {
+    let mut driver = Driver::new();
+    driver.init();
+
+    // Only 8 bytes of a 40-byte header.
+    let reply = driver.send_raw(&message(OP_GETATTR, FUSE_ROOT_ID, 5, &[])[..8], 4096);
+
+    assert_eq!(reply.used_len, 0);
+    assert_still_serves(&mut driver);
+}
+
+#[test]
+fn declared_length_larger_than_the_chain_gets_an_error_or_is_dropped() {
+    let mut driver = Driver::new();
+    driver.init();
+    let mut request = message(OP_LOOKUP, FUSE_ROOT_ID, 5, b"x\0");
+    request[0..4].copy_from_slice(&(1u32 << 30).to_le_bytes());
+
+    let reply = driver.send_raw(&request, 4096);
+
+    assert!(reply.used_len == 0 || reply.errno() != 0, "{reply:?}");
+    assert_still_serves(&mut driver);
+}
+
+#[test]
+fn payload_shorter_than_the_opcode_struct_is_dropped_or_refused() {
+    let mut driver = Driver::new();
+    driver.init();
+
+    // WRITE needs a 40-byte WriteIn; send 4 bytes.
+    let reply = driver.call(OP_WRITE, FUSE_ROOT_ID, &[1, 2, 3, 4]);
+
+    assert!(reply.used_len == 0 || reply.errno() != 0, "{reply:?}");
+    assert_still_serves(&mut driver);
+}
+
+#[test]
+fn write_size_larger_than_payload_is_refused() {
+    let mut driver = Driver::new();
+    driver.init();
+    let write = WriteIn {
+        fh: 0,
+        size: 1 << 20,
+        ..Default::default()
+    };
+
+    let reply = driver.call(OP_WRITE, FUSE_ROOT_ID, write.as_slice());
+
+    assert!(reply.used_len == 0 || reply.errno() != 0, "{reply:?}");
+    assert_still_serves(&mut driver);
+}
+
+#[test]
+fn unknown_opcode_gets_enosys() {
+    let mut driver = Driver::new();
+    driver.init();
+
+    let reply = driver.call(9999, FUSE_ROOT_ID, &[]);
+
+    assert_eq!(reply.errno(), libc::ENOSYS);
+}
+
+#[test]
+fn forget_with_more_than_looked_up_is_harmless() {
+    let mut driver = Driver::new();
+    driver.init();
+    driver.call(OP_LOOKUP, FUSE_ROOT_ID, b".\0");
+
+    driver.unique += 1;
+    let forget = ForgetIn { nlookup: u64::MAX };
+    let request = message(OP_FORGET, FUSE_ROOT_ID, driver.unique, forget.as_slice());
+    driver.push_request(&request, 64);
+    let used = driver.run_device().unwrap();
+
+    assert_eq!(used[0].1, 0, "FORGET has no reply");
+    assert_still_serves(&mut driver);
+}
+
+#[test]
+fn unknown_node_id_gets_an_errno() {
+    let mut driver = Driver::new();
+    driver.init();
+
+    let reply = driver.call(OP_GETATTR, 0xdead_beef, &[0u8; 16]);
+
+    assert_ne!(reply.errno(), 0);
+}
+
+#[test]
+fn stale_handle_gets_an_errno() {
+    let mut driver = Driver::new();
+    driver.init();
+    let read = ReadIn {
+        fh: 0x1234_5678,
+        size: 16,
+        ..Default::default()
+    };
+
+    let reply = driver.call(OP_READ, FUSE_ROOT_ID, read.as_slice());
+
+    assert_ne!(reply.errno(), 0);
+}
+
+#[test]
+fn request_before_init_is_refused() {
+    let mut driver = Driver::new();
+
+    let reply = driver.call(OP_GETATTR, FUSE_ROOT_ID, &[0u8; 16]);
+
+    assert_eq!(reply.errno(), libc::EIO);
+    assert_eq!(reply.header().unique, driver.unique);
+    driver.init();
+    assert_still_serves(&mut driver);
+}
+
+#[test]
+fn notification_storm_is_served_in_one_pass() {
+    let mut driver = Driver::new();
+    driver.init();
+    for unique in 0..QUEUE_SIZE as u64 / 2 {
+        let request = message(OP_GETATTR, FUSE_ROOT_ID, 100 + unique, &[0u8; 16]);
+        driver.push_request(&request, 4096);
+    }
+
+    let used = driver.run_device().unwrap();
+
+    assert_eq!(used.len(), QUEUE_SIZE as usize / 2);
+    assert!(used.iter().all(|&(_, len)| len > 0), "{used:?}");
+}
+
+// ---- the device behind the transport ---------------------------------------
+
+mod device {
+    use std::sync::Arc;
+
+    use virtio_bindings::virtio_config::{
+        VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+        VIRTIO_CONFIG_S_FEATURES_OK,
+    };
+    use virtio_bindings::virtio_mmio::*;
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    use super::Fs;
+    use crate::bus::BusDevice;
+    use crate::virtio::fs::VirtioFs;
+    use crate::virtio::{MmioInterrupt, MmioTransport, VIRTIO_F_VERSION_1};
+
+    fn write(t: &mut MmioTransport<VirtioFs<Fs>>, reg: u32, value: u32) {
+        t.write(u64::from(reg), &value.to_le_bytes());
+    }
+
+    fn read(t: &mut MmioTransport<VirtioFs<Fs>>, reg: u32) -> u32 {
+        let mut data = [0u8; 4];
+        t.read(u64::from(reg), &mut data);
+        u32::from_le_bytes(data)
+    }
+
+    /// A virtio-fs device brought up to DRIVER_OK with both queues.
+    fn running_device() -> (MmioTransport<VirtioFs<Fs>>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = Fs::new(fuse_backend_rs::passthrough::Config {
+            root_dir: dir.path().to_str().unwrap().to_owned(),
+            ..Default::default()
+        })
+        .unwrap();
+        fs.import().unwrap();
+        let device = VirtioFs::new("share0", 1, Arc::new(fs)).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let interrupt = Arc::new(MmioInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+        let mut t = MmioTransport::new(device, mem, interrupt).unwrap();
+        let ack_driver = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;
+        write(&mut t, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+        write(&mut t, VIRTIO_MMIO_STATUS, ack_driver);
+        write(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        write(
+            &mut t,
+            VIRTIO_MMIO_DRIVER_FEATURES,
+            (VIRTIO_F_VERSION_1 >> 32) as u32,
+        );
+        let features_ok = ack_driver | VIRTIO_CONFIG_S_FEATURES_OK;
+        write(&mut t, VIRTIO_MMIO_STATUS, features_ok);
+        for (index, base) in [(0u32, 0x1_0000u32), (1, 0x2_0000)] {
+            write(&mut t, VIRTIO_MMIO_QUEUE_SEL, index);
+            write(&mut t, VIRTIO_MMIO_QUEUE_NUM, 16);
+            write(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, base);
+            write(&mut t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, base + 0x1000);
+            write(&mut t, VIRTIO_MMIO_QUEUE_USED_LOW, base + 0x2000);
+            write(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+        }
+        write(
+            &mut t,
+            VIRTIO_MMIO_STATUS,
+            features_ok | VIRTIO_CONFIG_S_DRIVER_OK,
+        );
+        assert_eq!(
+            read(&mut t, VIRTIO_MMIO_STATUS),
+            features_ok | VIRTIO_CONFIG_S_DRIVER_OK
+        );
+        (t, dir)
+    }
+
+    #[test]
+    fn config_space_carries_tag_and_request_queue_count() {
+        let (mut t, _dir) = running_device();
+        let mut config = [0u8; 40];
+
+        t.read(0x100, &mut config);
+
+        assert_eq!(&config[..7], b"share0\0");
+        assert_eq!(u32::from_le_bytes(config[36..40].try_into().unwrap()), 1);
+    }
+
+    #[test]
+    fn reset_in_the_middle_of_a_notification_storm_stops_the_workers() {
+        let (mut t, _dir) = running_device();
+
+        for _ in 0..1000 {
+            write(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 1);
+            write(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+        }
+        write(&mut t, VIRTIO_MMIO_STATUS, 0);
+
+        assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), 0);
+        // A second bring-up works: nothing was left behind.
+        drop(t);
+        let (mut again, _dir2) = running_device();
+        write(&mut again, VIRTIO_MMIO_STATUS, 0);
+    }
+
+    #[test]
+    fn device_without_request_queue_is_refused() {
+        let fs = Arc::new(
+            Fs::new(fuse_backend_rs::passthrough::Config {
+                root_dir: "/".into(),
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+
+        assert!(VirtioFs::new("t", 0, fs.clone()).is_err());
+        assert!(VirtioFs::new("", 1, fs.clone()).is_err());
+        assert!(VirtioFs::new(&"x".repeat(37), 1, fs).is_err());
+    }
+}
