@@ -46,6 +46,9 @@ pub enum Command {
     /// Boot a guest and attach its serial console to this terminal.
     #[command(after_help = EXAMPLES)]
     Run(RunArgs),
+    /// Serve a share to another VMM (QEMU) as a vhost-user virtio-fs back-end.
+    #[command(after_help = crate::vhost_user::EXAMPLES)]
+    VhostUserFs(crate::vhost_user::VhostUserFsArgs),
 }
 
 /// Options of `hypervisor run`.
@@ -119,7 +122,7 @@ impl Cli {
     pub fn run_args(&self) -> &RunArgs {
         match &self.command {
             Some(Command::Run(args)) => args,
-            None => &self.run,
+            Some(Command::VhostUserFs(_)) | None => &self.run,
         }
     }
 }

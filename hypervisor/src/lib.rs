@@ -28,6 +28,7 @@ pub mod memory;
 pub mod signals;
 pub mod terminal;
 pub mod vcpu;
+pub mod vhost_user;
 pub mod virtio_devices;
 pub mod vm;
 

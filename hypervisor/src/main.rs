@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use hypervisor::cli::Cli;
+use hypervisor::cli::{Cli, Command};
 use hypervisor::Vm;
 
 fn main() -> ExitCode {
@@ -24,6 +24,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<u8, Box<dyn std::error::Error>> {
+    if let Some(Command::VhostUserFs(args)) = &cli.command {
+        return Ok(hypervisor::vhost_user::run(args)?);
+    }
     let config = cli.run_args().to_config()?;
     let status = Vm::new(config)?.run()?;
     // Exit codes are one byte; signals map to 128+n, which fits.
