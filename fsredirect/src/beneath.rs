@@ -60,7 +60,13 @@ pub fn walk(dir: &impl AsRawFd, parts: &[CString]) -> io::Result<OwnedFd> {
 /// `O_PATH` descriptor that it is one: a FIFO or device node is never opened for I/O.
 pub fn open_regular_beneath(dir: &impl AsRawFd, path: &CStr) -> io::Result<File> {
     let path_fd = open_beneath(dir, path, libc::O_PATH, 0)?;
-    let st = fstat(&path_fd)?;
+    reopen_regular(&path_fd, libc::O_RDWR)
+}
+
+/// Reopens the regular file behind an `O_PATH` descriptor for I/O with `flags`; anything
+/// else (FIFO, device, socket, directory) is refused with EIO and never opened.
+pub fn reopen_regular(path_fd: &impl AsRawFd, flags: i32) -> io::Result<File> {
+    let st = fstat(path_fd)?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(io::Error::from_raw_os_error(libc::EIO));
     }
@@ -68,12 +74,7 @@ pub fn open_regular_beneath(dir: &impl AsRawFd, path: &CStr) -> io::Result<File>
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: `proc_path` is NUL-terminated; reopening our own O_PATH fd through /proc only
     // reaches the file it already names.
-    let fd = unsafe {
-        libc::open(
-            proc_path.as_ptr(),
-            libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOCTTY,
-        )
-    };
+    let fd = unsafe { libc::open(proc_path.as_ptr(), flags | libc::O_CLOEXEC | libc::O_NOCTTY) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -39,7 +39,7 @@ use fuse_backend_rs::api::filesystem::{
 };
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
-use crate::beneath::{open_beneath, walk};
+use crate::beneath::{open_beneath, reopen_regular, walk};
 use crate::fdcache::FdCache;
 use crate::meta::{filter_xattr_list, is_reserved_xattr, is_special_kind, Meta};
 use crate::meta::{META_XATTR_ROOT, META_XATTR_USER};
@@ -76,7 +76,8 @@ pub type Result<T> = std::result::Result<T, FsError>;
 /// Tunables of a [`RedirectFs`].
 #[derive(Debug, Clone)]
 pub struct FsConfig {
-    /// Most store descriptors held open at once (evicted least recently used first).
+    /// Most store objects held open at once (evicted least recently used first); as many
+    /// stubs of redirected files may be held open again for size and time updates.
     pub max_store_fds: usize,
     /// How long the kernel may cache attributes.
     pub attr_timeout: Duration,
@@ -145,6 +146,7 @@ pub struct RedirectFs {
     state: Mutex<State>,
     size_lock: Mutex<()>,
     fds: FdCache,
+    stub_fds: FdCache,
     next_handle: AtomicU64,
 }
 
@@ -219,6 +221,7 @@ impl RedirectFs {
             state: Mutex::new(State::default()),
             size_lock: Mutex::new(()),
             fds: FdCache::new(cfg.max_store_fds),
+            stub_fds: FdCache::new(cfg.max_store_fds),
             next_handle: AtomicU64::new(1),
         })
     }
@@ -343,6 +346,10 @@ impl RedirectFs {
     fn sync_stub(&self, inode: u64, touch: bool) -> io::Result<()> {
         let _guard = self.size_lock.lock().unwrap_or_else(|p| p.into_inner());
         let size = self.with_object(inode, |f| f.metadata().map(|m| m.len()))?;
+        match self.stub_file(inode) {
+            Ok(stub) => return sync_stub_file(&stub, size, touch),
+            Err(e) => log::debug!("inode {inode}: no direct stub descriptor ({e}), slow path"),
+        }
         let (stub, _) = self.inner.getattr(&root_ctx(), inode, None)?;
         // SAFETY: stat64 is plain old data; all-zero is a valid value.
         let mut attr: libc::stat64 = unsafe { std::mem::zeroed() };
@@ -358,6 +365,24 @@ impl RedirectFs {
             self.inner.setattr(&root_ctx(), inode, attr, None, valid)?;
         }
         Ok(())
+    }
+
+    /// A write descriptor on the stub of a redirected inode, so that each data change costs
+    /// a few syscalls on the stub (fstat, ftruncate or futimens) rather than a round of
+    /// reopens through the passthrough layer. Bounded like the store descriptors.
+    fn stub_file(&self, inode: u64) -> io::Result<std::sync::Arc<File>> {
+        self.stub_fds.get(inode, || {
+            let st = self.state();
+            if let Some(pin) = st.pins.get(&inode) {
+                return reopen_regular(pin, libc::O_WRONLY);
+            }
+            let parts = st.names.path(inode).ok_or_else(|| errno(libc::ESTALE))?;
+            drop(st);
+            let (name, dirs) = parts.split_last().ok_or_else(|| errno(libc::EINVAL))?;
+            let dir = walk(&self.guest_root, dirs)?;
+            let path_fd = open_beneath(&dir, name, libc::O_PATH, 0)?;
+            reopen_regular(&path_fd, libc::O_WRONLY)
+        })
     }
 
     fn fix_attr(&self, inode: u64, kind: Kind, st: &mut libc::stat64) {
@@ -619,9 +644,33 @@ impl RedirectFs {
             Ok(())
         } else {
             self.fds.remove(inode);
+            self.stub_fds.remove(inode);
             store.remove(parts, false)
         }
     }
+}
+
+/// Gives `stub` the apparent size `size` (sparse) and, for a data change, a new mtime/ctime.
+fn sync_stub_file(stub: &File, size: u64, touch: bool) -> io::Result<()> {
+    if stub.metadata()?.len() != size {
+        // A size change sets mtime and ctime by itself.
+        return stub.set_len(size);
+    }
+    if touch {
+        let times = [
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_NOW,
+            },
+        ];
+        // SAFETY: futimens on a descriptor we hold, with a two-element timespec array.
+        crate::beneath::check(unsafe { libc::futimens(stub.as_raw_fd(), times.as_ptr()) })?;
+    }
+    Ok(())
 }
 
 impl FileSystem for RedirectFs {
@@ -1129,6 +1178,7 @@ impl FileSystem for RedirectFs {
                     st.orphans.remove(&inode)
                 };
                 self.fds.remove(inode);
+                self.stub_fds.remove(inode);
                 if let Some(orphan) = orphan {
                     self.store()?.remove_orphan(&orphan)?;
                 }
