@@ -652,9 +652,22 @@ impl RedirectFs {
 
 /// Gives `stub` the apparent size `size` (sparse) and, for a data change, a new mtime/ctime.
 fn sync_stub_file(stub: &File, size: u64, touch: bool) -> io::Result<()> {
-    if stub.metadata()?.len() != size {
+    use std::os::unix::fs::MetadataExt;
+    let meta = stub.metadata()?;
+    if meta.len() != size {
         // A size change sets mtime and ctime by itself.
         return stub.set_len(size);
+    }
+    // The kernel stamps changes with its coarse clock: if the stub already carries the
+    // current tick, stamping it again would change nothing a reader can see.
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `now`.
+    let clock = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut now) };
+    if clock == 0 && (meta.mtime(), meta.mtime_nsec()) >= (now.tv_sec, now.tv_nsec) {
+        return Ok(());
     }
     if touch {
         let times = [
