@@ -21,7 +21,8 @@
 #                FSREDIRECT_BIN (or found in $CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release)
 #   --force      rebuild even if the stamp matches
 # Environment: CARGO_TARGET_DIR, GUEST_DIR (default build/guest), FSR_VM_DATA (default vm-data),
-#   TESTHOST_KERNEL_PACKAGE (default: what linux-image-cloud-amd64 depends on).
+#   TESTHOST_KERNEL_PACKAGE (default: what linux-image-cloud-amd64 depends on),
+#   TESTHOST_VERBOSE=1 (show the test host kernel's boot log; slower).
 # Needs root for apt-get (the packages are installed only when missing).
 set -euo pipefail
 
@@ -42,6 +43,9 @@ readonly GUEST_DIR="${GUEST_DIR:-$ROOT/build/guest}"
 readonly VM_DATA="${FSR_VM_DATA:-$ROOT/vm-data}"
 readonly SHARE_DISK="$VM_DATA/testhost/share.ext4"
 readonly TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+TESTHOST_CMDLINE="console=ttyS0,115200 nokaslr clearcpuid=158,306 reboot=t panic=-1 cryptomgr.notests=1"
+[ "${TESTHOST_VERBOSE:-0}" = 1 ] || TESTHOST_CMDLINE="$TESTHOST_CMDLINE quiet"
+readonly TESTHOST_CMDLINE
 
 run_cargo=1
 force=0
@@ -167,10 +171,22 @@ hash_inputs() {
             [ -f "$GUEST_DIR/$f" ] && sha256sum "$GUEST_DIR/$f"
         done
         echo "kernel=$kpkg"
+        echo "cmdline=$TESTHOST_CMDLINE"
     } | sed 's|  .*/|  |' | sha256sum | cut -d' ' -f1
 }
 
 round_to_cylinders() { echo $((($1 + CYLINDER_BYTES - 1) / CYLINDER_BYTES * CYLINDER_BYTES)); }
+
+# Checking a module's signature hashes the whole module on the emulated CPU (seconds for
+# kvm.ko). The test host does not enforce signatures, so drop them; the kernel only notes a taint.
+# Layout of a signed module: ELF, signature, 12-byte struct module_signature ending in the
+# signature length (big-endian u32), then the 28-byte magic below.
+strip_module_signature() {
+    local ko=$1 magic='~Module signature appended~' siglen
+    [ "$(tail -c 28 "$ko" | head -c 27)" = "$magic" ] || return 0
+    siglen=$(tail -c 32 "$ko" | head -c 4 | od -An -tu4 --endian=big | tr -d ' ')
+    truncate -s "-$((28 + 12 + siglen))" "$ko"
+}
 
 build_initramfs() {
     local stage=$1 kroot=$2 kver m ko
@@ -191,6 +207,7 @@ build_initramfs() {
             *.gz) gzip -dc "$ko" >"$stage/lib/modules/$m.ko" ;;
             *) cp "$ko" "$stage/lib/modules/$m.ko" ;;
         esac
+        strip_module_signature "$stage/lib/modules/$m.ko"
     done
     printf '%s\n' "${MODULES[@]}" >"$stage/lib/modules/load-order"
     install_binary "$hypervisor_bin" "$stage"
@@ -254,7 +271,9 @@ make_boot_disk() {
     local kroot=$1 initrd=$2 img=$3 bytes
     # 115200 baud: the kernel polls the UART for every console byte, and bochs paces the UART at
     # its baud rate in emulated time; at the default 9600 the boot log alone costs minutes.
-    local cmdline="console=ttyS0,115200 nokaslr clearcpuid=158,306 reboot=t panic=-1"
+    # cryptomgr.notests: the crypto self-tests cost over 7 s of test-host clock. quiet: every
+    # console line is polled out at emulated baud rate (TESTHOST_VERBOSE=1 shows the boot log).
+    local cmdline="$TESTHOST_CMDLINE"
     bytes=$(($(stat -c %s "$kroot"/boot/vmlinuz-*) + $(stat -c %s "$initrd") + 4 * 1024 * 1024))
     bytes=$(round_to_cylinders "$bytes")
     rm -f "$img"
@@ -293,6 +312,10 @@ main() {
     [ -x "$hypervisor_bin" ] || die "no hypervisor binary at $hypervisor_bin; build it with RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release --target $TARGET_TRIPLE -p hypervisor, or set HYPERVISOR_BIN"
     [ -x "$agent_bin" ] || die "no testhost-agent binary at $agent_bin; build it with RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release --target $TARGET_TRIPLE -p e2e-tests --bin testhost-agent, or set AGENT_BIN"
 
+    local bin
+    for bin in "$hypervisor_bin" "$agent_bin" $fsredirect_bin; do
+        step "input: $bin (built $(date -u -r "$bin" '+%F %T UTC'))"
+    done
     make_share_disk
     hash=$(hash_inputs)
     if [ "$force" -eq 0 ] && [ -f "$OUT/stamp" ] && [ "$(cat "$OUT/stamp")" = "$hash" ] &&

@@ -466,6 +466,7 @@ pub fn run_in_test_host(scenarios: &[Scenario], opts: &RunOptions) -> Result<Run
     let mut serial: Option<File> = None;
     let mut pending = Vec::new();
     let mut last_progress = Instant::now();
+    let mut last_output = Instant::now();
     let problem = loop {
         if serial.is_none() {
             serial = File::open(&serial_path).ok();
@@ -516,10 +517,26 @@ pub fn run_in_test_host(scenarios: &[Scenario], opts: &RunOptions) -> Result<Run
                     .map_or("none (no serial output)".to_owned(), |s| s.name.clone())
             ));
         }
-        if opts.stream && last_progress.elapsed() > Duration::from_secs(30) && !got_data {
+        // Progress: streamed lines are progress enough while they flow; otherwise say where
+        // the run is every 30 s.
+        if got_data {
+            last_output = Instant::now();
+        }
+        let silent_for = if opts.stream {
+            last_output.elapsed()
+        } else {
+            last_progress.elapsed()
+        };
+        let every = Duration::from_secs(30);
+        if silent_for > every && last_progress.elapsed() > every {
             eprintln!(
-                "testhost: still running ({:.0} s; bochs emulates every instruction)",
-                start.elapsed().as_secs_f64()
+                "testhost: still running after {:.0} s wall (last stage: {}); bochs emulates \
+                 every instruction, so this is slow",
+                start.elapsed().as_secs_f64(),
+                parser
+                    .stages
+                    .last()
+                    .map_or("bochs starting", |s| s.name.as_str())
             );
             last_progress = Instant::now();
         }
