@@ -76,6 +76,7 @@ impl ZeroCopyWriter for Sink {
 
 struct Fixture {
     _tmp: tempfile::TempDir,
+    share: ShareSpec,
     guest: PathBuf,
     volume: PathBuf,
     control: PathBuf,
@@ -109,6 +110,7 @@ fn fixture_with(store: bool, cfg: FsConfig) -> Fixture {
     let fs = RedirectFs::new(&share, cfg).unwrap();
     fs.init(FsOptions::empty()).unwrap();
     Fixture {
+        share,
         volume: tmp.path().join("store/vol"),
         control: tmp.path().join("store/.fsredirect/vol"),
         guest,
@@ -224,6 +226,11 @@ impl Fixture {
         self.fs
             .setattr(&self.ctx, inode, attr, None, SetattrValid::SIZE)
             .unwrap();
+    }
+
+    /// Every stub agrees with its stored object, and no object lacks a stub.
+    fn assert_mirror(&self) {
+        assert_eq!(crate::verify::verify_share(&self.share).unwrap(), vec![]);
     }
 
     fn orphans(&self) -> usize {
@@ -424,6 +431,7 @@ fn rename_moves_stored_object_with_stub() {
     assert_eq!(fx.read_file(dir.inode, "b"), b"data");
     let meta = host_xattr(&fx.guest.join("d/b"), fx.fs.meta_name.to_str().unwrap()).unwrap();
     assert_eq!(meta, b"R1vol\0d/b");
+    fx.assert_mirror();
 }
 
 #[test]
@@ -437,6 +445,7 @@ fn overwrite_rename_replaces_stored_object() {
     assert_eq!(std::fs::read(fx.volume.join("b")).unwrap(), b"new");
     assert!(!fx.volume.join("a").exists());
     assert_eq!(fx.orphans(), 0);
+    fx.assert_mirror();
 }
 
 #[test]
@@ -452,6 +461,7 @@ fn overwritten_file_open_elsewhere_keeps_its_bytes() {
     fx.release(victim.inode, handle);
     assert_eq!(fx.orphans(), 0);
     assert_eq!(fx.read_file(ROOT_INODE, "b"), b"new");
+    fx.assert_mirror();
 }
 
 #[test]
@@ -465,6 +475,7 @@ fn directory_rename_moves_store_directory() {
     assert_eq!(std::fs::read(fx.volume.join("e/f")).unwrap(), b"inside");
     assert!(!fx.volume.join("d").exists());
     assert_eq!(fx.read_file(dir.inode, "f"), b"inside");
+    fx.assert_mirror();
 }
 
 #[test]
@@ -498,6 +509,7 @@ fn exchange_rename_swaps_stored_objects() {
     assert_eq!(std::fs::read(fx.volume.join("a")).unwrap(), b"B");
     assert_eq!(fx.read_file(ROOT_INODE, "a"), b"B");
     assert_eq!(fx.read_file(ROOT_INODE, "b"), b"A");
+    fx.assert_mirror();
 }
 
 #[test]
@@ -539,6 +551,7 @@ fn data_survives_unlink_of_first_hard_link() {
     assert_eq!(fx.read_file(ROOT_INODE, "b"), b"shared");
     let meta = host_xattr(&fx.guest.join("b"), fx.fs.meta_name.to_str().unwrap()).unwrap();
     assert_eq!(meta, b"R1vol\0b");
+    fx.assert_mirror();
 }
 
 #[test]
@@ -549,6 +562,7 @@ fn rmdir_removes_store_directory() {
     fx.fs.unlink(&fx.ctx, dir.inode, &c("f")).unwrap();
     fx.fs.rmdir(&fx.ctx, ROOT_INODE, &c("d")).unwrap();
     assert!(!fx.volume.join("d").exists());
+    fx.assert_mirror();
 }
 
 #[test]
@@ -906,4 +920,78 @@ fn rename_into_unreachable_store_fails_and_keeps_both_sides() {
     assert!(r.is_err());
     assert!(fx.guest.join("a").exists());
     assert_eq!(std::fs::read(fx.volume.join("a")).unwrap(), b"A");
+}
+
+#[test]
+fn open_during_concurrent_renames_never_sees_another_files_bytes() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // One store descriptor: every open resolves the object's path again.
+    let fx = std::sync::Arc::new(fixture_with(
+        true,
+        FsConfig {
+            max_store_fds: 1,
+            ..FsConfig::default()
+        },
+    ));
+    let names = ["n0", "n1", "n2", "n3"];
+    for name in names {
+        let (entry, handle) = fx.create(ROOT_INODE, name);
+        fx.write(
+            entry.inode,
+            handle,
+            0,
+            format!("{:016}", entry.inode).as_bytes(),
+        );
+        fx.release(entry.inode, handle);
+    }
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let renamer = {
+        let (fx, stop) = (fx.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let (a, b) = (names[i % 4], names[(i + 1 + i / 4) % 4]);
+                if a != b {
+                    fx.fs
+                        .rename(
+                            &fx.ctx,
+                            ROOT_INODE,
+                            &c(a),
+                            ROOT_INODE,
+                            &c(b),
+                            libc::RENAME_EXCHANGE,
+                        )
+                        .unwrap();
+                }
+                i += 1;
+            }
+        })
+    };
+    for round in 0..2000 {
+        let entry = fx.lookup(ROOT_INODE, names[round % 4]).unwrap();
+        let handle = fx.open(entry.inode, libc::O_RDONLY);
+        let data = fx.read(entry.inode, handle, 0, 64);
+        fx.release(entry.inode, handle);
+        fx.fs.forget(&fx.ctx, entry.inode, 1);
+        assert_eq!(
+            data,
+            format!("{:016}", entry.inode).as_bytes(),
+            "round {round}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    renamer.join().unwrap();
+    fx.assert_mirror();
+}
+
+#[test]
+fn statfs_reports_the_store() {
+    let fx = redirecting();
+    let st = fx.fs.statfs(&fx.ctx, ROOT_INODE).unwrap();
+    let dir = CString::new(fx.volume.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid path and a zeroed, writable statvfs64.
+    let mut host: libc::statvfs64 = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs64(dir.as_ptr(), &mut host) }, 0);
+    assert_eq!(st.f_blocks, host.f_blocks);
+    assert_eq!(st.f_fsid, host.f_fsid);
 }
