@@ -1,0 +1,689 @@
+//! Boots the project's guest image under QEMU's software CPU (TCG) with our
+//! `hypervisor vhost-user-fs` daemon serving its shares: the guest's real
+//! Linux virtio-fs driver against our device code, on any x86-64 host (no
+//! /dev/kvm needed; under TCG the guest reaches `/init` in about 2 s).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use e2e_tests::qemu::{GuestShare, QemuGuest};
+//!
+//! if let Some(why) = e2e_tests::qemu::unavailable() {
+//!     println!("skipped, because {why}");
+//!     return;
+//! }
+//! let guest = QemuGuest::new("fs-basic")
+//!     .share(GuestShare::passthrough("fs0", "/tmp/tree"))
+//!     .arg("/mnt/fs0")
+//!     .timeout(Duration::from_secs(120));
+//! let run = guest.run().unwrap();
+//! assert_eq!(run.exit_code, 0, "{}", run.serial);
+//! ```
+//!
+//! Environment: `QEMU` names the QEMU binary (default `qemu-system-x86_64`
+//! from PATH; Debian package `qemu-system-x86`), `HYPERVISOR_BIN` the daemon
+//! binary (default: built with cargo into this test's target directory).
+
+use std::fs::File;
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Guest memory; the memfd backend shared with the daemons has the same size.
+pub const GUEST_MEM_MIB: u32 = 512;
+/// The default limit for one guest run (boot, scenario, shutdown).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long a daemon may take to create its socket.
+const DAEMON_READY: Duration = Duration::from_secs(20);
+/// How long a daemon may take to exit once QEMU has gone.
+const DAEMON_EXIT: Duration = Duration::from_secs(10);
+/// I/O port of `isa-debug-exit`; the guest's exit port (docs/guest-protocol.md).
+const EXIT_PORT: &str = "0xf4";
+
+/// Errors launching or running a guest.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    /// A program could not be started.
+    #[error("cannot start {what}")]
+    Spawn {
+        /// What.
+        what: String,
+        /// What the host said.
+        #[source]
+        source: io::Error,
+    },
+    /// A file of the run could not be made or read.
+    #[error("cannot use {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the host said.
+        #[source]
+        source: io::Error,
+    },
+    /// The hypervisor binary could not be built.
+    #[error("cannot build the hypervisor binary: {0}")]
+    Build(String),
+    /// A daemon exited or never created its socket.
+    #[error("the vhost-user-fs daemon for share {tag} {what}; its output:\n{log}")]
+    Daemon {
+        /// The share's tag.
+        tag: String,
+        /// What went wrong.
+        what: String,
+        /// The daemon's standard error.
+        log: String,
+    },
+    /// The guest did not finish in time (QEMU and the daemons were killed).
+    #[error(
+        "the guest did not finish within {secs} s; QEMU said:\n{qemu}\nlast serial lines:\n{tail}"
+    )]
+    Timeout {
+        /// The limit.
+        secs: u64,
+        /// QEMU's standard error.
+        qemu: String,
+        /// The end of the serial output.
+        tail: String,
+    },
+    /// QEMU ended without an exit code from the guest.
+    #[error(
+        "QEMU exited ({status}) without an exit code from the guest; QEMU said:\n{qemu}\nlast serial lines:\n{tail}"
+    )]
+    NoExitCode {
+        /// QEMU's exit status.
+        status: String,
+        /// QEMU's standard error.
+        qemu: String,
+        /// The end of the serial output.
+        tail: String,
+    },
+}
+
+/// A `Result` with a [`QemuError`].
+pub type Result<T> = std::result::Result<T, QemuError>;
+
+/// One share: a daemon serving `spec`, and a `vhost-user-fs-device` with `tag`,
+/// mounted by the guest at `/mnt/TAG`.
+#[derive(Debug, Clone)]
+pub struct GuestShare {
+    /// The virtio-fs tag.
+    pub tag: String,
+    /// The share description given to the daemon (`tag=...,dir=...[,store=...]`).
+    pub spec: String,
+}
+
+impl GuestShare {
+    /// A plain passthrough of `dir`.
+    pub fn passthrough(tag: &str, dir: impl AsRef<Path>) -> Self {
+        Self {
+            tag: tag.to_owned(),
+            spec: format!("tag={tag},dir={}", dir.as_ref().display()),
+        }
+    }
+
+    /// `dir` with its file data redirected into volume `volume` of `store`.
+    pub fn redirect(
+        tag: &str,
+        dir: impl AsRef<Path>,
+        store: impl AsRef<Path>,
+        volume: &str,
+    ) -> Self {
+        Self {
+            tag: tag.to_owned(),
+            spec: format!(
+                "tag={tag},dir={},store={},volume={volume}",
+                dir.as_ref().display(),
+                store.as_ref().display()
+            ),
+        }
+    }
+
+    /// Where the guest mounts it.
+    pub fn mount_point(&self) -> String {
+        format!("/mnt/{}", self.tag)
+    }
+}
+
+/// A guest to run: a scenario and the shares it sees.
+#[derive(Debug, Clone)]
+pub struct QemuGuest {
+    /// The scenario (`fsr.scenario=`).
+    pub scenario: String,
+    /// Its argument (`fsr.arg=`), if any.
+    pub arg: Option<String>,
+    /// The shares, each served by its own daemon.
+    pub shares: Vec<GuestShare>,
+    /// Limit for the whole run.
+    pub timeout: Duration,
+    /// The guest kernel (ELF vmlinux).
+    pub kernel: PathBuf,
+    /// The initramfs.
+    pub initrd: PathBuf,
+}
+
+/// How the guest's exit code was learnt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitSource {
+    /// The guest wrote it to the exit port (QEMU's isa-debug-exit).
+    ExitPort,
+    /// Only the `@@fsr exit code=N` marker said it.
+    Marker,
+}
+
+/// What a finished guest run left.
+#[derive(Debug)]
+pub struct GuestRun {
+    /// The guest's exit code.
+    pub exit_code: i32,
+    /// Where it came from.
+    pub exit_source: ExitSource,
+    /// Everything the guest printed on its serial console.
+    pub serial: String,
+    /// The `@@fsr ...` marker lines, in order.
+    pub markers: Vec<String>,
+    /// Per share (in order): the daemon's standard error and exit status.
+    pub daemons: Vec<DaemonRun>,
+    /// Wall-clock time from QEMU's start to its exit.
+    pub elapsed: Duration,
+}
+
+/// One daemon's part of a run.
+#[derive(Debug)]
+pub struct DaemonRun {
+    /// The share's tag.
+    pub tag: String,
+    /// Its standard error (progress lines and logs).
+    pub log: String,
+    /// How it ended (None if it had to be killed).
+    pub status: Option<ExitStatus>,
+}
+
+impl GuestRun {
+    /// True if a marker line equals `line`.
+    pub fn has_marker(&self, line: &str) -> bool {
+        self.markers.iter().any(|m| m == line)
+    }
+
+    /// The last `lines` lines of the serial output.
+    pub fn serial_tail(&self, lines: usize) -> String {
+        tail(&self.serial, lines)
+    }
+}
+
+/// The workspace root (the tests crate's parent).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives in the workspace")
+        .to_path_buf()
+}
+
+/// The guest image built by `guest-images/build-guest.sh`.
+pub fn guest_dir() -> PathBuf {
+    workspace_root().join("build/guest")
+}
+
+/// The QEMU binary to use.
+pub fn qemu_binary() -> PathBuf {
+    std::env::var_os("QEMU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"))
+}
+
+fn in_path(program: &Path) -> bool {
+    if program.components().count() > 1 {
+        return program.is_file();
+    }
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+/// Why guests cannot run under QEMU here, if they cannot.
+pub fn unavailable() -> Option<String> {
+    let qemu = qemu_binary();
+    if !in_path(&qemu) {
+        return Some(format!(
+            "{} is not installed (apt-get install qemu-system-x86, or set QEMU=/path/to/it)",
+            qemu.display()
+        ));
+    }
+    let dir = guest_dir();
+    for file in ["vmlinux", "initramfs.cpio.gz"] {
+        if !dir.join(file).is_file() {
+            return Some(format!(
+                "the guest image is missing ({}; build it with guest-images/build-guest.sh)",
+                dir.join(file).display()
+            ));
+        }
+    }
+    None
+}
+
+/// Brings the guest image up to date with `guest-images/build-guest.sh
+/// --no-install` (a no-op when nothing changed; about a second when only a
+/// scenario did). Returns the script's complaint if it failed.
+pub fn refresh_guest_image() -> std::result::Result<(), String> {
+    let script = workspace_root().join("guest-images/build-guest.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("--no-install")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} failed ({}):\n{}",
+            script.display(),
+            out.status,
+            tail(&String::from_utf8_lossy(&out.stderr), 20)
+        ))
+    }
+}
+
+/// The `hypervisor` binary: `$HYPERVISOR_BIN`, or built with cargo into the
+/// running test's target directory and profile.
+pub fn hypervisor_binary() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("HYPERVISOR_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let exe = std::env::current_exe().map_err(|e| QemuError::Build(e.to_string()))?;
+    // <target>/<profile>/deps/<test>-<hash>
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| QemuError::Build(format!("{} is not in a target dir", exe.display())))?;
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        "hypervisor",
+        "--bin",
+        "hypervisor",
+    ])
+    .current_dir(workspace_root())
+    .stdin(Stdio::null());
+    if profile.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    if let Some(target) = profile.parent() {
+        cmd.env("CARGO_TARGET_DIR", target);
+    }
+    let status = cmd.status().map_err(|source| QemuError::Spawn {
+        what: "cargo".into(),
+        source,
+    })?;
+    if !status.success() {
+        return Err(QemuError::Build(format!(
+            "cargo build -p hypervisor: {status}"
+        )));
+    }
+    Ok(profile.join("hypervisor"))
+}
+
+/// A directory for one run's sockets and logs, removed afterwards.
+struct RunDir(PathBuf);
+
+impl RunDir {
+    fn new() -> Result<Self> {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        // Short: a Unix socket path must fit in 108 bytes.
+        let path = std::env::temp_dir().join(format!(
+            "fsr-qemu-{}-{}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).map_err(|source| QemuError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Child processes of a run, killed if still alive when dropped (timeouts,
+/// errors, panics): a test never leaves QEMU or a daemon behind.
+#[derive(Default)]
+struct Processes {
+    qemu: Option<Child>,
+    daemons: Vec<(String, Child, PathBuf)>,
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        let children = self
+            .qemu
+            .iter_mut()
+            .chain(self.daemons.iter_mut().map(|(_, child, _)| child));
+        for child in children {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn read_lossy(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|bytes| String::from_utf8_lossy(&bytes).replace('\r', ""))
+        .unwrap_or_default()
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn create(path: &Path) -> Result<File> {
+    File::create(path).map_err(|source| QemuError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+impl QemuGuest {
+    /// Runs `scenario` on the default guest image, with no shares yet.
+    pub fn new(scenario: &str) -> Self {
+        Self {
+            scenario: scenario.to_owned(),
+            arg: None,
+            shares: Vec::new(),
+            timeout: DEFAULT_TIMEOUT,
+            kernel: guest_dir().join("vmlinux"),
+            initrd: guest_dir().join("initramfs.cpio.gz"),
+        }
+    }
+
+    /// Adds a share.
+    pub fn share(mut self, share: GuestShare) -> Self {
+        self.shares.push(share);
+        self
+    }
+
+    /// Sets the scenario's argument.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.arg = Some(arg.to_owned());
+        self
+    }
+
+    /// Sets the limit for the whole run.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The kernel command line.
+    pub fn cmdline(&self) -> String {
+        let mut cmdline = String::from("console=ttyS0 reboot=k panic=-1");
+        if !self.shares.is_empty() {
+            let shares: Vec<String> = self
+                .shares
+                .iter()
+                .map(|s| format!("{}:{}", s.tag, s.mount_point()))
+                .collect();
+            cmdline.push_str(&format!(" fsr.share={}", shares.join(",")));
+        }
+        cmdline.push_str(&format!(" fsr.scenario={}", self.scenario));
+        if let Some(arg) = &self.arg {
+            cmdline.push_str(&format!(" fsr.arg={arg}"));
+        }
+        cmdline
+    }
+
+    /// Starts one daemon per share, then QEMU; waits for the guest to end
+    /// (or the timeout), then for the daemons to see QEMU go.
+    pub fn run(&self) -> Result<GuestRun> {
+        let hypervisor = hypervisor_binary()?;
+        let dir = RunDir::new()?;
+        let mut procs = Processes::default();
+        for (index, share) in self.shares.iter().enumerate() {
+            let socket = dir.0.join(format!("fs{index}.sock"));
+            let log = dir.0.join(format!("daemon{index}.log"));
+            let child = Command::new(&hypervisor)
+                .arg("vhost-user-fs")
+                .arg("--socket")
+                .arg(&socket)
+                .arg("--share")
+                .arg(&share.spec)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(create(&log)?)
+                .spawn()
+                .map_err(|source| QemuError::Spawn {
+                    what: format!("{} vhost-user-fs", hypervisor.display()),
+                    source,
+                })?;
+            procs.daemons.push((share.tag.clone(), child, log.clone()));
+            wait_for_socket(&share.tag, &socket, &log, procs.daemons.last_mut())?;
+        }
+
+        let serial = dir.0.join("serial.log");
+        let qemu_log = dir.0.join("qemu.log");
+        let mut cmd = Command::new(qemu_binary());
+        cmd.args(["-M", "microvm,acpi=off", "-accel", "tcg", "-cpu", "max"])
+            .args(["-m", &GUEST_MEM_MIB.to_string()])
+            .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+            .args(["-monitor", "none"])
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .args(["-global", "virtio-mmio.force-legacy=false"])
+            .args([
+                "-device",
+                &format!("isa-debug-exit,iobase={EXIT_PORT},iosize=0x01"),
+            ])
+            .args([
+                "-object",
+                &format!("memory-backend-memfd,id=mem,size={GUEST_MEM_MIB}M,share=on"),
+                "-numa",
+                "node,memdev=mem",
+            ]);
+        for (index, share) in self.shares.iter().enumerate() {
+            let socket = dir.0.join(format!("fs{index}.sock"));
+            cmd.arg("-chardev")
+                .arg(format!("socket,id=fs{index},path={}", socket.display()))
+                .arg("-device")
+                .arg(format!(
+                    "vhost-user-fs-device,chardev=fs{index},tag={}",
+                    share.tag
+                ));
+        }
+        cmd.arg("-kernel")
+            .arg(&self.kernel)
+            .arg("-initrd")
+            .arg(&self.initrd)
+            .arg("-append")
+            .arg(self.cmdline())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(create(&qemu_log)?);
+        let start = Instant::now();
+        procs.qemu = Some(cmd.spawn().map_err(|source| QemuError::Spawn {
+            what: qemu_binary().display().to_string(),
+            source,
+        })?);
+
+        let status = self.wait_for_qemu(&mut procs, start, &serial, &qemu_log)?;
+        let elapsed = start.elapsed();
+        let daemons = finish_daemons(&mut procs);
+        let serial_text = read_lossy(&serial);
+        let markers: Vec<String> = serial_text
+            .lines()
+            .filter(|l| l.starts_with("@@fsr "))
+            .map(str::to_owned)
+            .collect();
+        let marker_code = markers
+            .iter()
+            .rev()
+            .find_map(|m| m.strip_prefix("@@fsr exit code="))
+            .and_then(|code| code.trim().parse::<i32>().ok());
+        // isa-debug-exit makes QEMU exit with (code << 1) | 1.
+        let (exit_code, exit_source) = match (status.code(), marker_code) {
+            (Some(code), _) if code & 1 == 1 => (code >> 1, ExitSource::ExitPort),
+            (_, Some(code)) => (code, ExitSource::Marker),
+            _ => {
+                return Err(QemuError::NoExitCode {
+                    status: describe(status),
+                    qemu: read_lossy(&qemu_log),
+                    tail: tail(&serial_text, 30),
+                })
+            }
+        };
+        Ok(GuestRun {
+            exit_code,
+            exit_source,
+            serial: serial_text,
+            markers,
+            daemons,
+            elapsed,
+        })
+    }
+
+    fn wait_for_qemu(
+        &self,
+        procs: &mut Processes,
+        start: Instant,
+        serial: &Path,
+        qemu_log: &Path,
+    ) -> Result<ExitStatus> {
+        loop {
+            let qemu = procs.qemu.as_mut().expect("QEMU was started");
+            if let Some(status) = qemu.try_wait().map_err(|source| QemuError::Spawn {
+                what: "waiting for QEMU".into(),
+                source,
+            })? {
+                return Ok(status);
+            }
+            // A daemon must outlive its front-end.
+            for (tag, daemon, log) in &mut procs.daemons {
+                if let Ok(Some(status)) = daemon.try_wait() {
+                    return Err(QemuError::Daemon {
+                        tag: tag.clone(),
+                        what: format!("exited ({}) while QEMU was running", describe(status)),
+                        log: read_lossy(log),
+                    });
+                }
+            }
+            if start.elapsed() > self.timeout {
+                let _ = qemu.kill();
+                let _ = qemu.wait();
+                return Err(QemuError::Timeout {
+                    secs: self.timeout.as_secs(),
+                    qemu: read_lossy(qemu_log),
+                    tail: tail(&read_lossy(serial), 30),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        _ => status.to_string(),
+    }
+}
+
+fn wait_for_socket(
+    tag: &str,
+    socket: &Path,
+    log: &Path,
+    daemon: Option<&mut (String, Child, PathBuf)>,
+) -> Result<()> {
+    let Some((_, child, _)) = daemon else {
+        return Ok(());
+    };
+    let start = Instant::now();
+    while !socket.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(QemuError::Daemon {
+                tag: tag.to_owned(),
+                what: format!("exited ({}) before listening", describe(status)),
+                log: read_lossy(log),
+            });
+        }
+        if start.elapsed() > DAEMON_READY {
+            return Err(QemuError::Daemon {
+                tag: tag.to_owned(),
+                what: format!(
+                    "did not create {} within {} s",
+                    socket.display(),
+                    DAEMON_READY.as_secs()
+                ),
+                log: read_lossy(log),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// Waits for each daemon to notice QEMU is gone and exit; kills stragglers.
+fn finish_daemons(procs: &mut Processes) -> Vec<DaemonRun> {
+    let deadline = Instant::now() + DAEMON_EXIT;
+    procs
+        .daemons
+        .iter_mut()
+        .map(|(tag, child, log)| {
+            let status = loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => break Some(status),
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break None;
+                    }
+                }
+            };
+            DaemonRun {
+                tag: tag.clone(),
+                log: read_lossy(log),
+                status,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_names_each_share_and_the_scenario() {
+        let guest = QemuGuest::new("fs-basic")
+            .share(GuestShare::passthrough("a", "/x"))
+            .share(GuestShare::redirect("b", "/y", "/s", "v"))
+            .arg("/mnt/a");
+
+        assert_eq!(
+            guest.cmdline(),
+            "console=ttyS0 reboot=k panic=-1 fsr.share=a:/mnt/a,b:/mnt/b \
+             fsr.scenario=fs-basic fsr.arg=/mnt/a"
+        );
+        assert_eq!(guest.shares[1].spec, "tag=b,dir=/y,store=/s,volume=v");
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(tail("a", 5), "a");
+    }
+}

@@ -1,0 +1,309 @@
+//! Our virtio-fs device as a vhost-user back-end, driven by a real Linux
+//! guest: `hypervisor vhost-user-fs` serves a share to QEMU's
+//! `vhost-user-fs-device` (QEMU's software CPU, TCG, so any host will do),
+//! the guest runs the `fs-basic` scenario on it, and the host checks what
+//! the guest left, on a passthrough share and on a redirecting share.
+//!
+//! Skipped, with the reason, without `qemu-system-x86_64` (Debian package
+//! `qemu-system-x86`) or the guest image (guest-images/build-guest.sh).
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e_tests::qemu::{self, ExitSource, GuestRun, GuestShare, QemuGuest};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+/// The path every test here drives, printed with each result.
+const PATH: &str = "vhost-user back-end under QEMU TCG";
+/// What `fs-basic` leaves in `<share>/fs-basic` (see the scenario's header).
+const RENAMED: &[u8] = b"hello from the guest\nappended\n";
+const NESTED: &[u8] = b"nested\n";
+const BIG_LEN: usize = 1 << 20;
+
+fn main() {
+    let args = Arguments::from_args();
+    let skip = qemu::unavailable();
+    if let Some(why) = &skip {
+        println!("vhost_user_fs: QEMU tests skipped, because {why}");
+    } else if let Err(why) = qemu::refresh_guest_image() {
+        // The image on disk is still usable; a stale scenario shows up as a failure.
+        println!("vhost_user_fs: warning: could not refresh the guest image: {why}");
+    }
+    let qemu_trial = |name: &str, f: fn() -> Result<(), String>| {
+        Trial::test(name, move || f().map_err(Failed::from)).with_ignored_flag(skip.is_some())
+    };
+    let trials = vec![
+        qemu_trial("fs_basic_on_a_passthrough_share", fs_basic_passthrough),
+        qemu_trial("fs_basic_on_a_redirecting_share", fs_basic_redirect),
+        Trial::test("daemon_stops_cleanly_on_sigterm", || {
+            daemon_stops_on_sigterm().map_err(Failed::from)
+        }),
+    ];
+    libtest_mimic::run(&args, trials).exit();
+}
+
+/// A fresh temp directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(label: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("fsr-vu-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create a temp directory");
+        Self(path)
+    }
+
+    fn make(&self, name: &str) -> PathBuf {
+        let dir = self.0.join(name);
+        std::fs::create_dir_all(&dir).expect("create a temp directory");
+        dir
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn big_contents() -> Vec<u8> {
+    b"fsredirect-vhost-user\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(BIG_LEN)
+        .collect()
+}
+
+/// Runs fs-basic on `share`; checks the guest's side of the run.
+fn run_fs_basic(share: GuestShare) -> Result<GuestRun, String> {
+    let mount = share.mount_point();
+    let guest = QemuGuest::new("fs-basic")
+        .share(share.clone())
+        .arg(&mount)
+        .timeout(Duration::from_secs(180));
+    let run = guest.run().map_err(|e| format!("{PATH}: {e}"))?;
+    let context = || {
+        format!(
+            "guest serial output (last lines):\n{}\ndaemon output:\n{}",
+            run.serial_tail(30),
+            run.daemons
+                .iter()
+                .map(|d| d.log.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    };
+    if !run.has_marker(&format!("@@fsr mount tag={} at={mount} ok", share.tag)) {
+        return Err(format!(
+            "the guest did not mount {}\n{}",
+            share.tag,
+            context()
+        ));
+    }
+    if run.exit_code != 0 || !run.has_marker("@@fsr scenario fs-basic result=pass code=0") {
+        return Err(format!(
+            "fs-basic failed in the guest (exit code {})\n{}",
+            run.exit_code,
+            context()
+        ));
+    }
+    if run.exit_source != ExitSource::ExitPort {
+        return Err(format!(
+            "the guest's exit code came only from the marker, not the exit port\n{}",
+            context()
+        ));
+    }
+    for daemon in &run.daemons {
+        let clean = daemon.status.is_some_and(|s| s.success());
+        for line in [
+            "listening on",
+            "front-end connected",
+            "front-end disconnected",
+        ] {
+            if !daemon.log.contains(line) {
+                return Err(format!("the daemon never said '{line}'\n{}", context()));
+            }
+        }
+        if !clean {
+            return Err(format!(
+                "the daemon did not exit 0 after QEMU went ({:?})\n{}",
+                daemon.status,
+                context()
+            ));
+        }
+    }
+    println!(
+        "{PATH}: fs-basic passed in {:.1} s (guest exit code {} through the exit port)",
+        run.elapsed.as_secs_f64(),
+        run.exit_code
+    );
+    Ok(run)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// Checks the files fs-basic leaves under `root` hold the expected bytes.
+fn check_contents(root: &Path, what: &str) -> Result<(), String> {
+    let expected: [(&str, Vec<u8>); 3] = [
+        ("renamed.txt", RENAMED.to_vec()),
+        ("sub/nested.txt", NESTED.to_vec()),
+        ("big.txt", big_contents()),
+    ];
+    for (name, want) in expected {
+        let path = root.join(name);
+        let got = read(&path)?;
+        if got != want {
+            return Err(format!(
+                "{what} {} holds {} bytes that differ from the {} the guest wrote",
+                path.display(),
+                got.len(),
+                want.len()
+            ));
+        }
+    }
+    for gone in ["a.txt", "scratch.txt"] {
+        let path = root.join(gone);
+        if path.symlink_metadata().is_ok() {
+            return Err(format!(
+                "{what} {} still exists after the guest renamed/deleted it",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Fails unless `path` is a sparse stub of `len` bytes with no data extents.
+fn check_stub(path: &Path, len: u64) -> Result<(), String> {
+    let meta = path
+        .metadata()
+        .map_err(|e| format!("no stub at {}: {e}", path.display()))?;
+    if meta.len() != len {
+        return Err(format!(
+            "stub {} has apparent size {}, not {len}",
+            path.display(),
+            meta.len()
+        ));
+    }
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    // SAFETY: lseek on a descriptor we own; no memory is passed.
+    let data = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_DATA) };
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    if data != -1 || errno != Some(libc::ENXIO) {
+        return Err(format!(
+            "stub {} has data extents (SEEK_DATA gave {data}, st_blocks {})",
+            path.display(),
+            meta.blocks()
+        ));
+    }
+    Ok(())
+}
+
+/// 1. Serve an empty guest tree as a plain passthrough share.
+/// 2. Boot the guest under QEMU with the share mounted; run fs-basic.
+/// 3. On the host, the guest tree holds the files with the guest's bytes,
+///    and the renamed and deleted names are gone.
+fn fs_basic_passthrough() -> Result<(), String> {
+    let tmp = TempDir::new("passthrough");
+    let tree = tmp.make("tree");
+
+    run_fs_basic(GuestShare::passthrough("fs0", &tree))?;
+
+    check_contents(&tree.join("fs-basic"), "guest tree file")
+}
+
+/// 1. Serve an empty guest tree redirected into volume `vol` of a store.
+/// 2. Boot the guest under QEMU with the share mounted; run fs-basic.
+/// 3. On the host, `<store>/vol/fs-basic/...` holds the guest's bytes; the
+///    guest tree holds sparse stubs of the same sizes; the renamed and
+///    deleted names are gone on both sides; fsredirect's verifier agrees.
+fn fs_basic_redirect() -> Result<(), String> {
+    let tmp = TempDir::new("redirect");
+    let tree = tmp.make("tree");
+    let store = tmp.make("store");
+
+    run_fs_basic(GuestShare::redirect("fs0", &tree, &store, "vol"))?;
+
+    let stored = store.join("vol/fs-basic");
+    let stubs = tree.join("fs-basic");
+    check_contents(&stored, "stored object")?;
+    for (name, len) in [
+        ("renamed.txt", RENAMED.len()),
+        ("sub/nested.txt", NESTED.len()),
+        ("big.txt", BIG_LEN),
+    ] {
+        check_stub(&stubs.join(name), len as u64)?;
+    }
+    for gone in ["a.txt", "scratch.txt"] {
+        if stubs.join(gone).symlink_metadata().is_ok() {
+            return Err(format!("stub {gone} still exists in the guest tree"));
+        }
+    }
+    let spec = format!(
+        "tag=fs0,dir={},store={},volume=vol",
+        tree.display(),
+        store.display()
+    );
+    let share = fsredirect::ShareSpec::parse(&spec).map_err(|e| e.to_string())?;
+    let mismatches = fsredirect::verify::verify_share(&share)
+        .map_err(|e| format!("cannot verify the share: {e}"))?;
+    if !mismatches.is_empty() {
+        return Err(format!("stubs and stored objects disagree: {mismatches:?}"));
+    }
+    Ok(())
+}
+
+/// 1. Start `hypervisor vhost-user-fs` on a share, no front-end.
+/// 2. Send SIGTERM once it listens.
+/// 3. It exits 0, says why, and removes its socket.
+fn daemon_stops_on_sigterm() -> Result<(), String> {
+    let tmp = TempDir::new("sigterm");
+    let tree = tmp.make("tree");
+    let socket = tmp.0.join("fs.sock");
+    let bin = qemu::hypervisor_binary().map_err(|e| e.to_string())?;
+    let log = tmp.0.join("daemon.log");
+    let mut child = Command::new(&bin)
+        .arg("vhost-user-fs")
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--share")
+        .arg(format!("tag=fs0,dir={}", tree.display()))
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    let start = Instant::now();
+    while !socket.exists() && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if start.elapsed() < Duration::from_secs(30) => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("the daemon did not exit within 30 s of SIGTERM".into());
+            }
+        }
+    };
+    let text = String::from_utf8_lossy(&read(&log)?).into_owned();
+    if !status.success() || !text.contains("received SIGTERM; stopping") {
+        return Err(format!("the daemon ended with {status}; it said:\n{text}"));
+    }
+    if socket.exists() {
+        return Err(format!("{} was left behind", socket.display()));
+    }
+    Ok(())
+}
