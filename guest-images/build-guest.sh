@@ -52,6 +52,11 @@ Options:
   --print-paths      print the output paths as KEY=PATH lines and exit,
                      without building; exit status 1 if any is missing
   --no-install       never run apt-get; fail listing missing packages instead
+  --selftest         after building, boot the image under QEMU's software CPU
+                     (qemu-system-x86, installed if missing) and check the
+                     guest protocol: markers, exit codes, scenarios, the
+                     shell, poweroff, and a virtio-fs share (with QEMU's
+                     virtiofsd, as root); about a minute
   -h, --help         show this help
 
 Progress goes to standard error; standard output is used by --print-paths only.
@@ -260,7 +265,7 @@ build_kernel() {
 	progress "kernel: configuring (tinyconfig + $(rel "$FRAGMENT")); log: $(rel "$log")"
 	run_logged "$log" "configuring the kernel" configure_kernel
 	check_kernel_config
-	progress "kernel: all options of the fragment are set; compiling vmlinux and bzImage with $(nproc) jobs (about 2.5 min on 2 cores)"
+	progress "kernel: all options of the fragment are set; compiling vmlinux and bzImage with $(nproc) jobs (about 8 CPU-minutes)"
 	run_logged "$log" "compiling the kernel" compile_kernel
 	cp "$KBUILD/vmlinux" "$OUT/vmlinux.tmp"
 	cp "$KBUILD/arch/x86/boot/bzImage" "$OUT/bzImage.tmp"
@@ -280,18 +285,22 @@ build_kernel() {
 # /dev/console is not needed here: the kernel's built-in initramfs has it,
 # and /init mounts devtmpfs on /dev.
 stage_initramfs() {
-	local stage=$1 extra=$2 applet
+	local stage=$1 extra=$2 applet up
 	rm -rf "$stage"
 	mkdir -p "$stage"
 	(cd "$stage" && mkdir -p bin sbin usr/bin usr/sbin etc dev proc sys run tmp root mnt scenarios)
 	chmod 1777 "$stage/tmp"
 	chmod 0700 "$stage/root"
 	install -m 0755 /bin/busybox "$stage/bin/busybox"
-	# poweroff is our wrapper; every other applet is a link to busybox.
+	# poweroff is our wrapper; every other applet is a link to busybox,
+	# relative so that no host tool following it reaches the host's busybox.
 	for applet in $("$stage/bin/busybox" --list-full); do
 		case $applet in
 		sbin/poweroff | bin/busybox) ;;
-		*) [ -e "$stage/$applet" ] || ln -s /bin/busybox "$stage/$applet" ;;
+		*)
+			up=$(printf '%s' "$applet" | sed 's|[^/]*/|../|g; s|[^/]*$||')
+			[ -e "$stage/$applet" ] || ln -s "${up}bin/busybox" "$stage/$applet"
+			;;
 		esac
 	done
 	gcc -static -Os -Wall -Wextra -Werror -s -o "$stage/bin/fsr-exit" "$GUEST_DIR/fsr-exit.c"
@@ -302,7 +311,9 @@ stage_initramfs() {
 	printf 'root:x:0:0:root:/root:/bin/sh\n' >"$stage/etc/passwd"
 	printf 'root:x:0:\n' >"$stage/etc/group"
 	if [ -n "$extra" ]; then
-		cp -R --no-preserve=ownership "$extra/." "$stage/"
+		# --remove-destination: replace applet links rather than write
+		# through them into busybox.
+		cp -R --no-preserve=ownership --remove-destination "$extra/." "$stage/"
 	fi
 }
 
@@ -350,12 +361,140 @@ build_initramfs() {
 	progress "initramfs: built in $((SECONDS - started))s: $(rel "$output") ($(du -k "$output" | cut -f 1) KiB)"
 }
 
+# --------------------------------------------------------------- selftest --
+
+# selftest_boot NAME KERNEL APPEND WAIT_FOR SEND [QEMU ARGS...]: boots
+# KERNEL with the initramfs under QEMU's software CPU, with QEMU's exit
+# device on our exit port (it exits with (CODE << 1) | 1). Once the console
+# printed WAIT_FOR (if not empty) types the line SEND. Sets BOOT_LOG, BOOT_RC.
+selftest_boot() {
+	local name=$1 kernel=$2 append=$3 wait_for=$4 send=$5 fifo feeder i
+	shift 5
+	BOOT_LOG=$SELFTEST_DIR/$name.log
+	fifo=$SELFTEST_DIR/$name.in
+	rm -f "$fifo"
+	mkfifo "$fifo"
+	: >"$BOOT_LOG"
+	(
+		exec 3>"$fifo"
+		[ -n "$wait_for" ] || exit 0
+		for ((i = 0; i < 600; i++)); do
+			grep -aqF -- "$wait_for" "$BOOT_LOG" && break
+			sleep 0.1
+		done
+		printf '%s\n' "$send" >&3
+	) &
+	feeder=$!
+	BOOT_RC=0
+	timeout 120 qemu-system-x86_64 -M microvm,acpi=off -cpu max -m 256 -nodefaults \
+		-no-user-config -display none -serial stdio -no-reboot \
+		-kernel "$OUT/$kernel" -initrd "$OUT/initramfs.cpio.gz" \
+		-append "console=ttyS0 reboot=k panic=-1 $append" \
+		-device isa-debug-exit,iobase=0xf4,iosize=0x01 "$@" \
+		<"$fifo" >"$BOOT_LOG" 2>&1 || BOOT_RC=$?
+	kill "$feeder" 2>/dev/null || true
+	wait "$feeder" 2>/dev/null || true
+	rm -f "$fifo"
+}
+
+# selftest_check NAME EXPECTED_RC LINE...: records whether the last boot
+# ended with EXPECTED_RC and printed every LINE (a line starting with '!'
+# must not appear).
+selftest_check() {
+	local name=$1 want_rc=$2 line problems=()
+	shift 2
+	[ "$BOOT_RC" = "$want_rc" ] || problems+=("QEMU exit status $BOOT_RC, expected $want_rc")
+	for line in "$@"; do
+		if [ "${line:0:1}" = '!' ]; then
+			! grep -aqF -- "${line:1}" "$BOOT_LOG" || problems+=("unexpected '${line:1}'")
+		else
+			grep -aqF -- "$line" "$BOOT_LOG" || problems+=("missing '$line'")
+		fi
+	done
+	if [ "${#problems[@]}" -eq 0 ]; then
+		SELFTEST_PASSED=$((SELFTEST_PASSED + 1))
+		progress "selftest: pass  $name ($(grep -a '@@fsr init' "$BOOT_LOG" | tr -d '\r'))"
+	else
+		SELFTEST_FAILED+=("$name")
+		progress "selftest: FAIL  $name: ${problems[*]}; console log: $(rel "$BOOT_LOG"), its end:"
+		tail -n 15 "$BOOT_LOG" >&2
+	fi
+}
+
+selftest() {
+	local share virtiofsd=/usr/lib/qemu/virtiofsd vpid prompt='fsr-guest:/# '
+	ensure_packages qemu-system-x86
+	SELFTEST_DIR=$OUT/selftest
+	SELFTEST_PASSED=0
+	SELFTEST_FAILED=()
+	rm -rf "$SELFTEST_DIR"
+	mkdir -p "$SELFTEST_DIR"
+	progress "selftest: booting the image under QEMU's software CPU; console logs in $(rel "$SELFTEST_DIR")"
+
+	selftest_boot exit-vmlinux vmlinux "fsr.scenario=exit fsr.arg=7" "" ""
+	selftest_check exit-vmlinux 15 "@@fsr init uptime=" "@@fsr scenario exit start" \
+		"@@fsr scenario exit result=fail code=7" "@@fsr exit code=7"
+	selftest_boot exit-bzImage bzImage "fsr.scenario=exit" "" ""
+	selftest_check exit-bzImage 1 "@@fsr scenario exit result=pass code=0" "@@fsr exit code=0"
+	selftest_boot cpus vmlinux "fsr.scenario=cpus fsr.arg=2" "" "" -smp 2
+	selftest_check cpus 1 "@@fsr cpus online=2" "@@fsr scenario cpus result=pass code=0"
+	selftest_boot reboot vmlinux "fsr.scenario=reboot" "" ""
+	selftest_check reboot 0 "@@fsr scenario reboot start" "!@@fsr exit"
+	selftest_boot echo vmlinux "fsr.scenario=echo" "@@fsr echo-ready" "hello from the host"
+	selftest_check echo 1 "@@fsr echo got=hello from the host" "@@fsr scenario echo result=pass"
+	selftest_boot unknown-scenario vmlinux "fsr.scenario=no-such" "" ""
+	selftest_check unknown-scenario 255 "@@fsr scenario no-such result=fail code=127"
+	selftest_boot shell-exit vmlinux "" "$prompt" "sleep 1 & jobs; wait; exit 5"
+	selftest_check shell-exit 11 "@@fsr scenario shell start" "[1]+  Running" \
+		"@@fsr scenario shell result=fail code=5" "@@fsr exit code=5"
+	selftest_boot poweroff-f vmlinux "" "$prompt" "poweroff -f"
+	selftest_check poweroff-f 1 "@@fsr exit code=0"
+	selftest_boot poweroff-applet vmlinux "" "$prompt" "busybox poweroff"
+	selftest_check poweroff-applet 1 "fsr-init: poweroff requested" "@@fsr exit code=0"
+
+	if [ ! -x "$virtiofsd" ]; then
+		progress "selftest: skip  share ($virtiofsd not found; it comes with qemu-system-common 7.2)"
+	elif [ "$(id -u)" -ne 0 ]; then
+		progress "selftest: skip  share ($virtiofsd needs root)"
+	else
+		share=$SELFTEST_DIR/share
+		mkdir -p "$share"
+		printf 'written by the host\n' >"$share/host.txt"
+		"$virtiofsd" --socket-path="$SELFTEST_DIR/virtiofsd.sock" -o source="$share" \
+			-o cache=none >"$SELFTEST_DIR/virtiofsd.log" 2>&1 &
+		vpid=$!
+		for ((i = 0; i < 50; i++)); do
+			[ -S "$SELFTEST_DIR/virtiofsd.sock" ] && break
+			sleep 0.1
+		done
+		selftest_boot share vmlinux "fsr.share=share0:/mnt/share0" "$prompt" \
+			"cat /mnt/share0/host.txt && echo written by the guest >/mnt/share0/guest.txt && poweroff" \
+			-machine memory-backend=mem -object memory-backend-memfd,id=mem,size=256M,share=on \
+			-global virtio-mmio.force-legacy=false \
+			-chardev socket,id=fs,path="$SELFTEST_DIR/virtiofsd.sock" \
+			-device vhost-user-fs-device,chardev=fs,tag=share0
+		kill "$vpid" 2>/dev/null || true
+		wait "$vpid" 2>/dev/null || true
+		if [ "$(cat "$share/guest.txt" 2>/dev/null)" != "written by the guest" ]; then
+			BOOT_RC="$BOOT_RC (and no $(rel "$share")/guest.txt)"
+		fi
+		selftest_check share 1 "@@fsr mount tag=share0 at=/mnt/share0 ok" "written by the host" \
+			"@@fsr exit code=0"
+	fi
+
+	if [ "${#SELFTEST_FAILED[@]}" -ne 0 ]; then
+		die "selftest: $SELFTEST_PASSED passed, ${#SELFTEST_FAILED[@]} failed: ${SELFTEST_FAILED[*]}"
+	fi
+	progress "selftest: all $SELFTEST_PASSED passed"
+}
+
 # ------------------------------------------------------------------ main --
 
 FORCE=0
 INITRAMFS_ONLY=0
 PRINT_PATHS=0
 NO_INSTALL=0
+SELFTEST=0
 EXTRA=
 NAME=
 while [ $# -gt 0 ]; do
@@ -368,6 +507,7 @@ while [ $# -gt 0 ]; do
 	--initramfs-only) INITRAMFS_ONLY=1 ;;
 	--print-paths) PRINT_PATHS=1 ;;
 	--no-install) NO_INSTALL=1 ;;
+	--selftest) SELFTEST=1 ;;
 	--extra | --name)
 		[ $# -ge 2 ] || die "$1 needs a value; see --help"
 		if [ "$1" = --extra ]; then EXTRA=$2; else NAME=$2; fi
@@ -380,6 +520,9 @@ while [ $# -gt 0 ]; do
 	shift
 done
 
+if [ "$SELFTEST" = 1 ] && { [ "$INITRAMFS_ONLY" = 1 ] || [ -n "$EXTRA$NAME" ]; }; then
+	die "--selftest checks the standard image: use it without --initramfs-only, --extra and --name"
+fi
 INITRAMFS_NAME=initramfs
 if [ -n "$EXTRA" ]; then
 	[ -d "$EXTRA" ] || die "--extra $EXTRA: not a directory"
@@ -419,4 +562,7 @@ if [ "$INITRAMFS_ONLY" = 0 ]; then
 	build_kernel
 fi
 build_initramfs
+if [ "$SELFTEST" = 1 ]; then
+	selftest
+fi
 progress "done"
