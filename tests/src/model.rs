@@ -1,6 +1,8 @@
-//! A randomized model-based exerciser: random file-system operations on a real directory,
-//! each checked against an in-memory model (outcome and errno), with a full comparison of
-//! the tree every few steps. Seeded; the seed is printed, and `FSR_MODEL_SEED=<seed>` replays.
+//! A randomized model-based exerciser: random file-system operations on a real directory
+//! (mkdir, write, truncate, read, rename, unlink, rmdir, link, symlink, mkfifo, and writes,
+//! reads and fsyncs through descriptors held across steps, also after unlink), each checked
+//! against an in-memory model (outcome and errno), with a full comparison of the tree every
+//! few steps. Seeded; the seed is printed, and `FSR_MODEL_SEED=<seed>` replays.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -36,6 +38,27 @@ enum Node {
     Dir,
     /// A regular file: index of its content (hard links share one).
     File(usize),
+    /// A symlink (to a fixed dangling target) or a FIFO; the number tells hard links apart.
+    Special(SpecialKind, usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SpecialKind {
+    Symlink,
+    Fifo,
+}
+
+/// Where the model's symlinks point: nowhere, and never followed by the exerciser.
+const SYMLINK_TARGET: &str = "fsr-model-dangling-target";
+
+impl Node {
+    /// The identity shared by hard links, for anything but a directory.
+    fn id(&self) -> Option<usize> {
+        match self {
+            Node::Dir => None,
+            Node::File(id) | Node::Special(_, id) => Some(*id),
+        }
+    }
 }
 
 /// The model: paths relative to the root, and file contents.
@@ -59,7 +82,9 @@ impl Model {
             Some(p) if p.as_os_str().is_empty() => Ok(()),
             Some(p) => match self.nodes.get(p) {
                 Some(Node::Dir) => Ok(()),
-                Some(Node::File(_)) => Err(libc::ENOTDIR),
+                // The kernel follows a symlink in the middle of a path: its target is missing.
+                Some(Node::Special(SpecialKind::Symlink, _)) => Err(libc::ENOENT),
+                Some(_) => Err(libc::ENOTDIR),
                 None => self.parent_ok(p).and(Err(libc::ENOENT)),
             },
             None => Ok(()),
@@ -107,7 +132,9 @@ pub fn run(root: &Path, seed: u64, steps: usize) -> Result<(), String> {
         let path = random_path(&mut rng, &m);
         let other = random_path(&mut rng, &m);
         let full = root.join(&path);
-        match rng.below(12) {
+        // Writes, truncates and opens never go through a symlink or into a FIFO.
+        let special = matches!(m.nodes.get(&path), Some(Node::Special(..)));
+        match rng.below(13) {
             0 => {
                 let want = m.parent_ok(&path).and_then(|_| {
                     if m.nodes.contains_key(&path) {
@@ -122,7 +149,7 @@ pub fn run(root: &Path, seed: u64, steps: usize) -> Result<(), String> {
                     m.nodes.insert(path, Node::Dir);
                 }
             }
-            1 | 2 => {
+            1 | 2 if !special => {
                 let offset = rng.below(70_000);
                 let len = 1 + rng.below(20_000) as usize;
                 let byte = rng.below(256) as u8;
@@ -157,11 +184,11 @@ pub fn run(root: &Path, seed: u64, steps: usize) -> Result<(), String> {
                     write_model(&mut m.contents[id], offset as usize, &vec![byte; len]);
                 }
             }
-            3 => {
+            3 if !special => {
                 let size = rng.below(90_000);
                 let want = match m.nodes.get(&path) {
-                    Some(Node::File(_)) => Ok(()),
                     Some(Node::Dir) => Err(libc::EISDIR),
+                    Some(_) => Ok(()),
                     None => m.parent_ok(&path).and(Err(libc::ENOENT)),
                 };
                 let got = errno(
@@ -205,7 +232,7 @@ pub fn run(root: &Path, seed: u64, steps: usize) -> Result<(), String> {
             }
             6 => {
                 let want = match m.nodes.get(&path) {
-                    Some(Node::File(_)) => Ok(()),
+                    Some(Node::File(_) | Node::Special(..)) => Ok(()),
                     Some(Node::Dir) => Err(&[libc::EISDIR, libc::EPERM][..]),
                     None => Err(&[libc::ENOENT, libc::ENOTDIR][..]),
                 };
@@ -219,7 +246,7 @@ pub fn run(root: &Path, seed: u64, steps: usize) -> Result<(), String> {
                 let want = match m.nodes.get(&path) {
                     Some(Node::Dir) if m.is_empty_dir(&path) => Ok(()),
                     Some(Node::Dir) => Err(&[libc::ENOTEMPTY, libc::EEXIST][..]),
-                    Some(Node::File(_)) => Err(&[libc::ENOTDIR][..]),
+                    Some(_) => Err(&[libc::ENOTDIR][..]),
                     None => Err(&[libc::ENOENT, libc::ENOTDIR][..]),
                 };
                 let got = errno(fs::remove_dir(&full));
@@ -235,7 +262,7 @@ pub fn run(root: &Path, seed: u64, steps: usize) -> Result<(), String> {
                     (_, Err(_), _) => Err(&[libc::ENOENT, libc::ENOTDIR][..]),
                     (_, _, Some(_)) => Err(&[libc::EEXIST][..]),
                     (Some(Node::Dir), _, _) => Err(&[libc::EPERM][..]),
-                    (Some(Node::File(_)), Ok(()), None) => Ok(()),
+                    (Some(_), Ok(()), None) => Ok(()),
                 };
                 let got = errno(fs::hard_link(&full, root.join(&other)));
                 check(step, &format!("link {path:?} -> {other:?}"), got, want)?;
@@ -272,9 +299,41 @@ pub fn run(root: &Path, seed: u64, steps: usize) -> Result<(), String> {
                     if back != m.contents[h.content] {
                         return Err(format!("step {step}: held handle reads other bytes"));
                     }
+                    if rng.below(4) == 0 {
+                        let sync = if rng.below(2) == 0 {
+                            h.file.sync_all()
+                        } else {
+                            h.file.sync_data()
+                        };
+                        sync.map_err(|e| format!("step {step}: fsync held handle: {e}"))?;
+                    }
                     if rng.below(3) == 0 {
                         held.swap_remove(i);
                     }
+                }
+            }
+            11 => {
+                let kind = if rng.below(2) == 0 {
+                    SpecialKind::Symlink
+                } else {
+                    SpecialKind::Fifo
+                };
+                let want = m.parent_ok(&path).and_then(|_| {
+                    if m.nodes.contains_key(&path) {
+                        Err(libc::EEXIST)
+                    } else {
+                        Ok(())
+                    }
+                });
+                let got = errno(match kind {
+                    SpecialKind::Symlink => std::os::unix::fs::symlink(SYMLINK_TARGET, &full),
+                    SpecialKind::Fifo => mkfifo(&full),
+                });
+                check(step, &format!("{kind:?} {path:?}"), got, errs(want))?;
+                if got.is_ok() {
+                    m.contents.push(Vec::new());
+                    m.nodes
+                        .insert(path, Node::Special(kind, m.contents.len() - 1));
                 }
             }
             _ => compare_tree(root, &m).map_err(|e| format!("step {step}: {e}"))?,
@@ -329,13 +388,12 @@ fn rename_outcome(m: &Model, from: &Path, to: &Path) -> Result<(), &'static [i32
     }
     match (src, m.nodes.get(to)) {
         (_, None) => Ok(()),
-        (Node::File(a), Some(Node::File(b))) if a == *b => Ok(()),
-        (Node::File(_), Some(Node::File(_))) => Ok(()),
-        // Onto its own ancestor Linux reports ENOTEMPTY first.
-        (Node::File(_), Some(Node::Dir)) => Err(&[libc::EISDIR, libc::ENOTEMPTY]),
-        (Node::Dir, Some(Node::File(_))) => Err(&[libc::ENOTDIR]),
         (Node::Dir, Some(Node::Dir)) if m.is_empty_dir(to) => Ok(()),
         (Node::Dir, Some(Node::Dir)) => Err(&[libc::ENOTEMPTY, libc::EEXIST]),
+        // Onto its own ancestor Linux reports ENOTEMPTY first.
+        (_, Some(Node::Dir)) => Err(&[libc::EISDIR, libc::ENOTEMPTY]),
+        (Node::Dir, Some(_)) => Err(&[libc::ENOTDIR]),
+        (_, Some(_)) => Ok(()),
     }
 }
 
@@ -343,8 +401,8 @@ fn apply_rename(m: &mut Model, from: &Path, to: &Path) {
     if from == to {
         return;
     }
-    if let (Some(Node::File(a)), Some(Node::File(b))) = (m.nodes.get(from), m.nodes.get(to)) {
-        if a == b {
+    if let (Some(a), Some(b)) = (m.nodes.get(from), m.nodes.get(to)) {
+        if a.id().is_some() && a.id() == b.id() {
             // Two links of one file: POSIX rename does nothing.
             return;
         }
@@ -378,31 +436,71 @@ fn compare_tree(root: &Path, m: &Model) -> Result<(), String> {
         return Err(format!("tree differs: have {got:?}, model {want:?}"));
     }
     for (path, node) in &m.nodes {
-        let is_dir = seen[path];
+        let kind = seen[path];
+        let expected = match node {
+            Node::Dir => 'd',
+            Node::File(_) => 'f',
+            Node::Special(SpecialKind::Symlink, _) => 'l',
+            Node::Special(SpecialKind::Fifo, _) => 'p',
+        };
+        if kind != expected {
+            return Err(format!("{path:?} is of type {kind}, model says {expected}"));
+        }
         match node {
-            Node::Dir if !is_dir => return Err(format!("{path:?} should be a directory")),
-            Node::File(_) if is_dir => return Err(format!("{path:?} should be a file")),
             Node::File(id) => {
                 let data = fs::read(root.join(path)).map_err(|e| format!("read {path:?}: {e}"))?;
                 if data != m.contents[*id] {
                     return Err(format!("{path:?} content differs from the model"));
                 }
             }
-            Node::Dir => {}
+            Node::Special(SpecialKind::Symlink, _) => {
+                let target = fs::read_link(root.join(path))
+                    .map_err(|e| format!("readlink {path:?}: {e}"))?;
+                if target != Path::new(SYMLINK_TARGET) {
+                    return Err(format!("{path:?} points to {target:?}"));
+                }
+            }
+            _ => {}
         }
     }
     Ok(())
 }
 
-fn collect(root: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, bool>) -> io::Result<()> {
+/// Records each entry's type: d(irectory), f(ile), l(ink), p(ipe), ? otherwise.
+fn collect(root: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, char>) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
     for entry in fs::read_dir(root.join(rel))? {
         let entry = entry?;
         let p = rel.join(entry.file_name());
-        let is_dir = entry.file_type()?.is_dir();
-        out.insert(p.clone(), is_dir);
-        if is_dir {
+        // symlink_metadata, not the d_type: regular entries come back as DT_UNKNOWN.
+        let ft = fs::symlink_metadata(root.join(&p))?.file_type();
+        let kind = if ft.is_dir() {
+            'd'
+        } else if ft.is_file() {
+            'f'
+        } else if ft.is_symlink() {
+            'l'
+        } else if ft.is_fifo() {
+            'p'
+        } else {
+            '?'
+        };
+        out.insert(p.clone(), kind);
+        if ft.is_dir() {
             collect(root, &p, out)?;
         }
     }
     Ok(())
+}
+
+fn mkfifo(path: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o644) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
