@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e_tests::qemu::{self, ExitSource, GuestRun, GuestShare, QemuGuest};
+use e2e_tests::qemu::{self, Daemon, ExitSource, GuestRun, GuestShare, QemuGuest};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 /// The path every test here drives, printed with each result.
@@ -38,6 +38,10 @@ fn main() {
     let trials = vec![
         qemu_trial("fs_basic_on_a_passthrough_share", fs_basic_passthrough),
         qemu_trial("fs_basic_on_a_redirecting_share", fs_basic_redirect),
+        qemu_trial(
+            "one_looping_daemon_serves_two_boots_in_turn",
+            daemon_serves_two_boots,
+        ),
         Trial::test("daemon_stops_cleanly_on_sigterm", || {
             daemon_stops_on_sigterm().map_err(Failed::from)
         }),
@@ -258,6 +262,73 @@ fn fs_basic_redirect() -> Result<(), String> {
         return Err(format!("stubs and stored objects disagree: {mismatches:?}"));
     }
     Ok(())
+}
+
+/// Runs `scenario` against an already running daemon; checks the guest's side.
+fn run_on(daemon: &mut Daemon, share: &GuestShare, scenario: &str) -> Result<GuestRun, String> {
+    let mount = share.mount_point();
+    let run = QemuGuest::new(scenario)
+        .share(share.clone())
+        .arg(&mount)
+        .timeout(Duration::from_secs(180))
+        .run_with(std::slice::from_mut(daemon))
+        .map_err(|e| format!("{PATH}: {e}"))?;
+    if run.exit_code != 0 {
+        return Err(format!(
+            "{scenario} failed in the guest (exit code {}); last serial lines:\n{}\ndaemon output:\n{}",
+            run.exit_code,
+            run.serial_tail(30),
+            daemon.log()
+        ));
+    }
+    println!(
+        "{PATH}: {scenario} passed in {:.1} s",
+        run.elapsed.as_secs_f64()
+    );
+    Ok(run)
+}
+
+/// 1. Start one daemon with `--loop` on a redirecting share.
+/// 2. Boot a guest that runs fs-basic; it powers off.
+/// 3. Boot a second guest on the same daemon that reads fs-basic's files
+///    back and appends to one (fs-readback).
+/// 4. The daemon served both (same process, two connections), the store
+///    holds both boots' bytes, and SIGTERM ends it cleanly.
+fn daemon_serves_two_boots() -> Result<(), String> {
+    let tmp = TempDir::new("loop");
+    let tree = tmp.make("tree");
+    let store = tmp.make("store");
+    let share = GuestShare::redirect("fs0", &tree, &store, "vol");
+    let mut daemon = Daemon::start(
+        &share,
+        &tmp.0.join("fs.sock"),
+        &tmp.0.join("daemon.log"),
+        &["--loop"],
+    )
+    .map_err(|e| e.to_string())?;
+
+    run_on(&mut daemon, &share, "fs-basic")?;
+    run_on(&mut daemon, &share, "fs-readback")?;
+    let ended = daemon.stop();
+
+    let connects = ended.log.matches("front-end connected").count();
+    if connects != 2 || !ended.status.is_some_and(|s| s.success()) {
+        return Err(format!(
+            "expected one daemon to serve 2 connections and exit 0 on SIGTERM; \
+             it served {connects} and ended with {:?}:\n{}",
+            ended.status, ended.log
+        ));
+    }
+    let mut want = RENAMED.to_vec();
+    want.extend_from_slice(b"second boot\n");
+    let got = read(&store.join("vol/fs-basic/renamed.txt"))?;
+    if got != want {
+        return Err(format!(
+            "the stored renamed.txt holds {:?}, not both boots' bytes",
+            String::from_utf8_lossy(&got)
+        ));
+    }
+    check_stub(&tree.join("fs-basic/renamed.txt"), want.len() as u64)
 }
 
 /// 1. Start `hypervisor vhost-user-fs` on a share, no front-end.

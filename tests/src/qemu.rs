@@ -354,25 +354,137 @@ impl Drop for RunDir {
     }
 }
 
-/// Child processes of a run, killed if still alive when dropped (timeouts,
-/// errors, panics): a test never leaves QEMU or a daemon behind.
-#[derive(Default)]
-struct Processes {
-    qemu: Option<Child>,
-    daemons: Vec<(String, Child, PathBuf)>,
+/// A running `hypervisor vhost-user-fs` daemon serving one share; killed
+/// if still alive when dropped, so a test never leaves one behind.
+pub struct Daemon {
+    tag: String,
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
 }
 
-impl Drop for Processes {
-    fn drop(&mut self) {
-        let children = self
-            .qemu
-            .iter_mut()
-            .chain(self.daemons.iter_mut().map(|(_, child, _)| child));
-        for child in children {
-            if let Ok(None) = child.try_wait() {
-                let _ = child.kill();
-                let _ = child.wait();
+impl Daemon {
+    /// Starts a daemon serving `share` on `socket` (standard error to
+    /// `log`), with `extra` options (e.g. `--loop`), and waits until it
+    /// listens.
+    pub fn start(share: &GuestShare, socket: &Path, log: &Path, extra: &[&str]) -> Result<Self> {
+        let hypervisor = hypervisor_binary()?;
+        let child = Command::new(&hypervisor)
+            .arg("vhost-user-fs")
+            .arg("--socket")
+            .arg(socket)
+            .arg("--share")
+            .arg(&share.spec)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(create(log)?)
+            .spawn()
+            .map_err(|source| QemuError::Spawn {
+                what: format!("{} vhost-user-fs", hypervisor.display()),
+                source,
+            })?;
+        let mut daemon = Daemon {
+            tag: share.tag.clone(),
+            child,
+            socket: socket.to_owned(),
+            log: log.to_owned(),
+        };
+        let start = Instant::now();
+        while !daemon.socket.exists() {
+            if let Some(status) = daemon.exited() {
+                return Err(daemon.error(format!("exited ({}) before listening", describe(status))));
             }
+            if start.elapsed() > DAEMON_READY {
+                return Err(daemon.error(format!(
+                    "did not create {} within {} s",
+                    daemon.socket.display(),
+                    DAEMON_READY.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(daemon)
+    }
+
+    /// The socket it listens on.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What it printed so far.
+    pub fn log(&self) -> String {
+        read_lossy(&self.log)
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    fn error(&self, what: String) -> QemuError {
+        QemuError::Daemon {
+            tag: self.tag.clone(),
+            what,
+            log: self.log(),
+        }
+    }
+
+    /// Waits up to `limit` for it to exit by itself, then kills it.
+    pub fn wait_exit(mut self, limit: Duration) -> DaemonRun {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break None;
+                }
+            }
+        };
+        DaemonRun {
+            tag: self.tag.clone(),
+            log: self.log(),
+            status,
+        }
+    }
+
+    /// Sends SIGTERM and waits (then kills it after `DAEMON_EXIT`).
+    pub fn stop(self) -> DaemonRun {
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child, not yet reaped (Drop reaps it).
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        self.wait_exit(DAEMON_EXIT)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// QEMU, killed if still alive when dropped (timeouts, errors, panics).
+struct QemuProcess(Child);
+
+impl Drop for QemuProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
     }
 }
@@ -393,6 +505,14 @@ fn create(path: &Path) -> Result<File> {
         path: path.to_owned(),
         source,
     })
+}
+
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        _ => status.to_string(),
+    }
 }
 
 impl QemuGuest {
@@ -446,31 +566,31 @@ impl QemuGuest {
 
     /// Starts one daemon per share, then QEMU; waits for the guest to end
     /// (or the timeout), then for the daemons to see QEMU go.
+    /// Starts one daemon per share, boots the guest (see [`QemuGuest::run_with`]),
+    /// then waits for the daemons to see QEMU go and exit.
     pub fn run(&self) -> Result<GuestRun> {
-        let hypervisor = hypervisor_binary()?;
         let dir = RunDir::new()?;
-        let mut procs = Processes::default();
+        let mut daemons = Vec::new();
         for (index, share) in self.shares.iter().enumerate() {
             let socket = dir.0.join(format!("fs{index}.sock"));
             let log = dir.0.join(format!("daemon{index}.log"));
-            let child = Command::new(&hypervisor)
-                .arg("vhost-user-fs")
-                .arg("--socket")
-                .arg(&socket)
-                .arg("--share")
-                .arg(&share.spec)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(create(&log)?)
-                .spawn()
-                .map_err(|source| QemuError::Spawn {
-                    what: format!("{} vhost-user-fs", hypervisor.display()),
-                    source,
-                })?;
-            procs.daemons.push((share.tag.clone(), child, log.clone()));
-            wait_for_socket(&share.tag, &socket, &log, procs.daemons.last_mut())?;
+            daemons.push(Daemon::start(share, &socket, &log, &[])?);
         }
+        let mut run = self.run_with(&mut daemons)?;
+        run.daemons = daemons
+            .into_iter()
+            .map(|daemon| daemon.wait_exit(DAEMON_EXIT))
+            .collect();
+        Ok(run)
+    }
 
+    /// Boots the guest against running daemons (one per share, in order),
+    /// waits for it to end or the timeout, and leaves the daemons running
+    /// (`GuestRun::daemons` is then empty). A daemon that exits while QEMU
+    /// runs is an error.
+    pub fn run_with(&self, daemons: &mut [Daemon]) -> Result<GuestRun> {
+        assert_eq!(daemons.len(), self.shares.len(), "one daemon per share");
+        let dir = RunDir::new()?;
         let serial = dir.0.join("serial.log");
         let qemu_log = dir.0.join("qemu.log");
         let mut cmd = Command::new(qemu_binary());
@@ -491,10 +611,12 @@ impl QemuGuest {
                 "-numa",
                 "node,memdev=mem",
             ]);
-        for (index, share) in self.shares.iter().enumerate() {
-            let socket = dir.0.join(format!("fs{index}.sock"));
+        for (index, (share, daemon)) in self.shares.iter().zip(daemons.iter()).enumerate() {
             cmd.arg("-chardev")
-                .arg(format!("socket,id=fs{index},path={}", socket.display()))
+                .arg(format!(
+                    "socket,id=fs{index},path={}",
+                    daemon.socket().display()
+                ))
                 .arg("-device")
                 .arg(format!(
                     "vhost-user-fs-device,chardev=fs{index},tag={}",
@@ -511,14 +633,37 @@ impl QemuGuest {
             .stdout(Stdio::null())
             .stderr(create(&qemu_log)?);
         let start = Instant::now();
-        procs.qemu = Some(cmd.spawn().map_err(|source| QemuError::Spawn {
+        let mut qemu = QemuProcess(cmd.spawn().map_err(|source| QemuError::Spawn {
             what: qemu_binary().display().to_string(),
             source,
         })?);
 
-        let status = self.wait_for_qemu(&mut procs, start, &serial, &qemu_log)?;
+        let status = loop {
+            if let Some(status) = qemu.0.try_wait().map_err(|source| QemuError::Spawn {
+                what: "waiting for QEMU".into(),
+                source,
+            })? {
+                break status;
+            }
+            // A daemon must outlive its front-end.
+            for daemon in daemons.iter_mut() {
+                if let Some(status) = daemon.exited() {
+                    return Err(daemon.error(format!(
+                        "exited ({}) while QEMU was running",
+                        describe(status)
+                    )));
+                }
+            }
+            if start.elapsed() > self.timeout {
+                return Err(QemuError::Timeout {
+                    secs: self.timeout.as_secs(),
+                    qemu: read_lossy(&qemu_log),
+                    tail: tail(&read_lossy(&serial), 30),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         let elapsed = start.elapsed();
-        let daemons = finish_daemons(&mut procs);
         let serial_text = read_lossy(&serial);
         let markers: Vec<String> = serial_text
             .lines()
@@ -547,119 +692,10 @@ impl QemuGuest {
             exit_source,
             serial: serial_text,
             markers,
-            daemons,
+            daemons: Vec::new(),
             elapsed,
         })
     }
-
-    fn wait_for_qemu(
-        &self,
-        procs: &mut Processes,
-        start: Instant,
-        serial: &Path,
-        qemu_log: &Path,
-    ) -> Result<ExitStatus> {
-        loop {
-            let qemu = procs.qemu.as_mut().expect("QEMU was started");
-            if let Some(status) = qemu.try_wait().map_err(|source| QemuError::Spawn {
-                what: "waiting for QEMU".into(),
-                source,
-            })? {
-                return Ok(status);
-            }
-            // A daemon must outlive its front-end.
-            for (tag, daemon, log) in &mut procs.daemons {
-                if let Ok(Some(status)) = daemon.try_wait() {
-                    return Err(QemuError::Daemon {
-                        tag: tag.clone(),
-                        what: format!("exited ({}) while QEMU was running", describe(status)),
-                        log: read_lossy(log),
-                    });
-                }
-            }
-            if start.elapsed() > self.timeout {
-                let _ = qemu.kill();
-                let _ = qemu.wait();
-                return Err(QemuError::Timeout {
-                    secs: self.timeout.as_secs(),
-                    qemu: read_lossy(qemu_log),
-                    tail: tail(&read_lossy(serial), 30),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-fn describe(status: ExitStatus) -> String {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exit code {code}"),
-        (None, Some(signal)) => format!("killed by signal {signal}"),
-        _ => status.to_string(),
-    }
-}
-
-fn wait_for_socket(
-    tag: &str,
-    socket: &Path,
-    log: &Path,
-    daemon: Option<&mut (String, Child, PathBuf)>,
-) -> Result<()> {
-    let Some((_, child, _)) = daemon else {
-        return Ok(());
-    };
-    let start = Instant::now();
-    while !socket.exists() {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(QemuError::Daemon {
-                tag: tag.to_owned(),
-                what: format!("exited ({}) before listening", describe(status)),
-                log: read_lossy(log),
-            });
-        }
-        if start.elapsed() > DAEMON_READY {
-            return Err(QemuError::Daemon {
-                tag: tag.to_owned(),
-                what: format!(
-                    "did not create {} within {} s",
-                    socket.display(),
-                    DAEMON_READY.as_secs()
-                ),
-                log: read_lossy(log),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(())
-}
-
-/// Waits for each daemon to notice QEMU is gone and exit; kills stragglers.
-fn finish_daemons(procs: &mut Processes) -> Vec<DaemonRun> {
-    let deadline = Instant::now() + DAEMON_EXIT;
-    procs
-        .daemons
-        .iter_mut()
-        .map(|(tag, child, log)| {
-            let status = loop {
-                match child.try_wait() {
-                    Ok(Some(status)) => break Some(status),
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    _ => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break None;
-                    }
-                }
-            };
-            DaemonRun {
-                tag: tag.clone(),
-                log: read_lossy(log),
-                status,
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
