@@ -232,7 +232,7 @@ check_kernel_config() {
 	done <"$FRAGMENT"
 	if [ "${#bad[@]}" -ne 0 ]; then
 		printf '  %s\n' "${bad[@]}" >&2
-		die "the final kernel .config ($(rel "$config")) does not have ${#bad[@]} option(s) of $(rel "$FRAGMENT") as requested, listed above; usually a dependency is missing: see it with 'make -C $(rel "$KSRC") O=$(rel "$KBUILD") ARCH=x86_64 menuconfig', then '/' and the option's name, and add the dependency to the fragment"
+		die "the final kernel .config ($(rel "$config")) does not have ${#bad[@]} option(s) of $(rel "$FRAGMENT") as requested, listed above; usually a dependency is missing: see it with 'make -C $KSRC O=$KBUILD ARCH=x86_64 menuconfig', then '/' and the option's name, and add the dependency to the fragment"
 	fi
 }
 
@@ -257,8 +257,9 @@ build_kernel() {
 		progress "kernel: up to date ($(rel "$OUT")/vmlinux, bzImage; key ${key:0:12})"
 		return 0
 	fi
-	[ "$FORCE" = 1 ] && rm -rf "$KBUILD"
-	rm -f "$stamp"
+	if [ "$FORCE" = 1 ]; then
+		rm -rf "$KBUILD"
+	fi
 	: >"$log"
 	unpack_kernel_source "$(pkg_version linux-source-6.1)"
 	mkdir -p "$KBUILD"
@@ -267,6 +268,8 @@ build_kernel() {
 	check_kernel_config
 	progress "kernel: all options of the fragment are set; compiling vmlinux and bzImage with $(nproc) jobs (about 8 CPU-minutes)"
 	run_logged "$log" "compiling the kernel" compile_kernel
+	# Until the new stamp is written, the outputs are a mix: no stamp.
+	rm -f "$stamp"
 	cp "$KBUILD/vmlinux" "$OUT/vmlinux.tmp"
 	cp "$KBUILD/arch/x86/boot/bzImage" "$OUT/bzImage.tmp"
 	cp "$KBUILD/.config" "$OUT/kernel.config.tmp"
@@ -351,11 +354,11 @@ build_initramfs() {
 		progress "initramfs: up to date ($(rel "$output"); key ${key:0:12})"
 		return 0
 	fi
-	rm -f "$stamp"
 	: >"$log"
 	progress "initramfs: building $(rel "$output")${EXTRA:+ with $EXTRA}; log: $(rel "$log")"
 	run_logged "$log" "staging the initramfs" stage_initramfs "$stage" "$EXTRA"
 	run_logged "$log" "packing the initramfs" pack_initramfs "$stage" "$output.tmp"
+	rm -f "$stamp"
 	mv "$output.tmp" "$output"
 	printf '%s\n' "$key" >"$stamp"
 	progress "initramfs: built in $((SECONDS - started))s: $(rel "$output") ($(du -k "$output" | cut -f 1) KiB)"
