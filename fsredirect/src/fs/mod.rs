@@ -1127,7 +1127,15 @@ impl FileSystem for RedirectFs {
                     } else {
                         f.sync_all()
                     }
-                })
+                })?;
+                // The data first, then the stub's size: after a power loss the stub never
+                // claims more than the stored object holds, and fsync'd bytes stay visible.
+                let stub = self.stub_file(inode)?;
+                if datasync {
+                    stub.sync_data()
+                } else {
+                    stub.sync_all()
+                }
             }
         }
     }
