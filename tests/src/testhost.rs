@@ -586,6 +586,7 @@ struct MarkerParser<'a> {
     done: bool,
     saw_serial: bool,
     saw_kernel: bool,
+    saw_init: bool,
 }
 
 impl<'a> MarkerParser<'a> {
@@ -599,6 +600,7 @@ impl<'a> MarkerParser<'a> {
             done: false,
             saw_serial: false,
             saw_kernel: false,
+            saw_init: false,
         }
     }
 
@@ -611,7 +613,9 @@ impl<'a> MarkerParser<'a> {
             self.saw_serial = true;
             self.stage("first serial output (syslinux)".into(), wall, None);
         }
-        if !self.saw_kernel && line.contains("Linux version") {
+        // Only the test host's own banner: guests print one too. With the default `quiet`
+        // test-host command line there is none.
+        if !self.saw_kernel && !self.saw_init && line.contains("Linux version") {
             self.saw_kernel = true;
             self.stage("test host kernel started".into(), wall, None);
         }
@@ -626,7 +630,10 @@ impl<'a> MarkerParser<'a> {
             .collect();
         let uptime = field(&words, "uptime").and_then(|u| u.parse().ok());
         match words.first().copied() {
-            Some("init") => self.stage("test host /init".into(), wall, uptime),
+            Some("init") => {
+                self.saw_init = true;
+                self.stage("test host /init".into(), wall, uptime)
+            }
             Some("modules") => self.stage("test host modules loaded".into(), wall, uptime),
             Some("kvm") => self.stage("test host kvm_intel ready (/dev/kvm)".into(), wall, uptime),
             Some("error") => {
