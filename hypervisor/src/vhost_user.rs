@@ -54,11 +54,16 @@ pub struct VhostUserFsArgs {
     /// The Unix socket to listen on (QEMU: -chardev socket,path=PATH)
     #[arg(long, value_name = "PATH")]
     pub socket: PathBuf,
-    /// The share: tag=TAG,dir=GUEST_TREE[,store=STORE][,volume=V][,policy=...]
-    /// (QEMU's tag= option should name the same TAG)
-    #[arg(long, value_name = "SPEC", value_parser = parse_share)]
+    /// The share, as `tag=TAG,dir=GUEST_TREE[,store=STORE][,volume=V][,policy=...]`.
+    #[arg(
+        long,
+        value_name = "SPEC",
+        value_parser = parse_share,
+        help = "The share: tag=TAG,dir=GUEST_TREE[,store=STORE][,volume=V][,policy=...] \
+                (QEMU's tag= option should name the same TAG)"
+    )]
     pub share: ShareSpec,
-    /// Number of request queues (QEMU: num-request-queues=, default 1)
+    /// Number of request queues (QEMU: num-request-queues=)
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub request_queues: usize,
     /// After the front-end disconnects, wait for the next one instead of exiting
