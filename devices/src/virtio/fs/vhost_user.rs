@@ -699,6 +699,33 @@ mod tests {
         assert!(call_consumer.consume().is_ok(), "the call eventfd fired");
     }
 
+    /// A driver whose avail.idx runs further ahead than the queue size gets
+    /// nothing served and no signal; the worker keeps going.
+    #[test]
+    fn a_corrupt_avail_index_is_ignored_without_serving_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let guest = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mem = Mem::new(guest.clone());
+        let backend = backend(dir.path(), mem.clone());
+        let mock = MockSplitQueue::new(&guest, 16);
+        let vring = VringRwLock::new(mem, 16).unwrap();
+        vring
+            .set_queue_info(
+                mock.desc_table_addr().0,
+                mock.avail_addr().0,
+                mock.used_addr().0,
+            )
+            .unwrap();
+        vring.set_queue_size(16);
+        vring.set_queue_ready(true);
+        mock.avail().idx().store(100);
+
+        let result = backend.handle_event(0, EventSet::IN, std::slice::from_ref(&vring), 1);
+
+        assert!(result.is_ok(), "the worker thread must survive");
+        assert_eq!(mock.used().idx().load(), 0);
+    }
+
     #[test]
     fn a_kick_for_a_queue_the_thread_does_not_have_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
@@ -780,6 +807,39 @@ mod tests {
 
         assert_eq!(end, ServeEnd::Stopped);
         assert_eq!(events, vec![DaemonEvent::Stopped]);
+    }
+
+    /// A front-end speaking garbage ends its connection with a protocol
+    /// error (no panic, no hang), and the daemon can serve the next one.
+    #[test]
+    fn a_front_end_sending_garbage_is_dropped_with_the_reason() {
+        use std::io::Write;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sock");
+        let mut daemon =
+            VhostUserFsDaemon::bind(DaemonConfig::new(&path, "t"), passthrough(dir.path()))
+                .unwrap();
+        let stop = EventFd::new(EFD_NONBLOCK).unwrap();
+        let client = std::thread::spawn(move || {
+            let mut stream = UnixStream::connect(&path).unwrap();
+            // A header claiming request 0xdead with a 4 KiB body, then junk.
+            let mut junk = vec![0xad, 0xde, 0, 0, 1, 0, 0, 0, 0, 0x10, 0, 0];
+            junk.extend_from_slice(&[0x5a; 64]);
+            let _ = stream.write_all(&junk);
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        let mut events = Vec::new();
+
+        let end = daemon.serve(&stop, |e| events.push(e.clone())).unwrap();
+        client.join().unwrap();
+
+        assert_eq!(end, ServeEnd::Disconnected);
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(
+            matches!(&events[1], DaemonEvent::Disconnected(Some(why)) if !why.is_empty()),
+            "{events:?}"
+        );
     }
 
     /// A front-end that connects and hangs up at once ends the connection
