@@ -1,0 +1,662 @@
+//! The FUSE operations: each one validates names, takes the namespace lock in the right
+//! mode, and routes to the passthrough layer, the store, or both.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use fuse_backend_rs::abi::fuse_abi::{CreateIn, FsOptions, OpenOptions, SetattrValid};
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry, Entry, FileSystem, GetxattrReply, ListxattrReply, ZeroCopyReader,
+    ZeroCopyWriter,
+};
+
+use super::{errno, root_ctx, Kind, OpenFile, RedirectFs, XATTR_BUF};
+use crate::meta::{filter_xattr_list, is_reserved_xattr, is_special_kind, Meta};
+use crate::names::{join, validate_name};
+
+impl FileSystem for RedirectFs {
+    type Inode = u64;
+    type Handle = u64;
+
+    fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        let opts = self.inner.init(capable)?;
+        // READDIRPLUS would hand out attributes from inside the passthrough's directory walk,
+        // where this layer cannot fix them up: plain READDIR plus LOOKUP it is.
+        Ok(opts - FsOptions::DO_READDIRPLUS - FsOptions::READDIRPLUS_AUTO)
+    }
+
+    fn destroy(&self) {
+        self.inner.destroy();
+    }
+
+    fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+        validate_name(name)?;
+        let _ns = self.ns_read();
+        let entry = self.inner.lookup(ctx, parent, name)?;
+        let kind = match self.classify(entry.inode, &entry.attr) {
+            Ok(k) => k,
+            Err(e) => {
+                self.inner.forget(ctx, entry.inode, 1);
+                return Err(e);
+            }
+        };
+        if kind == Kind::Redirect {
+            if let Some(parts) = self.state().names.child_path(parent, name) {
+                if let Err(e) = self.correct_portion(entry.inode, &parts) {
+                    log::warn!("cannot correct metadata of inode {}: {e}", entry.inode);
+                }
+            }
+        }
+        Ok(self.admit(parent, name, entry, kind))
+    }
+
+    fn forget(&self, ctx: &Context, inode: u64, count: u64) {
+        {
+            let mut st = self.state();
+            if st.names.forget(inode, count) && !st.open_counts.contains_key(&inode) {
+                st.kinds.remove(&inode);
+            }
+        }
+        self.inner.forget(ctx, inode, count);
+    }
+
+    fn batch_forget(&self, ctx: &Context, requests: Vec<(u64, u64)>) {
+        for (inode, count) in requests {
+            self.forget(ctx, inode, count);
+        }
+    }
+
+    fn getattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: Option<u64>,
+    ) -> io::Result<(libc::stat64, Duration)> {
+        let _ns = self.ns_read();
+        let ih = self.inner_handle(handle)?;
+        let (mut st, timeout) = self.inner.getattr(ctx, inode, ih)?;
+        let kind = self.kind(inode)?;
+        self.fix_attr(inode, kind, &mut st);
+        Ok((st, timeout))
+    }
+
+    fn setattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        attr: libc::stat64,
+        handle: Option<u64>,
+        valid: SetattrValid,
+    ) -> io::Result<(libc::stat64, Duration)> {
+        let _ns = self.ns_read();
+        let kind = self.kind(inode)?;
+        let ih = self.inner_handle(handle)?;
+        if kind != Kind::Redirect || !valid.contains(SetattrValid::SIZE) {
+            let (mut st, timeout) = self.inner.setattr(ctx, inode, attr, ih, valid)?;
+            self.fix_attr(inode, kind, &mut st);
+            return Ok((st, timeout));
+        }
+        if attr.st_size < 0 {
+            return Err(errno(libc::EINVAL));
+        }
+        // Stub first (sparse, so undoing it loses nothing), then the data.
+        let old = self.with_object(inode, |f| f.metadata().map(|m| m.len()))?;
+        let (mut st, timeout) = self.inner.setattr(ctx, inode, attr, None, valid)?;
+        if let Err(e) = self.with_object(inode, |f| f.set_len(attr.st_size as u64)) {
+            // SAFETY: stat64 is plain old data; all-zero is a valid value.
+            let mut undo: libc::stat64 = unsafe { std::mem::zeroed() };
+            undo.st_size = old as i64;
+            let _ = self
+                .inner
+                .setattr(&root_ctx(), inode, undo, None, SetattrValid::SIZE);
+            return Err(e);
+        }
+        self.fix_attr(inode, kind, &mut st);
+        Ok((st, timeout))
+    }
+
+    fn readlink(&self, ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
+        self.inner.readlink(ctx, inode)
+    }
+
+    fn symlink(
+        &self,
+        ctx: &Context,
+        linkname: &CStr,
+        parent: u64,
+        name: &CStr,
+    ) -> io::Result<Entry> {
+        validate_name(name)?;
+        let _ns = self.ns_write();
+        let entry = self.create_as_caller(ctx, parent, name, false, |c| {
+            self.inner.symlink(c, linkname, parent, name)
+        })?;
+        Ok(self.admit(parent, name, entry, Kind::Plain))
+    }
+
+    fn mknod(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        rdev: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        validate_name(name)?;
+        let _ns = self.ns_write();
+        let kind = mode & libc::S_IFMT;
+        if kind == libc::S_IFREG && self.store.is_some() {
+            return self.create_redirected(ctx, parent, name, mode, umask);
+        }
+        if kind == libc::S_IFREG {
+            let entry = self.inner.mknod(ctx, parent, name, mode, rdev, umask)?;
+            return Ok(self.admit(parent, name, entry, Kind::Plain));
+        }
+        if !is_special_kind(kind) {
+            return Err(errno(libc::EINVAL));
+        }
+        // An inert special file: an empty regular host file, its type in the metadata.
+        let stub_mode = libc::S_IFREG | (mode & 0o7777);
+        let entry = self.inner.mknod(ctx, parent, name, stub_mode, 0, umask)?;
+        let meta = Meta::Special { kind, rdev };
+        if let Err(e) = self.write_meta(entry.inode, &meta) {
+            let _ = self.inner.unlink(&root_ctx(), parent, name);
+            self.inner.forget(&root_ctx(), entry.inode, 1);
+            return Err(e);
+        }
+        Ok(self.admit(parent, name, entry, Kind::Special { kind, rdev }))
+    }
+
+    fn mkdir(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        validate_name(name)?;
+        let _ns = self.ns_write();
+        let entry = self.create_as_caller(ctx, parent, name, true, |c| {
+            self.inner.mkdir(c, parent, name, mode, umask)
+        })?;
+        Ok(self.admit(parent, name, entry, Kind::Plain))
+    }
+
+    fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        validate_name(name)?;
+        let _ns = self.ns_write();
+        let victim = self.peek(parent, name)?;
+        let result = (|| {
+            let (entry, kind) = victim.as_ref().ok_or_else(|| errno(libc::ENOENT))?;
+            let parts = match kind {
+                Kind::Redirect => Some(self.child_parts(parent, name)?),
+                _ => None,
+            };
+            if let (Some(parts), true) = (&parts, entry.attr.st_nlink <= 1) {
+                self.pin_stub(entry.inode, parts);
+            }
+            // Stub first: a crash in between leaves an unnamed store object (garbage), never
+            // a stub without data.
+            self.inner.unlink(ctx, parent, name)?;
+            self.state().names.remove_name(parent, name);
+            if let Some(parts) = parts {
+                let inode = entry.inode;
+                if entry.attr.st_nlink > 1 {
+                    self.store()?.remove(&parts, false)?;
+                    let remaining = self.state().names.path(inode);
+                    if let Some(rest) = remaining {
+                        self.record_portion(inode, &rest)?;
+                    }
+                } else {
+                    self.drop_last_name(inode, &parts)?;
+                }
+            }
+            Ok(())
+        })();
+        self.unpeek(victim.as_ref());
+        result
+    }
+
+    fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        validate_name(name)?;
+        let _ns = self.ns_write();
+        self.inner.rmdir(ctx, parent, name)?;
+        let parts = self.state().names.child_path(parent, name);
+        self.state().names.remove_name(parent, name);
+        if let (Some(store), Some(parts)) = (&self.store, parts) {
+            if let Err(e) = store.remove(&parts, true) {
+                log::warn!(
+                    "store directory {:?} not removed: {e}",
+                    String::from_utf8_lossy(&join(&parts))
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn rename(
+        &self,
+        ctx: &Context,
+        olddir: u64,
+        oldname: &CStr,
+        newdir: u64,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        validate_name(oldname)?;
+        validate_name(newname)?;
+        // A whiteout is a character device on the host: never created.
+        if flags & libc::RENAME_WHITEOUT != 0 {
+            return Err(errno(libc::EINVAL));
+        }
+        let _ns = self.ns_write();
+        let src = self.peek(olddir, oldname)?;
+        let dst = match self.peek(newdir, newname) {
+            Ok(d) => d,
+            Err(e) => {
+                self.unpeek(src.as_ref());
+                return Err(e);
+            }
+        };
+        let result =
+            self.rename_locked(ctx, (olddir, oldname), (newdir, newname), flags, &src, &dst);
+        self.unpeek(src.as_ref());
+        self.unpeek(dst.as_ref());
+        result
+    }
+
+    fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
+        validate_name(newname)?;
+        let _ns = self.ns_write();
+        let kind = self.kind(inode)?;
+        if kind != Kind::Redirect {
+            let entry = self.inner.link(ctx, inode, newparent, newname)?;
+            return Ok(self.admit(newparent, newname, entry, kind));
+        }
+        let store = self.store()?;
+        let old = self
+            .state()
+            .names
+            .path(inode)
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        let new = self.child_parts(newparent, newname)?;
+        store.link(&old, &new)?;
+        match self.inner.link(ctx, inode, newparent, newname) {
+            Ok(entry) => Ok(self.admit(newparent, newname, entry, kind)),
+            Err(e) => {
+                let _ = store.remove(&new, false);
+                Err(e)
+            }
+        }
+    }
+
+    fn open(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        flags: u32,
+        fuse_flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        let _ns = self.ns_read();
+        match self.kind(inode)? {
+            Kind::Redirect => Ok((
+                Some(self.open_redirected(inode, flags)?),
+                OpenOptions::empty(),
+                None,
+            )),
+            // The kernel opens FIFOs and device nodes itself; nothing on the host is opened.
+            Kind::Special { .. } => Err(errno(libc::ENXIO)),
+            Kind::Plain => {
+                let (ih, opts, passthrough) = self.inner.open(ctx, inode, flags, fuse_flags)?;
+                let ih = ih.ok_or_else(|| errno(libc::EIO))?;
+                Ok((
+                    Some(self.new_handle(OpenFile::Inner(ih))),
+                    opts,
+                    passthrough,
+                ))
+            }
+        }
+    }
+
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        args: CreateIn,
+    ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
+        validate_name(name)?;
+        let _ns = self.ns_write();
+        let entry = match self.peek(parent, name)? {
+            Some(existing) => {
+                if args.flags as i32 & libc::O_EXCL != 0 {
+                    self.unpeek(Some(&existing));
+                    return Err(errno(libc::EEXIST));
+                }
+                // The name exists: this is an open of it, and the kernel gets the reference.
+                // (The passthrough layer's own create would reopen it under the caller's
+                // fsuid, which fails with file-handle inodes.)
+                let (entry, kind) = existing;
+                self.admit(parent, name, entry, kind)
+            }
+            None if self.store.is_some() => {
+                self.create_redirected(ctx, parent, name, args.mode, args.umask)?
+            }
+            None => {
+                let (entry, ih, opts, passthrough) = self.inner.create(ctx, parent, name, args)?;
+                let entry = self.admit(parent, name, entry, Kind::Plain);
+                let handle = ih.map(|ih| self.new_handle(OpenFile::Inner(ih)));
+                return Ok((entry, handle, opts, passthrough));
+            }
+        };
+        let kind = self.kind(entry.inode)?;
+        let opened = match kind {
+            Kind::Redirect => self.open_redirected(entry.inode, args.flags),
+            Kind::Special { .. } => Err(errno(libc::ENXIO)),
+            Kind::Plain => self
+                .inner
+                .open(ctx, entry.inode, args.flags, args.fuse_flags)
+                .and_then(|(ih, _, _)| ih.ok_or_else(|| errno(libc::EIO)))
+                .map(|ih| self.new_handle(OpenFile::Inner(ih))),
+        };
+        match opened {
+            Ok(handle) => Ok((entry, Some(handle), OpenOptions::empty(), None)),
+            Err(e) => {
+                // The kernel drops its reference when create fails.
+                self.forget(ctx, entry.inode, 1);
+                Err(e)
+            }
+        }
+    }
+
+    fn read(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+        lock_owner: Option<u64>,
+        flags: u32,
+    ) -> io::Result<usize> {
+        match self.handle(handle)? {
+            OpenFile::Inner(ih) => self
+                .inner
+                .read(ctx, inode, ih, w, size, offset, lock_owner, flags),
+            OpenFile::Redirect { inode, .. } => {
+                let _ns = self.ns_read();
+                self.with_object(inode, |f| w.write_from(f, size as usize, offset))
+            }
+        }
+    }
+
+    fn write(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        r: &mut dyn ZeroCopyReader,
+        size: u32,
+        offset: u64,
+        lock_owner: Option<u64>,
+        delayed_write: bool,
+        flags: u32,
+        fuse_flags: u32,
+    ) -> io::Result<usize> {
+        match self.handle(handle)? {
+            OpenFile::Inner(ih) => self.inner.write(
+                ctx,
+                inode,
+                ih,
+                r,
+                size,
+                offset,
+                lock_owner,
+                delayed_write,
+                flags,
+                fuse_flags,
+            ),
+            OpenFile::Redirect { inode, append } => {
+                let _ns = self.ns_read();
+                if offset
+                    .checked_add(u64::from(size))
+                    .is_none_or(|end| end > i64::MAX as u64)
+                {
+                    return Err(errno(libc::EFBIG));
+                }
+                let n = self.with_object(inode, |f| {
+                    let offset = if append { f.metadata()?.len() } else { offset };
+                    r.read_to(f, size as usize, offset)
+                })?;
+                self.sync_stub(inode, true)?;
+                Ok(n)
+            }
+        }
+    }
+
+    fn flush(&self, ctx: &Context, inode: u64, handle: u64, lock_owner: u64) -> io::Result<()> {
+        match self.handle(handle)? {
+            OpenFile::Inner(ih) => self.inner.flush(ctx, inode, ih, lock_owner),
+            OpenFile::Redirect { .. } => Ok(()),
+        }
+    }
+
+    fn fsync(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        match self.handle(handle)? {
+            OpenFile::Inner(ih) => self.inner.fsync(ctx, inode, datasync, ih),
+            OpenFile::Redirect { inode, .. } => {
+                let _ns = self.ns_read();
+                self.with_object(inode, |f| {
+                    if datasync {
+                        f.sync_data()
+                    } else {
+                        f.sync_all()
+                    }
+                })?;
+                // The data first, then the stub's size: after a power loss the stub never
+                // claims more than the stored object holds, and fsync'd bytes stay visible.
+                let stub = self.stub_file(inode)?;
+                if datasync {
+                    stub.sync_data()
+                } else {
+                    stub.sync_all()
+                }
+            }
+        }
+    }
+
+    fn fallocate(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        match self.handle(handle)? {
+            OpenFile::Inner(ih) => self.inner.fallocate(ctx, inode, ih, mode, offset, length),
+            OpenFile::Redirect { inode, .. } => {
+                let _ns = self.ns_read();
+                let offset = i64::try_from(offset).map_err(|_| errno(libc::EINVAL))?;
+                let length = i64::try_from(length).map_err(|_| errno(libc::EINVAL))?;
+                self.with_object(inode, |f| {
+                    // SAFETY: fallocate on a descriptor we hold; no memory is passed.
+                    let res =
+                        unsafe { libc::fallocate64(f.as_raw_fd(), mode as i32, offset, length) };
+                    crate::beneath::check(res).map(|_| ())
+                })?;
+                self.sync_stub(inode, true)
+            }
+        }
+    }
+
+    fn release(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        flags: u32,
+        handle: u64,
+        flush: bool,
+        flock_release: bool,
+        lock_owner: Option<u64>,
+    ) -> io::Result<()> {
+        let file = self
+            .state()
+            .handles
+            .remove(&handle)
+            .ok_or_else(|| errno(libc::EBADF))?;
+        match file {
+            OpenFile::Inner(ih) => {
+                self.inner
+                    .release(ctx, inode, flags, ih, flush, flock_release, lock_owner)
+            }
+            OpenFile::Redirect { inode, .. } => {
+                let orphan = {
+                    let mut st = self.state();
+                    let count = st.open_counts.entry(inode).or_default();
+                    *count = count.saturating_sub(1);
+                    if *count > 0 {
+                        return Ok(());
+                    }
+                    st.open_counts.remove(&inode);
+                    st.pins.remove(&inode);
+                    st.orphans.remove(&inode)
+                };
+                self.fds.remove(inode);
+                self.stub_fds.remove(inode);
+                if let Some(orphan) = orphan {
+                    self.store()?.remove_orphan(&orphan)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn statfs(&self, ctx: &Context, inode: u64) -> io::Result<libc::statvfs64> {
+        match &self.store {
+            Some(store) => store.statvfs(),
+            None => self.inner.statfs(ctx, inode),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        if is_reserved_xattr(name.to_bytes()) {
+            return Err(errno(libc::EPERM));
+        }
+        self.inner.setxattr(ctx, inode, name, value, flags)
+    }
+
+    fn getxattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        size: u32,
+    ) -> io::Result<GetxattrReply> {
+        if is_reserved_xattr(name.to_bytes()) {
+            return Err(errno(libc::ENODATA));
+        }
+        self.inner.getxattr(ctx, inode, name, size)
+    }
+
+    fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
+        let list = match self.inner.listxattr(ctx, inode, XATTR_BUF)? {
+            ListxattrReply::Names(list) => filter_xattr_list(&list),
+            ListxattrReply::Count(_) => Vec::new(),
+        };
+        if size == 0 {
+            Ok(ListxattrReply::Count(list.len() as u32))
+        } else if list.len() > size as usize {
+            Err(errno(libc::ERANGE))
+        } else {
+            Ok(ListxattrReply::Names(list))
+        }
+    }
+
+    fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
+        if is_reserved_xattr(name.to_bytes()) {
+            return Err(errno(libc::ENODATA));
+        }
+        self.inner.removexattr(ctx, inode, name)
+    }
+
+    fn opendir(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions)> {
+        self.inner.opendir(ctx, inode, flags)
+    }
+
+    fn readdir(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.inner
+            .readdir(ctx, inode, handle, size, offset, &mut |mut entry| {
+                // An inert special file is a regular file on the host: let the guest ask.
+                if entry.type_ == u32::from(libc::DT_REG) {
+                    entry.type_ = u32::from(libc::DT_UNKNOWN);
+                }
+                add_entry(entry)
+            })
+    }
+
+    fn fsyncdir(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        self.inner.fsyncdir(ctx, inode, datasync, handle)
+    }
+
+    fn releasedir(&self, ctx: &Context, inode: u64, flags: u32, handle: u64) -> io::Result<()> {
+        self.inner.releasedir(ctx, inode, flags, handle)
+    }
+
+    fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
+        self.inner.access(ctx, inode, mask)
+    }
+
+    fn lseek(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
+        match self.handle(handle)? {
+            OpenFile::Inner(ih) => self.inner.lseek(ctx, inode, ih, offset, whence),
+            OpenFile::Redirect { inode, .. } => {
+                let _ns = self.ns_read();
+                let offset = i64::try_from(offset).map_err(|_| errno(libc::EINVAL))?;
+                self.with_object(inode, |f| {
+                    // SAFETY: lseek on a descriptor we hold; I/O uses pread/pwrite, so moving
+                    // the shared file position is harmless.
+                    let res = unsafe { libc::lseek64(f.as_raw_fd(), offset, whence as i32) };
+                    if res < 0 {
+                        Err(io::Error::last_os_error())
+                    } else {
+                        Ok(res as u64)
+                    }
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Rename, mirrored in the store: the part of the contract with the most cases (overwrite,
+//! exchange, directories, files open elsewhere, hard links).
+
+use std::ffi::{CStr, CString};
+use std::io;
+
+use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem};
+
+use super::{errno, Kind, RedirectFs};
+
+impl RedirectFs {
+    pub(super) fn rename_locked(
+        &self,
+        ctx: &Context,
+        old: (u64, &CStr),
+        new: (u64, &CStr),
+        flags: u32,
+        src: &Option<(Entry, Kind)>,
+        dst: &Option<(Entry, Kind)>,
+    ) -> io::Result<()> {
+        let (src_entry, src_kind) = src.as_ref().ok_or_else(|| errno(libc::ENOENT))?;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if flags & libc::RENAME_NOREPLACE != 0 && dst.is_some() {
+            return Err(errno(libc::EEXIST));
+        }
+        let same = dst
+            .as_ref()
+            .is_some_and(|(d, _)| d.inode == src_entry.inode);
+        let store = match &self.store {
+            Some(store) if !same => store,
+            _ => {
+                self.inner.rename(ctx, old.0, old.1, new.0, new.1, flags)?;
+                self.rename_names(old, new, exchange);
+                return Ok(());
+            }
+        };
+        let old_parts = self.child_parts(old.0, old.1)?;
+        let new_parts = self.child_parts(new.0, new.1)?;
+        let is_dir = |e: &Entry| e.attr.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        let in_store = |e: &Entry, k: Kind, parts: &[CString]| {
+            k == Kind::Redirect || (is_dir(e) && store.stat_object(parts).is_ok())
+        };
+        let src_in = in_store(src_entry, *src_kind, &old_parts);
+        let dst_in = dst
+            .as_ref()
+            .is_some_and(|(e, k)| in_store(e, *k, &new_parts));
+
+        if exchange {
+            let dst = dst.as_ref().ok_or_else(|| errno(libc::ENOENT))?;
+            let (from, to, f) = match (src_in, dst_in) {
+                (true, true) => (&old_parts, &new_parts, libc::RENAME_EXCHANGE),
+                (true, false) => (&old_parts, &new_parts, 0),
+                (false, true) => (&new_parts, &old_parts, 0),
+                (false, false) => {
+                    self.inner.rename(ctx, old.0, old.1, new.0, new.1, flags)?;
+                    self.rename_names(old, new, true);
+                    return Ok(());
+                }
+            };
+            store.rename(from, to, f)?;
+            if let Err(e) = self.inner.rename(ctx, old.0, old.1, new.0, new.1, flags) {
+                let undo = if f == libc::RENAME_EXCHANGE {
+                    store.rename(from, to, f)
+                } else {
+                    store.rename(to, from, 0)
+                };
+                if let Err(u) = undo {
+                    log::error!("rename undo failed, store and guest tree disagree: {u}");
+                }
+                return Err(e);
+            }
+            self.rename_names(old, new, true);
+            if *src_kind == Kind::Redirect {
+                self.record_portion(src_entry.inode, &new_parts)?;
+            }
+            if dst.1 == Kind::Redirect {
+                self.record_portion(dst.0.inode, &old_parts)?;
+            }
+            return Ok(());
+        }
+
+        // Move an overwritten file's object aside first, so the rename cannot destroy data
+        // the guest rename might still fail to replace.
+        let aside = match dst {
+            Some((e, Kind::Redirect)) => {
+                if e.attr.st_nlink <= 1 {
+                    self.pin_stub(e.inode, &new_parts);
+                }
+                Some((e, store.orphan(&new_parts, e.inode)?))
+            }
+            _ => None,
+        };
+        let restore_aside = || {
+            if let Some((_, orphan)) = &aside {
+                if let Err(u) = store.unorphan(orphan, &new_parts) {
+                    log::error!("rename undo failed, store and guest tree disagree: {u}");
+                }
+            }
+        };
+        if src_in {
+            if let Err(e) = store.rename(&old_parts, &new_parts, 0) {
+                restore_aside();
+                return Err(e);
+            }
+        }
+        if let Err(e) = self.inner.rename(ctx, old.0, old.1, new.0, new.1, flags) {
+            if src_in {
+                if let Err(u) = store.rename(&new_parts, &old_parts, 0) {
+                    log::error!("rename undo failed, store and guest tree disagree: {u}");
+                }
+            }
+            restore_aside();
+            return Err(e);
+        }
+        self.rename_names(old, new, false);
+        if let Some((e, orphan)) = aside {
+            let open = self.state().open_counts.get(&e.inode).copied().unwrap_or(0) > 0;
+            if e.attr.st_nlink <= 1 && open {
+                self.state().orphans.insert(e.inode, orphan);
+            } else {
+                store.remove_orphan(&orphan)?;
+                if e.attr.st_nlink > 1 {
+                    if let Some(rest) = self.state().names.path(e.inode) {
+                        self.record_portion(e.inode, &rest)?;
+                    }
+                }
+            }
+        } else if dst_in && !src_in {
+            // An empty directory replaced by one without store data.
+            store.remove(&new_parts, true)?;
+        }
+        if *src_kind == Kind::Redirect {
+            self.record_portion(src_entry.inode, &new_parts)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn rename_names(&self, old: (u64, &CStr), new: (u64, &CStr), exchange: bool) {
+        let mut st = self.state();
+        if exchange {
+            st.names.exchange(old, new);
+        } else {
+            st.names.rename(old, new);
+        }
+    }
+}
