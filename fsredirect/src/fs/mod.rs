@@ -116,7 +116,14 @@ enum OpenFile {
     /// Opened by the passthrough layer; its handle there.
     Inner(u64),
     /// A redirected file: I/O goes to the store object of `inode`.
-    Redirect { inode: u64, append: bool },
+    Redirect {
+        inode: u64,
+        /// Opened with O_APPEND: every write goes to the end of the data.
+        append: bool,
+        /// Opened with O_SYNC (`Some(false)`) or O_DSYNC (`Some(true)`): every write is
+        /// followed by an fsync (or fdatasync) of the object and the stub.
+        sync: Option<bool>,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -553,10 +560,34 @@ impl RedirectFs {
             // Surface a missing store object at open, not at the first read.
             self.object(inode)?;
         }
+        let flags = flags as i32;
+        let sync = if flags & libc::O_SYNC == libc::O_SYNC {
+            Some(false)
+        } else if flags & libc::O_DSYNC != 0 {
+            Some(true)
+        } else {
+            None
+        };
         Ok(self.new_handle(OpenFile::Redirect {
             inode,
-            append: flags as i32 & libc::O_APPEND != 0,
+            append: flags & libc::O_APPEND != 0,
+            sync,
         }))
+    }
+
+    /// fsync (or fdatasync) of a redirected file: the data first, then the stub's size, so
+    /// that after a power loss the stub never claims more than the stored object holds and
+    /// fsync'd bytes stay visible. The caller holds the namespace lock.
+    fn sync_redirected(&self, inode: u64, datasync: bool) -> io::Result<()> {
+        let sync = |f: &File| {
+            if datasync {
+                f.sync_data()
+            } else {
+                f.sync_all()
+            }
+        };
+        self.with_object(inode, |f| sync(f))?;
+        sync(self.stub_file(inode)?.as_ref())
     }
 
     /// Runs `make` (a mkdir or symlink in the passthrough layer) so that the new node belongs

@@ -421,7 +421,11 @@ impl FileSystem for RedirectFs {
                 flags,
                 fuse_flags,
             ),
-            OpenFile::Redirect { inode, append } => {
+            OpenFile::Redirect {
+                inode,
+                append,
+                sync,
+            } => {
                 let _ns = self.ns_read();
                 if offset
                     .checked_add(u64::from(size))
@@ -434,6 +438,9 @@ impl FileSystem for RedirectFs {
                     r.read_to(f, size as usize, offset)
                 })?;
                 self.sync_stub(inode, true)?;
+                if let Some(datasync) = sync {
+                    self.sync_redirected(inode, datasync)?;
+                }
                 Ok(n)
             }
         }
@@ -451,21 +458,7 @@ impl FileSystem for RedirectFs {
             OpenFile::Inner(ih) => self.inner.fsync(ctx, inode, datasync, ih),
             OpenFile::Redirect { inode, .. } => {
                 let _ns = self.ns_read();
-                self.with_object(inode, |f| {
-                    if datasync {
-                        f.sync_data()
-                    } else {
-                        f.sync_all()
-                    }
-                })?;
-                // The data first, then the stub's size: after a power loss the stub never
-                // claims more than the stored object holds, and fsync'd bytes stay visible.
-                let stub = self.stub_file(inode)?;
-                if datasync {
-                    stub.sync_data()
-                } else {
-                    stub.sync_all()
-                }
+                self.sync_redirected(inode, datasync)
             }
         }
     }

@@ -1007,3 +1007,14 @@ fn fsync_of_redirected_file_succeeds_and_keeps_sizes_equal() {
     assert_eq!(std::fs::metadata(fx.guest.join("f")).unwrap().len(), 7);
     fx.assert_mirror();
 }
+
+#[test]
+fn o_sync_writes_reach_stub_and_store() {
+    let fx = redirecting();
+    let entry = fx.write_file(ROOT_INODE, "f", b"");
+    let handle = fx.open(entry.inode, libc::O_WRONLY | libc::O_SYNC);
+    fx.write(entry.inode, handle, 0, b"synced");
+    fx.release(entry.inode, handle);
+    assert_eq!(std::fs::read(fx.volume.join("f")).unwrap(), b"synced");
+    assert_eq!(std::fs::metadata(fx.guest.join("f")).unwrap().len(), 6);
+}
