@@ -318,7 +318,14 @@ pub fn default_scenario() -> Scenario {
 
 /// Runs the batch where this machine can: directly on a hardware-virtualization host, in the
 /// emulated VT-x test host elsewhere. Prints which, and why, to standard error.
+/// `FSR_FORCE_TESTHOST=1` uses the test host even on a hardware-virtualization host.
 pub fn run_scenarios(scenarios: &[Scenario], opts: &RunOptions) -> Result<RunReport> {
+    let forced = std::env::var_os("FSR_FORCE_TESTHOST").is_some_and(|v| v == "1");
+    if forced {
+        eprintln!("testhost: FSR_FORCE_TESTHOST=1: running inside the emulated VT-x test host");
+        ensure_image(&opts.paths)?;
+        return run_in_test_host(scenarios, opts);
+    }
     match HostKind::detect() {
         HostKind::HardwareVirt => {
             eprintln!("testhost: this host has hardware virtualization: running the VMM directly");
