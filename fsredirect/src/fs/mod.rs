@@ -542,6 +542,14 @@ impl RedirectFs {
             .ok_or_else(|| errno(libc::EBADF))
     }
 
+    /// The passthrough handle behind `handle`; EBADF for anything else.
+    fn inner_of(&self, handle: u64) -> io::Result<u64> {
+        match self.handle(handle)? {
+            OpenFile::Inner(ih) => Ok(ih),
+            OpenFile::Redirect { .. } => Err(errno(libc::EBADF)),
+        }
+    }
+
     fn inner_handle(&self, handle: Option<u64>) -> io::Result<Option<u64>> {
         match handle {
             None => Ok(None),

@@ -592,7 +592,11 @@ impl FileSystem for RedirectFs {
         inode: u64,
         flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
-        self.inner.opendir(ctx, inode, flags)
+        // Directory handles live in the same table as file handles: the kernel may pass
+        // either to SETATTR (fchmod or futimens on a directory descriptor).
+        let (ih, opts) = self.inner.opendir(ctx, inode, flags)?;
+        let ih = ih.ok_or_else(|| errno(libc::EIO))?;
+        Ok((Some(self.new_handle(OpenFile::Inner(ih))), opts))
     }
 
     fn readdir(
@@ -604,6 +608,7 @@ impl FileSystem for RedirectFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
+        let handle = self.inner_of(handle)?;
         self.inner
             .readdir(ctx, inode, handle, size, offset, &mut |mut entry| {
                 // An inert special file is a regular file on the host: let the guest ask.
@@ -615,11 +620,14 @@ impl FileSystem for RedirectFs {
     }
 
     fn fsyncdir(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        let handle = self.inner_of(handle)?;
         self.inner.fsyncdir(ctx, inode, datasync, handle)
     }
 
     fn releasedir(&self, ctx: &Context, inode: u64, flags: u32, handle: u64) -> io::Result<()> {
-        self.inner.releasedir(ctx, inode, flags, handle)
+        let ih = self.inner_of(handle)?;
+        self.state().handles.remove(&handle);
+        self.inner.releasedir(ctx, inode, flags, ih)
     }
 
     fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {

@@ -1018,3 +1018,24 @@ fn o_sync_writes_reach_stub_and_store() {
     assert_eq!(std::fs::read(fx.volume.join("f")).unwrap(), b"synced");
     assert_eq!(std::fs::metadata(fx.guest.join("f")).unwrap().len(), 6);
 }
+
+#[test]
+fn setattr_through_a_directory_handle_reaches_the_directory() {
+    // Passthrough: both handles come from the passthrough layer, so numbers can collide.
+    let fx = passthrough();
+    let dir = fx.mkdir(ROOT_INODE, "d");
+    // A file handle exists too, so a mix-up of the two kinds would be visible.
+    let (file, fh) = fx.create(ROOT_INODE, "f");
+    let (dh, _) = fx.fs.opendir(&fx.ctx, dir.inode, 0).unwrap();
+    let dh = dh.unwrap();
+    // SAFETY: stat64 is plain old data.
+    let mut attr: libc::stat64 = unsafe { std::mem::zeroed() };
+    attr.st_mode = 0o700;
+    let (st, _) = fx
+        .fs
+        .setattr(&fx.ctx, dir.inode, attr, Some(dh), SetattrValid::MODE)
+        .unwrap();
+    assert_eq!(st.st_mode & 0o7777, 0o700);
+    fx.fs.releasedir(&fx.ctx, dir.inode, 0, dh).unwrap();
+    fx.release(file.inode, fh);
+}
