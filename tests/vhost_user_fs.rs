@@ -45,6 +45,10 @@ fn main() {
         Trial::test("daemon_stops_cleanly_on_sigterm", || {
             daemon_stops_on_sigterm().map_err(Failed::from)
         }),
+        qemu_trial(
+            "daemon_stops_cleanly_on_sigterm_while_a_guest_uses_the_share",
+            daemon_stops_on_sigterm_while_connected,
+        ),
     ];
     libtest_mimic::run(&args, trials).exit();
 }
@@ -376,5 +380,87 @@ fn daemon_stops_on_sigterm() -> Result<(), String> {
     if socket.exists() {
         return Err(format!("{} was left behind", socket.display()));
     }
+    Ok(())
+}
+
+/// Polls `path` until it contains `needle`, for up to `limit`.
+fn wait_for_text(path: &Path, needle: &str, limit: Duration) -> bool {
+    let start = Instant::now();
+    loop {
+        if std::fs::read(path).is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle)) {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// 1. Start a daemon and a guest that mounts its share, then waits on the
+///    console (the `echo` scenario) with the FUSE session open.
+/// 2. Send the daemon SIGTERM.
+/// 3. It exits 0 within a few seconds, says why, and removes its socket;
+///    the launcher reports the daemon's exit and kills QEMU.
+fn daemon_stops_on_sigterm_while_connected() -> Result<(), String> {
+    let tmp = TempDir::new("sigterm-connected");
+    let tree = tmp.make("tree");
+    let share = GuestShare::passthrough("fs0", &tree);
+    let socket = tmp.0.join("fs.sock");
+    let serial = tmp.0.join("serial.log");
+    let mut daemon = Daemon::start(&share, &socket, &tmp.0.join("daemon.log"), &[])
+        .map_err(|e| e.to_string())?;
+    let pid = daemon.pid();
+    let log = daemon.log_path().to_owned();
+    let guest = QemuGuest::new("echo")
+        .share(share.clone())
+        .serial_file(&serial)
+        .timeout(Duration::from_secs(120));
+
+    let (run, waited) = std::thread::scope(|scope| {
+        let running = scope.spawn(|| guest.run_with(std::slice::from_mut(&mut daemon)));
+        let ready = wait_for_text(&serial, "@@fsr echo-ready", Duration::from_secs(100));
+        let mounted = wait_for_text(
+            &serial,
+            "@@fsr mount tag=fs0 at=/mnt/fs0 ok",
+            Duration::ZERO,
+        );
+        let sent = Instant::now();
+        if let Ok(pid) = libc::pid_t::try_from(pid) {
+            // SAFETY: kill(2) on our own child, reaped only by `daemon`.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let run = running.join().expect("the QEMU thread does not panic");
+        (run, (ready && mounted, sent.elapsed()))
+    });
+    let (guest_was_ready, exit_after) = waited;
+    let text = String::from_utf8_lossy(&read(&log)?).into_owned();
+    if !guest_was_ready {
+        return Err(format!(
+            "the guest never mounted the share and waited on the console; serial:\n{}",
+            String::from_utf8_lossy(&read(&serial)?)
+        ));
+    }
+    let status = daemon.exited();
+    match &run {
+        Err(qemu::QemuError::Daemon { what, .. }) if what.contains("while QEMU was running") => {}
+        other => {
+            return Err(format!(
+                "expected the launcher to report the daemon's exit, got {other:?}"
+            ))
+        }
+    }
+    if !status.is_some_and(|s| s.success()) || !text.contains("received SIGTERM; stopping") {
+        return Err(format!(
+            "the daemon ended with {status:?}; it said:\n{text}"
+        ));
+    }
+    if socket.exists() {
+        return Err(format!("{} was left behind", socket.display()));
+    }
+    println!(
+        "{PATH}: the daemon stopped {:.2} s after SIGTERM with a guest connected",
+        exit_after.as_secs_f64()
+    );
     Ok(())
 }

@@ -162,6 +162,9 @@ pub struct QemuGuest {
     pub kernel: PathBuf,
     /// The initramfs.
     pub initrd: PathBuf,
+    /// Where the serial output goes (default: a file of the run, removed
+    /// afterwards); set it to watch the guest while it runs.
+    pub serial_file: Option<PathBuf>,
 }
 
 /// How the guest's exit code was learnt.
@@ -417,6 +420,11 @@ impl Daemon {
         self.child.id()
     }
 
+    /// The file its standard error goes to.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     /// What it printed so far.
     pub fn log(&self) -> String {
         read_lossy(&self.log)
@@ -525,6 +533,7 @@ impl QemuGuest {
             timeout: DEFAULT_TIMEOUT,
             kernel: guest_dir().join("vmlinux"),
             initrd: guest_dir().join("initramfs.cpio.gz"),
+            serial_file: None,
         }
     }
 
@@ -537,6 +546,12 @@ impl QemuGuest {
     /// Sets the scenario's argument.
     pub fn arg(mut self, arg: &str) -> Self {
         self.arg = Some(arg.to_owned());
+        self
+    }
+
+    /// Sends the serial output to `path` (watchable while the guest runs).
+    pub fn serial_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.serial_file = Some(path.into());
         self
     }
 
@@ -591,7 +606,10 @@ impl QemuGuest {
     pub fn run_with(&self, daemons: &mut [Daemon]) -> Result<GuestRun> {
         assert_eq!(daemons.len(), self.shares.len(), "one daemon per share");
         let dir = RunDir::new()?;
-        let serial = dir.0.join("serial.log");
+        let serial = self
+            .serial_file
+            .clone()
+            .unwrap_or_else(|| dir.0.join("serial.log"));
         let qemu_log = dir.0.join("qemu.log");
         let mut cmd = Command::new(qemu_binary());
         cmd.args(["-M", "microvm,acpi=off", "-accel", "tcg", "-cpu", "max"])
