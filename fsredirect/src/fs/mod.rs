@@ -280,25 +280,39 @@ impl RedirectFs {
     }
 
     fn classify(&self, inode: u64, attr: &libc::stat64) -> io::Result<Kind> {
+        self.classify_with_meta(inode, attr).map(|(kind, _)| kind)
+    }
+
+    /// The kind of an inode and the metadata it was read from.
+    fn classify_with_meta(
+        &self,
+        inode: u64,
+        attr: &libc::stat64,
+    ) -> io::Result<(Kind, Option<Meta>)> {
         if attr.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return Ok(Kind::Plain);
+            return Ok((Kind::Plain, None));
         }
-        Ok(match self.read_meta(inode)? {
-            Some(Meta::Special { kind, rdev }) => Kind::Special { kind, rdev },
+        let meta = self.read_meta(inode)?;
+        let kind = match &meta {
+            Some(Meta::Special { kind, rdev }) => Kind::Special {
+                kind: *kind,
+                rdev: *rdev,
+            },
             Some(Meta::Redirect { volume, .. })
-                if self.store.is_some() && volume == self.volume =>
+                if self.store.is_some() && *volume == self.volume =>
             {
                 Kind::Redirect
             }
             Some(Meta::Redirect { volume, .. }) => {
                 log::warn!(
                     "inode {inode} is redirected to volume {:?}, not served here; plain file",
-                    String::from_utf8_lossy(&volume)
+                    String::from_utf8_lossy(volume)
                 );
                 Kind::Plain
             }
             None => Kind::Plain,
-        })
+        };
+        Ok((kind, meta))
     }
 
     fn kind(&self, inode: u64) -> io::Result<Kind> {
@@ -457,10 +471,14 @@ impl RedirectFs {
 
     /// Compares the recorded common portion with the path the file was reached by; corrects
     /// the record, and moves the store object back if a crash left it at the recorded path.
-    fn correct_portion(&self, inode: u64, parts: &[CString]) -> io::Result<()> {
+    fn correct_portion(
+        &self,
+        inode: u64,
+        parts: &[CString],
+        current: Option<Meta>,
+    ) -> io::Result<()> {
         let store = self.store()?;
         let here = join(parts);
-        let current = self.read_meta(inode)?;
         if current == Some(Meta::redirect(&self.volume, &here)) {
             return Ok(());
         }

@@ -35,7 +35,7 @@ impl FileSystem for RedirectFs {
         validate_name(name)?;
         let _ns = self.ns_read();
         let entry = self.inner.lookup(ctx, parent, name)?;
-        let kind = match self.classify(entry.inode, &entry.attr) {
+        let (kind, meta) = match self.classify_with_meta(entry.inode, &entry.attr) {
             Ok(k) => k,
             Err(e) => {
                 self.inner.forget(ctx, entry.inode, 1);
@@ -44,7 +44,7 @@ impl FileSystem for RedirectFs {
         };
         if kind == Kind::Redirect {
             if let Some(parts) = self.state().names.child_path(parent, name) {
-                if let Err(e) = self.correct_portion(entry.inode, &parts) {
+                if let Err(e) = self.correct_portion(entry.inode, &parts, meta) {
                     log::warn!("cannot correct metadata of inode {}: {e}", entry.inode);
                 }
             }
