@@ -580,8 +580,10 @@ impl RedirectFs {
 
     fn open_redirected(&self, inode: u64, flags: u32) -> io::Result<u64> {
         if flags as i32 & libc::O_TRUNC != 0 {
+            // Stub first, as for any truncate: a crash in between leaves a stub no longer
+            // than its data, never one claiming bytes the object lost.
+            sync_stub_file(self.stub_file(inode)?.as_ref(), 0, true)?;
             self.with_object(inode, |f| f.set_len(0))?;
-            self.sync_stub(inode, true)?;
         } else {
             // Surface a missing store object at open, not at the first read.
             self.object(inode)?;
