@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use devices::bus::{Bus, BusError};
-use devices::legacy::{self, Cmos, ExitPort, SerialPort, I8042};
+use devices::legacy::{self, Cmos, EventFdTrigger, ExitPort, SerialPort, I8042};
 use devices::{ExitReason, VmExitRequest};
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
@@ -348,8 +348,16 @@ impl Machine {
             legacy::COM1_PORT.into(),
             legacy::COM1_LEN.into(),
         )?;
+        let kbd_irq =
+            EventFd::new(EFD_NONBLOCK).map_err(host_err("create the keyboard IRQ eventfd"))?;
+        vm_fd
+            .register_irqfd(&kbd_irq, legacy::I8042_KBD_IRQ)
+            .map_err(kvm_err("KVM_IRQFD for the i8042"))?;
         io_bus.insert(
-            Arc::new(Mutex::new(I8042::new(exit.clone()))),
+            Arc::new(Mutex::new(I8042::new(
+                exit.clone(),
+                EventFdTrigger(kbd_irq),
+            ))),
             legacy::I8042_PORT.into(),
             legacy::I8042_LEN.into(),
         )?;

@@ -17,6 +17,8 @@ pub const COM1_PORT: u16 = 0x3f8;
 pub const COM1_LEN: u16 = 8;
 /// Legacy interrupt line of COM1.
 pub const COM1_IRQ: u32 = 4;
+/// Legacy interrupt line of the PS/2 keyboard.
+pub const I8042_KBD_IRQ: u32 = 1;
 /// Port-I/O base of the i8042 keyboard controller (data port 0x60, command port 0x64).
 pub const I8042_PORT: u16 = 0x60;
 /// Ports the i8042 decodes: 0x60 to 0x64.
