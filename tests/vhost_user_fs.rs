@@ -39,6 +39,10 @@ fn main() {
         qemu_trial("fs_basic_on_a_passthrough_share", fs_basic_passthrough),
         qemu_trial("fs_basic_on_a_redirecting_share", fs_basic_redirect),
         qemu_trial(
+            "fs_basic_with_two_request_queues",
+            fs_basic_two_request_queues,
+        ),
+        qemu_trial(
             "one_looping_daemon_serves_two_boots_in_turn",
             daemon_serves_two_boots,
         ),
@@ -225,6 +229,27 @@ fn fs_basic_passthrough() -> Result<(), String> {
     run_fs_basic(GuestShare::passthrough("fs0", &tree))?;
 
     check_contents(&tree.join("fs-basic"), "guest tree file")
+}
+
+/// 1. Serve a redirecting share with two request queues (hiprio plus two
+///    worker threads more), QEMU's `num-request-queues=2` to match.
+/// 2. Boot the guest under QEMU with the share mounted; run fs-basic.
+/// 3. The stored objects hold the guest's bytes.
+fn fs_basic_two_request_queues() -> Result<(), String> {
+    let tmp = TempDir::new("mq");
+    let tree = tmp.make("tree");
+    let store = tmp.make("store");
+
+    let run = run_fs_basic(GuestShare::redirect("fs0", &tree, &store, "vol").request_queues(2))?;
+
+    if !run
+        .daemons
+        .iter()
+        .all(|d| d.log.contains("2 request queues"))
+    {
+        return Err("the daemon did not serve 2 request queues".into());
+    }
+    check_contents(&store.join("vol/fs-basic"), "stored object")
 }
 
 /// 1. Serve an empty guest tree redirected into volume `vol` of a store.

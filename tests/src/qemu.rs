@@ -113,6 +113,8 @@ pub struct GuestShare {
     pub tag: String,
     /// The share description given to the daemon (`tag=...,dir=...[,store=...]`).
     pub spec: String,
+    /// Request queues (daemon `--request-queues`, QEMU `num-request-queues=`).
+    pub request_queues: usize,
 }
 
 impl GuestShare {
@@ -121,6 +123,7 @@ impl GuestShare {
         Self {
             tag: tag.to_owned(),
             spec: format!("tag={tag},dir={}", dir.as_ref().display()),
+            request_queues: 1,
         }
     }
 
@@ -138,7 +141,14 @@ impl GuestShare {
                 dir.as_ref().display(),
                 store.as_ref().display()
             ),
+            request_queues: 1,
         }
+    }
+
+    /// Uses `n` request queues instead of one.
+    pub fn request_queues(mut self, n: usize) -> Self {
+        self.request_queues = n;
+        self
     }
 
     /// Where the guest mounts it.
@@ -378,6 +388,8 @@ impl Daemon {
             .arg(socket)
             .arg("--share")
             .arg(&share.spec)
+            .arg("--request-queues")
+            .arg(share.request_queues.to_string())
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -637,8 +649,8 @@ impl QemuGuest {
                 ))
                 .arg("-device")
                 .arg(format!(
-                    "vhost-user-fs-device,chardev=fs{index},tag={}",
-                    share.tag
+                    "vhost-user-fs-device,chardev=fs{index},tag={},num-request-queues={}",
+                    share.tag, share.request_queues
                 ));
         }
         cmd.arg("-kernel")
