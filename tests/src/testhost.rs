@@ -335,8 +335,8 @@ pub fn run_scenarios(scenarios: &[Scenario], opts: &RunOptions) -> Result<RunRep
             eprintln!(
                 "testhost: no hardware virtualization here (no vmx/svm, or a software kvm_pvm \
                  /dev/kvm that cannot run ordinary Linux guests): running the VMM inside the \
-                 emulated VT-x test host (bochs). This is slow: about 20 s to the test host, \
-                 then several seconds per guest boot, all on an emulated CPU."
+                 emulated VT-x test host (bochs). This is slow, a minute or more before the \
+                 first guest boots, because bochs emulates every instruction."
             );
             ensure_image(&opts.paths)?;
             run_in_test_host(scenarios, opts)
@@ -509,9 +509,11 @@ pub fn run_in_test_host(scenarios: &[Scenario], opts: &RunOptions) -> Result<Run
             if got_data {
                 continue;
             }
-            let tail = log_tail(&run_dir.join("bochs.log"), 8);
+            let log = log_tail(&run_dir.join("bochs.log"), 8);
+            let screen = bochs.screen_tail(12);
             break Some(format!(
-                "bochs exited ({status}) before the test host finished; last bochs.log lines:\n{tail}"
+                "bochs exited ({status}) before the test host finished; last bochs.log \
+                 lines:\n{log}\nlast lines on its terminal:\n{screen}"
             ));
         }
         if start.elapsed() > timeout {

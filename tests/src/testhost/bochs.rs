@@ -12,12 +12,17 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread;
+
+/// How much of bochs's terminal output is kept for error messages.
+const SCREEN_TAIL_BYTES: usize = 8192;
 
 /// A running bochs process. Dropping it kills bochs and its process group.
 pub struct Bochs {
     child: Child,
     locks: Vec<PathBuf>,
+    screen: Arc<Mutex<Vec<u8>>>,
 }
 
 /// Opens a pseudo-terminal pair with an 80x25 window (what bochs's text screen needs).
@@ -89,19 +94,43 @@ impl Bochs {
         // Our copies of the slave end were closed with `cmd` arguments; drain the master until
         // bochs goes away (read then fails with EIO).
         drop(cmd);
-        let mut screen = File::from(master);
+        let mut pty = File::from(master);
+        let screen = Arc::new(Mutex::new(Vec::new()));
+        let tail = Arc::clone(&screen);
         thread::spawn(move || {
             let mut buf = [0u8; 4096];
-            while let Ok(n) = screen.read(&mut buf) {
+            while let Ok(n) = pty.read(&mut buf) {
                 if n == 0 {
                     break;
                 }
+                // Keep the tail: bochs prints its fatal errors here, not in its log file.
+                let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+                tail.extend_from_slice(&buf[..n]);
+                let excess = tail.len().saturating_sub(SCREEN_TAIL_BYTES);
+                tail.drain(..excess);
             }
         });
         Ok(Bochs {
             child,
             locks: disks.iter().map(|d| lock_path(d)).collect(),
+            screen,
         })
+    }
+
+    /// The last lines bochs wrote to its terminal, without terminal control sequences.
+    pub fn screen_tail(&self, lines: usize) -> String {
+        let raw = self
+            .screen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let text = strip_control_sequences(&String::from_utf8_lossy(&raw));
+        let kept: Vec<&str> = text
+            .lines()
+            .map(str::trim_end)
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        kept[kept.len().saturating_sub(lines)..].join("\n")
     }
 
     /// Returns the exit status if bochs has exited.
@@ -129,6 +158,37 @@ impl Drop for Bochs {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Removes ANSI escape sequences (curses screen updates) and other control characters.
+fn strip_control_sequences(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                // CSI: ESC [ parameters final-byte; character sets: ESC ( X and similar;
+                // other escapes: ESC + one character.
+                match chars.next() {
+                    Some('[') => {
+                        for c in chars.by_ref() {
+                            if ('@'..='~').contains(&c) {
+                                break;
+                            }
+                        }
+                    }
+                    Some('(' | ')' | '*' | '+') => {
+                        chars.next();
+                    }
+                    _ => {}
+                }
+            }
+            '\n' => out.push('\n'),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The lock file bochs creates beside a disk image.
@@ -182,5 +242,17 @@ impl RunLock {
             }
         }
         Ok(RunLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_sequences_are_removed_from_screen_text() {
+        let raw = "\u{1b}[2J\u{1b}[1;1HBochs is exiting\r\n\u{1b}(Bmessage\n";
+
+        assert_eq!(strip_control_sequences(raw), "Bochs is exiting\nmessage\n");
     }
 }
