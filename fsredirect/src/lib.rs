@@ -44,6 +44,7 @@ pub mod fs;
 pub mod meta;
 pub mod mount;
 pub mod names;
+pub mod recover;
 pub mod share;
 pub mod store;
 pub mod verify;

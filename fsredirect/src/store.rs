@@ -68,6 +68,8 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 #[derive(Debug)]
 pub struct Store {
     volume: OwnedFd,
+    clean_marker: PathBuf,
+    was_clean: bool,
     orphans: OwnedFd,
     volume_path: PathBuf,
     next_orphan: AtomicU64,
@@ -134,8 +136,20 @@ impl Store {
                     source,
                 })
         };
+        // Present only while no server runs or after one stopped cleanly: its absence means
+        // the last server died, and the caller should run recovery.
+        let clean_marker = control.join("clean");
+        let was_clean = clean_marker.exists();
+        if was_clean {
+            fs::remove_file(&clean_marker).map_err(|source| StoreError::Dir {
+                path: clean_marker.clone(),
+                source,
+            })?;
+        }
         let store = Store {
             volume: open_dir(&volume_path)?,
+            clean_marker,
+            was_clean,
             orphans: open_dir(&orphans_path)?,
             volume_path,
             next_orphan: AtomicU64::new(0),
@@ -148,6 +162,12 @@ impl Store {
     /// The volume's data directory.
     pub fn volume_path(&self) -> &Path {
         &self.volume_path
+    }
+
+    /// False if the previous server of this volume did not stop cleanly (or the volume is
+    /// new): recovery should run before serving.
+    pub fn was_clean(&self) -> bool {
+        self.was_clean
     }
 
     fn clear_orphans(&self, path: &Path) -> Result<()> {
@@ -325,6 +345,18 @@ impl Store {
     }
 }
 
+impl Drop for Store {
+    /// Marks a clean stop, so the next server skips recovery.
+    fn drop(&mut self) {
+        if let Err(e) = fs::write(&self.clean_marker, b"") {
+            log::warn!(
+                "cannot mark clean stop in {}: {e}",
+                self.clean_marker.display()
+            );
+        }
+    }
+}
+
 fn check_format(path: &Path) -> Result<()> {
     match fs::read_to_string(path) {
         Ok(found) if found == FORMAT_VERSION => Ok(()),
@@ -394,6 +426,23 @@ mod tests {
         store.create_object(&parts("a/b/c")).unwrap();
         let st = store.stat_object(&parts("a/b/c")).unwrap();
         assert_eq!(st.st_mode & 0o7777, 0o600);
+    }
+
+    #[test]
+    fn clean_marker_exists_only_after_a_clean_stop() {
+        let tmp = tempfile::tempdir().unwrap();
+        let marker = tmp.path().join(".fsredirect/vol/clean");
+        let first = Store::open(tmp.path(), "vol").unwrap();
+        assert!(
+            !first.was_clean(),
+            "a new volume has no clean stop behind it"
+        );
+        assert!(!marker.exists(), "no marker while a server runs");
+        drop(first);
+        assert!(marker.exists());
+        let second = Store::open(tmp.path(), "vol").unwrap();
+        assert!(second.was_clean());
+        assert!(!marker.exists());
     }
 
     #[test]

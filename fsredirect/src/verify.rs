@@ -104,7 +104,8 @@ fn walk(
     Ok(())
 }
 
-fn read_meta(path: &Path) -> io::Result<Option<Meta>> {
+/// Reads the redirect metadata of the file at `path` (either spelling), if any.
+pub fn read_meta(path: &Path) -> io::Result<Option<Meta>> {
     let p = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     for name in [META_XATTR_ROOT, META_XATTR_USER] {

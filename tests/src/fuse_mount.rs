@@ -153,6 +153,23 @@ impl HostMount {
             .unwrap_or(0)
     }
 
+    /// Kills the server with SIGKILL (no clean stop) and detaches the dead mount.
+    pub fn kill(mut self) -> Result<(), String> {
+        self.child
+            .kill()
+            .map_err(|e| format!("cannot kill fsredirect: {e}"))?;
+        let _ = self.child.wait();
+        let status = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mnt)
+            .status()
+            .map_err(|e| format!("cannot run umount: {e}"))?;
+        if !status.success() || is_mounted(&self.mnt) {
+            return Err(format!("{} still mounted after kill", self.mnt.display()));
+        }
+        Ok(())
+    }
+
     /// Sends SIGTERM and waits for a clean exit; returns an error if the mount lingers.
     pub fn stop(mut self) -> Result<(), String> {
         self.stop_inner()

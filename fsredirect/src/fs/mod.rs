@@ -41,6 +41,7 @@ use crate::fdcache::FdCache;
 use crate::meta::Meta;
 use crate::meta::{META_XATTR_ROOT, META_XATTR_USER};
 use crate::names::{join, validate_name, NameTable};
+use crate::recover::recover;
 use crate::share::ShareSpec;
 use crate::store::{Store, StoreError};
 
@@ -65,6 +66,15 @@ pub enum FsError {
     /// The store volume cannot be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Recovery after an unclean stop failed.
+    #[error("recovery of guest tree {dir} after an unclean stop failed")]
+    Recovery {
+        /// The guest tree.
+        dir: std::path::PathBuf,
+        /// What the host said.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// A `Result` with an [`FsError`].
@@ -199,6 +209,13 @@ impl RedirectFs {
             ),
             None => (None, Vec::new()),
         };
+        if let Some(store) = store.as_ref().filter(|s| !s.was_clean()) {
+            let report = recover(&share.dir, store).map_err(|source| FsError::Recovery {
+                dir: share.dir.clone(),
+                source,
+            })?;
+            log::info!("recovery after an unclean stop: {report:?}");
+        }
         // SAFETY: geteuid has no preconditions and cannot fail.
         let meta_name = if unsafe { libc::geteuid() } == 0 {
             META_XATTR_ROOT

@@ -97,8 +97,22 @@ impl RedirectFs {
                 }
             }
         };
+        // Record the destination in the stub before moving the object: if the server dies
+        // between the two halves, recovery finds the object through this record.
+        if *src_kind == Kind::Redirect {
+            if let Err(e) = self.record_portion(src_entry.inode, &new_parts) {
+                restore_aside();
+                return Err(e);
+            }
+        }
+        let restore_record = || {
+            if *src_kind == Kind::Redirect {
+                let _ = self.record_portion(src_entry.inode, &old_parts);
+            }
+        };
         if src_in {
             if let Err(e) = store.rename(&old_parts, &new_parts, 0) {
+                restore_record();
                 restore_aside();
                 return Err(e);
             }
@@ -109,6 +123,7 @@ impl RedirectFs {
                     log::error!("rename undo failed, store and guest tree disagree: {u}");
                 }
             }
+            restore_record();
             restore_aside();
             return Err(e);
         }
