@@ -36,7 +36,8 @@
 //! system, [`store`] owns a volume of the store, [`meta`] encodes the stub metadata,
 //! [`names`] validates guest names and tracks each inode's path, [`beneath`] resolves host
 //! paths without escaping or following symlinks, [`fdcache`] bounds open store descriptors,
-//! [`mount`] serves a share through /dev/fuse, [`verify`] checks stubs against the store.
+//! [`mount`] serves a share through /dev/fuse, [`verify`] checks stubs against the store,
+//! [`recover`] reconciles them after an unclean stop.
 
 pub mod beneath;
 pub mod fdcache;
