@@ -311,6 +311,62 @@ pub fn boot_scenarios() -> Vec<Scenario> {
     ]
 }
 
+/// Mount point of the share disk inside the test host.
+pub const SHARE_MOUNT: &str = "/share";
+/// Guest tree of the test-host share scenarios, on the share disk.
+pub const SHARE_TREE: &str = "/share/fs/tree";
+/// Block store of the test-host share scenarios, on the share disk.
+pub const SHARE_STORE: &str = "/share/fs/store";
+
+/// A virtio-fs share on the test host's share disk, in two VMM runs of one boot: `fs-basic`
+/// on an emptied tree and store, then `fs-readback` on what it left (docs/guest-protocol.md).
+/// Afterwards the host can read the tree and the store from the disk image with
+/// [`read_share_disk_file`], e.g. `<SHARE_STORE>/share0/fs-basic/renamed.txt`.
+pub fn share_scenarios() -> Vec<Scenario> {
+    let share = |s: Scenario| {
+        s.arg("/mnt/share0")
+            .vmm_arg("--share")
+            .vmm_arg(&format!("tag=share0,dir={SHARE_TREE},store={SHARE_STORE}"))
+            .cmdline("fsr.share=share0:/mnt/share0")
+    };
+    vec![
+        share(Scenario::new("share-fs-basic", "fs-basic"))
+            .fresh_dir(SHARE_TREE)
+            .fresh_dir(SHARE_STORE),
+        share(Scenario::new("share-fs-readback", "fs-readback")),
+    ]
+}
+
+/// Reads a file from the share disk image on the host (no mount needed; uses `debugfs` from
+/// e2fsprogs). `path` is the path inside the test host, under [`SHARE_MOUNT`]. Call it only
+/// when no test-host run is using the disk.
+pub fn read_share_disk_file(paths: &Paths, path: &str) -> Result<Vec<u8>> {
+    let inner = path
+        .strip_prefix(SHARE_MOUNT)
+        .filter(|p| p.starts_with('/'))
+        .ok_or_else(|| TestHostError::Io {
+            what: "not a path under /share:",
+            path: PathBuf::from(path),
+            source: io::Error::from(io::ErrorKind::InvalidInput),
+        })?;
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("dump -p \"{inner}\" /dev/stdout"))
+        .arg(&paths.share_disk)
+        .output()
+        .map_err(io_err("cannot run debugfs on", &paths.share_disk))?;
+    // debugfs reports a missing file on stderr and still exits 0.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() || stderr.contains("File not found") {
+        return Err(TestHostError::Io {
+            what: "debugfs cannot read",
+            path: PathBuf::from(format!("{}:{inner}", paths.share_disk.display())),
+            source: io::Error::other(stderr.trim().to_owned()),
+        });
+    }
+    Ok(out.stdout)
+}
+
 /// The non-interactive default VM: boot the guest and exit 0.
 pub fn default_scenario() -> Scenario {
     Scenario::new("default-vm", "exit").arg("0")

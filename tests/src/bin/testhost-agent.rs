@@ -59,6 +59,19 @@ impl Console {
     }
 }
 
+/// Empties or creates each directory (the scenario validated that they lie under /share).
+fn fresh_dirs(dirs: &[String]) -> Result<(), String> {
+    for dir in dirs {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot empty {dir}: {e}")),
+        }
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {dir}: {e}"))?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let mut console = Console {
         out: std::io::stdout(),
@@ -91,6 +104,15 @@ fn main() -> ExitCode {
                 "scenario {} end status=not-run reason=missing:{}",
                 s.id,
                 missing.join(",")
+            ));
+            all_ran = false;
+            continue;
+        }
+        if let Err(e) = fresh_dirs(&s.fresh_dirs) {
+            console.mark(&format!(
+                "scenario {} end status=not-run reason={}",
+                s.id,
+                e.replace(' ', "_")
             ));
             all_ran = false;
             continue;

@@ -24,6 +24,7 @@ const USAGE: &str =
 
 fn presets() -> Vec<Scenario> {
     let mut all = testhost::boot_scenarios();
+    all.extend(testhost::share_scenarios());
     all.push(testhost::default_scenario());
     all
 }

@@ -35,6 +35,8 @@ pub struct Scenario {
     pub extra_cmdline: Vec<String>,
     /// Extra VMM arguments, appended after the standard ones.
     pub vmm_args: Vec<String>,
+    /// Directories under `/share` in the test host emptied (or created) before the VMM starts.
+    pub fresh_dirs: Vec<String>,
     /// The VMM exit code that counts as a pass.
     pub expect_code: i32,
     /// Lines (substrings) that must appear in the VMM's output for a pass.
@@ -72,6 +74,7 @@ impl Scenario {
             input: None,
             extra_cmdline: Vec::new(),
             vmm_args: Vec::new(),
+            fresh_dirs: Vec::new(),
             expect_code: 0,
             expect_output: Vec::new(),
             timeout_secs: 60,
@@ -111,6 +114,13 @@ impl Scenario {
     /// Adds an extra VMM argument.
     pub fn vmm_arg(mut self, arg: &str) -> Self {
         self.vmm_args.push(arg.to_owned());
+        self
+    }
+
+    /// Empties (or creates) `dir` in the test host before the VMM starts; `dir` must lie under
+    /// `/share`, the share disk's mount point.
+    pub fn fresh_dir(mut self, dir: &str) -> Self {
+        self.fresh_dirs.push(dir.to_owned());
         self
     }
 
@@ -195,6 +205,15 @@ impl Scenario {
                 "VMM argument {arg:?} must not contain tabs, line breaks or NUL"
             ));
         }
+        if let Some(dir) = self
+            .fresh_dirs
+            .iter()
+            .find(|d| !d.starts_with("/share/") || d.split('/').any(|c| c == "..") || !field_ok(d))
+        {
+            return bad(format!(
+                "fresh directory {dir:?} must be a path under /share/ without '..'"
+            ));
+        }
         if self.timeout_secs == 0 {
             return bad("timeout must be at least 1 s".into());
         }
@@ -229,6 +248,7 @@ pub fn encode_params(scenarios: &[Scenario]) -> Result<String, InvalidScenario> 
         }
         fields.extend(s.extra_cmdline.iter().map(|w| format!("cmdline={w}")));
         fields.extend(s.vmm_args.iter().map(|a| format!("vmm-arg={a}")));
+        fields.extend(s.fresh_dirs.iter().map(|d| format!("fresh-dir={d}")));
         out.push_str(&fields.join("\t"));
         out.push('\n');
     }
@@ -279,6 +299,7 @@ pub fn decode_params(text: &str) -> Result<Vec<Scenario>, String> {
                 "input" => s.input = Some(value.to_owned()),
                 "cmdline" => s.extra_cmdline.push(value.to_owned()),
                 "vmm-arg" => s.vmm_args.push(value.to_owned()),
+                "fresh-dir" => s.fresh_dirs.push(value.to_owned()),
                 _ => return Err(format!("parameter line {}: unknown field '{key}'", n + 2)),
             }
         }
@@ -300,6 +321,7 @@ mod tests {
                 .input("hello there")
                 .vmm_arg("--share")
                 .vmm_arg("tag=s0,dir=/share/g")
+                .fresh_dir("/share/g")
                 .cmdline("fsr.share=s0:/mnt"),
         ];
 
@@ -311,14 +333,20 @@ mod tests {
         assert_eq!(back[1].input.as_deref(), Some("hello there"));
         assert_eq!(back[1].vmm_args, batch[1].vmm_args);
         assert_eq!(back[1].extra_cmdline, batch[1].extra_cmdline);
+        assert_eq!(back[1].fresh_dirs, ["/share/g"]);
     }
 
     #[test]
     fn encode_refuses_duplicate_ids_and_spaces_in_args() {
         let dup = vec![Scenario::new("a", "exit"), Scenario::new("a", "exit")];
         let spaced = vec![Scenario::new("a", "exit").arg("4 2")];
+        let escaping = vec![Scenario::new("a", "exit").fresh_dir("/share/../etc")];
 
         assert!(encode_params(&dup).unwrap_err().reason.contains("twice"));
+        assert!(encode_params(&escaping)
+            .unwrap_err()
+            .reason
+            .contains("under /share/"));
         assert!(encode_params(&spaced)
             .unwrap_err()
             .reason
