@@ -42,6 +42,7 @@
 pub mod beneath;
 pub mod fdcache;
 pub mod fs;
+pub mod intent;
 pub mod meta;
 pub mod mount;
 pub mod names;

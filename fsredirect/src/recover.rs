@@ -10,9 +10,9 @@
 //!   object, so an object moved without its stub is found through that record and moved
 //!   back under the stub's name.
 //!
-//! What it cannot put right without an intent log (left for part 2, and reported): a
-//! crashed directory rename, an overwriting rename whose victim was set aside, objects
-//! without a stub (left in place for a later gc).
+//! Operations that touch both sides (create, link, unlink, rename, including directory and
+//! overwriting renames) are first settled from the intent log ([`replay_intents`]); objects
+//! without a stub that no record explains are left in place for a later gc.
 
 use std::ffi::CString;
 use std::fs;
@@ -20,6 +20,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use crate::intent::Intent;
 use crate::meta::Meta;
 use crate::names::validate_name;
 use crate::store::Store;
@@ -36,6 +37,90 @@ pub struct RecoveryReport {
     pub moved_back: usize,
     /// Stubs whose object could not be found (their files read as errors).
     pub missing: usize,
+}
+
+/// Settles every operation the intent log shows unfinished: each one is completed if its
+/// guest-tree half happened and undone otherwise, so the store mirrors the guest tree.
+/// Returns how many records were settled. Run before [`recover`] and before orphans are
+/// cleared (an interrupted overwrite may need its victim back).
+pub fn replay_intents(guest: &Path, store: &Store) -> io::Result<usize> {
+    let log = store.intents();
+    let records = log.leftovers()?;
+    let count = records.len();
+    for (name, intent) in records {
+        match intent {
+            None => log::warn!("recovery: unreadable intent record {name:?} dropped"),
+            Some(intent) => settle(guest, store, &intent)?,
+        }
+        log.remove(&name)?;
+    }
+    Ok(count)
+}
+
+fn settle(guest: &Path, store: &Store, intent: &Intent) -> io::Result<()> {
+    let guest_path = |p: &[u8]| guest.join(std::ffi::OsStr::from_bytes(p));
+    let parts = |p: &[u8]| split(p).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL));
+    match intent {
+        // The guest never saw these complete unless the stub (with its metadata) exists.
+        Intent::Create { path } => {
+            let stub = guest_path(path);
+            if !is_redirect_stub(&stub) {
+                if fs::symlink_metadata(&stub).is_ok_and(|m| m.is_file() && m.len() == 0) {
+                    fs::remove_file(&stub)?;
+                }
+                store.remove(&parts(path)?, false)?;
+            }
+        }
+        Intent::Link { path } | Intent::Unlink { path } => {
+            if fs::symlink_metadata(guest_path(path)).is_err() {
+                store.remove(&parts(path)?, false)?;
+            }
+        }
+        Intent::Rename {
+            new,
+            guest_ino,
+            store_from,
+            store_to,
+            store_ino,
+            aside,
+            exchange,
+            ..
+        } => {
+            let guest_done = ino_of(&guest_path(new)) == Some(*guest_ino);
+            if *store_ino != 0 {
+                let (from, to) = (parts(store_from)?, parts(store_to)?);
+                let store_done = store.stat_object(&to).ok().map(|s| s.st_ino) == Some(*store_ino);
+                if guest_done != store_done {
+                    if *exchange {
+                        store.rename(&from, &to, libc::RENAME_EXCHANGE)?;
+                    } else if guest_done {
+                        store.rename(&from, &to, 0)?;
+                    } else {
+                        store.rename(&to, &from, 0)?;
+                    }
+                }
+            }
+            if !aside.is_empty() {
+                let orphan = CString::new(aside.clone())
+                    .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+                let result = if guest_done {
+                    store.remove_orphan(&orphan)
+                } else {
+                    store.unorphan(&orphan, &parts(new)?)
+                };
+                match result {
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                    other => other?,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ino_of(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(path).ok().map(|m| m.ino())
 }
 
 /// Reconciles every redirected stub under `guest` with its object in `store`.
@@ -280,5 +365,146 @@ mod tests {
                 missing: 1
             }
         );
+    }
+
+    fn ino(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::symlink_metadata(path).unwrap().ino()
+    }
+
+    /// Runs `crash` with the volume's store open, leaves its intent records behind as a
+    /// killed server would, and restarts the file system (which recovers).
+    fn crash_then_restart(d: &Dirs, crash: impl FnOnce(&Store)) {
+        let store = Store::open(&d.share.store.as_ref().unwrap().root, "t").unwrap();
+        crash(&store);
+        drop(store);
+        fs::remove_file(&d.marker).unwrap();
+        reopen(d);
+        assert!(fs::read_dir(d.marker.parent().unwrap().join("intent"))
+            .unwrap()
+            .next()
+            .is_none());
+    }
+
+    fn c(s: &str) -> CString {
+        CString::new(s).unwrap()
+    }
+
+    #[test]
+    fn rename_interrupted_after_store_half_is_undone() {
+        let d = dirs();
+        make_file(&d, c"a", b"data");
+        crash_then_restart(&d, |store| {
+            let intent = Intent::Rename {
+                old: b"a".to_vec(),
+                new: b"b".to_vec(),
+                guest_ino: ino(&d.guest.join("a")),
+                store_from: b"a".to_vec(),
+                store_to: b"b".to_vec(),
+                store_ino: ino(&d.volume.join("a")),
+                aside: Vec::new(),
+                exchange: false,
+            };
+            std::mem::forget(store.intents().begin(&intent).unwrap());
+            store.rename(&[c("a")], &[c("b")], 0).unwrap();
+        });
+        assert_eq!(fs::read(d.volume.join("a")).unwrap(), b"data");
+        assert!(!d.volume.join("b").exists());
+    }
+
+    #[test]
+    fn directory_rename_interrupted_after_store_half_is_undone() {
+        let d = dirs();
+        fs::create_dir(d.guest.join("d")).unwrap();
+        make_file(&d, c"top", b"x");
+        // Put a redirected file inside d by moving a made one there on both sides.
+        fs::create_dir(d.volume.join("d")).unwrap();
+        fs::rename(d.guest.join("top"), d.guest.join("d/f")).unwrap();
+        fs::rename(d.volume.join("top"), d.volume.join("d/f")).unwrap();
+        crash_then_restart(&d, |store| {
+            let intent = Intent::Rename {
+                old: b"d".to_vec(),
+                new: b"e".to_vec(),
+                guest_ino: ino(&d.guest.join("d")),
+                store_from: b"d".to_vec(),
+                store_to: b"e".to_vec(),
+                store_ino: ino(&d.volume.join("d")),
+                aside: Vec::new(),
+                exchange: false,
+            };
+            std::mem::forget(store.intents().begin(&intent).unwrap());
+            // Store half done (it comes first), killed before the guest half.
+            store.rename(&[c("d")], &[c("e")], 0).unwrap();
+        });
+        assert_eq!(fs::read(d.volume.join("d/f")).unwrap(), b"x");
+        assert!(!d.volume.join("e").exists());
+    }
+
+    #[test]
+    fn overwriting_rename_interrupted_before_guest_half_restores_the_victim() {
+        let d = dirs();
+        make_file(&d, c"a", b"new");
+        make_file(&d, c"b", b"victim");
+        crash_then_restart(&d, |store| {
+            let aside = store.orphan_name(7);
+            let intent = Intent::Rename {
+                old: b"a".to_vec(),
+                new: b"b".to_vec(),
+                guest_ino: ino(&d.guest.join("a")),
+                store_from: b"a".to_vec(),
+                store_to: b"b".to_vec(),
+                store_ino: ino(&d.volume.join("a")),
+                aside: aside.to_bytes().to_vec(),
+                exchange: false,
+            };
+            std::mem::forget(store.intents().begin(&intent).unwrap());
+            store.orphan_as(&[c("b")], &aside).unwrap();
+            store.rename(&[c("a")], &[c("b")], 0).unwrap();
+        });
+        assert_eq!(fs::read(d.volume.join("a")).unwrap(), b"new");
+        assert_eq!(fs::read(d.volume.join("b")).unwrap(), b"victim");
+    }
+
+    #[test]
+    fn rename_interrupted_after_both_halves_is_left_done() {
+        let d = dirs();
+        make_file(&d, c"a", b"data");
+        crash_then_restart(&d, |store| {
+            let intent = Intent::Rename {
+                old: b"a".to_vec(),
+                new: b"b".to_vec(),
+                guest_ino: ino(&d.guest.join("a")),
+                store_from: b"a".to_vec(),
+                store_to: b"b".to_vec(),
+                store_ino: ino(&d.volume.join("a")),
+                aside: Vec::new(),
+                exchange: false,
+            };
+            std::mem::forget(store.intents().begin(&intent).unwrap());
+            store.rename(&[c("a")], &[c("b")], 0).unwrap();
+            fs::rename(d.guest.join("a"), d.guest.join("b")).unwrap();
+        });
+        assert_eq!(fs::read(d.volume.join("b")).unwrap(), b"data");
+        assert!(!d.volume.join("a").exists());
+    }
+
+    #[test]
+    fn create_interrupted_before_metadata_is_rolled_back() {
+        let d = dirs();
+        make_file(&d, c"other", b"");
+        crash_then_restart(&d, |store| {
+            std::mem::forget(
+                store
+                    .intents()
+                    .begin(&Intent::Create {
+                        path: b"n".to_vec(),
+                    })
+                    .unwrap(),
+            );
+            store.create_object(&[c("n")]).unwrap();
+            fs::write(d.guest.join("n"), b"").unwrap();
+        });
+        assert!(!d.guest.join("n").exists());
+        assert!(!d.volume.join("n").exists());
     }
 }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::beneath::{check, open_beneath, open_regular_beneath, walk};
+use crate::intent::IntentLog;
 
 /// Name of the control area inside the store root.
 pub const CONTROL_DIR: &str = ".fsredirect";
@@ -71,6 +72,8 @@ pub struct Store {
     clean_marker: PathBuf,
     was_clean: bool,
     orphans: OwnedFd,
+    orphans_path: PathBuf,
+    intents: IntentLog,
     volume_path: PathBuf,
     next_orphan: AtomicU64,
     // Held for the lifetime of the server: the flock is released when it closes.
@@ -84,7 +87,8 @@ impl Store {
         let volume_path = root.join(volume);
         let control = root.join(CONTROL_DIR).join(volume);
         let orphans_path = control.join("orphans");
-        for dir in [&volume_path, &control, &orphans_path] {
+        let intent_path = control.join("intent");
+        for dir in [&volume_path, &control, &orphans_path, &intent_path] {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
@@ -151,11 +155,12 @@ impl Store {
             clean_marker,
             was_clean,
             orphans: open_dir(&orphans_path)?,
+            intents: IntentLog::new(open_dir(&intent_path)?),
+            orphans_path,
             volume_path,
             next_orphan: AtomicU64::new(0),
             _lock: lock,
         };
-        store.clear_orphans(&orphans_path)?;
         Ok(store)
     }
 
@@ -170,7 +175,16 @@ impl Store {
         self.was_clean
     }
 
-    fn clear_orphans(&self, path: &Path) -> Result<()> {
+    /// The volume's intent log.
+    pub fn intents(&self) -> &IntentLog {
+        &self.intents
+    }
+
+    /// Removes the objects of files that were unlinked while open under a previous server
+    /// (none can still be open: this server holds the lock). Run after recovery, which may
+    /// still need objects set aside by an interrupted rename.
+    pub fn clear_orphans(&self) -> Result<()> {
+        let path = &self.orphans_path;
         let entries = fs::read_dir(path).map_err(|source| StoreError::Dir {
             path: path.to_path_buf(),
             source,
@@ -291,11 +305,22 @@ impl Store {
         .map(|_| ())
     }
 
-    /// Moves the object at `parts` into the orphan area; returns its orphan name.
-    pub fn orphan(&self, parts: &[CString], inode: u64) -> io::Result<CString> {
+    /// A fresh name in the orphan area for an object of `inode`.
+    pub fn orphan_name(&self, inode: u64) -> CString {
         let n = self.next_orphan.fetch_add(1, Ordering::Relaxed);
-        let orphan = CString::new(format!("{inode}-{n}"))
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // Digits and a dash: no NUL, so this cannot fail.
+        CString::new(format!("{inode}-{n}")).unwrap_or_default()
+    }
+
+    /// Moves the object at `parts` into the orphan area under a fresh name; returns it.
+    pub fn orphan(&self, parts: &[CString], inode: u64) -> io::Result<CString> {
+        let orphan = self.orphan_name(inode);
+        self.orphan_as(parts, &orphan)?;
+        Ok(orphan)
+    }
+
+    /// Moves the object at `parts` into the orphan area as `orphan`.
+    pub fn orphan_as(&self, parts: &[CString], orphan: &CStr) -> io::Result<()> {
         let (dir, name) = self.parent(parts, false)?;
         // SAFETY: single components under directory fds we own.
         check(unsafe {
@@ -305,8 +330,8 @@ impl Store {
                 self.orphans.as_raw_fd(),
                 orphan.as_ptr(),
             )
-        })?;
-        Ok(orphan)
+        })
+        .map(|_| ())
     }
 
     /// Moves an orphan back to `parts` (undoing [`Store::orphan`]).
@@ -446,12 +471,14 @@ mod tests {
     }
 
     #[test]
-    fn leftover_orphans_are_cleared_on_open() {
+    fn leftover_orphans_are_cleared_on_request() {
         let tmp = tempfile::tempdir().unwrap();
         drop(Store::open(tmp.path(), "vol").unwrap());
         let orphan = tmp.path().join(".fsredirect/vol/orphans/7-0");
         fs::write(&orphan, b"old").unwrap();
-        let _store = Store::open(tmp.path(), "vol").unwrap();
+        let store = Store::open(tmp.path(), "vol").unwrap();
+        assert!(orphan.exists(), "recovery may still need it");
+        store.clear_orphans().unwrap();
         assert!(!orphan.exists());
     }
 

@@ -38,10 +38,11 @@ use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
 use crate::beneath::{open_beneath, reopen_regular, walk};
 use crate::fdcache::FdCache;
+use crate::intent::Intent;
 use crate::meta::Meta;
 use crate::meta::{META_XATTR_ROOT, META_XATTR_USER};
 use crate::names::{join, validate_name, NameTable};
-use crate::recover::recover;
+use crate::recover::{recover, replay_intents};
 use crate::share::ShareSpec;
 use crate::store::{Store, StoreError};
 
@@ -209,12 +210,19 @@ impl RedirectFs {
             ),
             None => (None, Vec::new()),
         };
-        if let Some(store) = store.as_ref().filter(|s| !s.was_clean()) {
-            let report = recover(&share.dir, store).map_err(|source| FsError::Recovery {
-                dir: share.dir.clone(),
-                source,
-            })?;
-            log::info!("recovery after an unclean stop: {report:?}");
+        if let Some(store) = &store {
+            if !store.was_clean() {
+                let recovery_err = |source| FsError::Recovery {
+                    dir: share.dir.clone(),
+                    source,
+                };
+                let replayed = replay_intents(&share.dir, store).map_err(recovery_err)?;
+                let report = recover(&share.dir, store).map_err(recovery_err)?;
+                log::info!(
+                    "recovery after an unclean stop: {replayed} logged operations settled, {report:?}"
+                );
+            }
+            store.clear_orphans()?;
         }
         // SAFETY: geteuid has no preconditions and cannot fail.
         let meta_name = if unsafe { libc::geteuid() } == 0 {
@@ -540,6 +548,9 @@ impl RedirectFs {
     ) -> io::Result<Entry> {
         let store = self.store()?;
         let parts = self.child_parts(parent, name)?;
+        let _intent = store
+            .intents()
+            .begin(&Intent::Create { path: join(&parts) })?;
         let object = store.create_object(&parts)?;
         let mode = libc::S_IFREG | (mode & 0o7777);
         let entry = match self.inner.mknod(ctx, parent, name, mode, 0, umask) {

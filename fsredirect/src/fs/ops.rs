@@ -13,6 +13,7 @@ use fuse_backend_rs::api::filesystem::{
 };
 
 use super::{errno, root_ctx, Kind, OpenFile, RedirectFs, XATTR_BUF};
+use crate::intent::Intent;
 use crate::meta::{filter_xattr_list, is_reserved_xattr, is_special_kind, Meta};
 use crate::names::{join, validate_name};
 
@@ -199,6 +200,14 @@ impl FileSystem for RedirectFs {
             if let (Some(parts), true) = (&parts, entry.attr.st_nlink <= 1) {
                 self.pin_stub(entry.inode, parts);
             }
+            let _intent = match &parts {
+                Some(parts) => Some(
+                    self.store()?
+                        .intents()
+                        .begin(&Intent::Unlink { path: join(parts) })?,
+                ),
+                None => None,
+            };
             // Stub first: a crash in between leaves an unnamed store object (garbage), never
             // a stub without data.
             self.inner.unlink(ctx, parent, name)?;
@@ -284,6 +293,7 @@ impl FileSystem for RedirectFs {
             .path(inode)
             .ok_or_else(|| errno(libc::ENOENT))?;
         let new = self.child_parts(newparent, newname)?;
+        let _intent = store.intents().begin(&Intent::Link { path: join(&new) })?;
         store.link(&old, &new)?;
         match self.inner.link(ctx, inode, newparent, newname) {
             Ok(entry) => Ok(self.admit(newparent, newname, entry, kind)),

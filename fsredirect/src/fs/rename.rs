@@ -7,6 +7,8 @@ use std::io;
 use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem};
 
 use super::{errno, Kind, RedirectFs};
+use crate::intent::Intent;
+use crate::names::join;
 
 impl RedirectFs {
     pub(super) fn rename_locked(
@@ -57,6 +59,16 @@ impl RedirectFs {
                     return Ok(());
                 }
             };
+            let _intent = store.intents().begin(&Intent::Rename {
+                old: join(&old_parts),
+                new: join(&new_parts),
+                guest_ino: src_entry.attr.st_ino,
+                store_from: join(from),
+                store_to: join(to),
+                store_ino: store.stat_object(from)?.st_ino,
+                aside: Vec::new(),
+                exchange: f == libc::RENAME_EXCHANGE,
+            })?;
             store.rename(from, to, f)?;
             if let Err(e) = self.inner.rename(ctx, old.0, old.1, new.0, new.1, flags) {
                 let undo = if f == libc::RENAME_EXCHANGE {
@@ -79,14 +91,38 @@ impl RedirectFs {
             return Ok(());
         }
 
+        let aside_name = match dst {
+            Some((e, Kind::Redirect)) => Some(store.orphan_name(e.inode)),
+            _ => None,
+        };
+        let (store_from, store_to, store_ino) = if src_in {
+            let ino = store.stat_object(&old_parts)?.st_ino;
+            (join(&old_parts), join(&new_parts), ino)
+        } else {
+            (Vec::new(), Vec::new(), 0)
+        };
+        let _intent = store.intents().begin(&Intent::Rename {
+            old: join(&old_parts),
+            new: join(&new_parts),
+            guest_ino: src_entry.attr.st_ino,
+            store_from,
+            store_to,
+            store_ino,
+            aside: aside_name
+                .as_ref()
+                .map(|n| n.to_bytes().to_vec())
+                .unwrap_or_default(),
+            exchange: false,
+        })?;
         // Move an overwritten file's object aside first, so the rename cannot destroy data
         // the guest rename might still fail to replace.
-        let aside = match dst {
-            Some((e, Kind::Redirect)) => {
+        let aside = match (dst, aside_name) {
+            (Some((e, Kind::Redirect)), Some(name)) => {
                 if e.attr.st_nlink <= 1 {
                     self.pin_stub(e.inode, &new_parts);
                 }
-                Some((e, store.orphan(&new_parts, e.inode)?))
+                store.orphan_as(&new_parts, &name)?;
+                Some((e, name))
             }
             _ => None,
         };
