@@ -29,6 +29,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Guest memory; the memfd backend shared with the daemons has the same size.
@@ -300,11 +301,23 @@ pub fn refresh_guest_image() -> std::result::Result<(), String> {
 }
 
 /// The `hypervisor` binary: `$HYPERVISOR_BIN`, or built with cargo into the
-/// running test's target directory and profile.
+/// running test's target directory and profile (once per test process).
 pub fn hypervisor_binary() -> Result<PathBuf> {
     if let Some(bin) = std::env::var_os("HYPERVISOR_BIN") {
         return Ok(PathBuf::from(bin));
     }
+    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
+    // Held while building, so parallel trials build once and wait for it.
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(bin) = built.as_ref() {
+        return Ok(bin.clone());
+    }
+    let bin = build_hypervisor()?;
+    *built = Some(bin.clone());
+    Ok(bin)
+}
+
+fn build_hypervisor() -> Result<PathBuf> {
     let exe = std::env::current_exe().map_err(|e| QemuError::Build(e.to_string()))?;
     // <target>/<profile>/deps/<test>-<hash>
     let profile = exe
