@@ -414,7 +414,11 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserFsDaemon<F> {
         std::thread::Builder::new()
             .name(format!("vhost-user-fs-{}-wait", self.config.tag))
             .spawn(move || {
-                let _ = tx.send(disconnect_reason(daemon.wait()));
+                let reason = disconnect_reason(daemon.wait());
+                // Dropping the daemon stops and joins the queue workers, so
+                // no request is in flight when the caller hears of the end.
+                drop(daemon);
+                let _ = tx.send(reason);
                 let _ = done_writer.write(1);
             })
             .map_err(host("start the connection watcher thread"))?;
