@@ -27,12 +27,21 @@ mkdir "$work" || fail "mkdir $work"
 cd "$work" || fail "cd $work"
 say "working in $work"
 
-# Write, then read back.
+# Forgets the guest's cached pages, dentries and inodes, so the next reads
+# and lookups go to the device (and it gets FORGETs on the hiprio queue).
+drop_caches() {
+	sync || fail "sync"
+	echo 3 >/proc/sys/vm/drop_caches || fail "drop the guest's caches"
+}
+
+# Write, then read back through the device.
 printf 'hello from the guest\n' >a.txt || fail "write a.txt"
+drop_caches
 [ "$(cat a.txt)" = "hello from the guest" ] || fail "a.txt reads back as '$(cat a.txt)'"
 say "wrote and read back a.txt ($(stat -c %s a.txt) bytes)"
 
 yes fsredirect-vhost-user | head -c 1048576 >big.txt || fail "write big.txt"
+drop_caches
 size=$(stat -c %s big.txt)
 [ "$size" = 1048576 ] || fail "big.txt is $size bytes, not 1048576"
 sum=$(md5sum big.txt | cut -d ' ' -f 1)
@@ -65,6 +74,7 @@ rm scratch.txt || fail "delete scratch.txt"
 [ -e scratch.txt ] && fail "scratch.txt still exists after rm"
 say "created and deleted scratch.txt"
 
+drop_caches
 # shellcheck disable=SC2012 # plain names, made above
 listing=$(ls | tr '\n' ' ')
 [ "$listing" = "big.txt renamed.txt sub " ] || fail "final ls shows '$listing'"
