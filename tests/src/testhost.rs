@@ -323,11 +323,11 @@ pub const SHARE_STORE: &str = "/share/fs/store";
 /// Afterwards the host can read the tree and the store from the disk image with
 /// [`read_share_disk_file`], e.g. `<SHARE_STORE>/share0/fs-basic/renamed.txt`.
 pub fn share_scenarios() -> Vec<Scenario> {
+    // The VMM adds `fsr.share=share0:/mnt/share0` to the guest command line for each --share.
     let share = |s: Scenario| {
         s.arg("/mnt/share0")
             .vmm_arg("--share")
             .vmm_arg(&format!("tag=share0,dir={SHARE_TREE},store={SHARE_STORE}"))
-            .cmdline("fsr.share=share0:/mnt/share0")
     };
     vec![
         share(Scenario::new("share-fs-basic", "fs-basic"))
