@@ -36,6 +36,13 @@ pub enum Mismatch {
     UnsafeObject(PathBuf),
     /// A stored object no stub names.
     StrayObject(PathBuf),
+    /// Hard links of one stub whose stored objects are not hard links of one object.
+    LinksDiffer {
+        /// One name.
+        path: PathBuf,
+        /// Another name of the same stub.
+        other: PathBuf,
+    },
 }
 
 /// Checks `share`; returns every mismatch found (empty when all agree).
@@ -45,6 +52,8 @@ pub fn verify_share(share: &ShareSpec) -> io::Result<Vec<Mismatch>> {
         None => return Ok(Vec::new()),
     };
     let mut out = Vec::new();
+    // Stub inode -> (first name seen, its object's inode).
+    let mut links: std::collections::HashMap<u64, (PathBuf, u64)> = Default::default();
     walk(&share.dir, Path::new(""), &mut |rel, meta| {
         if !meta.file_type().is_file() {
             return Ok(());
@@ -56,6 +65,17 @@ pub fn verify_share(share: &ShareSpec) -> io::Result<Vec<Mismatch>> {
         match fs::symlink_metadata(volume.join(rel)) {
             Err(_) => out.push(Mismatch::MissingObject(rel.to_path_buf())),
             Ok(obj) => {
+                if meta.nlink() > 1 {
+                    let first = links
+                        .entry(meta.ino())
+                        .or_insert_with(|| (rel.to_path_buf(), obj.ino()));
+                    if first.1 != obj.ino() {
+                        out.push(Mismatch::LinksDiffer {
+                            path: rel.to_path_buf(),
+                            other: first.0.clone(),
+                        });
+                    }
+                }
                 if !obj.file_type().is_file() || obj.mode() & 0o7111 != 0 {
                     out.push(Mismatch::UnsafeObject(rel.to_path_buf()));
                 }
@@ -175,6 +195,36 @@ mod tests {
         assert_eq!(
             verify_share(&share).unwrap(),
             vec![Mismatch::StrayObject("stray".into())]
+        );
+    }
+
+    #[test]
+    fn hard_links_not_mirrored_are_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let share = share(tmp.path());
+        let fs = RedirectFs::new(&share, FsConfig::default()).unwrap();
+        fs.init(fuse_backend_rs::abi::fuse_abi::FsOptions::empty())
+            .unwrap();
+        let ctx = fuse_backend_rs::api::filesystem::Context::new();
+        let args = fuse_backend_rs::abi::fuse_abi::CreateIn {
+            flags: libc::O_RDWR as u32,
+            mode: libc::S_IFREG | 0o644,
+            umask: 0,
+            fuse_flags: 0,
+        };
+        let (entry, handle, _, _) = fs.create(&ctx, 1, c"a", args).unwrap();
+        fs.release(&ctx, entry.inode, 0, handle.unwrap(), false, false, None)
+            .unwrap();
+        fs.link(&ctx, entry.inode, 1, c"b").unwrap();
+        assert_eq!(verify_share(&share).unwrap(), vec![]);
+        // Break the mirror: b's object becomes a copy instead of a link.
+        fs::remove_file(tmp.path().join("s/t/b")).unwrap();
+        fs::write(tmp.path().join("s/t/b"), b"").unwrap();
+        let found = verify_share(&share).unwrap();
+        assert_eq!(found.len(), 1);
+        assert!(
+            matches!(found[0], Mismatch::LinksDiffer { .. }),
+            "{found:?}"
         );
     }
 
