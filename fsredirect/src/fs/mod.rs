@@ -95,6 +95,9 @@ pub struct FsConfig {
     /// (needs CAP_DAC_READ_SEARCH; keeps host descriptors bounded however many inodes the guest
     /// looks up).
     pub inode_file_handles: bool,
+    /// Most files and directories open at once; more OPENs than this get EMFILE, so a guest
+    /// that never sends RELEASE cannot grow the handle table without bound.
+    pub max_handles: usize,
 }
 
 impl Default for FsConfig {
@@ -106,6 +109,7 @@ impl Default for FsConfig {
             attr_timeout: Duration::ZERO,
             entry_timeout: Duration::from_secs(1),
             inode_file_handles: root,
+            max_handles: 1 << 20,
         }
     }
 }
@@ -162,6 +166,7 @@ pub struct RedirectFs {
     size_lock: Mutex<()>,
     fds: FdCache,
     stub_fds: FdCache,
+    max_handles: usize,
     next_handle: AtomicU64,
 }
 
@@ -251,6 +256,7 @@ impl RedirectFs {
             size_lock: Mutex::new(()),
             fds: FdCache::new(cfg.max_store_fds),
             stub_fds: FdCache::new(cfg.max_store_fds),
+            max_handles: cfg.max_handles,
             next_handle: AtomicU64::new(1),
         })
     }
@@ -578,6 +584,15 @@ impl RedirectFs {
             *st.open_counts.entry(inode).or_default() += 1;
         }
         handle
+    }
+
+    /// Fails with EMFILE when the handle table is full (checked before opening anything).
+    fn check_handle_room(&self) -> io::Result<()> {
+        if self.state().handles.len() >= self.max_handles {
+            log::warn!("handle table full ({} open): EMFILE", self.max_handles);
+            return Err(errno(libc::EMFILE));
+        }
+        Ok(())
     }
 
     fn handle(&self, handle: u64) -> io::Result<OpenFile> {

@@ -311,6 +311,7 @@ impl FileSystem for RedirectFs {
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        self.check_handle_room()?;
         let _ns = self.ns_read();
         match self.kind(inode)? {
             Kind::Redirect => Ok((
@@ -340,6 +341,7 @@ impl FileSystem for RedirectFs {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         validate_name(name)?;
+        self.check_handle_room()?;
         let _ns = self.ns_write();
         let entry = match self.peek(parent, name)? {
             Some(existing) => {
@@ -604,6 +606,7 @@ impl FileSystem for RedirectFs {
     ) -> io::Result<(Option<u64>, OpenOptions)> {
         // Directory handles live in the same table as file handles: the kernel may pass
         // either to SETATTR (fchmod or futimens on a directory descriptor).
+        self.check_handle_room()?;
         let (ih, opts) = self.inner.opendir(ctx, inode, flags)?;
         let ih = ih.ok_or_else(|| errno(libc::EIO))?;
         Ok((Some(self.new_handle(OpenFile::Inner(ih))), opts))

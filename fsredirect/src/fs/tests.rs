@@ -1039,3 +1039,26 @@ fn setattr_through_a_directory_handle_reaches_the_directory() {
     fx.fs.releasedir(&fx.ctx, dir.inode, 0, dh).unwrap();
     fx.release(file.inode, fh);
 }
+
+#[test]
+fn opens_beyond_the_handle_bound_get_emfile() {
+    let fx = fixture_with(
+        true,
+        FsConfig {
+            max_handles: 2,
+            ..FsConfig::default()
+        },
+    );
+    let entry = fx.write_file(ROOT_INODE, "f", b"x");
+    let a = fx.open(entry.inode, libc::O_RDONLY);
+    let _b = fx.open(entry.inode, libc::O_RDONLY);
+    let r = fx.fs.open(&fx.ctx, entry.inode, libc::O_RDONLY as u32, 0);
+    assert_eq!(errno_of(r), libc::EMFILE);
+    let r = fx.fs.opendir(&fx.ctx, ROOT_INODE, 0);
+    assert_eq!(errno_of(r), libc::EMFILE);
+    fx.release(entry.inode, a);
+    assert!(fx
+        .fs
+        .open(&fx.ctx, entry.inode, libc::O_RDONLY as u32, 0)
+        .is_ok());
+}
