@@ -8,7 +8,8 @@
 //!   apparent size (sparse, no extents) and gets mtime/ctime updates on data changes;
 //! - every namespace change (create, link, unlink, rename, rmdir) is mirrored in the store,
 //!   store first where a failure could otherwise leave a stub without data, and undone if the
-//!   guest-tree half fails;
+//!   guest-tree half fails; operations with two halves are recorded in the volume's intent
+//!   log first, so that recovery after a crash ([`crate::recover`]) can settle them;
 //! - special files are inert regular host files whose type lives in the metadata.
 //!
 //! Directory renames do not rewrite the metadata of the files below: the recorded common
