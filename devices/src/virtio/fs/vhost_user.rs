@@ -28,10 +28,11 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
 
 use fuse_backend_rs::api::filesystem::FileSystem;
@@ -123,6 +124,9 @@ pub struct VhostUserFsBackend<F: FileSystem + Send + Sync + 'static> {
     mem: RwLock<Mem>,
     /// One exit event per worker thread (one thread per queue).
     exits: Vec<(EventConsumer, EventNotifier)>,
+    /// Written once, when the front-end sends its first message.
+    greeting: Option<EventFd>,
+    greeted: AtomicBool,
 }
 
 impl<F: FileSystem + Send + Sync + 'static> VhostUserFsBackend<F> {
@@ -150,7 +154,17 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserFsBackend<F> {
             num_queues,
             mem: RwLock::new(mem),
             exits,
+            greeting: None,
+            greeted: AtomicBool::new(false),
         })
+    }
+
+    /// Makes the back-end write to `greeting` when the front-end sends its
+    /// first message (GET_FEATURES opens every vhost-user session), which
+    /// tells a front-end from a mere connect-and-close probe.
+    pub fn notify_first_message(mut self, greeting: EventFd) -> Self {
+        self.greeting = Some(greeting);
+        self
     }
 
     fn memory(&self) -> Mem {
@@ -172,6 +186,11 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VhostUserFsBack
     }
 
     fn features(&self) -> u64 {
+        if !self.greeted.swap(true, Ordering::SeqCst) {
+            if let Some(greeting) = &self.greeting {
+                let _ = greeting.write(1);
+            }
+        }
         VIRTIO_F_VERSION_1
             | VIRTIO_RING_F_INDIRECT_DESC
             | VIRTIO_RING_F_EVENT_IDX
@@ -321,6 +340,14 @@ pub enum ServeEnd {
     Stopped,
 }
 
+/// How one accepted connection ended.
+enum Connection {
+    /// Closed without a message: not a front-end.
+    Probe,
+    /// A front-end's session ended, or the daemon was stopped.
+    Ended(ServeEnd),
+}
+
 /// A vhost-user-fs daemon listening on its socket.
 ///
 /// It serves one front-end at a time (one server per volume); the socket
@@ -369,8 +396,10 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserFsDaemon<F> {
     /// Waits for a front-end and serves it until it disconnects or `stop`
     /// becomes readable.
     ///
-    /// On a stop, the queue workers end at once; the thread reading the
-    /// socket ends when the front-end closes it (or the process exits).
+    /// A connection closed before sending any message (someone checking
+    /// whether the socket is alive) is not a front-end: the daemon keeps
+    /// waiting. On a stop, the queue workers end at once; the thread reading
+    /// the socket ends when the front-end closes it (or the process exits).
     /// After a disconnect the file system forgets the front-end's inodes and
     /// handles (as on FUSE DESTROY), so the next front-end starts afresh.
     pub fn serve(
@@ -378,23 +407,43 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserFsDaemon<F> {
         stop: &EventFd,
         mut on_event: impl FnMut(&DaemonEvent),
     ) -> Result<ServeEnd> {
-        if !wait_readable(self.listener.as_raw_fd(), stop)? {
-            on_event(&DaemonEvent::Stopped);
-            return Ok(ServeEnd::Stopped);
+        loop {
+            match self.serve_connection(stop, &mut on_event)? {
+                Connection::Probe => {
+                    debug!("vhost-user-fs {}: a connection closed without a message (a probe); still waiting", self.config.tag);
+                }
+                Connection::Ended(end) => return Ok(end),
+            }
         }
+    }
+
+    fn serve_connection(
+        &mut self,
+        stop: &EventFd,
+        on_event: &mut impl FnMut(&DaemonEvent),
+    ) -> Result<Connection> {
+        if wait_any(&[stop.as_raw_fd(), self.listener.as_raw_fd()])? == 0 {
+            on_event(&DaemonEvent::Stopped);
+            return Ok(Connection::Ended(ServeEnd::Stopped));
+        }
+        let greeting = EventFd::new(EFD_NONBLOCK).map_err(host("create an eventfd"))?;
         let mem = Mem::new(GuestMemoryMmap::new());
-        let backend = Arc::new(VhostUserFsBackend::new(
+        let backend = VhostUserFsBackend::new(
             self.server.clone(),
             &self.config.tag,
             self.config.request_queues,
             mem.clone(),
-        )?);
-        let mut daemon =
-            VhostUserDaemon::new(format!("vhost-user-fs-{}", self.config.tag), backend, mem)
-                .map_err(|e| VhostUserFsError::Daemon {
-                    what: "start its queue workers",
-                    detail: e.to_string(),
-                })?;
+        )?
+        .notify_first_message(greeting.try_clone().map_err(host("clone an eventfd"))?);
+        let mut daemon = VhostUserDaemon::new(
+            format!("vhost-user-fs-{}", self.config.tag),
+            Arc::new(backend),
+            mem,
+        )
+        .map_err(|e| VhostUserFsError::Daemon {
+            what: "start its queue workers",
+            detail: e.to_string(),
+        })?;
         let workers = daemon.get_epoll_handlers();
         // The listener is readable, so this accept does not block (a
         // connection aborted meanwhile makes it wait for the next one).
@@ -404,7 +453,6 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserFsDaemon<F> {
                 what: "accept a front-end",
                 detail: e.to_string(),
             })?;
-        on_event(&DaemonEvent::Connected);
 
         // vhost-user-backend only offers a blocking wait for the connection
         // thread: wait in a helper thread that reports through an eventfd.
@@ -423,21 +471,43 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserFsDaemon<F> {
             })
             .map_err(host("start the connection watcher thread"))?;
 
-        let stopped = !wait_readable(done.as_raw_fd(), stop)?;
-        for worker in &workers {
-            worker.send_exit_event();
-        }
-        if stopped {
-            on_event(&DaemonEvent::Stopped);
-            return Ok(ServeEnd::Stopped);
+        let mut greeted = false;
+        loop {
+            let fds = [stop.as_raw_fd(), done.as_raw_fd(), greeting.as_raw_fd()];
+            let ready = if greeted {
+                wait_any(&fds[..2])?
+            } else {
+                wait_any(&fds)?
+            };
+            match ready {
+                0 => {
+                    for worker in &workers {
+                        worker.send_exit_event();
+                    }
+                    on_event(&DaemonEvent::Stopped);
+                    return Ok(Connection::Ended(ServeEnd::Stopped));
+                }
+                1 => break,
+                _ => {
+                    greeted = true;
+                    on_event(&DaemonEvent::Connected);
+                }
+            }
         }
         let why = rx
             .recv()
             .unwrap_or_else(|_| Some("the connection thread panicked".to_owned()));
+        if !greeted {
+            if why.is_none() {
+                return Ok(Connection::Probe);
+            }
+            // It spoke, but nothing we understood: still a front-end.
+            on_event(&DaemonEvent::Connected);
+        }
         // The guest's FUSE session is over: drop its inodes and handles.
         self.fs.destroy();
         on_event(&DaemonEvent::Disconnected(why));
-        Ok(ServeEnd::Disconnected)
+        Ok(Connection::Ended(ServeEnd::Disconnected))
     }
 
     /// Serves front-ends one after another until `stop` fires; with
@@ -510,23 +580,19 @@ fn remove_stale_socket(path: &Path) -> Result<()> {
     }
 }
 
-/// Waits until `fd` is readable (true) or `stop` is (false).
-fn wait_readable(fd: i32, stop: &EventFd) -> Result<bool> {
-    let mut fds = [
-        libc::pollfd {
-            fd: stop.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
+/// Waits until one of `fds` is readable; returns the index of the first.
+fn wait_any(fds: &[RawFd]) -> Result<usize> {
+    let mut polls: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
             fd,
             events: libc::POLLIN,
             revents: 0,
-        },
-    ];
+        })
+        .collect();
     loop {
-        // SAFETY: fds is a valid array of two pollfd for the call's duration.
-        let ret = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        // SAFETY: polls is a valid array of polls.len() pollfd for the call's duration.
+        let ret = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, -1) };
         if ret < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
@@ -537,11 +603,8 @@ fn wait_readable(fd: i32, stop: &EventFd) -> Result<bool> {
                 source: err,
             });
         }
-        if fds[0].revents != 0 {
-            return Ok(false);
-        }
-        if fds[1].revents != 0 {
-            return Ok(true);
+        if let Some(index) = polls.iter().position(|p| p.revents != 0) {
+            return Ok(index);
         }
     }
 }
@@ -846,10 +909,16 @@ mod tests {
         );
     }
 
-    /// A front-end that connects and hangs up at once ends the connection
-    /// cleanly, and with `accept_again` the daemon takes the next one.
+    /// GET_FEATURES (request 1) with version-1 flags and no body: how every
+    /// vhost-user front-end opens its session.
+    const GET_FEATURES: [u8; 12] = [1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+
+    /// A front-end that opens a session and hangs up is one session; with
+    /// `accept_again` the daemon takes the next one.
     #[test]
-    fn a_front_end_that_hangs_up_is_a_disconnect_and_the_next_one_is_accepted() {
+    fn each_front_end_session_is_reported_and_the_next_one_is_accepted() {
+        use std::io::{Read, Write};
+
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sock");
         let mut daemon =
@@ -858,17 +927,24 @@ mod tests {
         let stop = EventFd::new(EFD_NONBLOCK).unwrap();
         let stopper = stop.try_clone().unwrap();
         let client = std::thread::spawn(move || {
+            let mut features = Vec::new();
             for _ in 0..2 {
-                drop(UnixStream::connect(&path).unwrap());
+                let mut stream = UnixStream::connect(&path).unwrap();
+                stream.write_all(&GET_FEATURES).unwrap();
+                let mut reply = [0u8; 20];
+                stream.read_exact(&mut reply).unwrap();
+                features.push(u64::from_le_bytes(reply[12..].try_into().unwrap()));
+                drop(stream);
                 std::thread::sleep(Duration::from_millis(100));
             }
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(100));
             stopper.write(1).unwrap();
+            features
         });
         let mut events = Vec::new();
 
         let end = daemon.run(&stop, true, |e| events.push(e.clone())).unwrap();
-        client.join().unwrap();
+        let features = client.join().unwrap();
 
         assert_eq!(end, ServeEnd::Stopped);
         assert_eq!(
@@ -881,5 +957,69 @@ mod tests {
                 DaemonEvent::Stopped
             ]
         );
+        assert!(
+            features.iter().all(|f| f & VIRTIO_F_VERSION_1 != 0),
+            "{features:x?}"
+        );
+    }
+
+    /// Connecting and closing without a word (as `bind` does to check for a
+    /// live daemon) is not a session: the daemon keeps waiting, even
+    /// without `accept_again`.
+    #[test]
+    fn a_silent_connection_is_a_probe_and_the_daemon_keeps_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sock");
+        let mut daemon =
+            VhostUserFsDaemon::bind(DaemonConfig::new(&path, "t"), passthrough(dir.path()))
+                .unwrap();
+        let stop = EventFd::new(EFD_NONBLOCK).unwrap();
+        let stopper = stop.try_clone().unwrap();
+        let client = std::thread::spawn(move || {
+            for _ in 0..2 {
+                drop(UnixStream::connect(&path).unwrap());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            stopper.write(1).unwrap();
+        });
+        let mut events = Vec::new();
+
+        let end = daemon
+            .run(&stop, false, |e| events.push(e.clone()))
+            .unwrap();
+        client.join().unwrap();
+
+        assert_eq!(end, ServeEnd::Stopped);
+        assert_eq!(events, vec![DaemonEvent::Stopped]);
+    }
+
+    /// A second daemon on the same socket is refused, and its check does
+    /// not end the first one's wait for a front-end.
+    #[test]
+    fn a_second_daemon_on_a_live_socket_leaves_the_first_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sock");
+        let mut first =
+            VhostUserFsDaemon::bind(DaemonConfig::new(&path, "t"), passthrough(dir.path()))
+                .unwrap();
+        let stop = EventFd::new(EFD_NONBLOCK).unwrap();
+        let stopper = stop.try_clone().unwrap();
+        let fs = passthrough(dir.path());
+        let second = std::thread::spawn(move || {
+            let refused = VhostUserFsDaemon::bind(DaemonConfig::new(&path, "t"), fs).err();
+            std::thread::sleep(Duration::from_millis(200));
+            stopper.write(1).unwrap();
+            refused
+        });
+        let mut events = Vec::new();
+
+        let end = first.serve(&stop, |e| events.push(e.clone())).unwrap();
+        let refused = second.join().unwrap();
+
+        assert!(
+            matches!(refused, Some(VhostUserFsError::SocketInUse(_))),
+            "{refused:?}"
+        );
+        assert_eq!(end, ServeEnd::Stopped, "{events:?}");
     }
 }
