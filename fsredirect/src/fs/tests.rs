@@ -1062,3 +1062,32 @@ fn opens_beyond_the_handle_bound_get_emfile() {
         .open(&fx.ctx, entry.inode, libc::O_RDONLY as u32, 0)
         .is_ok());
 }
+
+#[test]
+fn guest_name_like_the_control_area_stays_inside_the_volume() {
+    let fx = redirecting();
+    let dir = fx.mkdir(ROOT_INODE, ".fsredirect");
+    fx.write_file(dir.inode, "lock", b"guest data");
+    assert_eq!(
+        std::fs::read(fx.volume.join(".fsredirect/lock")).unwrap(),
+        b"guest data"
+    );
+    // The real control area is untouched: its lock still holds our pid, not guest bytes.
+    let lock = std::fs::read_to_string(fx.control.join("lock")).unwrap();
+    assert_eq!(lock.trim(), std::process::id().to_string());
+}
+
+#[test]
+fn names_with_arbitrary_bytes_reach_the_same_store_path() {
+    let fx = redirecting();
+    let name = CString::new(vec![0xff, b'\n', b' ', 0x01, b'x']).unwrap();
+    let (entry, handle, _, _) = fx
+        .fs
+        .create(&fx.ctx, ROOT_INODE, &name, create_in(0o644, libc::O_RDWR))
+        .unwrap();
+    fx.write(entry.inode, handle.unwrap(), 0, b"odd");
+    fx.release(entry.inode, handle.unwrap());
+    let host_name = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name.as_bytes());
+    assert_eq!(std::fs::read(fx.volume.join(host_name)).unwrap(), b"odd");
+    fx.assert_mirror();
+}
