@@ -10,7 +10,8 @@ use crate::config::{self, ConfigError, VmConfig, DEFAULT_CMDLINE};
 
 const EXAMPLES: &str = "\
 Examples:
-  Boot the default guest (built by guest-images/build-guest.sh):
+  Boot the default guest (built by guest-images/build-guest.sh) with the default
+  redirecting share (vm-data/default/tree over vm-data/default/store, at /mnt/data):
     hypervisor
   Boot a kernel with an initramfs, 2 vCPUs and 512 MiB:
     hypervisor run --kernel build/guest/vmlinux --initrd build/guest/initramfs.cpio.gz \\
@@ -76,6 +77,9 @@ pub struct RunArgs {
     /// (repeatable): tag=TAG,dir=GUEST_TREE[,store=STORE][,volume=V][,policy=...]
     #[arg(long, value_name = "SPEC", value_parser = parse_share)]
     pub share: Vec<ShareSpec>,
+    /// Do not add the default share (vm-data/default, mounted at /mnt/data) to the default guest
+    #[arg(long)]
+    pub no_default_share: bool,
 }
 
 fn parse_share(spec: &str) -> Result<ShareSpec, String> {
@@ -113,7 +117,27 @@ impl RunArgs {
         for share in &self.share {
             builder = builder.share(share.clone());
         }
+        if let Some(share) = self.default_share() {
+            builder = builder.share(share);
+        }
         builder.build()
+    }
+
+    /// The default share: given to the default guest when no `--share` is,
+    /// so `cargo run --release` boots with a redirecting share mounted at
+    /// /mnt/data whose tree and store live in the VM data folder.
+    pub fn default_share(&self) -> Option<ShareSpec> {
+        if self.kernel.is_some() || !self.share.is_empty() || self.no_default_share {
+            return None;
+        }
+        let data = config::default_vm_data_dir();
+        ShareSpec::parse(&format!(
+            "tag={},dir={},store={}",
+            config::DEFAULT_SHARE_TAG,
+            data.join("tree").display(),
+            data.join("store").display()
+        ))
+        .ok()
     }
 }
 
@@ -162,6 +186,27 @@ mod tests {
             let config = parse(args).run_args().to_config().unwrap();
             assert_eq!((config.vcpus, config.mem_size), (2, 1 << 30), "{args:?}");
         }
+    }
+
+    #[test]
+    fn default_guest_gets_the_default_share_unless_told_otherwise() {
+        let default = parse(&[]).run_args().to_config().unwrap();
+        let explicit = parse(&["--share", "tag=a,dir=/srv/a"])
+            .run_args()
+            .to_config()
+            .unwrap();
+        let refused = parse(&["--no-default-share"])
+            .run_args()
+            .to_config()
+            .unwrap();
+
+        assert_eq!(default.shares.len(), 1);
+        assert_eq!(default.shares[0].tag, "data");
+        assert!(default.shares[0].dir.ends_with("vm-data/default/tree"));
+        assert!(default.shares[0].store.is_some());
+        assert_eq!(explicit.shares.len(), 1);
+        assert_eq!(explicit.shares[0].tag, "a");
+        assert!(refused.shares.is_empty());
     }
 
     #[test]

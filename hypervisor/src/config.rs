@@ -222,6 +222,24 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Tag of the default share (mounted in the guest at /mnt/data).
+pub const DEFAULT_SHARE_TAG: &str = "data";
+
+/// The VM data folder of the default VM: the default share's guest tree
+/// (`tree/`) and block store (`store/`).
+pub fn default_vm_data_dir() -> PathBuf {
+    workspace_root().join("vm-data").join("default")
+}
+
+/// Creates the directories a share serves, if missing.
+pub fn create_share_dirs(share: &ShareSpec) -> std::io::Result<()> {
+    std::fs::create_dir_all(&share.dir)?;
+    if let Some(store) = &share.store {
+        std::fs::create_dir_all(&store.root)?;
+    }
+    Ok(())
+}
+
 /// Where guest-images/build-guest.sh puts its outputs.
 pub fn default_guest_dir() -> PathBuf {
     workspace_root().join("build").join("guest")

@@ -27,7 +27,19 @@ fn run(cli: &Cli) -> Result<u8, Box<dyn std::error::Error>> {
     if let Some(Command::VhostUserFs(args)) = &cli.command {
         return Ok(hypervisor::vhost_user::run(args)?);
     }
-    let config = cli.run_args().to_config()?;
+    let args = cli.run_args();
+    let config = args.to_config()?;
+    if let Some(share) = args.default_share() {
+        hypervisor::config::create_share_dirs(&share)?;
+        let store = share.store.as_ref().map(|s| s.root.display().to_string());
+        eprintln!(
+            "hypervisor: VM data folder {}: guest tree {}, store {} (in the guest: /mnt/{})",
+            hypervisor::config::default_vm_data_dir().display(),
+            share.dir.display(),
+            store.unwrap_or_default(),
+            share.tag
+        );
+    }
     let status = Vm::new(config)?.run()?;
     // Exit codes are one byte; signals map to 128+n, which fits.
     Ok(u8::try_from(status.code).unwrap_or(1))
