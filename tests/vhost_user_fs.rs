@@ -38,6 +38,7 @@ fn main() {
     let trials = vec![
         qemu_trial("fs_basic_on_a_passthrough_share", fs_basic_passthrough),
         qemu_trial("fs_basic_on_a_redirecting_share", fs_basic_redirect),
+        qemu_trial("fs_tree_on_a_redirecting_share", fs_tree_redirect),
         qemu_trial(
             "fs_basic_with_two_request_queues",
             fs_basic_two_request_queues,
@@ -92,8 +93,14 @@ fn big_contents() -> Vec<u8> {
 
 /// Runs fs-basic on `share`; checks the guest's side of the run.
 fn run_fs_basic(share: GuestShare) -> Result<GuestRun, String> {
+    run_scenario(share, "fs-basic")
+}
+
+/// Runs `scenario` on `share` with its mount point as argument; checks the
+/// guest's side of the run (mounted, passed, exit port, daemon lines).
+fn run_scenario(share: GuestShare, scenario: &str) -> Result<GuestRun, String> {
     let mount = share.mount_point();
-    let guest = QemuGuest::new("fs-basic")
+    let guest = QemuGuest::new(scenario)
         .share(share.clone())
         .arg(&mount)
         .timeout(Duration::from_secs(180));
@@ -116,9 +123,11 @@ fn run_fs_basic(share: GuestShare) -> Result<GuestRun, String> {
             context()
         ));
     }
-    if run.exit_code != 0 || !run.has_marker("@@fsr scenario fs-basic result=pass code=0") {
+    if run.exit_code != 0
+        || !run.has_marker(&format!("@@fsr scenario {scenario} result=pass code=0"))
+    {
         return Err(format!(
-            "fs-basic failed in the guest (exit code {})\n{}",
+            "{scenario} failed in the guest (exit code {})\n{}",
             run.exit_code,
             context()
         ));
@@ -149,7 +158,7 @@ fn run_fs_basic(share: GuestShare) -> Result<GuestRun, String> {
         }
     }
     println!(
-        "{PATH}: fs-basic passed in {:.1} s (guest exit code {} through the exit port)",
+        "{PATH}: {scenario} passed in {:.1} s (guest exit code {} through the exit port)",
         run.elapsed.as_secs_f64(),
         run.exit_code
     );
@@ -229,6 +238,106 @@ fn fs_basic_passthrough() -> Result<(), String> {
     run_fs_basic(GuestShare::passthrough("fs0", &tree))?;
 
     check_contents(&tree.join("fs-basic"), "guest tree file")
+}
+
+/// 1. Serve an empty guest tree redirected into volume `vol` of a store.
+/// 2. Boot the guest; run fs-tree (300 files; a directory rename, a
+///    recursive delete, moves between directories, a hard link, a truncate).
+/// 3. On the host, the store mirrors the guest's final tree byte for byte,
+///    the hard link is a hard link in the store too, every stub is sparse,
+///    and fsredirect's verifier agrees.
+fn fs_tree_redirect() -> Result<(), String> {
+    let tmp = TempDir::new("tree");
+    let tree = tmp.make("tree");
+    let store = tmp.make("store");
+
+    run_scenario(GuestShare::redirect("fs0", &tree, &store, "vol"), "fs-tree")?;
+
+    let stored = store.join("vol/fs-tree");
+    let stubs = tree.join("fs-tree");
+    let mut expected: Vec<(String, String)> = Vec::new();
+    for d in (0..10).filter(|&d| d != 1 && d != 2) {
+        let dir = if d == 0 {
+            "renamed0".to_owned()
+        } else {
+            format!("d{d}")
+        };
+        for f in 0..30 {
+            let text = if (d, f) == (5, 0) {
+                "fil".to_owned()
+            } else {
+                format!("file {d}/{f}\n")
+            };
+            expected.push((format!("{dir}/f{f}"), text));
+        }
+    }
+    for f in 0..30 {
+        expected.push((format!("d3/g{f}"), format!("file 2/{f}\n")));
+    }
+    expected.push(("d4/hard0".to_owned(), "file 4/0\n".to_owned()));
+    for (name, text) in &expected {
+        let got = read(&stored.join(name))?;
+        if got != text.as_bytes() {
+            return Err(format!(
+                "stored {name} holds {:?}, not {text:?}",
+                String::from_utf8_lossy(&got)
+            ));
+        }
+        check_stub(&stubs.join(name), text.len() as u64)?;
+    }
+    for gone in ["d0", "d1", "d2/f0"] {
+        for root in [&stored, &stubs] {
+            if root.join(gone).symlink_metadata().is_ok() {
+                return Err(format!("{} still exists", root.join(gone).display()));
+            }
+        }
+    }
+    let count = count_files(&stored)?;
+    if count != expected.len() {
+        return Err(format!(
+            "the store holds {count} files under fs-tree, not {}",
+            expected.len()
+        ));
+    }
+    let (a, b) = (
+        stored.join("d4/f0").metadata().map_err(|e| e.to_string())?,
+        stored
+            .join("d4/hard0")
+            .metadata()
+            .map_err(|e| e.to_string())?,
+    );
+    if a.ino() != b.ino() {
+        return Err("d4/f0 and d4/hard0 are not one file in the store".into());
+    }
+    let spec = format!(
+        "tag=fs0,dir={},store={},volume=vol",
+        tree.display(),
+        store.display()
+    );
+    let share = fsredirect::ShareSpec::parse(&spec).map_err(|e| e.to_string())?;
+    let mismatches = fsredirect::verify::verify_share(&share)
+        .map_err(|e| format!("cannot verify the share: {e}"))?;
+    if !mismatches.is_empty() {
+        return Err(format!("stubs and stored objects disagree: {mismatches:?}"));
+    }
+    Ok(())
+}
+
+/// Counts the names of regular files under `dir`.
+fn count_files(dir: &Path) -> Result<usize, String> {
+    let mut count = 0;
+    for entry in
+        std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+    {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let kind = entry.file_type().map_err(|e| e.to_string())?;
+        if kind.is_dir() {
+            count += count_files(&entry.path())?;
+        } else if kind.is_file() {
+            count += 1;
+        }
+    }
+    Ok(count)
 }
 
 /// 1. Serve a redirecting share with two request queues (hiprio plus two
