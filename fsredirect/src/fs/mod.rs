@@ -13,8 +13,8 @@
 //! - special files are inert regular host files whose type lives in the metadata.
 //!
 //! Directory renames do not rewrite the metadata of the files below: the recorded common
-//! portion is a hint, compared with the path a file is looked up by and corrected then (and
-//! the store object is moved back under the right name if a crash left it at the old one).
+//! portion is a hint, compared with the path a file is looked up by and corrected then.
+//! Files are always found by the path they are looked up by, never through the record.
 //!
 //! Concurrency: namespace changes take the namespace lock exclusively; lookups, opens and
 //! I/O take it shared, so no open can ever see a half-done rename.
@@ -42,7 +42,7 @@ use crate::fdcache::FdCache;
 use crate::intent::Intent;
 use crate::meta::Meta;
 use crate::meta::{META_XATTR_ROOT, META_XATTR_USER};
-use crate::names::{join, validate_name, NameTable};
+use crate::names::{join, NameTable};
 use crate::recover::{recover, replay_intents};
 use crate::share::ShareSpec;
 use crate::store::{Store, StoreError};
@@ -501,8 +501,10 @@ impl RedirectFs {
             .ok_or_else(|| errno(libc::ESTALE))
     }
 
-    /// Compares the recorded common portion with the path the file was reached by; corrects
-    /// the record, and moves the store object back if a crash left it at the recorded path.
+    /// Compares the recorded common portion with the path the file was reached by and
+    /// corrects a stale record (left by a directory rename above it). Nothing is moved here:
+    /// objects misplaced by a crash are put back by recovery, which runs before serving; a
+    /// missing object leaves the record alone, as evidence for `verify`.
     fn correct_portion(
         &self,
         inode: u64,
@@ -510,31 +512,11 @@ impl RedirectFs {
         current: Option<Meta>,
     ) -> io::Result<()> {
         let store = self.store()?;
-        let here = join(parts);
-        if current == Some(Meta::redirect(&self.volume, &here)) {
+        if current == Some(Meta::redirect(&self.volume, &join(parts))) {
             return Ok(());
         }
-        let (recorded, truncated) = match current {
-            Some(Meta::Redirect {
-                portion, truncated, ..
-            }) => (portion, truncated),
-            _ => return Ok(()),
-        };
-        if store.stat_object(parts).is_err() {
-            let old: Option<Vec<CString>> = recorded
-                .split(|&b| b == b'/')
-                .map(|p| CString::new(p).ok())
-                .collect();
-            if let (Some(old), false) = (old, truncated) {
-                if old.iter().all(|p| validate_name(p).is_ok()) && store.stat_object(&old).is_ok() {
-                    log::warn!(
-                        "moving store object {:?} to {:?} to match the guest tree",
-                        String::from_utf8_lossy(&recorded),
-                        String::from_utf8_lossy(&here)
-                    );
-                    store.rename(&old, parts, 0)?;
-                }
-            }
+        if !matches!(current, Some(Meta::Redirect { .. })) || store.stat_object(parts).is_err() {
+            return Ok(());
         }
         self.record_portion(inode, parts)
     }
