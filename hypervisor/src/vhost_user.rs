@@ -241,6 +241,27 @@ mod tests {
     }
 
     #[test]
+    fn the_subcommand_is_wired_into_the_hypervisor_command_line() {
+        use crate::cli::{Cli, Command};
+
+        let cli = Cli::try_parse_from([
+            "hypervisor",
+            "vhost-user-fs",
+            "--socket",
+            "/tmp/s.sock",
+            "--share",
+            "tag=fs0,dir=/srv/data",
+            "--loop",
+        ])
+        .unwrap();
+
+        match cli.command {
+            Some(Command::VhostUserFs(args)) => assert!(args.keep_listening),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
     fn a_bad_share_is_refused_with_the_parser_message() {
         let err = parse(&["--socket", "/tmp/s.sock", "--share", "dir=/srv/data"]).unwrap_err();
 
