@@ -332,6 +332,7 @@ fn host_fds_stay_bounded() -> Result<Outcome, String> {
     let bound = FD_BOUND.to_string();
     with_mount("fds", true, &["--max-store-fds", &bound], |mount, mnt| {
         let baseline = mount.open_fds();
+        let rss_start = mount.rss_kib();
         let dir = mnt.join("many");
         std::fs::create_dir(&dir).map_err(|e| e.to_string())?;
         for i in 0..2000 {
@@ -341,6 +342,7 @@ fn host_fds_stay_bounded() -> Result<Outcome, String> {
         for i in 0..2000 {
             std::fs::metadata(dir.join(format!("f{i}"))).map_err(|e| e.to_string())?;
         }
+        let rss_inodes = mount.rss_kib();
         let mut held = Vec::new();
         let mut peak = mount.open_fds();
         for i in 0..300 {
@@ -364,6 +366,10 @@ fn host_fds_stay_bounded() -> Result<Outcome, String> {
         }
         println!(
             "server descriptors: {baseline} at start, peak {peak} with 2000 inodes and 300 open files (bound {FD_BOUND})"
+        );
+        println!(
+            "server memory: {rss_start} KiB at start, {rss_inodes} KiB with 2000 inodes known to the kernel ({} bytes per inode)",
+            rss_inodes.saturating_sub(rss_start) * 1024 / 2000
         );
         // The bound applies to store objects and, again, to stubs being written.
         if peak > baseline + 2 * FD_BOUND + 8 {

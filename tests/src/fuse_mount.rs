@@ -170,6 +170,16 @@ impl HostMount {
         Ok(())
     }
 
+    /// The server's resident memory in KiB (VmRSS), 0 if unknown.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Sends SIGTERM and waits for a clean exit; returns an error if the mount lingers.
     pub fn stop(mut self) -> Result<(), String> {
         self.stop_inner()
