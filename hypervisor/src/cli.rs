@@ -82,7 +82,8 @@ pub struct RunArgs {
     pub no_default_share: bool,
 }
 
-fn parse_share(spec: &str) -> Result<ShareSpec, String> {
+/// Parses a `--share` value with the one share parser, for clap.
+pub fn parse_share(spec: &str) -> Result<ShareSpec, String> {
     ShareSpec::parse(spec).map_err(|e| e.to_string())
 }
 

@@ -58,7 +58,7 @@ pub struct VhostUserFsArgs {
     #[arg(
         long,
         value_name = "SPEC",
-        value_parser = parse_share,
+        value_parser = crate::cli::parse_share,
         help = "The share: tag=TAG,dir=GUEST_TREE[,store=STORE][,volume=V][,policy=...] \
                 (QEMU's tag= option should name the same TAG)"
     )]
@@ -69,10 +69,6 @@ pub struct VhostUserFsArgs {
     /// After the front-end disconnects, wait for the next one instead of exiting
     #[arg(long = "loop")]
     pub keep_listening: bool,
-}
-
-fn parse_share(spec: &str) -> Result<ShareSpec, String> {
-    ShareSpec::parse(spec).map_err(|e| e.to_string())
 }
 
 /// Errors of `hypervisor vhost-user-fs`.

@@ -36,7 +36,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
 
 use fuse_backend_rs::api::filesystem::FileSystem;
-use fuse_backend_rs::api::server::Server;
 use log::{debug, info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::{Error as VhostUserError, Listener};
@@ -48,7 +47,7 @@ use vmm_sys_util::event::{
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::handler::process_queue;
+use super::handler::{process_queue, FuseSession};
 use super::{config_space, FsDeviceError, MAX_TAG_LEN};
 use crate::virtio::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use crate::warn_limited;
@@ -118,7 +117,7 @@ fn host(what: &'static str) -> impl FnOnce(io::Error) -> VhostUserFsError {
 
 /// The virtio-fs back-end: what vhost-user-backend's worker threads call.
 pub struct VhostUserFsBackend<F: FileSystem + Send + Sync + 'static> {
-    server: Arc<Server<Arc<F>>>,
+    server: Arc<FuseSession<Arc<F>>>,
     config: [u8; MAX_TAG_LEN + 4],
     num_queues: usize,
     mem: RwLock<Mem>,
@@ -133,7 +132,7 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserFsBackend<F> {
     /// A back-end serving `server` on the hiprio queue and `request_queues`
     /// request queues, with `tag` in its configuration space.
     pub fn new(
-        server: Arc<Server<Arc<F>>>,
+        server: Arc<FuseSession<Arc<F>>>,
         tag: &str,
         request_queues: usize,
         mem: Mem,
@@ -356,7 +355,7 @@ pub struct VhostUserFsDaemon<F: FileSystem + Send + Sync + 'static> {
     config: DaemonConfig,
     listener: Listener,
     fs: Arc<F>,
-    server: Arc<Server<Arc<F>>>,
+    server: Arc<FuseSession<Arc<F>>>,
 }
 
 impl<F: FileSystem + Send + Sync + 'static> VhostUserFsDaemon<F> {
@@ -383,7 +382,7 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserFsDaemon<F> {
         Ok(Self {
             config,
             listener: Listener::from(listener),
-            server: Arc::new(Server::new(fs.clone())),
+            server: Arc::new(FuseSession::new(fs.clone())),
             fs,
         })
     }
@@ -638,7 +637,13 @@ mod tests {
     }
 
     fn backend(dir: &Path, mem: Mem) -> VhostUserFsBackend<Fs> {
-        VhostUserFsBackend::new(Arc::new(Server::new(passthrough(dir))), "share0", 2, mem).unwrap()
+        VhostUserFsBackend::new(
+            Arc::new(FuseSession::new(passthrough(dir))),
+            "share0",
+            2,
+            mem,
+        )
+        .unwrap()
     }
 
     #[test]
