@@ -3,12 +3,14 @@
 //!
 //! ```text
 //! testhost [--timeout SECS] [--quiet] [--in-test-host] [SCENARIO...]
+//! testhost --cat /share/PATH
 //! ```
 //!
 //! SCENARIO is a name from `testhost --list` or `GUEST[:ARG[:EXPECTED_CODE]]` for any guest
 //! scenario of docs/guest-protocol.md. Without scenarios it runs the standard boot batch.
 //! Exit code: 0 when every scenario passed, 1 when one failed, 2 on usage or setup errors.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -16,11 +18,25 @@ use e2e_tests::testhost::{self, RunOptions, Scenario};
 
 const USAGE: &str =
     "usage: testhost [--timeout SECS] [--quiet] [--in-test-host] [--list] [SCENARIO...]
+       testhost --cat /share/PATH
+  --cat      print a file from the test host's share disk (e.g. a stored object under
+             /share/fs/store) without booting anything
   SCENARIO   a name from --list, or GUEST[:ARG[:EXPECTED_CODE]] (guest scenario from
              docs/guest-protocol.md, e.g. exit:7:7); default: the standard boot batch
   --timeout  wall-clock limit for the whole run, in seconds
   --quiet    do not stream the serial console
   --in-test-host  use the emulated VT-x test host even on a hardware-virtualization host";
+
+/// An error and its causes, "outer: inner: innermost".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
+}
 
 fn presets() -> Vec<Scenario> {
     let mut all = testhost::boot_scenarios();
@@ -69,6 +85,25 @@ fn main() -> ExitCode {
                 opts.timeout = Some(Duration::from_secs(secs));
             }
             "--quiet" => opts.stream = false,
+            "--cat" => {
+                let Some(path) = args.next() else {
+                    eprintln!("testhost: --cat needs a path under /share\n{USAGE}");
+                    return ExitCode::from(2);
+                };
+                return match testhost::read_share_disk_file(&opts.paths, &path) {
+                    Ok(bytes) => {
+                        let mut out = std::io::stdout().lock();
+                        if out.write_all(&bytes).and_then(|()| out.flush()).is_err() {
+                            return ExitCode::FAILURE;
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("testhost: error: {}", error_chain(&e));
+                        ExitCode::FAILURE
+                    }
+                };
+            }
             "--in-test-host" => force_test_host = true,
             "--list" => {
                 for s in presets() {
@@ -118,7 +153,7 @@ fn main() -> ExitCode {
             }
         }
         Err(e) => {
-            eprintln!("testhost: error: {e}");
+            eprintln!("testhost: error: {}", error_chain(&e));
             ExitCode::from(2)
         }
     }
