@@ -303,6 +303,13 @@ EOF
 
 main() {
     local start=$SECONDS
+    # One build at a time (tests and the testhost command may call this concurrently).
+    mkdir -p "$CACHE"
+    exec 9>"$CACHE/build.lock"
+    if ! flock -n 9; then
+        step "waiting for another build-testhost.sh to finish"
+        flock 9
+    fi
     install_packages
     kpkg=$(kernel_package)
     local kroot
