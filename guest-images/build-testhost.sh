@@ -16,9 +16,10 @@
 # our static binaries (`hypervisor`, `testhost-agent`, `fsredirect` when built) and the guest
 # image (build/guest/vmlinux, build/guest/initramfs.cpio.gz).
 #
-# Usage: guest-images/build-testhost.sh [--no-cargo] [--force]
+# Usage: guest-images/build-testhost.sh [--no-cargo | --binaries-only] [--force]
 #   --no-cargo   do not run cargo; use the binaries named by HYPERVISOR_BIN, AGENT_BIN and
 #                FSREDIRECT_BIN (or found in $CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release)
+#   --binaries-only  only build the static binaries (into that directory) and stop
 #   --force      rebuild even if the stamp matches
 # Environment: CARGO_TARGET_DIR, GUEST_DIR (default build/guest), FSR_VM_DATA (default vm-data),
 #   TESTHOST_KERNEL_PACKAGE (default: what linux-image-cloud-amd64 depends on),
@@ -48,10 +49,12 @@ TESTHOST_CMDLINE="console=ttyS0,115200 nokaslr clearcpuid=158,306 reboot=t panic
 readonly TESTHOST_CMDLINE
 
 run_cargo=1
+binaries_only=0
 force=0
 for arg in "$@"; do
     case "$arg" in
         --no-cargo) run_cargo=0 ;;
+        --binaries-only) binaries_only=1 ;;
         --force) force=1 ;;
         -h | --help)
             sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
@@ -309,6 +312,10 @@ main() {
     if ! flock -n 9; then
         step "waiting for another build-testhost.sh to finish"
         flock 9
+    fi
+    if [ "$binaries_only" -eq 1 ]; then
+        build_binaries
+        return 0
     fi
     install_packages
     kpkg=$(kernel_package)

@@ -400,45 +400,40 @@ pub fn run_scenarios(scenarios: &[Scenario], opts: &RunOptions) -> Result<RunRep
     }
 }
 
-/// Finds a binary built next to the running one (same cargo profile and target).
-pub fn sibling_binary(name: &str) -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let dir = exe.parent()?;
-    [dir.join(name), dir.parent()?.join(name)]
-        .into_iter()
-        .find(|p| p.is_file())
+/// Where build-testhost.sh puts the static binaries:
+/// `$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release` (`target/` by default).
+pub fn static_binary_dir(paths: &Paths) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| paths.root.join("target"))
+        .join("x86_64-unknown-linux-gnu/release")
 }
 
-/// Runs `guest-images/build-testhost.sh` (a quick no-op when its inputs are unchanged). Uses the
-/// `hypervisor` and `testhost-agent` binaries built next to the running one when both exist
-/// (build everything with `RUSTFLAGS="-C target-feature=+crt-static"` and
-/// `--target x86_64-unknown-linux-gnu` so they are static), or those named by the
-/// `HYPERVISOR_BIN` and `AGENT_BIN` environment variables; otherwise the script builds them.
-pub fn ensure_image(paths: &Paths) -> Result<()> {
+fn run_build_script(paths: &Paths, args: &[&str]) -> Result<()> {
     let script = paths.root.join("guest-images/build-testhost.sh");
-    let mut cmd = Command::new("bash");
-    cmd.arg(&script);
-    if std::env::var_os("HYPERVISOR_BIN").is_some() {
-        // The caller names the binaries (HYPERVISOR_BIN, AGENT_BIN, FSREDIRECT_BIN).
-        cmd.arg("--no-cargo");
-    } else if let (Some(hv), Some(agent)) = (
-        sibling_binary("hypervisor"),
-        sibling_binary("testhost-agent"),
-    ) {
-        cmd.arg("--no-cargo")
-            .env("HYPERVISOR_BIN", hv)
-            .env("AGENT_BIN", agent);
-        if let Some(fsr) = sibling_binary("fsredirect") {
-            cmd.env("FSREDIRECT_BIN", fsr);
-        }
-    }
-    let status = cmd.status().map_err(io_err("cannot run", &script))?;
+    let status = Command::new("bash")
+        .arg(&script)
+        .args(args)
+        .status()
+        .map_err(io_err("cannot run", &script))?;
     if !status.success() {
         return Err(TestHostError::BuildFailed {
             status: status.to_string(),
         });
     }
     Ok(())
+}
+
+/// Runs `guest-images/build-testhost.sh` (quick when nothing changed). It rebuilds the static
+/// `hypervisor` and `testhost-agent` with cargo first (a no-op when they are up to date), so the
+/// test host always carries the current sources; with `HYPERVISOR_BIN` (and `AGENT_BIN`) set
+/// it packs those binaries instead and does not run cargo.
+pub fn ensure_image(paths: &Paths) -> Result<()> {
+    if std::env::var_os("HYPERVISOR_BIN").is_some() {
+        run_build_script(paths, &["--no-cargo"])
+    } else {
+        run_build_script(paths, &[])
+    }
 }
 
 /// The default wall-clock limit for a batch of `n` scenarios inside the test host.
@@ -859,11 +854,13 @@ pub fn run_direct(scenarios: &[Scenario], opts: &RunOptions) -> Result<RunReport
             return Err(TestHostError::GuestMissing { path: path.clone() });
         }
     }
-    let hypervisor = sibling_binary("hypervisor").unwrap_or_else(|| {
-        opts.paths
-            .root
-            .join("target/x86_64-unknown-linux-gnu/release/hypervisor")
-    });
+    let hypervisor = match std::env::var_os("HYPERVISOR_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => {
+            run_build_script(&opts.paths, &["--binaries-only"])?;
+            static_binary_dir(&opts.paths).join("hypervisor")
+        }
+    };
     let start = Instant::now();
     let mut stages = Vec::new();
     let mut outcomes = Vec::new();

@@ -10,10 +10,9 @@
 //! 4. Judge each scenario from the marker lines on the serial console; then read the stored
 //!    file from the share disk image on the host.
 //!
-//! Build the binaries statically for the same target first, so the ones next to this test are
-//! the ones the test host carries:
-//! `RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target x86_64-unknown-linux-gnu --workspace --bins`
-//! then the same flags with `cargo test --release --target x86_64-unknown-linux-gnu -p e2e-tests --test testhost_boot`.
+//! Run with the flags the test host's static binaries are built with, so both builds share
+//! their artifacts:
+//! `RUSTFLAGS="-C target-feature=+crt-static" cargo test --release --target x86_64-unknown-linux-gnu -p e2e-tests --test testhost_boot`.
 
 use e2e_tests::testhost::trials::{trials_with_checks, HostCheck};
 use e2e_tests::testhost::{self, HostKind, RunOptions, SHARE_STORE};
