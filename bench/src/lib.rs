@@ -1,0 +1,63 @@
+//! Benchmarks of the virtio-fs request path, every figure a ratio against a baseline
+//! measured in the same run (DESIGN.md section 8): the redirecting share against a plain
+//! passthrough share, and both against the host's own syscalls (the limit).
+//!
+//! Two levels:
+//! - [`workload`]: the device itself, driven in-process by a simulated driver ([`driver`])
+//!   that puts FUSE requests on a real split virtqueue in real guest memory and runs the
+//!   device's own queue loop over `RedirectFs`;
+//! - [`fio`]: the real Linux FUSE client, fio through `fsredirect mount`.
+//!
+//! [`report`] turns the figures into `BENCHMARKS.md` and an SVG chart, and checks them
+//! against the performance budget.
+//!
+//! ```
+//! use bench::stats::median;
+//! // Rounds interleave the targets; each figure is the median over rounds.
+//! assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+//! ```
+
+pub mod driver;
+pub mod fio;
+pub mod machine;
+pub mod report;
+pub mod runner;
+pub mod stats;
+pub mod workload;
+
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A host call failed.
+    #[error("{what} failed")]
+    Io {
+        /// The call and its input.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The simulated driver or the device's queue misbehaved.
+    #[error("virtio-fs driver: {0}")]
+    Driver(String),
+    /// A FUSE request got an error reply.
+    #[error("FUSE {op} failed with errno {errno}")]
+    Fuse {
+        /// The opcode.
+        op: String,
+        /// The positive errno.
+        errno: i32,
+    },
+    /// A share could not be set up.
+    #[error("share setup: {0}")]
+    Setup(String),
+    /// fio failed or printed something unexpected.
+    #[error("fio: {0}")]
+    Fio(String),
+    /// `fsredirect mount` failed.
+    #[error("fsredirect mount: {0}")]
+    Mount(String),
+}
+
+/// A `Result` with a [`BenchError`].
+pub type Result<T> = std::result::Result<T, BenchError>;

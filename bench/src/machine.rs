@@ -1,0 +1,70 @@
+//! What the benchmarks ran on: CPU, cores, memory, kernel and the kind of KVM host.
+
+use std::path::Path;
+
+/// A description of the machine, for the report.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    /// CPU model name from /proc/cpuinfo.
+    pub cpu: String,
+    /// Online CPUs (what `nproc` prints).
+    pub cpus: usize,
+    /// Total memory, from /proc/meminfo.
+    pub memory: String,
+    /// Kernel release.
+    pub kernel: String,
+    /// The kind of KVM host (DESIGN.md section 5).
+    pub host_kind: String,
+}
+
+impl Machine {
+    /// Reads /proc and /sys.
+    pub fn probe() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let field = |name: &str| {
+            cpuinfo
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        };
+        let cpu = field("model name").unwrap_or_else(|| "unknown".into());
+        let flags = field("flags").unwrap_or_default();
+        let hw_virt = flags.split(' ').any(|f| f == "vmx" || f == "svm");
+        let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let memory = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                let kib: u64 = m
+                    .lines()
+                    .find(|l| l.starts_with("MemTotal:"))?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse()
+                    .ok()?;
+                Some(format!("{:.1} GiB", kib as f64 / (1024.0 * 1024.0)))
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        let host_kind = if Path::new("/sys/module/kvm_pvm").exists() {
+            "kvm_pvm: software-virtualized KVM (no vmx/svm); guests of an ordinary kernel run \
+             emulated, so no boot figures here"
+                .to_string()
+        } else if hw_virt && Path::new("/dev/kvm").exists() {
+            "hardware-virtualization KVM (vmx/svm)".to_string()
+        } else if Path::new("/dev/kvm").exists() {
+            "KVM without vmx/svm in /proc/cpuinfo".to_string()
+        } else {
+            "no /dev/kvm".to_string()
+        };
+        Machine {
+            cpu,
+            cpus,
+            memory,
+            kernel,
+            host_kind,
+        }
+    }
+}

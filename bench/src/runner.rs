@@ -1,0 +1,206 @@
+//! One benchmark run: the device rounds, the fio jobs, then the report files.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::fio::{self, FioParams, HostMount, JOBS};
+use crate::machine::Machine;
+use crate::report::{DeviceSummary, FioSummary, Report};
+use crate::workload::{self, TargetKind, WorkloadSize};
+use crate::{BenchError, Result};
+
+/// What to run and where to write.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    about = "Benchmarks of the virtio-fs request path: ratios against passthrough and the host"
+)]
+pub struct Options {
+    /// Device-level rounds (targets interleaved in each; medians reported).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// MiB written then read sequentially per target and round.
+    #[arg(long, default_value_t = 128)]
+    pub seq_mib: u64,
+    /// 4 KiB random reads (and as many writes) per target and round.
+    #[arg(long, default_value_t = 16384)]
+    pub rand_ops: usize,
+    /// Files created, looked up, stat'ed and unlinked per target and round.
+    #[arg(long, default_value_t = 400)]
+    pub files: usize,
+    /// Full directory listings per target and round.
+    #[arg(long, default_value_t = 50)]
+    pub listings: usize,
+    /// Skip the fio part (no root or no fio needed).
+    #[arg(long)]
+    pub no_fio: bool,
+    /// Seconds per fio job.
+    #[arg(long, default_value_t = 5)]
+    pub fio_runtime: u32,
+    /// File size of every fio job.
+    #[arg(long, default_value = "64M")]
+    pub fio_size: String,
+    /// The `fsredirect` binary used for the mounts.
+    #[arg(long, default_value = "target/release/fsredirect")]
+    pub fsredirect: PathBuf,
+    /// Where temporary directories go (a normal disk, not tmpfs).
+    #[arg(long, default_value = "/tmp")]
+    pub work_dir: PathBuf,
+    /// The report to write.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    pub out: PathBuf,
+    /// The chart to write, and how the report links it.
+    #[arg(long, default_value = "docs/benchmarks.svg")]
+    pub chart: PathBuf,
+    /// The command line to record in the report (bench.sh passes its own).
+    #[arg(long, default_value = "bench")]
+    pub command: String,
+}
+
+fn utc_now() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> BenchError {
+    move |source| BenchError::Io { what, source }
+}
+
+/// The device rounds: every target once per round, in `TargetKind::ALL` order.
+fn device(opts: &Options, base: &Path) -> Result<DeviceSummary> {
+    let size = WorkloadSize {
+        seq_bytes: opts.seq_mib << 20,
+        rand_ops: opts.rand_ops,
+        files: opts.files,
+        listings: opts.listings,
+    };
+    let mut runs: [Vec<_>; 3] = Default::default();
+    for round in 0..opts.rounds.max(1) {
+        for (t, kind) in TargetKind::ALL.iter().enumerate() {
+            eprintln!(
+                "bench: device round {} of {}: {}",
+                round + 1,
+                opts.rounds,
+                kind.name()
+            );
+            let dir = base.join(format!("device-{round}-{t}"));
+            runs[t].push(workload::run_target(*kind, &dir, &size)?);
+        }
+    }
+    Ok(DeviceSummary::from_runs(&runs))
+}
+
+/// Why fio cannot run here, if it cannot.
+fn fio_unavailable(opts: &Options) -> Option<String> {
+    if opts.no_fio {
+        return Some("skipped with --no-fio".into());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root to mount through /dev/fuse".into());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Some("/dev/fuse is missing".into());
+    }
+    if Command::new("fio").arg("--version").output().is_err() {
+        return Some("fio is not installed (Debian package fio)".into());
+    }
+    if !opts.fsredirect.exists() {
+        return Some(format!("{} not found", opts.fsredirect.display()));
+    }
+    None
+}
+
+/// fio on the host directory, a passthrough mount and a redirecting mount, job by job.
+fn fio_part(opts: &Options, base: &Path) -> Result<FioSummary> {
+    let params = FioParams {
+        runtime_s: opts.fio_runtime,
+        size: opts.fio_size.clone(),
+    };
+    let dirs = [
+        "host",
+        "pt-guest",
+        "pt-mnt",
+        "red-guest",
+        "red-store",
+        "red-mnt",
+    ]
+    .map(|d| base.join(format!("fio-{d}")));
+    for d in &dirs {
+        std::fs::create_dir_all(d).map_err(io_err(format!("create {}", d.display())))?;
+    }
+    let [host, pt_guest, pt_mnt, red_guest, red_store, red_mnt] = &dirs;
+    let pt_spec = format!("tag=benchpt,dir={}", pt_guest.display());
+    let red_spec = format!(
+        "tag=benchred,dir={},store={}",
+        red_guest.display(),
+        red_store.display()
+    );
+    let pt = HostMount::start(&opts.fsredirect, &pt_spec, pt_mnt)?;
+    let red = HostMount::start(&opts.fsredirect, &red_spec, red_mnt)?;
+    let mut values = [[0.0; 3]; 4];
+    for (j, job) in JOBS.iter().enumerate() {
+        for (t, dir) in [host, pt_mnt, red_mnt].iter().enumerate() {
+            eprintln!("bench: fio {} on {}", job.name, TargetKind::ALL[t].name());
+            values[j][t] = fio::run_job(&params, job, dir)?;
+        }
+    }
+    drop(red);
+    drop(pt);
+    let example = params.args(&JOBS[0], Path::new("DIR")).join(" ");
+    Ok(FioSummary { values, example })
+}
+
+/// Runs everything and writes the report and the chart.
+pub fn run(opts: &Options) -> Result<Report> {
+    let base = opts
+        .work_dir
+        .join(format!("fsr-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&base).map_err(io_err(format!("create {}", base.display())))?;
+    let result = run_in(opts, &base);
+    let _ = std::fs::remove_dir_all(&base);
+    let report = result?;
+    if let Some(parent) = opts.chart.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io_err(format!("create {}", parent.display())))?;
+    }
+    std::fs::write(&opts.chart, report.svg())
+        .map_err(io_err(format!("write {}", opts.chart.display())))?;
+    let link = relative_link(&opts.out, &opts.chart);
+    std::fs::write(&opts.out, report.markdown(&link))
+        .map_err(io_err(format!("write {}", opts.out.display())))?;
+    Ok(report)
+}
+
+fn run_in(opts: &Options, base: &Path) -> Result<Report> {
+    let device = device(opts, base)?;
+    let fio = match fio_unavailable(opts) {
+        Some(why) => Err(why),
+        None => Ok(fio_part(opts, base)?),
+    };
+    Ok(Report {
+        machine: Machine::probe(),
+        command: opts.command.clone(),
+        date: utc_now(),
+        device_params: format!(
+            "{} MiB sequential per target and round, {} random 4 KiB reads and as many \
+             writes, {} files, {} listings, {} rounds",
+            opts.seq_mib, opts.rand_ops, opts.files, opts.listings, opts.rounds
+        ),
+        device,
+        fio,
+    })
+}
+
+/// The chart's path as seen from the report's directory (both usually in the work tree).
+fn relative_link(out: &Path, chart: &Path) -> String {
+    match out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) => chart.strip_prefix(dir).unwrap_or(chart),
+        None => chart,
+    }
+    .display()
+    .to_string()
+}

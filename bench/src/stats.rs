@@ -1,0 +1,73 @@
+//! Latency samples and the summaries the report prints.
+
+use std::time::Duration;
+
+/// Per-call latencies of one operation in one run.
+#[derive(Debug, Clone, Default)]
+pub struct Latencies {
+    samples: Vec<Duration>,
+}
+
+impl Latencies {
+    /// An empty set with room for `n` samples.
+    pub fn with_capacity(n: usize) -> Self {
+        Latencies {
+            samples: Vec::with_capacity(n),
+        }
+    }
+
+    /// Records one call.
+    pub fn push(&mut self, d: Duration) {
+        self.samples.push(d);
+    }
+
+    /// Calls per second over the summed call time.
+    pub fn ops_per_sec(&self) -> f64 {
+        let total: Duration = self.samples.iter().sum();
+        self.samples.len() as f64 / total.as_secs_f64().max(1e-9)
+    }
+
+    /// The `q` quantile (0..=1) in microseconds, nearest rank.
+    pub fn quantile_us(&self, q: f64) -> f64 {
+        if self.samples.is_empty() {
+            return 0.0;
+        }
+        let mut sorted = self.samples.clone();
+        sorted.sort_unstable();
+        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        sorted[rank - 1].as_secs_f64() * 1e6
+    }
+}
+
+/// The median of `values` (0 for none).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_use_nearest_rank() {
+        let mut lat = Latencies::default();
+        for us in 1..=100 {
+            lat.push(Duration::from_micros(us));
+        }
+
+        assert_eq!(lat.quantile_us(0.5).round(), 50.0);
+        assert_eq!(lat.quantile_us(0.99).round(), 99.0);
+    }
+
+    #[test]
+    fn median_of_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+    }
+}
