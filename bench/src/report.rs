@@ -123,8 +123,19 @@ then ftruncate or futimens of the stub), a few syscalls more than the passthroug
 const CAUSE_FUSE_META: &str = "each request crosses the FUSE server and the passthrough layer, \
 which resolve inodes through file handles and re-stat them: several syscalls where the host \
 needs one, and a single call is only a few µs on the host.";
+const CAUSE_READDIR: &str = "not profiled yet; the cost per listing grows with the number of \
+entries, so the passthrough layer's directory reads are the first place to look.";
 const CAUSE_FUSE_DATA: &str = "per-request work of the FUSE server and the passthrough layer \
 (decode, handle lookup, copying through guest memory) on top of the host's own copy.";
+
+/// A ratio with enough digits to tell small ones apart.
+fn fr(r: f64) -> String {
+    if r < 0.1 {
+        format!("{r:.3}")
+    } else {
+        format!("{r:.2}")
+    }
+}
 
 fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 {
@@ -173,6 +184,7 @@ impl Report {
         for (m, op) in MetaOp::ALL.iter().enumerate() {
             let cause = match op {
                 MetaOp::Create | MetaOp::Unlink => CAUSE_INTENT,
+                MetaOp::Readdir => CAUSE_READDIR,
                 _ => CAUSE_FUSE_META,
             };
             at_least(
@@ -214,10 +226,11 @@ impl Report {
         checks
     }
 
-    /// The chart's rows: label, passthrough / host, redirect / host.
-    fn chart_rows(&self) -> Vec<(String, f64, f64)> {
+    /// The chart's rows: label, passthrough / host, redirect / host, the budget against the
+    /// host if there is one.
+    fn chart_rows(&self) -> Vec<(String, f64, f64, Option<f64>)> {
         let d = &self.device;
-        let mut rows: Vec<(String, f64, f64)> = DATA_NAMES
+        let mut rows: Vec<(String, f64, f64, Option<f64>)> = DATA_NAMES
             .iter()
             .enumerate()
             .map(|(i, name)| {
@@ -225,6 +238,7 @@ impl Report {
                     format!("device {name}"),
                     ratio(d.data[PT][i], d.data[HOST][i]),
                     ratio(d.data[RED][i], d.data[HOST][i]),
+                    (i < 2).then_some(0.60),
                 )
             })
             .collect();
@@ -233,6 +247,7 @@ impl Report {
                 format!("device {}", op.name()),
                 ratio(d.meta[PT][m].ops, d.meta[HOST][m].ops),
                 ratio(d.meta[RED][m].ops, d.meta[HOST][m].ops),
+                Some(0.40),
             ));
         }
         if let Ok(fio) = &self.fio {
@@ -241,6 +256,7 @@ impl Report {
                     format!("fio {}", job.name),
                     ratio(fio.values[j][PT], fio.values[j][HOST]),
                     ratio(fio.values[j][RED], fio.values[j][HOST]),
+                    None,
                 ));
             }
         }
@@ -269,11 +285,17 @@ impl Report {
              <rect x=\"{label_w}\" y=\"30\" width=\"12\" height=\"10\" fill=\"#8da0cb\"/>\
              <text x=\"{}\" y=\"39\">passthrough / host</text>\n\
              <rect x=\"{}\" y=\"30\" width=\"12\" height=\"10\" fill=\"#e78a3c\"/>\
-             <text x=\"{}\" y=\"39\">redirect / host</text>",
+             <text x=\"{}\" y=\"39\">redirect / host</text>\n\
+             <line x1=\"{}\" y1=\"29\" x2=\"{}\" y2=\"41\" stroke=\"#c00\" stroke-width=\"2\" \
+             stroke-dasharray=\"3,2\"/><text x=\"{}\" y=\"39\">budget for redirect / host \
+             (bars past 1.25 are cut, marked +)</text>",
             self.date,
             label_w + 16.0,
             label_w + 150.0,
-            label_w + 166.0
+            label_w + 166.0,
+            label_w + 280.0,
+            label_w + 280.0,
+            label_w + 288.0
         );
         for tick in [0.0, 0.25, 0.5, 0.75, 1.0, 1.25] {
             let tx = x(tick);
@@ -286,8 +308,18 @@ impl Report {
                 height - 16.0
             );
         }
-        for (i, (label, pt, red)) in rows.iter().enumerate() {
+        for (i, (label, pt, red, budget)) in rows.iter().enumerate() {
             let y = top + row_h * i as f64;
+            if let Some(b) = budget {
+                let _ = writeln!(
+                    s,
+                    "<line x1=\"{0:.1}\" y1=\"{1}\" x2=\"{0:.1}\" y2=\"{2}\" stroke=\"#c00\" \
+                     stroke-width=\"2\" stroke-dasharray=\"3,2\"/>",
+                    x(*b),
+                    y + 2.0,
+                    y + row_h - 2.0
+                );
+            }
             let _ = writeln!(
                 s,
                 "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{label}</text>",
@@ -300,10 +332,11 @@ impl Report {
                 let _ = writeln!(
                     s,
                     "<rect x=\"{label_w}\" y=\"{by}\" width=\"{:.1}\" height=\"12\" fill=\"{color}\"/>\
-                     <text x=\"{:.1}\" y=\"{}\">{r:.2}{clipped}</text>",
+                     <text x=\"{:.1}\" y=\"{}\">{}{clipped}</text>",
                     x(*r) - label_w,
                     x(*r) + 4.0,
-                    by + 10.0
+                    by + 10.0,
+                    fr(*r)
                 );
             }
         }
@@ -347,9 +380,9 @@ impl Report {
         for c in &checks {
             let _ = writeln!(
                 s,
-                "| {} | {:.2} | {} | {} |",
+                "| {} | {} | {} | {} |",
                 c.figure,
-                c.ratio,
+                fr(c.ratio),
                 c.budget,
                 if c.pass { "PASS" } else { "**MISS**" }
             );
@@ -393,13 +426,13 @@ impl Report {
             };
             let _ = writeln!(
                 s,
-                "| {name} | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
+                "| {name} | {} | {} | {} | {} | {} | {} |",
                 fmt(d.data[HOST][i]),
                 fmt(d.data[PT][i]),
                 fmt(d.data[RED][i]),
-                ratio(d.data[PT][i], d.data[HOST][i]),
-                ratio(d.data[RED][i], d.data[HOST][i]),
-                ratio(d.data[RED][i], d.data[PT][i]),
+                fr(ratio(d.data[PT][i], d.data[HOST][i])),
+                fr(ratio(d.data[RED][i], d.data[HOST][i])),
+                fr(ratio(d.data[RED][i], d.data[PT][i])),
             );
         }
         s.push_str(
@@ -415,14 +448,14 @@ impl Report {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 op.name(),
                 cell(HOST),
                 cell(PT),
                 cell(RED),
-                ratio(d.meta[PT][m].ops, d.meta[HOST][m].ops),
-                ratio(d.meta[RED][m].ops, d.meta[HOST][m].ops),
-                ratio(d.meta[RED][m].ops, d.meta[PT][m].ops),
+                fr(ratio(d.meta[PT][m].ops, d.meta[HOST][m].ops)),
+                fr(ratio(d.meta[RED][m].ops, d.meta[HOST][m].ops)),
+                fr(ratio(d.meta[RED][m].ops, d.meta[PT][m].ops)),
             );
         }
         s.push('\n');
@@ -458,14 +491,14 @@ impl Report {
             let v = fio.values[j];
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 job.name,
                 fmt(v[HOST]),
                 fmt(v[PT]),
                 fmt(v[RED]),
-                ratio(v[PT], v[HOST]),
-                ratio(v[RED], v[HOST]),
-                ratio(v[RED], v[PT]),
+                fr(ratio(v[PT], v[HOST])),
+                fr(ratio(v[RED], v[HOST])),
+                fr(ratio(v[RED], v[PT])),
             );
         }
         s.push('\n');
