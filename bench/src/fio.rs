@@ -70,6 +70,10 @@ impl FioParams {
             format!("--runtime={}", self.runtime_s),
             "--time_based".into(),
             "--ioengine=psync".into(),
+            // fio drops the file's cached pages before a job by default; on a FUSE mount
+            // that reaches only the client's cache, not the backing file's, so the host
+            // directory would read from disk and the mounts from memory.
+            "--invalidate=0".into(),
             "--output-format=json".into(),
         ]
     }

@@ -358,7 +358,16 @@ fn throughput(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / elapsed.as_secs_f64().max(1e-9)
 }
 
-fn run(target: &mut dyn Target, size: &WorkloadSize) -> Result<Figures> {
+/// Writes back the file system holding `dir` (untimed), so that one phase's dirty data does
+/// not slow the next phase down.
+fn settle(dir: &Path) -> Result<()> {
+    let file = File::open(dir).map_err(io_err(format!("open {}", dir.display())))?;
+    // SAFETY: syncfs on an open descriptor has no memory-safety preconditions.
+    let r = unsafe { libc::syncfs(file.as_raw_fd()) };
+    check(r as libc::ssize_t, "syncfs").map(drop)
+}
+
+fn run(target: &mut dyn Target, size: &WorkloadSize, dir: &Path) -> Result<Figures> {
     let mut figures = Figures::default();
     let chunk = MAX_IO as u64;
     let seq_bytes = size.seq_bytes.next_multiple_of(chunk);
@@ -388,6 +397,7 @@ fn run(target: &mut dyn Target, size: &WorkloadSize) -> Result<Figures> {
     }
     figures.rand_write = size.rand_ops as f64 / start.elapsed().as_secs_f64().max(1e-9);
     target.close_data()?;
+    settle(dir)?;
 
     // Metadata, one timed call at a time.
     let timed = |n: usize, f: &mut dyn FnMut(usize) -> Result<()>| -> Result<Latencies> {
@@ -424,7 +434,7 @@ pub fn run_target(kind: TargetKind, base: &Path, size: &WorkloadSize) -> Result<
     let store = base.join("store");
     std::fs::create_dir_all(&guest).map_err(io_err(format!("create {}", guest.display())))?;
     let figures = match kind {
-        TargetKind::Host => run(&mut HostTarget::new(&guest)?, size)?,
+        TargetKind::Host => run(&mut HostTarget::new(&guest)?, size, base)?,
         TargetKind::Passthrough | TargetKind::Redirect => {
             let spec = if kind == TargetKind::Redirect {
                 format!(
@@ -444,7 +454,7 @@ pub fn run_target(kind: TargetKind, base: &Path, size: &WorkloadSize) -> Result<
                 nodes: Vec::new(),
                 pending: Vec::new(),
             };
-            run(&mut target, size)?
+            run(&mut target, size, base)?
         }
     };
     std::fs::remove_dir_all(base).map_err(io_err(format!("remove {}", base.display())))?;
