@@ -179,7 +179,11 @@ fn run_in(opts: &Options, base: &Path) -> Result<Report> {
     let device = device(opts, base)?;
     let fio = match fio_unavailable(opts) {
         Some(why) => Err(why),
-        None => Ok(fio_part(opts, base)?),
+        // A failing fio part still leaves the device figures to report.
+        None => fio_part(opts, base).map_err(|e| {
+            eprintln!("bench: {e}");
+            format!("failed: {e}")
+        }),
     };
     Ok(Report {
         machine: Machine::probe(),
