@@ -34,5 +34,10 @@ fi
 
 echo "run.sh: this host's /dev/kvm is software-virtualized (or absent), so ordinary guests" >&2
 echo "run.sh: cannot run natively here. Booting the default VM inside the emulated VT-x" >&2
-echo "run.sh: test host instead (bochs emulates a VT-x CPU; about 1-2 minutes)." >&2
-exec cargo run --release -p e2e-tests --bin testhost -- default "$@"
+echo "run.sh: test host instead (bochs emulates a VT-x CPU; a few minutes, mostly building" >&2
+echo "run.sh: the test-host image the first time and emulating the test host's boot)." >&2
+if [[ $# -gt 0 ]]; then
+    echo "run.sh: note: hypervisor options ($*) are ignored in the test host; see" >&2
+    echo "run.sh: 'cargo run --release -p e2e-tests --bin testhost -- --help' for what it can run." >&2
+fi
+exec cargo run --release -p e2e-tests --bin testhost -- default-vm

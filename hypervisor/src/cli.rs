@@ -77,6 +77,10 @@ pub struct RunArgs {
     /// (repeatable): tag=TAG,dir=GUEST_TREE[,store=STORE][,volume=V][,policy=...]
     #[arg(long, value_name = "SPEC", value_parser = parse_share)]
     pub share: Vec<ShareSpec>,
+    /// Boot even on a software-virtualized /dev/kvm (kvm_pvm), where only PVM-aware guest
+    /// kernels run well; without it the VMM explains and names the test-host command
+    #[arg(long)]
+    pub allow_software_kvm: bool,
     /// Do not add the default share (vm-data/default, mounted at /mnt/data) to the default guest
     #[arg(long)]
     pub no_default_share: bool,
@@ -109,6 +113,7 @@ impl RunArgs {
             cmdline.push_str(extra);
         }
         let mut builder = VmConfig::builder(kernel)
+            .allow_software_kvm(self.allow_software_kvm)
             .cmdline(cmdline)
             .mem_size(self.mem)
             .vcpus(self.vcpus);

@@ -100,6 +100,9 @@ pub struct VmConfig {
     /// Host directories shared with the guest through virtio-fs, each
     /// mounted at /mnt/TAG by the guest's /init.
     pub shares: Vec<ShareSpec>,
+    /// Run even on a software-virtualized /dev/kvm (only PVM-aware guest
+    /// kernels run well there); otherwise the VMM explains and refuses.
+    pub allow_software_kvm: bool,
 }
 
 impl VmConfig {
@@ -136,9 +139,16 @@ pub struct VmConfigBuilder {
     console_output: ConsoleOutput,
     console_input: Option<bool>,
     shares: Vec<ShareSpec>,
+    allow_software_kvm: bool,
 }
 
 impl VmConfigBuilder {
+    /// Runs even on a software-virtualized /dev/kvm (default: refuse and explain).
+    pub fn allow_software_kvm(mut self, allow: bool) -> Self {
+        self.allow_software_kvm = allow;
+        self
+    }
+
     /// Adds a virtio-fs share (see [`ShareSpec::parse`]).
     pub fn share(mut self, share: ShareSpec) -> Self {
         self.shares.push(share);
@@ -210,6 +220,7 @@ impl VmConfigBuilder {
             console_output: self.console_output,
             console_input: self.console_input.unwrap_or(true),
             shares: self.shares,
+            allow_software_kvm: self.allow_software_kvm,
         })
     }
 }

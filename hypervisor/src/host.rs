@@ -66,8 +66,9 @@ pub fn software_kvm_notice(why: &str) -> String {
     format!(
         "this host's /dev/kvm is software-virtualized ({why}): ordinary Linux guests run about \
          a thousand times slower here and stop on instructions KVM's emulator lacks. To boot real \
-         guests on such a machine, use ./run.sh in the source tree: it boots them inside the \
-         emulated VT-x test host (see README.md)"
+         guests on such a machine, run them inside the emulated VT-x test host: \
+         ./run.sh in the source tree, or: cargo run --release -p e2e-tests --bin testhost -- \
+         default-vm (see README.md)"
     )
 }
 

@@ -39,6 +39,16 @@ pub enum VmError {
     /// /dev/kvm does not exist.
     #[error("/dev/kvm does not exist: this host offers no KVM. Enable VT-x/AMD-V in the firmware and load the module (modprobe kvm_intel or kvm_amd)")]
     NoKvm,
+    /// /dev/kvm is software-virtualized and the caller did not opt in.
+    #[error(
+        "{}. Only PVM-aware guest kernels run there; to try this kernel anyway, pass \
+         --allow-software-kvm",
+        host::software_kvm_notice(why)
+    )]
+    SoftwareKvm {
+        /// How we know.
+        why: String,
+    },
     /// /dev/kvm exists but we may not open it.
     #[error("permission denied opening /dev/kvm: add your user to the kvm group (sudo usermod -aG kvm $USER, then log in again) or run as root")]
     KvmPermission,
@@ -186,6 +196,9 @@ impl Vm {
         let host_kind = host::detect();
         let failure_hint: Arc<str> = match &host_kind {
             HostKind::Hardware => "".into(),
+            HostKind::SoftwareKvm { why } if !self.config.allow_software_kvm => {
+                return Err(VmError::SoftwareKvm { why: why.clone() });
+            }
             HostKind::SoftwareKvm { why } => {
                 warn!("{}", host::software_kvm_notice(why));
                 format!(". Likely cause: {}", host::software_kvm_notice(why)).into()
