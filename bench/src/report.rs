@@ -78,6 +78,8 @@ pub struct FioSummary {
     pub values: [[f64; 3]; 4],
     /// One example command line (the others differ in --rw, --bs and --directory).
     pub example: String,
+    /// Rounds the medians are taken over.
+    pub rounds: usize,
 }
 
 /// Everything the report shows.
@@ -485,12 +487,13 @@ impl Report {
             s,
             "The Linux FUSE client over /dev/fuse, served by `fsredirect mount` (2 worker \
              threads) on a redirecting and on a passthrough share, against fio in the host \
-             directory itself. One run per job and target, interleaved job by job; `--invalidate=0` \
+             directory itself. Medians of {} rounds; in each round every job runs on the three \
+             targets one after the other; `--invalidate=0` \
              so every target reads the file the write job left in the page cache. Example: \
              `fio {}`\n\n\
              | job | host dir | passthrough mount | redirect mount | passthrough / host | \
              redirect / host | redirect / passthrough |\n|---|---|---|---|---|---|---|\n",
-            fio.example
+            fio.rounds, fio.example
         );
         for (j, job) in JOBS.iter().enumerate() {
             let fmt = |v: f64| {

@@ -6,6 +6,7 @@ use std::process::Command;
 use crate::fio::{self, FioParams, HostMount, JOBS};
 use crate::machine::Machine;
 use crate::report::{DeviceSummary, FioSummary, Report};
+use crate::stats::median;
 use crate::workload::{self, TargetKind, WorkloadSize};
 use crate::{BenchError, Result};
 
@@ -34,8 +35,11 @@ pub struct Options {
     #[arg(long)]
     pub no_fio: bool,
     /// Seconds per fio job.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 3)]
     pub fio_runtime: u32,
+    /// fio rounds (every job on every target in each; medians reported).
+    #[arg(long, default_value_t = 3)]
+    pub fio_rounds: usize,
     /// File size of every fio job.
     #[arg(long, default_value = "64M")]
     pub fio_size: String,
@@ -142,17 +146,35 @@ fn fio_part(opts: &Options, base: &Path) -> Result<FioSummary> {
     );
     let pt = HostMount::start(&opts.fsredirect, &pt_spec, pt_mnt)?;
     let red = HostMount::start(&opts.fsredirect, &red_spec, red_mnt)?;
+    let rounds = opts.fio_rounds.max(1);
+    let mut samples = vec![[[0.0; 3]; 4]; rounds];
+    for (round, sample) in samples.iter_mut().enumerate() {
+        for (j, job) in JOBS.iter().enumerate() {
+            for (t, dir) in [host, pt_mnt, red_mnt].iter().enumerate() {
+                eprintln!(
+                    "bench: fio round {} of {rounds}: {} on {}",
+                    round + 1,
+                    job.name,
+                    TargetKind::ALL[t].name()
+                );
+                sample[j][t] = fio::run_job(&params, job, dir)?;
+            }
+        }
+    }
     let mut values = [[0.0; 3]; 4];
-    for (j, job) in JOBS.iter().enumerate() {
-        for (t, dir) in [host, pt_mnt, red_mnt].iter().enumerate() {
-            eprintln!("bench: fio {} on {}", job.name, TargetKind::ALL[t].name());
-            values[j][t] = fio::run_job(&params, job, dir)?;
+    for (j, row) in values.iter_mut().enumerate() {
+        for (t, v) in row.iter_mut().enumerate() {
+            *v = median(&samples.iter().map(|s| s[j][t]).collect::<Vec<_>>());
         }
     }
     drop(red);
     drop(pt);
     let example = params.args(&JOBS[0], Path::new("DIR")).join(" ");
-    Ok(FioSummary { values, example })
+    Ok(FioSummary {
+        values,
+        example,
+        rounds,
+    })
 }
 
 /// Runs everything and writes the report and the chart.
