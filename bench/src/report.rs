@@ -123,15 +123,16 @@ create and unlink (fsredirect/README.md, \"Intent log\"); the passthrough and th
 const CAUSE_STUB: &str = "every redirected WRITE also updates the stub (fstat of the object, \
 then ftruncate or futimens of the stub), a few syscalls more than the passthrough per request.";
 const CAUSE_FUSE_META: &str = "each request crosses the FUSE server and the passthrough layer, \
-which resolve inodes through file handles and re-stat them: several syscalls where the host \
-needs one, and one such call is only a few µs on the host. For a redirected file the size also \
+which resolve inodes through file handles (name_to_handle_at, open_by_handle_at, statx lead the \
+perf profile): several syscalls where the host needs one of about 1-2 µs. For a redirected file the size also \
 comes from the store object, through a cache of 256 store descriptors (FsConfig::max_store_fds) \
 that holds fewer objects than this run's files, so objects are likely reopened.";
 const CAUSE_REDIRECT_READ: &str = "not profiled; each redirected READ takes the namespace lock \
 and looks its object up in the store-descriptor cache (a mutex-guarded LRU) before the pread, \
 which the passthrough does not.";
-const CAUSE_READDIR: &str = "not profiled yet; the cost per listing grows with the number of \
-entries, so the passthrough layer's directory reads are the first place to look.";
+const CAUSE_READDIR: &str = "fuse-backend-rs's PassthroughFs::readdir, under both shares, looks \
+every entry up (name_to_handle_at, open, statx, then a forget) to report its inode number: one \
+full LOOKUP per entry, where the host's listing is one getdents64 (seen with perf).";
 const CAUSE_FUSE_DATA: &str = "per-request work of the FUSE server and the passthrough layer \
 (decode, handle lookup, copying through guest memory) on top of the host's own copy.";
 
