@@ -370,7 +370,8 @@ impl Report {
              - Host kind: {}\n- Device workload: {}\n\n\
              Every figure below is a ratio against a baseline measured in the same run on the \
              same machine. The machine is shared (2 cores, other builds running): absolute \
-             numbers are noisy and only shown for reference.\n\n![ratios]({chart_path})\n\n",
+             numbers are noisy and only shown for reference. Figures that wait for the disk (redirected \
+             create and unlink fdatasync an intent record) vary most from run to run.\n\n![ratios]({chart_path})\n\n",
             self.date,
             self.command,
             m.cpu,
