@@ -5,7 +5,7 @@
 # one summary line: "N passed, N failed, N skipped".
 #
 # Usage: ./test.sh [--quick] [-- extra cargo test arguments]
-#   --quick   skip formatting and clippy checks
+#   --quick   skip the formatting, clippy and rustdoc checks
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -64,6 +64,7 @@ if [[ $QUICK -eq 0 ]]; then
     stage_start "format and lint"
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --release -- -D warnings
+    RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --quiet
     stage_end
 fi
 

@@ -1,5 +1,5 @@
 //! The command line of the `hypervisor` binary. Every option maps onto the
-//! library's [`VmConfig`](crate::VmConfig); `main.rs` only parses and runs.
+//! library's [`crate::VmConfig`]; `main.rs` only parses and runs.
 
 use std::path::PathBuf;
 
@@ -73,9 +73,14 @@ pub struct RunArgs {
     /// Number of vCPUs
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub vcpus: u32,
-    /// Share a host directory through virtio-fs, mounted in the guest at /mnt/TAG
-    /// (repeatable): tag=TAG,dir=GUEST_TREE[,store=STORE][,volume=V][,policy=...]
-    #[arg(long, value_name = "SPEC", value_parser = parse_share)]
+    /// Shares a host directory through virtio-fs, mounted in the guest at /mnt/TAG.
+    #[arg(
+        long,
+        value_name = "SPEC",
+        value_parser = parse_share,
+        help = "Share a host directory through virtio-fs, mounted in the guest at /mnt/TAG \
+                (repeatable): tag=TAG,dir=GUEST_TREE[,store=STORE][,volume=V][,policy=...]"
+    )]
     pub share: Vec<ShareSpec>,
     /// Boot even on a software-virtualized /dev/kvm (kvm_pvm), where only PVM-aware guest
     /// kernels run well; without it the VMM explains and names the test-host command
