@@ -16,7 +16,7 @@ CARGO_ARGS=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) QUICK=1 ;;
-        -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         --) shift; CARGO_ARGS=("$@"); break ;;
         *) echo "test.sh: unknown option '$1' (see ./test.sh --help)" >&2; exit 2 ;;
     esac
