@@ -286,7 +286,7 @@ impl Vm {
             info!("console attached; type Ctrl-A then x to stop the VM");
         }
 
-        let threads = spawn_vcpus(vcpus, started)?;
+        let threads = spawn_vcpus(vcpus, started, &stop)?;
         while self.exit.reason().is_none() {
             if let Err(err) = events.run() {
                 warn!("event loop error: {err:?}");
@@ -521,10 +521,16 @@ fn create_vcpus(
     Ok(vcpus)
 }
 
-fn spawn_vcpus(vcpus: Vec<Vcpu>, started: Instant) -> Result<Vec<JoinHandle<()>>> {
+/// Starts one thread per vCPU. If one cannot start, those already running
+/// are stopped and joined before the error is returned.
+fn spawn_vcpus(
+    vcpus: Vec<Vcpu>,
+    started: Instant,
+    stop: &AtomicBool,
+) -> Result<Vec<JoinHandle<()>>> {
     let mut threads = Vec::with_capacity(vcpus.len());
     for (id, vcpu) in vcpus.into_iter().enumerate() {
-        let handle = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
                 if id == 0 {
@@ -534,9 +540,17 @@ fn spawn_vcpus(vcpus: Vec<Vcpu>, started: Instant) -> Result<Vec<JoinHandle<()>>
                     );
                 }
                 vcpu.run()
-            })
-            .map_err(host_err("start a vCPU thread"))?;
-        threads.push(handle);
+            });
+        match spawned {
+            Ok(handle) => threads.push(handle),
+            Err(source) => {
+                stop_vcpus(stop, threads);
+                return Err(VmError::Host {
+                    what: "start a vCPU thread",
+                    source,
+                });
+            }
+        }
     }
     Ok(threads)
 }
