@@ -14,7 +14,7 @@ use log::info;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::layout::{VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
-use crate::vm::VmError;
+use crate::vm::{host_err, kvm_err, VmError};
 
 /// Interrupt lines for virtio-mmio devices: the IOAPIC pins no legacy
 /// device uses (4 is COM1, 8 the RTC, 12 the PS/2 mouse, 14/15 IDE).
@@ -55,18 +55,18 @@ impl<'a> VirtioPlacer<'a> {
             .get(self.next)
             .ok_or(VmError::TooManyDevices(VIRTIO_IRQS.len()))?;
         let base = VIRTIO_MMIO_START + self.next as u64 * VIRTIO_MMIO_SIZE;
-        let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(host("create a virtio irqfd"))?;
+        let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(host_err("create a virtio irqfd"))?;
         self.vm_fd
             .register_irqfd(&irq_evt, irq)
-            .map_err(kvm("KVM_IRQFD for a virtio device"))?;
+            .map_err(kvm_err("KVM_IRQFD for a virtio device"))?;
         let interrupt = Arc::new(MmioInterrupt::new(irq_evt));
         let transport = MmioTransport::new(device, self.mem.clone(), interrupt)
-            .map_err(host("set up a virtio transport"))?;
+            .map_err(host_err("set up a virtio transport"))?;
         let notify = IoEventAddress::Mmio(base + MmioTransport::<D>::notify_offset());
         for (index, kick) in transport.queue_kicks().iter().enumerate() {
             self.vm_fd
                 .register_ioevent(kick, &notify, index as u32)
-                .map_err(kvm("KVM_IOEVENTFD for a virtio queue"))?;
+                .map_err(kvm_err("KVM_IOEVENTFD for a virtio queue"))?;
         }
         bus.insert(Arc::new(Mutex::new(transport)), base, VIRTIO_MMIO_SIZE)?;
         self.cmdline
@@ -104,12 +104,4 @@ impl<'a> VirtioPlacer<'a> {
         ));
         Ok(())
     }
-}
-
-fn host(what: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
-    move |source| VmError::Host { what, source }
-}
-
-fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
-    move |source| VmError::Kvm { what, source }
 }

@@ -139,11 +139,13 @@ impl std::fmt::Display for ExitStatus {
     }
 }
 
-fn host_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
+/// Maps a host I/O error to [`VmError::Host`] naming what was tried.
+pub(crate) fn host_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
     move |source| VmError::Host { what, source }
 }
 
-fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+/// Maps a KVM error to [`VmError::Kvm`] naming the operation.
+pub(crate) fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
