@@ -300,6 +300,43 @@ pub fn refresh_guest_image() -> std::result::Result<(), String> {
     }
 }
 
+/// Builds (or finds up to date) the initramfs `initramfs-NAME.cpio.gz`: the
+/// standard one with the contents of `extra` copied over its root, with
+/// `guest-images/build-guest.sh --initramfs-only --no-install --extra`. It is
+/// cached by a hash of its inputs (a second call is instant) and the kernel is
+/// never rebuilt. Returns its path, or the script's complaint.
+pub fn extra_initramfs(extra: &Path, name: &str) -> std::result::Result<PathBuf, String> {
+    let script = workspace_root().join("guest-images/build-guest.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(["--initramfs-only", "--no-install", "--extra"])
+        .arg(extra)
+        .args(["--name", name])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} --extra {} --name {name} failed ({}):\n{}",
+            script.display(),
+            extra.display(),
+            out.status,
+            tail(&String::from_utf8_lossy(&out.stderr), 20)
+        ));
+    }
+    let path = guest_dir().join(format!("initramfs-{name}.cpio.gz"));
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} --extra {} --name {name} succeeded but left no {}",
+            script.display(),
+            extra.display(),
+            path.display()
+        ))
+    }
+}
+
 /// The `hypervisor` binary: `$HYPERVISOR_BIN`, or built with cargo into the
 /// running test's target directory and profile (once per test process).
 pub fn hypervisor_binary() -> Result<PathBuf> {
@@ -577,6 +614,13 @@ impl QemuGuest {
     /// Sends the serial output to `path` (watchable while the guest runs).
     pub fn serial_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.serial_file = Some(path.into());
+        self
+    }
+
+    /// Boots with `initrd` instead of the standard initramfs (for example
+    /// one from [`extra_initramfs`]).
+    pub fn initrd(mut self, initrd: impl Into<PathBuf>) -> Self {
+        self.initrd = initrd.into();
         self
     }
 
