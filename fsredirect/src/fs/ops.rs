@@ -25,7 +25,10 @@ impl FileSystem for RedirectFs {
         let opts = self.inner.init(capable)?;
         // READDIRPLUS would hand out attributes from inside the passthrough's directory walk,
         // where this layer cannot fix them up: plain READDIR plus LOOKUP it is.
-        Ok(opts - FsOptions::DO_READDIRPLUS - FsOptions::READDIRPLUS_AUTO)
+        let opts = opts - FsOptions::DO_READDIRPLUS - FsOptions::READDIRPLUS_AUTO;
+        // Without these the server answers INIT with max_write = 8 KiB, and every large
+        // write becomes one request (and one device round trip) per 8 KiB.
+        Ok(opts | (capable & (FsOptions::BIG_WRITES | FsOptions::MAX_PAGES)))
     }
 
     fn destroy(&self) {

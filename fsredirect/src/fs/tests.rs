@@ -269,6 +269,20 @@ fn errno_of<T>(r: io::Result<T>) -> i32 {
 }
 
 #[test]
+fn init_asks_for_large_requests_when_the_kernel_can() {
+    let fx = redirecting();
+    let large = FsOptions::BIG_WRITES | FsOptions::MAX_PAGES;
+    let opts = fx.fs.init(large | FsOptions::ASYNC_READ).unwrap();
+    assert!(opts.contains(large), "{opts:?}");
+    assert!(!opts.contains(FsOptions::DO_READDIRPLUS));
+    let opts = fx.fs.init(FsOptions::empty()).unwrap();
+    assert!(
+        !opts.intersects(large),
+        "offered only what the kernel can: {opts:?}"
+    );
+}
+
+#[test]
 fn written_bytes_land_in_store_at_common_portion() {
     let fx = redirecting();
     let dir = fx.mkdir(ROOT_INODE, "docs");
