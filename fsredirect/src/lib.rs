@@ -34,7 +34,7 @@
 //!
 //! Modules, each with one job: [`share`] parses share descriptions, [`fs`] is the file
 //! system, [`store`] owns a volume of the store, [`meta`] encodes the stub metadata,
-//! [`names`] validates guest names and tracks each inode's path, [`beneath`] resolves host
+//! [`policy`] decides which files are redirected, [`names`] validates guest names and tracks each inode's path, [`beneath`] resolves host
 //! paths without escaping or following symlinks, [`fdcache`] bounds open store descriptors,
 //! [`mount`] serves a share through /dev/fuse, [`verify`] checks stubs against the store,
 //! [`recover`] reconciles them after an unclean stop.
@@ -46,11 +46,13 @@ pub mod intent;
 pub mod meta;
 pub mod mount;
 pub mod names;
+pub mod policy;
 pub mod recover;
 pub mod share;
 pub mod store;
 pub mod verify;
 
 pub use fs::{FsConfig, FsError, RedirectFs};
+pub use policy::{Policy, PolicyError};
 pub use share::{ShareSpec, ShareSpecError, StoreSpec};
 pub use store::{Store, StoreError};

@@ -1,4 +1,5 @@
 //! The share description: `tag=NAME,dir=GUEST_TREE[,store=STORE][,volume=V][,policy=...]`.
+//! The policy syntax is described in [`crate::policy`].
 //!
 //! One parser, used by every binary (DESIGN.md section 4), so a share is described the same way
 //! on the `hypervisor` command line, for the vhost-user daemon and for `fsredirect mount`.
@@ -6,6 +7,8 @@
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
+
+use crate::policy::{Policy, PolicyError};
 
 /// Longest tag a virtio-fs device can carry (virtio 1.2 §5.11.4: `tag` is 36 bytes).
 pub const MAX_TAG_LEN: usize = 36;
@@ -69,6 +72,9 @@ pub enum ShareSpecError {
     /// `volume=` or `policy=` without a store: they only mean something with one.
     #[error("share key `{0}` needs `store=`: a share without a store is a plain passthrough")]
     NeedsStore(&'static str),
+    /// The value of `policy=` does not parse.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
 }
 
 /// A `Result` with a [`ShareSpecError`].
@@ -92,9 +98,9 @@ pub struct StoreSpec {
     pub root: PathBuf,
     /// This share's namespace inside the store: data lives in `<root>/<volume>/`.
     pub volume: String,
-    /// Which files are redirected. Opaque for now: part 2 defines the policy language; until
-    /// then every regular file is redirected whatever this says.
-    pub policy: Option<String>,
+    /// Which regular files are redirected (the others stay inline in the guest tree);
+    /// [`Policy::all`] when the description has no `policy=`.
+    pub policy: Policy,
 }
 
 impl ShareSpec {
@@ -155,6 +161,10 @@ impl ShareSpec {
                 let volume = volume.unwrap_or_else(|| tag.clone());
                 check_volume(&volume)?;
                 check_disjoint(&dir, &root)?;
+                let policy = match policy {
+                    Some(text) => Policy::parse(&text)?,
+                    None => Policy::all(),
+                };
                 Some(StoreSpec {
                     root,
                     volume,
@@ -185,8 +195,8 @@ impl fmt::Display for ShareSpec {
         write!(f, "tag={},dir={}", self.tag, self.dir.display())?;
         if let Some(store) = &self.store {
             write!(f, ",store={},volume={}", store.root.display(), store.volume)?;
-            if let Some(policy) = &store.policy {
-                write!(f, ",policy={policy}")?;
+            if !store.policy.is_all() {
+                write!(f, ",policy={}", store.policy)?;
             }
         }
         Ok(())
@@ -307,11 +317,46 @@ mod tests {
 
     #[test]
     fn explicit_volume_and_policy_are_kept() {
-        let spec = ShareSpec::parse("tag=data,dir=/srv/g,store=/srv/s,volume=vol1,policy=size>1M")
-            .unwrap();
+        let spec =
+            ShareSpec::parse("tag=data,dir=/srv/g,store=/srv/s,volume=vol1,policy=min-size:1M")
+                .unwrap();
         let store = spec.store.unwrap();
         assert_eq!(store.volume, "vol1");
-        assert_eq!(store.policy.as_deref(), Some("size>1M"));
+        assert_eq!(store.policy, Policy::parse("min-size:1M").unwrap());
+    }
+
+    #[test]
+    fn policy_defaults_to_all() {
+        let spec = ShareSpec::parse("tag=t,dir=/srv/g,store=/srv/s").unwrap();
+        assert!(spec.store.unwrap().policy.is_all());
+    }
+
+    #[test]
+    fn policy_with_several_rules_parses_inside_the_description() {
+        let spec = ShareSpec::parse(
+            "tag=t,dir=/srv/g,store=/srv/s,policy=include:*.bin;exclude:tmp/**;min-size:64K",
+        )
+        .unwrap();
+        let policy = spec.store.unwrap().policy;
+        assert!(policy.redirects(b"a.bin", 64 << 10));
+        assert!(!policy.redirects(b"tmp/a.bin", 64 << 10));
+    }
+
+    #[test]
+    fn bad_policy_is_refused_naming_it_and_the_fix() {
+        let err = ShareSpec::parse("tag=t,dir=/g,store=/s,policy=size>1M").unwrap_err();
+        assert!(matches!(err, ShareSpecError::Policy(_)), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("size>1M") && text.contains("min-size:SIZE"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn policy_without_store_is_refused() {
+        let err = ShareSpec::parse("tag=t,dir=/g,policy=min-size:1K").unwrap_err();
+        assert_eq!(err, ShareSpecError::NeedsStore("policy"));
     }
 
     #[test]
@@ -450,8 +495,13 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        let spec = ShareSpec::parse("tag=t,dir=/srv/g,store=/srv/s,volume=v,policy=all").unwrap();
-        assert_eq!(ShareSpec::parse(&spec.to_string()).unwrap(), spec);
+        for policy in ["all", "include:*.bin;exclude:tmp/**;min-size:64K"] {
+            let spec = ShareSpec::parse(&format!(
+                "tag=t,dir=/srv/g,store=/srv/s,volume=v,policy={policy}"
+            ))
+            .unwrap();
+            assert_eq!(ShareSpec::parse(&spec.to_string()).unwrap(), spec);
+        }
     }
 
     #[test]
