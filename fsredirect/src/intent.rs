@@ -50,6 +50,15 @@ pub enum Intent {
         /// The store half is an exchange of two entries.
         exchange: bool,
     },
+    /// The regular file at `path` is changing placement (inline to redirected or back, see
+    /// [`crate::policy`]). While the stub carries redirect metadata the stored object is the
+    /// file's data; once the metadata is gone the guest-tree file is.
+    Place {
+        /// The file.
+        path: Vec<u8>,
+        /// Host inode number of the file in the guest tree.
+        guest_ino: u64,
+    },
 }
 
 impl Intent {
@@ -59,6 +68,11 @@ impl Intent {
             Intent::Create { path } => vec![b"C".to_vec(), path.clone()],
             Intent::Link { path } => vec![b"L".to_vec(), path.clone()],
             Intent::Unlink { path } => vec![b"U".to_vec(), path.clone()],
+            Intent::Place { path, guest_ino } => vec![
+                b"P".to_vec(),
+                path.clone(),
+                guest_ino.to_string().into_bytes(),
+            ],
             Intent::Rename {
                 old,
                 new,
@@ -96,6 +110,10 @@ impl Intent {
             }),
             [b"U", path] => Some(Intent::Unlink {
                 path: path.to_vec(),
+            }),
+            [b"P", path, guest_ino] => Some(Intent::Place {
+                path: path.to_vec(),
+                guest_ino: num(guest_ino)?,
             }),
             [b"R", old, new, guest_ino, store_from, store_to, store_ino, aside, exchange] => {
                 Some(Intent::Rename {
@@ -224,6 +242,15 @@ mod tests {
             store_ino: 34,
             aside: b"5-0".to_vec(),
             exchange: true,
+        };
+        assert_eq!(Intent::decode(&intent.encode()), Some(intent));
+    }
+
+    #[test]
+    fn place_record_round_trips() {
+        let intent = Intent::Place {
+            path: b"d/f".to_vec(),
+            guest_ino: 77,
         };
         assert_eq!(Intent::decode(&intent.encode()), Some(intent));
     }

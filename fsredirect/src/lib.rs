@@ -46,6 +46,7 @@ pub mod intent;
 pub mod meta;
 pub mod mount;
 pub mod names;
+pub mod placement;
 pub mod policy;
 pub mod recover;
 pub mod share;

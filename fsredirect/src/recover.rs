@@ -76,6 +76,20 @@ fn settle(guest: &Path, store: &Store, intent: &Intent) -> io::Result<()> {
                 store.remove(&parts(path)?, false)?;
             }
         }
+        // While the metadata is on the stub the object is the data (a half-copied stub is
+        // punched back to a hole); without it the guest-tree file is (the object goes).
+        Intent::Place { path, guest_ino } => {
+            let file = guest_path(path);
+            if ino_of(&file) != Some(*guest_ino) {
+                log::warn!("recovery: placement change of {file:?} left for verify: file replaced");
+            } else if is_redirect_stub(&file) {
+                crate::placement::make_sparse(&crate::placement::open_file(&file)?)?;
+            } else if store.stat_object(&parts(path)?).is_ok_and(|st| {
+                st.st_mode & libc::S_IFMT == libc::S_IFREG
+            }) {
+                store.remove(&parts(path)?, false)?;
+            }
+        }
         Intent::Rename {
             new,
             guest_ino,

@@ -43,6 +43,7 @@ use crate::intent::Intent;
 use crate::meta::Meta;
 use crate::meta::{META_XATTR_ROOT, META_XATTR_USER};
 use crate::names::{join, NameTable};
+use crate::policy::Policy;
 use crate::recover::{recover, replay_intents};
 use crate::share::ShareSpec;
 use crate::store::{Store, StoreError};
@@ -129,11 +130,19 @@ enum Kind {
 /// An open file as the guest holds it.
 #[derive(Debug, Clone, Copy)]
 enum OpenFile {
-    /// Opened by the passthrough layer; its handle there.
+    /// Opened by the passthrough layer; its handle there (directories, and every file of a
+    /// passthrough share).
     Inner(u64),
+    /// An inline regular file of a redirecting share, opened by the passthrough layer: its
+    /// handle there, the inode, and the open flags, so the handle can become a
+    /// [`OpenFile::Redirect`] if the file moves into the store while open.
+    Inline { ih: u64, inode: u64, flags: u32 },
     /// A redirected file: I/O goes to the store object of `inode`.
     Redirect {
         inode: u64,
+        /// The open flags (without O_CREAT, O_EXCL, O_TRUNC), to reopen the file inline if
+        /// it moves back into the guest tree while open.
+        flags: u32,
         /// Opened with O_APPEND: every write goes to the end of the data.
         append: bool,
         /// Opened with O_SYNC (`Some(false)`) or O_DSYNC (`Some(true)`): every write is
@@ -160,6 +169,7 @@ pub struct RedirectFs {
     file_handles: bool,
     guest_root: OwnedFd,
     store: Option<Store>,
+    policy: Policy,
     volume: Vec<u8>,
     meta_name: &'static CStr,
     ns: RwLock<()>,
@@ -250,6 +260,11 @@ impl RedirectFs {
             file_handles: cfg.inode_file_handles,
             guest_root,
             store,
+            policy: share
+                .store
+                .as_ref()
+                .map(|s| s.policy.clone())
+                .unwrap_or_default(),
             volume,
             meta_name,
             ns: RwLock::new(()),
@@ -284,6 +299,24 @@ impl RedirectFs {
 
     fn ns_write(&self) -> RwLockWriteGuard<'_, ()> {
         self.ns.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The namespace lock, shared, for I/O and release on a redirecting share: a placement
+    /// change (which holds it exclusively) swaps file handles between the passthrough layer
+    /// and the store, so no handle may be in use meanwhile. None on a passthrough share.
+    fn io_lock(&self) -> Option<RwLockReadGuard<'_, ()>> {
+        self.store.is_some().then(|| self.ns_read())
+    }
+
+    /// True if a new regular file `parent`/`name` (empty) is to be redirected.
+    fn redirects_new(&self, parent: u64, name: &CStr) -> io::Result<bool> {
+        if self.store.is_none() {
+            return Ok(false);
+        }
+        if self.policy.min_size() > 0 {
+            return Ok(false);
+        }
+        Ok(self.policy.path_allows(&join(&self.child_parts(parent, name)?)))
     }
 
     // ----- metadata -----
@@ -590,7 +623,7 @@ impl RedirectFs {
     fn inner_of(&self, handle: u64) -> io::Result<u64> {
         match self.handle(handle)? {
             OpenFile::Inner(ih) => Ok(ih),
-            OpenFile::Redirect { .. } => Err(errno(libc::EBADF)),
+            OpenFile::Inline { .. } | OpenFile::Redirect { .. } => Err(errno(libc::EBADF)),
         }
     }
 
@@ -598,7 +631,7 @@ impl RedirectFs {
         match handle {
             None => Ok(None),
             Some(h) => Ok(match self.handle(h)? {
-                OpenFile::Inner(ih) => Some(ih),
+                OpenFile::Inner(ih) | OpenFile::Inline { ih, .. } => Some(ih),
                 OpenFile::Redirect { .. } => None,
             }),
         }
@@ -614,19 +647,21 @@ impl RedirectFs {
             // Surface a missing store object at open, not at the first read.
             self.object(inode)?;
         }
-        let flags = flags as i32;
-        let sync = if flags & libc::O_SYNC == libc::O_SYNC {
-            Some(false)
-        } else if flags & libc::O_DSYNC != 0 {
-            Some(true)
+        Ok(self.new_handle(redirect_handle(inode, flags)))
+    }
+
+    /// The handle entry of a file opened by the passthrough layer as `ih`: one that can
+    /// follow the file into the store on a redirecting share.
+    fn plain_handle(&self, ih: u64, inode: u64, flags: u32) -> OpenFile {
+        if self.store.is_some() {
+            OpenFile::Inline {
+                ih,
+                inode,
+                flags: kept_open_flags(flags as i32),
+            }
         } else {
-            None
-        };
-        Ok(self.new_handle(OpenFile::Redirect {
-            inode,
-            append: flags & libc::O_APPEND != 0,
-            sync,
-        }))
+            OpenFile::Inner(ih)
+        }
     }
 
     /// fsync (or fdatasync) of a redirected file: the data first, then the stub's size, so
@@ -732,6 +767,29 @@ impl RedirectFs {
     }
 }
 
+/// The handle entry of redirected `inode` opened with `flags`.
+fn redirect_handle(inode: u64, flags: u32) -> OpenFile {
+    let flags = flags as i32;
+    let sync = if flags & libc::O_SYNC == libc::O_SYNC {
+        Some(false)
+    } else if flags & libc::O_DSYNC != 0 {
+        Some(true)
+    } else {
+        None
+    };
+    OpenFile::Redirect {
+        inode,
+        flags: kept_open_flags(flags),
+        append: flags & libc::O_APPEND != 0,
+        sync,
+    }
+}
+
+/// The open flags worth keeping to reopen a file later: all but O_CREAT, O_EXCL and O_TRUNC.
+fn kept_open_flags(flags: i32) -> u32 {
+    (flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY)) as u32
+}
+
 /// Gives `stub` the apparent size `size` (sparse) and, for a data change, a new mtime/ctime.
 fn sync_stub_file(stub: &File, size: u64, touch: bool) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
@@ -770,6 +828,7 @@ fn sync_stub_file(stub: &File, size: u64, touch: bool) -> io::Result<()> {
 
 mod ops;
 mod rename;
+mod transition;
 
 #[cfg(test)]
 mod tests;

@@ -94,31 +94,20 @@ impl FileSystem for RedirectFs {
         handle: Option<u64>,
         valid: SetattrValid,
     ) -> io::Result<(libc::stat64, Duration)> {
-        let _ns = self.ns_read();
-        let kind = self.kind(inode)?;
-        let ih = self.inner_handle(handle)?;
-        if kind != Kind::Redirect || !valid.contains(SetattrValid::SIZE) {
-            let (mut st, timeout) = self.inner.setattr(ctx, inode, attr, ih, valid)?;
-            self.fix_attr(inode, kind, &mut st);
-            return Ok((st, timeout));
+        let (reply, kind) = {
+            let _ns = self.ns_read();
+            let kind = self.kind(inode)?;
+            (self.setattr_locked(ctx, inode, attr, handle, valid, kind)?, kind)
+        };
+        let regular = reply.0.st_mode & libc::S_IFMT == libc::S_IFREG;
+        if valid.contains(SetattrValid::SIZE)
+            && regular
+            && !matches!(kind, Kind::Special { .. })
+            && self.placement_may_change(inode, kind == Kind::Redirect, attr.st_size as u64)
+        {
+            self.settle(inode);
         }
-        if attr.st_size < 0 {
-            return Err(errno(libc::EINVAL));
-        }
-        // Stub first (sparse, so undoing it loses nothing), then the data.
-        let old = self.with_object(inode, |f| f.metadata().map(|m| m.len()))?;
-        let (mut st, timeout) = self.inner.setattr(ctx, inode, attr, None, valid)?;
-        if let Err(e) = self.with_object(inode, |f| f.set_len(attr.st_size as u64)) {
-            // SAFETY: stat64 is plain old data; all-zero is a valid value.
-            let mut undo: libc::stat64 = unsafe { std::mem::zeroed() };
-            undo.st_size = old as i64;
-            let _ = self
-                .inner
-                .setattr(&root_ctx(), inode, undo, None, SetattrValid::SIZE);
-            return Err(e);
-        }
-        self.fix_attr(inode, kind, &mut st);
-        Ok((st, timeout))
+        Ok(reply)
     }
 
     fn readlink(&self, ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
@@ -152,7 +141,7 @@ impl FileSystem for RedirectFs {
         validate_name(name)?;
         let _ns = self.ns_write();
         let kind = mode & libc::S_IFMT;
-        if kind == libc::S_IFREG && self.store.is_some() {
+        if kind == libc::S_IFREG && self.redirects_new(parent, name)? {
             return self.create_redirected(ctx, parent, name, mode, umask);
         }
         if kind == libc::S_IFREG {
@@ -276,6 +265,15 @@ impl FileSystem for RedirectFs {
         };
         let result =
             self.rename_locked(ctx, (olddir, oldname), (newdir, newname), flags, &src, &dst);
+        if result.is_ok() && self.store.is_some() {
+            // The path changed: the include and exclude rules may say otherwise now.
+            if let Some((entry, _)) = &src {
+                self.settle_locked(entry.inode);
+            }
+            if let (Some((entry, _)), true) = (&dst, flags & libc::RENAME_EXCHANGE != 0) {
+                self.settle_locked(entry.inode);
+            }
+        }
         self.unpeek(src.as_ref());
         self.unpeek(dst.as_ref());
         result
@@ -317,18 +315,21 @@ impl FileSystem for RedirectFs {
         self.check_handle_room()?;
         let _ns = self.ns_read();
         match self.kind(inode)? {
-            Kind::Redirect => Ok((
-                Some(self.open_redirected(inode, flags)?),
-                OpenOptions::empty(),
-                None,
-            )),
+            Kind::Redirect => {
+                let handle = self.open_redirected(inode, flags)?;
+                if flags as i32 & libc::O_TRUNC != 0 && self.placement_may_change(inode, true, 0) {
+                    drop(_ns);
+                    self.settle(inode);
+                }
+                Ok((Some(handle), OpenOptions::empty(), None))
+            }
             // The kernel opens FIFOs and device nodes itself; nothing on the host is opened.
             Kind::Special { .. } => Err(errno(libc::ENXIO)),
             Kind::Plain => {
                 let (ih, opts, passthrough) = self.inner.open(ctx, inode, flags, fuse_flags)?;
                 let ih = ih.ok_or_else(|| errno(libc::EIO))?;
                 Ok((
-                    Some(self.new_handle(OpenFile::Inner(ih))),
+                    Some(self.new_handle(self.plain_handle(ih, inode, flags))),
                     opts,
                     passthrough,
                 ))
@@ -358,13 +359,14 @@ impl FileSystem for RedirectFs {
                 let (entry, kind) = existing;
                 self.admit(parent, name, entry, kind)
             }
-            None if self.store.is_some() => {
+            None if self.redirects_new(parent, name)? => {
                 self.create_redirected(ctx, parent, name, args.mode, args.umask)?
             }
             None => {
                 let (entry, ih, opts, passthrough) = self.inner.create(ctx, parent, name, args)?;
                 let entry = self.admit(parent, name, entry, Kind::Plain);
-                let handle = ih.map(|ih| self.new_handle(OpenFile::Inner(ih)));
+                let handle =
+                    ih.map(|ih| self.new_handle(self.plain_handle(ih, entry.inode, args.flags)));
                 return Ok((entry, handle, opts, passthrough));
             }
         };
@@ -376,10 +378,18 @@ impl FileSystem for RedirectFs {
                 .inner
                 .open(ctx, entry.inode, args.flags, args.fuse_flags)
                 .and_then(|(ih, _, _)| ih.ok_or_else(|| errno(libc::EIO)))
-                .map(|ih| self.new_handle(OpenFile::Inner(ih))),
+                .map(|ih| self.new_handle(self.plain_handle(ih, entry.inode, args.flags))),
         };
         match opened {
-            Ok(handle) => Ok((entry, Some(handle), OpenOptions::empty(), None)),
+            Ok(handle) => {
+                if kind == Kind::Redirect
+                    && args.flags as i32 & libc::O_TRUNC != 0
+                    && self.placement_may_change(entry.inode, true, 0)
+                {
+                    self.settle_locked(entry.inode);
+                }
+                Ok((entry, Some(handle), OpenOptions::empty(), None))
+            }
             Err(e) => {
                 // The kernel drops its reference when create fails.
                 self.forget(ctx, entry.inode, 1);
@@ -399,12 +409,12 @@ impl FileSystem for RedirectFs {
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
+        let _ns = self.io_lock();
         match self.handle(handle)? {
-            OpenFile::Inner(ih) => self
+            OpenFile::Inner(ih) | OpenFile::Inline { ih, .. } => self
                 .inner
                 .read(ctx, inode, ih, w, size, offset, lock_owner, flags),
             OpenFile::Redirect { inode, .. } => {
-                let _ns = self.ns_read();
                 self.with_object(inode, |f| w.write_from(f, size as usize, offset))
             }
         }
@@ -423,6 +433,7 @@ impl FileSystem for RedirectFs {
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<usize> {
+        let ns = self.io_lock();
         match self.handle(handle)? {
             OpenFile::Inner(ih) => self.inner.write(
                 ctx,
@@ -436,12 +447,33 @@ impl FileSystem for RedirectFs {
                 flags,
                 fuse_flags,
             ),
+            OpenFile::Inline { ih, inode, .. } => {
+                let n = self.inner.write(
+                    ctx,
+                    inode,
+                    ih,
+                    r,
+                    size,
+                    offset,
+                    lock_owner,
+                    delayed_write,
+                    flags,
+                    fuse_flags,
+                )?;
+                drop(ns);
+                // The file is at least this long now: it may have crossed `min-size`.
+                let end = offset.saturating_add(n as u64);
+                if self.placement_may_change(inode, false, end) {
+                    self.settle(inode);
+                }
+                Ok(n)
+            }
             OpenFile::Redirect {
                 inode,
                 append,
                 sync,
+                ..
             } => {
-                let _ns = self.ns_read();
                 if offset
                     .checked_add(u64::from(size))
                     .is_none_or(|end| end > i64::MAX as u64)
@@ -462,19 +494,22 @@ impl FileSystem for RedirectFs {
     }
 
     fn flush(&self, ctx: &Context, inode: u64, handle: u64, lock_owner: u64) -> io::Result<()> {
+        let _ns = self.io_lock();
         match self.handle(handle)? {
-            OpenFile::Inner(ih) => self.inner.flush(ctx, inode, ih, lock_owner),
+            OpenFile::Inner(ih) | OpenFile::Inline { ih, .. } => {
+                self.inner.flush(ctx, inode, ih, lock_owner)
+            }
             OpenFile::Redirect { .. } => Ok(()),
         }
     }
 
     fn fsync(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        let _ns = self.io_lock();
         match self.handle(handle)? {
-            OpenFile::Inner(ih) => self.inner.fsync(ctx, inode, datasync, ih),
-            OpenFile::Redirect { inode, .. } => {
-                let _ns = self.ns_read();
-                self.sync_redirected(inode, datasync)
+            OpenFile::Inner(ih) | OpenFile::Inline { ih, .. } => {
+                self.inner.fsync(ctx, inode, datasync, ih)
             }
+            OpenFile::Redirect { inode, .. } => self.sync_redirected(inode, datasync),
         }
     }
 
@@ -487,10 +522,21 @@ impl FileSystem for RedirectFs {
         offset: u64,
         length: u64,
     ) -> io::Result<()> {
+        let ns = self.io_lock();
         match self.handle(handle)? {
             OpenFile::Inner(ih) => self.inner.fallocate(ctx, inode, ih, mode, offset, length),
+            OpenFile::Inline { ih, inode, .. } => {
+                self.inner.fallocate(ctx, inode, ih, mode, offset, length)?;
+                drop(ns);
+                let end = offset.saturating_add(length);
+                if mode as i32 & libc::FALLOC_FL_KEEP_SIZE == 0
+                    && self.placement_may_change(inode, false, end)
+                {
+                    self.settle(inode);
+                }
+                Ok(())
+            }
             OpenFile::Redirect { inode, .. } => {
-                let _ns = self.ns_read();
                 let offset = i64::try_from(offset).map_err(|_| errno(libc::EINVAL))?;
                 let length = i64::try_from(length).map_err(|_| errno(libc::EINVAL))?;
                 self.with_object(inode, |f| {
@@ -514,13 +560,14 @@ impl FileSystem for RedirectFs {
         flock_release: bool,
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
+        let _ns = self.io_lock();
         let file = self
             .state()
             .handles
             .remove(&handle)
             .ok_or_else(|| errno(libc::EBADF))?;
         match file {
-            OpenFile::Inner(ih) => {
+            OpenFile::Inner(ih) | OpenFile::Inline { ih, .. } => {
                 self.inner
                     .release(ctx, inode, flags, ih, flush, flock_release, lock_owner)
             }
@@ -658,10 +705,12 @@ impl FileSystem for RedirectFs {
         offset: u64,
         whence: u32,
     ) -> io::Result<u64> {
+        let _ns = self.io_lock();
         match self.handle(handle)? {
-            OpenFile::Inner(ih) => self.inner.lseek(ctx, inode, ih, offset, whence),
+            OpenFile::Inner(ih) | OpenFile::Inline { ih, .. } => {
+                self.inner.lseek(ctx, inode, ih, offset, whence)
+            }
             OpenFile::Redirect { inode, .. } => {
-                let _ns = self.ns_read();
                 let offset = i64::try_from(offset).map_err(|_| errno(libc::EINVAL))?;
                 self.with_object(inode, |f| {
                     // SAFETY: lseek on a descriptor we hold; I/O uses pread/pwrite, so moving
@@ -675,5 +724,42 @@ impl FileSystem for RedirectFs {
                 })
             }
         }
+    }
+}
+
+impl RedirectFs {
+    /// SETATTR under the namespace lock (held shared by the caller).
+    fn setattr_locked(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        attr: libc::stat64,
+        handle: Option<u64>,
+        valid: SetattrValid,
+        kind: Kind,
+    ) -> io::Result<(libc::stat64, Duration)> {
+        let ih = self.inner_handle(handle)?;
+        if kind != Kind::Redirect || !valid.contains(SetattrValid::SIZE) {
+            let (mut st, timeout) = self.inner.setattr(ctx, inode, attr, ih, valid)?;
+            self.fix_attr(inode, kind, &mut st);
+            return Ok((st, timeout));
+        }
+        if attr.st_size < 0 {
+            return Err(errno(libc::EINVAL));
+        }
+        // Stub first (sparse, so undoing it loses nothing), then the data.
+        let old = self.with_object(inode, |f| f.metadata().map(|m| m.len()))?;
+        let (mut st, timeout) = self.inner.setattr(ctx, inode, attr, None, valid)?;
+        if let Err(e) = self.with_object(inode, |f| f.set_len(attr.st_size as u64)) {
+            // SAFETY: stat64 is plain old data; all-zero is a valid value.
+            let mut undo: libc::stat64 = unsafe { std::mem::zeroed() };
+            undo.st_size = old as i64;
+            let _ = self
+                .inner
+                .setattr(&root_ctx(), inode, undo, None, SetattrValid::SIZE);
+            return Err(e);
+        }
+        self.fix_attr(inode, kind, &mut st);
+        Ok((st, timeout))
     }
 }

@@ -1,0 +1,325 @@
+//! Placement transitions: a regular file moves from inline (an ordinary guest-tree file) to
+//! redirected (stub + store object) when the share's policy starts to want it in the store,
+//! and back when it stops (a truncate below `min-size`, a rename out of the included paths).
+//!
+//! When: after a write, fallocate or truncate that changes the file's size, after an open
+//! with O_TRUNC, and after a rename of the file itself. Files with several hard links, files
+//! unlinked while open and inert special files never move; files below a renamed directory
+//! move when they next change. A move runs under the namespace lock held exclusively, so no
+//! I/O, open or release of any file runs meanwhile, and the handles the guest holds on the
+//! file are switched over to the new placement: same bytes, same size, same inode.
+//!
+//! Crash safety: each move is recorded first in the intent log ([`Intent::Place`]). The rule
+//! recovery applies is "while the stub carries redirect metadata, the stored object is the
+//! data; once it does not, the guest-tree file is". So inline to redirected writes and syncs
+//! the object (and its directory) before setting the metadata, then punches the stub's data
+//! out; redirected to inline writes and syncs the data into the stub, then removes the
+//! metadata and syncs again, and only then removes the object.
+
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+use fuse_backend_rs::api::filesystem::FileSystem;
+
+use super::{errno, redirect_handle, root_ctx, Kind, OpenFile, RedirectFs};
+use crate::beneath::{open_beneath, reopen_regular, walk};
+use crate::intent::Intent;
+use crate::meta::Meta;
+use crate::names::join;
+use crate::placement::{copy_data, make_sparse, punch_data, restore_times};
+use crate::store::Store;
+
+impl RedirectFs {
+    /// A cheap test, without the namespace lock, of whether `inode` (`redirected` or
+    /// inline, now `size` bytes) may have to move; [`RedirectFs::settle`] decides for sure.
+    pub(super) fn placement_may_change(&self, inode: u64, redirected: bool, size: u64) -> bool {
+        if self.store.is_none() || (redirected && self.policy.is_all()) {
+            return false;
+        }
+        if !redirected && size < self.policy.min_size() {
+            return false;
+        }
+        let Some(parts) = self.state().names.path(inode) else {
+            return false;
+        };
+        self.policy.redirects(&join(&parts), size) != redirected
+    }
+
+    /// Moves `inode` to the placement the policy asks for, if it is elsewhere. Takes the
+    /// namespace lock exclusively: call it holding no lock.
+    pub(super) fn settle(&self, inode: u64) {
+        let _ns = self.ns_write();
+        self.settle_locked(inode);
+    }
+
+    /// [`RedirectFs::settle`] for a caller holding the namespace lock exclusively. A failed
+    /// move is logged and leaves the file where it was: the operation that called for it has
+    /// already succeeded, and the guest must not see it fail.
+    pub(super) fn settle_locked(&self, inode: u64) {
+        if let Err(e) = self.try_settle(inode) {
+            log::warn!("inode {inode}: placement change failed, file left where it was: {e}");
+        }
+    }
+
+    fn try_settle(&self, inode: u64) -> io::Result<()> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let (attr, _) = self.inner.getattr(&root_ctx(), inode, None)?;
+        if attr.st_mode & libc::S_IFMT != libc::S_IFREG || attr.st_nlink != 1 {
+            return Ok(());
+        }
+        let parts = {
+            let st = self.state();
+            if st.orphans.contains_key(&inode) || st.pins.contains_key(&inode) {
+                return Ok(());
+            }
+            match st.names.path(inode) {
+                Some(parts) => parts,
+                None => return Ok(()),
+            }
+        };
+        let path = join(&parts);
+        match self.kind(inode)? {
+            Kind::Redirect => {
+                let size = self.with_object(inode, |f| f.metadata().map(|m| m.len()))?;
+                if !self.policy.redirects(&path, size) {
+                    self.make_inline(store, inode, &parts, attr.st_ino)?;
+                }
+            }
+            Kind::Plain => {
+                // Metadata of another volume, or unreadable: not ours to move.
+                if self.read_meta(inode)?.is_none()
+                    && self.policy.redirects(&path, attr.st_size as u64)
+                {
+                    self.make_redirected(store, inode, &parts, attr.st_ino)?;
+                }
+            }
+            Kind::Special { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Opens the guest-tree file at `parts` for I/O and checks it is host inode `ino`.
+    fn open_guest_file(&self, parts: &[CString], ino: u64) -> io::Result<File> {
+        let (name, dirs) = parts.split_last().ok_or_else(|| errno(libc::EINVAL))?;
+        let dir = walk(&self.guest_root, dirs)?;
+        let path_fd = open_beneath(&dir, name, libc::O_PATH, 0)?;
+        let file = reopen_regular(&path_fd, libc::O_RDWR)?;
+        if file.metadata().map(|m| std::os::unix::fs::MetadataExt::ino(&m))? != ino {
+            return Err(errno(libc::ESTALE));
+        }
+        Ok(file)
+    }
+
+    /// Inline to redirected: object written and synced, metadata set, stub punched.
+    fn make_redirected(
+        &self,
+        store: &Store,
+        inode: u64,
+        parts: &[CString],
+        ino: u64,
+    ) -> io::Result<()> {
+        let file = self.open_guest_file(parts, ino)?;
+        let size = file.metadata()?.len();
+        let _intent = store.intents().begin(&Intent::Place {
+            path: join(parts),
+            guest_ino: ino,
+        })?;
+        let undo_object = |e: io::Error| {
+            let _ = store.remove(parts, false);
+            e
+        };
+        let object = store.create_object(parts)?;
+        copy_data(&file, &object, size).map_err(undo_object)?;
+        object.sync_all().map_err(undo_object)?;
+        sync_parent(store, parts).map_err(undo_object)?;
+        drop(object);
+        self.write_meta(inode, &Meta::redirect(&self.volume, &join(parts)))
+            .map_err(undo_object)?;
+        let times = file.metadata()?;
+        if let Err(e) = punch_data(&file) {
+            // Without a hole punch (EOPNOTSUPP on some file systems) the stub would keep its
+            // data blocks: stay inline instead.
+            let _ = remove_meta(&file, self.meta_name);
+            let _ = file.sync_all();
+            return Err(undo_object(e));
+        }
+        // The object is the data from here on, whatever happens to the stub's times.
+        if let Err(e) = restore_times(&file, &times).and_then(|()| file.sync_all()) {
+            log::warn!("inode {inode}: stub times or sync after moving into the store: {e}");
+        }
+        // Every handle the guest holds now reads and writes the object.
+        let old: Vec<u64> = {
+            let mut st = self.state();
+            let mut old = Vec::new();
+            let mut moved = 0;
+            for entry in st.handles.values_mut() {
+                if let OpenFile::Inline {
+                    ih,
+                    inode: i,
+                    flags,
+                } = *entry
+                {
+                    if i == inode {
+                        *entry = redirect_handle(inode, flags);
+                        old.push(ih);
+                        moved += 1;
+                    }
+                }
+            }
+            if moved > 0 {
+                *st.open_counts.entry(inode).or_default() += moved;
+            }
+            st.kinds.insert(inode, Kind::Redirect);
+            old
+        };
+        self.fds.remove(inode);
+        self.stub_fds.remove(inode);
+        for ih in old {
+            if let Err(e) = self
+                .inner
+                .release(&root_ctx(), inode, 0, ih, false, false, None)
+            {
+                log::warn!("inode {inode}: releasing its inline handle: {e}");
+            }
+        }
+        log::debug!("inode {inode}: moved into the store ({size} bytes)");
+        Ok(())
+    }
+
+    /// Redirected to inline: data written into the stub and synced, metadata removed and
+    /// synced, object removed.
+    fn make_inline(
+        &self,
+        store: &Store,
+        inode: u64,
+        parts: &[CString],
+        ino: u64,
+    ) -> io::Result<()> {
+        let file = self.open_guest_file(parts, ino)?;
+        let object = self.object(inode)?;
+        let size = object.metadata()?.len();
+        // The guest's handles get passthrough handles first: if one cannot be opened,
+        // nothing has changed yet.
+        let redirect_handles: Vec<(u64, u32)> = self
+            .state()
+            .handles
+            .iter()
+            .filter_map(|(h, f)| match *f {
+                OpenFile::Redirect {
+                    inode: i, flags, ..
+                } if i == inode => Some((*h, flags)),
+                _ => None,
+            })
+            .collect();
+        let mut opened: Vec<(u64, u64, u32)> = Vec::new();
+        let release_opened = |opened: &[(u64, u64, u32)]| {
+            for (_, ih, _) in opened {
+                let _ = self
+                    .inner
+                    .release(&root_ctx(), inode, 0, *ih, false, false, None);
+            }
+        };
+        for (h, flags) in redirect_handles {
+            match self.inner.open(&root_ctx(), inode, flags, 0) {
+                Ok((Some(ih), _, _)) => opened.push((h, ih, flags)),
+                Ok((None, _, _)) => {
+                    release_opened(&opened);
+                    return Err(errno(libc::EIO));
+                }
+                Err(e) => {
+                    release_opened(&opened);
+                    return Err(e);
+                }
+            }
+        }
+        let intent = match store.intents().begin(&Intent::Place {
+            path: join(parts),
+            guest_ino: ino,
+        }) {
+            Ok(intent) => intent,
+            Err(e) => {
+                release_opened(&opened);
+                return Err(e);
+            }
+        };
+        let copied = (|| {
+            let times = file.metadata()?;
+            copy_data(&object, &file, size)?;
+            restore_times(&file, &times)?;
+            file.sync_all()?;
+            remove_meta(&file, self.meta_name)
+        })();
+        if let Err(e) = copied {
+            release_opened(&opened);
+            // Still redirected: the data written into the stub is stray; drop it.
+            if let Err(u) = make_sparse(&file) {
+                log::warn!("inode {inode}: stub keeps stray data blocks: {u}");
+            }
+            return Err(e);
+        }
+        // The metadata is gone: the guest-tree file is the data now, the object garbage
+        // (kept if the removal of the metadata cannot be made durable first).
+        match file.sync_all() {
+            Ok(()) => {
+                if let Err(e) = store.remove(parts, false) {
+                    log::warn!("inode {inode}: stale object left after moving inline: {e}");
+                }
+            }
+            Err(e) => log::warn!("inode {inode}: object kept, stub cannot be synced: {e}"),
+        }
+        drop(intent);
+        {
+            let mut st = self.state();
+            for (h, ih, flags) in &opened {
+                st.handles.insert(
+                    *h,
+                    OpenFile::Inline {
+                        ih: *ih,
+                        inode,
+                        flags: *flags,
+                    },
+                );
+            }
+            st.open_counts.remove(&inode);
+            st.kinds.insert(inode, Kind::Plain);
+        }
+        self.fds.remove(inode);
+        self.stub_fds.remove(inode);
+        log::debug!("inode {inode}: moved inline ({size} bytes)");
+        Ok(())
+    }
+}
+
+/// Removes the redirect metadata from the guest-tree file.
+fn remove_meta(file: &File, name: &CStr) -> io::Result<()> {
+    // SAFETY: fremovexattr on a descriptor we hold, with a NUL-terminated name.
+    let res = unsafe { libc::fremovexattr(file.as_raw_fd(), name.as_ptr()) };
+    crate::beneath::check(res).map(|_| ())
+}
+
+/// Syncs the store directory holding the object at `parts`, so its name survives a power
+/// loss before the stub starts to depend on it.
+fn sync_parent(store: &Store, parts: &[CString]) -> io::Result<()> {
+    let volume = File::open(store.volume_path())?;
+    let dirs = &parts[..parts.len().saturating_sub(1)];
+    let dir = walk(&volume, dirs)?;
+    let path = CString::new(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+        .map_err(|_| errno(libc::EINVAL))?;
+    // SAFETY: `path` is NUL-terminated; it reopens our own O_PATH descriptor of a directory.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `open` returned a new descriptor that nothing else owns.
+    let dir = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    dir.sync_all()
+}
