@@ -188,7 +188,10 @@ mod tests {
         copy_data(&File::open(&src_path).unwrap(), &dst, data.len() as u64).unwrap();
         assert_eq!(fs::read(tmp.path().join("dst")).unwrap(), data);
         let blocks = dst.metadata().unwrap().blocks();
-        assert!(blocks * 512 < 2 * CHUNK as u64, "zero chunks were written: {blocks}");
+        assert!(
+            blocks * 512 < 2 * CHUNK as u64,
+            "zero chunks were written: {blocks}"
+        );
     }
 
     #[test]

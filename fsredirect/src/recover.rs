@@ -84,9 +84,10 @@ fn settle(guest: &Path, store: &Store, intent: &Intent) -> io::Result<()> {
                 log::warn!("recovery: placement change of {file:?} left for verify: file replaced");
             } else if is_redirect_stub(&file) {
                 crate::placement::make_sparse(&crate::placement::open_file(&file)?)?;
-            } else if store.stat_object(&parts(path)?).is_ok_and(|st| {
-                st.st_mode & libc::S_IFMT == libc::S_IFREG
-            }) {
+            } else if store
+                .stat_object(&parts(path)?)
+                .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
+            {
                 store.remove(&parts(path)?, false)?;
             }
         }

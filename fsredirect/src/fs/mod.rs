@@ -316,7 +316,9 @@ impl RedirectFs {
         if self.policy.min_size() > 0 {
             return Ok(false);
         }
-        Ok(self.policy.path_allows(&join(&self.child_parts(parent, name)?)))
+        Ok(self
+            .policy
+            .path_allows(&join(&self.child_parts(parent, name)?)))
     }
 
     // ----- metadata -----

@@ -97,7 +97,10 @@ impl FileSystem for RedirectFs {
         let (reply, kind) = {
             let _ns = self.ns_read();
             let kind = self.kind(inode)?;
-            (self.setattr_locked(ctx, inode, attr, handle, valid, kind)?, kind)
+            (
+                self.setattr_locked(ctx, inode, attr, handle, valid, kind)?,
+                kind,
+            )
         };
         let regular = reply.0.st_mode & libc::S_IFMT == libc::S_IFREG;
         if valid.contains(SetattrValid::SIZE)

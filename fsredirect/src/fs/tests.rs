@@ -1105,3 +1105,6 @@ fn names_with_arbitrary_bytes_reach_the_same_store_path() {
     assert_eq!(std::fs::read(fx.volume.join(host_name)).unwrap(), b"odd");
     fx.assert_mirror();
 }
+
+#[path = "policy_tests.rs"]
+mod policy_tests;

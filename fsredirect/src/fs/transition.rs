@@ -108,7 +108,11 @@ impl RedirectFs {
         let dir = walk(&self.guest_root, dirs)?;
         let path_fd = open_beneath(&dir, name, libc::O_PATH, 0)?;
         let file = reopen_regular(&path_fd, libc::O_RDWR)?;
-        if file.metadata().map(|m| std::os::unix::fs::MetadataExt::ino(&m))? != ino {
+        if file
+            .metadata()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))?
+            != ino
+        {
             return Err(errno(libc::ESTALE));
         }
         Ok(file)
