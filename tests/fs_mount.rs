@@ -1,7 +1,9 @@
 //! The redirecting file system through the real Linux FUSE client: `fsredirect mount` on the
 //! host, driven by pjdfstest, fio --verify and our randomized model-based exerciser, each on a
 //! redirecting share and on a passthrough share. After each run the share is unmounted and
-//! every stub is checked against its stored object (`fsredirect::verify`).
+//! every stub is checked against its stored object (`fsredirect::verify`). The model
+//! exerciser also runs on redirecting shares with placement policies (`policy=min-size:...`
+//! and include/exclude rules), checking on the host that files sit where the policy says.
 //!
 //! Skipped, with the reason, when not root, without /dev/fuse, or without the tools
 //! (`apt-get install fio libacl1-dev`; pjdfstest is built by the test itself, or taken from
@@ -37,6 +39,12 @@ fn main() {
         trials.push(trial(format!("model_exerciser_{kind}"), move || {
             model_exerciser(redirect)
         }));
+    }
+    for (label, policy) in POLICIES {
+        trials.push(trial(
+            format!("model_exerciser_policy_{label}"),
+            move || model_exerciser_policy(label, policy),
+        ));
     }
     trials.push(trial(
         "host_fds_stay_bounded_redirect".into(),
@@ -77,14 +85,31 @@ fn with_mount(
     extra: &[&str],
     body: impl FnOnce(&HostMount, &Path) -> Result<(), String>,
 ) -> Result<Outcome, String> {
+    with_share(label, redirect, None, extra, |mount, mnt, _| {
+        body(mount, mnt)
+    })
+}
+
+/// [`with_mount`] with an optional `policy=` on a redirecting share; `body` also gets the
+/// share's directories.
+fn with_share(
+    label: &str,
+    redirect: bool,
+    policy: Option<&str>,
+    extra: &[&str],
+    body: impl FnOnce(&HostMount, &Path, &ShareDirs) -> Result<(), String>,
+) -> Result<Outcome, String> {
     if let Some(why) = fuse_unavailable() {
         return Ok(Outcome::Skip(why));
     }
     let bin = fsredirect_bin()?;
     let dirs = ShareDirs::new(&format!("{label}-{redirect}"));
-    let spec = dirs.spec(redirect);
+    let mut spec = dirs.spec(redirect);
+    if let Some(policy) = policy {
+        spec = format!("{spec},policy={policy}");
+    }
     let mount = HostMount::start(&bin, &spec, extra, &dirs.mnt)?;
-    let result = body(&mount, &dirs.mnt);
+    let result = body(&mount, &dirs.mnt, &dirs);
     let stopped = mount.stop();
     result?;
     stopped?;
@@ -300,6 +325,82 @@ fn fio_verify(redirect: bool) -> Result<Outcome, String> {
 /// 2. Run seeded random operations in it, each checked against the in-memory model.
 /// 3. Print the seed; FSR_MODEL_SEED replays one, FSR_MODEL_STEPS changes the length.
 fn model_exerciser(redirect: bool) -> Result<Outcome, String> {
+    let (seed, steps) = model_seed_and_steps();
+    println!("model exerciser: seed {seed}, {steps} steps (replay with FSR_MODEL_SEED={seed})");
+    with_mount("model", redirect, &[], |_, mnt| {
+        model::run(mnt, seed, steps).map_err(|e| format!("seed {seed}: {e}"))
+    })
+}
+
+/// Policies the model exerciser runs under, with a label: sizes the exerciser's writes and
+/// truncates cross both ways (it writes up to 90 KB), and path rules its renames cross (its
+/// names are a, b, c, d at depths 1 to 3).
+const POLICIES: [(&str, &str); 2] = [
+    ("min_size", "min-size:32K"),
+    ("patterns", "include:a;include:c;exclude:b/**;min-size:16K"),
+];
+
+/// 1. Mount a redirecting share with a placement policy.
+/// 2. Run the seeded model exerciser in it; at every full comparison, also check on the host
+///    that each file the server must have settled is inline or redirected as the policy says.
+/// 3. Unmount and verify the mirror (inline files need no object); print how many files end
+///    inline and redirected, and the placement notes `verify` would print.
+fn model_exerciser_policy(label: &str, policy: &'static str) -> Result<Outcome, String> {
+    let (seed, steps) = model_seed_and_steps();
+    println!(
+        "model exerciser, policy {policy}: seed {seed}, {steps} steps \
+         (replay with FSR_MODEL_SEED={seed})"
+    );
+    with_share(
+        &format!("model-{label}"),
+        true,
+        Some(policy),
+        &[],
+        |_, mnt, dirs| {
+            let placement = model::Placement {
+                guest: dirs.guest.clone(),
+                policy: fsredirect::Policy::parse(policy).map_err(|e| e.to_string())?,
+            };
+            model::run_with(mnt, seed, steps, Some(&placement))
+                .map_err(|e| format!("seed {seed}: {e}"))?;
+            let (inline, redirected) = count_placements(&dirs.guest);
+            println!("at the end: {inline} files inline, {redirected} redirected");
+            if inline == 0 || redirected == 0 {
+                println!("note: one placement never occurred with this seed");
+            }
+            Ok(())
+        },
+    )
+}
+
+/// Counts the regular files under `dir` that are inline and redirected.
+fn count_placements(dir: &Path) -> (usize, usize) {
+    let mut counts = (0, 0);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return counts;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            let (i, r) = count_placements(&path);
+            counts.0 += i;
+            counts.1 += r;
+        } else if meta.is_file() {
+            match fsredirect::verify::read_meta(&path) {
+                Ok(Some(fsredirect::meta::Meta::Redirect { .. })) => counts.1 += 1,
+                Ok(None) => counts.0 += 1,
+                _ => {}
+            }
+        }
+    }
+    counts
+}
+
+/// The model exerciser's seed (FSR_MODEL_SEED, or the clock) and length (FSR_MODEL_STEPS).
+fn model_seed_and_steps() -> (u64, usize) {
     let seed = std::env::var("FSR_MODEL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -313,10 +414,7 @@ fn model_exerciser(redirect: bool) -> Result<Outcome, String> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000);
-    println!("model exerciser: seed {seed}, {steps} steps (replay with FSR_MODEL_SEED={seed})");
-    with_mount("model", redirect, &[], |_, mnt| {
-        model::run(mnt, seed, steps).map_err(|e| format!("seed {seed}: {e}"))
-    })
+    (seed, steps)
 }
 
 /// Store descriptors the server may hold in `host_fds_stay_bounded`.

@@ -166,6 +166,11 @@ impl Policy {
         self.min_size == 0 && self.include.is_empty() && self.exclude.is_empty()
     }
 
+    /// True if neither include nor exclude rules are given: only the size matters.
+    pub fn has_no_path_rules(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty()
+    }
+
     /// The size from which a file is redirected (0: any size).
     pub fn min_size(&self) -> u64 {
         self.min_size

@@ -3,6 +3,12 @@
 //! reads and fsyncs through descriptors held across steps, also after unlink), each checked
 //! against an in-memory model (outcome and errno), with a full comparison of the tree every
 //! few steps. Seeded; the seed is printed, and `FSR_MODEL_SEED=<seed>` replays.
+//!
+//! On a share with a placement policy ([`Placement`]), each full comparison also checks on
+//! the host that every file the server must have settled is where the policy says: a stub
+//! with redirect metadata, or an inline guest-tree file. A file is settled by a write that
+//! reaches `min-size`, a truncate, or a rename of the file itself while it has one name; a
+//! second hard link or a rename of a directory above it unsettles it.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -66,6 +72,16 @@ impl Node {
 struct Model {
     nodes: BTreeMap<PathBuf, Node>,
     contents: Vec<Vec<u8>>,
+    /// Per content: the server has certainly put the file where the policy wants it.
+    settled: Vec<bool>,
+}
+
+/// The host side of a share with a placement policy, for checking where files are.
+pub struct Placement {
+    /// The share's guest tree on the host.
+    pub guest: PathBuf,
+    /// The share's policy.
+    pub policy: fsredirect::Policy,
 }
 
 /// An open descriptor held across steps, with the content it refers to.
@@ -88,6 +104,26 @@ impl Model {
                 None => self.parent_ok(p).and(Err(libc::ENOENT)),
             },
             None => Ok(()),
+        }
+    }
+
+    /// How many names content `id` has.
+    fn names(&self, id: usize) -> usize {
+        self.nodes.values().filter(|n| n.id() == Some(id)).count()
+    }
+
+    /// Records an event that makes the server settle the placement of content `id`, if it
+    /// has only one name (a file with several never moves).
+    fn settle(&mut self, id: usize) {
+        let single = self.names(id) == 1;
+        if let Some(s) = self.settled.get_mut(id) {
+            *s = single;
+        }
+    }
+
+    fn unsettle(&mut self, id: usize) {
+        if let Some(s) = self.settled.get_mut(id) {
+            *s = false;
         }
     }
 
@@ -125,8 +161,21 @@ fn check(
 
 /// Runs `steps` random operations under `root` (an empty directory) from `seed`.
 pub fn run(root: &Path, seed: u64, steps: usize) -> Result<(), String> {
+    run_with(root, seed, steps, None)
+}
+
+/// [`run`], also checking file placement against `placement`'s policy.
+pub fn run_with(
+    root: &Path,
+    seed: u64,
+    steps: usize,
+    placement: Option<&Placement>,
+) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let mut m = Model::default();
+    let min_size = placement.map_or(0, |p| p.policy.min_size());
+    // Placements checked: [inline, redirected].
+    let mut checked = [0usize; 2];
     let mut held: Vec<Held> = Vec::new();
     for step in 0..steps {
         let path = random_path(&mut rng, &m);
@@ -176,12 +225,17 @@ pub fn run(root: &Path, seed: u64, steps: usize) -> Result<(), String> {
                         Some(Node::File(id)) => *id,
                         _ => {
                             m.contents.push(Vec::new());
+                            // A new file is placed by the policy at create.
+                            m.settled.push(true);
                             let id = m.contents.len() - 1;
                             m.nodes.insert(path.clone(), Node::File(id));
                             id
                         }
                     };
                     write_model(&mut m.contents[id], offset as usize, &vec![byte; len]);
+                    if offset + len as u64 >= min_size {
+                        m.settle(id);
+                    }
                 }
             }
             3 if !special => {
@@ -203,8 +257,9 @@ pub fn run(root: &Path, seed: u64, steps: usize) -> Result<(), String> {
                     got,
                     errs(want),
                 )?;
-                if let (Ok(()), Some(Node::File(id))) = (got, m.nodes.get(&path)) {
-                    m.contents[*id].resize(size as usize, 0);
+                if let (Ok(()), Some(Node::File(id))) = (got, m.nodes.get(&path).copied()) {
+                    m.contents[id].resize(size as usize, 0);
+                    m.settle(id);
                 }
             }
             4 => {
@@ -268,6 +323,9 @@ pub fn run(root: &Path, seed: u64, steps: usize) -> Result<(), String> {
                 check(step, &format!("link {path:?} -> {other:?}"), got, want)?;
                 if let (Ok(()), Some(node)) = (got, m.nodes.get(&path).copied()) {
                     m.nodes.insert(other.clone(), node);
+                    if let Node::File(id) = node {
+                        m.unsettle(id);
+                    }
                 }
             }
             9 => {
@@ -292,6 +350,9 @@ pub fn run(root: &Path, seed: u64, steps: usize) -> Result<(), String> {
                         .write_all_at(&data, offset)
                         .map_err(|e| format!("step {step}: write through held handle: {e}"))?;
                     write_model(&mut m.contents[h.content], offset as usize, &data);
+                    if offset + data.len() as u64 >= min_size {
+                        m.settle(h.content);
+                    }
                     let mut back = vec![0; m.contents[h.content].len()];
                     h.file
                         .read_exact_at(&mut back, 0)
@@ -332,14 +393,63 @@ pub fn run(root: &Path, seed: u64, steps: usize) -> Result<(), String> {
                 check(step, &format!("{kind:?} {path:?}"), got, errs(want))?;
                 if got.is_ok() {
                     m.contents.push(Vec::new());
+                    m.settled.push(false);
                     m.nodes
                         .insert(path, Node::Special(kind, m.contents.len() - 1));
                 }
             }
-            _ => compare_tree(root, &m).map_err(|e| format!("step {step}: {e}"))?,
+            _ => {
+                compare_tree(root, &m).map_err(|e| format!("step {step}: {e}"))?;
+                if let Some(p) = placement {
+                    check_placement(p, &m, &mut checked)
+                        .map_err(|e| format!("step {step}: {e}"))?;
+                }
+            }
         }
     }
-    compare_tree(root, &m).map_err(|e| format!("at the end: {e}"))
+    compare_tree(root, &m).map_err(|e| format!("at the end: {e}"))?;
+    if let Some(p) = placement {
+        check_placement(p, &m, &mut checked).map_err(|e| format!("at the end: {e}"))?;
+        println!(
+            "placement checks: {} inline, {} redirected files found where policy `{}` wants them",
+            checked[0], checked[1], p.policy
+        );
+    }
+    Ok(())
+}
+
+/// Every settled file with one name is where the policy wants it, as the host sees it.
+fn check_placement(p: &Placement, m: &Model, checked: &mut [usize; 2]) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    for (path, node) in &m.nodes {
+        let Node::File(id) = node else { continue };
+        if !m.settled[*id] || m.names(*id) != 1 {
+            continue;
+        }
+        let size = m.contents[*id].len() as u64;
+        let want = p.policy.redirects(path.as_os_str().as_bytes(), size);
+        let meta = fsredirect::verify::read_meta(&p.guest.join(path))
+            .map_err(|e| format!("reading metadata of {path:?}: {e}"))?;
+        let redirected = matches!(meta, Some(fsredirect::meta::Meta::Redirect { .. }));
+        if redirected != want {
+            return Err(format!(
+                "{path:?} ({size} bytes) is {}, policy `{}` wants it {}",
+                placement_word(redirected),
+                p.policy,
+                placement_word(want)
+            ));
+        }
+        checked[usize::from(redirected)] += 1;
+    }
+    Ok(())
+}
+
+fn placement_word(redirected: bool) -> &'static str {
+    if redirected {
+        "redirected"
+    } else {
+        "inline"
+    }
 }
 
 fn errs(want: Result<(), i32>) -> Result<(), &'static [i32]> {
@@ -407,7 +517,9 @@ fn apply_rename(m: &mut Model, from: &Path, to: &Path) {
             return;
         }
     }
-    m.nodes.remove(to);
+    if let Some(Node::File(id)) = m.nodes.remove(to) {
+        m.unsettle(id);
+    }
     let moved: Vec<(PathBuf, Node)> = m
         .nodes
         .iter()
@@ -424,6 +536,14 @@ fn apply_rename(m: &mut Model, from: &Path, to: &Path) {
             to.join(rest)
         };
         m.nodes.insert(dest, n);
+        if let Node::File(id) = n {
+            if rest.as_os_str().is_empty() {
+                m.settle(id);
+            } else {
+                // Below a renamed directory: moved when it next changes.
+                m.unsettle(id);
+            }
+        }
     }
 }
 

@@ -491,6 +491,16 @@ impl FileSystem for RedirectFs {
                 if let Some(datasync) = sync {
                     self.sync_redirected(inode, datasync)?;
                 }
+                // A redirected file left where an older policy or a directory rename put
+                // it is settled when written, like an inline one.
+                let size = match self.policy.is_all() {
+                    true => None,
+                    false => Some(self.with_object(inode, |f| f.metadata().map(|m| m.len()))?),
+                };
+                drop(ns);
+                if size.is_some_and(|size| self.placement_may_change(inode, true, size)) {
+                    self.settle(inode);
+                }
                 Ok(n)
             }
         }

@@ -41,6 +41,10 @@ impl RedirectFs {
         if !redirected && size < self.policy.min_size() {
             return false;
         }
+        // Only a truncate makes a redirected file smaller, and it passes the exact size.
+        if redirected && size >= self.policy.min_size() && self.policy.has_no_path_rules() {
+            return false;
+        }
         let Some(parts) = self.state().names.path(inode) else {
             return false;
         };
