@@ -38,9 +38,10 @@ enum Command {
         threads: usize,
     },
     /// Check, with no server running on it, that every stub of a redirecting share agrees
-    /// with its stored object; exits 1 and lists the disagreements if not.
+    /// with its stored object; exits 1 and lists the disagreements if not. Files whose
+    /// placement (inline or redirected) differs from the share's policy are listed as notes.
     Verify {
-        /// Share description: tag=NAME,dir=GUEST_TREE,store=STORE[,volume=V].
+        /// Share description: tag=NAME,dir=GUEST_TREE,store=STORE[,volume=V][,policy=...].
         #[arg(long)]
         share: String,
     },
@@ -81,6 +82,18 @@ fn verify(share: &str) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mismatches = fsredirect::verify::verify_share(&share)?;
     for m in &mismatches {
         println!("{m:?}");
+    }
+    // Not disagreements: files move when they next change (fsredirect/README.md, Policies).
+    for note in fsredirect::placement::placement_notes(&share)? {
+        let (is, wants) = match note.redirected {
+            true => ("redirected", "inline"),
+            false => ("inline", "in the store"),
+        };
+        println!(
+            "note: {} ({} bytes) is {is}; the policy would place it {wants}",
+            note.path.display(),
+            note.size,
+        );
     }
     if mismatches.is_empty() {
         println!("{share}: every stub agrees with its stored object");
