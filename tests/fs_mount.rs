@@ -56,7 +56,11 @@ fn main() {
     ));
     trials.push(trial(
         "kill_during_random_operations_then_recover_redirect".into(),
-        kill_during_random_operations,
+        || kill_during_random_operations(None),
+    ));
+    trials.push(trial(
+        "kill_during_random_operations_then_recover_policy_min_size".into(),
+        || kill_during_random_operations(Some(POLICIES[0].1)),
     ));
     libtest_mimic::run(&args, trials).exit();
 }
@@ -536,13 +540,23 @@ fn kill_and_remount() -> Result<Outcome, String> {
 /// 3. Mount again (recovery replays the intent log and reconciles stubs), read every file
 ///    back without an error, stop cleanly: every stub agrees with its stored object and no
 ///    object is left without a stub. Five rounds on one share; the seed is printed.
-fn kill_during_random_operations() -> Result<Outcome, String> {
+///
+/// With a `policy` (files then move between inline and redirected as they cross its
+/// `min-size`), kills also land in the middle of such moves.
+fn kill_during_random_operations(policy: Option<&str>) -> Result<Outcome, String> {
     if let Some(why) = fuse_unavailable() {
         return Ok(Outcome::Skip(why));
     }
     let bin = fsredirect_bin()?;
-    let dirs = ShareDirs::new("crash");
-    let spec = dirs.spec(true);
+    let dirs = ShareDirs::new(if policy.is_some() {
+        "crash-policy"
+    } else {
+        "crash"
+    });
+    let mut spec = dirs.spec(true);
+    if let Some(policy) = policy {
+        spec = format!("{spec},policy={policy}");
+    }
     let share = fsredirect::ShareSpec::parse(&spec).map_err(|e| e.to_string())?;
     let seed = std::env::var("FSR_MODEL_SEED")
         .ok()
