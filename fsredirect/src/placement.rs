@@ -33,27 +33,60 @@ pub fn open_file(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
-/// Copies the first `size` bytes of `from` into `to`, which is given that size; runs of
-/// zeros are not written, so holes stay holes where `to` was one.
+/// Copies the first `size` bytes of `from` into `to`, which is given that size. Only the data
+/// segments of `from` are read (holes are skipped with SEEK_DATA/SEEK_HOLE, so a huge sparse
+/// file costs little), and runs of zeros are not written: holes stay holes.
 pub fn copy_data(from: &File, to: &File, size: u64) -> io::Result<()> {
     if to.metadata()?.len() != size {
         to.set_len(size)?;
     }
     let mut buf = vec![0u8; CHUNK.min(size as usize).max(1)];
-    let mut offset = 0u64;
-    while offset < size {
-        let want = buf.len().min((size - offset) as usize);
-        let n = from.read_at(&mut buf[..want], offset)?;
-        if n == 0 {
-            // The source is shorter than `size`: the rest reads as zeros, as in a hole.
+    let mut pos = 0u64;
+    while pos < size {
+        let Some((start, end)) = next_data(from, pos, size)? else {
             break;
+        };
+        let mut offset = start;
+        while offset < end {
+            let want = buf.len().min((end - offset) as usize);
+            let n = from.read_at(&mut buf[..want], offset)?;
+            if n == 0 {
+                // The source is shorter than `size`: the rest reads as zeros, as in a hole.
+                return Ok(());
+            }
+            if buf[..n].iter().any(|&b| b != 0) {
+                to.write_all_at(&buf[..n], offset)?;
+            }
+            offset += n as u64;
         }
-        if buf[..n].iter().any(|&b| b != 0) {
-            to.write_all_at(&buf[..n], offset)?;
-        }
-        offset += n as u64;
+        pos = end;
     }
     Ok(())
+}
+
+/// The next data segment of `file` at or after `pos`, cut at `size`; None if only holes
+/// remain. Where the file system cannot tell holes apart, everything is data.
+fn next_data(file: &File, pos: u64, size: u64) -> io::Result<Option<(u64, u64)>> {
+    let seek = |offset: u64, whence: i32| {
+        // SAFETY: lseek on a descriptor we hold; I/O uses pread, so the position is unused.
+        let res = unsafe { libc::lseek64(file.as_raw_fd(), offset as i64, whence) };
+        if res < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(res as u64)
+        }
+    };
+    let start = match seek(pos, libc::SEEK_DATA) {
+        Ok(start) => start,
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(Some((pos, size))),
+        Err(e) => return Err(e),
+    };
+    if start >= size {
+        return Ok(None);
+    }
+    let end = seek(start, libc::SEEK_HOLE)?.min(size);
+    Ok(Some((start, end)))
 }
 
 /// Frees every data block of `file` while keeping its size, access and modification times
@@ -192,6 +225,26 @@ mod tests {
             blocks * 512 < 2 * CHUNK as u64,
             "zero chunks were written: {blocks}"
         );
+    }
+
+    #[test]
+    fn copy_of_a_huge_sparse_file_reads_only_its_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = File::create_new(tmp.path().join("src")).unwrap();
+        let size = 1u64 << 40;
+        src.set_len(size).unwrap();
+        src.write_all_at(b"head", 0).unwrap();
+        src.write_all_at(b"tail", size - 4).unwrap();
+        let dst = File::create_new(tmp.path().join("dst")).unwrap();
+        copy_data(&src, &dst, size).unwrap();
+        assert_eq!(dst.metadata().unwrap().len(), size);
+        let mut got = [0u8; 4];
+        dst.read_exact_at(&mut got, 0).unwrap();
+        assert_eq!(&got, b"head");
+        dst.read_exact_at(&mut got, size - 4).unwrap();
+        assert_eq!(&got, b"tail");
+        dst.read_exact_at(&mut got, size / 2).unwrap();
+        assert_eq!(got, [0; 4]);
     }
 
     #[test]
