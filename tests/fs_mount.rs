@@ -347,8 +347,8 @@ const POLICIES: [(&str, &str); 2] = [
 /// 1. Mount a redirecting share with a placement policy.
 /// 2. Run the seeded model exerciser in it; at every full comparison, also check on the host
 ///    that each file the server must have settled is inline or redirected as the policy says.
-/// 3. Unmount and verify the mirror (inline files need no object); print how many files end
-///    inline and redirected, and the placement notes `verify` would print.
+/// 3. Print how many placements were checked each way (a long enough run that checked none
+///    one way fails); unmount and verify the mirror (inline files need no object).
 fn model_exerciser_policy(label: &str, policy: &'static str) -> Result<Outcome, String> {
     let (seed, steps) = model_seed_and_steps();
     println!(
@@ -367,40 +367,9 @@ fn model_exerciser_policy(label: &str, policy: &'static str) -> Result<Outcome, 
             };
             model::run_with(mnt, seed, steps, Some(&placement))
                 .map_err(|e| format!("seed {seed}: {e}"))?;
-            let (inline, redirected) = count_placements(&dirs.guest);
-            println!("at the end: {inline} files inline, {redirected} redirected");
-            if inline == 0 || redirected == 0 {
-                println!("note: one placement never occurred with this seed");
-            }
             Ok(())
         },
     )
-}
-
-/// Counts the regular files under `dir` that are inline and redirected.
-fn count_placements(dir: &Path) -> (usize, usize) {
-    let mut counts = (0, 0);
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return counts;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if meta.is_dir() {
-            let (i, r) = count_placements(&path);
-            counts.0 += i;
-            counts.1 += r;
-        } else if meta.is_file() {
-            match fsredirect::verify::read_meta(&path) {
-                Ok(Some(fsredirect::meta::Meta::Redirect { .. })) => counts.1 += 1,
-                Ok(None) => counts.0 += 1,
-                _ => {}
-            }
-        }
-    }
-    counts
 }
 
 /// The model exerciser's seed (FSR_MODEL_SEED, or the clock) and length (FSR_MODEL_STEPS).

@@ -414,6 +414,12 @@ pub fn run_with(
             "placement checks: {} inline, {} redirected files found where policy `{}` wants them",
             checked[0], checked[1], p.policy
         );
+        // A run this long always meets both placements; none means the check did not run.
+        if steps >= 2_000 && checked.contains(&0) {
+            return Err(format!(
+                "placement never checked one way in {steps} steps: {checked:?} [inline, redirected]"
+            ));
+        }
     }
     Ok(())
 }
