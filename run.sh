@@ -40,4 +40,10 @@ if [[ $# -gt 0 ]]; then
     echo "run.sh: note: hypervisor options ($*) are ignored in the test host; see" >&2
     echo "run.sh: 'cargo run --release -p e2e-tests --bin testhost -- --help' for what it can run." >&2
 fi
-exec cargo run --release -p e2e-tests --bin testhost -- default-vm
+status=0
+cargo run --release -p e2e-tests --bin testhost -- default-vm || status=$?
+echo "run.sh: the default VM's share (/mnt/data in the guest) lives on the test host's share" >&2
+echo "run.sh: disk, vm-data/testhost/share.ext4, so the next ./run.sh sees the same files." >&2
+echo "run.sh: To look at its stubs and stored objects from this host (root):" >&2
+echo "run.sh:   cargo run --release -p e2e-tests --bin testhost -- --mount-share /mnt/fsr-share" >&2
+exit "$status"

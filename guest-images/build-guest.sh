@@ -8,7 +8,7 @@
 #              it (as bash prints them, so editing a comment or another stage
 #              does not rebuild the kernel).
 #   initramfs: every file under guest/ except kernel.fragment, the Debian
-#              version of busybox-static, the toolchain (for fsr-exit), the
+#              version of busybox-static, the toolchain (for the fsr-* tools), the
 #              functions that build it, and the --extra directory if any.
 # So changing a scenario rebuilds only the initramfs, in about a second.
 set -euo pipefail
@@ -283,7 +283,7 @@ build_kernel() {
 # ------------------------------------------------------------- initramfs --
 
 # stage_initramfs STAGE EXTRA: fills the directory STAGE with the initramfs
-# root: busybox and its applet links, /init, the poweroff wrapper, fsr-exit,
+# root: busybox and its applet links, /init, the poweroff wrapper, the fsr-* tools (exit, pattern, xattr),
 # the scenarios, then the contents of EXTRA (if not empty) over them.
 # /dev/console is not needed here: the kernel's built-in initramfs has it,
 # and /init mounts devtmpfs on /dev.
@@ -306,11 +306,15 @@ stage_initramfs() {
 			;;
 		esac
 	done
-	gcc -static -Os -Wall -Wextra -Werror -s -o "$stage/bin/fsr-exit" "$GUEST_DIR/fsr-exit.c"
+	local tool
+	for tool in fsr-exit fsr-pattern fsr-xattr; do
+		gcc -static -Os -Wall -Wextra -Werror -s -o "$stage/bin/$tool" "$GUEST_DIR/$tool.c"
+	done
 	install -m 0755 "$GUEST_DIR/init" "$stage/init"
 	install -m 0755 "$GUEST_DIR/poweroff" "$stage/sbin/poweroff"
 	install -m 0644 "$GUEST_DIR/shrc" "$stage/etc/shrc"
 	install -m 0755 "$GUEST_DIR"/scenarios/*.sh "$stage/scenarios/"
+	install -D -m 0644 "$GUEST_DIR/lib/scenario.sh" "$stage/usr/lib/fsr/scenario.sh"
 	printf 'root:x:0:0:root:/root:/bin/sh\n' >"$stage/etc/passwd"
 	printf 'root:x:0:\n' >"$stage/etc/group"
 	if [ -n "$extra" ]; then

@@ -1,4 +1,6 @@
 //! Helpers shared by the end-to-end tests.
 
+pub mod pattern;
 pub mod qemu;
+pub mod share_disk;
 pub mod testhost;

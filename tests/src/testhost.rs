@@ -49,6 +49,14 @@ pub enum TestHostError {
         /// The script's exit status.
         status: String,
     },
+    /// The share disk is attached to a loop device on this host (mounted for inspection).
+    #[error("the share disk {path} is in use on this host (loop device {devices}): unmount it first (umount the mount point, or `losetup -d {devices}`); the test host and this host must not write it at once")]
+    ShareDiskInUse {
+        /// The share disk.
+        path: PathBuf,
+        /// Its loop devices.
+        devices: String,
+    },
     /// bochs is not installed.
     #[error("bochs is not installed; run guest-images/build-testhost.sh as root (it installs bochs, bochs-term, bochsbios, vgabios)")]
     BochsMissing,
@@ -367,9 +375,19 @@ pub fn read_share_disk_file(paths: &Paths, path: &str) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
-/// The non-interactive default VM: boot the guest and exit 0.
+/// The default VM's share inside the test host: tag `data` (mounted in the guest at
+/// `/mnt/data`, as on a hardware-virtualization host), on the share disk so that it persists.
+pub const DEFAULT_SHARE: &str = "tag=data,dir=/share/default/tree,store=/share/default/store";
+
+/// The non-interactive default VM: boot the guest with the default redirecting share, append a
+/// line to `hello.txt` there, show the share, exit 0 (guest scenario `default`).
 pub fn default_scenario() -> Scenario {
-    Scenario::new("default-vm", "exit").arg("0")
+    Scenario::new("default-vm", "default")
+        .arg("/mnt/data")
+        .vmm_arg("--share")
+        .vmm_arg(DEFAULT_SHARE)
+        .made_dir("/share/default/tree")
+        .made_dir("/share/default/store")
 }
 
 /// Runs the batch where this machine can: directly on a hardware-virtualization host, in the
@@ -467,6 +485,13 @@ pub fn run_in_test_host(scenarios: &[Scenario], opts: &RunOptions) -> Result<Run
     }
     if !bochs::bochs_installed() {
         return Err(TestHostError::BochsMissing);
+    }
+    let loops = crate::share_disk::loop_devices_of(&paths.share_disk);
+    if !loops.is_empty() {
+        return Err(TestHostError::ShareDiskInUse {
+            path: paths.share_disk.clone(),
+            devices: loops.join(", "),
+        });
     }
     let _lock = bochs::RunLock::acquire(&paths.run_lock, || {
         eprintln!(

@@ -72,6 +72,14 @@ fn fresh_dirs(dirs: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// Creates each directory if missing, keeping its contents (validated to lie under /share).
+fn made_dirs(dirs: &[String]) -> Result<(), String> {
+    for dir in dirs {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {dir}: {e}"))?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let mut console = Console {
         out: std::io::stdout(),
@@ -108,7 +116,7 @@ fn main() -> ExitCode {
             all_ran = false;
             continue;
         }
-        if let Err(e) = fresh_dirs(&s.fresh_dirs) {
+        if let Err(e) = fresh_dirs(&s.fresh_dirs).and_then(|()| made_dirs(&s.made_dirs)) {
             console.mark(&format!(
                 "scenario {} end status=not-run reason={}",
                 s.id,

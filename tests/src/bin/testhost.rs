@@ -19,8 +19,12 @@ use e2e_tests::testhost::{self, RunOptions, Scenario};
 const USAGE: &str =
     "usage: testhost [--timeout SECS] [--quiet] [--in-test-host] [--list] [SCENARIO...]
        testhost --cat /share/PATH
+       testhost --mount-share DIR
   --cat      print a file from the test host's share disk (e.g. a stored object under
              /share/fs/store) without booting anything
+  --mount-share  mount the test host's share disk (vm-data/testhost/share.ext4) at DIR on
+             this host (root, loop device) to look at the default VM's share with ls and
+             fsredirect; `umount DIR` before the next test-host run
   SCENARIO   a name from --list, or GUEST[:ARG[:EXPECTED_CODE]] (guest scenario from
              docs/guest-protocol.md, e.g. exit:7:7); default: the standard boot batch
   --timeout  wall-clock limit for the whole run, in seconds
@@ -104,6 +108,13 @@ fn main() -> ExitCode {
                     }
                 };
             }
+            "--mount-share" => {
+                let Some(dir) = args.next() else {
+                    eprintln!("testhost: --mount-share needs a directory\n{USAGE}");
+                    return ExitCode::from(2);
+                };
+                return mount_share(&opts, std::path::Path::new(&dir));
+            }
             "--in-test-host" => force_test_host = true,
             "--list" => {
                 for s in presets() {
@@ -157,4 +168,31 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `--mount-share DIR`: mounts the share disk and says how to look at the default share.
+fn mount_share(opts: &RunOptions, dir: &std::path::Path) -> ExitCode {
+    let disk = &opts.paths.share_disk;
+    let mounted = match e2e_tests::share_disk::ShareDiskMount::mount(disk, dir) {
+        Ok(m) => m.keep_mounted(),
+        Err(e) => {
+            eprintln!("testhost: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let d = mounted.display();
+    let share = format!("tag=data,dir={d}/default/tree,store={d}/default/store");
+    println!(
+        "testhost: the share disk {} is mounted at {d}.
+The default VM's share (/mnt/data in the guest): guest tree {d}/default/tree, store {d}/default/store.
+Look at it:
+    ls -ls {d}/default/tree
+    cat {d}/default/store/data/hello.txt
+    cargo run --release -p fsredirect -- inspect --share {share} hello.txt
+    cargo run --release -p fsredirect -- verify --share {share}
+Unmount it before the next test-host run (./run.sh, ./test.sh):
+    umount {d}",
+        disk.display()
+    );
+    ExitCode::SUCCESS
 }

@@ -37,6 +37,8 @@ pub struct Scenario {
     pub vmm_args: Vec<String>,
     /// Directories under `/share` in the test host emptied (or created) before the VMM starts.
     pub fresh_dirs: Vec<String>,
+    /// Directories under `/share` in the test host created if missing (contents kept).
+    pub made_dirs: Vec<String>,
     /// The VMM exit code that counts as a pass.
     pub expect_code: i32,
     /// Lines (substrings) that must appear in the VMM's output for a pass.
@@ -75,6 +77,7 @@ impl Scenario {
             extra_cmdline: Vec::new(),
             vmm_args: Vec::new(),
             fresh_dirs: Vec::new(),
+            made_dirs: Vec::new(),
             expect_code: 0,
             expect_output: Vec::new(),
             timeout_secs: 60,
@@ -121,6 +124,19 @@ impl Scenario {
     /// `/share`, the share disk's mount point.
     pub fn fresh_dir(mut self, dir: &str) -> Self {
         self.fresh_dirs.push(dir.to_owned());
+        self
+    }
+
+    /// Sets the limit, in the test host's clock, before the agent kills the VMM.
+    pub fn timeout_secs(mut self, secs: u32) -> Self {
+        self.timeout_secs = secs;
+        self
+    }
+
+    /// Creates `dir` (and its parents) in the test host if missing, keeping what it holds;
+    /// `dir` must lie under `/share`.
+    pub fn made_dir(mut self, dir: &str) -> Self {
+        self.made_dirs.push(dir.to_owned());
         self
     }
 
@@ -205,13 +221,13 @@ impl Scenario {
                 "VMM argument {arg:?} must not contain tabs, line breaks or NUL"
             ));
         }
-        if let Some(dir) = self
-            .fresh_dirs
-            .iter()
-            .find(|d| !d.starts_with("/share/") || d.split('/').any(|c| c == "..") || !field_ok(d))
+        if let Some(dir) =
+            self.fresh_dirs.iter().chain(&self.made_dirs).find(|d| {
+                !d.starts_with("/share/") || d.split('/').any(|c| c == "..") || !field_ok(d)
+            })
         {
             return bad(format!(
-                "fresh directory {dir:?} must be a path under /share/ without '..'"
+                "directory {dir:?} must be a path under /share/ without '..'"
             ));
         }
         if self.timeout_secs == 0 {
@@ -249,6 +265,7 @@ pub fn encode_params(scenarios: &[Scenario]) -> Result<String, InvalidScenario> 
         fields.extend(s.extra_cmdline.iter().map(|w| format!("cmdline={w}")));
         fields.extend(s.vmm_args.iter().map(|a| format!("vmm-arg={a}")));
         fields.extend(s.fresh_dirs.iter().map(|d| format!("fresh-dir={d}")));
+        fields.extend(s.made_dirs.iter().map(|d| format!("made-dir={d}")));
         out.push_str(&fields.join("\t"));
         out.push('\n');
     }
@@ -300,6 +317,7 @@ pub fn decode_params(text: &str) -> Result<Vec<Scenario>, String> {
                 "cmdline" => s.extra_cmdline.push(value.to_owned()),
                 "vmm-arg" => s.vmm_args.push(value.to_owned()),
                 "fresh-dir" => s.fresh_dirs.push(value.to_owned()),
+                "made-dir" => s.made_dirs.push(value.to_owned()),
                 _ => return Err(format!("parameter line {}: unknown field '{key}'", n + 2)),
             }
         }
@@ -322,6 +340,7 @@ mod tests {
                 .vmm_arg("--share")
                 .vmm_arg("tag=s0,dir=/share/g")
                 .fresh_dir("/share/g")
+                .made_dir("/share/kept")
                 .cmdline("fsr.share=s0:/mnt"),
         ];
 
@@ -334,6 +353,7 @@ mod tests {
         assert_eq!(back[1].vmm_args, batch[1].vmm_args);
         assert_eq!(back[1].extra_cmdline, batch[1].extra_cmdline);
         assert_eq!(back[1].fresh_dirs, ["/share/g"]);
+        assert_eq!(back[1].made_dirs, ["/share/kept"]);
     }
 
     #[test]

@@ -1,0 +1,58 @@
+/*
+ * fsr-xattr: the extended-attribute calls a guest can make, one per run, so
+ * that scenarios can try them on a share (busybox has no getfattr/setfattr).
+ *
+ *   fsr-xattr get FILE NAME           prints the value
+ *   fsr-xattr set FILE NAME VALUE     sets NAME to VALUE
+ *   fsr-xattr remove FILE NAME        removes NAME
+ *   fsr-xattr list FILE               prints the names, one per line
+ *
+ * Exit 0 on success; on failure prints "fsr-xattr: error ERRNO_NAME" (for
+ * example ENODATA, EPERM) on standard output and exits 1; 2 on bad usage.
+ * Built static by guest-images/build-guest.sh.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/xattr.h>
+
+#define MAX_VALUE 65536
+
+static int failed(void)
+{
+	const char *name = strerrorname_np(errno);
+
+	printf("fsr-xattr: error %s\n", name ? name : "unknown");
+	return 1;
+}
+
+int main(int argc, char **argv)
+{
+	static char buf[MAX_VALUE];
+	ssize_t n;
+
+	if (argc == 4 && strcmp(argv[1], "get") == 0) {
+		n = getxattr(argv[2], argv[3], buf, sizeof(buf));
+		if (n < 0)
+			return failed();
+		fwrite(buf, 1, (size_t)n, stdout);
+		putchar('\n');
+		return 0;
+	}
+	if (argc == 5 && strcmp(argv[1], "set") == 0)
+		return setxattr(argv[2], argv[3], argv[4], strlen(argv[4]), 0) < 0 ? failed() : 0;
+	if (argc == 4 && strcmp(argv[1], "remove") == 0)
+		return removexattr(argv[2], argv[3]) < 0 ? failed() : 0;
+	if (argc == 3 && strcmp(argv[1], "list") == 0) {
+		n = listxattr(argv[2], buf, sizeof(buf));
+		if (n < 0)
+			return failed();
+		for (ssize_t i = 0; i < n; i += (ssize_t)strlen(buf + i) + 1)
+			puts(buf + i);
+		return 0;
+	}
+	fprintf(stderr, "usage: fsr-xattr get FILE NAME | set FILE NAME VALUE | remove FILE NAME | list FILE\n");
+	return 2;
+}
