@@ -22,11 +22,11 @@
 
 static uint64_t state;
 
+/* Fills buf with the next len bytes; a step's 8 bytes are stored at once
+ * (the guest is x86-64, little-endian), which matters under emulation. */
 static void fill(unsigned char *buf, size_t len)
 {
-	size_t i = 0;
-
-	while (i < len) {
+	for (size_t i = 0; i < len; i += 8) {
 		uint64_t x = state;
 
 		x ^= x >> 12;
@@ -34,8 +34,7 @@ static void fill(unsigned char *buf, size_t len)
 		x ^= x >> 27;
 		state = x;
 		x *= 0x2545F4914F6CDD1DULL;
-		for (int b = 0; b < 8 && i < len; b++, i++)
-			buf[i] = (unsigned char)(x >> (8 * b));
+		memcpy(buf + i, &x, len - i < 8 ? len - i : 8);
 	}
 }
 
