@@ -14,7 +14,7 @@ mod fuse_mount;
 #[path = "src/model.rs"]
 mod model;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use fuse_mount::{fsredirect_bin, fuse_unavailable, which, HostMount, ShareDirs};
@@ -143,7 +143,7 @@ fn pjdfstest(redirect: bool) -> Result<Outcome, String> {
             )));
         }
     }
-    let pjd = match pjdfstest_bin() {
+    let pjd = match e2e_tests::pjdfstest::binary() {
         Ok(p) => p,
         Err(why) => return Ok(Outcome::Skip(why)),
     };
@@ -235,50 +235,6 @@ fn parse_pjd_counts(out: &str) -> Option<(usize, usize, usize)> {
         }
     }
     None
-}
-
-/// The pjdfstest binary: $PJDFSTEST, or built into the target directory.
-///
-/// Built dynamically on purpose: a static glibc binary still loads NSS modules for
-/// getpwnam (pjdfstest looks up its dummy users), and libnss_systemd crashes it.
-fn pjdfstest_bin() -> Result<PathBuf, String> {
-    // Both pjdfstest trials run at once: build once, the other waits for the result.
-    static BIN: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
-    BIN.get_or_init(build_pjdfstest).clone()
-}
-
-fn build_pjdfstest() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("PJDFSTEST") {
-        return Ok(PathBuf::from(p));
-    }
-    let root = fuse_mount::profile_dir().join("pjdfstest-0.2.2");
-    let bin = root.join("bin/pjdfstest");
-    if bin.is_file() {
-        return Ok(bin);
-    }
-    if !Path::new("/usr/lib/x86_64-linux-gnu/libacl.a").exists()
-        && !Path::new("/usr/include/sys/acl.h").exists()
-    {
-        return Err("building pjdfstest needs libacl1-dev (apt-get install libacl1-dev)".into());
-    }
-    println!("building pjdfstest 0.2.2 into {}", root.display());
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "install",
-            "--locked",
-            "pjdfstest@0.2.2",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-        ])
-        .arg("--root")
-        .arg(&root)
-        .env("CARGO_TARGET_DIR", root.join("build"))
-        .status()
-        .map_err(|e| format!("cannot run cargo install: {e}"))?;
-    if !status.success() || !bin.is_file() {
-        return Err(format!("building pjdfstest failed ({status})"));
-    }
-    Ok(bin)
 }
 
 /// 1. Mount a share.

@@ -94,11 +94,11 @@ fn pjdfstest_in_guest() -> Result<Option<String>, String> {
         // The image on disk is still usable; a stale scenario shows up as a failure.
         println!("warning: could not refresh the guest image: {why}");
     }
-    let bin = match pjdfstest_bin() {
+    let bin = match e2e_tests::pjdfstest::binary() {
         Ok(bin) => bin,
         Err(why) => return Ok(Some(why)),
     };
-    let work = profile_dir().join("pjdfstest-guest");
+    let work = e2e_tests::pjdfstest::profile_dir().join("pjdfstest-guest");
     let stage = work.join("extra");
     stage_extra(&bin, &stage)?;
     let initrd = qemu::extra_initramfs(&stage, "pjdfstest")?;
@@ -238,56 +238,6 @@ fn timeout() -> Result<Duration, String> {
         }),
         Err(_) => Ok(Duration::from_secs(DEFAULT_TIMEOUT_SECS)),
     }
-}
-
-/// `<target>/<profile>` of the running test.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary has a path");
-    // <target>/<profile>/deps/<test>-<hash>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("the test binary is inside a cargo target directory")
-        .to_path_buf()
-}
-
-/// The pjdfstest binary: `$PJDFSTEST`, or built into the target directory
-/// (the same place as tests/fs_mount.rs builds it, so either test reuses
-/// the other's build).
-///
-/// Built dynamically on purpose: a static glibc binary still loads NSS
-/// modules for getpwnam (pjdfstest looks up its dummy users).
-fn pjdfstest_bin() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("PJDFSTEST") {
-        return Ok(PathBuf::from(p));
-    }
-    let root = profile_dir().join("pjdfstest-0.2.2");
-    let bin = root.join("bin/pjdfstest");
-    if bin.is_file() {
-        return Ok(bin);
-    }
-    if !Path::new("/usr/lib/x86_64-linux-gnu/libacl.a").exists()
-        && !Path::new("/usr/include/sys/acl.h").exists()
-    {
-        return Err("building pjdfstest needs libacl1-dev (apt-get install libacl1-dev)".into());
-    }
-    println!("building pjdfstest 0.2.2 into {}", root.display());
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "install",
-            "--locked",
-            "pjdfstest@0.2.2",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-        ])
-        .arg("--root")
-        .arg(&root)
-        .env("CARGO_TARGET_DIR", root.join("build"))
-        .status()
-        .map_err(|e| format!("cannot run cargo install: {e}"))?;
-    if !status.success() || !bin.is_file() {
-        return Err(format!("building pjdfstest failed ({status})"));
-    }
-    Ok(bin)
 }
 
 /// Fills `stage` (emptied first) with what the guest needs to run `bin`:
