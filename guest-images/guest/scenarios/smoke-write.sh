@@ -9,8 +9,8 @@
 #   many/f000..f999       1000 files, fNNN holds "file NNN\n"
 #   tree/a/b/c/d/deep.txt "deep\n"; tree/a/one.txt "one\n";
 #   tree/x/y/two.txt "two\n"; tree/empty-dir/ (an empty directory)
-#   ../smoke.sha256       sha256sum lines of every file above, made after a
-#                         cache drop (so from the device's bytes)
+#   ../smoke.sha256       sha256sum lines of every file above but big.bin,
+#                         made after a cache drop (so from the device's bytes)
 # shellcheck source=guest-images/guest/lib/scenario.sh
 . /usr/lib/fsr/scenario.sh
 
@@ -63,6 +63,8 @@ expect_content tree/x/y/two.txt two
 [ -d tree/empty-dir ] || fail "tree/empty-dir is missing"
 say "every file reads back as written ($count small files, big.bin by pattern)"
 
-find . -type f | sort | xargs sha256sum >../smoke.sha256 || fail "checksum the files"
+# big.bin is left out: fsr-pattern checks it byte for byte, and hashing 64 MiB
+# again costs minutes under an emulated CPU.
+find . -type f ! -name big.bin | sort | xargs sha256sum >../smoke.sha256 || fail "checksum the files"
 sync || fail "sync"
 say "recorded $(wc -l <../smoke.sha256) checksums in $dir/smoke.sha256; all steps passed"
