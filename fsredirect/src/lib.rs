@@ -37,7 +37,8 @@
 //! [`policy`] decides which files are redirected, [`names`] validates guest names and tracks each inode's path, [`beneath`] resolves host
 //! paths without escaping or following symlinks, [`fdcache`] bounds open store descriptors,
 //! [`mount`] serves a share through /dev/fuse, [`verify`] checks stubs against the store,
-//! [`recover`] reconciles them after an unclean stop.
+//! [`recover`] reconciles them after an unclean stop, [`tools`] are the host tools (inspect,
+//! verify, repair, gc, hydrate, dehydrate) behind the `fsredirect` binary.
 
 pub mod beneath;
 pub mod fdcache;
@@ -51,6 +52,7 @@ pub mod policy;
 pub mod recover;
 pub mod share;
 pub mod store;
+pub mod tools;
 pub mod verify;
 
 pub use fs::{FsConfig, FsError, RedirectFs};

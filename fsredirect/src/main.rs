@@ -1,17 +1,46 @@
-//! `fsredirect`: host tools for the redirecting file system.
+//! `fsredirect`: host tools for the redirecting file system. Argument parsing only: each
+//! subcommand calls [`fsredirect::mount`] or [`fsredirect::tools`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use fsredirect::mount::{Mount, MountOptions};
+use fsredirect::tools::output::{render, Outcome, Progress, EXIT_ERROR};
+use fsredirect::tools::{check, gc, hydrate, inspect, repair, ToolError};
 use fsredirect::{FsConfig, ShareSpec};
 
+const TOOLS_HELP: &str = "\
+Every tool but mount takes the share as the VMM does, with a store:
+  --share tag=NAME,dir=GUEST_TREE,store=STORE[,volume=V][,policy=...]
+and works only while no server (a VM, a vhost-user daemon or `fsredirect mount`) uses the
+volume: it takes the volume lock and says which process holds it otherwise.
+
+Exit codes of the tools: 0 clean (or done), 1 findings (disagreements, a dry run with
+something to do, a file that is not ok), 2 usage error or the tool could not run.
+Add --json to any tool for one JSON document on stdout; progress and the final count of
+long walks go to stderr.";
+
 #[derive(Parser)]
-#[command(version, about = "Host tools for the redirecting file system")]
+#[command(
+    version,
+    about = "Host tools for the redirecting file system",
+    after_help = TOOLS_HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// What every tool takes.
+#[derive(Args)]
+struct ToolArgs {
+    /// Share description: tag=NAME,dir=GUEST_TREE,store=STORE[,volume=V][,policy=...].
+    #[arg(long, value_name = "SPEC")]
+    share: String,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -37,70 +66,207 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
-    /// Check, with no server running on it, that every stub of a redirecting share agrees
-    /// with its stored object; exits 1 and lists the disagreements if not. Files whose
-    /// placement (inline or redirected) differs from the share's policy are listed as notes.
+    /// Show what one file of a share is and whether it is healthy.
+    ///
+    /// Kind (stub, inline, special, directory, symlink), where its data is, apparent and
+    /// stored sizes, hard links on both sides, the recorded path and its state.
+    #[command(after_help = "\
+PATH is relative to the share root, or absolute inside the guest tree.
+
+Examples:
+  fsredirect inspect --share tag=data,dir=/srv/guest,store=/srv/store docs/a.txt
+  fsredirect inspect --share tag=data,dir=/srv/guest,store=/srv/store /srv/guest/docs/a.txt --json
+
+Exit codes: 0 the file is ok, 1 it has problems, 2 error (no such file, volume in use, ...).")]
+    Inspect {
+        #[command(flatten)]
+        args: ToolArgs,
+        /// The file: relative to the share root, or absolute inside the guest tree.
+        path: PathBuf,
+    },
+    /// Check that every stub agrees with its stored object and every object has a stub.
+    ///
+    /// Reports objects missing, sizes that differ, stubs holding data, objects that are not
+    /// private regular files, objects without a stub, hard links not mirrored, objects shared
+    /// by two files and unreadable metadata; out-of-date recorded paths are notes. Changes
+    /// nothing.
+    #[command(after_help = "\
+Examples:
+  fsredirect verify --share tag=data,dir=/srv/guest,store=/srv/store
+  fsredirect verify --share tag=data,dir=/srv/guest,store=/srv/store,volume=v1 --json
+
+Exit codes: 0 every stub agrees, 1 disagreements found, 2 error.")]
     Verify {
-        /// Share description: tag=NAME,dir=GUEST_TREE,store=STORE[,volume=V][,policy=...].
+        #[command(flatten)]
+        args: ToolArgs,
+    },
+    /// Fix what verify finds, from either side, and report each action.
+    ///
+    /// Runs the recovery a server would first if the last one did not stop cleanly. Nothing
+    /// is deleted: what is taken out of the way goes to <store>/.fsredirect/<volume>/lost+found.
+    /// A size mismatch on a cleanly stopped volume is settled for the stored object (the guest
+    /// reads it); an object that is gone is recreated as zeros of the stub's size and reported.
+    #[command(after_help = "\
+Examples:
+  fsredirect repair --share tag=data,dir=/srv/guest,store=/srv/store --dry-run
+  fsredirect repair --share tag=data,dir=/srv/guest,store=/srv/store
+  fsredirect verify --share tag=data,dir=/srv/guest,store=/srv/store   # now clean
+
+Exit codes: 0 the share is consistent (with --dry-run: nothing to do), 1 something is left
+(with --dry-run: repairs planned), 2 error.")]
+    Repair {
+        #[command(flatten)]
+        args: ToolArgs,
+        /// Only say what would be done.
         #[arg(long)]
-        share: String,
+        dry_run: bool,
+    },
+    /// Delete stored objects nobody names and leftovers of the orphan area.
+    ///
+    /// Objects without a stub (unless a stub's record names them: repair first), the orphan
+    /// area, and store directories left empty without a guest-tree directory; reports the
+    /// bytes reclaimed. lost+found is never touched.
+    #[command(after_help = "\
+Examples:
+  fsredirect gc --share tag=data,dir=/srv/guest,store=/srv/store --dry-run
+  fsredirect gc --share tag=data,dir=/srv/guest,store=/srv/store --json
+
+Exit codes: 0 done (with --dry-run: nothing to collect), 1 with --dry-run: something to
+collect, 2 error.")]
+    Gc {
+        #[command(flatten)]
+        args: ToolArgs,
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Turn a stub back into an ordinary file in the guest tree and remove its object.
+    ///
+    /// Crash-safe: the data is written beside the stub, fsync'd and renamed over it; the
+    /// object is removed last. Owner, mode, times and the guest's xattrs are kept.
+    #[command(after_help = "\
+Examples:
+  fsredirect hydrate --share tag=data,dir=/srv/guest,store=/srv/store docs/a.txt
+  fsredirect hydrate --share tag=data,dir=/srv/guest,store=/srv/store /srv/guest/big.img
+
+Exit codes: 0 done (or already inline), 2 error (the message says how to proceed).")]
+    Hydrate {
+        #[command(flatten)]
+        args: ToolArgs,
+        /// The file: relative to the share root, or absolute inside the guest tree.
+        path: PathBuf,
+    },
+    /// Turn an ordinary file of the guest tree into a stub whose data is in the store.
+    ///
+    /// Crash-safe: the object is written and fsync'd first, then the file gets its metadata
+    /// and loses its data blocks in place (inode, owner, mode, times and xattrs are kept).
+    #[command(after_help = "\
+Examples:
+  fsredirect dehydrate --share tag=data,dir=/srv/guest,store=/srv/store docs/a.txt
+
+Exit codes: 0 done (or already a stub), 2 error (the message says how to proceed).")]
+    Dehydrate {
+        #[command(flatten)]
+        args: ToolArgs,
+        /// The file: relative to the share root, or absolute inside the guest tree.
+        path: PathBuf,
     },
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    let result = match cli.command {
+    // The tools report what they do themselves; recovery's own log lines would repeat it.
+    let default_filter = match cli.command {
+        Command::Mount { .. } => "info",
+        _ => "warn,fsredirect::recover=off",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter))
+        .init();
+    match cli.command {
         Command::Mount {
             share,
             paths,
             volume,
             max_store_fds,
             threads,
-        } => mount(share, paths, volume, max_store_fds, threads).map(|()| ExitCode::SUCCESS),
-        Command::Verify { share } => verify(&share),
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("fsredirect: {e}");
-            let mut source = std::error::Error::source(e.as_ref());
-            while let Some(s) = source {
-                eprintln!("  caused by: {s}");
-                source = s.source();
+        } => match mount(share, paths, volume, max_store_fds, threads) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                print_error("mount", e.as_ref());
+                ExitCode::FAILURE
             }
-            ExitCode::FAILURE
+        },
+        Command::Inspect { args, path } => run_tool("inspect", &args, |share, _| {
+            Ok(Box::new(inspect::inspect(share, &path)?))
+        }),
+        Command::Verify { args } => run_tool("verify", &args, |share, progress| {
+            Ok(Box::new(check::verify(share, &mut || progress.step())?))
+        }),
+        Command::Repair { args, dry_run } => run_tool("repair", &args, |share, progress| {
+            Ok(Box::new(repair::repair(share, dry_run, &mut || {
+                progress.step()
+            })?))
+        }),
+        Command::Gc { args, dry_run } => run_tool("gc", &args, |share, progress| {
+            Ok(Box::new(gc::gc(share, dry_run, &mut || progress.step())?))
+        }),
+        Command::Hydrate { args, path } => run_tool("hydrate", &args, |share, _| {
+            Ok(Box::new(hydrate::hydrate(share, &path)?))
+        }),
+        Command::Dehydrate { args, path } => run_tool("dehydrate", &args, |share, _| {
+            Ok(Box::new(hydrate::dehydrate(share, &path)?))
+        }),
+    }
+}
+
+/// Parses the share, runs `tool`, prints its report (or error) and turns it into the exit
+/// code documented in `--help`.
+fn run_tool(
+    name: &'static str,
+    args: &ToolArgs,
+    tool: impl FnOnce(&ShareSpec, &mut Progress) -> Result<Box<dyn Outcome>, ToolError>,
+) -> ExitCode {
+    let mut progress = Progress::new(name);
+    let result = ShareSpec::parse(&args.share)
+        .map_err(|e| Box::new(e) as Box<dyn std::error::Error>)
+        .and_then(|share| tool(&share, &mut progress).map_err(|e| Box::new(e) as _));
+    match result {
+        Ok(outcome) => {
+            if progress.walked() {
+                progress.finish();
+            }
+            print!("{}", render(outcome.as_ref(), args.json));
+            ExitCode::from(outcome.status().code())
+        }
+        Err(e) => {
+            print_error(name, e.as_ref());
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "error": error_chain(e.as_ref()) })
+                );
+            }
+            ExitCode::from(EXIT_ERROR)
         }
     }
 }
 
-fn verify(share: &str) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let share = ShareSpec::parse(share)?;
-    if share.store.is_none() {
-        return Err("verify needs a redirecting share (store=...)".into());
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text += &format!(": {s}");
+        source = s.source();
     }
-    let mismatches = fsredirect::verify::verify_share(&share)?;
-    for m in &mismatches {
-        println!("{m:?}");
-    }
-    // Not disagreements: files move when they next change (fsredirect/README.md, Policies).
-    for note in fsredirect::placement::placement_notes(&share)? {
-        let (is, wants) = match note.redirected {
-            true => ("redirected", "inline"),
-            false => ("inline", "in the store"),
-        };
-        println!(
-            "note: {} ({} bytes) is {is}; the policy would place it {wants}",
-            note.path.display(),
-            note.size,
-        );
-    }
-    if mismatches.is_empty() {
-        println!("{share}: every stub agrees with its stored object");
-        Ok(ExitCode::SUCCESS)
-    } else {
-        println!("{share}: {} disagreement(s)", mismatches.len());
-        Ok(ExitCode::FAILURE)
+    text
+}
+
+fn print_error(name: &str, e: &dyn std::error::Error) {
+    eprintln!("fsredirect {name}: {e}");
+    let mut source = e.source();
+    while let Some(s) = source {
+        eprintln!("  caused by: {s}");
+        source = s.source();
     }
 }
 

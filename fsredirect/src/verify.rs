@@ -3,9 +3,16 @@
 //! Run on a share no server is using (or between operations in tests). For each stub in the
 //! guest tree: the stored object exists at the same path in the volume, is a regular file with
 //! the stub's apparent size, is private (no setuid/setgid/exec bits), and the stub holds no data
-//! extents. Each stored object must have a stub of the same path.
+//! extents; the names of one hard-linked stub are hard links of one object, and two different
+//! stubs never share one object. Each stored object must have a stub of the same path.
+//!
+//! A recorded common portion that names none of the file's paths (left by a directory rename
+//! above it) is by design a hint, corrected on the next lookup: it is reported apart, as a
+//! [`StaleHint`], not as a [`Mismatch`].
 
-use std::ffi::CString;
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::fmt;
 use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -13,7 +20,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::meta::{Meta, META_XATTR_ROOT, META_XATTR_USER};
+use crate::meta::{Meta, MetaError, META_XATTR_ROOT, META_XATTR_USER};
 use crate::share::ShareSpec;
 
 /// One disagreement between the guest tree and the store.
@@ -32,79 +39,362 @@ pub enum Mismatch {
     },
     /// The stub holds data extents (it should be entirely sparse).
     StubHasData(PathBuf),
-    /// The stored object has setuid, setgid or exec bits, or is not a regular file.
+    /// The stored object has setuid, setgid or exec bits.
     UnsafeObject(PathBuf),
-    /// A stored object no stub names.
+    /// The stored object is not a regular file (a directory, symlink, FIFO or device).
+    ObjectNotRegular(PathBuf),
+    /// A stored object (or other non-directory entry of the volume) no stub names.
     StrayObject(PathBuf),
-    /// Hard links of one stub whose stored objects are not hard links of one object.
+    /// Hard links of one stub whose stored objects are not hard links of one object (or
+    /// whose object is missing under this name only).
     LinksDiffer {
         /// One name.
         path: PathBuf,
-        /// Another name of the same stub.
+        /// Another name of the same stub, whose object is the reference.
         other: PathBuf,
     },
+    /// Two different stubs whose stored objects are one file: a write through one would
+    /// show through the other.
+    SharedObject {
+        /// One stub.
+        path: PathBuf,
+        /// The other stub.
+        other: PathBuf,
+    },
+    /// A regular file whose redirect metadata cannot be decoded (it is served as a plain file).
+    BadMetadata(PathBuf),
+    /// A stub whose metadata redirects to another volume (it is served as a plain file).
+    WrongVolume {
+        /// Path relative to the share.
+        path: PathBuf,
+        /// The volume its metadata names.
+        volume: String,
+    },
+}
+
+impl Mismatch {
+    /// The path (relative to the share) the disagreement is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            Mismatch::MissingObject(p)
+            | Mismatch::StubHasData(p)
+            | Mismatch::UnsafeObject(p)
+            | Mismatch::ObjectNotRegular(p)
+            | Mismatch::StrayObject(p)
+            | Mismatch::BadMetadata(p) => p,
+            Mismatch::SizeDiffers { path, .. }
+            | Mismatch::LinksDiffer { path, .. }
+            | Mismatch::SharedObject { path, .. }
+            | Mismatch::WrongVolume { path, .. } => path,
+        }
+    }
+
+    /// A short stable name of the kind, for scripts (`--json`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Mismatch::MissingObject(_) => "object-missing",
+            Mismatch::SizeDiffers { .. } => "size-mismatch",
+            Mismatch::StubHasData(_) => "stub-has-data",
+            Mismatch::UnsafeObject(_) => "object-not-private",
+            Mismatch::ObjectNotRegular(_) => "object-not-regular",
+            Mismatch::StrayObject(_) => "object-without-stub",
+            Mismatch::LinksDiffer { .. } => "links-not-mirrored",
+            Mismatch::SharedObject { .. } => "object-shared",
+            Mismatch::BadMetadata(_) => "metadata-unreadable",
+            Mismatch::WrongVolume { .. } => "other-volume",
+        }
+    }
+}
+
+impl fmt::Display for Mismatch {
+    /// `path: what is wrong`, one line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.path().display())?;
+        match self {
+            Mismatch::MissingObject(_) => write!(f, "stored object missing"),
+            Mismatch::SizeDiffers { stub, object, .. } => write!(
+                f,
+                "size mismatch: stub {stub} bytes, stored object {object} bytes"
+            ),
+            Mismatch::StubHasData(_) => write!(f, "stub holds data (it should be all hole)"),
+            Mismatch::UnsafeObject(_) => {
+                write!(f, "stored object has setuid, setgid or exec bits")
+            }
+            Mismatch::ObjectNotRegular(_) => write!(f, "stored object is not a regular file"),
+            Mismatch::StrayObject(_) => write!(f, "stored object has no stub"),
+            Mismatch::LinksDiffer { other, .. } => write!(
+                f,
+                "hard link of {} in the guest tree, not in the store",
+                other.display()
+            ),
+            Mismatch::SharedObject { other, .. } => write!(
+                f,
+                "separate file from {} in the guest tree, one object in the store",
+                other.display()
+            ),
+            Mismatch::BadMetadata(_) => write!(f, "redirect metadata unreadable"),
+            Mismatch::WrongVolume { volume, .. } => {
+                write!(f, "stub redirects to volume `{volume}`, not this share's")
+            }
+        }
+    }
+}
+
+/// A stub whose recorded common portion names none of its paths (a directory above it was
+/// renamed): harmless, corrected on the next lookup or by a repair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleHint {
+    /// The stub's path relative to the share.
+    pub path: PathBuf,
+    /// The path its metadata records.
+    pub recorded: PathBuf,
+    /// The record is only the tail of a path longer than [`crate::meta::MAX_PORTION`].
+    pub truncated: bool,
+}
+
+/// What a walk of the guest tree and the volume saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Redirected regular files (names, so hard links count once per name).
+    pub stubs: u64,
+    /// Regular files kept in the guest tree (no redirect metadata).
+    pub inline: u64,
+    /// Inert special files (FIFOs, sockets, devices the guest created).
+    pub special: u64,
+    /// Directories of the guest tree (not counting its root).
+    pub directories: u64,
+    /// Symlinks of the guest tree.
+    pub symlinks: u64,
+    /// Host special files in the guest tree (not made by a server; served as they are).
+    pub other: u64,
+    /// Regular files in the volume.
+    pub objects: u64,
+}
+
+/// Everything [`check_share`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Disagreements, sorted by path.
+    pub mismatches: Vec<Mismatch>,
+    /// Out-of-date path records, sorted by path (not disagreements).
+    pub stale_hints: Vec<StaleHint>,
+    /// What was walked.
+    pub counts: Counts,
 }
 
 /// Checks `share`; returns every mismatch found (empty when all agree).
 pub fn verify_share(share: &ShareSpec) -> io::Result<Vec<Mismatch>> {
-    let volume = match share.volume_dir() {
-        Some(v) => v,
-        None => return Ok(Vec::new()),
+    check_share(share, &mut || {}).map(|r| r.mismatches)
+}
+
+/// One hard-linked stub name seen by the walk, settled once all names are known.
+struct LinkName {
+    path: PathBuf,
+    object: Option<u64>,
+    meta: Meta,
+}
+
+/// Checks `share` and returns the full [`Report`]; `step` is called once per file or
+/// directory visited (for progress display).
+pub fn check_share(share: &ShareSpec, step: &mut dyn FnMut()) -> io::Result<Report> {
+    let (Some(volume), Some(store)) = (share.volume_dir(), share.store.as_ref()) else {
+        return Ok(Report::default());
     };
+    let ours = store.volume.as_bytes();
+    let mut report = Report::default();
     let mut out = Vec::new();
-    // Stub inode -> (first name seen, its object's inode).
-    let mut links: std::collections::HashMap<u64, (PathBuf, u64)> = Default::default();
+    // Stub inode -> every name seen (stubs with more than one link only).
+    let mut groups: HashMap<u64, Vec<LinkName>> = HashMap::new();
+    // Object inode -> (stub inode, first name) (objects with more than one link only).
+    let mut shared: HashMap<u64, (u64, PathBuf)> = HashMap::new();
+    let counts = &mut report.counts;
     walk(&share.dir, Path::new(""), &mut |rel, meta| {
-        if !meta.file_type().is_file() {
+        step();
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            counts.directories += 1;
+            return Ok(());
+        }
+        if kind.is_symlink() {
+            counts.symlinks += 1;
+            return Ok(());
+        }
+        if !kind.is_file() {
+            counts.other += 1;
             return Ok(());
         }
         let stub = share.dir.join(rel);
-        if !matches!(read_meta(&stub)?, Some(Meta::Redirect { .. })) {
+        let decoded = match read_meta_checked(&stub)? {
+            None => {
+                counts.inline += 1;
+                return Ok(());
+            }
+            Some((_, Err(_))) => {
+                counts.inline += 1;
+                out.push(Mismatch::BadMetadata(rel.to_path_buf()));
+                return Ok(());
+            }
+            Some((_, Ok(Meta::Special { .. }))) => {
+                counts.special += 1;
+                return Ok(());
+            }
+            Some((_, Ok(m))) => m,
+        };
+        if let Meta::Redirect { volume, .. } = &decoded {
+            if volume != ours {
+                out.push(Mismatch::WrongVolume {
+                    path: rel.to_path_buf(),
+                    volume: String::from_utf8_lossy(volume).into_owned(),
+                });
+                return Ok(());
+            }
+        }
+        counts.stubs += 1;
+        let (object, mut problems) = check_stub(&stub, &volume.join(rel), rel, meta)?;
+        if let Some(obj) = object.as_ref().filter(|o| o.nlink() > 1) {
+            let first = shared
+                .entry(obj.ino())
+                .or_insert_with(|| (meta.ino(), rel.to_path_buf()));
+            if first.0 != meta.ino() {
+                problems.push(Mismatch::SharedObject {
+                    path: rel.to_path_buf(),
+                    other: first.1.clone(),
+                });
+            }
+        }
+        if meta.nlink() > 1 {
+            // Settled below, once every name is known: a name without an object is a link
+            // to mirror if another name has one.
+            problems.retain(|p| !matches!(p, Mismatch::MissingObject(_)));
+            groups.entry(meta.ino()).or_default().push(LinkName {
+                path: rel.to_path_buf(),
+                object: object.map(|o| o.ino()),
+                meta: decoded,
+            });
+        } else if let Some(hint) = stale_hint(ours, &decoded, &[rel]) {
+            report.stale_hints.push(hint);
+        }
+        out.extend(problems);
+        Ok(())
+    })?;
+    for names in groups.values() {
+        settle_links(ours, names, &mut out, &mut report.stale_hints);
+    }
+    walk(&volume, Path::new(""), &mut |rel, meta| {
+        step();
+        if meta.file_type().is_dir() {
             return Ok(());
         }
-        match fs::symlink_metadata(volume.join(rel)) {
-            Err(_) => out.push(Mismatch::MissingObject(rel.to_path_buf())),
-            Ok(obj) => {
-                if meta.nlink() > 1 {
-                    let first = links
-                        .entry(meta.ino())
-                        .or_insert_with(|| (rel.to_path_buf(), obj.ino()));
-                    if first.1 != obj.ino() {
-                        out.push(Mismatch::LinksDiffer {
-                            path: rel.to_path_buf(),
-                            other: first.0.clone(),
-                        });
-                    }
-                }
-                if !obj.file_type().is_file() || obj.mode() & 0o7111 != 0 {
-                    out.push(Mismatch::UnsafeObject(rel.to_path_buf()));
-                }
-                if obj.len() != meta.len() {
-                    out.push(Mismatch::SizeDiffers {
-                        path: rel.to_path_buf(),
-                        stub: meta.len(),
-                        object: obj.len(),
+        if meta.file_type().is_file() {
+            report.counts.objects += 1;
+        }
+        let named = match read_meta_checked(&share.dir.join(rel)) {
+            Ok(Some((_, Ok(Meta::Redirect { volume, .. })))) => volume == ours,
+            // Reported as BadMetadata; repair decides from the object.
+            Ok(Some((_, Err(_)))) => true,
+            _ => false,
+        };
+        if !named {
+            out.push(Mismatch::StrayObject(rel.to_path_buf()));
+        }
+        Ok(())
+    })?;
+    out.sort_by(|a, b| (a.path(), a.kind()).cmp(&(b.path(), b.kind())));
+    report.mismatches = out;
+    report.stale_hints.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(report)
+}
+
+/// Compares the object, size and data of the stub at `stub` (`rel` in the share, `meta` its
+/// host metadata) with its object at `object`; returns the object's metadata, if any, and
+/// the problems found (hard-link and sharing checks need the whole walk and are not here).
+pub fn check_stub(
+    stub: &Path,
+    object: &Path,
+    rel: &Path,
+    meta: &fs::Metadata,
+) -> io::Result<(Option<fs::Metadata>, Vec<Mismatch>)> {
+    let mut problems = Vec::new();
+    let rel = rel.to_path_buf();
+    let obj = match fs::symlink_metadata(object) {
+        Ok(obj) => Some(obj),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        // ENOTDIR: a component of the object's path is a file: the object is missing.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => None,
+        Err(e) => return Err(e),
+    };
+    match &obj {
+        None => problems.push(Mismatch::MissingObject(rel.clone())),
+        Some(obj) if !obj.file_type().is_file() => {
+            problems.push(Mismatch::ObjectNotRegular(rel.clone()))
+        }
+        Some(obj) => {
+            if obj.mode() & 0o7111 != 0 {
+                problems.push(Mismatch::UnsafeObject(rel.clone()));
+            }
+            if obj.len() != meta.len() {
+                problems.push(Mismatch::SizeDiffers {
+                    path: rel.clone(),
+                    stub: meta.len(),
+                    object: obj.len(),
+                });
+            }
+        }
+    }
+    if has_data(stub)? {
+        problems.push(Mismatch::StubHasData(rel));
+    }
+    Ok((obj, problems))
+}
+
+/// Settles the names of one hard-linked stub: the first name with an object is the
+/// reference; every other name must be a link of that object.
+fn settle_links(
+    volume: &[u8],
+    names: &[LinkName],
+    out: &mut Vec<Mismatch>,
+    hints: &mut Vec<StaleHint>,
+) {
+    match names.iter().find(|n| n.object.is_some()) {
+        None => out.extend(
+            names
+                .iter()
+                .map(|n| Mismatch::MissingObject(n.path.clone())),
+        ),
+        Some(reference) => {
+            for name in names {
+                if name.object != reference.object {
+                    out.push(Mismatch::LinksDiffer {
+                        path: name.path.clone(),
+                        other: reference.path.clone(),
                     });
                 }
             }
         }
-        if has_data(&stub)? {
-            out.push(Mismatch::StubHasData(rel.to_path_buf()));
-        }
-        Ok(())
-    })?;
-    walk(&volume, Path::new(""), &mut |rel, meta| {
-        if meta.file_type().is_file() {
-            let stub = share.dir.join(rel);
-            let named = fs::symlink_metadata(&stub).is_ok()
-                && matches!(read_meta(&stub)?, Some(Meta::Redirect { .. }));
-            if !named {
-                out.push(Mismatch::StrayObject(rel.to_path_buf()));
-            }
-        }
-        Ok(())
-    })?;
-    Ok(out)
+    }
+    let paths: Vec<&Path> = names.iter().map(|n| n.path.as_path()).collect();
+    if let Some(mut hint) = stale_hint(volume, &names[0].meta, &paths) {
+        hint.path = names[0].path.clone();
+        hints.push(hint);
+    }
+}
+
+/// A [`StaleHint`] if `meta` records none of `paths` (the names of one file).
+fn stale_hint(volume: &[u8], meta: &Meta, paths: &[&Path]) -> Option<StaleHint> {
+    let Meta::Redirect {
+        portion, truncated, ..
+    } = meta
+    else {
+        return None;
+    };
+    let current = paths
+        .iter()
+        .any(|p| Meta::redirect(volume, p.as_os_str().as_bytes()) == *meta);
+    (!current).then(|| StaleHint {
+        path: paths[0].to_path_buf(),
+        recorded: PathBuf::from(std::ffi::OsStr::from_bytes(portion)),
+        truncated: *truncated,
+    })
 }
 
 fn walk(
@@ -124,8 +414,17 @@ fn walk(
     Ok(())
 }
 
-/// Reads the redirect metadata of the file at `path` (either spelling), if any.
+/// Reads the redirect metadata of the file at `path` (either spelling), if any; metadata
+/// that cannot be decoded reads as none (the file is served as a plain file).
 pub fn read_meta(path: &Path) -> io::Result<Option<Meta>> {
+    Ok(read_meta_checked(path)?.and_then(|(_, m)| m.ok()))
+}
+
+/// Reads the redirect metadata of the file at `path` (not following a symlink): which
+/// attribute holds it and what it decodes to, or `None` if neither spelling is present.
+pub fn read_meta_checked(
+    path: &Path,
+) -> io::Result<Option<(&'static CStr, Result<Meta, MetaError>)>> {
     let p = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     for name in [META_XATTR_ROOT, META_XATTR_USER] {
@@ -141,14 +440,20 @@ pub fn read_meta(path: &Path) -> io::Result<Option<Meta>> {
         };
         if n >= 0 {
             buf.truncate(n as usize);
-            return Ok(Meta::decode(&buf).ok());
+            return Ok(Some((name, Meta::decode(&buf))));
         }
     }
     Ok(None)
 }
 
-fn has_data(path: &Path) -> io::Result<bool> {
-    let f = fs::File::open(path)?;
+/// True if the regular file at `path` has a data extent (a stub should have none).
+pub fn has_data(path: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never through a symlink, never blocking on a FIFO.
+    let f = fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
     // SAFETY: lseek on a descriptor we own.
     let res = unsafe { libc::lseek64(f.as_raw_fd(), 0, libc::SEEK_DATA) };
     if res >= 0 {

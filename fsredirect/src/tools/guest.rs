@@ -1,0 +1,286 @@
+//! Guest-tree access for the host tools: files are reached beneath the guest tree's root
+//! without following any symlink (the guest made them), and only regular files are opened
+//! for I/O; metadata and the guest's own attributes are read and written on descriptors.
+
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+
+use crate::beneath::{check, fstat, open_beneath, reopen_regular};
+use crate::meta::{is_reserved_xattr, Meta, MetaError, META_XATTR_ROOT, META_XATTR_USER};
+
+/// The guest tree of a share, held open.
+#[derive(Debug)]
+pub struct GuestTree {
+    root: OwnedFd,
+}
+
+impl GuestTree {
+    /// Opens the guest tree at `dir`.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        Ok(GuestTree {
+            root: File::open(dir)?.into(),
+        })
+    }
+
+    /// An `O_PATH` descriptor on `rel` (not following a symlink anywhere on the way).
+    pub fn path_fd(&self, rel: &Path) -> io::Result<OwnedFd> {
+        open_beneath(&self.root, &c_path(rel)?, libc::O_PATH, 0)
+    }
+
+    /// Opens the regular file `rel` with `flags` (never a FIFO or device).
+    pub fn open_regular(&self, rel: &Path, flags: i32) -> io::Result<File> {
+        reopen_regular(&self.path_fd(rel)?, flags)
+    }
+
+    /// The directory holding `rel`, opened for `*at` calls, and `rel`'s last component.
+    pub fn parent(&self, rel: &Path) -> io::Result<(File, CString)> {
+        let name = rel
+            .file_name()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let dir = match rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(p) => open_beneath(
+                &self.root,
+                &c_path(p)?,
+                libc::O_RDONLY | libc::O_DIRECTORY,
+                0,
+            )?,
+            None => open_beneath(&self.root, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?,
+        };
+        Ok((File::from(dir), c_path(Path::new(name))?))
+    }
+}
+
+/// `path` as a C string.
+pub fn c_path(path: &Path) -> io::Result<CString> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// The metadata attribute this process writes: `trusted.*` as root, `user.*` otherwise,
+/// exactly as a server run by the same user does.
+pub fn meta_attr() -> &'static CStr {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        META_XATTR_ROOT
+    } else {
+        META_XATTR_USER
+    }
+}
+
+/// Reads one attribute of an open file; `None` if it is absent.
+pub fn get_xattr(f: &File, name: &CStr) -> io::Result<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: a valid descriptor, NUL-terminated name and a writable buffer of that length.
+    let n = unsafe {
+        libc::fgetxattr(
+            f.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::ENODATA) => Ok(None),
+            _ => Err(err),
+        };
+    }
+    buf.truncate(n as usize);
+    Ok(Some(buf))
+}
+
+/// Sets one attribute of an open file.
+pub fn set_xattr(f: &File, name: &CStr, value: &[u8]) -> io::Result<()> {
+    // SAFETY: a valid descriptor, NUL-terminated name and a value buffer of that length.
+    check(unsafe {
+        libc::fsetxattr(
+            f.as_raw_fd(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
+    .map(|_| ())
+}
+
+/// Removes one attribute of an open file (absent is fine).
+pub fn remove_xattr(f: &File, name: &CStr) -> io::Result<()> {
+    // SAFETY: a valid descriptor and a NUL-terminated name.
+    match check(unsafe { libc::fremovexattr(f.as_raw_fd(), name.as_ptr()) }) {
+        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
+/// The redirect metadata of an open file: which attribute holds it and what it decodes to.
+pub fn read_meta(f: &File) -> io::Result<Option<(&'static CStr, Result<Meta, MetaError>)>> {
+    for name in [META_XATTR_ROOT, META_XATTR_USER] {
+        // Reading trusted.* without CAP_SYS_ADMIN reads as absent; other errors count.
+        match get_xattr(f, name) {
+            Ok(Some(value)) => return Ok(Some((name, Meta::decode(&value)))),
+            Ok(None) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// Copies the guest's own extended attributes (not the redirect metadata) from `from` to
+/// `to`. ACLs and security labels are attributes too, so they follow.
+pub fn copy_guest_xattrs(from: &File, to: &File) -> io::Result<()> {
+    let mut list = vec![0u8; 64 * 1024];
+    // SAFETY: a valid descriptor and a writable buffer of that length.
+    let n = unsafe { libc::flistxattr(from.as_raw_fd(), list.as_mut_ptr().cast(), list.len()) };
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        // A file system without attributes has none to copy.
+        return if err.raw_os_error() == Some(libc::ENOTSUP) {
+            Ok(())
+        } else {
+            Err(err)
+        };
+    }
+    list.truncate(n as usize);
+    for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if is_reserved_xattr(name) {
+            continue;
+        }
+        let name = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        if let Some(value) = get_xattr(from, &name)? {
+            set_xattr(to, &name, &value)?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives `to` the owner, mode and access/modification times of the file `st` describes.
+/// The owner is changed only when it differs (an unprivileged user can only keep its own).
+pub fn copy_owner_mode_times(to: &File, st: &libc::stat64) -> io::Result<()> {
+    let now = fstat(to)?;
+    if (now.st_uid, now.st_gid) != (st.st_uid, st.st_gid) {
+        // SAFETY: fchown on a descriptor we own.
+        check(unsafe { libc::fchown(to.as_raw_fd(), st.st_uid, st.st_gid) })?;
+    }
+    // After the chown, which clears set-user-ID and set-group-ID bits.
+    // SAFETY: fchmod on a descriptor we own.
+    check(unsafe { libc::fchmod(to.as_raw_fd(), st.st_mode & 0o7777) })?;
+    set_times(to, st)
+}
+
+/// Sets the access and modification times of `f` to those `st` records.
+pub fn set_times(f: &File, st: &libc::stat64) -> io::Result<()> {
+    let times = [
+        libc::timespec {
+            tv_sec: st.st_atime,
+            tv_nsec: st.st_atime_nsec,
+        },
+        libc::timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec,
+        },
+    ];
+    // SAFETY: futimens on a descriptor we own, with a two-element timespec array.
+    check(unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) }).map(|_| ())
+}
+
+/// Hole punches cover multiples of this (larger than any file system block).
+const PUNCH_ALIGN: u64 = 1 << 20;
+
+/// Sets the apparent size of a stub and punches out any data it holds (keeping it entirely
+/// sparse), keeping its access and modification times; then fsyncs it. When the size does
+/// not change, it never changes on the way either (a crash cannot leave a shorter stub).
+pub fn resize_stub(stub: &File, size: u64) -> io::Result<()> {
+    let st = fstat(stub)?;
+    if st.st_size as u64 != size {
+        stub.set_len(size)?;
+    }
+    if size > 0 {
+        // Whole blocks: a hole punched in part of the last block only zeroes it.
+        let len = size.div_ceil(PUNCH_ALIGN) * PUNCH_ALIGN;
+        // SAFETY: fallocate on a descriptor we own; no memory is involved.
+        let res = unsafe {
+            libc::fallocate64(
+                stub.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                0,
+                len as i64,
+            )
+        };
+        if res < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                return Err(err);
+            }
+            // No hole punching here: cutting to zero drops every block.
+            stub.set_len(0)?;
+            stub.set_len(size)?;
+        }
+    }
+    set_times(stub, &st)?;
+    stub.sync_all()
+}
+
+/// `fsync` of a directory (so a rename or new name in it is durable).
+pub fn sync_dir(dir: &File) -> io::Result<()> {
+    dir.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn symlink_in_the_guest_tree_is_never_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc", tmp.path().join("link")).unwrap();
+        let tree = GuestTree::open(tmp.path()).unwrap();
+        assert!(tree.path_fd(Path::new("link/passwd")).is_err());
+        assert!(tree
+            .open_regular(Path::new("link"), libc::O_RDONLY)
+            .is_err());
+    }
+
+    #[test]
+    fn resized_stub_keeps_no_data_and_its_mtime() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("f"), b"some bytes").unwrap();
+        let before = std::fs::metadata(tmp.path().join("f")).unwrap();
+        let tree = GuestTree::open(tmp.path()).unwrap();
+        let f = tree.open_regular(Path::new("f"), libc::O_WRONLY).unwrap();
+        resize_stub(&f, 100).unwrap();
+        let after = std::fs::metadata(tmp.path().join("f")).unwrap();
+        assert_eq!(after.len(), 100);
+        assert_eq!(after.blocks(), 0);
+        assert_eq!(after.mtime(), before.mtime());
+        assert_eq!(after.mtime_nsec(), before.mtime_nsec());
+    }
+
+    #[test]
+    fn guest_xattrs_are_copied_but_not_metadata() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("a"), b"").unwrap();
+        std::fs::write(tmp.path().join("b"), b"").unwrap();
+        let tree = GuestTree::open(tmp.path()).unwrap();
+        let a = tree.open_regular(Path::new("a"), libc::O_RDONLY).unwrap();
+        let b = tree.open_regular(Path::new("b"), libc::O_RDONLY).unwrap();
+        if set_xattr(&a, c"user.colour", b"blue").is_err() {
+            eprintln!("skipped: this file system takes no user xattrs");
+            return;
+        }
+        set_xattr(&a, META_XATTR_USER, &Meta::redirect(b"v", b"a").encode()).unwrap();
+        copy_guest_xattrs(&a, &b).unwrap();
+        assert_eq!(
+            get_xattr(&b, c"user.colour").unwrap().as_deref(),
+            Some(&b"blue"[..])
+        );
+        assert_eq!(get_xattr(&b, META_XATTR_USER).unwrap(), None);
+    }
+}

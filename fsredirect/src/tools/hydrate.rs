@@ -1,0 +1,441 @@
+//! `fsredirect hydrate` and `dehydrate`: a stub back into an ordinary (inline) file, and an
+//! inline file into a stub with a stored object, each crash-safely.
+//!
+//! Hydrate: the object's bytes go into an unnamed file in the stub's directory
+//! (`O_TMPFILE`; a named `.fsredirect-hydrate-*` file where that is not supported), which
+//! takes the stub's owner, mode, times and guest xattrs and is fsync'd, then named and
+//! renamed over the stub (atomic: the guest tree holds either the stub or the whole file);
+//! only then is the object removed. A crash after the rename leaves an object without a
+//! stub, which `repair` moves to lost+found and `gc` deletes.
+//!
+//! Dehydrate: the file's bytes go to a new object, written in the orphan area, fsync'd and
+//! renamed into place; then the file gets its metadata and its data blocks are punched out,
+//! keeping its size, inode, links, owner, mode, times and xattrs. A crash before the
+//! metadata leaves an object without a stub (as above); after it, a stub that still holds
+//! data, which `repair` clears (keeping a copy). The size never changes, so recovery after a
+//! crash cannot cut the object.
+//!
+//! Both work on files with one name (a hard-linked file has names this tool would have to
+//! find first).
+
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::guest::{self, GuestTree};
+use super::output::{bytes, json_path, Outcome, Status};
+use super::{io_err, open_for_change, parts_of, share_relative, Recovered, Result, ToolError};
+use crate::beneath::{check, fstat};
+use crate::meta::Meta;
+use crate::share::ShareSpec;
+use crate::store::Store;
+
+/// What `hydrate` or `dehydrate` did.
+#[derive(Debug, Clone)]
+pub struct ConvertOutcome {
+    /// The share.
+    pub share: String,
+    /// `hydrate` or `dehydrate`.
+    pub operation: &'static str,
+    /// The file (relative to the share).
+    pub path: PathBuf,
+    /// False if the file already was what was asked.
+    pub changed: bool,
+    /// Bytes moved between the guest tree and the store.
+    pub bytes: u64,
+    /// What the recovery run first did, if the last server did not stop cleanly.
+    pub recovered: Option<Recovered>,
+}
+
+fn refused(op: &'static str, path: &Path, reason: impl Into<String>) -> ToolError {
+    ToolError::Refused {
+        op,
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// Opens the regular file `rel` for `op`, with clear errors for anything else.
+fn open_file(tree: &GuestTree, op: &'static str, rel: &Path, flags: i32) -> Result<File> {
+    let fd = tree.path_fd(rel).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) => refused(op, rel, "no such file in the guest tree"),
+        Some(libc::ELOOP) | Some(libc::EXDEV) => {
+            refused(op, rel, "it is (or is reached through) a symlink")
+        }
+        _ => io_err("open", rel)(e),
+    })?;
+    let st = fstat(&fd).map_err(io_err("examine", rel))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(refused(op, rel, "it is not a regular file"));
+    }
+    if st.st_nlink > 1 {
+        return Err(refused(
+            op,
+            rel,
+            format!(
+                "it has {} hard links; {op} works on a file with one name",
+                st.st_nlink
+            ),
+        ));
+    }
+    crate::beneath::reopen_regular(&fd, flags).map_err(io_err("open", rel))
+}
+
+/// Turns the stub at `path` back into an inline file and removes its object.
+pub fn hydrate(share: &ShareSpec, path: &Path) -> Result<ConvertOutcome> {
+    const OP: &str = "hydrate";
+    let rel = share_relative(share, path)?;
+    let parts = parts_of(&rel).map_err(io_err("name", &rel))?;
+    let (volume, store, recovered) = open_for_change(share)?;
+    let tree = GuestTree::open(&share.dir).map_err(io_err("open guest tree", &share.dir))?;
+    let stub = open_file(&tree, OP, &rel, libc::O_RDONLY)?;
+    let mut outcome = ConvertOutcome {
+        share: share.to_string(),
+        operation: OP,
+        path: rel.clone(),
+        changed: false,
+        bytes: 0,
+        recovered,
+    };
+    match guest::read_meta(&stub).map_err(io_err("read metadata of", &rel))? {
+        None => return Ok(outcome),
+        Some((_, Ok(Meta::Redirect { volume: v, .. }))) if v == volume.name.as_bytes() => {}
+        Some((_, Ok(Meta::Redirect { .. }))) => {
+            return Err(refused(OP, &rel, "it is a stub of another volume"))
+        }
+        Some((_, Ok(Meta::Special { .. }))) => {
+            return Err(refused(OP, &rel, "it is an inert special file, not a stub"))
+        }
+        Some((_, Err(e))) => {
+            return Err(refused(
+                OP,
+                &rel,
+                format!("{e}; run `fsredirect repair` first"),
+            ))
+        }
+    }
+    let st = fstat(&stub).map_err(io_err("examine", &rel))?;
+    let mut object = store.open_object(&parts).map_err(|e| {
+        refused(
+            OP,
+            &rel,
+            format!("its stored object cannot be opened ({e}); run `fsredirect repair` first"),
+        )
+    })?;
+    let size = object
+        .metadata()
+        .map_err(io_err("examine object of", &rel))?
+        .len();
+    if size != st.st_size as u64 {
+        return Err(refused(
+            OP,
+            &rel,
+            format!(
+                "size mismatch (stub {}, object {size} bytes); run `fsredirect repair` first",
+                st.st_size
+            ),
+        ));
+    }
+    let (dir, name) = tree
+        .parent(&rel)
+        .map_err(io_err("open directory of", &rel))?;
+    let mut tmp = TempFile::new(&dir).map_err(io_err("create a file beside", &rel))?;
+    let copied = io::copy(&mut object, &mut tmp.file).map_err(io_err("copy data into", &rel))?;
+    if copied != size {
+        return Err(refused(
+            OP,
+            &rel,
+            "its object changed size while being copied",
+        ));
+    }
+    let finish = (|| {
+        guest::copy_guest_xattrs(&stub, &tmp.file)?;
+        guest::copy_owner_mode_times(&tmp.file, &st)?;
+        tmp.file.sync_all()?;
+        tmp.replace(&dir, &name)?;
+        guest::sync_dir(&dir)
+    })();
+    finish.map_err(io_err("put the hydrated file in place of", &rel))?;
+    store
+        .remove(&parts, false)
+        .map_err(io_err("remove the object of", &rel))?;
+    sync_store_dir(&store, &rel).map_err(io_err("sync the store directory of", &rel))?;
+    outcome.changed = true;
+    outcome.bytes = size;
+    Ok(outcome)
+}
+
+/// Turns the inline file at `path` into a stub whose data is in a new stored object.
+pub fn dehydrate(share: &ShareSpec, path: &Path) -> Result<ConvertOutcome> {
+    const OP: &str = "dehydrate";
+    let rel = share_relative(share, path)?;
+    let parts = parts_of(&rel).map_err(io_err("name", &rel))?;
+    let (volume, store, recovered) = open_for_change(share)?;
+    let tree = GuestTree::open(&share.dir).map_err(io_err("open guest tree", &share.dir))?;
+    let mut file = open_file(&tree, OP, &rel, libc::O_RDWR)?;
+    let mut outcome = ConvertOutcome {
+        share: share.to_string(),
+        operation: OP,
+        path: rel.clone(),
+        changed: false,
+        bytes: 0,
+        recovered,
+    };
+    match guest::read_meta(&file).map_err(io_err("read metadata of", &rel))? {
+        None => {}
+        Some((_, Ok(Meta::Redirect { volume: v, .. }))) if v == volume.name.as_bytes() => {
+            return Ok(outcome)
+        }
+        Some((_, Ok(Meta::Redirect { .. }))) => {
+            return Err(refused(OP, &rel, "it is a stub of another volume"))
+        }
+        Some((_, Ok(Meta::Special { .. }))) => {
+            return Err(refused(OP, &rel, "it is an inert special file"))
+        }
+        Some((_, Err(e))) => {
+            return Err(refused(
+                OP,
+                &rel,
+                format!("{e}; run `fsredirect repair` first"),
+            ))
+        }
+    }
+    let size = file.metadata().map_err(io_err("examine", &rel))?.len();
+    if let Ok(existing) = store.stat_object(&parts) {
+        // Left by an interrupted dehydrate (or hydrate) of this very file: same bytes.
+        let same = existing.st_mode & libc::S_IFMT == libc::S_IFREG
+            && store
+                .open_object(&parts)
+                .and_then(|mut o| same_bytes(&mut o, &mut file))
+                .unwrap_or(false);
+        if !same {
+            return Err(refused(
+                OP,
+                &rel,
+                format!(
+                    "a stored object without a stub is already at {}; `fsredirect repair` \
+                     moves it to lost+found",
+                    volume.data.join(&rel).display()
+                ),
+            ));
+        }
+    }
+    let name = format!("dehydrate-{}", std::process::id());
+    let tmp_path = volume.orphans().join(&name);
+    let write_object = || -> io::Result<u64> {
+        let mut tmp = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp_path)?;
+        let copied = io::copy(&mut &file, &mut tmp)?;
+        tmp.sync_all()?;
+        let orphan =
+            CString::new(name.clone()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        store.unorphan(&orphan, &parts)?;
+        sync_store_dir(&store, &rel)?;
+        Ok(copied)
+    };
+    let copied = match write_object() {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp_path);
+            return Err(io_err("write the stored object of", &rel)(e));
+        }
+    };
+    if copied != size {
+        return Err(refused(
+            OP,
+            &rel,
+            "the file changed size while being copied",
+        ));
+    }
+    let meta = Meta::redirect(volume.name.as_bytes(), {
+        use std::os::unix::ffi::OsStrExt;
+        rel.as_os_str().as_bytes()
+    });
+    guest::set_xattr(&file, guest::meta_attr(), &meta.encode())
+        .map_err(io_err("write the metadata of", &rel))?;
+    guest::resize_stub(&file, size).map_err(io_err("make a stub of", &rel))?;
+    outcome.changed = true;
+    outcome.bytes = size;
+    Ok(outcome)
+}
+
+fn same_bytes(a: &mut File, b: &mut File) -> io::Result<bool> {
+    use std::io::{Seek, SeekFrom};
+    if a.metadata()?.len() != b.metadata()?.len() {
+        return Ok(false);
+    }
+    b.seek(SeekFrom::Start(0))?;
+    let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    let result = loop {
+        let n = a.read(&mut ba)?;
+        if n == 0 {
+            break true;
+        }
+        b.read_exact(&mut bb[..n])?;
+        if ba[..n] != bb[..n] {
+            break false;
+        }
+    };
+    b.seek(SeekFrom::Start(0))?;
+    Ok(result)
+}
+
+/// fsync of the store directory holding `rel`'s object, and of its parents up to the volume
+/// (directories made for it must survive a power loss too).
+fn sync_store_dir(store: &Store, rel: &Path) -> io::Result<()> {
+    let mut dir = store.volume_path().join(rel);
+    while dir.pop() && dir.starts_with(store.volume_path()) {
+        File::open(&dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// A new file in a directory, unnamed until [`TempFile::replace`] when the file system
+/// supports `O_TMPFILE`, so that a crash leaves nothing behind.
+struct TempFile {
+    file: File,
+    /// The name it has, when it had to be created named; removed if never placed.
+    name: Option<CString>,
+    dir_fd: i32,
+}
+
+impl TempFile {
+    fn new(dir: &File) -> io::Result<Self> {
+        // SAFETY: openat on a directory we hold, with a NUL-terminated name.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                c".".as_ptr(),
+                libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+                0o600,
+            )
+        };
+        if fd >= 0 {
+            return Ok(TempFile {
+                // SAFETY: a new descriptor nothing else owns.
+                file: unsafe { File::from_raw_fd(fd) },
+                name: None,
+                dir_fd: dir.as_raw_fd(),
+            });
+        }
+        let name = CString::new(format!(".fsredirect-hydrate-{}", std::process::id()))
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: as above; O_EXCL never reuses an existing file.
+        let fd = check(unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                0o600,
+            )
+        })?;
+        Ok(TempFile {
+            // SAFETY: a new descriptor nothing else owns.
+            file: unsafe { File::from_raw_fd(fd) },
+            name: Some(name),
+            dir_fd: dir.as_raw_fd(),
+        })
+    }
+
+    /// Gives the file the name `name` in `dir`, atomically replacing what is there.
+    fn replace(&mut self, dir: &File, name: &CString) -> io::Result<()> {
+        let temp = match &self.name {
+            Some(n) => n.clone(),
+            None => {
+                let n = CString::new(format!(".fsredirect-hydrate-{}", std::process::id()))
+                    .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+                let proc_path = CString::new(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+                    .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+                // SAFETY: linking our own O_TMPFILE descriptor (through /proc, which needs no
+                // capability) to a new name in a directory we hold.
+                check(unsafe {
+                    libc::linkat(
+                        libc::AT_FDCWD,
+                        proc_path.as_ptr(),
+                        dir.as_raw_fd(),
+                        n.as_ptr(),
+                        libc::AT_SYMLINK_FOLLOW,
+                    )
+                })?;
+                self.name = Some(n.clone());
+                n
+            }
+        };
+        // SAFETY: single names under a directory descriptor we hold.
+        check(unsafe {
+            libc::renameat(
+                dir.as_raw_fd(),
+                temp.as_ptr(),
+                dir.as_raw_fd(),
+                name.as_ptr(),
+            )
+        })?;
+        self.name = None;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    /// Removes a named temporary file that was never put in place.
+    fn drop(&mut self) {
+        if let Some(name) = &self.name {
+            // SAFETY: one name under the directory descriptor, still open (the caller holds
+            // it for the life of this value).
+            unsafe { libc::unlinkat(self.dir_fd, name.as_ptr(), 0) };
+        }
+    }
+}
+
+impl Outcome for ConvertOutcome {
+    fn human(&self) -> String {
+        let mut out = String::new();
+        if let Some(r) = &self.recovered {
+            out += &format!(
+                "recovery after an unclean stop ran first ({} logged operations settled)\n",
+                r.settled
+            );
+        }
+        out += &match (self.operation, self.changed) {
+            ("hydrate", true) => format!(
+                "hydrated {}: {} now in the guest tree; stored object removed\n",
+                self.path.display(),
+                bytes(self.bytes)
+            ),
+            ("hydrate", false) => format!(
+                "{} is already an inline file; nothing to do\n",
+                self.path.display()
+            ),
+            (_, true) => format!(
+                "dehydrated {}: {} now in the store; the guest tree keeps a stub\n",
+                self.path.display(),
+                bytes(self.bytes)
+            ),
+            (_, false) => format!("{} is already a stub; nothing to do\n", self.path.display()),
+        };
+        out
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "share": self.share,
+            "operation": self.operation,
+            "path": json_path(&self.path),
+            "changed": self.changed,
+            "bytes": self.bytes,
+            "recovered": self.recovered.as_ref().map(|r| r.settled),
+        })
+    }
+
+    fn status(&self) -> Status {
+        Status::Clean
+    }
+}

@@ -1,0 +1,465 @@
+//! Host tools for a redirecting share, run while no server uses its volume: [`inspect`] one
+//! file, [`check`] (verify) the whole share, [`repair`] what verify finds, [`gc`] objects
+//! nobody names, [`hydrate`] a stub back into an ordinary file and dehydrate the reverse.
+//!
+//! Every tool takes the volume lock (`<store>/.fsredirect/<volume>/lock`) first, so it never
+//! runs beside a VM, a vhost-user daemon or a host mount serving the volume: read-only tools
+//! ([`inspect`], [`check`]) hold it shared and change nothing, the others open the volume like
+//! a server would ([`crate::Store::open`]) and, if its last server did not stop cleanly, run
+//! the same recovery first ([`crate::recover`]).
+//!
+//! Each tool returns a report that renders for people or as JSON ([`output::Outcome`]).
+
+pub mod check;
+pub mod gc;
+pub mod guest;
+pub mod hydrate;
+pub mod inspect;
+pub mod output;
+pub mod repair;
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use crate::names::validate_name;
+use crate::recover::{recover, replay_intents, RecoveryReport};
+use crate::share::ShareSpec;
+use crate::store::{Store, StoreError, CONTROL_DIR};
+
+/// Errors of the host tools (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// The share has no store: nothing is redirected.
+    #[error("share `{0}` has no store=: nothing is redirected, so there is nothing to check; give store=STORE")]
+    NoStore(String),
+    /// The store has no such volume.
+    #[error("store {store} has no volume `{volume}` (no control area {control}); check store= and volume= (a volume is made when a server first serves the share)")]
+    NoVolume {
+        /// The volume.
+        volume: String,
+        /// The store root.
+        store: PathBuf,
+        /// The control area that is missing.
+        control: PathBuf,
+    },
+    /// The store directory does not exist.
+    #[error("store directory {0} does not exist; check store=")]
+    NoStoreDir(PathBuf),
+    /// A server holds the volume.
+    #[error("volume `{volume}` of store {store} is in use by a server (a VM, a vhost-user daemon or `fsredirect mount`{pid}) holding {lock}; stop it (shut the VM down, stop the daemon or unmount) and run this command again")]
+    Busy {
+        /// The volume.
+        volume: String,
+        /// The store root.
+        store: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+        /// `, pid N` when the lock file names the server's process.
+        pid: String,
+    },
+    /// The volume could not be opened.
+    #[error(transparent)]
+    Store(StoreError),
+    /// Recovery after an unclean stop failed.
+    #[error("recovery of volume `{volume}` after an unclean stop failed")]
+    Recovery {
+        /// The volume.
+        volume: String,
+        /// What the host said.
+        #[source]
+        source: io::Error,
+    },
+    /// A path argument that does not name a file of the share.
+    #[error("path {path} {reason}")]
+    BadPath {
+        /// The argument.
+        path: PathBuf,
+        /// Why it cannot be used, and what to give instead.
+        reason: String,
+    },
+    /// A host operation failed.
+    #[error("cannot {what} {}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// What the host said.
+        #[source]
+        source: io::Error,
+    },
+    /// The file is not in a state the operation can start from.
+    #[error("cannot {op} {}: {reason}", path.display())]
+    Refused {
+        /// The operation.
+        op: &'static str,
+        /// The file (relative to the share).
+        path: PathBuf,
+        /// Why, and what to do.
+        reason: String,
+    },
+}
+
+/// A `Result` with a [`ToolError`].
+pub type Result<T> = std::result::Result<T, ToolError>;
+
+/// Builds a [`ToolError::Io`] for `what` on `path`.
+pub(crate) fn io_err(
+    what: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(io::Error) -> ToolError {
+    let path = path.into();
+    move |source| ToolError::Io { what, path, source }
+}
+
+/// Where a share's volume lives.
+#[derive(Debug, Clone)]
+pub struct Volume {
+    /// The volume's name.
+    pub name: String,
+    /// The store root.
+    pub store: PathBuf,
+    /// `<store>/<volume>`: the stored objects.
+    pub data: PathBuf,
+    /// `<store>/.fsredirect/<volume>`: control data.
+    pub control: PathBuf,
+}
+
+impl Volume {
+    /// Locates the volume of `share`; fails if the share has no store or the volume was never
+    /// created (so a mistyped path is reported rather than made).
+    pub fn of(share: &ShareSpec) -> Result<Self> {
+        let volume = Self::locate(share)?;
+        if !volume.control.join("lock").is_file() || !volume.data.is_dir() {
+            return Err(ToolError::NoVolume {
+                volume: volume.name,
+                store: volume.store,
+                control: volume.control,
+            });
+        }
+        Ok(volume)
+    }
+
+    /// Locates the volume of `share`, which need not exist yet.
+    pub fn locate(share: &ShareSpec) -> Result<Self> {
+        let store = share
+            .store
+            .as_ref()
+            .ok_or_else(|| ToolError::NoStore(share.to_string()))?;
+        let volume = Volume {
+            name: store.volume.clone(),
+            store: store.root.clone(),
+            data: store.root.join(&store.volume),
+            control: store.root.join(CONTROL_DIR).join(&store.volume),
+        };
+        Ok(volume)
+    }
+
+    /// The lock file.
+    pub fn lock_path(&self) -> PathBuf {
+        self.control.join("lock")
+    }
+
+    /// The orphan area (objects of files unlinked while open).
+    pub fn orphans(&self) -> PathBuf {
+        self.control.join("orphans")
+    }
+
+    /// Where repair keeps what it takes out of the way (never deleted by a tool).
+    pub fn lost_found(&self) -> PathBuf {
+        self.control.join("lost+found")
+    }
+
+    /// True if the last server of this volume did not stop cleanly (its recovery is due).
+    /// Meaningful only while the lock is held.
+    pub fn unclean(&self) -> bool {
+        !self.control.join("clean").exists()
+    }
+
+    fn busy(&self) -> ToolError {
+        let pid = fs::read_to_string(self.lock_path())
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .map(|p| format!(", pid {p}"))
+            .unwrap_or_default();
+        ToolError::Busy {
+            volume: self.name.clone(),
+            store: self.store.clone(),
+            lock: self.lock_path(),
+            pid,
+        }
+    }
+}
+
+/// A shared hold on the volume lock: read-only tools run beside each other, never beside a
+/// server. Released when dropped.
+#[derive(Debug)]
+pub struct ReadLock {
+    _file: File,
+}
+
+/// Takes the volume lock of `share` shared, without changing anything in the store.
+pub fn lock_shared(share: &ShareSpec) -> Result<(Volume, ReadLock)> {
+    let volume = Volume::of(share)?;
+    let path = volume.lock_path();
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(io_err("open lock file", &path))?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(volume.busy());
+        }
+        return Err(io_err("lock", path)(err));
+    }
+    Ok((volume, ReadLock { _file: file }))
+}
+
+/// What the recovery run by [`open_for_change`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// Intent records settled.
+    pub settled: usize,
+    /// The reconciliation of stubs with objects.
+    pub report: RecoveryReport,
+}
+
+/// Opens the volume of `share` for changes, as a server would (making it if the store has
+/// none yet): takes the lock exclusively and, if the last server did not stop cleanly, runs
+/// its recovery first (returned). Orphans are left for [`gc`].
+pub fn open_for_change(share: &ShareSpec) -> Result<(Volume, Store, Option<Recovered>)> {
+    let volume = Volume::locate(share)?;
+    if !volume.store.is_dir() {
+        return Err(ToolError::NoStoreDir(volume.store));
+    }
+    let fresh = !volume.control.join("lock").exists();
+    let store = Store::open(&volume.store, &volume.name).map_err(|e| match e {
+        StoreError::Busy { .. } => volume.busy(),
+        other => ToolError::Store(other),
+    })?;
+    // A volume made just now has nothing to recover.
+    let recovered = if store.was_clean() || fresh {
+        None
+    } else {
+        let err = |source| ToolError::Recovery {
+            volume: volume.name.clone(),
+            source,
+        };
+        let settled = replay_intents(&share.dir, &store).map_err(err)?;
+        let report = recover(&share.dir, &store).map_err(err)?;
+        Some(Recovered { settled, report })
+    };
+    Ok((volume, store, recovered))
+}
+
+/// Turns a PATH argument into the file's path relative to the share root: either already
+/// relative, or absolute inside the guest tree. `..`, `.` and empty components are refused.
+pub fn share_relative(share: &ShareSpec, arg: &Path) -> Result<PathBuf> {
+    let bad = |reason: &str| ToolError::BadPath {
+        path: arg.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let rel = if arg.is_absolute() {
+        arg.strip_prefix(&share.dir).map_err(|_| {
+            bad(&format!(
+                "is outside guest tree {}; give a path inside it or relative to it",
+                share.dir.display()
+            ))
+        })?
+    } else {
+        arg
+    };
+    let mut out = PathBuf::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(name) => out.push(name),
+            Component::CurDir => {}
+            _ => return Err(bad("has a `..` component; give a path inside the share")),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err(bad("names the share root; give a file inside it"));
+    }
+    Ok(out)
+}
+
+/// The validated components of a share-relative path.
+pub fn parts_of(rel: &Path) -> io::Result<Vec<CString>> {
+    rel.components()
+        .map(|c| {
+            let name = CString::new(c.as_os_str().as_bytes())
+                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            validate_name(&name)?;
+            Ok(name)
+        })
+        .collect()
+}
+
+/// A per-run directory under the volume's lost+found, made on first use: repair moves there
+/// what it takes out of the way, keeping each file's path.
+#[derive(Debug)]
+pub struct LostFound {
+    dir: PathBuf,
+}
+
+impl LostFound {
+    /// A directory named after the current time and this process, under `volume`'s
+    /// lost+found.
+    pub fn new(volume: &Volume) -> Self {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        LostFound {
+            dir: volume
+                .lost_found()
+                .join(format!("{secs}-{}", std::process::id())),
+        }
+    }
+
+    /// The directory of this run.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where `rel` of `side` ("store" or "guest") goes.
+    pub fn target(&self, side: &str, rel: &Path) -> PathBuf {
+        self.dir.join(side).join(rel)
+    }
+
+    /// Makes the parent directories of `target` (private).
+    pub fn prepare(&self, target: &Path) -> Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        let parent = target.parent().unwrap_or(&self.dir);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(io_err("create directory", parent))
+    }
+}
+
+/// Calls `f` on every entry under `root` (relative path, metadata), parents before children,
+/// never following symlinks.
+pub(crate) fn walk(
+    root: &Path,
+    rel: &Path,
+    f: &mut dyn FnMut(&Path, &fs::Metadata) -> io::Result<()>,
+) -> io::Result<()> {
+    for entry in fs::read_dir(root.join(rel))? {
+        let entry = entry?;
+        let rel = rel.join(entry.file_name());
+        let meta = entry.metadata()?;
+        f(&rel, &meta)?;
+        if meta.file_type().is_dir() {
+            walk(root, &rel, f)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn share() -> ShareSpec {
+        ShareSpec::parse("tag=t,dir=/srv/g,store=/srv/s").unwrap()
+    }
+
+    #[test]
+    fn relative_path_is_kept() {
+        assert_eq!(
+            share_relative(&share(), Path::new("a/./b")).unwrap(),
+            PathBuf::from("a/b")
+        );
+    }
+
+    #[test]
+    fn absolute_path_inside_guest_tree_is_made_relative() {
+        assert_eq!(
+            share_relative(&share(), Path::new("/srv/g/a/b")).unwrap(),
+            PathBuf::from("a/b")
+        );
+    }
+
+    #[test]
+    fn absolute_path_outside_guest_tree_is_refused() {
+        let err = share_relative(&share(), Path::new("/srv/s/t/a")).unwrap_err();
+        assert!(err.to_string().contains("outside guest tree"), "{err}");
+    }
+
+    #[test]
+    fn dotdot_is_refused() {
+        assert!(share_relative(&share(), Path::new("a/../../etc")).is_err());
+        assert!(share_relative(&share(), Path::new("/srv/g/../s")).is_err());
+    }
+
+    #[test]
+    fn share_root_is_refused() {
+        assert!(share_relative(&share(), Path::new("/srv/g")).is_err());
+        assert!(share_relative(&share(), Path::new(".")).is_err());
+    }
+
+    #[test]
+    fn share_without_store_is_refused() {
+        let share = ShareSpec::parse("tag=t,dir=/srv/g").unwrap();
+        assert!(matches!(Volume::of(&share), Err(ToolError::NoStore(_))));
+    }
+
+    #[test]
+    fn missing_volume_is_reported_not_made() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::create_dir(tmp.path().join("g")).unwrap();
+        let share = ShareSpec::parse(&format!(
+            "tag=t,dir={0}/g,store={0}/s",
+            tmp.path().display()
+        ))
+        .unwrap();
+        let err = lock_shared(&share).unwrap_err();
+        assert!(matches!(err, ToolError::NoVolume { .. }), "{err}");
+        assert!(!tmp.path().join("s").exists());
+    }
+
+    #[test]
+    fn server_holding_the_volume_makes_tools_refuse() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::create_dir(tmp.path().join("g")).unwrap();
+        let share = ShareSpec::parse(&format!(
+            "tag=t,dir={0}/g,store={0}/s",
+            tmp.path().display()
+        ))
+        .unwrap();
+        let server = Store::open(&tmp.path().join("s"), "t").unwrap();
+        let err = lock_shared(&share).unwrap_err();
+        assert!(err.to_string().contains("in use by a server"), "{err}");
+        assert!(err
+            .to_string()
+            .contains(&format!("pid {}", std::process::id())));
+        let err = open_for_change(&share).unwrap_err();
+        assert!(matches!(err, ToolError::Busy { .. }), "{err}");
+        drop(server);
+        assert!(lock_shared(&share).is_ok());
+    }
+
+    #[test]
+    fn read_locks_do_not_exclude_each_other() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::create_dir(tmp.path().join("g")).unwrap();
+        let share = ShareSpec::parse(&format!(
+            "tag=t,dir={0}/g,store={0}/s",
+            tmp.path().display()
+        ))
+        .unwrap();
+        drop(Store::open(&tmp.path().join("s"), "t").unwrap());
+        let _a = lock_shared(&share).unwrap();
+        assert!(lock_shared(&share).is_ok());
+    }
+}

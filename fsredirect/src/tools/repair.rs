@@ -1,0 +1,646 @@
+//! `fsredirect repair`: fixes what verify finds, from either side, and reports each action.
+//!
+//! It opens the volume like a server: if the last server did not stop cleanly, its recovery
+//! ([`crate::recover`]) runs first, with the crash-ordering rules (the stub's size wins:
+//! after a crash it is the size the guest was last acknowledged). Then, in rounds until
+//! verify finds nothing (or nothing more can be done):
+//!
+//! | finding | repair | why |
+//! |---|---|---|
+//! | object not private | mode 0600 | objects never carry exec or set-ID bits |
+//! | stub holds data | its bytes saved to lost+found, then the stub made all hole | the guest reads the object; the stub's bytes are kept, not trusted |
+//! | size mismatch (volume stopped cleanly) | stub's size set to the object's | the guest already reads the object's size and bytes; no byte is dropped |
+//! | object missing, and its stub's record names an object no stub claims | that object moved back | recovery's own rule (an interrupted rename), run through [`crate::recover::recover`] |
+//! | object missing otherwise | recreated as zeros of the stub's size, and reported | the data is gone; the file keeps its size, as recovery extends a short object with zeros |
+//! | object not a regular file | moved to lost+found, then recreated as above | never delete what a host user put there |
+//! | object without a stub | moved to lost+found | nothing is deleted; `gc` is the tool that deletes |
+//! | hard link not mirrored | linked to the reference name's object; its own object removed if identical, moved to lost+found otherwise | every name exists on both sides as one file |
+//! | two stubs share one object | the second given its own copy | a write through one must not show through the other |
+//! | metadata unreadable | rewritten if an object sits at its path and the stub is all hole, removed otherwise | the file stays what the server served |
+//! | stub of another volume | left alone, reported | its data is elsewhere |
+//! | recorded path out of date | rewritten | the hint the server would correct on lookup |
+//!
+//! lost+found is `<store>/.fsredirect/<volume>/lost+found/<time>-<pid>/{store,guest}/<path>`;
+//! no tool ever deletes from it.
+
+use std::collections::HashSet;
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::check::{mismatch_json, UNCLEAN_NOTE};
+use super::guest::{self, GuestTree};
+use super::output::{bytes, count, json_path, Outcome, Status};
+use super::{io_err, lock_shared, open_for_change, parts_of, LostFound, Recovered, Result, Volume};
+use crate::meta::Meta;
+use crate::recover::recover;
+use crate::share::ShareSpec;
+use crate::store::Store;
+use crate::verify::{check_share, has_data, read_meta_checked, Mismatch, Report};
+
+/// Most rounds of verify-then-fix (a fix can reveal another finding: a recreated object of
+/// a hard-linked stub is linked in the next round).
+const ROUNDS: usize = 4;
+
+/// One repair made (or, in a dry run, planned).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action {
+    /// The file (relative to the share).
+    pub path: PathBuf,
+    /// The finding's kind, as in `verify --json`, or `stale-hint`.
+    pub finding: &'static str,
+    /// The finding, as verify writes it.
+    pub message: String,
+    /// What repair does about it.
+    pub action: String,
+    /// Why the action failed (or cannot be done), if it did.
+    pub error: Option<String>,
+}
+
+/// What `repair` did.
+#[derive(Debug, Clone)]
+pub struct RepairOutcome {
+    /// The share.
+    pub share: String,
+    /// Nothing was changed; `actions` are the plan.
+    pub dry_run: bool,
+    /// A dry run on a volume whose recovery is pending (a real run runs it first).
+    pub recovery_pending: bool,
+    /// What the recovery run first did, if the last server did not stop cleanly.
+    pub recovered: Option<Recovered>,
+    /// Each action, in the order made.
+    pub actions: Vec<Action>,
+    /// What verify still reports afterwards (a real run).
+    pub remaining: Vec<Mismatch>,
+    /// Where repair put what it took out of the way, if anything.
+    pub lost_found: Option<PathBuf>,
+}
+
+/// What to do about one finding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Fix {
+    MakePrivate,
+    SaveStubData,
+    ResizeStub(u64),
+    MoveAside { recreate: u64 },
+    MoveBack(PathBuf),
+    Recreate(u64),
+    Relink(PathBuf),
+    Unshare,
+    ToLostFound,
+    RewriteMeta,
+    DropMeta,
+    CorrectHint(PathBuf),
+    Leave(String),
+}
+
+impl Fix {
+    /// Fixes run in three phases: the ones that make sizes agree before recovery's move-back
+    /// pass (which would otherwise cut objects to their stubs' sizes), the move-back pass,
+    /// then the rest.
+    fn phase(&self) -> u8 {
+        match self {
+            Fix::MakePrivate | Fix::SaveStubData | Fix::ResizeStub(_) | Fix::MoveAside { .. } => 0,
+            Fix::MoveBack(_) => 1,
+            _ => 2,
+        }
+    }
+
+    fn describe(&self, lf: &LostFound, path: &Path) -> String {
+        match self {
+            Fix::MakePrivate => "make the object private (mode 0600)".into(),
+            Fix::SaveStubData => format!(
+                "save the stub's bytes to {}, then make the stub all hole again",
+                lf.target("guest", path).display()
+            ),
+            Fix::ResizeStub(size) => format!(
+                "set the stub's size to the object's, {} (the guest reads the object)",
+                bytes(*size)
+            ),
+            Fix::MoveAside { recreate } => format!(
+                "move it to {}, then recreate the object as {} of zeros (its data is lost)",
+                lf.target("store", path).display(),
+                bytes(*recreate)
+            ),
+            Fix::MoveBack(from) => format!(
+                "move back the object found at {}, where the stub's record says it was",
+                from.display()
+            ),
+            Fix::Recreate(size) => format!(
+                "recreate the object as {} of zeros (its data is lost)",
+                bytes(*size)
+            ),
+            Fix::Relink(other) => format!(
+                "link it to the object of {} (its own object, if any, removed when identical, \
+                 moved to lost+found otherwise)",
+                other.display()
+            ),
+            Fix::Unshare => "give it its own copy of the object".into(),
+            Fix::ToLostFound => format!(
+                "move it to {} (delete it there once sure it is not needed)",
+                lf.target("store", path).display()
+            ),
+            Fix::RewriteMeta => {
+                "rewrite the metadata (its object is in the store at its path)".into()
+            }
+            Fix::DropMeta => {
+                "remove the unreadable metadata (it stays an ordinary file, as served)".into()
+            }
+            Fix::CorrectHint(was) => {
+                format!(
+                    "record its current path (the record said {})",
+                    was.display()
+                )
+            }
+            Fix::Leave(why) => format!("leave it: {why}"),
+        }
+    }
+}
+
+/// One thing to fix.
+struct Item {
+    path: PathBuf,
+    finding: &'static str,
+    message: String,
+    fix: Fix,
+}
+
+struct Ctx<'a> {
+    share: &'a ShareSpec,
+    volume: &'a Volume,
+    tree: &'a GuestTree,
+    lf: &'a LostFound,
+    ours: &'a [u8],
+}
+
+/// Repairs `share` (or, with `dry_run`, only says what it would do); `step` is called per
+/// entry walked.
+pub fn repair(share: &ShareSpec, dry_run: bool, step: &mut dyn FnMut()) -> Result<RepairOutcome> {
+    let mut outcome = RepairOutcome {
+        share: share.to_string(),
+        dry_run,
+        recovery_pending: false,
+        recovered: None,
+        actions: Vec::new(),
+        remaining: Vec::new(),
+        lost_found: None,
+    };
+    let tree = GuestTree::open(&share.dir).map_err(io_err("open guest tree", &share.dir))?;
+    if dry_run {
+        // A shared lock, and nothing touched: opening the store for change would mark a
+        // crashed volume clean.
+        let (volume, _lock) = lock_shared(share)?;
+        outcome.recovery_pending = volume.unclean();
+        let lf = LostFound::new(&volume);
+        let ctx = Ctx {
+            share,
+            volume: &volume,
+            tree: &tree,
+            lf: &lf,
+            ours: volume.name.as_bytes(),
+        };
+        let report = walk(share, step)?;
+        for item in plan(&ctx, &report, &HashSet::new()) {
+            outcome.actions.push(Action {
+                action: item.fix.describe(&lf, &item.path),
+                error: match &item.fix {
+                    Fix::Leave(why) => Some(why.clone()),
+                    _ => None,
+                },
+                path: item.path,
+                finding: item.finding,
+                message: item.message,
+            });
+        }
+        outcome.remaining = report.mismatches;
+        return Ok(outcome);
+    }
+    let (volume, store, recovered) = open_for_change(share)?;
+    outcome.recovered = recovered;
+    let lf = LostFound::new(&volume);
+    let ctx = Ctx {
+        share,
+        volume: &volume,
+        tree: &tree,
+        lf: &lf,
+        ours: volume.name.as_bytes(),
+    };
+    let mut failed: HashSet<(PathBuf, &'static str)> = HashSet::new();
+    for _ in 0..ROUNDS {
+        let report = walk(share, step)?;
+        let mut items = plan(&ctx, &report, &failed);
+        if items.is_empty() {
+            break;
+        }
+        items.sort_by_key(|i| i.fix.phase());
+        let mut progress = false;
+        let mut sizes_ok = true;
+        let mut moved_back = false;
+        for item in items {
+            let action = item.fix.describe(&lf, &item.path);
+            let result = match &item.fix {
+                Fix::MoveBack(_) if !sizes_ok => Err(
+                    "not attempted: a size repair failed, and recovery's move-back pass would \
+                     cut that object"
+                        .to_string(),
+                ),
+                Fix::MoveBack(from) => {
+                    let pass = if moved_back {
+                        Ok(())
+                    } else {
+                        moved_back = true;
+                        recover(&share.dir, &store)
+                            .map(|_| ())
+                            .map_err(|e| format!("recovery's move-back pass failed: {e}"))
+                    };
+                    pass.and_then(
+                        |()| match fs::symlink_metadata(volume.data.join(&item.path)) {
+                            Ok(_) => Ok(()),
+                            Err(_) => Err(format!(
+                            "recovery did not move {} back; the next round recreates the object",
+                            from.display()
+                        )),
+                        },
+                    )
+                }
+                fix => apply(&ctx, &store, &item.path, fix).map_err(|e| e.to_string()),
+            };
+            if result.is_err() {
+                failed.insert((item.path.clone(), item.finding));
+                if matches!(item.fix, Fix::ResizeStub(_)) {
+                    sizes_ok = false;
+                }
+            } else {
+                progress = true;
+            }
+            outcome.actions.push(Action {
+                path: item.path,
+                finding: item.finding,
+                message: item.message,
+                action,
+                error: result.err(),
+            });
+        }
+        if !progress {
+            break;
+        }
+    }
+    outcome.remaining = walk(share, step)?.mismatches;
+    if lf_used(&outcome.actions) {
+        outcome.lost_found = Some(lf.dir().to_path_buf());
+    }
+    drop(store);
+    Ok(outcome)
+}
+
+fn lf_used(actions: &[Action]) -> bool {
+    actions
+        .iter()
+        .any(|a| a.error.is_none() && a.action.contains("lost+found"))
+}
+
+fn walk(share: &ShareSpec, step: &mut dyn FnMut()) -> Result<Report> {
+    check_share(share, step).map_err(io_err("walk", &share.dir))
+}
+
+/// Decides a fix for every finding of `report` not already in `failed`.
+fn plan(ctx: &Ctx, report: &Report, failed: &HashSet<(PathBuf, &'static str)>) -> Vec<Item> {
+    let mut items = Vec::new();
+    // Objects that will be moved back under a stub: not strays.
+    let mut claimed = HashSet::new();
+    for m in &report.mismatches {
+        if failed.contains(&(m.path().to_path_buf(), m.kind())) {
+            continue;
+        }
+        let fix = match m {
+            Mismatch::MissingObject(p) => match moved_object(ctx, report, p) {
+                Some(from) => {
+                    claimed.insert(from.clone());
+                    Fix::MoveBack(from)
+                }
+                None => Fix::Recreate(stub_size(ctx, p)),
+            },
+            Mismatch::SizeDiffers { object, .. } => Fix::ResizeStub(*object),
+            Mismatch::StubHasData(_) => Fix::SaveStubData,
+            Mismatch::UnsafeObject(_) => Fix::MakePrivate,
+            Mismatch::ObjectNotRegular(p) => Fix::MoveAside {
+                recreate: stub_size(ctx, p),
+            },
+            Mismatch::StrayObject(_) => Fix::ToLostFound,
+            Mismatch::LinksDiffer { other, .. } => Fix::Relink(other.clone()),
+            Mismatch::SharedObject { .. } => Fix::Unshare,
+            Mismatch::BadMetadata(p) => {
+                let object = ctx.volume.data.join(p);
+                let stub = ctx.share.dir.join(p);
+                let is_object = fs::symlink_metadata(&object).is_ok_and(|o| o.is_file());
+                if is_object && !has_data(&stub).unwrap_or(true) {
+                    Fix::RewriteMeta
+                } else {
+                    Fix::DropMeta
+                }
+            }
+            Mismatch::WrongVolume { volume, .. } => Fix::Leave(format!(
+                "its data is in volume `{volume}`: serve it with volume={volume}, or move it \
+                 out of this share"
+            )),
+        };
+        items.push(Item {
+            path: m.path().to_path_buf(),
+            finding: m.kind(),
+            message: m.to_string(),
+            fix,
+        });
+    }
+    items.retain(|i| !(i.fix == Fix::ToLostFound && claimed.contains(&i.path)));
+    for h in &report.stale_hints {
+        if failed.contains(&(h.path.clone(), "stale-hint")) {
+            continue;
+        }
+        items.push(Item {
+            path: h.path.clone(),
+            finding: "stale-hint",
+            message: format!(
+                "{}: records the path {}",
+                h.path.display(),
+                h.recorded.display()
+            ),
+            fix: Fix::CorrectHint(h.recorded.clone()),
+        });
+    }
+    items
+}
+
+/// The object recovery would move back under the stub at `path`: the one at the stub's
+/// recorded path, if that is a whole path, holds an object and no stub (the condition
+/// [`crate::recover::recover`] applies).
+fn moved_object(ctx: &Ctx, report: &Report, path: &Path) -> Option<PathBuf> {
+    let hint = report.stale_hints.iter().find(|h| h.path == path)?;
+    if hint.truncated {
+        return None;
+    }
+    let object = fs::symlink_metadata(ctx.volume.data.join(&hint.recorded)).ok()?;
+    let stub = read_meta_checked(&ctx.share.dir.join(&hint.recorded)).ok()?;
+    let claimed = matches!(stub, Some((_, Ok(Meta::Redirect { .. }))));
+    (object.is_file() && !claimed).then(|| hint.recorded.clone())
+}
+
+fn stub_size(ctx: &Ctx, path: &Path) -> u64 {
+    fs::symlink_metadata(ctx.share.dir.join(path))
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+fn parts(path: &Path) -> io::Result<Vec<CString>> {
+    parts_of(path)
+}
+
+/// Applies one fix (all but the move-back pass).
+fn apply(ctx: &Ctx, store: &Store, path: &Path, fix: &Fix) -> io::Result<()> {
+    let object = ctx.volume.data.join(path);
+    match fix {
+        Fix::MakePrivate => {
+            let f = store.open_object(&parts(path)?)?;
+            set_private(&f)
+        }
+        Fix::SaveStubData => {
+            let mut stub = ctx.tree.open_regular(path, libc::O_RDWR)?;
+            let target = ctx.lf.target("guest", path);
+            ctx.lf.prepare(&target).map_err(io::Error::other)?;
+            let mut copy = new_private_file(&target)?;
+            io::copy(&mut stub, &mut copy)?;
+            copy.sync_all()?;
+            let size = stub.metadata()?.len();
+            guest::resize_stub(&stub, size)
+        }
+        Fix::ResizeStub(size) => {
+            let stub = ctx.tree.open_regular(path, libc::O_WRONLY)?;
+            guest::resize_stub(&stub, *size)
+        }
+        Fix::MoveAside { recreate } => {
+            to_lost_found(ctx, path)?;
+            recreate_object(store, path, *recreate)
+        }
+        Fix::Recreate(size) => recreate_object(store, path, *size),
+        Fix::Relink(other) => {
+            if let Ok(own) = fs::symlink_metadata(&object) {
+                let reference = ctx.volume.data.join(other);
+                if own.is_file() && same_content(&object, &reference)? {
+                    store.remove(&parts(path)?, false)?;
+                } else {
+                    to_lost_found(ctx, path)?;
+                }
+            }
+            store.link(&parts(other)?, &parts(path)?)?;
+            sync_parent(&object)
+        }
+        Fix::Unshare => {
+            let mut src = store.open_object(&parts(path)?)?;
+            let name = format!("repair-{}-{}", std::process::id(), unique());
+            let tmp = ctx.volume.orphans().join(&name);
+            let mut copy = new_private_file(&tmp)?;
+            io::copy(&mut src, &mut copy)?;
+            copy.sync_all()?;
+            let name =
+                CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            store.unorphan(&name, &parts(path)?)?;
+            sync_parent(&object)
+        }
+        Fix::ToLostFound => match fs::symlink_metadata(&object) {
+            Ok(_) => to_lost_found(ctx, path),
+            // Moved back under its stub by this round's recovery pass.
+            Err(_) => Ok(()),
+        },
+        Fix::RewriteMeta | Fix::CorrectHint(_) => {
+            let stub = ctx.tree.open_regular(path, libc::O_RDONLY)?;
+            let attr = guest::read_meta(&stub)?
+                .map(|(attr, _)| attr)
+                .unwrap_or_else(guest::meta_attr);
+            let meta = Meta::redirect(ctx.ours, path.as_os_str().as_bytes());
+            guest::set_xattr(&stub, attr, &meta.encode())?;
+            stub.sync_all()
+        }
+        Fix::DropMeta => {
+            let stub = ctx.tree.open_regular(path, libc::O_RDONLY)?;
+            if let Some((attr, _)) = guest::read_meta(&stub)? {
+                guest::remove_xattr(&stub, attr)?;
+            }
+            stub.sync_all()
+        }
+        Fix::Leave(why) => Err(io::Error::other(why.clone())),
+        Fix::MoveBack(_) => Err(io::Error::other("moved back by the recovery pass")),
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+fn set_private(f: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fchmod on a descriptor we own.
+    crate::beneath::check(unsafe { libc::fchmod(f.as_raw_fd(), 0o600) })?;
+    f.sync_all()
+}
+
+fn new_private_file(path: &Path) -> io::Result<File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+fn recreate_object(store: &Store, path: &Path, size: u64) -> io::Result<()> {
+    let f = store.create_object(&parts(path)?)?;
+    f.set_len(size)?;
+    f.sync_all()?;
+    sync_parent(&store.volume_path().join(path))
+}
+
+/// Moves the store entry at `path` into this run's lost+found, keeping its path.
+fn to_lost_found(ctx: &Ctx, path: &Path) -> io::Result<()> {
+    let target = ctx.lf.target("store", path);
+    ctx.lf.prepare(&target).map_err(io::Error::other)?;
+    fs::rename(ctx.volume.data.join(path), &target)?;
+    sync_parent(&target)
+}
+
+fn sync_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+/// True if the regular files at `a` and `b` hold the same bytes.
+fn same_content(a: &Path, b: &Path) -> io::Result<bool> {
+    let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
+    if fa.metadata()?.len() != fb.metadata()?.len() {
+        return Ok(false);
+    }
+    let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    loop {
+        let n = fa.read(&mut ba)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        fb.read_exact(&mut bb[..n])?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
+}
+
+impl Outcome for RepairOutcome {
+    fn human(&self) -> String {
+        let mut out = format!(
+            "repair {}{}\n",
+            self.share,
+            if self.dry_run {
+                " (dry run: nothing changed)"
+            } else {
+                ""
+            }
+        );
+        if self.recovery_pending {
+            out += &format!("  {UNCLEAN_NOTE}; the findings below are from before it\n");
+        }
+        if let Some(r) = &self.recovered {
+            out += &format!(
+                "  recovery after an unclean stop: {} settled, {} of {} resized to their stub, \
+                 {} moved back, {} missing\n",
+                count(r.settled as u64, "logged operation"),
+                r.report.resized,
+                count(r.report.stubs as u64, "stored object"),
+                r.report.moved_back,
+                r.report.missing
+            );
+        }
+        for a in &self.actions {
+            out += &format!("  {}\n", a.message);
+            out += &match (&a.error, self.dry_run) {
+                (None, true) => format!("    would {}\n", a.action),
+                (None, false) => format!("    done: {}\n", a.action),
+                (Some(_), true) => format!("    cannot {}\n", a.action),
+                (Some(e), false) => format!("    FAILED: {}: {e}\n", a.action),
+            };
+        }
+        if let Some(lf) = &self.lost_found {
+            out += &format!("  kept in lost+found: {}\n", lf.display());
+        }
+        let failed = self.actions.iter().filter(|a| a.error.is_some()).count() as u64;
+        let done = self.actions.len() as u64 - failed;
+        if self.dry_run {
+            if self.actions.is_empty() {
+                out += "nothing to repair: every stub agrees with its stored object\n";
+            } else {
+                out += &format!(
+                    "dry run: {} planned; run without --dry-run to make them\n",
+                    count(self.actions.len() as u64, "repair")
+                );
+            }
+        } else if self.actions.is_empty() && self.remaining.is_empty() {
+            out += "nothing to repair: every stub agrees with its stored object\n";
+        } else if self.remaining.is_empty() && failed == 0 {
+            out += &format!("{} made; verify now finds nothing\n", count(done, "repair"));
+        } else {
+            out += &format!(
+                "{} made, {} failed; verify still finds:\n",
+                count(done, "repair"),
+                failed
+            );
+            for m in &self.remaining {
+                out += &format!("  {m}\n");
+            }
+        }
+        out
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "share": self.share,
+            "dry_run": self.dry_run,
+            "recovery_pending": self.recovery_pending,
+            "recovered": self.recovered.as_ref().map(|r| json!({
+                "settled": r.settled,
+                "stubs": r.report.stubs,
+                "resized": r.report.resized,
+                "moved_back": r.report.moved_back,
+                "missing": r.report.missing,
+            })),
+            "actions": self.actions.iter().map(|a| json!({
+                "path": json_path(&a.path),
+                "finding": a.finding,
+                "message": a.message,
+                "action": a.action,
+                "done": !self.dry_run && a.error.is_none(),
+                "error": a.error,
+            })).collect::<Vec<_>>(),
+            "remaining": self.remaining.iter().map(mismatch_json).collect::<Vec<_>>(),
+            "lost_found": self.lost_found.as_deref().map(json_path),
+            "ok": self.status() == Status::Clean,
+        })
+    }
+
+    fn status(&self) -> Status {
+        let failed = self.actions.iter().any(|a| a.error.is_some());
+        let clean = if self.dry_run {
+            self.actions.is_empty() && !self.recovery_pending
+        } else {
+            self.remaining.is_empty() && !failed
+        };
+        if clean {
+            Status::Clean
+        } else {
+            Status::Findings
+        }
+    }
+}
