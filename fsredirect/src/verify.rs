@@ -277,7 +277,7 @@ pub fn check_share(share: &ShareSpec, step: &mut dyn FnMut()) -> io::Result<Repo
         out.extend(problems);
         Ok(())
     })?;
-    for names in groups.values() {
+    for names in groups.values_mut() {
         settle_links(ours, names, &mut out, &mut report.stale_hints);
     }
     walk(&volume, Path::new(""), &mut |rel, meta| {
@@ -347,15 +347,21 @@ pub fn check_stub(
     Ok((obj, problems))
 }
 
-/// Settles the names of one hard-linked stub: the first name with an object is the
-/// reference; every other name must be a link of that object.
+/// Settles the names of one hard-linked stub: the name its metadata records is the
+/// reference if it has an object (else the first such name in path order); every other
+/// name must be a link of that object.
 fn settle_links(
     volume: &[u8],
-    names: &[LinkName],
+    names: &mut [LinkName],
     out: &mut Vec<Mismatch>,
     hints: &mut Vec<StaleHint>,
 ) {
-    match names.iter().find(|n| n.object.is_some()) {
+    names.sort_by(|a, b| a.path.cmp(&b.path));
+    let names: &[LinkName] = names;
+    let recorded = names.iter().find(|n| {
+        n.object.is_some() && Meta::redirect(volume, n.path.as_os_str().as_bytes()) == n.meta
+    });
+    match recorded.or_else(|| names.iter().find(|n| n.object.is_some())) {
         None => out.extend(
             names
                 .iter()
@@ -563,6 +569,142 @@ mod tests {
                 stub: 100,
                 object: 10
             }]
+        );
+    }
+
+    use crate::tools::testshare::TestShare;
+
+    #[test]
+    fn object_missing_under_one_hard_link_is_a_link_to_mirror() {
+        let t = TestShare::new();
+        t.write("a", b"data");
+        t.serve().link("a", "b");
+        fs::remove_file(t.volume.join("b")).unwrap();
+        assert_eq!(
+            verify_share(&t.share).unwrap(),
+            vec![Mismatch::LinksDiffer {
+                path: "b".into(),
+                other: "a".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn object_missing_under_every_hard_link_is_missing() {
+        let t = TestShare::new();
+        t.write("a", b"data");
+        t.serve().link("a", "b");
+        fs::remove_file(t.volume.join("a")).unwrap();
+        fs::remove_file(t.volume.join("b")).unwrap();
+        assert_eq!(
+            verify_share(&t.share).unwrap(),
+            vec![
+                Mismatch::MissingObject("a".into()),
+                Mismatch::MissingObject("b".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn two_stubs_sharing_one_object_are_reported() {
+        let t = TestShare::new();
+        t.write("a", b"data");
+        t.write("b", b"other");
+        fs::remove_file(t.volume.join("b")).unwrap();
+        fs::hard_link(t.volume.join("a"), t.volume.join("b")).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(t.guest.join("b"))
+            .unwrap()
+            .set_len(4)
+            .unwrap();
+        let found = verify_share(&t.share).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            matches!(found[0], Mismatch::SharedObject { .. }),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn unreadable_metadata_is_reported_and_its_object_is_not_stray() {
+        let t = TestShare::new();
+        t.write("a", b"data");
+        let (attr, _) = read_meta_checked(&t.guest.join("a")).unwrap().unwrap();
+        let f = fs::File::open(t.guest.join("a")).unwrap();
+        crate::tools::guest::set_xattr(&f, attr, b"garbage").unwrap();
+        assert_eq!(
+            verify_share(&t.share).unwrap(),
+            vec![Mismatch::BadMetadata("a".into())]
+        );
+    }
+
+    #[test]
+    fn stub_of_another_volume_is_reported() {
+        let t = TestShare::new();
+        t.write("a", b"data");
+        let (attr, _) = read_meta_checked(&t.guest.join("a")).unwrap().unwrap();
+        let f = fs::File::open(t.guest.join("a")).unwrap();
+        let meta = Meta::redirect(b"elsewhere", b"a").encode();
+        crate::tools::guest::set_xattr(&f, attr, &meta).unwrap();
+        let found = verify_share(&t.share).unwrap();
+        assert!(found.contains(&Mismatch::WrongVolume {
+            path: "a".into(),
+            volume: "elsewhere".into()
+        }));
+        assert!(found.contains(&Mismatch::StrayObject("a".into())));
+    }
+
+    #[test]
+    fn object_that_is_a_directory_is_not_regular() {
+        let t = TestShare::new();
+        t.write("a", b"");
+        fs::remove_file(t.volume.join("a")).unwrap();
+        fs::create_dir(t.volume.join("a")).unwrap();
+        assert_eq!(
+            verify_share(&t.share).unwrap(),
+            vec![Mismatch::ObjectNotRegular("a".into())]
+        );
+    }
+
+    #[test]
+    fn stale_hint_after_directory_rename_is_a_note_not_a_mismatch() {
+        let t = TestShare::new();
+        t.write("d/f", b"x");
+        t.serve().rename("d", "e");
+        let report = check_share(&t.share, &mut || {}).unwrap();
+        assert_eq!(report.mismatches, vec![]);
+        assert_eq!(
+            report.stale_hints,
+            vec![StaleHint {
+                path: "e/f".into(),
+                recorded: "d/f".into(),
+                truncated: false
+            }]
+        );
+    }
+
+    #[test]
+    fn counts_cover_every_kind_of_entry() {
+        let t = TestShare::new();
+        let guest = t.serve();
+        guest.write("d/f", b"x");
+        guest.mkfifo("p");
+        drop(guest);
+        fs::write(t.guest.join("inline"), b"y").unwrap();
+        std::os::unix::fs::symlink("d", t.guest.join("l")).unwrap();
+        let counts = check_share(&t.share, &mut || {}).unwrap().counts;
+        assert_eq!(
+            counts,
+            Counts {
+                stubs: 1,
+                inline: 1,
+                special: 1,
+                directories: 1,
+                symlinks: 1,
+                other: 0,
+                objects: 1
+            }
         );
     }
 }

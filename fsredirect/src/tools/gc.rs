@@ -322,3 +322,84 @@ impl Outcome for GcOutcome {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::testshare::TestShare;
+    use crate::verify::verify_share;
+
+    #[test]
+    fn stray_objects_and_orphans_are_deleted_and_counted() {
+        let t = TestShare::new();
+        t.write("keep", b"k");
+        fs::create_dir(t.volume.join("gone")).unwrap();
+        fs::write(t.volume.join("gone/stray"), vec![7u8; 8192]).unwrap();
+        fs::write(t.control.join("orphans/5-0"), vec![1u8; 4096]).unwrap();
+        let out = gc(&t.share, false, &mut || {}).unwrap();
+        assert_eq!(out.objects.len(), 1);
+        assert_eq!(out.orphans.len(), 1);
+        assert_eq!(out.directories, vec![PathBuf::from("gone")]);
+        assert!(out.reclaimed() >= 8192 + 4096, "{}", out.reclaimed());
+        assert!(!t.volume.join("gone").exists());
+        assert!(t.volume.join("keep").exists());
+        assert_eq!(fs::read_dir(t.control.join("orphans")).unwrap().count(), 0);
+        assert_eq!(verify_share(&t.share).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn dry_run_deletes_nothing_and_reports_findings() {
+        let t = TestShare::new();
+        fs::write(t.volume.join("stray"), b"x").unwrap();
+        let out = gc(&t.share, true, &mut || {}).unwrap();
+        assert_eq!(out.objects.len(), 1);
+        assert_eq!(out.status(), Status::Findings);
+        assert!(t.volume.join("stray").exists());
+    }
+
+    #[test]
+    fn object_a_stub_record_names_is_kept() {
+        let t = TestShare::new();
+        t.write("a", b"data");
+        // The stub records b, and the object sits there: repair's to move back, not gc's.
+        let stub = fs::File::open(t.guest.join("a")).unwrap();
+        let (attr, _) = crate::tools::guest::read_meta(&stub).unwrap().unwrap();
+        let meta = crate::meta::Meta::redirect(b"t", b"b").encode();
+        crate::tools::guest::set_xattr(&stub, attr, &meta).unwrap();
+        fs::rename(t.volume.join("a"), t.volume.join("b")).unwrap();
+        let out = gc(&t.share, false, &mut || {}).unwrap();
+        assert_eq!(out.kept, vec![PathBuf::from("b")]);
+        assert!(t.volume.join("b").exists());
+    }
+
+    #[test]
+    fn store_directory_of_a_guest_directory_is_kept_even_empty() {
+        let t = TestShare::new();
+        fs::create_dir(t.guest.join("d")).unwrap();
+        fs::create_dir(t.volume.join("d")).unwrap();
+        let out = gc(&t.share, false, &mut || {}).unwrap();
+        assert_eq!(out.directories, Vec::<PathBuf>::new());
+        assert!(t.volume.join("d").is_dir());
+    }
+
+    #[test]
+    fn lost_found_is_never_collected() {
+        let t = TestShare::new();
+        fs::create_dir_all(t.control.join("lost+found/1-1/store")).unwrap();
+        fs::write(t.control.join("lost+found/1-1/store/x"), b"kept").unwrap();
+        let out = gc(&t.share, false, &mut || {}).unwrap();
+        assert_eq!(out.lost_found.0, 1);
+        assert!(out.human().contains("review and delete by hand"));
+        assert!(t.control.join("lost+found/1-1/store/x").exists());
+    }
+
+    #[test]
+    fn only_the_last_link_counts_as_reclaimed() {
+        let t = TestShare::new();
+        t.write("a", b"data");
+        fs::hard_link(t.volume.join("a"), t.volume.join("stray")).unwrap();
+        let out = gc(&t.share, false, &mut || {}).unwrap();
+        assert_eq!(out.objects.len(), 1);
+        assert_eq!(out.reclaimed(), 0);
+    }
+}

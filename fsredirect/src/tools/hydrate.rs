@@ -439,3 +439,151 @@ impl Outcome for ConvertOutcome {
         Status::Clean
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::testshare::TestShare;
+    use crate::verify::{read_meta_checked, verify_share};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn hydrate_puts_the_data_in_the_guest_tree_and_removes_the_object() {
+        let t = TestShare::new();
+        t.write("d/a", b"hello");
+        fs::set_permissions(t.guest.join("d/a"), fs::Permissions::from_mode(0o640)).unwrap();
+        let before = fs::metadata(t.guest.join("d/a")).unwrap();
+        let out = hydrate(&t.share, Path::new("d/a")).unwrap();
+        assert!(out.changed);
+        assert_eq!(out.bytes, 5);
+        assert_eq!(fs::read(t.guest.join("d/a")).unwrap(), b"hello");
+        let after = fs::metadata(t.guest.join("d/a")).unwrap();
+        assert_eq!(after.mode(), before.mode());
+        assert_eq!(
+            (after.mtime(), after.mtime_nsec()),
+            (before.mtime(), before.mtime_nsec())
+        );
+        assert!(read_meta_checked(&t.guest.join("d/a")).unwrap().is_none());
+        assert!(!t.volume.join("d/a").exists());
+        assert_eq!(
+            fs::read_dir(&t.guest.join("d")).unwrap().count(),
+            1,
+            "no temporary left"
+        );
+        assert_eq!(verify_share(&t.share).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn hydrate_keeps_guest_xattrs() {
+        let t = TestShare::new();
+        t.write("a", b"x");
+        let f = fs::File::open(t.guest.join("a")).unwrap();
+        if guest::set_xattr(&f, c"user.tag", b"v").is_err() {
+            eprintln!("skipped: no user xattrs on this file system");
+            return;
+        }
+        hydrate(&t.share, Path::new("a")).unwrap();
+        let f = fs::File::open(t.guest.join("a")).unwrap();
+        assert_eq!(
+            guest::get_xattr(&f, c"user.tag").unwrap().as_deref(),
+            Some(&b"v"[..])
+        );
+    }
+
+    #[test]
+    fn hydrate_of_an_inline_file_changes_nothing() {
+        let t = TestShare::new();
+        fs::write(t.guest.join("plain"), b"p").unwrap();
+        let out = hydrate(&t.share, Path::new("plain")).unwrap();
+        assert!(!out.changed);
+        assert!(out.human().contains("already an inline file"));
+    }
+
+    #[test]
+    fn hydrate_refuses_a_stub_without_data() {
+        let t = TestShare::new();
+        t.write("a", b"x");
+        fs::remove_file(t.volume.join("a")).unwrap();
+        let err = hydrate(&t.share, Path::new("a")).unwrap_err();
+        assert!(err.to_string().contains("fsredirect repair"), "{err}");
+        assert!(read_meta_checked(&t.guest.join("a")).unwrap().is_some());
+    }
+
+    #[test]
+    fn hydrate_refuses_a_hard_linked_stub() {
+        let t = TestShare::new();
+        t.write("a", b"x");
+        t.serve().link("a", "b");
+        let err = hydrate(&t.share, Path::new("a")).unwrap_err();
+        assert!(err.to_string().contains("2 hard links"), "{err}");
+    }
+
+    #[test]
+    fn hydrate_refuses_a_path_through_a_symlink() {
+        let t = TestShare::new();
+        t.write("d/a", b"x");
+        std::os::unix::fs::symlink("d", t.guest.join("l")).unwrap();
+        let err = hydrate(&t.share, Path::new("l/a")).unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+    }
+
+    #[test]
+    fn dehydrate_makes_a_sparse_stub_and_an_object_in_place() {
+        let t = TestShare::new();
+        fs::create_dir(t.guest.join("d")).unwrap();
+        fs::write(t.guest.join("d/f"), vec![9u8; 10_000]).unwrap();
+        let before = fs::metadata(t.guest.join("d/f")).unwrap();
+        let out = dehydrate(&t.share, &t.guest.join("d/f")).unwrap();
+        assert!(out.changed);
+        let after = fs::metadata(t.guest.join("d/f")).unwrap();
+        assert_eq!(after.ino(), before.ino());
+        assert_eq!((after.len(), after.blocks()), (10_000, 0));
+        assert_eq!(
+            (after.mtime(), after.mtime_nsec()),
+            (before.mtime(), before.mtime_nsec())
+        );
+        assert_eq!(fs::read(t.volume.join("d/f")).unwrap(), vec![9u8; 10_000]);
+        let obj = fs::metadata(t.volume.join("d/f")).unwrap();
+        assert_eq!(obj.mode() & 0o7777, 0o600);
+        assert_eq!(fs::read_dir(t.control.join("orphans")).unwrap().count(), 0);
+        assert_eq!(verify_share(&t.share).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn dehydrate_then_hydrate_round_trips_through_the_server() {
+        let t = TestShare::new();
+        fs::write(t.guest.join("f"), b"round trip").unwrap();
+        dehydrate(&t.share, Path::new("f")).unwrap();
+        assert!(!dehydrate(&t.share, Path::new("f")).unwrap().changed);
+        hydrate(&t.share, Path::new("f")).unwrap();
+        assert_eq!(fs::read(t.guest.join("f")).unwrap(), b"round trip");
+        assert_eq!(verify_share(&t.share).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn dehydrate_refuses_to_overwrite_a_different_object() {
+        let t = TestShare::new();
+        fs::write(t.guest.join("f"), b"mine").unwrap();
+        fs::write(t.volume.join("f"), b"someone else's").unwrap();
+        let err = dehydrate(&t.share, Path::new("f")).unwrap_err();
+        assert!(err.to_string().contains("lost+found"), "{err}");
+        assert_eq!(fs::read(t.volume.join("f")).unwrap(), b"someone else's");
+    }
+
+    #[test]
+    fn dehydrate_finishes_after_an_interrupted_run_left_the_object() {
+        let t = TestShare::new();
+        fs::write(t.guest.join("f"), b"same").unwrap();
+        fs::write(t.volume.join("f"), b"same").unwrap();
+        assert!(dehydrate(&t.share, Path::new("f")).unwrap().changed);
+        assert_eq!(verify_share(&t.share).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn dehydrate_refuses_a_special_file() {
+        let t = TestShare::new();
+        t.serve().mkfifo("p");
+        let err = dehydrate(&t.share, Path::new("p")).unwrap_err();
+        assert!(err.to_string().contains("special"), "{err}");
+    }
+}

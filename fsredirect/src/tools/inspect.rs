@@ -421,3 +421,104 @@ impl Outcome for Inspection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::testshare::TestShare;
+
+    #[test]
+    fn healthy_stub_is_ok_and_found_by_either_path() {
+        let t = TestShare::new();
+        t.write("d/a", b"hello");
+        let by_rel = inspect(&t.share, Path::new("d/a")).unwrap();
+        let by_abs = inspect(&t.share, &t.guest.join("d/a")).unwrap();
+        assert_eq!(by_rel.path, by_abs.path);
+        assert_eq!(by_rel.kind, FileKind::Stub);
+        assert_eq!((by_rel.size, by_rel.allocated, by_rel.links), (5, 0, 1));
+        let obj = by_rel.object.as_ref().unwrap();
+        assert_eq!(obj.path, t.volume.join("d/a"));
+        assert_eq!(
+            obj.found.map(|f| (f.0, f.2, f.3 & 0o7777)),
+            Some((5, 1, 0o600))
+        );
+        assert!(by_rel.recorded.as_ref().unwrap().current);
+        assert_eq!(by_rel.state(), "ok");
+        assert_eq!(by_rel.status(), Status::Clean);
+    }
+
+    #[test]
+    fn missing_object_is_the_state() {
+        let t = TestShare::new();
+        t.write("a", b"hello");
+        fs::remove_file(t.volume.join("a")).unwrap();
+        let i = inspect(&t.share, Path::new("a")).unwrap();
+        assert_eq!(i.state(), "stored object missing");
+        assert_eq!(i.status(), Status::Findings);
+        assert!(i.human().contains("object:     missing"), "{}", i.human());
+    }
+
+    #[test]
+    fn stale_record_after_directory_rename_is_shown_not_a_problem() {
+        let t = TestShare::new();
+        t.write("d/a", b"x");
+        t.serve().rename("d", "e");
+        let i = inspect(&t.share, Path::new("e/a")).unwrap();
+        let r = i.recorded.as_ref().unwrap();
+        assert_eq!((r.path.as_path(), r.current), (Path::new("d/a"), false));
+        assert_eq!(i.state(), "ok");
+        assert!(i.human().contains("out of date"), "{}", i.human());
+    }
+
+    #[test]
+    fn hard_link_missing_in_the_store_is_a_problem() {
+        let t = TestShare::new();
+        t.write("a", b"x");
+        t.serve().link("a", "b");
+        fs::remove_file(t.volume.join("b")).unwrap();
+        let i = inspect(&t.share, Path::new("a")).unwrap();
+        assert_eq!(i.problems[0].kind, "links-not-mirrored");
+    }
+
+    #[test]
+    fn other_kinds_are_named() {
+        let t = TestShare::new();
+        t.serve().mkfifo("p");
+        fs::write(t.guest.join("plain"), b"p").unwrap();
+        fs::create_dir(t.guest.join("dir")).unwrap();
+        std::os::unix::fs::symlink("plain", t.guest.join("l")).unwrap();
+        let kind = |p: &str| inspect(&t.share, Path::new(p)).unwrap().kind.name();
+        assert_eq!(kind("p"), "special");
+        assert_eq!(kind("plain"), "inline");
+        assert_eq!(kind("dir"), "directory");
+        assert_eq!(kind("l"), "symlink");
+    }
+
+    #[test]
+    fn inline_file_with_an_object_at_its_path_is_flagged() {
+        let t = TestShare::new();
+        fs::write(t.guest.join("plain"), b"p").unwrap();
+        fs::write(t.volume.join("plain"), b"o").unwrap();
+        let i = inspect(&t.share, Path::new("plain")).unwrap();
+        assert_eq!(i.problems[0].kind, "object-without-stub");
+    }
+
+    #[test]
+    fn missing_file_is_an_error_naming_it() {
+        let t = TestShare::new();
+        let err = inspect(&t.share, Path::new("nope")).unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn json_carries_the_same_facts() {
+        let t = TestShare::new();
+        t.write("a", b"hello");
+        let v = inspect(&t.share, Path::new("a")).unwrap().json();
+        assert_eq!(v["kind"], "stub");
+        assert_eq!(v["object"]["size"], 5);
+        assert_eq!(v["object"]["mode"], "0600");
+        assert_eq!(v["recorded"]["current"], true);
+        assert_eq!(v["state"], "ok");
+    }
+}

@@ -17,6 +17,8 @@ pub mod hydrate;
 pub mod inspect;
 pub mod output;
 pub mod repair;
+#[cfg(test)]
+pub(crate) mod testshare;
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};

@@ -644,3 +644,269 @@ impl Outcome for RepairOutcome {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::testshare::TestShare;
+    use crate::verify::verify_share;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn run(t: &TestShare) -> RepairOutcome {
+        let out = repair(&t.share, false, &mut || {}).unwrap();
+        assert_eq!(verify_share(&t.share).unwrap(), vec![], "{}", out.human());
+        assert_eq!(out.status(), Status::Clean, "{}", out.human());
+        out
+    }
+
+    /// Every file under lost+found, relative to its run directory, with its bytes.
+    fn lost_found(t: &TestShare) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        let root = t.control.join("lost+found");
+        for run in fs::read_dir(&root).into_iter().flatten() {
+            let run = run.unwrap().path();
+            crate::tools::walk(&run, Path::new(""), &mut |rel, m| {
+                if m.is_file() {
+                    out.push((rel.to_path_buf(), fs::read(run.join(rel)).unwrap()));
+                }
+                Ok(())
+            })
+            .unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn dry_run_changes_nothing_and_lists_the_plan() {
+        let t = TestShare::new();
+        t.write("a", b"data");
+        fs::remove_file(t.volume.join("a")).unwrap();
+        let out = repair(&t.share, true, &mut || {}).unwrap();
+        assert_eq!(out.actions.len(), 1);
+        assert_eq!(out.actions[0].finding, "object-missing");
+        assert_eq!(out.status(), Status::Findings);
+        assert_eq!(verify_share(&t.share).unwrap().len(), 1);
+        assert!(!t.control.join("lost+found").exists());
+    }
+
+    #[test]
+    fn size_mismatch_on_a_clean_volume_keeps_every_byte_of_the_object() {
+        let t = TestShare::new();
+        t.write("a", b"0123");
+        fs::write(t.volume.join("a"), b"0123456789").unwrap();
+        run(&t);
+        assert_eq!(fs::read(t.volume.join("a")).unwrap(), b"0123456789");
+        let stub = fs::metadata(t.guest.join("a")).unwrap();
+        assert_eq!((stub.len(), stub.blocks()), (10, 0));
+    }
+
+    #[test]
+    fn missing_object_is_recreated_as_zeros_of_the_stub_size() {
+        let t = TestShare::new();
+        t.write("d/a", b"lost bytes");
+        fs::remove_file(t.volume.join("d/a")).unwrap();
+        let out = run(&t);
+        assert!(out.actions[0].action.contains("zeros"), "{:?}", out.actions);
+        assert_eq!(fs::read(t.volume.join("d/a")).unwrap(), vec![0u8; 10]);
+    }
+
+    #[test]
+    fn object_moved_ahead_of_its_stub_is_moved_back_by_recovery_rules() {
+        let t = TestShare::new();
+        t.write("a", b"data");
+        // A rename to b that moved the object, then stopped before the stub's half, while
+        // the stub still records b: recovery's rule moves the object back.
+        let stub = fs::File::open(t.guest.join("a")).unwrap();
+        let (attr, _) = guest::read_meta(&stub).unwrap().unwrap();
+        guest::set_xattr(&stub, attr, &Meta::redirect(b"t", b"b").encode()).unwrap();
+        fs::rename(t.volume.join("a"), t.volume.join("b")).unwrap();
+        let out = run(&t);
+        assert_eq!(fs::read(t.volume.join("a")).unwrap(), b"data");
+        assert!(!t.volume.join("b").exists());
+        assert!(
+            out.actions.iter().any(|a| a.action.contains("move back")),
+            "{:?}",
+            out.actions
+        );
+        assert_eq!(lost_found(&t), vec![]);
+    }
+
+    #[test]
+    fn object_without_a_stub_goes_to_lost_found_with_its_bytes() {
+        let t = TestShare::new();
+        t.write("keep", b"k");
+        fs::create_dir(t.volume.join("d")).unwrap();
+        fs::write(t.volume.join("d/stray"), b"precious").unwrap();
+        run(&t);
+        assert!(!t.volume.join("d/stray").exists());
+        assert_eq!(
+            lost_found(&t),
+            vec![(PathBuf::from("store/d/stray"), b"precious".to_vec())]
+        );
+    }
+
+    #[test]
+    fn unmirrored_hard_link_is_relinked_and_a_differing_object_kept() {
+        let t = TestShare::new();
+        t.write("a", b"data");
+        t.serve().link("a", "b");
+        fs::remove_file(t.volume.join("b")).unwrap();
+        fs::write(t.volume.join("b"), b"diff").unwrap();
+        run(&t);
+        let (a, b) = (
+            fs::metadata(t.volume.join("a")).unwrap(),
+            fs::metadata(t.volume.join("b")).unwrap(),
+        );
+        assert_eq!(a.ino(), b.ino());
+        assert_eq!(
+            lost_found(&t),
+            vec![(PathBuf::from("store/b"), b"diff".to_vec())]
+        );
+    }
+
+    #[test]
+    fn hard_link_whose_objects_are_all_gone_is_rebuilt_as_one_object() {
+        let t = TestShare::new();
+        t.write("a", b"data");
+        t.serve().link("a", "b");
+        fs::remove_file(t.volume.join("a")).unwrap();
+        fs::remove_file(t.volume.join("b")).unwrap();
+        run(&t);
+        let (a, b) = (
+            fs::metadata(t.volume.join("a")).unwrap(),
+            fs::metadata(t.volume.join("b")).unwrap(),
+        );
+        assert_eq!(a.ino(), b.ino());
+        assert_eq!(lost_found(&t), vec![], "identical zero copies are not kept");
+    }
+
+    #[test]
+    fn object_shared_by_two_stubs_is_split_keeping_its_bytes() {
+        let t = TestShare::new();
+        t.write("a", b"data");
+        t.write("b", b"1234");
+        fs::remove_file(t.volume.join("b")).unwrap();
+        fs::hard_link(t.volume.join("a"), t.volume.join("b")).unwrap();
+        run(&t);
+        let (a, b) = (
+            fs::metadata(t.volume.join("a")).unwrap(),
+            fs::metadata(t.volume.join("b")).unwrap(),
+        );
+        assert_ne!(a.ino(), b.ino());
+        assert_eq!(fs::read(t.volume.join("b")).unwrap(), b"data");
+        assert_eq!(b.mode() & 0o7777, 0o600);
+    }
+
+    #[test]
+    fn data_in_a_stub_is_saved_then_punched_out() {
+        let t = TestShare::new();
+        t.write("a", b"object");
+        fs::File::options()
+            .write(true)
+            .open(t.guest.join("a"))
+            .map(|mut f| std::io::Write::write_all(&mut f, b"stubby"))
+            .unwrap()
+            .unwrap();
+        run(&t);
+        assert_eq!(fs::metadata(t.guest.join("a")).unwrap().blocks(), 0);
+        assert_eq!(fs::read(t.volume.join("a")).unwrap(), b"object");
+        assert_eq!(
+            lost_found(&t),
+            vec![(PathBuf::from("guest/a"), b"stubby".to_vec())]
+        );
+    }
+
+    #[test]
+    fn unreadable_metadata_is_rewritten_when_the_object_is_there() {
+        let t = TestShare::new();
+        t.write("a", b"data");
+        let stub = fs::File::open(t.guest.join("a")).unwrap();
+        let (attr, _) = guest::read_meta(&stub).unwrap().unwrap();
+        guest::set_xattr(&stub, attr, b"junk").unwrap();
+        run(&t);
+        assert!(matches!(
+            guest::read_meta(&stub).unwrap(),
+            Some((_, Ok(Meta::Redirect { .. })))
+        ));
+    }
+
+    #[test]
+    fn object_that_is_not_regular_is_moved_aside_and_recreated() {
+        let t = TestShare::new();
+        t.write("a", b"abc");
+        fs::remove_file(t.volume.join("a")).unwrap();
+        fs::create_dir(t.volume.join("a")).unwrap();
+        fs::write(t.volume.join("a/inside"), b"i").unwrap();
+        run(&t);
+        assert_eq!(fs::read(t.volume.join("a")).unwrap(), b"\0\0\0");
+        assert_eq!(
+            lost_found(&t),
+            vec![(PathBuf::from("store/a/inside"), b"i".to_vec())]
+        );
+    }
+
+    #[test]
+    fn object_with_exec_bits_is_made_private() {
+        let t = TestShare::new();
+        t.write("a", b"abc");
+        fs::set_permissions(t.volume.join("a"), fs::Permissions::from_mode(0o4755)).unwrap();
+        run(&t);
+        let mode = fs::metadata(t.volume.join("a")).unwrap().mode();
+        assert_eq!(mode & 0o7777, 0o600);
+    }
+
+    #[test]
+    fn stale_hint_is_rewritten() {
+        let t = TestShare::new();
+        t.write("d/f", b"x");
+        t.serve().rename("d", "e");
+        let out = run(&t);
+        assert_eq!(out.actions.len(), 1);
+        let report = check_share(&t.share, &mut || {}).unwrap();
+        assert_eq!(report.stale_hints, vec![]);
+    }
+
+    #[test]
+    fn unclean_volume_is_recovered_first_with_the_stub_size_winning() {
+        let t = TestShare::new();
+        t.write("a", b"0123");
+        // A write that reached the object but not the stub, then the server died.
+        fs::write(t.volume.join("a"), b"0123stale").unwrap();
+        fs::remove_file(t.control.join("clean")).unwrap();
+        let dry = repair(&t.share, true, &mut || {}).unwrap();
+        assert!(dry.recovery_pending);
+        assert!(
+            !t.control.join("clean").exists(),
+            "a dry run must not hide the crash"
+        );
+        let out = run(&t);
+        assert_eq!(out.recovered.unwrap().report.resized, 1);
+        assert_eq!(fs::read(t.volume.join("a")).unwrap(), b"0123");
+    }
+
+    #[test]
+    fn stub_of_another_volume_is_left_and_reported() {
+        let t = TestShare::new();
+        t.write("a", b"data");
+        let stub = fs::File::open(t.guest.join("a")).unwrap();
+        let (attr, _) = guest::read_meta(&stub).unwrap().unwrap();
+        guest::set_xattr(&stub, attr, &Meta::redirect(b"other", b"a").encode()).unwrap();
+        let out = repair(&t.share, false, &mut || {}).unwrap();
+        assert_eq!(out.status(), Status::Findings);
+        assert!(
+            matches!(out.remaining[..], [Mismatch::WrongVolume { .. }]),
+            "{:?}",
+            out.remaining
+        );
+        assert!(out.human().contains("FAILED"), "{}", out.human());
+    }
+
+    #[test]
+    fn repair_of_a_clean_share_does_nothing() {
+        let t = TestShare::new();
+        t.write("a", b"data");
+        let out = run(&t);
+        assert_eq!(out.actions, vec![]);
+        assert!(out.human().contains("nothing to repair"));
+    }
+}
