@@ -466,7 +466,7 @@ mod tests {
         assert!(read_meta_checked(&t.guest.join("d/a")).unwrap().is_none());
         assert!(!t.volume.join("d/a").exists());
         assert_eq!(
-            fs::read_dir(&t.guest.join("d")).unwrap().count(),
+            fs::read_dir(t.guest.join("d")).unwrap().count(),
             1,
             "no temporary left"
         );
