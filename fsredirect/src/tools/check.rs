@@ -71,6 +71,9 @@ pub fn mismatch_json(m: &Mismatch) -> serde_json::Value {
     v
 }
 
+/// Out-of-date path records listed one by one in the text output.
+const NOTES_SHOWN: usize = 5;
+
 /// The note printed for a volume whose recovery is pending.
 pub const UNCLEAN_NOTE: &str = "note: the last server of this volume did not stop cleanly; \
      its recovery has not run yet (the next server or `fsredirect repair` runs it first)";
@@ -87,14 +90,22 @@ impl Outcome for VerifyOutcome {
         for m in &r.mismatches {
             out += &format!("  {m}\n");
         }
-        for h in &r.stale_hints {
+        for h in r.stale_hints.iter().take(NOTES_SHOWN) {
             out += &format!(
-                "  note: {} records the path {}{} (a directory above it was renamed; \
-                 corrected on the next lookup, or by `fsredirect repair`)\n",
+                "  note: {} records its old path {}{}\n",
                 h.path.display(),
                 if h.truncated { "..." } else { "" },
                 h.recorded.display()
             );
+        }
+        if !r.stale_hints.is_empty() {
+            let more = r.stale_hints.len().saturating_sub(NOTES_SHOWN) as u64;
+            if more > 0 {
+                let files = if more == 1 { "file" } else { "files" };
+                out += &format!("  note: and {more} more {files} (all in --json)\n");
+            }
+            out += "  note: old paths are left by directory renames and harmless: a server \
+                    corrects them on lookup, `fsredirect repair` at once\n";
         }
         if self.unclean {
             out += &format!("  {UNCLEAN_NOTE}\n");
@@ -142,5 +153,63 @@ impl Outcome for VerifyOutcome {
         } else {
             Status::Findings
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::testshare::TestShare;
+
+    #[test]
+    fn clean_share_says_ok_and_exits_zero() {
+        let t = TestShare::new();
+        t.write("d/a", b"x");
+        let out = verify(&t.share, &mut || {}).unwrap();
+        assert_eq!(out.status(), Status::Clean);
+        let text = out.human();
+        assert!(text.contains("guest tree: 1 stub, 1 directory"), "{text}");
+        assert!(text.contains("store:      1 stored object\n"), "{text}");
+        assert!(
+            text.ends_with("ok: every stub agrees with its stored object\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn many_old_paths_are_summed_up_in_text_and_listed_in_json() {
+        let t = TestShare::new();
+        let guest = t.serve();
+        for i in 0..7 {
+            guest.write(&format!("d/f{i}"), b"x");
+        }
+        guest.rename("d", "e");
+        drop(guest);
+        let out = verify(&t.share, &mut || {}).unwrap();
+        assert_eq!(out.status(), Status::Clean);
+        assert!(out.human().contains("and 2 more files"), "{}", out.human());
+        assert_eq!(out.json()["stale_hints"].as_array().unwrap().len(), 7);
+    }
+
+    #[test]
+    fn disagreements_exit_one_and_name_the_repair() {
+        let t = TestShare::new();
+        t.write("a", b"x");
+        std::fs::remove_file(t.volume.join("a")).unwrap();
+        let out = verify(&t.share, &mut || {}).unwrap();
+        assert_eq!(out.status(), Status::Findings);
+        assert!(out.human().contains("  a: stored object missing\n"));
+        assert!(out.human().contains("fsredirect repair --share"));
+        assert_eq!(out.json()["mismatches"][0]["kind"], "object-missing");
+    }
+
+    #[test]
+    fn crashed_volume_is_noted() {
+        let t = TestShare::new();
+        std::fs::remove_file(t.control.join("clean")).unwrap();
+        let out = verify(&t.share, &mut || {}).unwrap();
+        assert!(out.unclean);
+        assert!(out.human().contains("did not stop cleanly"));
+        assert!(!t.control.join("clean").exists(), "verify changes nothing");
     }
 }

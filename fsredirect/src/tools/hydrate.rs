@@ -227,6 +227,8 @@ pub fn dehydrate(share: &ShareSpec, path: &Path) -> Result<ConvertOutcome> {
     }
     let name = format!("dehydrate-{}", std::process::id());
     let tmp_path = volume.orphans().join(&name);
+    // A leftover of an earlier run with the same process id: ours, under the lock.
+    let _ = fs::remove_file(&tmp_path);
     let write_object = || -> io::Result<u64> {
         let mut tmp = fs::OpenOptions::new()
             .write(true)

@@ -205,7 +205,7 @@ pub fn repair(share: &ShareSpec, dry_run: bool, step: &mut dyn FnMut()) -> Resul
             ours: volume.name.as_bytes(),
         };
         let report = walk(share, step)?;
-        for item in plan(&ctx, &report, &HashSet::new()) {
+        for item in plan(&ctx, &report) {
             outcome.actions.push(Action {
                 action: item.fix.describe(&lf, &item.path),
                 error: match &item.fix {
@@ -230,10 +230,9 @@ pub fn repair(share: &ShareSpec, dry_run: bool, step: &mut dyn FnMut()) -> Resul
         lf: &lf,
         ours: volume.name.as_bytes(),
     };
-    let mut failed: HashSet<(PathBuf, &'static str)> = HashSet::new();
     for _ in 0..ROUNDS {
         let report = walk(share, step)?;
-        let mut items = plan(&ctx, &report, &failed);
+        let mut items = plan(&ctx, &report);
         if items.is_empty() {
             break;
         }
@@ -271,13 +270,17 @@ pub fn repair(share: &ShareSpec, dry_run: bool, step: &mut dyn FnMut()) -> Resul
                 fix => apply(&ctx, &store, &item.path, fix).map_err(|e| e.to_string()),
             };
             if result.is_err() {
-                failed.insert((item.path.clone(), item.finding));
                 if matches!(item.fix, Fix::ResizeStub(_)) {
                     sizes_ok = false;
                 }
             } else {
                 progress = true;
             }
+            // A fix tried again in a later round (another fix may have unblocked it) is
+            // reported once, with its last outcome.
+            outcome.actions.retain(|a| {
+                a.error.is_none() || (a.path != item.path || a.finding != item.finding)
+            });
             outcome.actions.push(Action {
                 path: item.path,
                 finding: item.finding,
@@ -308,15 +311,12 @@ fn walk(share: &ShareSpec, step: &mut dyn FnMut()) -> Result<Report> {
     check_share(share, step).map_err(io_err("walk", &share.dir))
 }
 
-/// Decides a fix for every finding of `report` not already in `failed`.
-fn plan(ctx: &Ctx, report: &Report, failed: &HashSet<(PathBuf, &'static str)>) -> Vec<Item> {
+/// Decides a fix for every finding of `report`.
+fn plan(ctx: &Ctx, report: &Report) -> Vec<Item> {
     let mut items = Vec::new();
     // Objects that will be moved back under a stub: not strays.
     let mut claimed = HashSet::new();
     for m in &report.mismatches {
-        if failed.contains(&(m.path().to_path_buf(), m.kind())) {
-            continue;
-        }
         let fix = match m {
             Mismatch::MissingObject(p) => match moved_object(ctx, report, p) {
                 Some(from) => {
@@ -358,14 +358,11 @@ fn plan(ctx: &Ctx, report: &Report, failed: &HashSet<(PathBuf, &'static str)>) -
     }
     items.retain(|i| !(i.fix == Fix::ToLostFound && claimed.contains(&i.path)));
     for h in &report.stale_hints {
-        if failed.contains(&(h.path.clone(), "stale-hint")) {
-            continue;
-        }
         items.push(Item {
             path: h.path.clone(),
             finding: "stale-hint",
             message: format!(
-                "{}: records the path {}",
+                "{}: records its old path {}",
                 h.path.display(),
                 h.recorded.display()
             ),
@@ -442,6 +439,8 @@ fn apply(ctx: &Ctx, store: &Store, path: &Path, fix: &Fix) -> io::Result<()> {
             let mut src = store.open_object(&parts(path)?)?;
             let name = format!("repair-{}-{}", std::process::id(), unique());
             let tmp = ctx.volume.orphans().join(&name);
+            // A leftover of an earlier run with the same process id: ours, under the lock.
+            let _ = fs::remove_file(&tmp);
             let mut copy = new_private_file(&tmp)?;
             io::copy(&mut src, &mut copy)?;
             copy.sync_all()?;
@@ -908,5 +907,26 @@ mod tests {
         let out = run(&t);
         assert_eq!(out.actions, vec![]);
         assert!(out.human().contains("nothing to repair"));
+    }
+
+    #[test]
+    fn object_path_blocked_by_a_stray_file_is_cleared_then_recreated() {
+        let t = TestShare::new();
+        t.write("d/a", b"abc");
+        // The store's directory d became a file: d/a cannot be made until d is moved away.
+        fs::remove_file(t.volume.join("d/a")).unwrap();
+        fs::remove_dir(t.volume.join("d")).unwrap();
+        fs::write(t.volume.join("d"), b"in the way").unwrap();
+        let out = run(&t);
+        assert_eq!(fs::read(t.volume.join("d/a")).unwrap(), b"\0\0\0");
+        assert_eq!(
+            lost_found(&t),
+            vec![(PathBuf::from("store/d"), b"in the way".to_vec())]
+        );
+        assert!(
+            out.actions.iter().all(|a| a.error.is_none()),
+            "{:?}",
+            out.actions
+        );
     }
 }
