@@ -73,6 +73,16 @@ impl ZeroCopyWriter for Sink {
     }
 }
 
+/// Held while a child process runs and while a volume lock is taken in this process: a
+/// child forked by one test inherits every descriptor open at that instant, including
+/// another test's lock, until it execs; taking locks only while no child exists keeps one
+/// test's server from showing as busy in another.
+static FORK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn fork_guard() -> std::sync::MutexGuard<'static, ()> {
+    FORK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A redirecting share in a temporary directory: tag `data`, volume `data`.
 struct Share {
     _tmp: tempfile::TempDir,
@@ -114,7 +124,10 @@ impl Share {
 
     fn serve(&self) -> Server {
         let spec = ShareSpec::parse(&self.spec).unwrap();
-        let fs = RedirectFs::new(&spec, FsConfig::default()).unwrap();
+        let fs = {
+            let _guard = fork_guard();
+            RedirectFs::new(&spec, FsConfig::default()).unwrap()
+        };
         fs.init(FsOptions::empty()).unwrap();
         let mut ctx = Context::new();
         // SAFETY: geteuid/getegid have no preconditions.
@@ -124,6 +137,7 @@ impl Share {
 
     /// Runs `fsredirect SUBCOMMAND --share SPEC ARGS...`.
     fn tool(&self, subcommand: &str, args: &[&str]) -> Output {
+        let _guard = fork_guard();
         Command::new(env!("CARGO_BIN_EXE_fsredirect"))
             .arg(subcommand)
             .arg("--share")
@@ -501,7 +515,10 @@ fn hydrate_and_dehydrate_round_trip() {
 fn every_tool_refuses_a_volume_in_use_by_a_server() {
     let share = Share::new();
     share.serve().write("f", b"x");
-    let server = Store::open(&share.store, "data").unwrap();
+    let server = {
+        let _guard = fork_guard();
+        Store::open(&share.store, "data").unwrap()
+    };
     let cases: [(&str, &[&str]); 6] = [
         ("verify", &[]),
         ("inspect", &["f"]),
@@ -531,6 +548,7 @@ fn every_tool_refuses_a_volume_in_use_by_a_server() {
 #[test]
 fn every_tool_has_help_with_examples_and_exit_codes() {
     for tool in ["inspect", "verify", "repair", "gc", "hydrate", "dehydrate"] {
+        let _guard = fork_guard();
         let out = Command::new(env!("CARGO_BIN_EXE_fsredirect"))
             .args([tool, "--help"])
             .output()
@@ -551,6 +569,7 @@ fn every_tool_has_help_with_examples_and_exit_codes() {
 fn shares_the_tools_cannot_work_on_are_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let run = |spec: String| {
+        let _guard = fork_guard();
         Command::new(env!("CARGO_BIN_EXE_fsredirect"))
             .args(["verify", "--share", &spec])
             .output()

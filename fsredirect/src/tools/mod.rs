@@ -64,6 +64,16 @@ pub enum ToolError {
         /// `, pid N` when the lock file names the server's process.
         pid: String,
     },
+    /// Another read-only tool holds the volume.
+    #[error("volume `{volume}` of store {store} is being read by another fsredirect tool (inspect or verify, pid {pids}); run this command again when it has finished")]
+    BusyReading {
+        /// The volume.
+        volume: String,
+        /// The store root.
+        store: PathBuf,
+        /// The tools' processes.
+        pids: String,
+    },
     /// The volume could not be opened.
     #[error(transparent)]
     Store(StoreError),
@@ -184,18 +194,58 @@ impl Volume {
     }
 
     fn busy(&self) -> ToolError {
-        let pid = fs::read_to_string(self.lock_path())
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
+        let holders = lock_holders(&self.lock_path());
+        let (volume, store, lock) = (self.name.clone(), self.store.clone(), self.lock_path());
+        if !holders.is_empty() && holders.iter().all(|(_, write)| !write) {
+            let pids: Vec<String> = holders.iter().map(|(p, _)| p.to_string()).collect();
+            return ToolError::BusyReading {
+                volume,
+                store,
+                pids: pids.join(", "),
+            };
+        }
+        // The kernel's view first; the pid a server writes into the lock file otherwise.
+        let pid = holders
+            .iter()
+            .find(|(_, write)| *write)
+            .map(|(p, _)| *p)
+            .or_else(|| {
+                fs::read_to_string(&lock)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u32>().ok())
+            })
             .map(|p| format!(", pid {p}"))
             .unwrap_or_default();
         ToolError::Busy {
-            volume: self.name.clone(),
-            store: self.store.clone(),
-            lock: self.lock_path(),
+            volume,
+            store,
+            lock,
             pid,
         }
     }
+}
+
+/// The processes holding a `flock` on `path`, from `/proc/locks`: (pid, exclusive).
+fn lock_holders(path: &Path) -> Vec<(u32, bool)> {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(meta), Ok(locks)) = (fs::metadata(path), fs::read_to_string("/proc/locks")) else {
+        return Vec::new();
+    };
+    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+    let wanted = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    locks
+        .lines()
+        .filter_map(|line| {
+            // `1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF`; waiters have a `->`.
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields.as_slice() {
+                [_, "FLOCK", _, kind, pid, dev, ..] if *dev == wanted => {
+                    Some((pid.parse().ok()?, *kind == "WRITE"))
+                }
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// A shared hold on the volume lock: read-only tools run beside each other, never beside a
@@ -440,6 +490,11 @@ mod tests {
         ))
         .unwrap();
         let server = Store::open(&tmp.path().join("s"), "t").unwrap();
+        // What the kernel says holds the lock: this process, exclusively.
+        let lock = tmp.path().join("s/.fsredirect/t/lock");
+        if std::path::Path::new("/proc/locks").exists() {
+            assert!(lock_holders(&lock).contains(&(std::process::id(), true)));
+        }
         let err = lock_shared(&share).unwrap_err();
         assert!(err.to_string().contains("in use by a server"), "{err}");
         assert!(err
@@ -463,5 +518,11 @@ mod tests {
         drop(Store::open(&tmp.path().join("s"), "t").unwrap());
         let _a = lock_shared(&share).unwrap();
         assert!(lock_shared(&share).is_ok());
+        let err = open_for_change(&share).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("being read by another fsredirect tool"),
+            "{err}"
+        );
     }
 }
