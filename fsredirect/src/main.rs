@@ -49,6 +49,13 @@ enum Command {
     ///
     /// Either `mount --share tag=T,dir=GUEST[,store=STORE][,volume=V] MOUNTPOINT`
     /// or `mount GUEST_TREE [STORE] MOUNTPOINT [--volume V]`.
+    #[command(after_help = "\
+Examples:
+  fsredirect mount --share tag=data,dir=/srv/guest,store=/srv/store /mnt/data
+  fsredirect mount /srv/guest /srv/store /mnt/data --volume data
+  fsredirect mount /srv/guest /mnt/plain        # passthrough
+
+Exit codes: 0 unmounted cleanly, 1 error.")]
     Mount {
         /// Share description: tag=NAME,dir=GUEST_TREE[,store=STORE][,volume=V][,policy=...].
         #[arg(long)]

@@ -547,7 +547,15 @@ fn every_tool_refuses_a_volume_in_use_by_a_server() {
 /// `--help` of every subcommand has examples and its exit codes.
 #[test]
 fn every_tool_has_help_with_examples_and_exit_codes() {
-    for tool in ["inspect", "verify", "repair", "gc", "hydrate", "dehydrate"] {
+    for tool in [
+        "mount",
+        "inspect",
+        "verify",
+        "repair",
+        "gc",
+        "hydrate",
+        "dehydrate",
+    ] {
         let _guard = fork_guard();
         let out = Command::new(env!("CARGO_BIN_EXE_fsredirect"))
             .args([tool, "--help"])
