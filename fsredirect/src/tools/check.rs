@@ -2,8 +2,9 @@
 
 use serde_json::json;
 
-use super::output::{count, json_path, Outcome, Status};
+use super::output::{bytes, count, json_path, Outcome, Status};
 use super::{io_err, lock_shared, Result};
+use crate::placement::{placement_notes, PlacementNote};
 use crate::share::ShareSpec;
 use crate::verify::{check_share, Counts, Mismatch, Report};
 
@@ -14,6 +15,9 @@ pub struct VerifyOutcome {
     pub share: String,
     /// The walk's findings.
     pub report: Report,
+    /// Files whose placement (inline or redirected) differs from the share's policy: notes,
+    /// not disagreements (files move when they next change).
+    pub placement: Vec<PlacementNote>,
     /// The last server did not stop cleanly: its recovery has not run yet.
     pub unclean: bool,
 }
@@ -22,9 +26,11 @@ pub struct VerifyOutcome {
 pub fn verify(share: &ShareSpec, step: &mut dyn FnMut()) -> Result<VerifyOutcome> {
     let (volume, _lock) = lock_shared(share)?;
     let report = check_share(share, step).map_err(io_err("walk", &share.dir))?;
+    let placement = placement_notes(share).map_err(io_err("walk", &share.dir))?;
     Ok(VerifyOutcome {
         share: share.to_string(),
         report,
+        placement,
         unclean: volume.unclean(),
     })
 }
@@ -48,6 +54,20 @@ pub fn guest_summary(c: &Counts) -> String {
     } else {
         parts.join(", ")
     }
+}
+
+/// `a.bin (10 bytes) is inline; the policy would place it in the store`.
+pub fn placement_text(note: &PlacementNote) -> String {
+    let (is, wants) = if note.redirected {
+        ("redirected", "inline")
+    } else {
+        ("inline", "in the store")
+    };
+    format!(
+        "{} ({}) is {is}; the policy would place it {wants}",
+        note.path.display(),
+        bytes(note.size)
+    )
 }
 
 /// One mismatch as JSON: its kind, path and details.
@@ -107,6 +127,18 @@ impl Outcome for VerifyOutcome {
             out += "  note: old paths are left by directory renames and harmless: a server \
                     corrects them on lookup, `fsredirect repair` at once\n";
         }
+        for note in self.placement.iter().take(NOTES_SHOWN) {
+            out += &format!("  note: {}\n", placement_text(note));
+        }
+        if self.placement.len() > NOTES_SHOWN {
+            let more = self.placement.len() - NOTES_SHOWN;
+            out += &format!(
+                "  note: and {more} more placed otherwise than the policy says (all in --json)\n"
+            );
+        }
+        if !self.placement.is_empty() {
+            out += "  note: a file moves to where the policy wants it when it next changes\n";
+        }
         if self.unclean {
             out += &format!("  {UNCLEAN_NOTE}\n");
         }
@@ -143,6 +175,11 @@ impl Outcome for VerifyOutcome {
                 "path": json_path(&h.path),
                 "recorded": json_path(&h.recorded),
                 "truncated": h.truncated,
+            })).collect::<Vec<_>>(),
+            "placement_notes": self.placement.iter().map(|n| json!({
+                "path": json_path(&n.path),
+                "redirected": n.redirected,
+                "size": n.size,
             })).collect::<Vec<_>>(),
         })
     }
@@ -211,5 +248,22 @@ mod tests {
         assert!(out.unclean);
         assert!(out.human().contains("did not stop cleanly"));
         assert!(!t.control.join("clean").exists(), "verify changes nothing");
+    }
+
+    #[test]
+    fn files_placed_against_the_policy_are_notes() {
+        let t = TestShare::new();
+        t.write("small", b"x");
+        let share = ShareSpec::parse(&format!("{},policy=min-size:1K", t.share)).unwrap();
+        let out = verify(&share, &mut || {}).unwrap();
+        assert_eq!(out.status(), Status::Clean);
+        assert_eq!(out.placement.len(), 1);
+        assert!(
+            out.human()
+                .contains("note: small (1 byte) is redirected; the policy would place it inline"),
+            "{}",
+            out.human()
+        );
+        assert_eq!(out.json()["placement_notes"][0]["redirected"], true);
     }
 }

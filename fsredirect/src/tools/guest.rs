@@ -190,9 +190,6 @@ pub fn set_times(f: &File, st: &libc::stat64) -> io::Result<()> {
     check(unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) }).map(|_| ())
 }
 
-/// Hole punches cover multiples of this (larger than any file system block).
-const PUNCH_ALIGN: u64 = 1 << 20;
-
 /// Sets the apparent size of a stub and punches out any data it holds (keeping it entirely
 /// sparse), keeping its access and modification times; then fsyncs it. When the size does
 /// not change, it never changes on the way either (a crash cannot leave a shorter stub).
@@ -201,27 +198,13 @@ pub fn resize_stub(stub: &File, size: u64) -> io::Result<()> {
     if st.st_size as u64 != size {
         stub.set_len(size)?;
     }
-    if size > 0 {
-        // Whole blocks: a hole punched in part of the last block only zeroes it.
-        let len = size.div_ceil(PUNCH_ALIGN) * PUNCH_ALIGN;
-        // SAFETY: fallocate on a descriptor we own; no memory is involved.
-        let res = unsafe {
-            libc::fallocate64(
-                stub.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                0,
-                len as i64,
-            )
-        };
-        if res < 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
-                return Err(err);
-            }
-            // No hole punching here: cutting to zero drops every block.
-            stub.set_len(0)?;
-            stub.set_len(size)?;
+    if let Err(err) = crate::placement::punch_data(stub) {
+        if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
+            return Err(err);
         }
+        // No hole punching here: cutting to zero drops every block.
+        stub.set_len(0)?;
+        stub.set_len(size)?;
     }
     set_times(stub, &st)?;
     stub.sync_all()

@@ -1,28 +1,29 @@
 //! `fsredirect hydrate` and `dehydrate`: a stub back into an ordinary (inline) file, and an
-//! inline file into a stub with a stored object, each crash-safely.
+//! inline file into a stub with a stored object, each crash-safely. Both record the change in
+//! the volume's intent log first, as a server's own placement moves do (`Place`, see
+//! [`crate::recover`]): after a crash, recovery keeps the stored object as the data while the
+//! file carries redirect metadata, and the guest-tree file once it does not.
 //!
-//! Hydrate: the object's bytes go into an unnamed file in the stub's directory
+//! Hydrate: the object's data segments go into an unnamed file in the stub's directory
 //! (`O_TMPFILE`; a named `.fsredirect-hydrate-*` file where that is not supported), which
-//! takes the stub's owner, mode, times and guest xattrs and is fsync'd, then named and
+//! takes the stub's owner, mode, times and guest xattrs and is fsync'd, then is named and
 //! renamed over the stub (atomic: the guest tree holds either the stub or the whole file);
-//! only then is the object removed. A crash after the rename leaves an object without a
-//! stub, which `repair` moves to lost+found and `gc` deletes.
+//! the object is removed last. The intent names the new file's inode, so a crash after the
+//! rename has recovery remove the object.
 //!
-//! Dehydrate: the file's bytes go to a new object, written in the orphan area, fsync'd and
-//! renamed into place; then the file gets its metadata and its data blocks are punched out,
-//! keeping its size, inode, links, owner, mode, times and xattrs. A crash before the
-//! metadata leaves an object without a stub (as above); after it, a stub that still holds
-//! data, which `repair` clears (keeping a copy). The size never changes, so recovery after a
-//! crash cannot cut the object.
+//! Dehydrate, in place (the file keeps its inode, links, owner, mode, times and xattrs): the
+//! object is written, fsync'd and its directory fsync'd; then the file gets its metadata
+//! (fsync'd) and its data blocks are punched out. The size never changes on the way.
 //!
-//! Both work on files with one name (a hard-linked file has names this tool would have to
-//! find first).
+//! Both work on files with one name (a hard-linked file has names the tool would have to find
+//! first). The share's policy is not consulted to refuse anything: a file placed against it
+//! is moved by the server when it next changes, which the report says.
 
 use std::ffi::CString;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -31,7 +32,9 @@ use super::guest::{self, GuestTree};
 use super::output::{bytes, json_path, Outcome, Status};
 use super::{io_err, open_for_change, parts_of, share_relative, Recovered, Result, ToolError};
 use crate::beneath::{check, fstat};
+use crate::intent::Intent;
 use crate::meta::Meta;
+use crate::placement::{copy_data, punch_data, restore_times};
 use crate::share::ShareSpec;
 use crate::store::Store;
 
@@ -50,6 +53,9 @@ pub struct ConvertOutcome {
     pub bytes: u64,
     /// What the recovery run first did, if the last server did not stop cleanly.
     pub recovered: Option<Recovered>,
+    /// The share's policy would place the file the other way (the server moves it when it
+    /// next changes).
+    pub against_policy: bool,
 }
 
 fn refused(op: &'static str, path: &Path, reason: impl Into<String>) -> ToolError {
@@ -101,6 +107,7 @@ pub fn hydrate(share: &ShareSpec, path: &Path) -> Result<ConvertOutcome> {
         changed: false,
         bytes: 0,
         recovered,
+        against_policy: false,
     };
     match guest::read_meta(&stub).map_err(io_err("read metadata of", &rel))? {
         None => return Ok(outcome),
@@ -120,7 +127,7 @@ pub fn hydrate(share: &ShareSpec, path: &Path) -> Result<ConvertOutcome> {
         }
     }
     let st = fstat(&stub).map_err(io_err("examine", &rel))?;
-    let mut object = store.open_object(&parts).map_err(|e| {
+    let object = store.open_object(&parts).map_err(|e| {
         refused(
             OP,
             &rel,
@@ -145,29 +152,42 @@ pub fn hydrate(share: &ShareSpec, path: &Path) -> Result<ConvertOutcome> {
         .parent(&rel)
         .map_err(io_err("open directory of", &rel))?;
     let mut tmp = TempFile::new(&dir).map_err(io_err("create a file beside", &rel))?;
-    let copied = io::copy(&mut object, &mut tmp.file).map_err(io_err("copy data into", &rel))?;
-    if copied != size {
-        return Err(refused(
-            OP,
-            &rel,
-            "its object changed size while being copied",
-        ));
-    }
-    let finish = (|| {
+    let prepare = |tmp: &TempFile| -> io::Result<u64> {
+        copy_data(&object, &tmp.file, size)?;
         guest::copy_guest_xattrs(&stub, &tmp.file)?;
         guest::copy_owner_mode_times(&tmp.file, &st)?;
         tmp.file.sync_all()?;
-        tmp.replace(&dir, &name)?;
-        guest::sync_dir(&dir)
-    })();
-    finish.map_err(io_err("put the hydrated file in place of", &rel))?;
+        Ok(fstat(&tmp.file)?.st_ino)
+    };
+    let new_ino = prepare(&tmp).map_err(io_err("copy the data of", &rel))?;
+    let path_bytes = rel.as_os_str().as_bytes().to_vec();
+    let intent = store
+        .intents()
+        .begin(&Intent::Place {
+            path: path_bytes,
+            guest_ino: new_ino,
+        })
+        .map_err(io_err("log the change of", &rel))?;
+    tmp.replace(&dir, &name)
+        .and_then(|()| guest::sync_dir(&dir))
+        .map_err(io_err("put the hydrated file in place of", &rel))?;
     store
         .remove(&parts, false)
         .map_err(io_err("remove the object of", &rel))?;
     sync_store_dir(&store, &rel).map_err(io_err("sync the store directory of", &rel))?;
+    drop(intent);
     outcome.changed = true;
     outcome.bytes = size;
+    outcome.against_policy = policy_redirects(share, &rel, size);
     Ok(outcome)
+}
+
+/// What the share's policy says for `rel` at `size`: true if it would redirect it.
+fn policy_redirects(share: &ShareSpec, rel: &Path, size: u64) -> bool {
+    share
+        .store
+        .as_ref()
+        .is_some_and(|s| s.policy.redirects(rel.as_os_str().as_bytes(), size))
 }
 
 /// Turns the inline file at `path` into a stub whose data is in a new stored object.
@@ -177,7 +197,7 @@ pub fn dehydrate(share: &ShareSpec, path: &Path) -> Result<ConvertOutcome> {
     let parts = parts_of(&rel).map_err(io_err("name", &rel))?;
     let (volume, store, recovered) = open_for_change(share)?;
     let tree = GuestTree::open(&share.dir).map_err(io_err("open guest tree", &share.dir))?;
-    let mut file = open_file(&tree, OP, &rel, libc::O_RDWR)?;
+    let file = open_file(&tree, OP, &rel, libc::O_RDWR)?;
     let mut outcome = ConvertOutcome {
         share: share.to_string(),
         operation: OP,
@@ -185,6 +205,7 @@ pub fn dehydrate(share: &ShareSpec, path: &Path) -> Result<ConvertOutcome> {
         changed: false,
         bytes: 0,
         recovered,
+        against_policy: false,
     };
     match guest::read_meta(&file).map_err(io_err("read metadata of", &rel))? {
         None => {}
@@ -211,7 +232,7 @@ pub fn dehydrate(share: &ShareSpec, path: &Path) -> Result<ConvertOutcome> {
         let same = existing.st_mode & libc::S_IFMT == libc::S_IFREG
             && store
                 .open_object(&parts)
-                .and_then(|mut o| same_bytes(&mut o, &mut file))
+                .and_then(|mut o| same_bytes(&mut o, &mut &file))
                 .unwrap_or(false);
         if !same {
             return Err(refused(
@@ -225,52 +246,52 @@ pub fn dehydrate(share: &ShareSpec, path: &Path) -> Result<ConvertOutcome> {
             ));
         }
     }
-    let name = format!("dehydrate-{}", std::process::id());
-    let tmp_path = volume.orphans().join(&name);
-    // A leftover of an earlier run with the same process id: ours, under the lock.
-    let _ = fs::remove_file(&tmp_path);
-    let write_object = || -> io::Result<u64> {
-        let mut tmp = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp_path)?;
-        let copied = io::copy(&mut &file, &mut tmp)?;
-        tmp.sync_all()?;
-        let orphan =
-            CString::new(name.clone()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        store.unorphan(&orphan, &parts)?;
-        sync_store_dir(&store, &rel)?;
-        Ok(copied)
+    let guest_ino = fstat(&file).map_err(io_err("examine", &rel))?.st_ino;
+    let path_bytes = rel.as_os_str().as_bytes().to_vec();
+    let intent = store
+        .intents()
+        .begin(&Intent::Place {
+            path: path_bytes.clone(),
+            guest_ino,
+        })
+        .map_err(io_err("log the change of", &rel))?;
+    let undo_object = |e: io::Error| {
+        let _ = store.remove(&parts, false);
+        e
     };
-    let copied = match write_object() {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = fs::remove_file(&tmp_path);
-            return Err(io_err("write the stored object of", &rel)(e));
-        }
+    let write_object = || -> io::Result<()> {
+        let object = store.create_object(&parts)?;
+        copy_data(&file, &object, size)?;
+        object.sync_all()?;
+        sync_store_dir(&store, &rel)
     };
-    if copied != size {
-        return Err(refused(
-            OP,
-            &rel,
-            "the file changed size while being copied",
-        ));
-    }
-    let meta = Meta::redirect(volume.name.as_bytes(), {
-        use std::os::unix::ffi::OsStrExt;
-        rel.as_os_str().as_bytes()
-    });
+    write_object()
+        .map_err(undo_object)
+        .map_err(io_err("write the stored object of", &rel))?;
+    let times = file.metadata().map_err(io_err("examine", &rel))?;
+    let meta = Meta::redirect(volume.name.as_bytes(), &path_bytes);
     guest::set_xattr(&file, guest::meta_attr(), &meta.encode())
+        .and_then(|()| file.sync_all())
+        .map_err(undo_object)
         .map_err(io_err("write the metadata of", &rel))?;
-    guest::resize_stub(&file, size).map_err(io_err("make a stub of", &rel))?;
+    if let Err(e) = punch_data(&file) {
+        // Without a hole punch the stub would keep its data blocks: stay inline.
+        let _ = guest::remove_xattr(&file, guest::meta_attr());
+        let _ = file.sync_all();
+        return Err(io_err("punch the data out of", &rel)(undo_object(e)));
+    }
+    // The object is the data from here on.
+    restore_times(&file, &times)
+        .and_then(|()| file.sync_all())
+        .map_err(io_err("restore the times of", &rel))?;
+    drop(intent);
     outcome.changed = true;
     outcome.bytes = size;
+    outcome.against_policy = !policy_redirects(share, &rel, size);
     Ok(outcome)
 }
 
-fn same_bytes(a: &mut File, b: &mut File) -> io::Result<bool> {
+fn same_bytes(a: &mut File, b: &mut &File) -> io::Result<bool> {
     use std::io::{Seek, SeekFrom};
     if a.metadata()?.len() != b.metadata()?.len() {
         return Ok(false);
@@ -423,6 +444,14 @@ impl Outcome for ConvertOutcome {
             ),
             (_, false) => format!("{} is already a stub; nothing to do\n", self.path.display()),
         };
+        if self.against_policy {
+            out +=
+                &format!(
+                "note: the share's policy would place it {}; the server moves it there when it \
+                 next changes\n",
+                if self.operation == "hydrate" { "in the store" } else { "inline" }
+            );
+        }
         out
     }
 
@@ -434,6 +463,7 @@ impl Outcome for ConvertOutcome {
             "changed": self.changed,
             "bytes": self.bytes,
             "recovered": self.recovered.as_ref().map(|r| r.settled),
+            "against_policy": self.against_policy,
         })
     }
 
@@ -447,6 +477,7 @@ mod tests {
     use super::*;
     use crate::tools::testshare::TestShare;
     use crate::verify::{read_meta_checked, verify_share};
+    use std::fs;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     #[test]
@@ -587,5 +618,56 @@ mod tests {
         t.serve().mkfifo("p");
         let err = dehydrate(&t.share, Path::new("p")).unwrap_err();
         assert!(err.to_string().contains("special"), "{err}");
+    }
+
+    #[test]
+    fn no_intent_record_is_left_behind() {
+        let t = TestShare::new();
+        t.write("a", b"data");
+        hydrate(&t.share, Path::new("a")).unwrap();
+        dehydrate(&t.share, Path::new("a")).unwrap();
+        assert_eq!(fs::read_dir(t.control.join("intent")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_crash_after_the_hydrate_rename_is_settled_by_recovery() {
+        let t = TestShare::new();
+        t.write("a", b"data");
+        // What a hydrate killed between its rename and the object's removal leaves: the
+        // inline file, the object, and the logged intent naming the new file.
+        fs::remove_file(t.guest.join("a")).unwrap();
+        fs::write(t.guest.join("a"), b"data").unwrap();
+        let ino = fs::metadata(t.guest.join("a")).unwrap().ino();
+        let store = crate::Store::open(t.volume.parent().unwrap(), "t").unwrap();
+        std::mem::forget(
+            store
+                .intents()
+                .begin(&Intent::Place {
+                    path: b"a".to_vec(),
+                    guest_ino: ino,
+                })
+                .unwrap(),
+        );
+        drop(store);
+        fs::remove_file(t.control.join("clean")).unwrap();
+        // The next tool (or server) recovers first.
+        let out = hydrate(&t.share, Path::new("a")).unwrap();
+        assert_eq!(out.recovered.unwrap().settled, 1);
+        assert!(!t.volume.join("a").exists());
+        assert_eq!(verify_share(&t.share).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn dehydrate_against_the_policy_says_so() {
+        let t = TestShare::new();
+        fs::write(t.guest.join("small"), b"x").unwrap();
+        let share = ShareSpec::parse(&format!("{},policy=min-size:1K", t.share)).unwrap();
+        let out = dehydrate(&share, Path::new("small")).unwrap();
+        assert!(out.against_policy);
+        assert!(
+            out.human().contains("policy would place it inline"),
+            "{}",
+            out.human()
+        );
     }
 }

@@ -129,6 +129,8 @@ pub struct Inspection {
     pub object: Option<ObjectInfo>,
     /// For a stub: the recorded path.
     pub recorded: Option<Recorded>,
+    /// For a stub or inline file: true if the share's policy would redirect it.
+    pub policy_redirects: Option<bool>,
     /// Everything wrong; empty means ok.
     pub problems: Vec<Problem>,
 }
@@ -259,7 +261,24 @@ pub fn inspect(share: &ShareSpec, path: &Path) -> Result<Inspection> {
             });
         }
     }
+    let policy_redirects = match &kind {
+        FileKind::Stub | FileKind::Inline => {
+            let size = match &object {
+                Some(ObjectInfo {
+                    found: Some((size, ..)),
+                    ..
+                }) if kind == FileKind::Stub => *size,
+                _ => meta.len(),
+            };
+            share.store.as_ref().map(|s| {
+                use std::os::unix::ffi::OsStrExt;
+                s.policy.redirects(rel.as_os_str().as_bytes(), size)
+            })
+        }
+        _ => None,
+    };
     Ok(Inspection {
+        policy_redirects,
         share: share.to_string(),
         guest_path,
         path: rel,
@@ -360,6 +379,16 @@ impl Outcome for Inspection {
                 ),
             );
         }
+        let redirected = self.kind == FileKind::Stub;
+        if let Some(wants) = self.policy_redirects.filter(|w| *w != redirected) {
+            line(
+                "policy:",
+                format!(
+                    "would place it {} (the server moves it when it next changes)",
+                    if wants { "in the store" } else { "inline" }
+                ),
+            );
+        }
         line("state:", self.state());
         out
     }
@@ -400,6 +429,9 @@ impl Outcome for Inspection {
                 "truncated": r.truncated,
                 "current": r.current,
             });
+        }
+        if let Some(wants) = self.policy_redirects {
+            v["policy_placement"] = json!(if wants { "redirected" } else { "inline" });
         }
         if let FileKind::Symlink(target) = &self.kind {
             v["target"] = json_path(target);
@@ -520,5 +552,23 @@ mod tests {
         assert_eq!(v["object"]["mode"], "0600");
         assert_eq!(v["recorded"]["current"], true);
         assert_eq!(v["state"], "ok");
+    }
+
+    #[test]
+    fn placement_against_the_policy_is_shown() {
+        let t = TestShare::new();
+        t.write("small", b"x");
+        let share = ShareSpec::parse(&format!("{},policy=min-size:1K", t.share)).unwrap();
+        let i = inspect(&share, Path::new("small")).unwrap();
+        assert_eq!(i.policy_redirects, Some(false));
+        assert_eq!(i.state(), "ok");
+        assert!(
+            i.human().contains("policy:     would place it inline"),
+            "{}",
+            i.human()
+        );
+        assert_eq!(i.json()["policy_placement"], "inline");
+        let i = inspect(&t.share, Path::new("small")).unwrap();
+        assert!(!i.human().contains("policy:"), "{}", i.human());
     }
 }
