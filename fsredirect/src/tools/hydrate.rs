@@ -159,7 +159,10 @@ pub fn hydrate(share: &ShareSpec, path: &Path) -> Result<ConvertOutcome> {
         tmp.file.sync_all()?;
         Ok(fstat(&tmp.file)?.st_ino)
     };
-    let new_ino = prepare(&tmp).map_err(io_err("copy the data of", &rel))?;
+    let new_ino = prepare(&tmp).map_err(io_err(
+        "copy the data, owner, mode, times and xattrs of",
+        &rel,
+    ))?;
     let path_bytes = rel.as_os_str().as_bytes().to_vec();
     let intent = store
         .intents()

@@ -133,6 +133,8 @@ pub struct Inspection {
     pub policy_redirects: Option<bool>,
     /// Everything wrong; empty means ok.
     pub problems: Vec<Problem>,
+    /// The last server did not stop cleanly: its recovery has not run yet.
+    pub unclean: bool,
 }
 
 impl From<&Mismatch> for Problem {
@@ -278,6 +280,7 @@ pub fn inspect(share: &ShareSpec, path: &Path) -> Result<Inspection> {
         _ => None,
     };
     Ok(Inspection {
+        unclean: volume.unclean(),
         policy_redirects,
         share: share.to_string(),
         guest_path,
@@ -390,6 +393,9 @@ impl Outcome for Inspection {
             );
         }
         line("state:", self.state());
+        if self.unclean {
+            out += &format!("  {}\n", super::check::UNCLEAN_NOTE);
+        }
         out
     }
 
@@ -405,6 +411,7 @@ impl Outcome for Inspection {
             "links": self.links,
             "state": self.state(),
             "ok": self.problems.is_empty(),
+            "unclean": self.unclean,
             "problems": self.problems.iter().map(|p| json!({
                 "kind": p.kind,
                 "message": p.message,
