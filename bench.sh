@@ -1,11 +1,12 @@
 #!/bin/sh
-# Benchmarks of the virtio-fs request path (BENCHMARKS.md says what and how).
-# Builds `bench` and `fsredirect` in release mode, runs them, and rewrites BENCHMARKS.md and
-# docs/benchmarks.svg. Run as root for the fio part (/dev/fuse); options go to `bench`
-# (`./bench.sh --help`).
+# Benchmarks of the virtio-fs request path and of the VMM (BENCHMARKS.md says what and how).
+# Builds `bench`, `fsredirect` and `hypervisor` in release mode, runs them, and rewrites
+# BENCHMARKS.md and docs/benchmarks.svg. Run as root for the fio part (/dev/fuse); the guest
+# part needs qemu-system-x86. Options go to `bench` (`./bench.sh --help`); `--boot` adds the
+# boot time (minutes of the emulated VT-x test host on hosts without hardware virtualization).
 set -eu
 cd "$(dirname "$0")"
 target="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --release --quiet -p bench -p fsredirect
+cargo build --release --quiet -p bench -p fsredirect -p hypervisor
 exec "$target/release/bench" --fsredirect "$target/release/fsredirect" \
-    --command "./bench.sh${*:+ $*}" "$@"
+    --hypervisor "$target/release/hypervisor" --command "./bench.sh${*:+ $*}" "$@"

@@ -2,11 +2,17 @@
 //! measured in the same run (DESIGN.md section 8): the redirecting share against a plain
 //! passthrough share, and both against the host's own syscalls (the limit).
 //!
-//! Two levels:
+//! The parts:
 //! - [`workload`]: the device itself, driven in-process by a simulated driver ([`driver`])
 //!   that puts FUSE requests on a real split virtqueue in real guest memory and runs the
 //!   device's own queue loop over `RedirectFs`;
-//! - [`fio`]: the real Linux FUSE client, fio through `fsredirect mount`.
+//! - [`fio`]: the real Linux FUSE client, fio through `fsredirect mount`;
+//! - [`guest`]: a real guest under QEMU's software CPU on our vhost-user back-end, a
+//!   passthrough share against a redirecting one;
+//! - [`vmm`]: the `hypervisor` process: start-up to the first KVM_RUN, and its memory
+//!   beyond guest RAM;
+//! - [`boot`] (optional, slow): VMM start to guest `/init`, in the emulated VT-x test host
+//!   where there is no hardware virtualization.
 //!
 //! [`report`] turns the figures into `BENCHMARKS.md` and an SVG chart, and checks them
 //! against the performance budget.
@@ -17,12 +23,15 @@
 //! assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
 //! ```
 
+pub mod boot;
 pub mod driver;
 pub mod fio;
+pub mod guest;
 pub mod machine;
 pub mod report;
 pub mod runner;
 pub mod stats;
+pub mod vmm;
 pub mod workload;
 
 /// Why a benchmark could not run.
@@ -57,6 +66,15 @@ pub enum BenchError {
     /// `fsredirect mount` failed.
     #[error("fsredirect mount: {0}")]
     Mount(String),
+    /// The guest under QEMU failed.
+    #[error("guest under QEMU: {0}")]
+    Guest(String),
+    /// The VMM measurement failed.
+    #[error("VMM start-up and memory: {0}")]
+    Vmm(String),
+    /// The boot-time batch failed.
+    #[error("boot time: {0}")]
+    Boot(String),
 }
 
 /// A `Result` with a [`BenchError`].

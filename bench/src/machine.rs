@@ -15,6 +15,8 @@ pub struct Machine {
     pub kernel: String,
     /// The kind of KVM host (DESIGN.md section 5).
     pub host_kind: String,
+    /// Load averages over 1, 5 and 15 minutes when probed (other work on the machine).
+    pub load: String,
 }
 
 impl Machine {
@@ -50,7 +52,7 @@ impl Machine {
             .unwrap_or_else(|_| "unknown".into());
         let host_kind = if Path::new("/sys/module/kvm_pvm").exists() {
             "kvm_pvm: software-virtualized KVM (no vmx/svm); guests of an ordinary kernel run \
-             emulated, so no boot figures here"
+             emulated, so boot times come from the emulated VT-x test host (--boot)"
                 .to_string()
         } else if hw_virt && Path::new("/dev/kvm").exists() {
             "hardware-virtualization KVM (vmx/svm)".to_string()
@@ -59,12 +61,16 @@ impl Machine {
         } else {
             "no /dev/kvm".to_string()
         };
+        let load = std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" / "))
+            .unwrap_or_else(|_| "unknown".into());
         Machine {
             cpu,
             cpus,
             memory,
             kernel,
             host_kind,
+            load,
         }
     }
 }

@@ -1,19 +1,28 @@
-//! One benchmark run: the device rounds, the fio jobs, then the report files.
+//! One benchmark run: the device rounds, the fio jobs, the guest under QEMU, the VMM
+//! process, optionally the boot time, then the report files.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::boot;
 use crate::fio::{self, FioParams, HostMount, JOBS};
+use crate::guest::{self, GuestParams};
 use crate::machine::Machine;
 use crate::report::{DeviceSummary, FioSummary, Report};
 use crate::stats::median;
+use crate::vmm::{self, VmmParams};
 use crate::workload::{self, TargetKind, WorkloadSize};
 use crate::{BenchError, Result};
 
 /// What to run and where to write.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
-    about = "Benchmarks of the virtio-fs request path: ratios against passthrough and the host"
+    about = "Benchmarks of the virtio-fs request path: ratios against passthrough and the host",
+    after_help = "Examples:\n  \
+        sudo ./bench.sh                 # everything but the boot time, a few minutes\n  \
+        sudo ./bench.sh --boot          # also the boot time (test host: several minutes more)\n  \
+        ./bench.sh --no-fio --no-guest  # device level and VMM only, no root needed for the rest\n  \
+        ./bench.sh --rounds 1 --seq-mib 16 --out /tmp/b.md --chart /tmp/b.svg   # a quick look"
 )]
 pub struct Options {
     /// Device-level rounds (targets interleaved in each; medians reported).
@@ -46,6 +55,31 @@ pub struct Options {
     /// The `fsredirect` binary used for the mounts.
     #[arg(long, default_value = "target/release/fsredirect")]
     pub fsredirect: PathBuf,
+    /// Skip the guest under QEMU (no qemu-system-x86 needed).
+    #[arg(long)]
+    pub no_guest: bool,
+    /// Guest rounds (each share once per round; medians reported).
+    #[arg(long, default_value_t = 3)]
+    pub guest_rounds: usize,
+    /// MiB the guest writes and reads per share and round.
+    #[arg(long, default_value_t = 16)]
+    pub guest_mib: u64,
+    /// Files the guest creates, lists and removes per share and round.
+    #[arg(long, default_value_t = 200)]
+    pub guest_files: usize,
+    /// Skip the VMM start-up and memory figures.
+    #[arg(long)]
+    pub no_vmm: bool,
+    /// VMM start-ups measured (medians reported).
+    #[arg(long, default_value_t = 5)]
+    pub vmm_runs: usize,
+    /// The `hypervisor` binary (the VMM, and the vhost-user back-end of the QEMU guest).
+    #[arg(long, default_value = "target/release/hypervisor")]
+    pub hypervisor: PathBuf,
+    /// Also measure VMM start to guest /init (in the emulated VT-x test host when there is
+    /// no hardware virtualization: minutes of bochs, and a static build on first use).
+    #[arg(long)]
+    pub boot: bool,
     /// Where temporary directories go (a normal disk, not tmpfs).
     #[arg(long, default_value = "/tmp")]
     pub work_dir: PathBuf,
@@ -197,18 +231,68 @@ pub fn run(opts: &Options) -> Result<Report> {
     Ok(report)
 }
 
+/// Why the QEMU guest cannot run here, if it cannot.
+fn guest_unavailable(opts: &Options) -> Option<String> {
+    if opts.no_guest {
+        return Some("skipped with --no-guest".into());
+    }
+    if !opts.hypervisor.is_file() {
+        return Some(format!("{} not found", opts.hypervisor.display()));
+    }
+    guest::unavailable()
+}
+
+/// Runs a part that may be unavailable; a failure leaves the other parts to report.
+fn optional<T>(
+    unavailable: Option<String>,
+    part: impl FnOnce() -> Result<T>,
+) -> std::result::Result<T, String> {
+    if let Some(why) = unavailable {
+        return Err(why);
+    }
+    part().map_err(|e| {
+        eprintln!("bench: {e}");
+        format!("failed: {e}")
+    })
+}
+
 fn run_in(opts: &Options, base: &Path) -> Result<Report> {
+    let machine = Machine::probe();
+    e2e_tests::qemu::use_hypervisor_binary(&opts.hypervisor);
     let device = device(opts, base)?;
-    let fio = match fio_unavailable(opts) {
-        Some(why) => Err(why),
-        // A failing fio part still leaves the device figures to report.
-        None => fio_part(opts, base).map_err(|e| {
-            eprintln!("bench: {e}");
-            format!("failed: {e}")
-        }),
+    let fio = optional(fio_unavailable(opts), || fio_part(opts, base));
+    let guest_params = GuestParams {
+        rounds: opts.guest_rounds.max(1),
+        mib: opts.guest_mib.max(1),
+        files: opts.guest_files.max(1),
     };
+    let guest = optional(guest_unavailable(opts), || {
+        eprintln!(
+            "bench: guest under QEMU (TCG): bench-fs {} on a passthrough and a redirecting share",
+            guest_params.arg()
+        );
+        guest::run(&guest_params, base)
+    });
+    let guest_dir = e2e_tests::qemu::guest_dir();
+    let vmm_params = VmmParams {
+        hypervisor: opts.hypervisor.clone(),
+        kernel: guest_dir.join("vmlinux"),
+        initrd: guest_dir.join("initramfs.cpio.gz"),
+        runs: opts.vmm_runs.max(1),
+    };
+    let vmm_unavailable = if opts.no_vmm {
+        Some("skipped with --no-vmm".into())
+    } else {
+        vmm::unavailable(&vmm_params)
+    };
+    let vmm = optional(vmm_unavailable, || vmm::run(&vmm_params, base));
+    let boot_unavailable = (!opts.boot).then(|| "not asked for (bench.sh --boot)".to_string());
+    let boot = optional(boot_unavailable, || {
+        eprintln!("bench: boot time (the emulated VT-x test host takes minutes)");
+        boot::run()
+    });
     Ok(Report {
-        machine: Machine::probe(),
+        machine,
         command: opts.command.clone(),
         date: utc_now(),
         device_params: format!(
@@ -218,6 +302,9 @@ fn run_in(opts: &Options, base: &Path) -> Result<Report> {
         ),
         device,
         fio,
+        guest,
+        vmm,
+        boot,
     })
 }
 

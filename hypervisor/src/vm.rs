@@ -246,6 +246,7 @@ impl Vm {
             stop: stop.clone(),
             mem: mem.clone(),
             failure_hint,
+            started,
         };
         let vcpus = create_vcpus(&kvm, &vm_fd, &self.config, &boot_info, &ctx)?;
 
@@ -288,7 +289,7 @@ impl Vm {
             info!("console attached; type Ctrl-A then x to stop the VM");
         }
 
-        let threads = spawn_vcpus(vcpus, started, &stop)?;
+        let threads = spawn_vcpus(vcpus, &stop)?;
         while self.exit.reason().is_none() {
             if let Err(err) = events.run() {
                 warn!("event loop error: {err:?}");
@@ -525,24 +526,12 @@ fn create_vcpus(
 
 /// Starts one thread per vCPU. If one cannot start, those already running
 /// are stopped and joined before the error is returned.
-fn spawn_vcpus(
-    vcpus: Vec<Vcpu>,
-    started: Instant,
-    stop: &AtomicBool,
-) -> Result<Vec<JoinHandle<()>>> {
+fn spawn_vcpus(vcpus: Vec<Vcpu>, stop: &AtomicBool) -> Result<Vec<JoinHandle<()>>> {
     let mut threads = Vec::with_capacity(vcpus.len());
     for (id, vcpu) in vcpus.into_iter().enumerate() {
         let spawned = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || {
-                if id == 0 {
-                    debug!(
-                        "first vCPU entry {:.1} ms after VM start",
-                        started.elapsed().as_secs_f64() * 1e3
-                    );
-                }
-                vcpu.run()
-            });
+            .spawn(move || vcpu.run());
         match spawned {
             Ok(handle) => threads.push(handle),
             Err(source) => {

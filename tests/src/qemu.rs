@@ -337,13 +337,22 @@ pub fn extra_initramfs(extra: &Path, name: &str) -> std::result::Result<PathBuf,
     }
 }
 
-/// The `hypervisor` binary: `$HYPERVISOR_BIN`, or built with cargo into the
-/// running test's target directory and profile (once per test process).
+/// The binary chosen by [`use_hypervisor_binary`] or built by [`hypervisor_binary`].
+static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Makes [`hypervisor_binary`] return `bin` from now on (for programs that are not cargo
+/// tests, such as the benchmarks, which build the binary themselves).
+pub fn use_hypervisor_binary(bin: impl Into<PathBuf>) {
+    *BUILT.lock().unwrap_or_else(|p| p.into_inner()) = Some(bin.into());
+}
+
+/// The `hypervisor` binary: `$HYPERVISOR_BIN`, the one given to
+/// [`use_hypervisor_binary`], or built with cargo into the running test's
+/// target directory and profile (once per test process).
 pub fn hypervisor_binary() -> Result<PathBuf> {
     if let Some(bin) = std::env::var_os("HYPERVISOR_BIN") {
         return Ok(PathBuf::from(bin));
     }
-    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
     // Held while building, so parallel trials build once and wait for it.
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(bin) = built.as_ref() {
