@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use e2e_tests::qemu::{self, GuestShare, QemuGuest};
 
-use crate::stats::median;
+use crate::stats::{median, paired_ratio};
 use crate::{BenchError, Result};
 
 /// The steps of the `bench-fs` scenario, in order.
@@ -84,10 +84,19 @@ impl GuestParams {
 pub struct GuestSummary {
     /// Bytes/s or files/s per op (`OPS` order) and share.
     pub values: [[f64; 2]; 5],
+    /// The same for each round (for paired ratios).
+    pub rounds: Vec<[[f64; 2]; 5]>,
     /// The workload.
     pub params: GuestParams,
     /// Wall-clock time of the whole QEMU run, boot included.
     pub elapsed: Duration,
+}
+
+impl GuestSummary {
+    /// Redirect over passthrough for op `o`, paired by round.
+    pub fn ratio(&self, o: usize) -> f64 {
+        paired_ratio(self.rounds.iter().map(|r| (r[o][1], r[o][0])))
+    }
 }
 
 /// Why the guest part cannot run here, if it cannot.
@@ -131,9 +140,13 @@ pub fn run(params: &GuestParams, base: &Path) -> Result<GuestSummary> {
         )));
     }
     let steps = parse_steps(&lines)?;
-    let values = summarize(&steps, params)?;
+    let rounds = summarize(&steps, params)?;
+    let values = std::array::from_fn(|o| {
+        std::array::from_fn(|m| median(&rounds.iter().map(|r| r[o][m]).collect::<Vec<_>>()))
+    });
     Ok(GuestSummary {
         values,
+        rounds,
         params: *params,
         elapsed: run.elapsed,
     })
@@ -225,29 +238,29 @@ fn parse_steps(lines: &[(Instant, String)]) -> Result<Vec<Step>> {
     Ok(steps)
 }
 
-/// Medians over rounds of units/s, per op and share; every op of every share and round
-/// must be there.
-fn summarize(steps: &[Step], params: &GuestParams) -> Result<[[f64; 2]; 5]> {
-    let mut values = [[0.0; 2]; 5];
-    for (o, op) in OPS.iter().enumerate() {
-        for (m, mount) in MOUNTS.iter().enumerate() {
-            let rates: Vec<f64> = steps
-                .iter()
-                .filter(|s| s.op == op.name && s.mount == *mount)
-                .map(|s| s.units / s.secs.max(1e-6))
-                .collect();
-            if rates.len() != params.rounds {
-                return Err(BenchError::Guest(format!(
-                    "expected {} timed {} steps on {mount}, the console showed {}",
-                    params.rounds,
-                    op.name,
-                    rates.len()
-                )));
+/// Units/s per round, op and share; every op of every share and round must be there once.
+fn summarize(steps: &[Step], params: &GuestParams) -> Result<Vec<[[f64; 2]; 5]>> {
+    let mut rounds = vec![[[0.0; 2]; 5]; params.rounds];
+    for (r, round) in rounds.iter_mut().enumerate() {
+        for (o, op) in OPS.iter().enumerate() {
+            for (m, mount) in MOUNTS.iter().enumerate() {
+                let found: Vec<&Step> = steps
+                    .iter()
+                    .filter(|s| s.round == r + 1 && s.op == op.name && s.mount == *mount)
+                    .collect();
+                let [step] = found.as_slice() else {
+                    return Err(BenchError::Guest(format!(
+                        "expected one timed {} step on {mount} in round {}, the console showed {}",
+                        op.name,
+                        r + 1,
+                        found.len()
+                    )));
+                };
+                round[o][m] = step.units / step.secs.max(1e-6);
             }
-            values[o][m] = median(&rates);
         }
     }
-    Ok(values)
+    Ok(rounds)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use crate::boot::BootSummary;
 use crate::fio::JOBS;
 use crate::guest::{GuestSummary, OPS as GUEST_OPS};
 use crate::machine::Machine;
-use crate::stats::median;
+use crate::stats::{median, paired_ratio};
 use crate::vmm::VmmSummary;
 use crate::workload::{Figures, MetaOp};
 
@@ -41,36 +41,77 @@ pub struct DeviceSummary {
     pub meta: [[MetaSummary; 5]; 3],
     /// Rounds the medians are taken over.
     pub rounds: usize,
+    /// Per target, each round's data figures (for paired ratios).
+    pub data_rounds: [Vec<DataSummary>; 3],
+    /// Per target, each round's metadata figures (for paired ratios).
+    pub meta_rounds: [Vec<[MetaSummary; 5]>; 3],
 }
 
 impl DeviceSummary {
     /// Medians over rounds of `runs[target][round]`.
     pub fn from_runs(runs: &[Vec<Figures>; 3]) -> Self {
-        let mut data = [[0.0; 4]; 3];
-        let mut meta = [[MetaSummary::default(); 5]; 3];
-        for (t, rounds) in runs.iter().enumerate() {
-            let pick = |f: fn(&Figures) -> f64| median(&rounds.iter().map(f).collect::<Vec<_>>());
-            data[t] = [
-                pick(|f| f.seq_write),
-                pick(|f| f.seq_read),
-                pick(|f| f.rand_read),
-                pick(|f| f.rand_write),
-            ];
-            for (m, slot) in meta[t].iter_mut().enumerate() {
-                let of =
-                    |g: &dyn Fn(&Figures) -> f64| median(&rounds.iter().map(g).collect::<Vec<_>>());
-                *slot = MetaSummary {
-                    ops: of(&|f| f.meta[m].ops_per_sec()),
-                    p50_us: of(&|f| f.meta[m].quantile_us(0.5)),
-                    p99_us: of(&|f| f.meta[m].quantile_us(0.99)),
+        let data_rounds: [Vec<DataSummary>; 3] = std::array::from_fn(|t| {
+            runs[t]
+                .iter()
+                .map(|f| [f.seq_write, f.seq_read, f.rand_read, f.rand_write])
+                .collect()
+        });
+        let meta_rounds: [Vec<[MetaSummary; 5]>; 3] = std::array::from_fn(|t| {
+            runs[t]
+                .iter()
+                .map(|f| {
+                    std::array::from_fn(|m| MetaSummary {
+                        ops: f.meta[m].ops_per_sec(),
+                        p50_us: f.meta[m].quantile_us(0.5),
+                        p99_us: f.meta[m].quantile_us(0.99),
+                    })
+                })
+                .collect()
+        });
+        let data = std::array::from_fn(|t| {
+            std::array::from_fn(|i| {
+                median(&data_rounds[t].iter().map(|r| r[i]).collect::<Vec<_>>())
+            })
+        });
+        let meta = std::array::from_fn(|t| {
+            std::array::from_fn(|m| {
+                let of = |g: fn(&MetaSummary) -> f64| {
+                    median(&meta_rounds[t].iter().map(|r| g(&r[m])).collect::<Vec<_>>())
                 };
-            }
-        }
+                MetaSummary {
+                    ops: of(|x| x.ops),
+                    p50_us: of(|x| x.p50_us),
+                    p99_us: of(|x| x.p99_us),
+                }
+            })
+        });
         DeviceSummary {
             data,
             meta,
             rounds: runs[0].len(),
+            data_rounds,
+            meta_rounds,
         }
+    }
+
+    /// Target `a`'s data figure `i` over target `b`'s, paired by round.
+    pub fn data_ratio(&self, i: usize, a: usize, b: usize) -> f64 {
+        paired_ratio(
+            self.data_rounds[a]
+                .iter()
+                .zip(&self.data_rounds[b])
+                .map(|(x, y)| (x[i], y[i])),
+        )
+    }
+
+    /// Target `a`'s metadata figure `g` of op `m` over target `b`'s, paired by round.
+    pub fn meta_ratio(&self, m: usize, a: usize, b: usize, g: fn(&MetaSummary) -> f64) -> f64 {
+        paired_ratio(
+            self.meta_rounds[a]
+                .iter()
+                .zip(&self.meta_rounds[b])
+                .map(|(x, y)| (g(&x[m]), g(&y[m]))),
+        )
     }
 }
 
@@ -83,6 +124,15 @@ pub struct FioSummary {
     pub example: String,
     /// Rounds the medians are taken over.
     pub rounds: usize,
+    /// Each round's figures, `[job][target]` (for paired ratios).
+    pub samples: Vec<[[f64; 3]; 4]>,
+}
+
+impl FioSummary {
+    /// Target `a`'s figure of job `j` over target `b`'s, paired by round.
+    pub fn ratio(&self, j: usize, a: usize, b: usize) -> f64 {
+        paired_ratio(self.samples.iter().map(|r| (r[j][a], r[j][b])))
+    }
 }
 
 /// Everything the report shows.
@@ -167,14 +217,6 @@ fn fr(r: f64) -> String {
     }
 }
 
-fn ratio(a: f64, b: f64) -> f64 {
-    if b > 0.0 {
-        a / b
-    } else {
-        0.0
-    }
-}
-
 impl Report {
     /// The budget lines, each with its verdict.
     pub fn checks(&self) -> Vec<Check> {
@@ -198,7 +240,7 @@ impl Report {
             };
             at_least(
                 format!("device {name}: redirect / passthrough"),
-                ratio(d.data[RED][i], d.data[PT][i]),
+                d.data_ratio(i, RED, PT),
                 0.90,
                 Some(cause),
             );
@@ -206,7 +248,7 @@ impl Report {
         for (i, name) in DATA_NAMES.iter().enumerate().take(2) {
             at_least(
                 format!("device {name}: redirect / host syscalls"),
-                ratio(d.data[RED][i], d.data[HOST][i]),
+                d.data_ratio(i, RED, HOST),
                 0.60,
                 Some(if i == 0 { CAUSE_STUB } else { CAUSE_FUSE_DATA }),
             );
@@ -219,7 +261,7 @@ impl Report {
             };
             at_least(
                 format!("device {} ops/s: redirect / host syscalls", op.name()),
-                ratio(d.meta[RED][m].ops, d.meta[HOST][m].ops),
+                d.meta_ratio(m, RED, HOST, |x| x.ops),
                 0.40,
                 Some(cause),
             );
@@ -233,7 +275,7 @@ impl Report {
                 };
                 at_least(
                     format!("fio {}: redirect / passthrough mount", job.name),
-                    ratio(fio.values[j][RED], fio.values[j][PT]),
+                    fio.ratio(j, RED, PT),
                     0.90,
                     Some(cause),
                 );
@@ -243,7 +285,7 @@ impl Report {
             if !matches!(op, MetaOp::Create | MetaOp::Unlink) {
                 continue;
             }
-            let r = ratio(d.meta[RED][m].p50_us, d.meta[PT][m].p50_us);
+            let r = d.meta_ratio(m, RED, PT, |x| x.p50_us);
             let pass = r <= 1.5;
             checks.push(Check {
                 figure: format!("device {} p50 latency: redirect / passthrough", op.name()),
@@ -282,8 +324,8 @@ impl Report {
             .map(|(i, name)| {
                 (
                     format!("device {name}"),
-                    ratio(d.data[PT][i], d.data[HOST][i]),
-                    ratio(d.data[RED][i], d.data[HOST][i]),
+                    d.data_ratio(i, PT, HOST),
+                    d.data_ratio(i, RED, HOST),
                     (i < 2).then_some(0.60),
                 )
             })
@@ -291,8 +333,8 @@ impl Report {
         for (m, op) in MetaOp::ALL.iter().enumerate() {
             rows.push((
                 format!("device {}", op.name()),
-                ratio(d.meta[PT][m].ops, d.meta[HOST][m].ops),
-                ratio(d.meta[RED][m].ops, d.meta[HOST][m].ops),
+                d.meta_ratio(m, PT, HOST, |x| x.ops),
+                d.meta_ratio(m, RED, HOST, |x| x.ops),
                 Some(0.40),
             ));
         }
@@ -300,8 +342,8 @@ impl Report {
             for (j, job) in JOBS.iter().enumerate() {
                 rows.push((
                     format!("fio {}", job.name),
-                    ratio(fio.values[j][PT], fio.values[j][HOST]),
-                    ratio(fio.values[j][RED], fio.values[j][HOST]),
+                    fio.ratio(j, PT, HOST),
+                    fio.ratio(j, RED, HOST),
                     None,
                 ));
             }
@@ -452,7 +494,8 @@ impl Report {
              step from its begin and end lines on the serial console (the guest kernel has \
              only a jiffies clock). Every guest instruction is emulated, so absolute figures \
              say little; the ratio compares the two shares under the same guest. Reported, \
-             not budgeted. Medians of {} rounds; the whole QEMU run took {:.1} s.\n\n\
+             not budgeted. Medians of {} rounds (the ratio: of the ratios within each round, \
+             and the shares take turns going first); the whole QEMU run took {:.1} s.\n\n\
              | step | passthrough share | redirecting share | redirect / passthrough |\n\
              |---|---|---|---|\n",
             g.params.arg(),
@@ -477,7 +520,7 @@ impl Report {
                 op.label,
                 fmt(v[0]),
                 fmt(v[1]),
-                fr(ratio(v[1], v[0]))
+                fr(g.ratio(o))
             );
         }
         s.push('\n');
@@ -579,8 +622,9 @@ impl Report {
              device's queue loop (`process_queue` + `FuseSession`), one at a time. \
              Host syscalls: the same operations as pread/pwrite/openat/fstatat/fstat/unlinkat/\
              readdir on a plain directory. Medians of {} rounds; in each round the three \
-             targets run one after the other, each on fresh directories in the same file \
-             system. Sequential reads read back the file just written (page cache warm); no \
+             targets run one after the other, in an order that rotates from round to round, \
+             each on fresh directories in the same file system; every ratio is the median of \
+             the ratios within each round. Sequential reads read back the file just written (page cache warm); no \
              fsync is timed, and an untimed syncfs separates the data and metadata phases.\n\n\
              | figure | host syscalls | passthrough | redirect | passthrough / host | \
              redirect / host | redirect / passthrough |\n|---|---|---|---|---|---|---|\n",
@@ -600,9 +644,9 @@ impl Report {
                 fmt(d.data[HOST][i]),
                 fmt(d.data[PT][i]),
                 fmt(d.data[RED][i]),
-                fr(ratio(d.data[PT][i], d.data[HOST][i])),
-                fr(ratio(d.data[RED][i], d.data[HOST][i])),
-                fr(ratio(d.data[RED][i], d.data[PT][i])),
+                fr(d.data_ratio(i, PT, HOST)),
+                fr(d.data_ratio(i, RED, HOST)),
+                fr(d.data_ratio(i, RED, PT)),
             );
         }
         s.push_str(
@@ -623,9 +667,9 @@ impl Report {
                 cell(HOST),
                 cell(PT),
                 cell(RED),
-                fr(ratio(d.meta[PT][m].ops, d.meta[HOST][m].ops)),
-                fr(ratio(d.meta[RED][m].ops, d.meta[HOST][m].ops)),
-                fr(ratio(d.meta[RED][m].ops, d.meta[PT][m].ops)),
+                fr(d.meta_ratio(m, PT, HOST, |x| x.ops)),
+                fr(d.meta_ratio(m, RED, HOST, |x| x.ops)),
+                fr(d.meta_ratio(m, RED, PT, |x| x.ops)),
             );
         }
         s.push('\n');
@@ -645,7 +689,8 @@ impl Report {
             "The Linux FUSE client over /dev/fuse, served by `fsredirect mount` (2 worker \
              threads) on a redirecting and on a passthrough share, against fio in the host \
              directory itself. Medians of {} rounds; in each round every job runs on the three \
-             targets one after the other; `--invalidate=0` \
+             targets one after the other, in rotating order, and every ratio is the median of \
+             the ratios within each round; `--invalidate=0` \
              so every target reads the file the write job left in the page cache. Example: \
              `fio {}`\n\n\
              | job | host dir | passthrough mount | redirect mount | passthrough / host | \
@@ -668,9 +713,9 @@ impl Report {
                 fmt(v[HOST]),
                 fmt(v[PT]),
                 fmt(v[RED]),
-                fr(ratio(v[PT], v[HOST])),
-                fr(ratio(v[RED], v[HOST])),
-                fr(ratio(v[RED], v[PT])),
+                fr(fio.ratio(j, PT, HOST)),
+                fr(fio.ratio(j, RED, HOST)),
+                fr(fio.ratio(j, RED, PT)),
             );
         }
         s.push('\n');

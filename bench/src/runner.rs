@@ -108,7 +108,13 @@ fn io_err(what: String) -> impl FnOnce(std::io::Error) -> BenchError {
     move |source| BenchError::Io { what, source }
 }
 
-/// The device rounds: every target once per round, in `TargetKind::ALL` order.
+/// The three targets' indices in the order round `round` runs them: rotated each round, so
+/// that every target takes every place (first after a phase change, last, ...).
+fn rotated(round: usize) -> [usize; 3] {
+    std::array::from_fn(|k| (k + round) % 3)
+}
+
+/// The device rounds: every target once per round, in rotating order.
 fn device(opts: &Options, base: &Path) -> Result<DeviceSummary> {
     let size = WorkloadSize {
         seq_bytes: opts.seq_mib << 20,
@@ -118,7 +124,8 @@ fn device(opts: &Options, base: &Path) -> Result<DeviceSummary> {
     };
     let mut runs: [Vec<_>; 3] = Default::default();
     for round in 0..opts.rounds.max(1) {
-        for (t, kind) in TargetKind::ALL.iter().enumerate() {
+        for t in rotated(round) {
+            let kind = &TargetKind::ALL[t];
             eprintln!(
                 "bench: device round {} of {}: {}",
                 round + 1,
@@ -184,7 +191,8 @@ fn fio_part(opts: &Options, base: &Path) -> Result<FioSummary> {
     let mut samples = vec![[[0.0; 3]; 4]; rounds];
     for (round, sample) in samples.iter_mut().enumerate() {
         for (j, job) in JOBS.iter().enumerate() {
-            for (t, dir) in [host, pt_mnt, red_mnt].iter().enumerate() {
+            for t in rotated(round) {
+                let dir = [host, pt_mnt, red_mnt][t];
                 eprintln!(
                     "bench: fio round {} of {rounds}: {} on {}",
                     round + 1,
@@ -208,6 +216,7 @@ fn fio_part(opts: &Options, base: &Path) -> Result<FioSummary> {
         values,
         example,
         rounds,
+        samples,
     })
 }
 
@@ -316,4 +325,20 @@ fn relative_link(out: &Path, chart: &Path) -> String {
     }
     .display()
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_target_takes_every_place_over_three_rounds() {
+        let orders: Vec<[usize; 3]> = (0..3).map(rotated).collect();
+
+        for place in 0..3 {
+            let mut seen: Vec<usize> = orders.iter().map(|o| o[place]).collect();
+            seen.sort_unstable();
+            assert_eq!(seen, [0, 1, 2]);
+        }
+    }
 }

@@ -50,6 +50,18 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// The median of `a / b` over paired samples (pairs with `b <= 0` are left out; 0 for
+/// none). Pairs come from the same round, so a busy spell of the machine that slows a round
+/// slows both sides of its ratio.
+pub fn paired_ratio(pairs: impl IntoIterator<Item = (f64, f64)>) -> f64 {
+    let ratios: Vec<f64> = pairs
+        .into_iter()
+        .filter(|&(_, b)| b > 0.0)
+        .map(|(a, b)| a / b)
+        .collect();
+    median(&ratios)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,6 +75,15 @@ mod tests {
 
         assert_eq!(lat.quantile_us(0.5).round(), 50.0);
         assert_eq!(lat.quantile_us(0.99).round(), 99.0);
+    }
+
+    #[test]
+    fn paired_ratio_is_the_median_of_per_round_ratios() {
+        // Round 2 is slow for both sides; its ratio is still 1.
+        let pairs = [(10.0, 10.0), (1.0, 1.0), (12.0, 6.0)];
+
+        assert_eq!(paired_ratio(pairs), 1.0);
+        assert_eq!(paired_ratio([(1.0, 0.0)]), 0.0);
     }
 
     #[test]
