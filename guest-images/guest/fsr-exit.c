@@ -2,7 +2,7 @@
  * fsr-exit CODE: end the VM with exit code CODE (0-255) by writing it as one
  * byte to the VMM's exit port, I/O port 0xf4 (docs/guest-protocol.md).
  *
- * Built static by guest-images/build-guest.sh so the initramfs needs no libc.
+ * Built static with musl by guest-images/build-guest.sh so the initramfs needs no libc.
  * Under QEMU the same port is served by `-device isa-debug-exit,iobase=0xf4`,
  * which exits QEMU with (CODE << 1) | 1.
  */

@@ -8,7 +8,7 @@
  *
  * The stream: xorshift64* with state SEED * 0x9E3779B97F4A7C15 + 1, each step
  * giving 8 bytes (the product's little-endian bytes). Files are written and
- * read in 1 MiB blocks. Built static by guest-images/build-guest.sh.
+ * read in 1 MiB blocks. Built static with musl by guest-images/build-guest.sh.
  */
 #include <errno.h>
 #include <fcntl.h>

@@ -9,9 +9,8 @@
  *
  * Exit 0 on success; on failure prints "fsr-xattr: error ERRNO_NAME" (for
  * example ENODATA, EPERM) on standard output and exits 1; 2 on bad usage.
- * Built static by guest-images/build-guest.sh.
+ * Built static with musl by guest-images/build-guest.sh.
  */
-#define _GNU_SOURCE
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -20,11 +19,34 @@
 
 #define MAX_VALUE 65536
 
+/* The errno names scenarios look for (musl has no strerrorname_np). */
+static const char *errno_name(int e)
+{
+	switch (e) {
+	case EPERM: return "EPERM";
+	case ENOENT: return "ENOENT";
+	case EIO: return "EIO";
+	case E2BIG: return "E2BIG";
+	case EACCES: return "EACCES";
+	case EINVAL: return "EINVAL";
+	case ENOSPC: return "ENOSPC";
+	case ERANGE: return "ERANGE";
+	case ENODATA: return "ENODATA";
+	case EOPNOTSUPP: return "EOPNOTSUPP";
+	case ENAMETOOLONG: return "ENAMETOOLONG";
+	default: return NULL;
+	}
+}
+
 static int failed(void)
 {
-	const char *name = strerrorname_np(errno);
+	int e = errno;
+	const char *name = errno_name(e);
 
-	printf("fsr-xattr: error %s\n", name ? name : "unknown");
+	if (name)
+		printf("fsr-xattr: error %s\n", name);
+	else
+		printf("fsr-xattr: error errno %d\n", e);
 	return 1;
 }
 
