@@ -11,6 +11,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::beneath::{check, open_beneath};
+use crate::faults::{Hook, Namespace, StoreOp};
 
 /// One logged operation. Paths are relative to the share (the common portion).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +138,7 @@ impl Intent {
 pub struct IntentLog {
     dir: OwnedFd,
     next: AtomicU64,
+    hook: Hook,
 }
 
 /// An open record; dropping it marks the operation complete.
@@ -148,24 +150,23 @@ pub struct Pending<'a> {
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        // SAFETY: one component under a directory fd we own.
-        let res = unsafe { libc::unlinkat(self.log.dir.as_raw_fd(), self.name.as_ptr(), 0) };
-        if res < 0 {
+        if let Err(e) = self.log.remove(&self.name) {
             log::warn!(
-                "cannot remove intent record {:?}: {}",
+                "cannot remove intent record {:?} (recovery will settle it): {e}",
                 self.name,
-                io::Error::last_os_error()
             );
         }
     }
 }
 
 impl IntentLog {
-    /// Opens the log in directory `dir` (an open directory descriptor).
-    pub fn new(dir: OwnedFd) -> Self {
+    /// Opens the log in directory `dir` (an open directory descriptor); every record
+    /// written or removed is shown to `hook` first ([`crate::faults`]).
+    pub fn new(dir: OwnedFd, hook: Hook) -> Self {
         IntentLog {
             dir,
             next: AtomicU64::new(0),
+            hook,
         }
     }
 
@@ -174,6 +175,8 @@ impl IntentLog {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let name = CString::new(format!("{n:016}"))
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        self.hook
+            .check(&StoreOp::Namespace(Namespace::IntentRecord))?;
         let fd = open_beneath(
             &self.dir,
             &name,
@@ -182,9 +185,20 @@ impl IntentLog {
         )?;
         let mut file = File::from(fd);
         let pending = Pending { log: self, name };
-        file.write_all(&intent.encode())?;
+        let record = intent.encode();
+        let file_ref = &file;
+        self.hook.check(&StoreOp::Write {
+            file: file_ref,
+            offset: 0,
+            len: record.len(),
+        })?;
+        file.write_all(&record)?;
         // Enforced at namespace changes (DESIGN.md section 4): the record is on disk before
         // either half of the operation.
+        self.hook.check(&StoreOp::Sync {
+            file: &file,
+            data_only: true,
+        })?;
         file.sync_data()?;
         Ok(pending)
     }
@@ -216,6 +230,8 @@ impl IntentLog {
 
     /// Removes a record once recovery has dealt with it.
     pub fn remove(&self, name: &CStr) -> io::Result<()> {
+        self.hook
+            .check(&StoreOp::Namespace(Namespace::IntentDone))?;
         // SAFETY: one component under a directory fd we own.
         check(unsafe { libc::unlinkat(self.dir.as_raw_fd(), name.as_ptr(), 0) }).map(|_| ())
     }
@@ -228,7 +244,7 @@ mod tests {
     fn log() -> (tempfile::TempDir, IntentLog) {
         let tmp = tempfile::tempdir().unwrap();
         let dir = File::open(tmp.path()).unwrap();
-        (tmp, IntentLog::new(OwnedFd::from(dir)))
+        (tmp, IntentLog::new(OwnedFd::from(dir), Hook::default()))
     }
 
     #[test]

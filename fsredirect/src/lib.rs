@@ -37,10 +37,13 @@
 //! [`policy`] decides which files are redirected, [`names`] validates guest names and tracks each inode's path, [`beneath`] resolves host
 //! paths without escaping or following symlinks, [`fdcache`] bounds open store descriptors,
 //! [`mount`] serves a share through /dev/fuse, [`verify`] checks stubs against the store,
-//! [`recover`] reconciles them after an unclean stop, [`tools`] are the host tools (inspect,
-//! verify, repair, gc, hydrate, dehydrate) behind the `fsredirect` binary.
+//! [`recover`] reconciles them after an unclean stop, [`intent`] logs operations with two
+//! halves for it, [`faults`] lets tests fail store operations or cut power under them,
+//! [`tools`] are the host tools (inspect, verify, repair, gc, hydrate, dehydrate) behind the
+//! `fsredirect` binary.
 
 pub mod beneath;
+pub mod faults;
 pub mod fdcache;
 pub mod fs;
 pub mod intent;

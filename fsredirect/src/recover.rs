@@ -15,10 +15,13 @@
 //! without a stub that no record explains are left in place for a later gc.
 
 use std::ffi::CString;
+use std::fmt;
 use std::fs;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crate::intent::Intent;
 use crate::meta::Meta;
@@ -29,6 +32,10 @@ use crate::verify::read_meta;
 /// What a recovery pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RecoveryReport {
+    /// Intent records settled (each operation completed or undone).
+    pub intents: usize,
+    /// Intent records this version could not read, dropped.
+    pub unreadable_intents: usize,
     /// Redirected stubs examined.
     pub stubs: usize,
     /// Stored objects cut or extended to their stub's size.
@@ -37,24 +44,81 @@ pub struct RecoveryReport {
     pub moved_back: usize,
     /// Stubs whose object could not be found (their files read as errors).
     pub missing: usize,
+    /// Objects of files unlinked while open, removed from the orphan area.
+    pub orphans: usize,
+    /// How long the pass took.
+    pub duration: Duration,
+}
+
+impl RecoveryReport {
+    /// How many things were put right (records settled, objects resized or moved back,
+    /// orphans removed).
+    pub fn repairs(&self) -> usize {
+        self.intents + self.unreadable_intents + self.resized + self.moved_back + self.orphans
+    }
+}
+
+impl fmt::Display for RecoveryReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} logged operations settled ({} unreadable records dropped); {} stubs examined: \
+             {} objects resized to their stub, {} moved back under their stub, {} missing; \
+             {} orphans removed; {:.1} ms",
+            self.intents,
+            self.unreadable_intents,
+            self.stubs,
+            self.resized,
+            self.moved_back,
+            self.missing,
+            self.orphans,
+            self.duration.as_secs_f64() * 1e3
+        )
+    }
+}
+
+/// The whole recovery after an unclean stop, in order: settle the intent log, reconcile
+/// every stub with its object, clear the orphan area, then sync both trees so that the
+/// repairs are durable before anything is served. Running it again changes nothing.
+pub fn run(guest: &Path, store: &Store) -> io::Result<RecoveryReport> {
+    let start = Instant::now();
+    let (intents, unreadable_intents) = replay_intents(guest, store)?;
+    let mut report = recover(guest, store)?;
+    report.intents = intents;
+    report.unreadable_intents = unreadable_intents;
+    report.orphans = store.clear_orphans().map_err(io::Error::other)?;
+    store.syncfs()?;
+    let guest_dir = fs::File::open(guest)?;
+    // SAFETY: syncfs on a descriptor we own; no memory is involved.
+    crate::beneath::check(unsafe { libc::syncfs(guest_dir.as_raw_fd()) })?;
+    report.duration = start.elapsed();
+    Ok(report)
 }
 
 /// Settles every operation the intent log shows unfinished: each one is completed if its
 /// guest-tree half happened and undone otherwise, so the store mirrors the guest tree.
-/// Returns how many records were settled. Run before [`recover`] and before orphans are
-/// cleared (an interrupted overwrite may need its victim back).
-pub fn replay_intents(guest: &Path, store: &Store) -> io::Result<usize> {
+/// Returns how many records were settled and how many could not be read. Run before
+/// [`recover`] and before orphans are cleared (an interrupted overwrite may need its victim
+/// back).
+pub fn replay_intents(guest: &Path, store: &Store) -> io::Result<(usize, usize)> {
     let log = store.intents();
     let records = log.leftovers()?;
-    let count = records.len();
+    let (mut settled, mut unreadable) = (0, 0);
     for (name, intent) in records {
         match intent {
-            None => log::warn!("recovery: unreadable intent record {name:?} dropped"),
-            Some(intent) => settle(guest, store, &intent)?,
+            None => {
+                log::warn!("recovery: unreadable intent record {name:?} dropped");
+                unreadable += 1;
+            }
+            Some(intent) => {
+                settle(guest, store, &intent)?;
+                log::info!("recovery: settled unfinished {intent:?}");
+                settled += 1;
+            }
         }
         log.remove(&name)?;
     }
-    Ok(count)
+    Ok((settled, unreadable))
 }
 
 fn settle(guest: &Path, store: &Store, intent: &Intent) -> io::Result<()> {
@@ -153,7 +217,12 @@ pub fn recover(guest: &Path, store: &Store) -> io::Result<RecoveryReport> {
         match store.stat_object(parts) {
             Ok(obj) => {
                 if obj.st_size as u64 != stub_size {
-                    store.open_object(parts)?.set_len(stub_size)?;
+                    store.set_len(&store.open_object(parts)?, stub_size)?;
+                    log::info!(
+                        "recovery: object {:?} resized from {} to its stub's {stub_size} bytes",
+                        String::from_utf8_lossy(&crate::names::join(parts)),
+                        obj.st_size
+                    );
                     report.resized += 1;
                 }
             }
@@ -170,8 +239,13 @@ pub fn recover(guest: &Path, store: &Store) -> io::Result<RecoveryReport> {
                     (Some(old), true) => {
                         store.rename(&old, parts, 0)?;
                         if store.stat_object(parts)?.st_size as u64 != stub_size {
-                            store.open_object(parts)?.set_len(stub_size)?;
+                            store.set_len(&store.open_object(parts)?, stub_size)?;
                         }
+                        log::info!(
+                            "recovery: object {:?} moved back under its stub {:?}",
+                            String::from_utf8_lossy(&portion),
+                            String::from_utf8_lossy(&crate::names::join(parts))
+                        );
                         report.moved_back += 1;
                     }
                     _ => {
@@ -372,13 +446,13 @@ mod tests {
         let store = Store::open(&d.share.store.as_ref().unwrap().root, "t").unwrap();
         let report = recover(&d.guest, &store).unwrap();
         assert_eq!(
-            report,
-            RecoveryReport {
-                stubs: 2,
-                resized: 1,
-                moved_back: 0,
-                missing: 1
-            }
+            (
+                report.stubs,
+                report.resized,
+                report.moved_back,
+                report.missing
+            ),
+            (2, 1, 0, 1)
         );
     }
 

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::beneath::{check, open_beneath, open_regular_beneath, walk};
+use crate::faults::{Hook, Namespace, StoreOp};
 use crate::intent::IntentLog;
 
 /// Name of the control area inside the store root.
@@ -69,6 +70,7 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 #[derive(Debug)]
 pub struct Store {
     volume: OwnedFd,
+    control: OwnedFd,
     clean_marker: PathBuf,
     was_clean: bool,
     orphans: OwnedFd,
@@ -76,14 +78,20 @@ pub struct Store {
     intents: IntentLog,
     volume_path: PathBuf,
     next_orphan: AtomicU64,
+    hook: Hook,
     // Held for the lifetime of the server: the flock is released when it closes.
     _lock: File,
 }
 
 impl Store {
-    /// Opens (creating if needed) `volume` in the store at `root`, takes the volume lock and
-    /// clears orphans left by a previous server (none can still be open: we hold the lock).
+    /// Opens (creating if needed) `volume` in the store at `root` and takes the volume lock.
     pub fn open(root: &Path, volume: &str) -> Result<Self> {
+        Self::open_with(root, volume, Hook::default())
+    }
+
+    /// [`Store::open`], showing every store operation to `hook` first (tests: fault
+    /// injection and power-loss simulation, [`crate::faults`]).
+    pub fn open_with(root: &Path, volume: &str, hook: Hook) -> Result<Self> {
         let volume_path = root.join(volume);
         let control = root.join(CONTROL_DIR).join(volume);
         let orphans_path = control.join("orphans");
@@ -143,22 +151,33 @@ impl Store {
         // Present only while no server runs or after one stopped cleanly: its absence means
         // the last server died, and the caller should run recovery.
         let clean_marker = control.join("clean");
+        let control_fd = open_dir(&control)?;
         let was_clean = clean_marker.exists();
         if was_clean {
-            fs::remove_file(&clean_marker).map_err(|source| StoreError::Dir {
+            let marker_err = |source| StoreError::Dir {
                 path: clean_marker.clone(),
                 source,
-            })?;
+            };
+            hook.check(&StoreOp::Namespace(Namespace::CleanMarker))
+                .map_err(marker_err)?;
+            fs::remove_file(&clean_marker).map_err(marker_err)?;
+            // On disk before anything is served: a power cut from here on must find the
+            // volume unclean, or recovery would be skipped.
+            File::from(control_fd.try_clone().map_err(marker_err)?)
+                .sync_all()
+                .map_err(marker_err)?;
         }
         let store = Store {
             volume: open_dir(&volume_path)?,
+            control: control_fd,
             clean_marker,
             was_clean,
             orphans: open_dir(&orphans_path)?,
-            intents: IntentLog::new(open_dir(&intent_path)?),
+            intents: IntentLog::new(open_dir(&intent_path)?, hook.clone()),
             orphans_path,
             volume_path,
             next_orphan: AtomicU64::new(0),
+            hook,
             _lock: lock,
         };
         Ok(store)
@@ -181,20 +200,85 @@ impl Store {
     }
 
     /// Removes the objects of files that were unlinked while open under a previous server
-    /// (none can still be open: this server holds the lock). Run after recovery, which may
-    /// still need objects set aside by an interrupted rename.
-    pub fn clear_orphans(&self) -> Result<()> {
+    /// (none can still be open: this server holds the lock); returns how many. Run after
+    /// recovery, which may still need objects set aside by an interrupted rename.
+    pub fn clear_orphans(&self) -> Result<usize> {
         let path = &self.orphans_path;
         let entries = fs::read_dir(path).map_err(|source| StoreError::Dir {
             path: path.to_path_buf(),
             source,
         })?;
+        let mut removed = 0;
         for entry in entries.flatten() {
-            if let Err(e) = fs::remove_file(entry.path()) {
-                log::warn!("cannot remove orphan {}: {e}", entry.path().display());
+            let name = CString::new(entry.file_name().into_encoded_bytes()).unwrap_or_default();
+            match self.remove_orphan(&name) {
+                Ok(()) => {
+                    log::info!("removed orphan {name:?} left by the previous server");
+                    removed += 1;
+                }
+                Err(e) => log::warn!("cannot remove orphan {}: {e}", entry.path().display()),
             }
         }
-        Ok(())
+        Ok(removed)
+    }
+
+    /// Shows `op` to the hook, if any: `Err` means the operation must not happen, and
+    /// `Ok(Some(n))` that a write is to be cut to `n` bytes ([`crate::faults`]).
+    #[inline]
+    pub fn before(&self, op: &StoreOp<'_>) -> io::Result<Option<usize>> {
+        self.hook.check(op)
+    }
+
+    /// Cuts or extends an object to `size`.
+    pub fn set_len(&self, file: &File, size: u64) -> io::Result<()> {
+        self.before(&StoreOp::SetLen { file, size })?;
+        file.set_len(size)
+    }
+
+    /// fdatasync (`data_only`) or fsync of an object.
+    pub fn sync_file(&self, file: &File, data_only: bool) -> io::Result<()> {
+        self.before(&StoreOp::Sync { file, data_only })?;
+        if data_only {
+            file.sync_data()
+        } else {
+            file.sync_all()
+        }
+    }
+
+    /// fsync of the store directory at `parts` (the volume itself when empty): makes the
+    /// names in it durable.
+    pub fn sync_dir(&self, parts: &[CString]) -> io::Result<()> {
+        self.before(&StoreOp::SyncDir)?;
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+        let dir = match parts.split_last() {
+            None => open_beneath(&self.volume, c".", flags, 0)?,
+            Some((last, dirs)) => open_beneath(&walk(&self.volume, dirs)?, last, flags, 0)?,
+        };
+        File::from(dir).sync_all()
+    }
+
+    /// syncfs of the file system holding the volume: every object, name and record is
+    /// durable afterwards.
+    pub fn syncfs(&self) -> io::Result<()> {
+        self.before(&StoreOp::SyncFs)?;
+        // SAFETY: syncfs on a directory descriptor we own; no memory is involved.
+        check(unsafe { libc::syncfs(self.volume.as_raw_fd()) }).map(|_| ())
+    }
+
+    /// Writes the clean-stop marker after syncing everything, so that a marker on disk
+    /// always means the store on disk is consistent.
+    fn mark_clean(&self) -> io::Result<()> {
+        self.syncfs()?;
+        self.before(&StoreOp::Namespace(Namespace::CleanMarker))?;
+        let marker = open_beneath(
+            &self.control,
+            c"clean",
+            libc::O_CREAT | libc::O_TRUNC | libc::O_WRONLY,
+            0o600,
+        )?;
+        File::from(marker).sync_all()?;
+        // SAFETY: fsync on a directory descriptor we own.
+        check(unsafe { libc::fsync(self.control.as_raw_fd()) }).map(|_| ())
     }
 
     /// Opens the directory holding `parts` (all but the last component), creating missing
@@ -211,6 +295,7 @@ impl Store {
             fd = match open_beneath(&fd, dir, libc::O_PATH | libc::O_DIRECTORY, 0) {
                 Ok(next) => next,
                 Err(e) if create && e.raw_os_error() == Some(libc::ENOENT) => {
+                    self.before(&StoreOp::Namespace(Namespace::Mkdir))?;
                     // SAFETY: `dir` is NUL-terminated; mkdirat creates one entry under `fd`.
                     let res = unsafe { libc::mkdirat(fd.as_raw_fd(), dir.as_ptr(), 0o700) };
                     if res < 0 {
@@ -231,6 +316,7 @@ impl Store {
     /// names (the caller checked that no guest file has this name).
     pub fn create_object(&self, parts: &[CString]) -> io::Result<File> {
         let (dir, name) = self.parent(parts, true)?;
+        self.before(&StoreOp::Namespace(Namespace::Create))?;
         // SAFETY: `name` is one validated component; unlinkat only touches that entry.
         unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
         let fd = open_beneath(
@@ -263,6 +349,7 @@ impl Store {
             Err(e) => return Err(e),
         };
         let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
+        self.before(&StoreOp::Namespace(Namespace::Remove))?;
         // SAFETY: one validated component under a directory fd we own.
         match check(unsafe { libc::unlinkat(parent.as_raw_fd(), name.as_ptr(), flags) }) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
@@ -274,6 +361,7 @@ impl Store {
     pub fn rename(&self, old: &[CString], new: &[CString], flags: u32) -> io::Result<()> {
         let (old_dir, old_name) = self.parent(old, false)?;
         let (new_dir, new_name) = self.parent(new, true)?;
+        self.before(&StoreOp::Namespace(Namespace::Rename))?;
         // SAFETY: single validated components under directory fds we own.
         check(unsafe {
             libc::renameat2(
@@ -291,6 +379,7 @@ impl Store {
     pub fn link(&self, old: &[CString], new: &[CString]) -> io::Result<()> {
         let (old_dir, old_name) = self.parent(old, false)?;
         let (new_dir, new_name) = self.parent(new, true)?;
+        self.before(&StoreOp::Namespace(Namespace::Link))?;
         // SAFETY: single validated components under directory fds we own; flags 0 means the
         // old name is not followed if it is a symlink.
         check(unsafe {
@@ -322,6 +411,7 @@ impl Store {
     /// Moves the object at `parts` into the orphan area as `orphan`.
     pub fn orphan_as(&self, parts: &[CString], orphan: &CStr) -> io::Result<()> {
         let (dir, name) = self.parent(parts, false)?;
+        self.before(&StoreOp::Namespace(Namespace::Orphan))?;
         // SAFETY: single components under directory fds we own.
         check(unsafe {
             libc::renameat(
@@ -337,6 +427,7 @@ impl Store {
     /// Moves an orphan back to `parts` (undoing [`Store::orphan`]).
     pub fn unorphan(&self, orphan: &CStr, parts: &[CString]) -> io::Result<()> {
         let (dir, name) = self.parent(parts, true)?;
+        self.before(&StoreOp::Namespace(Namespace::Orphan))?;
         // SAFETY: single components under directory fds we own.
         check(unsafe {
             libc::renameat(
@@ -356,6 +447,7 @@ impl Store {
 
     /// Removes an orphan.
     pub fn remove_orphan(&self, orphan: &CStr) -> io::Result<()> {
+        self.before(&StoreOp::Namespace(Namespace::Orphan))?;
         // SAFETY: one component under the orphan directory fd we own.
         check(unsafe { libc::unlinkat(self.orphans.as_raw_fd(), orphan.as_ptr(), 0) }).map(|_| ())
     }
@@ -371,11 +463,12 @@ impl Store {
 }
 
 impl Drop for Store {
-    /// Marks a clean stop, so the next server skips recovery.
+    /// Syncs the store and marks a clean stop, so the next server skips recovery; if either
+    /// fails, the next server recovers.
     fn drop(&mut self) {
-        if let Err(e) = fs::write(&self.clean_marker, b"") {
+        if let Err(e) = self.mark_clean() {
             log::warn!(
-                "cannot mark clean stop in {}: {e}",
+                "cannot mark clean stop in {} (the next start will recover): {e}",
                 self.clean_marker.display()
             );
         }

@@ -38,13 +38,14 @@ use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem, GetxattrReply
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
 use crate::beneath::{open_beneath, reopen_regular, walk};
+use crate::faults::Hook;
 use crate::fdcache::FdCache;
 use crate::intent::Intent;
 use crate::meta::Meta;
 use crate::meta::{META_XATTR_ROOT, META_XATTR_USER};
 use crate::names::{join, NameTable};
 use crate::policy::Policy;
-use crate::recover::{recover, replay_intents};
+use crate::recover::RecoveryReport;
 use crate::share::ShareSpec;
 use crate::store::{Store, StoreError};
 
@@ -100,6 +101,9 @@ pub struct FsConfig {
     /// Most files and directories open at once; more OPENs than this get EMFILE, so a guest
     /// that never sends RELEASE cannot grow the handle table without bound.
     pub max_handles: usize,
+    /// Sees every store operation first (tests only: fault injection and power-loss
+    /// simulation, [`crate::faults`]); none by default.
+    pub store_hook: Hook,
 }
 
 impl Default for FsConfig {
@@ -112,6 +116,7 @@ impl Default for FsConfig {
             entry_timeout: Duration::from_secs(1),
             inode_file_handles: root,
             max_handles: 1 << 20,
+            store_hook: Hook::default(),
         }
     }
 }
@@ -179,6 +184,7 @@ pub struct RedirectFs {
     stub_fds: FdCache,
     max_handles: usize,
     next_handle: AtomicU64,
+    recovery: Option<RecoveryReport>,
 }
 
 fn errno(code: i32) -> io::Error {
@@ -221,24 +227,32 @@ impl RedirectFs {
         })?;
         let (store, volume) = match &share.store {
             Some(s) => (
-                Some(Store::open(&s.root, &s.volume)?),
+                Some(Store::open_with(
+                    &s.root,
+                    &s.volume,
+                    cfg.store_hook.clone(),
+                )?),
                 s.volume.clone().into_bytes(),
             ),
             None => (None, Vec::new()),
         };
+        let mut recovery = None;
         if let Some(store) = &store {
-            if !store.was_clean() {
-                let recovery_err = |source| FsError::Recovery {
-                    dir: share.dir.clone(),
-                    source,
-                };
-                let replayed = replay_intents(&share.dir, store).map_err(recovery_err)?;
-                let report = recover(&share.dir, store).map_err(recovery_err)?;
+            if store.was_clean() {
+                // Files still open at a clean stop leave their objects in the orphan area.
+                store.clear_orphans()?;
+            } else {
+                let report =
+                    crate::recover::run(&share.dir, store).map_err(|source| FsError::Recovery {
+                        dir: share.dir.clone(),
+                        source,
+                    })?;
                 log::info!(
-                    "recovery after an unclean stop: {replayed} logged operations settled, {report:?}"
+                    "recovery of {} after an unclean stop: {report}",
+                    share.dir.display()
                 );
+                recovery = Some(report);
             }
-            store.clear_orphans()?;
         }
         // SAFETY: geteuid has no preconditions and cannot fail.
         let meta_name = if unsafe { libc::geteuid() } == 0 {
@@ -274,7 +288,26 @@ impl RedirectFs {
             stub_fds: FdCache::new(cfg.max_store_fds),
             max_handles: cfg.max_handles,
             next_handle: AtomicU64::new(1),
+            recovery,
         })
+    }
+
+    /// What recovery repaired when this server started after an unclean stop (`None`
+    /// after a clean stop and for a passthrough share).
+    pub fn recovery(&self) -> Option<&RecoveryReport> {
+        self.recovery.as_ref()
+    }
+
+    /// Makes everything durable: the store (objects, names, intent records) and the guest
+    /// tree (stubs, names). Called at a clean stop; a guest's syncfs has no FUSE request in
+    /// this kernel interface, so its fsync and fsyncdir are the guest's sync points.
+    pub fn syncfs(&self) -> io::Result<()> {
+        let _ns = self.ns_read();
+        if let Some(store) = &self.store {
+            store.syncfs()?;
+        }
+        // SAFETY: syncfs on a descriptor we own; no memory is involved.
+        crate::beneath::check(unsafe { libc::syncfs(self.guest_root.as_raw_fd()) }).map(|_| ())
     }
 
     /// True if regular files are redirected into a store.
@@ -643,8 +676,15 @@ impl RedirectFs {
         if flags as i32 & libc::O_TRUNC != 0 {
             // Stub first, as for any truncate: a crash in between leaves a stub no longer
             // than its data, never one claiming bytes the object lost.
+            let store = self.store()?;
             sync_stub_file(self.stub_file(inode)?.as_ref(), 0, true)?;
-            self.with_object(inode, |f| f.set_len(0))?;
+            if let Err(e) = self.with_object(inode, |f| store.set_len(f, 0)) {
+                // The store refused: the stub takes the object's size back.
+                if let Err(u) = self.sync_stub(inode, false) {
+                    log::error!("inode {inode}: stub size not restored after {e}: {u}");
+                }
+                return Err(e);
+            }
         } else {
             // Surface a missing store object at open, not at the first read.
             self.object(inode)?;
@@ -670,15 +710,14 @@ impl RedirectFs {
     /// that after a power loss the stub never claims more than the stored object holds and
     /// fsync'd bytes stay visible. The caller holds the namespace lock.
     fn sync_redirected(&self, inode: u64, datasync: bool) -> io::Result<()> {
-        let sync = |f: &File| {
-            if datasync {
-                f.sync_data()
-            } else {
-                f.sync_all()
-            }
-        };
-        self.with_object(inode, |f| sync(f))?;
-        sync(self.stub_file(inode)?.as_ref())
+        let store = self.store()?;
+        self.with_object(inode, |f| store.sync_file(f, datasync))?;
+        let stub = self.stub_file(inode)?;
+        if datasync {
+            stub.sync_data()
+        } else {
+            stub.sync_all()
+        }
     }
 
     /// Runs `make` (a mkdir or symlink in the passthrough layer) so that the new node belongs
@@ -790,6 +829,20 @@ fn redirect_handle(inode: u64, flags: u32) -> OpenFile {
 /// The open flags worth keeping to reopen a file later: all but O_CREAT, O_EXCL and O_TRUNC.
 fn kept_open_flags(flags: i32) -> u32 {
     (flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY)) as u32
+}
+
+impl Drop for RedirectFs {
+    /// A clean stop: the guest tree is synced here, then the store (dropped with its
+    /// fields) syncs itself and writes its clean-stop marker.
+    fn drop(&mut self) {
+        // SAFETY: syncfs on a descriptor we own; no memory is involved.
+        if unsafe { libc::syncfs(self.guest_root.as_raw_fd()) } < 0 {
+            log::warn!(
+                "cannot sync the guest tree at stop: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
 }
 
 /// Gives `stub` the apparent size `size` (sparse) and, for a data change, a new mtime/ctime.

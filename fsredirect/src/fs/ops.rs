@@ -13,6 +13,7 @@ use fuse_backend_rs::api::filesystem::{
 };
 
 use super::{errno, root_ctx, Kind, OpenFile, RedirectFs, XATTR_BUF};
+use crate::faults::StoreOp;
 use crate::intent::Intent;
 use crate::meta::{filter_xattr_list, is_reserved_xattr, is_special_kind, Meta};
 use crate::names::{join, validate_name};
@@ -32,6 +33,11 @@ impl FileSystem for RedirectFs {
     }
 
     fn destroy(&self) {
+        // The kernel unmounts: make everything durable now (the clean-stop marker follows
+        // when the server is dropped).
+        if let Err(e) = self.syncfs() {
+            log::warn!("cannot sync at unmount (the next start will recover): {e}");
+        }
         self.inner.destroy();
     }
 
@@ -483,11 +489,23 @@ impl FileSystem for RedirectFs {
                 {
                     return Err(errno(libc::EFBIG));
                 }
-                let n = self.with_object(inode, |f| {
+                let store = self.store()?;
+                let written = self.with_object(inode, |f| {
                     let offset = if append { f.metadata()?.len() } else { offset };
-                    r.read_to(f, size as usize, offset)
-                })?;
-                self.sync_stub(inode, true)?;
+                    let len = store
+                        .before(&StoreOp::Write {
+                            file: f,
+                            offset,
+                            len: size as usize,
+                        })?
+                        .unwrap_or(size as usize);
+                    r.read_to(f, len, offset)
+                });
+                // Even after a failed write (ENOSPC part-way) the stub takes the object's
+                // size, so the two never disagree.
+                let stub = self.sync_stub(inode, written.is_ok());
+                let n = written?;
+                stub?;
                 if let Some(datasync) = sync {
                     self.sync_redirected(inode, datasync)?;
                 }
@@ -552,13 +570,17 @@ impl FileSystem for RedirectFs {
             OpenFile::Redirect { inode, .. } => {
                 let offset = i64::try_from(offset).map_err(|_| errno(libc::EINVAL))?;
                 let length = i64::try_from(length).map_err(|_| errno(libc::EINVAL))?;
-                self.with_object(inode, |f| {
+                let store = self.store()?;
+                let done = self.with_object(inode, |f| {
+                    store.before(&StoreOp::Fallocate { file: f })?;
                     // SAFETY: fallocate on a descriptor we hold; no memory is passed.
                     let res =
                         unsafe { libc::fallocate64(f.as_raw_fd(), mode as i32, offset, length) };
                     crate::beneath::check(res).map(|_| ())
-                })?;
-                self.sync_stub(inode, true)
+                });
+                let stub = self.sync_stub(inode, done.is_ok());
+                done?;
+                stub
             }
         }
     }
@@ -697,7 +719,20 @@ impl FileSystem for RedirectFs {
 
     fn fsyncdir(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
         let handle = self.inner_of(handle)?;
-        self.inner.fsyncdir(ctx, inode, datasync, handle)
+        self.inner.fsyncdir(ctx, inode, datasync, handle)?;
+        // The names in this directory are durable in the guest tree: make their store half
+        // durable too (the mirrored directory may not exist yet if it holds no objects).
+        if let Some(store) = &self.store {
+            let _ns = self.ns_read();
+            let parts = self.state().names.path(inode);
+            if let Some(parts) = parts {
+                match store.sync_dir(&parts) {
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                    other => other?,
+                }
+            }
+        }
+        Ok(())
     }
 
     fn releasedir(&self, ctx: &Context, inode: u64, flags: u32, handle: u64) -> io::Result<()> {
@@ -761,9 +796,10 @@ impl RedirectFs {
             return Err(errno(libc::EINVAL));
         }
         // Stub first (sparse, so undoing it loses nothing), then the data.
+        let store = self.store()?;
         let old = self.with_object(inode, |f| f.metadata().map(|m| m.len()))?;
         let (mut st, timeout) = self.inner.setattr(ctx, inode, attr, None, valid)?;
-        if let Err(e) = self.with_object(inode, |f| f.set_len(attr.st_size as u64)) {
+        if let Err(e) = self.with_object(inode, |f| store.set_len(f, attr.st_size as u64)) {
             // SAFETY: stat64 is plain old data; all-zero is a valid value.
             let mut undo: libc::stat64 = unsafe { std::mem::zeroed() };
             undo.st_size = old as i64;

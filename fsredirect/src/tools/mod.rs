@@ -297,15 +297,15 @@ pub fn open_for_change(share: &ShareSpec) -> Result<(Volume, Store, Option<Recov
         StoreError::Busy { .. } => volume.busy(),
         other => ToolError::Store(other),
     })?;
+    let err = |source| ToolError::Recovery {
+        volume: volume.name.clone(),
+        source,
+    };
     // A volume made just now has nothing to recover.
     let recovered = if store.was_clean() || fresh {
         None
     } else {
-        let err = |source| ToolError::Recovery {
-            volume: volume.name.clone(),
-            source,
-        };
-        let settled = replay_intents(&share.dir, &store).map_err(err)?;
+        let (settled, _unreadable) = replay_intents(&share.dir, &store).map_err(err)?;
         let report = recover(&share.dir, &store).map_err(err)?;
         Some(Recovered { settled, report })
     };

@@ -1,0 +1,471 @@
+//! A seam in the store layer for tests: every store operation the engine performs (object
+//! data writes, size changes, syncs, namespace changes, intent records) is first shown to an
+//! optional [`StoreHook`], which may fail it (ENOSPC, EIO, ...), shorten a write, or record
+//! it. Without a hook (production) the check is one branch on a `None`.
+//!
+//! Two hooks come with the crate:
+//! - [`FaultPlan`] injects an errno or short writes into one kind of operation, to prove that
+//!   a failing store gives the guest an errno and leaves stubs that agree with their data;
+//! - [`PowerLoss`] simulates a power cut at a chosen operation: it remembers the content each
+//!   object had when it was last synced and, at the cut, writes those contents back, so the
+//!   store holds only what a real disk would have kept (see its docs for the model).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A namespace change in the store (or its control area).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Namespace {
+    /// An object is created.
+    Create,
+    /// A directory is created on the way to an object.
+    Mkdir,
+    /// A hard link is made.
+    Link,
+    /// An object or directory is renamed (or two are exchanged).
+    Rename,
+    /// An object or directory is removed.
+    Remove,
+    /// An object moves to or from the orphan area, or an orphan is removed.
+    Orphan,
+    /// An intent record is created.
+    IntentRecord,
+    /// An intent record is removed (its operation is complete).
+    IntentDone,
+    /// The clean-stop marker is written or removed.
+    CleanMarker,
+}
+
+/// One store operation the engine is about to perform.
+pub enum StoreOp<'a> {
+    /// `len` bytes are written at `offset` into an object or intent record.
+    Write {
+        /// The object.
+        file: &'a File,
+        /// Where.
+        offset: u64,
+        /// How many bytes.
+        len: usize,
+    },
+    /// An object is cut or extended to `size`.
+    SetLen {
+        /// The object.
+        file: &'a File,
+        /// The new size.
+        size: u64,
+    },
+    /// Space is allocated (or punched) in an object.
+    Fallocate {
+        /// The object.
+        file: &'a File,
+    },
+    /// An object or record is synced: fdatasync with `data_only`, fsync otherwise.
+    Sync {
+        /// The object.
+        file: &'a File,
+        /// fdatasync rather than fsync.
+        data_only: bool,
+    },
+    /// A store directory is synced.
+    SyncDir,
+    /// The whole store file system is synced.
+    SyncFs,
+    /// A namespace change.
+    Namespace(Namespace),
+}
+
+impl StoreOp<'_> {
+    /// The kind of operation, without its file.
+    pub fn kind(&self) -> OpKind {
+        match self {
+            StoreOp::Write { .. } => OpKind::Write,
+            StoreOp::SetLen { .. } => OpKind::SetLen,
+            StoreOp::Fallocate { .. } => OpKind::Fallocate,
+            StoreOp::Sync { .. } => OpKind::Sync,
+            StoreOp::SyncDir => OpKind::SyncDir,
+            StoreOp::SyncFs => OpKind::SyncFs,
+            StoreOp::Namespace(n) => OpKind::Namespace(*n),
+        }
+    }
+}
+
+impl fmt::Debug for StoreOp<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreOp::Write { offset, len, .. } => write!(f, "Write({offset}, {len})"),
+            StoreOp::SetLen { size, .. } => write!(f, "SetLen({size})"),
+            other => write!(f, "{:?}", other.kind()),
+        }
+    }
+}
+
+/// The kind of a [`StoreOp`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OpKind {
+    /// [`StoreOp::Write`].
+    Write,
+    /// [`StoreOp::SetLen`].
+    SetLen,
+    /// [`StoreOp::Fallocate`].
+    Fallocate,
+    /// [`StoreOp::Sync`].
+    Sync,
+    /// [`StoreOp::SyncDir`].
+    SyncDir,
+    /// [`StoreOp::SyncFs`].
+    SyncFs,
+    /// [`StoreOp::Namespace`].
+    Namespace(Namespace),
+}
+
+/// Sees every store operation before it happens.
+pub trait StoreHook: Send + Sync {
+    /// Called before `op`. `Err` fails the operation with that error instead of doing it;
+    /// `Ok(Some(n))` shortens a write to `n` bytes (less than asked); `Ok(None)` lets it run.
+    fn before(&self, op: &StoreOp<'_>) -> io::Result<Option<usize>>;
+}
+
+/// An optional hook, as the store holds it: `Hook::default()` is none (production).
+#[derive(Clone, Default)]
+pub struct Hook(Option<Arc<dyn StoreHook>>);
+
+impl Hook {
+    /// A hook that shows every operation to `hook`.
+    pub fn new(hook: Arc<dyn StoreHook>) -> Self {
+        Hook(Some(hook))
+    }
+
+    /// Shows `op` to the hook, if any (see [`StoreHook::before`]).
+    #[inline]
+    pub fn check(&self, op: &StoreOp<'_>) -> io::Result<Option<usize>> {
+        match &self.0 {
+            None => Ok(None),
+            Some(hook) => hook.before(op),
+        }
+    }
+
+    /// True if a hook is installed.
+    pub fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl fmt::Debug for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Hook(set)"
+        } else {
+            "Hook(none)"
+        })
+    }
+}
+
+/// What a [`FaultPlan`] does to the operations it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Fail with this errno.
+    Errno(i32),
+    /// Writes of more than this many bytes are cut to it (never to zero).
+    ShortWrite(usize),
+}
+
+/// Injects one fault into every store operation of one kind while armed.
+#[derive(Debug, Default)]
+pub struct FaultPlan {
+    armed: Mutex<Option<(OpKind, Fault)>>,
+    hits: Mutex<usize>,
+}
+
+impl FaultPlan {
+    /// A plan with nothing armed.
+    pub fn new() -> Arc<Self> {
+        Arc::new(FaultPlan::default())
+    }
+
+    /// From now on, every operation of `kind` suffers `fault`.
+    pub fn arm(&self, kind: OpKind, fault: Fault) {
+        *lock(&self.armed) = Some((kind, fault));
+    }
+
+    /// Stops injecting.
+    pub fn disarm(&self) {
+        *lock(&self.armed) = None;
+    }
+
+    /// How many operations were failed or shortened so far.
+    pub fn hits(&self) -> usize {
+        *lock(&self.hits)
+    }
+}
+
+impl StoreHook for FaultPlan {
+    fn before(&self, op: &StoreOp<'_>) -> io::Result<Option<usize>> {
+        let Some((kind, fault)) = *lock(&self.armed) else {
+            return Ok(None);
+        };
+        if op.kind() != kind {
+            return Ok(None);
+        }
+        match (fault, op) {
+            (Fault::Errno(code), _) => {
+                *lock(&self.hits) += 1;
+                Err(io::Error::from_raw_os_error(code))
+            }
+            (Fault::ShortWrite(max), StoreOp::Write { len, .. }) if *len > max.max(1) => {
+                *lock(&self.hits) += 1;
+                Ok(Some(max.max(1)))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Simulated power loss in the store.
+///
+/// Model: the guest tree and the store are on one journaling file system (ext4 with
+/// `data=ordered`, xfs), where metadata (names, links, sizes set by truncate, xattrs) reaches
+/// the disk in the order it was changed, and any fsync commits all of it. The cut keeps all
+/// metadata up to the cut point (the latest outcome the journal allows) and drops every data
+/// write into an object or intent record since that file's last fsync/fdatasync or the last
+/// syncfs, with the size growth those writes caused; truncates since then are applied to the
+/// surviving content. Not modelled: losing metadata changed after the last journal commit,
+/// and a guest tree on another file system than the store.
+///
+/// Every [`StoreOp`] is one numbered step (from 1). With a cut at step `n`, the `n`-th
+/// operation does not happen: the store's files get their durable contents back and
+/// `on_cut` runs, which should end the process (`libc::_exit`); if it returns, every later
+/// operation fails with EIO and changes nothing.
+pub struct PowerLoss {
+    root: PathBuf,
+    cut_at: Option<u64>,
+    on_cut: Box<dyn Fn() + Send + Sync>,
+    state: Mutex<PowerState>,
+}
+
+#[derive(Default)]
+struct PowerState {
+    steps: u64,
+    cut: bool,
+    /// (device, inode) of each file with unsynced data -> its durable content.
+    durable: HashMap<(u64, u64), Vec<u8>>,
+}
+
+impl PowerLoss {
+    /// A simulator for the store at `root` that cuts power at step `cut_at` (never if
+    /// `None`) and then calls `on_cut`.
+    pub fn new(root: &Path, cut_at: Option<u64>, on_cut: Box<dyn Fn() + Send + Sync>) -> Arc<Self> {
+        Arc::new(PowerLoss {
+            root: root.to_path_buf(),
+            cut_at,
+            on_cut,
+            state: Mutex::new(PowerState::default()),
+        })
+    }
+
+    /// How many store operations were seen so far.
+    pub fn steps(&self) -> u64 {
+        lock(&self.state).steps
+    }
+
+    /// Files whose unsynced writes a cut now would drop.
+    pub fn unsynced_files(&self) -> usize {
+        lock(&self.state).durable.len()
+    }
+
+    /// Puts every file with unsynced data back to its durable content.
+    fn materialize(&self, st: &PowerState) -> io::Result<()> {
+        let mut paths = HashMap::new();
+        collect_files(&self.root, &mut paths)?;
+        for (key, content) in &st.durable {
+            // A file whose every name is gone needs nothing: its data is unreachable.
+            let Some(path) = paths.get(key) else { continue };
+            let file = File::options().write(true).open(path)?;
+            file.set_len(0)?;
+            file.write_all_at(content, 0)?;
+            file.set_len(content.len() as u64)?;
+            file.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+impl StoreHook for PowerLoss {
+    fn before(&self, op: &StoreOp<'_>) -> io::Result<Option<usize>> {
+        let mut st = lock(&self.state);
+        if st.cut {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        st.steps += 1;
+        if Some(st.steps) == self.cut_at {
+            st.cut = true;
+            if let Err(e) = self.materialize(&st) {
+                // The simulation itself broke: say so loudly, the test must not pass.
+                eprintln!("power-loss simulation could not restore durable contents: {e}");
+                std::process::abort();
+            }
+            drop(st);
+            (self.on_cut)();
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        match op {
+            StoreOp::Write { file, .. } | StoreOp::Fallocate { file } => {
+                let key = file_key(file)?;
+                if !st.durable.contains_key(&key) {
+                    let content = read_all(file)?;
+                    st.durable.insert(key, content);
+                }
+            }
+            StoreOp::SetLen { file, size } => {
+                // A truncate is metadata: it reaches the disk in order, and applies to the
+                // content that survives.
+                if let Some(content) = st.durable.get_mut(&file_key(file)?) {
+                    content.resize(*size as usize, 0);
+                }
+            }
+            StoreOp::Sync { file, .. } => {
+                // Taken as done once asked: a cut can only fall before a step, never inside.
+                st.durable.remove(&file_key(file)?);
+            }
+            StoreOp::SyncFs => st.durable.clear(),
+            StoreOp::SyncDir | StoreOp::Namespace(_) => {}
+        }
+        Ok(None)
+    }
+}
+
+fn file_key(file: &File) -> io::Result<(u64, u64)> {
+    let m = file.metadata()?;
+    Ok((m.dev(), m.ino()))
+}
+
+fn read_all(file: &File) -> io::Result<Vec<u8>> {
+    let len = file.metadata()?.len() as usize;
+    let mut buf = vec![0; len];
+    let mut done = 0;
+    while done < len {
+        match file.read_at(&mut buf[done..], done as u64)? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    buf.truncate(done);
+    Ok(buf)
+}
+
+/// Maps (device, inode) to one path of every regular file under `dir`.
+fn collect_files(dir: &Path, out: &mut HashMap<(u64, u64), PathBuf>) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = std::fs::symlink_metadata(entry.path())?;
+        if meta.is_dir() {
+            collect_files(&entry.path(), out)?;
+        } else if meta.is_file() {
+            out.entry((meta.dev(), meta.ino())).or_insert(entry.path());
+        }
+    }
+    Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Plain data updated one call at a time: a panic elsewhere cannot leave it half-written.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(hook: &dyn StoreHook, file: &mut File, data: &[u8]) {
+        let pos = file.metadata().unwrap().len();
+        hook.before(&StoreOp::Write {
+            file,
+            offset: pos,
+            len: data.len(),
+        })
+        .unwrap();
+        file.write_all_at(data, pos).unwrap();
+    }
+
+    #[test]
+    fn armed_plan_fails_matching_operations_only() {
+        let plan = FaultPlan::new();
+        plan.arm(OpKind::SyncFs, Fault::Errno(libc::EIO));
+        let err = plan.before(&StoreOp::SyncFs).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO));
+        assert!(plan.before(&StoreOp::SyncDir).unwrap().is_none());
+        plan.disarm();
+        assert!(plan.before(&StoreOp::SyncFs).unwrap().is_none());
+        assert_eq!(plan.hits(), 1);
+    }
+
+    #[test]
+    fn short_write_plan_cuts_long_writes() {
+        let tmp = tempfile::tempfile().unwrap();
+        let plan = FaultPlan::new();
+        plan.arm(OpKind::Write, Fault::ShortWrite(3));
+        let op = |len| StoreOp::Write {
+            file: &tmp,
+            offset: 0,
+            len,
+        };
+        assert_eq!(plan.before(&op(10)).unwrap(), Some(3));
+        assert_eq!(plan.before(&op(2)).unwrap(), None);
+    }
+
+    #[test]
+    fn power_cut_drops_unsynced_writes_and_keeps_synced_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sim = PowerLoss::new(tmp.path(), Some(5), Box::new(|| {}));
+        let mut a = File::create_new(tmp.path().join("a")).unwrap();
+        let mut b = File::create_new(tmp.path().join("b")).unwrap();
+        write(&*sim, &mut a, b"synced"); // step 1
+        sim.before(&StoreOp::Sync {
+            file: &a,
+            data_only: true,
+        })
+        .unwrap(); // step 2
+        write(&*sim, &mut a, b"+lost"); // step 3
+        write(&*sim, &mut b, b"lost too"); // step 4
+        a.flush().unwrap();
+        // Step 5 is the cut: it does not happen, and nothing after it does either.
+        assert!(sim.before(&StoreOp::SyncFs).is_err());
+        assert!(sim.before(&StoreOp::SyncFs).is_err());
+        assert_eq!(std::fs::read(tmp.path().join("a")).unwrap(), b"synced");
+        assert_eq!(std::fs::read(tmp.path().join("b")).unwrap(), b"");
+    }
+
+    #[test]
+    fn truncate_applies_to_the_surviving_content() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sim = PowerLoss::new(tmp.path(), Some(3), Box::new(|| {}));
+        std::fs::write(tmp.path().join("f"), b"0123456789").unwrap();
+        let mut f = File::options()
+            .read(true)
+            .write(true)
+            .open(tmp.path().join("f"))
+            .unwrap();
+        write(&*sim, &mut f, b"unsynced"); // step 1: durable content is 0123456789
+        sim.before(&StoreOp::SetLen { file: &f, size: 4 }).unwrap(); // step 2
+        f.set_len(4).unwrap();
+        assert!(sim.before(&StoreOp::SyncFs).is_err()); // step 3: the cut
+        assert_eq!(std::fs::read(tmp.path().join("f")).unwrap(), b"0123");
+    }
+
+    #[test]
+    fn syncfs_makes_everything_durable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sim = PowerLoss::new(tmp.path(), Some(3), Box::new(|| {}));
+        let mut f = File::create_new(tmp.path().join("f")).unwrap();
+        write(&*sim, &mut f, b"kept");
+        sim.before(&StoreOp::SyncFs).unwrap();
+        assert_eq!(sim.unsynced_files(), 0);
+        assert!(sim.before(&StoreOp::SyncDir).is_err());
+        assert_eq!(std::fs::read(tmp.path().join("f")).unwrap(), b"kept");
+    }
+}
