@@ -148,6 +148,18 @@ pub struct Pending<'a> {
     name: CString,
 }
 
+impl Pending<'_> {
+    /// Leaves the record in the log: the operation's store half failed after its guest-tree
+    /// half was done, so the next start's recovery must settle it.
+    pub fn keep(self) {
+        log::warn!(
+            "intent record {:?} kept for the next start's recovery",
+            self.name
+        );
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if let Err(e) = self.log.remove(&self.name) {
@@ -226,6 +238,11 @@ impl IntentLog {
             out.push((name, Intent::decode(&record)));
         }
         Ok(out)
+    }
+
+    /// True if any record is left (a crash, or an operation whose store half failed).
+    pub fn has_leftovers(&self) -> io::Result<bool> {
+        Ok(!self.leftovers()?.is_empty())
     }
 
     /// Removes a record once recovery has dealt with it.

@@ -724,7 +724,7 @@ struct Tally {
 }
 
 fn run_level(level: Level) -> Result<(), Failed> {
-    let iterations = env_u64("FSR_CRASH_ITERATIONS").unwrap_or(40) as usize;
+    let iterations = env_u64("FSR_CRASH_ITERATIONS").unwrap_or(100) as usize;
     let ops = env_u64("FSR_CRASH_OPS").unwrap_or(60) as usize;
     let first_seed = env_u64("FSR_CRASH_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now()

@@ -238,7 +238,16 @@ impl RedirectFs {
         };
         let mut recovery = None;
         if let Some(store) = &store {
-            if store.was_clean() {
+            // Records left after a clean stop belong to operations whose store half failed.
+            let leftovers =
+                store
+                    .intents()
+                    .has_leftovers()
+                    .map_err(|source| FsError::Recovery {
+                        dir: share.dir.clone(),
+                        source,
+                    })?;
+            if store.was_clean() && !leftovers {
                 // Files still open at a clean stop leave their objects in the orphan area.
                 store.clear_orphans()?;
             } else {

@@ -201,7 +201,7 @@ impl FileSystem for RedirectFs {
             if let (Some(parts), true) = (&parts, entry.attr.st_nlink <= 1) {
                 self.pin_stub(entry.inode, parts);
             }
-            let _intent = match &parts {
+            let intent = match &parts {
                 Some(parts) => Some(
                     self.store()?
                         .intents()
@@ -215,14 +215,28 @@ impl FileSystem for RedirectFs {
             self.state().names.remove_name(parent, name);
             if let Some(parts) = parts {
                 let inode = entry.inode;
+                let store_half = if entry.attr.st_nlink > 1 {
+                    self.store()?.remove(&parts, false)
+                } else {
+                    self.drop_last_name(inode, &parts)
+                };
+                if let Err(e) = store_half {
+                    // The name is gone for the guest: the unlink happened. The store keeps
+                    // an object without a stub until recovery settles the kept record.
+                    log::error!(
+                        "unlink of {:?}: the store half failed ({e}); recovery will finish it",
+                        String::from_utf8_lossy(&join(&parts))
+                    );
+                    if let Some(intent) = intent {
+                        intent.keep();
+                    }
+                    return Ok(());
+                }
                 if entry.attr.st_nlink > 1 {
-                    self.store()?.remove(&parts, false)?;
                     let remaining = self.state().names.path(inode);
                     if let Some(rest) = remaining {
                         self.record_portion(inode, &rest)?;
                     }
-                } else {
-                    self.drop_last_name(inode, &parts)?;
                 }
             }
             Ok(())
