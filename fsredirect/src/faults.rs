@@ -315,9 +315,8 @@ impl StoreHook for PowerLoss {
         match op {
             StoreOp::Write { file, .. } | StoreOp::Fallocate { file } => {
                 let key = file_key(file)?;
-                if !st.durable.contains_key(&key) {
-                    let content = read_all(file)?;
-                    st.durable.insert(key, content);
+                if let std::collections::hash_map::Entry::Vacant(slot) = st.durable.entry(key) {
+                    slot.insert(read_all(file)?);
                 }
             }
             StoreOp::SetLen { file, size } => {

@@ -22,7 +22,7 @@
 //! (a full snapshot of guest tree and store, before and after). Figures go to stdout and
 //! to `build/crash-report.md`.
 //!
-//! `FSR_CRASH_ITERATIONS` (crashes per level, default 40), `FSR_CRASH_OPS` (operations per
+//! `FSR_CRASH_ITERATIONS` (crashes per level, default 100), `FSR_CRASH_OPS` (operations per
 //! workload, default 60) and `FSR_CRASH_SEED` (first seed; printed) change the exploration.
 
 use std::collections::{BTreeMap, BTreeSet};
