@@ -3,12 +3,22 @@
 //! it is removed once both halves are done. After a crash, [`crate::recover`] reads the
 //! records left behind and finishes or undoes each operation so that the store mirrors the
 //! guest tree again.
+//!
+//! A record must be on disk before either half of its operation. Two ways:
+//! - **journal order** (guest tree and store on one journaling file system): the record is
+//!   an empty file whose content is an extended attribute, i.e. metadata only. The file
+//!   system's journal writes metadata changes in the order they were made, so whatever
+//!   half of the operation survives a power cut, the record (created before it) survives
+//!   too, and its removal (after both halves) cannot survive without them. No sync.
+//! - **synced** (anything else, or a record too large for an attribute): the record is the
+//!   file's content, fdatasync'd before the operation starts.
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::beneath::{check, open_beneath};
 use crate::faults::{Hook, Namespace, StoreOp};
@@ -139,7 +149,14 @@ pub struct IntentLog {
     dir: OwnedFd,
     next: AtomicU64,
     hook: Hook,
+    journal_ordered: AtomicBool,
 }
+
+/// The attribute holding a record written in journal order.
+const RECORD_XATTR: &CStr = c"user.fsredirect.intent";
+
+/// Largest record read back from an attribute.
+const MAX_RECORD: usize = 64 * 1024;
 
 /// An open record; dropping it marks the operation complete.
 #[must_use = "the record is removed when this is dropped"]
@@ -179,7 +196,20 @@ impl IntentLog {
             dir,
             next: AtomicU64::new(0),
             hook,
+            journal_ordered: AtomicBool::new(false),
         }
+    }
+
+    /// Chooses how records reach the disk (see the module docs): in journal order (`true`:
+    /// only when the guest tree and the store share one journaling file system) or synced
+    /// one by one (`false`, the default).
+    pub fn set_journal_ordered(&self, on: bool) {
+        self.journal_ordered.store(on, Ordering::Relaxed);
+    }
+
+    /// True if records are written in journal order, without a sync each.
+    pub fn is_journal_ordered(&self) -> bool {
+        self.journal_ordered.load(Ordering::Relaxed)
     }
 
     /// Writes and syncs a record of `intent` before the operation starts.
@@ -198,6 +228,30 @@ impl IntentLog {
         let mut file = File::from(fd);
         let pending = Pending { log: self, name };
         let record = intent.encode();
+        if self.is_journal_ordered() {
+            // SAFETY: fsetxattr on a descriptor we own, with a NUL-terminated name and a
+            // value buffer of the given length.
+            let res = unsafe {
+                libc::fsetxattr(
+                    file.as_raw_fd(),
+                    RECORD_XATTR.as_ptr(),
+                    record.as_ptr().cast(),
+                    record.len(),
+                    0,
+                )
+            };
+            if res == 0 {
+                return Ok(pending);
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                // Too large for an attribute here, or no user attributes: synced content.
+                Some(libc::E2BIG | libc::ENOSPC | libc::ERANGE | libc::EOPNOTSUPP) => {
+                    log::debug!("intent record as an attribute refused ({err}); syncing it")
+                }
+                _ => return Err(err),
+            }
+        }
         let file_ref = &file;
         self.hook.check(&StoreOp::Write {
             file: file_ref,
@@ -232,9 +286,23 @@ impl IntentLog {
         names.sort();
         let mut out = Vec::new();
         for name in names {
-            let mut record = Vec::new();
-            File::from(open_beneath(&self.dir, &name, libc::O_RDONLY, 0)?)
-                .read_to_end(&mut record)?;
+            let mut file = File::from(open_beneath(&self.dir, &name, libc::O_RDONLY, 0)?);
+            let mut record = vec![0u8; MAX_RECORD];
+            // SAFETY: fgetxattr on a descriptor we own into a buffer of the given length.
+            let n = unsafe {
+                libc::fgetxattr(
+                    file.as_raw_fd(),
+                    RECORD_XATTR.as_ptr(),
+                    record.as_mut_ptr().cast(),
+                    record.len(),
+                )
+            };
+            if n >= 0 {
+                record.truncate(n as usize);
+            } else {
+                record.clear();
+                file.read_to_end(&mut record)?;
+            }
             out.push((name, Intent::decode(&record)));
         }
         Ok(out)
@@ -252,6 +320,35 @@ impl IntentLog {
         // SAFETY: one component under a directory fd we own.
         check(unsafe { libc::unlinkat(self.dir.as_raw_fd(), name.as_ptr(), 0) }).map(|_| ())
     }
+}
+
+/// True if `a` and `b` lie on one file system whose journal writes metadata in order
+/// (ext4, xfs, btrfs; tmpfs keeps nothing across a power cut anyway), so that records can be
+/// written in journal order. ext4 without a journal (or ext2 through the ext4 driver) has the
+/// same magic number and is not told apart: such a store should not be used for crash safety.
+pub fn shares_one_journal(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    const EXT4: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683E;
+    const TMPFS: i64 = 0x0102_1994;
+    let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
+        return false;
+    };
+    if ma.dev() != mb.dev() {
+        return false;
+    }
+    let Ok(dir) = File::open(b) else {
+        return false;
+    };
+    let mut st = std::mem::MaybeUninit::<libc::statfs64>::zeroed();
+    // SAFETY: fstatfs64 on a descriptor we own into a zeroed, writable buffer.
+    if unsafe { libc::fstatfs64(dir.as_raw_fd(), st.as_mut_ptr()) } < 0 {
+        return false;
+    }
+    // SAFETY: the call succeeded and filled the (zeroed) buffer.
+    let kind = unsafe { st.assume_init() }.f_type as i64;
+    matches!(kind, EXT4 | XFS | BTRFS | TMPFS)
 }
 
 #[cfg(test)]
@@ -286,6 +383,39 @@ mod tests {
             guest_ino: 77,
         };
         assert_eq!(Intent::decode(&intent.encode()), Some(intent));
+    }
+
+    #[test]
+    fn record_in_journal_order_is_read_back_from_its_attribute() {
+        let (_tmp, log) = log();
+        log.set_journal_ordered(true);
+        let intent = Intent::Link {
+            path: b"d/f".to_vec(),
+        };
+        std::mem::forget(log.begin(&intent).unwrap());
+        let left = log.leftovers().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].1, Some(intent));
+    }
+
+    #[test]
+    fn record_too_large_for_an_attribute_falls_back_to_synced_content() {
+        let (_tmp, log) = log();
+        log.set_journal_ordered(true);
+        // Four long paths: far beyond what one attribute block holds.
+        let long = vec![b'x'; 4000];
+        let intent = Intent::Rename {
+            old: long.clone(),
+            new: long.clone(),
+            guest_ino: 1,
+            store_from: long.clone(),
+            store_to: long,
+            store_ino: 2,
+            aside: Vec::new(),
+            exchange: false,
+        };
+        std::mem::forget(log.begin(&intent).unwrap());
+        assert_eq!(log.leftovers().unwrap()[0].1, Some(intent));
     }
 
     #[test]

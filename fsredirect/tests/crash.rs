@@ -646,6 +646,9 @@ fn child_main() -> ! {
         cfg,
         ctx: Context::new(),
     };
+    let ordered = u64::from(driver.fs().intents_in_journal_order());
+    writeln!(progress, "ORDERED {ordered}").unwrap();
+    let started = Instant::now();
     let mut before = Model::default();
     for (n, (op, after)) in workload(seed, ops).iter().enumerate() {
         writeln!(progress, "B {n}").unwrap();
@@ -656,6 +659,7 @@ fn child_main() -> ! {
         before = after.clone();
     }
     drop(driver);
+    writeln!(progress, "MICROS {}", started.elapsed().as_micros()).unwrap();
     if let Some(sim) = &sim {
         writeln!(progress, "STEPS {}", sim.steps()).unwrap();
     }
@@ -683,18 +687,25 @@ enum Level {
 struct Progress {
     done: usize,
     in_flight: bool,
+    /// Store operations of a whole run (power level).
     steps: Option<u64>,
+    /// Microseconds from the first operation to the stop.
+    micros: Option<u64>,
+    /// Intent records were written in journal order.
+    ordered: Option<bool>,
 }
 
 fn read_progress(dir: &Path) -> Progress {
     let text = std::fs::read_to_string(dir.join("progress")).unwrap_or_default();
-    let (mut done, mut begun, mut steps) = (0, None, None);
+    let (mut done, mut begun, mut steps, mut micros, mut ordered) = (0, None, None, None, None);
     for line in text.lines() {
         let mut it = line.split(' ');
         match (it.next(), it.next().and_then(|n| n.parse::<u64>().ok())) {
             (Some("B"), Some(n)) => begun = Some(n as usize),
             (Some("D"), Some(n)) => done = n as usize + 1,
             (Some("STEPS"), Some(n)) => steps = Some(n),
+            (Some("MICROS"), Some(n)) => micros = Some(n),
+            (Some("ORDERED"), Some(n)) => ordered = Some(n == 1),
             _ => {}
         }
     }
@@ -702,6 +713,8 @@ fn read_progress(dir: &Path) -> Progress {
         done,
         in_flight: begun == Some(done),
         steps,
+        micros,
+        ordered,
     }
 }
 
@@ -721,6 +734,8 @@ struct Tally {
     moved_back: usize,
     recovery_times: Vec<Duration>,
     second_recovery_changes: usize,
+    journal_ordered: usize,
+    started: usize,
 }
 
 fn run_level(level: Level) -> Result<(), Failed> {
@@ -751,18 +766,17 @@ fn run_level(level: Level) -> Result<(), Failed> {
         let seed = first_seed + (i / per_seed) as u64;
         if let std::collections::btree_map::Entry::Vacant(slot) = calibration.entry(seed) {
             let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
-            let start = Instant::now();
             let status = spawn_child(tmp.path(), level, seed, ops, None)?
                 .wait()
                 .map_err(|e| e.to_string())?;
-            let took = start.elapsed();
             if !status.success() {
                 return Err(
                     format!("seed {seed}: the uninterrupted workload failed ({status})").into(),
                 );
             }
-            let steps = read_progress(tmp.path()).steps.unwrap_or(0);
-            slot.insert((took, steps));
+            let calibrated = read_progress(tmp.path());
+            let took = Duration::from_micros(calibrated.micros.unwrap_or(0));
+            slot.insert((took, calibrated.steps.unwrap_or(0)));
         }
         let (took, steps) = calibration[&seed];
         let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -770,6 +784,16 @@ fn run_level(level: Level) -> Result<(), Failed> {
         let point = match level {
             Level::Kill => {
                 let mut child = spawn_child(dir, level, seed, ops, None)?;
+                // Kill within the workload: wait for its first operation, then a random
+                // part of its uninterrupted duration.
+                let waited = Instant::now();
+                while !std::fs::read_to_string(dir.join("progress"))
+                    .unwrap_or_default()
+                    .contains("B 0")
+                    && waited.elapsed() < Duration::from_secs(30)
+                {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
                 let delay = Duration::from_micros(rng.below(took.as_micros() as u64 + 1));
                 std::thread::sleep(delay);
                 // SAFETY: kill(2) of our own child's pid; no memory is involved.
@@ -804,6 +828,8 @@ fn run_level(level: Level) -> Result<(), Failed> {
         tally.crash_points.insert((seed, point));
         let progress = read_progress(dir);
         tally.ops_acknowledged += progress.done;
+        tally.journal_ordered += usize::from(progress.ordered == Some(true));
+        tally.started += usize::from(progress.ordered.is_some());
         let context = format!("seed {seed} point {point} (op {} of {ops})", progress.done);
         check_after_crash(dir, level, seed, ops, &progress, &mut tally)
             .map_err(|e| format!("{context}: {e}"))?;
@@ -844,8 +870,20 @@ fn spawn_child(
     if let Some(cut) = cut {
         cmd.env("FSR_CRASH_CUT", cut.to_string());
     }
+    let _forking = FORK.lock().unwrap_or_else(|p| p.into_inner());
     cmd.spawn()
         .map_err(|e| format!("cannot start the crash child: {e}"))
+}
+
+/// Held while a child is forked and exec'd, and while this process takes a volume lock:
+/// a child forked by the other level's thread holds copies of this process's descriptors
+/// (the volume lock among them) until its exec closes them.
+static FORK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Starts a server on `share` (recovering it), never while a child is being forked.
+fn start_server(share: &ShareSpec) -> Result<RedirectFs, String> {
+    let _forking = FORK.lock().unwrap_or_else(|p| p.into_inner());
+    RedirectFs::new(share, FsConfig::default()).map_err(|e| format!("restart: {e:#}"))
 }
 
 /// Recovers the share in `dir` and checks every invariant; violations go to `tally`.
@@ -861,7 +899,7 @@ fn check_after_crash(
     let store_root = dir.join("s");
     let marker = store_root.join(".fsredirect/c/clean");
     // 1. Recovery, as any server start does it.
-    let fs = RedirectFs::new(&share, FsConfig::default()).map_err(|e| format!("restart: {e:#}"))?;
+    let fs = start_server(&share)?;
     if let Some(r) = fs.recovery() {
         tally.recovery_times.push(r.duration);
         tally.orphans += r.orphans;
@@ -878,7 +916,7 @@ fn check_after_crash(
     drop(fs);
     // 2. Recovery again, forced (no clean marker): nothing to repair, nothing changes.
     std::fs::remove_file(&marker).map_err(|e| format!("clean marker after a stop: {e}"))?;
-    let fs = RedirectFs::new(&share, FsConfig::default()).map_err(|e| format!("restart: {e:#}"))?;
+    let fs = start_server(&share)?;
     let again = fs.recovery().cloned().unwrap_or_default();
     let second = snapshot(dir);
     drop(fs);
@@ -1120,7 +1158,8 @@ fn report(name: &str, t: &Tally, took: Duration) {
          crash points, {} operations acknowledged before the crashes; durability violations {}, \
          consistency violations {}; recovery settled {} logged operations, resized {} objects, \
          moved back {}, reclaimed {} orphans; recovery p50 {:.2} ms, p99 {:.2} ms ({} \
-         recoveries); second recovery changed nothing in {} of {} cases; {:.1} s",
+         recoveries); second recovery changed nothing in {} of {} cases; intent records in \
+         journal order (no sync each) in {} of {} runs that got past the start; {:.1} s",
         t.crashes,
         t.completed_runs,
         t.workloads.len(),
@@ -1137,6 +1176,8 @@ fn report(name: &str, t: &Tally, took: Duration) {
         times.len(),
         t.crashes - t.second_recovery_changes,
         t.crashes,
+        t.journal_ordered,
+        t.started,
         took.as_secs_f64()
     );
     println!("{line}");

@@ -238,6 +238,16 @@ impl RedirectFs {
         };
         let mut recovery = None;
         if let Some(store) = &store {
+            let ordered = crate::intent::shares_one_journal(&share.dir, store.volume_path());
+            store.intents().set_journal_ordered(ordered);
+            log::info!(
+                "intent records: {}",
+                if ordered {
+                    "in journal order (guest tree and store share one journaling file system)"
+                } else {
+                    "synced one by one (guest tree and store on different file systems)"
+                }
+            );
             // Records left after a clean stop belong to operations whose store half failed.
             let leftovers =
                 store
@@ -305,6 +315,14 @@ impl RedirectFs {
     /// after a clean stop and for a passthrough share).
     pub fn recovery(&self) -> Option<&RecoveryReport> {
         self.recovery.as_ref()
+    }
+
+    /// True if intent records are written in journal order, without a sync each
+    /// ([`crate::intent`]); false if each one is synced, or for a passthrough share.
+    pub fn intents_in_journal_order(&self) -> bool {
+        self.store
+            .as_ref()
+            .is_some_and(|s| s.intents().is_journal_ordered())
     }
 
     /// Makes everything durable: the store (objects, names, intent records) and the guest
