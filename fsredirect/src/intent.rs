@@ -347,7 +347,10 @@ pub fn shares_one_journal(a: &Path, b: &Path) -> bool {
         return false;
     }
     // SAFETY: the call succeeded and filled the (zeroed) buffer.
-    let kind = unsafe { st.assume_init() }.f_type as i64;
+    let st = unsafe { st.assume_init() };
+    // `f_type` is an i64 here but narrower on some architectures.
+    #[allow(clippy::unnecessary_cast)]
+    let kind = st.f_type as i64;
     matches!(kind, EXT4 | XFS | BTRFS | TMPFS)
 }
 
