@@ -177,11 +177,10 @@ const HOST: usize = 0;
 const PT: usize = 1;
 const RED: usize = 2;
 
-const CAUSE_INTENT: &str = "fsredirect logs an intent record for every create and unlink \
-(fsredirect/README.md, \"Intent log\"): strace shows each redirected create make a record file, \
-write it, fdatasync it and unlink it afterwards, about 38 syscalls in all against 3 for the \
-host, and the fdatasync waits for the disk (milliseconds). The passthrough and the host do not \
-sync. Intent durability is owned by the crash-safety work and was left as it is.";
+const CAUSE_INTENT: &str = "every redirected create and unlink also writes and removes an \
+intent-log record (a file with an xattr, fdatasync'd only when guest tree and store are on \
+different file systems: fsredirect/README.md, \"Intent log\") and changes both the guest tree \
+and the store: several host calls where the passthrough makes one or two.";
 const CAUSE_STUB: &str = "every redirected WRITE also updates the stub (fstat of the object, \
 then ftruncate or futimens of the stub), a few syscalls more than the passthrough per request.";
 const CAUSE_FUSE_META: &str = "syscalls, not our code: callgrind counts about 13,000 user-space \
@@ -451,8 +450,8 @@ impl Report {
              - Device workload: {}\n\n\
              Every figure below is a ratio against a baseline measured in the same run on the \
              same machine. The machine is shared (2 cores, other builds running): absolute \
-             numbers are noisy and only shown for reference. Figures that wait for the disk (redirected \
-             create and unlink fdatasync an intent record) vary most from run to run.\n\n![ratios]({chart_path})\n\n",
+             numbers are noisy and only shown for reference. Metadata figures (create, unlink) wait \
+             on the host file system's journal and vary most from run to run.\n\n![ratios]({chart_path})\n\n",
             self.date,
             self.command,
             m.cpu,
