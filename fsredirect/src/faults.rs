@@ -14,7 +14,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -251,8 +252,8 @@ pub struct PowerLoss {
 struct PowerState {
     steps: u64,
     cut: bool,
-    /// (device, inode) of each file with unsynced data -> its durable content.
-    durable: HashMap<(u64, u64), Vec<u8>>,
+    /// Identity of each file with unsynced data -> its durable content.
+    durable: HashMap<FileId, Vec<u8>>,
 }
 
 impl PowerLoss {
@@ -282,7 +283,8 @@ impl PowerLoss {
         let mut paths = HashMap::new();
         collect_files(&self.root, &mut paths)?;
         for (key, content) in &st.durable {
-            // A file whose every name is gone needs nothing: its data is unreachable.
+            // A file whose every name is gone needs nothing: its data is unreachable (and
+            // its inode number may belong to a newer file, which the generation tells).
             let Some(path) = paths.get(key) else { continue };
             let file = File::options().write(true).open(path)?;
             file.set_len(0)?;
@@ -337,9 +339,37 @@ impl StoreHook for PowerLoss {
     }
 }
 
-fn file_key(file: &File) -> io::Result<(u64, u64)> {
+/// A file's identity: device, inode number, and the inode's generation and birth time,
+/// which tell a reused inode number from the file that had it before.
+type FileId = (u64, u64, u64, i64, u32);
+
+fn file_key(file: &File) -> io::Result<FileId> {
     let m = file.metadata()?;
-    Ok((m.dev(), m.ino()))
+    let mut generation: libc::c_long = 0;
+    // FS_IOC_GETVERSION = _IOR('v', 1, long).
+    const FS_IOC_GETVERSION: libc::c_ulong = 0x8008_7601;
+    // SAFETY: the ioctl writes one long into `generation`; a file system without inode
+    // generations fails it and leaves 0, and the birth time still tells most reuse apart.
+    unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_GETVERSION as _, &mut generation) };
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: statx of our own descriptor (empty path) into a zeroed, writable buffer.
+    let res = unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_BTIME,
+            stx.as_mut_ptr(),
+        )
+    };
+    let (sec, nsec) = if res == 0 {
+        // SAFETY: statx succeeded and filled the (zeroed) buffer.
+        let stx = unsafe { stx.assume_init() };
+        (stx.stx_btime.tv_sec, stx.stx_btime.tv_nsec)
+    } else {
+        (0, 0)
+    };
+    Ok((m.dev(), m.ino(), generation as u64, sec, nsec))
 }
 
 fn read_all(file: &File) -> io::Result<Vec<u8>> {
@@ -356,15 +386,19 @@ fn read_all(file: &File) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Maps (device, inode) to one path of every regular file under `dir`.
-fn collect_files(dir: &Path, out: &mut HashMap<(u64, u64), PathBuf>) -> io::Result<()> {
+/// Maps the identity of every regular file under `dir` to one of its paths.
+fn collect_files(dir: &Path, out: &mut HashMap<FileId, PathBuf>) -> io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let meta = std::fs::symlink_metadata(entry.path())?;
         if meta.is_dir() {
             collect_files(&entry.path(), out)?;
         } else if meta.is_file() {
-            out.entry((meta.dev(), meta.ino())).or_insert(entry.path());
+            let file = File::options()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(entry.path())?;
+            out.entry(file_key(&file)?).or_insert(entry.path());
         }
     }
     Ok(())

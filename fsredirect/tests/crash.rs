@@ -739,7 +739,15 @@ struct Tally {
 }
 
 fn run_level(level: Level) -> Result<(), Failed> {
-    let iterations = env_u64("FSR_CRASH_ITERATIONS").unwrap_or(100) as usize;
+    // FSR_CRASH_REPLAY=<seed>:<point> replays one crash (power level: the cut step).
+    let replay = std::env::var("FSR_CRASH_REPLAY").ok().and_then(|r| {
+        let (seed, point) = r.split_once(':')?;
+        Some((seed.parse::<u64>().ok()?, point.parse::<u64>().ok()?))
+    });
+    let iterations = match replay {
+        Some(_) => 1,
+        None => env_u64("FSR_CRASH_ITERATIONS").unwrap_or(100) as usize,
+    };
     let ops = env_u64("FSR_CRASH_OPS").unwrap_or(60) as usize;
     let first_seed = env_u64("FSR_CRASH_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -763,7 +771,7 @@ fn run_level(level: Level) -> Result<(), Failed> {
     let per_seed = 4;
     let mut calibration: BTreeMap<u64, (Duration, u64)> = BTreeMap::new();
     for i in 0..iterations {
-        let seed = first_seed + (i / per_seed) as u64;
+        let seed = replay.map_or(first_seed + (i / per_seed) as u64, |r| r.0);
         if let std::collections::btree_map::Entry::Vacant(slot) = calibration.entry(seed) {
             let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
             let status = spawn_child(tmp.path(), level, seed, ops, None)?
@@ -807,7 +815,7 @@ fn run_level(level: Level) -> Result<(), Failed> {
                 delay.as_micros() as u64
             }
             Level::Power => {
-                let cut = 1 + rng.below(steps.max(1));
+                let cut = replay.map_or_else(|| 1 + rng.below(steps.max(1)), |r| r.1);
                 let status = spawn_child(dir, level, seed, ops, Some(cut))?
                     .wait()
                     .map_err(|e| e.to_string())?;
@@ -836,6 +844,16 @@ fn run_level(level: Level) -> Result<(), Failed> {
         let (d, c) = (tally.durability.len(), tally.consistency.len());
         if d + c > 0 {
             println!("{context}: violations so far: durability {d}, consistency {c}");
+            println!("  replay with FSR_CRASH_REPLAY={seed}:{point}");
+            if std::env::var_os("FSR_CRASH_VERBOSE").is_some() {
+                for (n, (op, _)) in workload(seed, ops)
+                    .iter()
+                    .enumerate()
+                    .take(progress.done + 1)
+                {
+                    println!("  op {n}: {op:?}");
+                }
+            }
             for v in tally.durability.iter().chain(&tally.consistency) {
                 println!("  {v}");
             }
