@@ -900,8 +900,28 @@ static FORK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Starts a server on `share` (recovering it), never while a child is being forked.
 fn start_server(share: &ShareSpec) -> Result<RedirectFs, String> {
-    let _forking = FORK.lock().unwrap_or_else(|p| p.into_inner());
-    RedirectFs::new(share, FsConfig::default()).map_err(|e| format!("restart: {e:#}"))
+    // A volume lock seen busy once in hundreds of runs (a dead child's descriptors are
+    // closed before wait returns, so this is taken for a short-lived copy): try again for
+    // a while, say so, and fail if it stays busy.
+    for attempt in 0..50 {
+        let started = {
+            let _forking = FORK.lock().unwrap_or_else(|p| p.into_inner());
+            RedirectFs::new(share, FsConfig::default())
+        };
+        match started {
+            Err(fsredirect::FsError::Store(fsredirect::StoreError::Busy { .. })) => {
+                if attempt == 0 {
+                    println!("volume lock of {} busy; trying again", share.dir.display());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other.map_err(|e| format!("restart: {e:#}")),
+        }
+    }
+    Err(format!(
+        "restart: the volume lock of {} stayed busy for 5 s",
+        share.dir.display()
+    ))
 }
 
 /// Recovers the share in `dir` and checks every invariant; violations go to `tally`.

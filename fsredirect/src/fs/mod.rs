@@ -326,8 +326,8 @@ impl RedirectFs {
     }
 
     /// Makes everything durable: the store (objects, names, intent records) and the guest
-    /// tree (stubs, names). Called at a clean stop; a guest's syncfs has no FUSE request in
-    /// this kernel interface, so its fsync and fsyncdir are the guest's sync points.
+    /// tree (stubs, names). Called at unmount and by embedders; fuse-backend-rs has no
+    /// SYNCFS request, so a guest's own sync points are its fsync and fsyncdir.
     pub fn syncfs(&self) -> io::Result<()> {
         let _ns = self.ns_read();
         if let Some(store) = &self.store {
