@@ -900,9 +900,10 @@ static FORK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Starts a server on `share` (recovering it), never while a child is being forked.
 fn start_server(share: &ShareSpec) -> Result<RedirectFs, String> {
-    // A volume lock seen busy once in hundreds of runs (a dead child's descriptors are
-    // closed before wait returns, so this is taken for a short-lived copy): try again for
-    // a while, say so, and fail if it stays busy.
+    // The lock can still look busy for an instant: a child spawned by the other level's
+    // thread lets its parent go (vfork) once its memory is replaced, a moment before exec
+    // closes the descriptors it inherited, this process's volume lock among them. Try
+    // again for a while, say so, and fail if it stays busy.
     for attempt in 0..50 {
         let started = {
             let _forking = FORK.lock().unwrap_or_else(|p| p.into_inner());
