@@ -392,8 +392,9 @@ fn reads_during_moves_back_and_forth_never_see_missing_bytes() {
     fx.write(entry.inode, writer, 0, &[7u8; 100]);
     let reader = fx.open(entry.inode, libc::O_RDONLY);
     let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let cycles = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mover = {
-        let (fx, stop) = (fx.clone(), stop.clone());
+        let (fx, stop, cycles) = (fx.clone(), stop.clone(), cycles.clone());
         std::thread::spawn(move || {
             let mut moves = 0;
             while !stop.load(Ordering::Relaxed) {
@@ -401,11 +402,20 @@ fn reads_during_moves_back_and_forth_never_see_missing_bytes() {
                 fx.write(entry.inode, writer, 0, &[7u8; 8192]);
                 fx.truncate(entry.inode, 100);
                 moves += 2;
+                cycles.fetch_add(1, Ordering::Relaxed);
             }
             moves
         })
     };
-    for round in 0..2000 {
+    // At least 2000 reads, and on until the mover has moved the file both ways a few times
+    // (each move syncs: on a busy disk 2000 reads can be over before the first one).
+    let started = std::time::Instant::now();
+    let mut round = 0;
+    while round < 2000
+        || (cycles.load(Ordering::Relaxed) < 3
+            && started.elapsed() < std::time::Duration::from_secs(60))
+    {
+        round += 1;
         let data = fx.read(entry.inode, reader, 0, 8192);
         // The file holds 100 to 8192 bytes of 7s at any instant (a write extends it page by
         // page): a zero is a byte read from a punched stub or a missing object.

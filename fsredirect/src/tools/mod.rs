@@ -190,7 +190,9 @@ impl Volume {
     /// True if the last server of this volume did not stop cleanly (its recovery is due).
     /// Meaningful only while the lock is held.
     pub fn unclean(&self) -> bool {
+        // Intent records left after a clean stop (a store half that failed) also need it.
         !self.control.join("clean").exists()
+            || std::fs::read_dir(self.control.join("intent")).is_ok_and(|mut d| d.next().is_some())
     }
 
     fn busy(&self) -> ToolError {
@@ -301,8 +303,10 @@ pub fn open_for_change(share: &ShareSpec) -> Result<(Volume, Store, Option<Recov
         volume: volume.name.clone(),
         source,
     };
+    // Records left after a clean stop belong to operations whose store half failed.
+    let leftovers = store.intents().has_leftovers().map_err(err)?;
     // A volume made just now has nothing to recover.
-    let recovered = if store.was_clean() || fresh {
+    let recovered = if (store.was_clean() && !leftovers) || fresh {
         None
     } else {
         let (settled, _unreadable) = replay_intents(&share.dir, &store).map_err(err)?;
