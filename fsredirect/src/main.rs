@@ -203,33 +203,34 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Inspect { args, path } => run_tool("inspect", &args, |share, _| {
+        Command::Inspect { args, path } => run_tool("inspect", false, &args, |share, _| {
             Ok(Box::new(inspect::inspect(share, &path)?))
         }),
-        Command::Verify { args } => run_tool("verify", &args, |share, progress| {
+        Command::Verify { args } => run_tool("verify", true, &args, |share, progress| {
             Ok(Box::new(check::verify(share, &mut || progress.step())?))
         }),
-        Command::Repair { args, dry_run } => run_tool("repair", &args, |share, progress| {
+        Command::Repair { args, dry_run } => run_tool("repair", true, &args, |share, progress| {
             Ok(Box::new(repair::repair(share, dry_run, &mut || {
                 progress.step()
             })?))
         }),
-        Command::Gc { args, dry_run } => run_tool("gc", &args, |share, progress| {
+        Command::Gc { args, dry_run } => run_tool("gc", true, &args, |share, progress| {
             Ok(Box::new(gc::gc(share, dry_run, &mut || progress.step())?))
         }),
-        Command::Hydrate { args, path } => run_tool("hydrate", &args, |share, _| {
+        Command::Hydrate { args, path } => run_tool("hydrate", false, &args, |share, _| {
             Ok(Box::new(hydrate::hydrate(share, &path)?))
         }),
-        Command::Dehydrate { args, path } => run_tool("dehydrate", &args, |share, _| {
+        Command::Dehydrate { args, path } => run_tool("dehydrate", false, &args, |share, _| {
             Ok(Box::new(hydrate::dehydrate(share, &path)?))
         }),
     }
 }
 
 /// Parses the share, runs `tool`, prints its report (or error) and turns it into the exit
-/// code documented in `--help`.
+/// code documented in `--help`; a tool that `walks` the share ends with the count walked.
 fn run_tool(
     name: &'static str,
+    walks: bool,
     args: &ToolArgs,
     tool: impl FnOnce(&ShareSpec, &mut Progress) -> Result<Box<dyn Outcome>, ToolError>,
 ) -> ExitCode {
@@ -239,7 +240,7 @@ fn run_tool(
         .and_then(|share| tool(&share, &mut progress).map_err(|e| Box::new(e) as _));
     match result {
         Ok(outcome) => {
-            if progress.walked() {
+            if walks {
                 progress.finish();
             }
             print!("{}", render(outcome.as_ref(), args.json));

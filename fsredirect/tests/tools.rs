@@ -323,6 +323,13 @@ fn verify_finds_nothing_on_a_share_written_through_the_engine() {
     );
     let report = share.json("verify", &[], 0);
     assert_eq!(report["ok"], true);
+    let empty = Share::new();
+    let out = empty.tool("verify", &[]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("verify: 0 entries walked"),
+        "a final count even for an empty share: {}",
+        describe(&out)
+    );
     assert_eq!(report["counts"]["stubs"], 3);
     assert_eq!(report["counts"]["objects"], 3);
     assert_eq!(report["counts"]["directories"], 1);

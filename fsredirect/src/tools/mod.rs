@@ -65,13 +65,13 @@ pub enum ToolError {
         pid: String,
     },
     /// Another read-only tool holds the volume.
-    #[error("volume `{volume}` of store {store} is being read by another fsredirect tool (inspect or verify, pid {pids}); run this command again when it has finished")]
+    #[error("volume `{volume}` of store {store} is being read by another fsredirect tool (inspect or verify{pids}); run this command again when it has finished")]
     BusyReading {
         /// The volume.
         volume: String,
         /// The store root.
         store: PathBuf,
-        /// The tools' processes.
+        /// `, pid N` when known.
         pids: String,
     },
     /// The volume could not be opened.
@@ -196,26 +196,28 @@ impl Volume {
     }
 
     fn busy(&self) -> ToolError {
-        let holders = lock_holders(&self.lock_path());
         let (volume, store, lock) = (self.name.clone(), self.store.clone(), self.lock_path());
-        if !holders.is_empty() && holders.iter().all(|(_, write)| !write) {
-            let pids: Vec<String> = holders.iter().map(|(p, _)| p.to_string()).collect();
+        if only_shared_holders(&lock) {
+            let pids: Vec<String> = lock_holders(&lock)
+                .iter()
+                .filter(|(_, write)| !write)
+                .map(|(p, _)| p.to_string())
+                .collect();
+            let pids = match pids.len() {
+                0 => String::new(),
+                1 => format!(", pid {}", pids[0]),
+                _ => format!(", pids {}", pids.join(", ")),
+            };
             return ToolError::BusyReading {
                 volume,
                 store,
-                pids: pids.join(", "),
+                pids,
             };
         }
-        // The kernel's view first; the pid a server writes into the lock file otherwise.
-        let pid = holders
-            .iter()
-            .find(|(_, write)| *write)
-            .map(|(p, _)| *p)
-            .or_else(|| {
-                fs::read_to_string(&lock)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u32>().ok())
-            })
+        // A server writes its pid into the lock file once it holds the lock.
+        let pid = fs::read_to_string(&lock)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
             .map(|p| format!(", pid {p}"))
             .unwrap_or_default();
         ToolError::Busy {
@@ -227,7 +229,24 @@ impl Volume {
     }
 }
 
-/// The processes holding a `flock` on `path`, from `/proc/locks`: (pid, exclusive).
+/// True if the lock at `path` can be shared right now: whoever holds it is a read-only tool,
+/// not a server (which holds it exclusively).
+fn only_shared_holders(path: &Path) -> bool {
+    let Ok(file) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+    else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor we own; closing it (at the end of this function) drops
+    // the probe.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) == 0 }
+}
+
+/// The processes holding a `flock` on `path`, from `/proc/locks`: (pid, exclusive). Best
+/// effort, for messages only: the kernel lists locks a page at a time, so an entry can be
+/// missed while other locks come and go.
 fn lock_holders(path: &Path) -> Vec<(u32, bool)> {
     use std::os::unix::fs::MetadataExt;
     let (Ok(meta), Ok(locks)) = (fs::metadata(path), fs::read_to_string("/proc/locks")) else {
@@ -494,11 +513,6 @@ mod tests {
         ))
         .unwrap();
         let server = Store::open(&tmp.path().join("s"), "t").unwrap();
-        // What the kernel says holds the lock: this process, exclusively.
-        let lock = tmp.path().join("s/.fsredirect/t/lock");
-        if std::path::Path::new("/proc/locks").exists() {
-            assert!(lock_holders(&lock).contains(&(std::process::id(), true)));
-        }
         let err = lock_shared(&share).unwrap_err();
         assert!(err.to_string().contains("in use by a server"), "{err}");
         assert!(err

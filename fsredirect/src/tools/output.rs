@@ -120,11 +120,6 @@ impl Progress {
         }
     }
 
-    /// True once at least one entry was walked.
-    pub fn walked(&self) -> bool {
-        self.entries > 0
-    }
-
     /// Prints the final count.
     pub fn finish(&self) {
         if self.shown {
