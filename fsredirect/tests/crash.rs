@@ -22,6 +22,12 @@
 //! (a full snapshot of guest tree and store, before and after). Figures go to stdout and
 //! to `build/crash-report.md`.
 //!
+//! Each level also runs under `policy=min-size:256`, where files move between inline and
+//! redirected as they grow and shrink (placement moves, with their own intent records).
+//! There the power cut drops only object data written through the engine's write path:
+//! inline data and the copies made by moves are not seen by the store hook (moves sync
+//! their copies before switching).
+//!
 //! `FSR_CRASH_ITERATIONS` (crashes per level, default 100), `FSR_CRASH_OPS` (operations per
 //! workload, default 60) and `FSR_CRASH_SEED` (first seed; printed) change the exploration.
 
@@ -53,12 +59,20 @@ fn main() {
         child_main();
     }
     let args = Arguments::from_args();
+    // Under the policy, files of 256 bytes and more are redirected, smaller ones inline: the
+    // workload's files (0 to 704 bytes) move back and forth between the two placements.
     let trials = vec![
         Trial::test("process_kill_at_random_instants_then_recover", || {
-            run_level(Level::Kill)
+            run_level(Level::Kill, None)
         }),
         Trial::test("power_loss_at_random_store_operations_then_recover", || {
-            run_level(Level::Power)
+            run_level(Level::Power, None)
+        }),
+        Trial::test("process_kill_under_a_size_policy_then_recover", || {
+            run_level(Level::Kill, Some("min-size:256"))
+        }),
+        Trial::test("power_loss_under_a_size_policy_then_recover", || {
+            run_level(Level::Power, Some("min-size:256"))
         }),
     ];
     libtest_mimic::run(&args, trials).exit();
@@ -612,6 +626,7 @@ fn env_u64(name: &str) -> Option<u64> {
 
 /// Child mode: run the workload, reporting progress; exit 0 when done.
 fn child_main() -> ! {
+    let _ = env_logger::try_init();
     let dir = PathBuf::from(std::env::var("FSR_CRASH_DIR").expect("FSR_CRASH_DIR"));
     let seed = env_u64("FSR_CRASH_SEED").expect("FSR_CRASH_SEED");
     let ops = env_u64("FSR_CRASH_OPS").expect("FSR_CRASH_OPS") as usize;
@@ -668,9 +683,13 @@ fn child_main() -> ! {
     std::process::exit(0)
 }
 
+/// The share in `dir`, with the policy written to `dir/policy` if there is one.
 fn share_of(dir: &Path) -> ShareSpec {
+    let policy = std::fs::read_to_string(dir.join("policy"))
+        .map(|p| format!(",policy={p}"))
+        .unwrap_or_default();
     ShareSpec::parse(&format!(
-        "tag=c,dir={},store={}",
+        "tag=c,dir={},store={}{policy}",
         dir.join("g").display(),
         dir.join("s").display()
     ))
@@ -740,7 +759,7 @@ struct Tally {
     started: usize,
 }
 
-fn run_level(level: Level) -> Result<(), Failed> {
+fn run_level(level: Level, policy: Option<&str>) -> Result<(), Failed> {
     // FSR_CRASH_REPLAY=<seed>:<point> replays one crash (power level: the cut step).
     let replay = std::env::var("FSR_CRASH_REPLAY").ok().and_then(|r| {
         let (seed, point) = r.split_once(':')?;
@@ -757,10 +776,13 @@ fn run_level(level: Level) -> Result<(), Failed> {
             .map(|d| d.as_nanos() as u64 % 1_000_000)
             .unwrap_or(1)
     });
-    let name = match level {
-        Level::Kill => "process kill",
-        Level::Power => "power loss",
+    let name = match (level, policy) {
+        (Level::Kill, None) => "process kill".to_string(),
+        (Level::Power, None) => "power loss".to_string(),
+        (Level::Kill, Some(p)) => format!("process kill, policy={p}"),
+        (Level::Power, Some(p)) => format!("power loss, policy={p}"),
     };
+    let name = name.as_str();
     println!(
         "{name}: {iterations} crashes, {ops} operations per workload, seeds from {first_seed} \
          (replay with FSR_CRASH_SEED={first_seed})"
@@ -776,7 +798,7 @@ fn run_level(level: Level) -> Result<(), Failed> {
         let seed = replay.map_or(first_seed + (i / per_seed) as u64, |r| r.0);
         if let std::collections::btree_map::Entry::Vacant(slot) = calibration.entry(seed) {
             let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
-            let status = spawn_child(tmp.path(), level, seed, ops, None)?
+            let status = spawn_child(tmp.path(), policy, level, seed, ops, None)?
                 .wait()
                 .map_err(|e| e.to_string())?;
             if !status.success() {
@@ -793,7 +815,7 @@ fn run_level(level: Level) -> Result<(), Failed> {
         let dir = tmp.path();
         let point = match level {
             Level::Kill => {
-                let mut child = spawn_child(dir, level, seed, ops, None)?;
+                let mut child = spawn_child(dir, policy, level, seed, ops, None)?;
                 // Kill within the workload: wait for its first operation, then a random
                 // part of its uninterrupted duration.
                 let waited = Instant::now();
@@ -818,7 +840,7 @@ fn run_level(level: Level) -> Result<(), Failed> {
             }
             Level::Power => {
                 let cut = replay.map_or_else(|| 1 + rng.below(steps.max(1)), |r| r.1);
-                let status = spawn_child(dir, level, seed, ops, Some(cut))?
+                let status = spawn_child(dir, policy, level, seed, ops, Some(cut))?
                     .wait()
                     .map_err(|e| e.to_string())?;
                 match status.code() {
@@ -868,12 +890,16 @@ fn run_level(level: Level) -> Result<(), Failed> {
 
 fn spawn_child(
     dir: &Path,
+    policy: Option<&str>,
     level: Level,
     seed: u64,
     ops: usize,
     cut: Option<u64>,
 ) -> Result<std::process::Child, String> {
     std::fs::create_dir_all(dir.join("g")).map_err(|e| e.to_string())?;
+    if let Some(policy) = policy {
+        std::fs::write(dir.join("policy"), policy).map_err(|e| e.to_string())?;
+    }
     let mut cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
     cmd.env("FSR_CRASH_CHILD", "1")
         .env("FSR_CRASH_DIR", dir)
@@ -1007,8 +1033,17 @@ fn read_share(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, String> {
             if meta.is_dir() {
                 stack.push(path);
             } else {
-                let data = std::fs::read(volume.join(&path))
-                    .map_err(|e| format!("object of {path}: {e}"))?;
+                // A redirected file's bytes are its object; an inline file's are its own.
+                let redirected = matches!(
+                    fsredirect::verify::read_meta(&entry.path()),
+                    Ok(Some(fsredirect::meta::Meta::Redirect { .. }))
+                );
+                let data = if redirected {
+                    std::fs::read(volume.join(&path))
+                        .map_err(|e| format!("object of {path}: {e}"))?
+                } else {
+                    std::fs::read(entry.path()).map_err(|e| format!("{path}: {e}"))?
+                };
                 out.insert(path, data);
             }
         }
