@@ -47,6 +47,7 @@ pub mod faults;
 pub mod fdcache;
 pub mod fs;
 pub mod intent;
+pub mod memio;
 pub mod meta;
 pub mod mount;
 pub mod names;

@@ -33,7 +33,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,11 +41,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fsredirect::faults::{Hook, PowerLoss};
+use fsredirect::memio::MemSource;
 use fsredirect::{FsConfig, RedirectFs, ShareSpec};
 use fuse_backend_rs::abi::fuse_abi::{CreateIn, FsOptions, SetattrValid};
-use fuse_backend_rs::api::filesystem::{Context, FileSystem, ZeroCopyReader};
-use fuse_backend_rs::file_buf::FileVolatileSlice;
-use fuse_backend_rs::file_traits::FileReadWriteVolatile;
+use fuse_backend_rs::api::filesystem::{Context, FileSystem};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 /// Size of one data block: every write and truncate is a whole number of blocks.
@@ -430,29 +429,6 @@ fn workload(seed: u64, ops: usize) -> Vec<(Op, Model)> {
 
 // ----- the child: the workload on a RedirectFs -----
 
-struct Bytes(io::Cursor<Vec<u8>>);
-
-impl Read for Bytes {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-impl ZeroCopyReader for Bytes {
-    fn read_to(
-        &mut self,
-        f: &mut dyn FileReadWriteVolatile,
-        count: usize,
-        off: u64,
-    ) -> io::Result<usize> {
-        let mut buf = vec![0; count];
-        let n = self.0.read(&mut buf)?;
-        // SAFETY: `buf` outlives the slice, which is used only inside this call.
-        let slice = unsafe { FileVolatileSlice::from_mut_slice(&mut buf[..n]) };
-        f.write_at_volatile(slice, off)
-    }
-}
-
 struct Driver {
     fs: Option<RedirectFs>,
     share: ShareSpec,
@@ -511,7 +487,7 @@ impl Driver {
             &self.ctx,
             ino,
             h,
-            &mut Bytes(io::Cursor::new(data)),
+            &mut MemSource::new(data),
             len as u32,
             (first * BLOCK) as u64,
             None,

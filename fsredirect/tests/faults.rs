@@ -3,41 +3,17 @@
 //! finds nothing afterwards.
 
 use std::ffi::CString;
-use std::io::{self, Read};
+use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use fsredirect::faults::{Fault, FaultPlan, Hook, Namespace, OpKind, StoreHook};
+use fsredirect::memio::MemSource;
 use fsredirect::{FsConfig, RedirectFs, ShareSpec};
 use fuse_backend_rs::abi::fuse_abi::{CreateIn, FsOptions, SetattrValid};
-use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem, ZeroCopyReader};
-use fuse_backend_rs::file_buf::FileVolatileSlice;
-use fuse_backend_rs::file_traits::FileReadWriteVolatile;
+use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem};
 
 const ROOT: u64 = 1;
-
-struct Bytes(io::Cursor<Vec<u8>>);
-
-impl Read for Bytes {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-impl ZeroCopyReader for Bytes {
-    fn read_to(
-        &mut self,
-        f: &mut dyn FileReadWriteVolatile,
-        count: usize,
-        off: u64,
-    ) -> io::Result<usize> {
-        let mut buf = vec![0; count];
-        let n = self.0.read(&mut buf)?;
-        // SAFETY: `buf` outlives the slice, which is used only inside this call.
-        let slice = unsafe { FileVolatileSlice::from_mut_slice(&mut buf[..n]) };
-        f.write_at_volatile(slice, off)
-    }
-}
 
 struct Fx {
     _tmp: tempfile::TempDir,
@@ -110,7 +86,7 @@ impl Fx {
             &self.ctx,
             inode,
             h,
-            &mut Bytes(io::Cursor::new(data.to_vec())),
+            &mut MemSource::new(data.to_vec()),
             data.len() as u32,
             offset,
             None,

@@ -4,74 +4,16 @@
 
 use std::ffi::CString;
 use std::fs;
-use std::io::{self, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use fsredirect::memio::{MemSink, MemSource};
 use fsredirect::names::ROOT_INODE;
 use fsredirect::{FsConfig, RedirectFs, ShareSpec, Store};
 use fuse_backend_rs::abi::fuse_abi::{CreateIn, FsOptions};
-use fuse_backend_rs::api::filesystem::{Context, FileSystem, ZeroCopyReader, ZeroCopyWriter};
-use fuse_backend_rs::file_buf::FileVolatileSlice;
-use fuse_backend_rs::file_traits::FileReadWriteVolatile;
+use fuse_backend_rs::api::filesystem::{Context, FileSystem};
 use serde_json::Value;
-
-/// Bytes the "guest" writes.
-struct Source(io::Cursor<Vec<u8>>);
-
-impl Read for Source {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-impl ZeroCopyReader for Source {
-    fn read_to(
-        &mut self,
-        f: &mut dyn FileReadWriteVolatile,
-        count: usize,
-        off: u64,
-    ) -> io::Result<usize> {
-        let mut buf = vec![0; count];
-        let n = self.0.read(&mut buf)?;
-        // SAFETY: `buf` outlives the slice, which is used only inside this call.
-        let slice = unsafe { FileVolatileSlice::from_mut_slice(&mut buf[..n]) };
-        f.write_at_volatile(slice, off)
-    }
-}
-
-/// Bytes the "guest" reads.
-#[derive(Default)]
-struct Sink(Vec<u8>);
-
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl ZeroCopyWriter for Sink {
-    fn write_from(
-        &mut self,
-        f: &mut dyn FileReadWriteVolatile,
-        count: usize,
-        off: u64,
-    ) -> io::Result<usize> {
-        let mut buf = vec![0; count];
-        // SAFETY: `buf` outlives the slice, which is used only inside this call.
-        let slice = unsafe { FileVolatileSlice::from_mut_slice(&mut buf) };
-        let n = f.read_at_volatile(slice, off)?;
-        self.0.extend_from_slice(&buf[..n]);
-        Ok(n)
-    }
-    fn available_bytes(&self) -> usize {
-        usize::MAX
-    }
-}
 
 /// Held while a child process runs and while a volume lock is taken in this process: a
 /// child forked by one test inherits every descriptor open at that instant, including
@@ -211,7 +153,7 @@ impl Server {
             .create(&self.ctx, self.parent(path), &name, args)
             .unwrap();
         let handle = handle.unwrap();
-        let mut src = Source(io::Cursor::new(data.to_vec()));
+        let mut src = MemSource::new(data.to_vec());
         self.fs
             .write(
                 &self.ctx,
@@ -239,7 +181,7 @@ impl Server {
             .open(&self.ctx, entry.inode, libc::O_RDONLY as u32, 0)
             .unwrap();
         let handle = handle.unwrap();
-        let mut sink = Sink::default();
+        let mut sink = MemSink::default();
         self.fs
             .read(
                 &self.ctx,
@@ -255,7 +197,7 @@ impl Server {
         self.fs
             .release(&self.ctx, entry.inode, 0, handle, false, false, None)
             .unwrap();
-        sink.0
+        sink.into_bytes()
     }
 
     fn link(&self, old: &str, new: &str) {

@@ -2,77 +2,18 @@
 //! without a FUSE kernel.
 
 use std::ffi::CString;
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use fuse_backend_rs::abi::fuse_abi::{CreateIn, FsOptions, SetattrValid};
-use fuse_backend_rs::api::filesystem::{
-    Context, Entry, FileSystem, GetxattrReply, ListxattrReply, ZeroCopyReader, ZeroCopyWriter,
-};
-use fuse_backend_rs::file_buf::FileVolatileSlice;
-use fuse_backend_rs::file_traits::FileReadWriteVolatile;
+use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem, GetxattrReply, ListxattrReply};
 
 use super::{FsConfig, FsError, RedirectFs};
+use crate::memio::{MemSink, MemSource};
 use crate::names::ROOT_INODE;
 use crate::share::ShareSpec;
 use crate::store::StoreError;
-
-/// Bytes the "guest" writes.
-struct Source(io::Cursor<Vec<u8>>);
-
-impl Read for Source {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-impl ZeroCopyReader for Source {
-    fn read_to(
-        &mut self,
-        f: &mut dyn FileReadWriteVolatile,
-        count: usize,
-        off: u64,
-    ) -> io::Result<usize> {
-        let mut buf = vec![0; count];
-        let n = self.0.read(&mut buf)?;
-        // SAFETY: `buf` outlives the slice, which is used only inside this call.
-        let slice = unsafe { FileVolatileSlice::from_mut_slice(&mut buf[..n]) };
-        f.write_at_volatile(slice, off)
-    }
-}
-
-/// Bytes the "guest" reads.
-#[derive(Default)]
-struct Sink(Vec<u8>);
-
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl ZeroCopyWriter for Sink {
-    fn write_from(
-        &mut self,
-        f: &mut dyn FileReadWriteVolatile,
-        count: usize,
-        off: u64,
-    ) -> io::Result<usize> {
-        let mut buf = vec![0; count];
-        // SAFETY: `buf` outlives the slice, which is used only inside this call.
-        let slice = unsafe { FileVolatileSlice::from_mut_slice(&mut buf) };
-        let n = f.read_at_volatile(slice, off)?;
-        self.0.extend_from_slice(&buf[..n]);
-        Ok(n)
-    }
-    fn available_bytes(&self) -> usize {
-        usize::MAX
-    }
-}
 
 struct Fixture {
     _tmp: tempfile::TempDir,
@@ -169,7 +110,7 @@ impl Fixture {
     }
 
     fn write(&self, inode: u64, handle: u64, offset: u64, data: &[u8]) -> usize {
-        let mut src = Source(io::Cursor::new(data.to_vec()));
+        let mut src = MemSource::new(data.to_vec());
         self.fs
             .write(
                 &self.ctx,
@@ -187,11 +128,11 @@ impl Fixture {
     }
 
     fn read(&self, inode: u64, handle: u64, offset: u64, size: u32) -> Vec<u8> {
-        let mut sink = Sink::default();
+        let mut sink = MemSink::default();
         self.fs
             .read(&self.ctx, inode, handle, &mut sink, size, offset, None, 0)
             .unwrap();
-        sink.0
+        sink.into_bytes()
     }
 
     fn release(&self, inode: u64, handle: u64) {
@@ -711,7 +652,7 @@ fn hostile_names_are_refused_before_any_host_call() {
 #[test]
 fn unknown_handle_is_ebadf() {
     let fx = redirecting();
-    let mut sink = Sink::default();
+    let mut sink = MemSink::default();
     let r = fx
         .fs
         .read(&fx.ctx, ROOT_INODE, 9999, &mut sink, 10, 0, None, 0);
@@ -856,7 +797,7 @@ fn release_of_unknown_handle_is_ebadf() {
 fn write_past_maximum_offset_is_efbig() {
     let fx = redirecting();
     let (entry, handle) = fx.create(ROOT_INODE, "f");
-    let mut src = Source(io::Cursor::new(vec![1u8; 16]));
+    let mut src = MemSource::new(vec![1u8; 16]);
     let r = fx.fs.write(
         &fx.ctx,
         entry.inode,

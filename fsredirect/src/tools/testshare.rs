@@ -2,41 +2,15 @@
 //! through [`RedirectFs`], as a guest would, then the server is stopped cleanly.
 
 use std::ffi::CString;
-use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use fuse_backend_rs::abi::fuse_abi::{CreateIn, FsOptions};
-use fuse_backend_rs::api::filesystem::{Context, FileSystem, ZeroCopyReader};
-use fuse_backend_rs::file_buf::FileVolatileSlice;
-use fuse_backend_rs::file_traits::FileReadWriteVolatile;
+use fuse_backend_rs::api::filesystem::{Context, FileSystem};
 
 use crate::fs::{FsConfig, RedirectFs};
+use crate::memio::MemSource;
 use crate::names::ROOT_INODE;
 use crate::share::ShareSpec;
-
-/// Bytes the "guest" writes.
-struct Source(io::Cursor<Vec<u8>>);
-
-impl Read for Source {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-impl ZeroCopyReader for Source {
-    fn read_to(
-        &mut self,
-        f: &mut dyn FileReadWriteVolatile,
-        count: usize,
-        off: u64,
-    ) -> io::Result<usize> {
-        let mut buf = vec![0; count];
-        let n = self.0.read(&mut buf)?;
-        // SAFETY: `buf` outlives the slice, which is used only inside this call.
-        let slice = unsafe { FileVolatileSlice::from_mut_slice(&mut buf[..n]) };
-        f.write_at_volatile(slice, off)
-    }
-}
 
 /// A redirecting share in a temporary directory (tag and volume `t`).
 pub(crate) struct TestShare {
@@ -134,7 +108,7 @@ impl Guest {
         };
         let (entry, handle, _, _) = self.fs.create(&self.ctx, parent, &name, args).unwrap();
         let handle = handle.unwrap();
-        let mut src = Source(io::Cursor::new(data.to_vec()));
+        let mut src = MemSource::new(data.to_vec());
         let n = self
             .fs
             .write(
