@@ -256,18 +256,7 @@ fn run_in_test_host() -> Result<PathRun, String> {
     let report = testhost::run_in_test_host(&vmm_scenarios(TEST_HOST_BASE), &opts)
         .map_err(|e| format!("[{label}] {e}"))?;
     testhost::print_summary(&report);
-    let mut guest = HashMap::new();
-    for b in &BEHAVIOURS {
-        let result = match report.outcome(b.scenario).map(|o| &o.verdict) {
-            Some(Verdict::Pass) => Ok(scenario_time(&report.stages, b.scenario)),
-            Some(Verdict::Fail(why)) => Err(why.clone()),
-            None => Err(report
-                .problem
-                .clone()
-                .unwrap_or_else(|| "missing from the report".into())),
-        };
-        guest.insert(b.scenario, result);
-    }
+    let guest = guest_outcomes(&report);
     let disk = ShareDiskMount::mount(&opts.paths.share_disk, &mount_at)
         .map_err(|e| format!("[{label}] {e}"))?;
     Ok(PathRun {
@@ -279,6 +268,24 @@ fn run_in_test_host() -> Result<PathRun, String> {
         _mount: Some(disk),
         _temp: None,
     })
+}
+
+/// Each behaviour's guest scenario in `report`: its time, or why it failed.
+fn guest_outcomes(report: &testhost::RunReport) -> HashMap<&'static str, Result<String, String>> {
+    BEHAVIOURS
+        .iter()
+        .map(|b| {
+            let result = match report.outcome(b.scenario).map(|o| &o.verdict) {
+                Some(Verdict::Pass) => Ok(scenario_time(&report.stages, b.scenario)),
+                Some(Verdict::Fail(why)) => Err(why.clone()),
+                None => Err(report
+                    .problem
+                    .clone()
+                    .unwrap_or_else(|| "missing from the report".into())),
+            };
+            (b.scenario, result)
+        })
+        .collect()
 }
 
 /// "N s wall (M s test-host clock)" between a scenario's start and exit stages.
@@ -310,15 +317,7 @@ fn run_direct() -> Result<PathRun, String> {
     let report = testhost::run_direct(&vmm_scenarios(&base), &RunOptions::default())
         .map_err(|e| format!("[{label}] {e}"))?;
     testhost::print_summary(&report);
-    let mut guest = HashMap::new();
-    for b in &BEHAVIOURS {
-        let result = match report.outcome(b.scenario).map(|o| &o.verdict) {
-            Some(Verdict::Pass) => Ok(scenario_time(&report.stages, b.scenario)),
-            Some(Verdict::Fail(why)) => Err(why.clone()),
-            None => Err("missing from the report".into()),
-        };
-        guest.insert(b.scenario, result);
-    }
+    let guest = guest_outcomes(&report);
     Ok(PathRun {
         label,
         share: HostShare {
