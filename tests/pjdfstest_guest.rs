@@ -135,11 +135,7 @@ fn pjdfstest_in_guest() -> Result<Option<String>, String> {
             "guest serial output (last lines; all of it in {}):\n{}\ndaemon output:\n{}",
             serial.display(),
             run.serial_tail(40),
-            run.daemons
-                .iter()
-                .map(|d| d.log.as_str())
-                .collect::<Vec<_>>()
-                .join("\n")
+            run.daemon_logs()
         )
     };
     if !run.has_marker(&format!("@@fsr mount tag={} at={mount} ok", share.tag)) {

@@ -375,11 +375,7 @@ fn run_qemu_scenario(share: &GuestShare, scenario: &str) -> Result<String, Strin
             "failed in the guest (exit code {}); serial output (last lines):\n{}\ndaemon:\n{}",
             run.exit_code,
             run.serial_tail(25),
-            run.daemons
-                .iter()
-                .map(|d| d.log.as_str())
-                .collect::<Vec<_>>()
-                .join("\n")
+            run.daemon_logs()
         ))
     }
 }

@@ -109,11 +109,7 @@ fn run_scenario(share: GuestShare, scenario: &str) -> Result<GuestRun, String> {
         format!(
             "guest serial output (last lines):\n{}\ndaemon output:\n{}",
             run.serial_tail(30),
-            run.daemons
-                .iter()
-                .map(|d| d.log.as_str())
-                .collect::<Vec<_>>()
-                .join("\n")
+            run.daemon_logs()
         )
     };
     if !run.has_marker(&format!("@@fsr mount tag={} at={mount} ok", share.tag)) {

@@ -225,6 +225,15 @@ impl GuestRun {
     pub fn serial_tail(&self, lines: usize) -> String {
         tail(&self.serial, lines)
     }
+
+    /// Every daemon's standard error, one after the other.
+    pub fn daemon_logs(&self) -> String {
+        self.daemons
+            .iter()
+            .map(|d| d.log.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }
 
 /// The workspace root (the tests crate's parent).
