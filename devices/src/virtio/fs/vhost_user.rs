@@ -496,6 +496,12 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserFsDaemon<F> {
         let why = rx
             .recv()
             .unwrap_or_else(|_| Some("the connection thread panicked".to_owned()));
+        // A short session can end before the wait above saw its first message: both
+        // eventfds are then ready and `done` comes first. The greeting still counts.
+        if !greeted && greeting.read().is_ok() {
+            greeted = true;
+            on_event(&DaemonEvent::Connected);
+        }
         if !greeted {
             if why.is_none() {
                 return Ok(Connection::Probe);
