@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::meta::Meta;
 use crate::share::ShareSpec;
-use crate::verify::read_meta;
+use crate::verify::{read_meta, walk};
 
 /// Bytes copied per read when moving data.
 const CHUNK: usize = 1 << 20;
@@ -159,6 +159,9 @@ pub fn placement_notes(share: &ShareSpec) -> io::Result<Vec<PlacementNote>> {
     };
     let mut out = Vec::new();
     walk(&share.dir, Path::new(""), &mut |rel, meta| {
+        if !meta.is_file() {
+            return Ok(());
+        }
         let redirected = match read_meta(&share.dir.join(rel))? {
             None => false,
             Some(Meta::Redirect { volume, .. }) if volume == store.volume.as_bytes() => true,
@@ -181,24 +184,6 @@ pub fn placement_notes(share: &ShareSpec) -> io::Result<Vec<PlacementNote>> {
         Ok(())
     })?;
     Ok(out)
-}
-
-fn walk(
-    root: &Path,
-    rel: &Path,
-    f: &mut dyn FnMut(&Path, &fs::Metadata) -> io::Result<()>,
-) -> io::Result<()> {
-    for entry in fs::read_dir(root.join(rel))? {
-        let entry = entry?;
-        let rel = rel.join(entry.file_name());
-        let meta = fs::symlink_metadata(root.join(&rel))?;
-        if meta.is_dir() {
-            walk(root, &rel, f)?;
-        } else if meta.is_file() {
-            f(&rel, &meta)?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

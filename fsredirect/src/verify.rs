@@ -403,7 +403,9 @@ fn stale_hint(volume: &[u8], meta: &Meta, paths: &[&Path]) -> Option<StaleHint> 
     })
 }
 
-fn walk(
+/// Calls `f` on every entry under `root` (relative path, metadata), parents before children,
+/// never following symlinks.
+pub(crate) fn walk(
     root: &Path,
     rel: &Path,
     f: &mut dyn FnMut(&Path, &fs::Metadata) -> io::Result<()>,

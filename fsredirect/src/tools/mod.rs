@@ -422,24 +422,8 @@ impl LostFound {
     }
 }
 
-/// Calls `f` on every entry under `root` (relative path, metadata), parents before children,
-/// never following symlinks.
-pub(crate) fn walk(
-    root: &Path,
-    rel: &Path,
-    f: &mut dyn FnMut(&Path, &fs::Metadata) -> io::Result<()>,
-) -> io::Result<()> {
-    for entry in fs::read_dir(root.join(rel))? {
-        let entry = entry?;
-        let rel = rel.join(entry.file_name());
-        let meta = entry.metadata()?;
-        f(&rel, &meta)?;
-        if meta.file_type().is_dir() {
-            walk(root, &rel, f)?;
-        }
-    }
-    Ok(())
-}
+/// Walks a tree; the one walker of the crate, shared with `verify` and `placement`.
+pub(crate) use crate::verify::walk;
 
 #[cfg(test)]
 mod tests {
