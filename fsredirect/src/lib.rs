@@ -35,7 +35,8 @@
 //! Modules, each with one job: [`share`] parses share descriptions, [`fs`] is the file
 //! system, [`store`] owns a volume of the store, [`meta`] encodes the stub metadata,
 //! [`policy`] decides which files are redirected, [`names`] validates guest names and tracks each inode's path, [`beneath`] resolves host
-//! paths without escaping or following symlinks, [`fdcache`] bounds open store descriptors,
+//! paths without escaping or following symlinks, [`fdcache`] bounds open store descriptors, [`fdbudget`] bounds the descriptors the guest
+//! makes the server hold,
 //! [`mount`] serves a share through /dev/fuse, [`verify`] checks stubs against the store,
 //! [`recover`] reconciles them after an unclean stop, [`intent`] logs operations with two
 //! halves for it, [`faults`] lets tests fail store operations or cut power under them,
@@ -44,6 +45,7 @@
 
 pub mod beneath;
 pub mod faults;
+pub mod fdbudget;
 pub mod fdcache;
 pub mod fs;
 pub mod intent;

@@ -34,72 +34,140 @@ struct Known {
 }
 
 /// Inode -> names table, kept in step with the kernel's lookup counts.
+///
+/// Every operation costs the same however many inodes are known: a name is found through an
+/// index from (parent, name) to the inode holding it, and only that inode's own names are
+/// walked. A name belongs to one inode at a time.
 #[derive(Debug, Default)]
 pub struct NameTable {
     inodes: HashMap<u64, Known>,
+    by_name: HashMap<Link, u64>,
+    /// Link entries examined so far (see `links_visited`).
+    visited: u64,
 }
 
 impl NameTable {
     /// Records that the kernel now holds one more reference to `inode`, reached as
-    /// `parent`/`name`.
+    /// `parent`/`name`. A previous holder of that name loses it.
     pub fn remember(&mut self, inode: u64, parent: u64, name: &CStr) {
-        let known = self.inodes.entry(inode).or_default();
-        known.lookups += 1;
-        if !known
-            .links
-            .iter()
-            .any(|(p, n)| *p == parent && n.as_c_str() == name)
-        {
-            known.links.push((parent, name.to_owned()));
+        let key = (parent, name.to_owned());
+        match self.by_name.get(&key) {
+            Some(&holder) if holder == inode => {}
+            Some(&holder) => {
+                self.unlink_from(holder, parent, name);
+                self.by_name.insert(key, inode);
+                self.inodes
+                    .entry(inode)
+                    .or_default()
+                    .links
+                    .push((parent, name.to_owned()));
+            }
+            None => {
+                self.by_name.insert(key, inode);
+                self.inodes
+                    .entry(inode)
+                    .or_default()
+                    .links
+                    .push((parent, name.to_owned()));
+            }
         }
+        self.inodes.entry(inode).or_default().lookups += 1;
+    }
+
+    /// True if the kernel holds at least one reference to `inode`.
+    pub fn is_known(&self, inode: u64) -> bool {
+        self.inodes.get(&inode).is_some_and(|k| k.lookups > 0)
+    }
+
+    /// How many inodes the kernel holds references to.
+    pub fn known(&self) -> usize {
+        self.inodes.len()
     }
 
     /// Drops `count` kernel references; forgets the inode when none remain.
     /// Returns true if the inode is no longer known.
     pub fn forget(&mut self, inode: u64, count: u64) -> bool {
-        match self.inodes.get_mut(&inode) {
-            Some(known) => {
-                known.lookups = known.lookups.saturating_sub(count);
-                if known.lookups == 0 {
-                    self.inodes.remove(&inode);
-                    true
-                } else {
-                    false
+        let Some(known) = self.inodes.get_mut(&inode) else {
+            return true;
+        };
+        known.lookups = known.lookups.saturating_sub(count);
+        if known.lookups > 0 {
+            return false;
+        }
+        if let Some(known) = self.inodes.remove(&inode) {
+            self.visited += known.links.len() as u64;
+            for link in known.links {
+                if self.by_name.get(&link) == Some(&inode) {
+                    self.by_name.remove(&link);
                 }
             }
-            None => true,
         }
+        true
     }
 
     /// Removes the name `parent`/`name` from whichever inode has it.
     pub fn remove_name(&mut self, parent: u64, name: &CStr) {
-        for known in self.inodes.values_mut() {
-            known
-                .links
-                .retain(|(p, n)| !(*p == parent && n.as_c_str() == name));
+        if let Some(holder) = self.by_name.remove(&(parent, name.to_owned())) {
+            self.unlink_from(holder, parent, name);
         }
     }
 
     /// Renames `old` to `new` for whichever inode had `old`; a previous holder of `new` loses it.
     pub fn rename(&mut self, old: (u64, &CStr), new: (u64, &CStr)) {
         self.remove_name(new.0, new.1);
-        for known in self.inodes.values_mut() {
-            for link in known.links.iter_mut() {
-                if link.0 == old.0 && link.1.as_c_str() == old.1 {
-                    *link = (new.0, new.1.to_owned());
-                }
-            }
-        }
+        let Some(holder) = self.by_name.remove(&(old.0, old.1.to_owned())) else {
+            return;
+        };
+        self.relink(holder, old, new);
+        self.by_name.insert((new.0, new.1.to_owned()), holder);
     }
 
     /// Swaps two names (RENAME_EXCHANGE).
     pub fn exchange(&mut self, a: (u64, &CStr), b: (u64, &CStr)) {
-        for known in self.inodes.values_mut() {
+        let key_a = (a.0, a.1.to_owned());
+        let key_b = (b.0, b.1.to_owned());
+        let holder_a = self.by_name.remove(&key_a);
+        let holder_b = self.by_name.remove(&key_b);
+        // Two hard links of one inode swapped: the inode still has both names.
+        if holder_a != holder_b {
+            if let Some(holder) = holder_a {
+                self.relink(holder, a, b);
+            }
+            if let Some(holder) = holder_b {
+                self.relink(holder, b, a);
+            }
+        }
+        if let Some(holder) = holder_a {
+            self.by_name.insert(key_b, holder);
+        }
+        if let Some(holder) = holder_b {
+            self.by_name.insert(key_a, holder);
+        }
+    }
+
+    /// Link entries examined by the operations so far: with the index this grows with the
+    /// names of the inodes an operation touches, never with the number of inodes known.
+    pub fn links_visited(&self) -> u64 {
+        self.visited
+    }
+
+    /// Drops `parent`/`name` from the links of `inode` (not from the index).
+    fn unlink_from(&mut self, inode: u64, parent: u64, name: &CStr) {
+        if let Some(known) = self.inodes.get_mut(&inode) {
+            self.visited += known.links.len() as u64;
+            known
+                .links
+                .retain(|(p, n)| !(*p == parent && n.as_c_str() == name));
+        }
+    }
+
+    /// Replaces the link `from` of `inode` by `to` (not in the index).
+    fn relink(&mut self, inode: u64, from: (u64, &CStr), to: (u64, &CStr)) {
+        if let Some(known) = self.inodes.get_mut(&inode) {
+            self.visited += known.links.len() as u64;
             for link in known.links.iter_mut() {
-                if link.0 == a.0 && link.1.as_c_str() == a.1 {
-                    *link = (b.0, b.1.to_owned());
-                } else if link.0 == b.0 && link.1.as_c_str() == b.1 {
-                    *link = (a.0, a.1.to_owned());
+                if link.0 == from.0 && link.1.as_c_str() == from.1 {
+                    *link = (to.0, to.1.to_owned());
                 }
             }
         }
@@ -219,6 +287,52 @@ mod tests {
         assert!(!t.forget(3, 1));
         assert!(t.forget(3, 1));
         assert!(t.path(3).is_none());
+    }
+
+    #[test]
+    fn name_operations_cost_the_same_however_many_inodes_are_known() {
+        let mut t = NameTable::default();
+        for inode in 10..50_010u64 {
+            t.remember(
+                inode,
+                ROOT_INODE,
+                &CString::new(format!("f{inode}")).unwrap(),
+            );
+        }
+        let before = t.links_visited();
+        t.remove_name(ROOT_INODE, c"f20");
+        t.rename((ROOT_INODE, c"f30"), (ROOT_INODE, c"g30"));
+        t.rename((ROOT_INODE, c"f40"), (ROOT_INODE, c"f50"));
+        t.exchange((ROOT_INODE, c"f60"), (ROOT_INODE, c"f70"));
+        // Each operation looks at the one or two inodes it names, not at the 50,000 others.
+        assert!(
+            t.links_visited() - before <= 8,
+            "{}",
+            t.links_visited() - before
+        );
+        assert_eq!(join(&t.path(30).unwrap()), b"g30");
+        assert_eq!(join(&t.path(40).unwrap()), b"f50");
+        assert!(t.path(50).is_none());
+        assert_eq!(join(&t.path(60).unwrap()), b"f70");
+    }
+
+    #[test]
+    fn a_name_remembered_for_a_new_inode_leaves_the_old_one() {
+        let mut t = NameTable::default();
+        t.remember(3, ROOT_INODE, c"a");
+        t.remember(4, ROOT_INODE, c"a");
+        assert!(t.path(3).is_none());
+        assert_eq!(join(&t.path(4).unwrap()), b"a");
+    }
+
+    #[test]
+    fn exchanging_two_links_of_one_inode_keeps_both() {
+        let mut t = NameTable::default();
+        t.remember(3, ROOT_INODE, c"a");
+        t.remember(3, ROOT_INODE, c"b");
+        t.exchange((ROOT_INODE, c"a"), (ROOT_INODE, c"b"));
+        t.remove_name(ROOT_INODE, c"a");
+        assert_eq!(join(&t.path(3).unwrap()), b"b");
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::io;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::SetattrValid;
@@ -39,6 +39,7 @@ use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
 use crate::beneath::{open_beneath, reopen_regular, walk};
 use crate::faults::Hook;
+use crate::fdbudget::FdBudget;
 use crate::fdcache::FdCache;
 use crate::intent::Intent;
 use crate::meta::Meta;
@@ -51,6 +52,14 @@ use crate::store::{Store, StoreError};
 
 /// Largest xattr value or list read back from the guest tree.
 const XATTR_BUF: u32 = 64 * 1024;
+
+/// Mode bits that make a program run with its file's owner or group: a host file that holds
+/// guest bytes never carries them (nor file capabilities), so a file that is to carry them
+/// is redirected whatever the policy, and its stub, which holds no data, carries them.
+const PRIVILEGE_BITS: u32 = libc::S_ISUID | libc::S_ISGID;
+
+/// The xattr holding file capabilities, which grant privileges to whoever runs the file.
+const CAPABILITY_XATTR: &CStr = c"security.capability";
 
 /// Errors building a [`RedirectFs`].
 #[derive(Debug, thiserror::Error)]
@@ -98,9 +107,11 @@ pub struct FsConfig {
     /// (needs CAP_DAC_READ_SEARCH; keeps host descriptors bounded however many inodes the guest
     /// looks up).
     pub inode_file_handles: bool,
-    /// Most files and directories open at once; more OPENs than this get EMFILE, so a guest
-    /// that never sends RELEASE cannot grow the handle table without bound.
-    pub max_handles: usize,
+    /// Most host descriptors the guest may make the server hold (open files and directories,
+    /// stubs of files unlinked while open, and, without `inode_file_handles`, one per inode
+    /// the guest knows); past it the guest's opens and lookups get EMFILE while the server's
+    /// own work goes on. `None`: derived from `RLIMIT_NOFILE` ([`crate::fdbudget`]).
+    pub max_guest_fds: Option<usize>,
     /// Sees every store operation first (tests only: fault injection and power-loss
     /// simulation, [`crate::faults`]); none by default.
     pub store_hook: Hook,
@@ -115,7 +126,7 @@ impl Default for FsConfig {
             attr_timeout: Duration::ZERO,
             entry_timeout: Duration::from_secs(1),
             inode_file_handles: root,
-            max_handles: 1 << 20,
+            max_guest_fds: None,
             store_hook: Hook::default(),
         }
     }
@@ -133,7 +144,7 @@ enum Kind {
 }
 
 /// An open file as the guest holds it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OpenFile {
     /// Opened by the passthrough layer; its handle there (directories, and every file of a
     /// passthrough share).
@@ -142,18 +153,29 @@ enum OpenFile {
     /// handle there, the inode, and the open flags, so the handle can become a
     /// [`OpenFile::Redirect`] if the file moves into the store while open.
     Inline { ih: u64, inode: u64, flags: u32 },
-    /// A redirected file: I/O goes to the store object of `inode`.
+    /// A redirected file: I/O goes to the store object of `inode`. Append and sync modes
+    /// come with each WRITE (the guest may change them with fcntl after the open).
     Redirect {
         inode: u64,
         /// The open flags (without O_CREAT, O_EXCL, O_TRUNC), to reopen the file inline if
         /// it moves back into the guest tree while open.
         flags: u32,
-        /// Opened with O_APPEND: every write goes to the end of the data.
-        append: bool,
-        /// Opened with O_SYNC (`Some(false)`) or O_DSYNC (`Some(true)`): every write is
-        /// followed by an fsync (or fdatasync) of the object and the stub.
-        sync: Option<bool>,
     },
+}
+
+/// What the server holds for a redirected inode while the guest has it open.
+#[derive(Debug)]
+struct OpenInode {
+    /// Open handles on the inode.
+    handles: usize,
+    /// The store object, held from the first open to the last release: an open file never
+    /// depends on finding a name again (its names may be gone or unknown after a restart).
+    object: Arc<File>,
+    /// The stub once its last name is gone: an `O_PATH` descriptor keeps the host inode
+    /// alive so the passthrough layer can still reach it until release.
+    pin: Option<OwnedFd>,
+    /// The object's name in the orphan area once its last name is gone.
+    orphan: Option<CString>,
 }
 
 #[derive(Debug, Default)]
@@ -161,11 +183,7 @@ struct State {
     names: NameTable,
     kinds: HashMap<u64, Kind>,
     handles: HashMap<u64, OpenFile>,
-    open_counts: HashMap<u64, usize>,
-    orphans: HashMap<u64, CString>,
-    /// Guest-tree inodes of open files whose last name is gone: an `O_PATH` descriptor keeps
-    /// the host inode alive so the passthrough layer can still reach it until release.
-    pins: HashMap<u64, OwnedFd>,
+    open: HashMap<u64, OpenInode>,
 }
 
 /// The redirecting file system over one share.
@@ -179,10 +197,10 @@ pub struct RedirectFs {
     meta_name: &'static CStr,
     ns: RwLock<()>,
     state: Mutex<State>,
-    size_lock: Mutex<()>,
+    data_locks: DataLocks,
     fds: FdCache,
     stub_fds: FdCache,
-    max_handles: usize,
+    budget: FdBudget,
     next_handle: AtomicU64,
     recovery: Option<RecoveryReport>,
 }
@@ -279,14 +297,19 @@ impl RedirectFs {
         } else {
             META_XATTR_USER
         };
+        let budget = match cfg.max_guest_fds {
+            Some(limit) => FdBudget::new(limit),
+            None => FdBudget::from_rlimit(cfg.max_store_fds),
+        };
         log::info!(
-            "serving {} ({}), at most {} store descriptors",
+            "serving {} ({}), at most {} store descriptors and {} held for the guest",
             share.dir.display(),
             match &share.store {
                 Some(s) => format!("redirected to volume {} of {}", s.volume, s.root.display()),
                 None => "passthrough".to_string(),
             },
-            cfg.max_store_fds
+            cfg.max_store_fds,
+            budget.limit()
         );
         Ok(RedirectFs {
             inner,
@@ -302,10 +325,10 @@ impl RedirectFs {
             meta_name,
             ns: RwLock::new(()),
             state: Mutex::new(State::default()),
-            size_lock: Mutex::new(()),
+            data_locks: DataLocks::default(),
             fds: FdCache::new(cfg.max_store_fds),
             stub_fds: FdCache::new(cfg.max_store_fds),
-            max_handles: cfg.max_handles,
+            budget,
             next_handle: AtomicU64::new(1),
             recovery,
         })
@@ -342,9 +365,15 @@ impl RedirectFs {
         self.store.is_some()
     }
 
-    /// How many store descriptors are open now (never more than `max_store_fds`).
+    /// How many store descriptors are cached now (never more than `max_store_fds`; files the
+    /// guest has open hold theirs beside the cache, within the guest's descriptor budget).
     pub fn open_store_fds(&self) -> usize {
         self.fds.len()
+    }
+
+    /// Host descriptors held for the guest now, and the most it may make the server hold.
+    pub fn guest_fds(&self) -> (usize, usize) {
+        (self.budget.used(), self.budget.limit())
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -368,10 +397,14 @@ impl RedirectFs {
         self.store.is_some().then(|| self.ns_read())
     }
 
-    /// True if a new regular file `parent`/`name` (empty) is to be redirected.
-    fn redirects_new(&self, parent: u64, name: &CStr) -> io::Result<bool> {
+    /// True if a new regular file `parent`/`name` (empty, created with `mode`) is to be
+    /// redirected: where the policy says so, and always if it is to carry privilege bits.
+    fn redirects_new(&self, parent: u64, name: &CStr, mode: u32) -> io::Result<bool> {
         if self.store.is_none() {
             return Ok(false);
+        }
+        if mode & PRIVILEGE_BITS != 0 {
+            return Ok(true);
         }
         if self.policy.min_size() > 0 {
             return Ok(false);
@@ -379,6 +412,16 @@ impl RedirectFs {
         Ok(self
             .policy
             .path_allows(&join(&self.child_parts(parent, name)?)))
+    }
+
+    /// [`RedirectFs::check_fd_room`] for a request that may make the kernel know one more
+    /// node (which costs a descriptor only without file handles).
+    fn check_new_node_room(&self) -> io::Result<()> {
+        if self.file_handles {
+            Ok(())
+        } else {
+            self.check_fd_room()
+        }
     }
 
     // ----- metadata -----
@@ -458,20 +501,30 @@ impl RedirectFs {
 
     // ----- store objects -----
 
-    /// The open store object of a redirected inode. The caller holds the namespace lock.
-    fn object(&self, inode: u64) -> io::Result<std::sync::Arc<File>> {
+    /// The open store object of a redirected inode: the one its open handles hold, or one
+    /// from the bounded cache, reached through a known name. The caller holds the namespace
+    /// lock.
+    fn object(&self, inode: u64) -> io::Result<Arc<File>> {
         let store = self.store()?;
-        self.fds.get(inode, || {
-            let (orphan, path) = {
-                let st = self.state();
-                (st.orphans.get(&inode).cloned(), st.names.path(inode))
-            };
-            match (orphan, path) {
-                (Some(orphan), _) => store.open_orphan(&orphan),
-                (None, Some(parts)) => store.open_object(&parts),
-                (None, None) => Err(errno(libc::ESTALE)),
+        let path = {
+            let st = self.state();
+            if let Some(open) = st.open.get(&inode) {
+                return Ok(open.object.clone());
             }
+            st.names.path(inode)
+        };
+        self.fds.get(inode, || match path {
+            Some(parts) => store.open_object(&parts),
+            None => Err(errno(libc::ESTALE)),
         })
+    }
+
+    /// Forgets every cached descriptor of `inode`: its host file may be gone, and with
+    /// inode-number identities (no file handles) a new file may come back under the same
+    /// node id.
+    fn drop_cached_fds(&self, inode: u64) {
+        self.fds.remove(inode);
+        self.stub_fds.remove(inode);
     }
 
     fn with_object<T>(
@@ -487,9 +540,8 @@ impl RedirectFs {
     }
 
     /// Sets the stub's apparent size to the store object's (a sparse truncate) and marks a
-    /// data change in mtime/ctime.
-    fn sync_stub(&self, inode: u64, touch: bool) -> io::Result<()> {
-        let _guard = self.size_lock.lock().unwrap_or_else(|p| p.into_inner());
+    /// data change in mtime/ctime. The caller holds the inode's data lock.
+    fn sync_stub(&self, inode: u64, touch: bool, _data: &DataGuard<'_>) -> io::Result<()> {
         let size = self.with_object(inode, |f| f.metadata().map(|m| m.len()))?;
         match self.stub_file(inode) {
             Ok(stub) => return sync_stub_file(&stub, size, touch),
@@ -515,10 +567,10 @@ impl RedirectFs {
     /// A write descriptor on the stub of a redirected inode, so that each data change costs
     /// a few syscalls on the stub (fstat, ftruncate or futimens) rather than a round of
     /// reopens through the passthrough layer. Bounded like the store descriptors.
-    fn stub_file(&self, inode: u64) -> io::Result<std::sync::Arc<File>> {
+    fn stub_file(&self, inode: u64) -> io::Result<Arc<File>> {
         self.stub_fds.get(inode, || {
             let st = self.state();
-            if let Some(pin) = st.pins.get(&inode) {
+            if let Some(pin) = st.open.get(&inode).and_then(|o| o.pin.as_ref()) {
                 return reopen_regular(pin, libc::O_WRONLY);
             }
             let parts = st.names.path(inode).ok_or_else(|| errno(libc::ESTALE))?;
@@ -552,14 +604,33 @@ impl RedirectFs {
 
     /// Records a new kernel reference to `entry`, reached as `parent`/`name`, and fixes its
     /// attributes for the guest's view.
+    ///
+    /// A node id the server holds no state for starts afresh: without file handles,
+    /// fuse-backend-rs gives a new file that reuses a host inode number the old file's node
+    /// id, so nothing cached under that id may survive.
     fn admit(&self, parent: u64, name: &CStr, mut entry: Entry, kind: Kind) -> Entry {
-        {
+        let fresh = {
             let mut st = self.state();
+            let fresh = !st.names.is_known(entry.inode) && !st.open.contains_key(&entry.inode);
             st.names.remember(entry.inode, parent, name);
             st.kinds.insert(entry.inode, kind);
+            fresh
+        };
+        if fresh {
+            self.drop_cached_fds(entry.inode);
+            if !self.file_handles {
+                // The passthrough layer holds an O_PATH descriptor per node.
+                self.budget.charge(1);
+            }
         }
         self.fix_attr(entry.inode, kind, &mut entry.attr);
         entry
+    }
+
+    /// Fails with EMFILE when the guest holds all the descriptors it may; checked before
+    /// anything that makes the server hold one more for it.
+    fn check_fd_room(&self) -> io::Result<()> {
+        self.budget.check()
     }
 
     /// Looks a name up in the passthrough layer without handing a reference to the kernel.
@@ -654,23 +725,66 @@ impl RedirectFs {
         Ok(self.admit(parent, name, entry, Kind::Redirect))
     }
 
-    fn new_handle(&self, file: OpenFile) -> u64 {
+    /// Enters `file` in the handle table; a redirected file's first handle takes hold of
+    /// its store object.
+    fn new_handle(&self, file: OpenFile) -> io::Result<u64> {
+        let object = match file {
+            OpenFile::Redirect { inode, .. } => Some(self.object(inode)?),
+            _ => None,
+        };
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state();
         st.handles.insert(handle, file);
-        if let OpenFile::Redirect { inode, .. } = file {
-            *st.open_counts.entry(inode).or_default() += 1;
+        if let (OpenFile::Redirect { inode, .. }, Some(object)) = (file, object) {
+            st.open
+                .entry(inode)
+                .or_insert_with(|| OpenInode {
+                    handles: 0,
+                    object,
+                    pin: None,
+                    orphan: None,
+                })
+                .handles += 1;
         }
-        handle
+        drop(st);
+        // One descriptor per handle: the passthrough layer's file, or the store object
+        // (counted once per handle, which bounds the objects too).
+        self.budget.charge(1);
+        Ok(handle)
     }
 
-    /// Fails with EMFILE when the handle table is full (checked before opening anything).
-    fn check_handle_room(&self) -> io::Result<()> {
-        if self.state().handles.len() >= self.max_handles {
-            log::warn!("handle table full ({} open): EMFILE", self.max_handles);
-            return Err(errno(libc::EMFILE));
+    /// Takes `handle` out of the table and gives back what it held for the guest. For the
+    /// last handle of a redirected inode, returns the orphan to remove, if any.
+    fn drop_handle(&self, handle: u64) -> io::Result<(OpenFile, Option<CString>)> {
+        let mut st = self.state();
+        let file = st
+            .handles
+            .remove(&handle)
+            .ok_or_else(|| errno(libc::EBADF))?;
+        self.budget.release(1);
+        let OpenFile::Redirect { inode, .. } = file else {
+            return Ok((file, None));
+        };
+        let last = match st.open.get_mut(&inode) {
+            Some(open) => {
+                open.handles = open.handles.saturating_sub(1);
+                open.handles == 0
+            }
+            None => false,
+        };
+        if !last {
+            return Ok((file, None));
         }
-        Ok(())
+        let open = st.open.remove(&inode);
+        drop(st);
+        self.drop_cached_fds(inode);
+        let orphan = open.and_then(|o| {
+            if o.pin.is_some() {
+                self.budget.release(1);
+            }
+            o.orphan
+        });
+        Ok((file, orphan))
     }
 
     fn handle(&self, handle: u64) -> io::Result<OpenFile> {
@@ -704,10 +818,11 @@ impl RedirectFs {
             // Stub first, as for any truncate: a crash in between leaves a stub no longer
             // than its data, never one claiming bytes the object lost.
             let store = self.store()?;
+            let data = self.data_locks.lock(inode);
             sync_stub_file(self.stub_file(inode)?.as_ref(), 0, true)?;
             if let Err(e) = self.with_object(inode, |f| store.set_len(f, 0)) {
                 // The store refused: the stub takes the object's size back.
-                if let Err(u) = self.sync_stub(inode, false) {
+                if let Err(u) = self.sync_stub(inode, false, &data) {
                     log::error!("inode {inode}: stub size not restored after {e}: {u}");
                 }
                 return Err(e);
@@ -716,7 +831,7 @@ impl RedirectFs {
             // Surface a missing store object at open, not at the first read.
             self.object(inode)?;
         }
-        Ok(self.new_handle(redirect_handle(inode, flags)))
+        self.new_handle(redirect_handle(inode, flags))
     }
 
     /// The handle entry of a file opened by the passthrough layer as `ih`: one that can
@@ -797,13 +912,18 @@ impl RedirectFs {
     }
 
     fn is_open(&self, inode: u64) -> bool {
-        self.state().open_counts.get(&inode).copied().unwrap_or(0) > 0
+        self.state().open.contains_key(&inode)
     }
 
     /// Keeps the stub of an open redirected file reachable after its last name goes (the
     /// caller is about to unlink or replace `parts`).
     fn pin_stub(&self, inode: u64, parts: &[CString]) {
-        if !self.is_open(inode) || self.state().pins.contains_key(&inode) {
+        if self
+            .state()
+            .open
+            .get(&inode)
+            .is_none_or(|o| o.pin.is_some())
+        {
             return;
         }
         let pinned = match parts.split_last() {
@@ -813,7 +933,10 @@ impl RedirectFs {
         };
         match pinned {
             Ok(fd) => {
-                self.state().pins.insert(inode, fd);
+                if let Some(open) = self.state().open.get_mut(&inode) {
+                    open.pin = Some(fd);
+                    self.budget.charge(1);
+                }
             }
             Err(e) => log::warn!("cannot pin stub of open inode {inode}: {e}"),
         }
@@ -825,31 +948,41 @@ impl RedirectFs {
         let store = self.store()?;
         if self.is_open(inode) {
             let orphan = store.orphan(parts, inode)?;
-            self.state().orphans.insert(inode, orphan);
+            self.set_orphan(inode, orphan);
             Ok(())
         } else {
-            self.fds.remove(inode);
-            self.stub_fds.remove(inode);
+            self.drop_cached_fds(inode);
             store.remove(parts, false)
+        }
+    }
+
+    /// Records that the object of open `inode` now lives in the orphan area as `orphan`,
+    /// to be removed at its last release.
+    fn set_orphan(&self, inode: u64, orphan: CString) {
+        if let Some(open) = self.state().open.get_mut(&inode) {
+            open.orphan = Some(orphan);
         }
     }
 }
 
 /// The handle entry of redirected `inode` opened with `flags`.
 fn redirect_handle(inode: u64, flags: u32) -> OpenFile {
+    OpenFile::Redirect {
+        inode,
+        flags: kept_open_flags(flags as i32),
+    }
+}
+
+/// How a WRITE with file flags `flags` must reach stable storage: `Some(false)` for O_SYNC
+/// (fsync after the write), `Some(true)` for O_DSYNC (fdatasync), `None` otherwise.
+fn write_sync_mode(flags: u32) -> Option<bool> {
     let flags = flags as i32;
-    let sync = if flags & libc::O_SYNC == libc::O_SYNC {
+    if flags & libc::O_SYNC == libc::O_SYNC {
         Some(false)
     } else if flags & libc::O_DSYNC != 0 {
         Some(true)
     } else {
         None
-    };
-    OpenFile::Redirect {
-        inode,
-        flags: kept_open_flags(flags),
-        append: flags & libc::O_APPEND != 0,
-        sync,
     }
 }
 
@@ -908,9 +1041,12 @@ fn sync_stub_file(stub: &File, size: u64, touch: bool) -> io::Result<()> {
     Ok(())
 }
 
+mod datalock;
 mod ops;
 mod rename;
 mod transition;
+
+use datalock::{DataGuard, DataLocks};
 
 #[cfg(test)]
 mod tests;

@@ -12,7 +12,10 @@ use fuse_backend_rs::api::filesystem::{
     ZeroCopyWriter,
 };
 
-use super::{errno, root_ctx, Kind, OpenFile, RedirectFs, XATTR_BUF};
+use super::{
+    errno, root_ctx, write_sync_mode, Kind, OpenFile, RedirectFs, CAPABILITY_XATTR, PRIVILEGE_BITS,
+    XATTR_BUF,
+};
 use crate::faults::StoreOp;
 use crate::intent::Intent;
 use crate::meta::{filter_xattr_list, is_reserved_xattr, is_special_kind, Meta};
@@ -45,6 +48,13 @@ impl FileSystem for RedirectFs {
         validate_name(name)?;
         let _ns = self.ns_read();
         let entry = self.inner.lookup(ctx, parent, name)?;
+        if !self.file_handles && !self.state().names.is_known(entry.inode) {
+            // A node new to the kernel: the passthrough layer now holds a descriptor for it.
+            if let Err(e) = self.check_fd_room() {
+                self.inner.forget(ctx, entry.inode, 1);
+                return Err(e);
+            }
+        }
         let (kind, meta) = match self.classify_with_meta(entry.inode, &entry.attr) {
             Ok(k) => k,
             Err(e) => {
@@ -63,11 +73,25 @@ impl FileSystem for RedirectFs {
     }
 
     fn forget(&self, ctx: &Context, inode: u64, count: u64) {
-        {
+        let retired = {
             let mut st = self.state();
-            if st.names.forget(inode, count) && !st.open_counts.contains_key(&inode) {
-                st.kinds.remove(&inode);
+            let was_known = st.names.is_known(inode);
+            if was_known && st.names.forget(inode, count) {
+                if !self.file_handles {
+                    self.budget.release(1);
+                }
+                let open = st.open.contains_key(&inode);
+                if !open {
+                    st.kinds.remove(&inode);
+                }
+                !open
+            } else {
+                false
             }
+        };
+        if retired {
+            // The node id may come back for another file (see `admit`).
+            self.drop_cached_fds(inode);
         }
         self.inner.forget(ctx, inode, count);
     }
@@ -100,6 +124,9 @@ impl FileSystem for RedirectFs {
         handle: Option<u64>,
         valid: SetattrValid,
     ) -> io::Result<(libc::stat64, Duration)> {
+        if valid.contains(SetattrValid::MODE) && attr.st_mode & PRIVILEGE_BITS != 0 {
+            self.redirect_before_privilege(inode)?;
+        }
         let (reply, kind) = {
             let _ns = self.ns_read();
             let kind = self.kind(inode)?;
@@ -131,6 +158,7 @@ impl FileSystem for RedirectFs {
         name: &CStr,
     ) -> io::Result<Entry> {
         validate_name(name)?;
+        self.check_new_node_room()?;
         let _ns = self.ns_write();
         let entry = self.create_as_caller(ctx, parent, name, false, |c| {
             self.inner.symlink(c, linkname, parent, name)
@@ -148,9 +176,15 @@ impl FileSystem for RedirectFs {
         umask: u32,
     ) -> io::Result<Entry> {
         validate_name(name)?;
+        self.check_new_node_room()?;
         let _ns = self.ns_write();
         let kind = mode & libc::S_IFMT;
-        if kind == libc::S_IFREG && self.redirects_new(parent, name)? {
+        if kind == libc::S_IFREG && self.redirects_new(parent, name, mode)? {
+            // Nothing in the store may be touched for a name that exists.
+            if let Some(existing) = self.peek(parent, name)? {
+                self.unpeek(Some(&existing));
+                return Err(errno(libc::EEXIST));
+            }
             return self.create_redirected(ctx, parent, name, mode, umask);
         }
         if kind == libc::S_IFREG {
@@ -181,6 +215,7 @@ impl FileSystem for RedirectFs {
         umask: u32,
     ) -> io::Result<Entry> {
         validate_name(name)?;
+        self.check_new_node_room()?;
         let _ns = self.ns_write();
         let entry = self.create_as_caller(ctx, parent, name, true, |c| {
             self.inner.mkdir(c, parent, name, mode, umask)
@@ -304,6 +339,7 @@ impl FileSystem for RedirectFs {
 
     fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
         validate_name(newname)?;
+        self.check_new_node_room()?;
         let _ns = self.ns_write();
         let kind = self.kind(inode)?;
         if kind != Kind::Redirect {
@@ -335,7 +371,7 @@ impl FileSystem for RedirectFs {
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
-        self.check_handle_room()?;
+        self.check_fd_room()?;
         let _ns = self.ns_read();
         match self.kind(inode)? {
             Kind::Redirect => {
@@ -351,11 +387,8 @@ impl FileSystem for RedirectFs {
             Kind::Plain => {
                 let (ih, opts, passthrough) = self.inner.open(ctx, inode, flags, fuse_flags)?;
                 let ih = ih.ok_or_else(|| errno(libc::EIO))?;
-                Ok((
-                    Some(self.new_handle(self.plain_handle(ih, inode, flags))),
-                    opts,
-                    passthrough,
-                ))
+                let handle = self.new_handle(self.plain_handle(ih, inode, flags))?;
+                Ok((Some(handle), opts, passthrough))
             }
         }
     }
@@ -368,7 +401,7 @@ impl FileSystem for RedirectFs {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         validate_name(name)?;
-        self.check_handle_room()?;
+        self.check_fd_room()?;
         let _ns = self.ns_write();
         let entry = match self.peek(parent, name)? {
             Some(existing) => {
@@ -382,14 +415,15 @@ impl FileSystem for RedirectFs {
                 let (entry, kind) = existing;
                 self.admit(parent, name, entry, kind)
             }
-            None if self.redirects_new(parent, name)? => {
+            None if self.redirects_new(parent, name, args.mode)? => {
                 self.create_redirected(ctx, parent, name, args.mode, args.umask)?
             }
             None => {
                 let (entry, ih, opts, passthrough) = self.inner.create(ctx, parent, name, args)?;
                 let entry = self.admit(parent, name, entry, Kind::Plain);
-                let handle =
-                    ih.map(|ih| self.new_handle(self.plain_handle(ih, entry.inode, args.flags)));
+                let handle = ih
+                    .map(|ih| self.new_handle(self.plain_handle(ih, entry.inode, args.flags)))
+                    .transpose()?;
                 return Ok((entry, handle, opts, passthrough));
             }
         };
@@ -401,7 +435,7 @@ impl FileSystem for RedirectFs {
                 .inner
                 .open(ctx, entry.inode, args.flags, args.fuse_flags)
                 .and_then(|(ih, _, _)| ih.ok_or_else(|| errno(libc::EIO)))
-                .map(|ih| self.new_handle(self.plain_handle(ih, entry.inode, args.flags))),
+                .and_then(|ih| self.new_handle(self.plain_handle(ih, entry.inode, args.flags))),
         };
         match opened {
             Ok(handle) => {
@@ -491,38 +525,8 @@ impl FileSystem for RedirectFs {
                 }
                 Ok(n)
             }
-            OpenFile::Redirect {
-                inode,
-                append,
-                sync,
-                ..
-            } => {
-                if offset
-                    .checked_add(u64::from(size))
-                    .is_none_or(|end| end > i64::MAX as u64)
-                {
-                    return Err(errno(libc::EFBIG));
-                }
-                let store = self.store()?;
-                let written = self.with_object(inode, |f| {
-                    let offset = if append { f.metadata()?.len() } else { offset };
-                    let len = store
-                        .before(&StoreOp::Write {
-                            file: f,
-                            offset,
-                            len: size as usize,
-                        })?
-                        .unwrap_or(size as usize);
-                    r.read_to(f, len, offset)
-                });
-                // Even after a failed write (ENOSPC part-way) the stub takes the object's
-                // size, so the two never disagree.
-                let stub = self.sync_stub(inode, written.is_ok());
-                let n = written?;
-                stub?;
-                if let Some(datasync) = sync {
-                    self.sync_redirected(inode, datasync)?;
-                }
+            OpenFile::Redirect { inode, .. } => {
+                let n = self.write_redirected(inode, r, size, offset, flags)?;
                 // A redirected file left where an older policy or a directory rename put
                 // it is settled when written, like an inline one.
                 let size = match self.policy.is_all() {
@@ -585,6 +589,7 @@ impl FileSystem for RedirectFs {
                 let offset = i64::try_from(offset).map_err(|_| errno(libc::EINVAL))?;
                 let length = i64::try_from(length).map_err(|_| errno(libc::EINVAL))?;
                 let store = self.store()?;
+                let data = self.data_locks.lock(inode);
                 let done = self.with_object(inode, |f| {
                     store.before(&StoreOp::Fallocate { file: f })?;
                     // SAFETY: fallocate on a descriptor we hold; no memory is passed.
@@ -592,7 +597,7 @@ impl FileSystem for RedirectFs {
                         unsafe { libc::fallocate64(f.as_raw_fd(), mode as i32, offset, length) };
                     crate::beneath::check(res).map(|_| ())
                 });
-                let stub = self.sync_stub(inode, done.is_ok());
+                let stub = self.sync_stub(inode, done.is_ok(), &data);
                 done?;
                 stub
             }
@@ -610,35 +615,16 @@ impl FileSystem for RedirectFs {
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
         let _ns = self.io_lock();
-        let file = self
-            .state()
-            .handles
-            .remove(&handle)
-            .ok_or_else(|| errno(libc::EBADF))?;
+        let (file, orphan) = self.drop_handle(handle)?;
         match file {
             OpenFile::Inner(ih) | OpenFile::Inline { ih, .. } => {
                 self.inner
                     .release(ctx, inode, flags, ih, flush, flock_release, lock_owner)
             }
-            OpenFile::Redirect { inode, .. } => {
-                let orphan = {
-                    let mut st = self.state();
-                    let count = st.open_counts.entry(inode).or_default();
-                    *count = count.saturating_sub(1);
-                    if *count > 0 {
-                        return Ok(());
-                    }
-                    st.open_counts.remove(&inode);
-                    st.pins.remove(&inode);
-                    st.orphans.remove(&inode)
-                };
-                self.fds.remove(inode);
-                self.stub_fds.remove(inode);
-                if let Some(orphan) = orphan {
-                    self.store()?.remove_orphan(&orphan)?;
-                }
-                Ok(())
-            }
+            OpenFile::Redirect { .. } => match orphan {
+                Some(orphan) => self.store()?.remove_orphan(&orphan),
+                None => Ok(()),
+            },
         }
     }
 
@@ -659,6 +645,9 @@ impl FileSystem for RedirectFs {
     ) -> io::Result<()> {
         if is_reserved_xattr(name.to_bytes()) {
             return Err(errno(libc::EPERM));
+        }
+        if name == CAPABILITY_XATTR {
+            self.redirect_before_privilege(inode)?;
         }
         self.inner.setxattr(ctx, inode, name, value, flags)
     }
@@ -705,10 +694,10 @@ impl FileSystem for RedirectFs {
     ) -> io::Result<(Option<u64>, OpenOptions)> {
         // Directory handles live in the same table as file handles: the kernel may pass
         // either to SETATTR (fchmod or futimens on a directory descriptor).
-        self.check_handle_room()?;
+        self.check_fd_room()?;
         let (ih, opts) = self.inner.opendir(ctx, inode, flags)?;
         let ih = ih.ok_or_else(|| errno(libc::EIO))?;
-        Ok((Some(self.new_handle(OpenFile::Inner(ih))), opts))
+        Ok((Some(self.new_handle(OpenFile::Inner(ih))?), opts))
     }
 
     fn readdir(
@@ -751,7 +740,7 @@ impl FileSystem for RedirectFs {
 
     fn releasedir(&self, ctx: &Context, inode: u64, flags: u32, handle: u64) -> io::Result<()> {
         let ih = self.inner_of(handle)?;
-        self.state().handles.remove(&handle);
+        self.drop_handle(handle)?;
         self.inner.releasedir(ctx, inode, flags, ih)
     }
 
@@ -790,6 +779,49 @@ impl FileSystem for RedirectFs {
 }
 
 impl RedirectFs {
+    /// WRITE to a redirected file: the bytes into the store object, then the stub's size,
+    /// under the inode's data lock. `flags` are the file's flags at this write (O_APPEND and
+    /// the sync modes may have changed since the open).
+    fn write_redirected(
+        &self,
+        inode: u64,
+        r: &mut dyn ZeroCopyReader,
+        size: u32,
+        offset: u64,
+        flags: u32,
+    ) -> io::Result<usize> {
+        if offset
+            .checked_add(u64::from(size))
+            .is_none_or(|end| end > i64::MAX as u64)
+        {
+            return Err(errno(libc::EFBIG));
+        }
+        let store = self.store()?;
+        let append = flags as i32 & libc::O_APPEND != 0;
+        let data = self.data_locks.lock(inode);
+        let written = self.with_object(inode, |f| {
+            let offset = if append { f.metadata()?.len() } else { offset };
+            let len = store
+                .before(&StoreOp::Write {
+                    file: f,
+                    offset,
+                    len: size as usize,
+                })?
+                .unwrap_or(size as usize);
+            r.read_to(f, len, offset)
+        });
+        // Even after a failed write (ENOSPC part-way) the stub takes the object's size, so
+        // the two never disagree.
+        let stub = self.sync_stub(inode, written.is_ok(), &data);
+        drop(data);
+        let n = written?;
+        stub?;
+        if let Some(datasync) = write_sync_mode(flags) {
+            self.sync_redirected(inode, datasync)?;
+        }
+        Ok(n)
+    }
+
     /// SETATTR under the namespace lock (held shared by the caller).
     fn setattr_locked(
         &self,
@@ -809,8 +841,10 @@ impl RedirectFs {
         if attr.st_size < 0 {
             return Err(errno(libc::EINVAL));
         }
-        // Stub first (sparse, so undoing it loses nothing), then the data.
+        // Stub first (sparse, so undoing it loses nothing), then the data; both under the
+        // data lock, so a WRITE in flight cannot resize the stub in between.
         let store = self.store()?;
+        let _data = self.data_locks.lock(inode);
         let old = self.with_object(inode, |f| f.metadata().map(|m| m.len()))?;
         let (mut st, timeout) = self.inner.setattr(ctx, inode, attr, None, valid)?;
         if let Err(e) = self.with_object(inode, |f| store.set_len(f, attr.st_size as u64)) {

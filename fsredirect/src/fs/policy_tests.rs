@@ -8,26 +8,7 @@ use crate::intent::Intent;
 use crate::store::Store;
 
 fn with_policy(policy: &str) -> Fixture {
-    let tmp = tempfile::tempdir().unwrap();
-    let guest = tmp.path().join("guest");
-    std::fs::create_dir(&guest).unwrap();
-    let spec = format!(
-        "tag=t,dir={},store={},volume=vol,policy={policy}",
-        guest.display(),
-        tmp.path().join("store").display()
-    );
-    let share = ShareSpec::parse(&spec).unwrap();
-    let fs = RedirectFs::new(&share, FsConfig::default()).unwrap();
-    fs.init(FsOptions::empty()).unwrap();
-    Fixture {
-        share,
-        volume: tmp.path().join("store/vol"),
-        control: tmp.path().join("store/.fsredirect/vol"),
-        guest,
-        _tmp: tmp,
-        fs,
-        ctx: ctx(),
-    }
+    fixture_for(Some(policy), FsConfig::default())
 }
 
 impl Fixture {

@@ -165,10 +165,14 @@ impl RedirectFs {
         }
         self.rename_names(old, new, false);
         if let Some((e, orphan)) = aside {
-            let open = self.state().open_counts.get(&e.inode).copied().unwrap_or(0) > 0;
-            if e.attr.st_nlink <= 1 && open {
-                self.state().orphans.insert(e.inode, orphan);
+            if e.attr.st_nlink <= 1 && self.is_open(e.inode) {
+                self.set_orphan(e.inode, orphan);
             } else {
+                if e.attr.st_nlink <= 1 {
+                    // The victim is gone: no cached descriptor may keep its object alive, nor
+                    // serve it to a new file that gets its node id.
+                    self.drop_cached_fds(e.inode);
+                }
                 // Both halves are done: a leftover victim only costs space until the
                 // orphan area is cleared at the next start.
                 if let Err(e) = store.remove_orphan(&orphan) {

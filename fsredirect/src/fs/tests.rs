@@ -35,17 +35,21 @@ fn ctx() -> Context {
 }
 
 fn fixture_with(store: bool, cfg: FsConfig) -> Fixture {
+    fixture_for(store.then_some("all"), cfg)
+}
+
+/// A share in a new temp dir: redirecting with `policy`, or passthrough without one.
+fn fixture_for(policy: Option<&str>, cfg: FsConfig) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let guest = tmp.path().join("guest");
     std::fs::create_dir(&guest).unwrap();
-    let spec = if store {
-        format!(
-            "tag=t,dir={},store={},volume=vol",
+    let spec = match policy {
+        Some(policy) => format!(
+            "tag=t,dir={},store={},volume=vol,policy={policy}",
             guest.display(),
             tmp.path().join("store").display()
-        )
-    } else {
-        format!("tag=t,dir={}", guest.display())
+        ),
+        None => format!("tag=t,dir={}", guest.display()),
     };
     let share = ShareSpec::parse(&spec).unwrap();
     let fs = RedirectFs::new(&share, cfg).unwrap();
@@ -83,6 +87,32 @@ fn create_in(mode: u32, flags: i32) -> CreateIn {
 }
 
 impl Fixture {
+    /// Stops the server cleanly and starts a new one on the same share, as a VM restart
+    /// does: node ids, handles and everything cached are gone.
+    fn restart(self, cfg: FsConfig) -> Fixture {
+        let Fixture {
+            _tmp,
+            share,
+            guest,
+            volume,
+            control,
+            fs,
+            ctx,
+        } = self;
+        drop(fs);
+        let fs = RedirectFs::new(&share, cfg).unwrap();
+        fs.init(FsOptions::empty()).unwrap();
+        Fixture {
+            _tmp,
+            share,
+            guest,
+            volume,
+            control,
+            fs,
+            ctx,
+        }
+    }
+
     fn create(&self, parent: u64, name: &str) -> (Entry, u64) {
         let (entry, handle, _, _) = self
             .fs
@@ -110,6 +140,18 @@ impl Fixture {
     }
 
     fn write(&self, inode: u64, handle: u64, offset: u64, data: &[u8]) -> usize {
+        self.write_with_flags(inode, handle, offset, data, 0)
+    }
+
+    /// WRITE as the kernel sends it: `flags` are the file's flags at the time of the write.
+    fn write_with_flags(
+        &self,
+        inode: u64,
+        handle: u64,
+        offset: u64,
+        data: &[u8],
+        flags: i32,
+    ) -> usize {
         let mut src = MemSource::new(data.to_vec());
         self.fs
             .write(
@@ -121,7 +163,7 @@ impl Fixture {
                 offset,
                 None,
                 false,
-                0,
+                flags as u32,
                 0,
             )
             .unwrap()
@@ -314,7 +356,13 @@ fn append_writes_at_end_of_stored_data() {
     let fx = redirecting();
     let entry = fx.write_file(ROOT_INODE, "f", b"abc");
     let handle = fx.open(entry.inode, libc::O_WRONLY | libc::O_APPEND);
-    fx.write(entry.inode, handle, 0, b"def");
+    fx.write_with_flags(
+        entry.inode,
+        handle,
+        0,
+        b"def",
+        libc::O_WRONLY | libc::O_APPEND,
+    );
     fx.release(entry.inode, handle);
     assert_eq!(fx.read_file(ROOT_INODE, "f"), b"abcdef");
 }
@@ -996,11 +1044,11 @@ fn setattr_through_a_directory_handle_reaches_the_directory() {
 }
 
 #[test]
-fn opens_beyond_the_handle_bound_get_emfile() {
+fn opens_beyond_the_descriptor_budget_get_emfile() {
     let fx = fixture_with(
         true,
         FsConfig {
-            max_handles: 2,
+            max_guest_fds: Some(2),
             ..FsConfig::default()
         },
     );
@@ -1049,3 +1097,6 @@ fn names_with_arbitrary_bytes_reach_the_same_store_path() {
 
 #[path = "policy_tests.rs"]
 mod policy_tests;
+
+#[path = "hostile_tests.rs"]
+mod hostile_tests;

@@ -20,10 +20,14 @@ use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 use fuse_backend_rs::api::filesystem::FileSystem;
 
-use super::{errno, redirect_handle, root_ctx, Kind, OpenFile, RedirectFs};
+use super::{
+    errno, redirect_handle, root_ctx, Kind, OpenFile, OpenInode, RedirectFs, CAPABILITY_XATTR,
+    PRIVILEGE_BITS,
+};
 use crate::beneath::{open_beneath, reopen_regular, walk};
 use crate::intent::Intent;
 use crate::meta::Meta;
@@ -77,7 +81,11 @@ impl RedirectFs {
         }
         let parts = {
             let st = self.state();
-            if st.orphans.contains_key(&inode) || st.pins.contains_key(&inode) {
+            if st
+                .open
+                .get(&inode)
+                .is_some_and(|o| o.orphan.is_some() || o.pin.is_some())
+            {
                 return Ok(());
             }
             match st.names.path(inode) {
@@ -89,7 +97,7 @@ impl RedirectFs {
         match self.kind(inode)? {
             Kind::Redirect => {
                 let size = self.with_object(inode, |f| f.metadata().map(|m| m.len()))?;
-                if !self.policy.redirects(&path, size) {
+                if !self.policy.redirects(&path, size) && !self.is_privileged(inode, &attr)? {
                     self.make_inline(store, inode, &parts, attr.st_ino)?;
                 }
             }
@@ -104,6 +112,49 @@ impl RedirectFs {
             Kind::Special { .. } => {}
         }
         Ok(())
+    }
+
+    /// True if the guest gave regular file `inode` (attributes `attr`) privilege bits or
+    /// file capabilities: such a file keeps its data in the store whatever the policy.
+    fn is_privileged(&self, inode: u64, attr: &libc::stat64) -> io::Result<bool> {
+        if attr.st_mode & PRIVILEGE_BITS != 0 {
+            return Ok(true);
+        }
+        match self.inner.getxattr(&root_ctx(), inode, CAPABILITY_XATTR, 0) {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA | libc::EOPNOTSUPP)) => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves inline regular file `inode` into the store before it gains privilege bits or
+    /// file capabilities, so its bytes never sit in a host file that carries them. Fails
+    /// with EPERM where it cannot move (several hard links, unlinked while open): the guest
+    /// then cannot give it those privileges. Nothing to do for other files. Takes the
+    /// namespace lock exclusively: call it holding no lock.
+    pub(super) fn redirect_before_privilege(&self, inode: u64) -> io::Result<()> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let _ns = self.ns_write();
+        let (attr, _) = self.inner.getattr(&root_ctx(), inode, None)?;
+        if attr.st_mode & libc::S_IFMT != libc::S_IFREG || self.kind(inode)? != Kind::Plain {
+            return Ok(());
+        }
+        if self.read_meta(inode)?.is_some() {
+            // Another volume's stub holds no data here.
+            return Ok(());
+        }
+        let parts = match self.state().names.path(inode) {
+            Some(parts) if attr.st_nlink == 1 => parts,
+            _ => {
+                log::info!("inode {inode}: cannot move into the store, privileges refused");
+                return Err(errno(libc::EPERM));
+            }
+        };
+        self.make_redirected(store, inode, &parts, attr.st_ino)
     }
 
     /// Opens the guest-tree file at `parts` for I/O and checks it is host inode `ino`.
@@ -159,7 +210,9 @@ impl RedirectFs {
         if let Err(e) = restore_times(&file, &times).and_then(|()| file.sync_all()) {
             log::warn!("inode {inode}: stub times or sync after moving into the store: {e}");
         }
-        // Every handle the guest holds now reads and writes the object.
+        // Every handle the guest holds now reads and writes the object, which they hold
+        // open from here on.
+        let held = Arc::new(store.open_object(parts)?);
         let old: Vec<u64> = {
             let mut st = self.state();
             let mut old = Vec::new();
@@ -179,13 +232,20 @@ impl RedirectFs {
                 }
             }
             if moved > 0 {
-                *st.open_counts.entry(inode).or_default() += moved;
+                st.open
+                    .entry(inode)
+                    .or_insert_with(|| OpenInode {
+                        handles: 0,
+                        object: held,
+                        pin: None,
+                        orphan: None,
+                    })
+                    .handles += moved;
             }
             st.kinds.insert(inode, Kind::Redirect);
             old
         };
-        self.fds.remove(inode);
-        self.stub_fds.remove(inode);
+        self.drop_cached_fds(inode);
         for ih in old {
             if let Err(e) = self
                 .inner
@@ -292,11 +352,10 @@ impl RedirectFs {
                     },
                 );
             }
-            st.open_counts.remove(&inode);
+            st.open.remove(&inode);
             st.kinds.insert(inode, Kind::Plain);
         }
-        self.fds.remove(inode);
-        self.stub_fds.remove(inode);
+        self.drop_cached_fds(inode);
         log::debug!("inode {inode}: moved inline ({size} bytes)");
         Ok(())
     }

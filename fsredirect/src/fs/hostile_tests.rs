@@ -1,0 +1,369 @@
+//! Requests as a hostile guest sends them: out of the kernel's usual order, racing each other,
+//! across a server restart, under descriptor pressure, from a server with and without file
+//! handles. Each test pins one way the engine once lost or leaked data.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::sync::{Arc, Barrier};
+
+use super::*;
+
+/// Node identities by host inode number, as a server not running as root has them.
+fn without_file_handles() -> FsConfig {
+    FsConfig {
+        inode_file_handles: false,
+        ..FsConfig::default()
+    }
+}
+
+/// Descriptors of this process open on deleted files below `dir`.
+fn open_deleted_below(dir: &Path) -> usize {
+    let prefix = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|t| t.to_string_lossy().into_owned())
+        .filter(|t| t.starts_with(&prefix) && t.ends_with(" (deleted)"))
+        .count()
+}
+
+/// 1. GETATTR a file, rename another file over it, FORGET it, create new files: without file
+///    handles a new file may get the dead file's node id (its host inode number is reused).
+/// 2. Every new file is empty, and its writes land in its own object.
+#[test]
+fn new_file_never_sees_a_renamed_over_files_bytes() {
+    let fx = fixture_with(true, without_file_handles());
+    for round in 0..20 {
+        let victim = fx.write_file(ROOT_INODE, "victim", b"the victim's private bytes");
+        fx.fs.getattr(&fx.ctx, victim.inode, None).unwrap();
+        let a = fx.write_file(ROOT_INODE, "a", b"a");
+        fx.fs
+            .rename(&fx.ctx, ROOT_INODE, &c("a"), ROOT_INODE, &c("victim"), 0)
+            .unwrap();
+        fx.fs.forget(&fx.ctx, victim.inode, 1);
+        fx.fs.forget(&fx.ctx, a.inode, 1);
+        let name = format!("new{round}");
+        let (entry, handle) = fx.create(ROOT_INODE, &name);
+        assert_eq!(
+            fx.size(entry.inode),
+            0,
+            "round {round}: a new file has a size"
+        );
+        assert_eq!(fx.read(entry.inode, handle, 0, 4096), b"", "round {round}");
+        fx.write(entry.inode, handle, 0, b"new");
+        fx.fs.fsync(&fx.ctx, entry.inode, false, handle).unwrap();
+        fx.release(entry.inode, handle);
+        assert_eq!(std::fs::read(fx.volume.join(&name)).unwrap(), b"new");
+        fx.fs.forget(&fx.ctx, entry.inode, 1);
+        fx.fs.unlink(&fx.ctx, ROOT_INODE, &c("victim")).unwrap();
+    }
+    fx.assert_mirror();
+}
+
+/// 1. Overwrite a file by rename twenty times (what an editor's save does), as root would.
+/// 2. No descriptor stays open on an overwritten object, so their space is given back.
+#[test]
+fn overwritten_objects_are_not_kept_open() {
+    let fx = redirecting();
+    let target = fx.write_file(ROOT_INODE, "doc", b"v0");
+    fx.fs.getattr(&fx.ctx, target.inode, None).unwrap();
+    for i in 1..=20 {
+        let tmp = fx.write_file(ROOT_INODE, "doc.tmp", format!("v{i}").as_bytes());
+        fx.fs.getattr(&fx.ctx, tmp.inode, None).unwrap();
+        fx.fs
+            .rename(&fx.ctx, ROOT_INODE, &c("doc.tmp"), ROOT_INODE, &c("doc"), 0)
+            .unwrap();
+    }
+    assert_eq!(fx.read_file(ROOT_INODE, "doc"), b"v20");
+    assert_eq!(open_deleted_below(&fx.volume), 0);
+    assert_eq!(open_deleted_below(&fx.control), 0);
+    fx.assert_mirror();
+}
+
+/// 1. `ln d2/b d1/a`, restart the server, look up and open only `d1/a`.
+/// 2. Unlink `d1/a` (the server knows no other name now) and touch other files, so that
+///    cached descriptors are evicted (one store descriptor at most).
+/// 3. The open descriptor still reads and writes the data, and `d2/b` sees the write.
+#[test]
+fn open_hard_link_keeps_working_after_restart_and_unlink() {
+    let cfg = || FsConfig {
+        max_store_fds: 1,
+        ..FsConfig::default()
+    };
+    let fx = fixture_with(true, cfg());
+    let d1 = fx.mkdir(ROOT_INODE, "d1");
+    let d2 = fx.mkdir(ROOT_INODE, "d2");
+    let b = fx.write_file(d2.inode, "b", b"shared bytes");
+    fx.fs.link(&fx.ctx, b.inode, d1.inode, &c("a")).unwrap();
+    let fx = fx.restart(cfg());
+    let d1 = fx.lookup(ROOT_INODE, "d1").unwrap();
+    let a = fx.lookup(d1.inode, "a").unwrap();
+    let handle = fx.open(a.inode, libc::O_RDWR);
+    fx.fs.unlink(&fx.ctx, d1.inode, &c("a")).unwrap();
+    fx.write_file(ROOT_INODE, "other1", b"x");
+    fx.write_file(ROOT_INODE, "other2", b"y");
+    assert_eq!(fx.read(a.inode, handle, 0, 100), b"shared bytes");
+    fx.write(a.inode, handle, 0, b"SHARED");
+    fx.release(a.inode, handle);
+    let d2 = fx.lookup(ROOT_INODE, "d2").unwrap();
+    assert_eq!(fx.read_file(d2.inode, "b"), b"SHARED bytes");
+    fx.assert_mirror();
+}
+
+/// 1. Open with O_APPEND and append; the guest then clears O_APPEND with fcntl(F_SETFL).
+/// 2. `pwrite(fd, "B", 0)` overwrites the first byte, as on any local file system.
+#[test]
+fn clearing_o_append_after_open_is_honoured() {
+    for fx in [redirecting(), passthrough()] {
+        let (entry, handle) = fx.create(ROOT_INODE, "f");
+        fx.release(entry.inode, handle);
+        let append = libc::O_WRONLY | libc::O_APPEND;
+        let handle = fx.open(entry.inode, append);
+        fx.write_with_flags(entry.inode, handle, 0, b"0123456789", append);
+        fx.write_with_flags(entry.inode, handle, 0, b"AAAA", append);
+        fx.write_with_flags(entry.inode, handle, 0, b"B", libc::O_WRONLY);
+        fx.release(entry.inode, handle);
+        assert_eq!(fx.read_file(ROOT_INODE, "f"), b"B123456789AAAA");
+    }
+}
+
+/// 1. MKNOD(S_IFREG) on the name of an existing redirected file.
+/// 2. EEXIST, and the file's stored bytes are untouched.
+#[test]
+fn mknod_on_an_existing_name_keeps_its_data() {
+    let fx = redirecting();
+    fx.write_file(ROOT_INODE, "f", b"precious");
+    let r = fx
+        .fs
+        .mknod(&fx.ctx, ROOT_INODE, &c("f"), libc::S_IFREG | 0o644, 0, 0);
+    assert_eq!(errno_of(r), libc::EEXIST);
+    assert_eq!(fx.read_file(ROOT_INODE, "f"), b"precious");
+    fx.assert_mirror();
+}
+
+/// 1. WRITE (128 KiB at 0) and SETATTR (size 0) of one file, in flight together, many times.
+/// 2. After each pair the stub's apparent size equals the stored object's size.
+#[test]
+fn write_racing_a_truncate_leaves_stub_and_object_agreeing() {
+    let fx = Arc::new(redirecting());
+    let (entry, handle) = fx.create(ROOT_INODE, "f");
+    let data = vec![7u8; 128 * 1024];
+    for round in 0..200 {
+        let start = Arc::new(Barrier::new(2));
+        let writer = {
+            let (fx, start, data) = (fx.clone(), start.clone(), data.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                fx.write(entry.inode, handle, 0, &data);
+            })
+        };
+        start.wait();
+        fx.truncate(entry.inode, 0);
+        writer.join().unwrap();
+        let stub = std::fs::metadata(fx.guest.join("f")).unwrap().len();
+        let object = std::fs::metadata(fx.volume.join("f")).unwrap().len();
+        assert_eq!(stub, object, "round {round}: stub and object disagree");
+    }
+    fx.release(entry.inode, handle);
+    fx.assert_mirror();
+}
+
+/// What a host user finds in the guest tree and the store for `rel`: whether any host file
+/// holding bytes carries setuid/setgid bits or file capabilities.
+fn host_privileged_data(fx: &Fixture, rel: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for path in [fx.guest.join(rel), fx.volume.join(rel)] {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.len() == 0 || !has_data_extent(&path) {
+            continue;
+        }
+        if meta.permissions().mode() & 0o6000 != 0 {
+            found.push(format!("{} has mode {:o}", path.display(), meta.mode()));
+        }
+        if host_xattr(&path, "security.capability").is_some() {
+            found.push(format!("{} has file capabilities", path.display()));
+        }
+    }
+    found
+}
+
+fn chmod(fx: &Fixture, inode: u64, mode: u32) -> io::Result<libc::stat64> {
+    // SAFETY: stat64 is plain old data; all-zero is a valid value.
+    let mut attr: libc::stat64 = unsafe { std::mem::zeroed() };
+    attr.st_mode = mode;
+    fx.fs
+        .setattr(&fx.ctx, inode, attr, None, SetattrValid::MODE)
+        .map(|(st, _)| st)
+}
+
+/// 1. On a share that keeps small files inline, the guest creates a file with mode 4755,
+///    chmods another one to 6755 after writing it, and gives a third file capabilities.
+/// 2. The guest sees its modes; no host file holding the guest's bytes is setuid, setgid or
+///    carries capabilities (the bytes moved into the store, whose objects are private).
+#[test]
+fn guest_cannot_plant_a_privileged_executable_on_the_host() {
+    let fx = fixture_for(Some("min-size:1M"), FsConfig::default());
+    let payload = b"\x7fELF pretend this is a shell";
+
+    let (entry, handle, _, _) = fx
+        .fs
+        .create(
+            &fx.ctx,
+            ROOT_INODE,
+            &c("born-setuid"),
+            create_in(0o4755, libc::O_RDWR),
+        )
+        .unwrap();
+    fx.write(entry.inode, handle.unwrap(), 0, payload);
+    fx.release(entry.inode, handle.unwrap());
+    let st = fx.fs.getattr(&fx.ctx, entry.inode, None).unwrap().0;
+    assert_eq!(st.st_mode & 0o7777, 0o4755);
+
+    let later = fx.write_file(ROOT_INODE, "made-setuid", payload);
+    let st = chmod(&fx, later.inode, libc::S_IFREG | 0o6755).unwrap();
+    assert_eq!(st.st_mode & 0o7777, 0o6755);
+    assert_eq!(fx.read_file(ROOT_INODE, "made-setuid"), payload);
+
+    let capable = fx.write_file(ROOT_INODE, "capable", payload);
+    // A version 2 capability set granting CAP_SETUID.
+    let mut caps = vec![0u8; 20];
+    caps[..4].copy_from_slice(&0x0200_0001u32.to_le_bytes());
+    caps[4] = 1 << 7;
+    fx.fs
+        .setxattr(&fx.ctx, capable.inode, &c("security.capability"), &caps, 0)
+        .unwrap();
+    assert_eq!(fx.read_file(ROOT_INODE, "capable"), payload);
+
+    for rel in ["born-setuid", "made-setuid", "capable"] {
+        assert_eq!(host_privileged_data(&fx, rel), Vec::<String>::new());
+        let object = std::fs::metadata(fx.volume.join(rel)).unwrap();
+        assert_eq!(
+            object.mode() & 0o7777,
+            0o600,
+            "{rel}: stored object not private"
+        );
+    }
+    fx.assert_mirror();
+}
+
+/// 1. A privileged file in the store is truncated below the inline threshold.
+/// 2. It stays in the store: the policy never brings it back into a host file with its bits.
+#[test]
+fn privileged_file_stays_in_the_store_whatever_the_policy() {
+    let fx = fixture_for(Some("min-size:16"), FsConfig::default());
+    let (entry, handle, _, _) = fx
+        .fs
+        .create(
+            &fx.ctx,
+            ROOT_INODE,
+            &c("s"),
+            create_in(0o2755, libc::O_RDWR),
+        )
+        .unwrap();
+    fx.write(entry.inode, handle.unwrap(), 0, &[1u8; 64]);
+    fx.release(entry.inode, handle.unwrap());
+    fx.truncate(entry.inode, 4);
+    assert_eq!(host_privileged_data(&fx, "s"), Vec::<String>::new());
+    assert_eq!(std::fs::read(fx.volume.join("s")).unwrap(), [1u8; 4]);
+    fx.assert_mirror();
+}
+
+/// 1. The guest fills its descriptor budget with OPENDIRs that it never releases.
+/// 2. More OPENDIRs and OPENs get EMFILE; the server's own work (lookups of known names,
+///    writes through an open handle, which need store descriptors) goes on.
+/// 3. Releasing one handle makes room again.
+#[test]
+fn guest_descriptor_budget_never_starves_the_server() {
+    let fx = fixture_with(
+        true,
+        FsConfig {
+            max_guest_fds: Some(40),
+            ..FsConfig::default()
+        },
+    );
+    let (entry, handle) = fx.create(ROOT_INODE, "f");
+    let mut dirs = Vec::new();
+    loop {
+        match fx.fs.opendir(&fx.ctx, ROOT_INODE, 0) {
+            Ok((Some(h), _)) => dirs.push(h),
+            Ok((None, _)) => panic!("opendir without a handle"),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EMFILE));
+                break;
+            }
+        }
+        assert!(dirs.len() <= 40, "the budget did not stop the guest");
+    }
+    // The open file holds one descriptor, and without file handles its node one more.
+    let node = usize::from(!fx.fs.file_handles);
+    assert_eq!(dirs.len(), 39 - node);
+    assert_eq!(
+        errno_of(fx.fs.open(&fx.ctx, entry.inode, libc::O_RDONLY as u32, 0)),
+        libc::EMFILE
+    );
+    fx.write(entry.inode, handle, 0, b"still served");
+    assert!(fx.lookup(ROOT_INODE, "f").is_ok());
+    fx.fs
+        .releasedir(&fx.ctx, ROOT_INODE, 0, dirs.pop().unwrap())
+        .unwrap();
+    let again = fx.open(entry.inode, libc::O_RDONLY);
+    assert_eq!(fx.read(entry.inode, again, 0, 100), b"still served");
+    assert_eq!(fx.fs.guest_fds(), (40, 40));
+}
+
+/// 1. Without file handles every inode the guest looks up costs the server a descriptor.
+/// 2. Lookups of new inodes past the budget get EMFILE; FORGET gives the descriptors back.
+#[test]
+fn lookups_without_file_handles_are_bounded() {
+    let fx = fixture_with(
+        true,
+        FsConfig {
+            inode_file_handles: false,
+            max_guest_fds: Some(30),
+            ..FsConfig::default()
+        },
+    );
+    for i in 0..40 {
+        std::fs::write(fx.guest.join(format!("plain{i}")), b"p").unwrap();
+    }
+    let mut known = Vec::new();
+    for i in 0..40 {
+        match fx.lookup(ROOT_INODE, &format!("plain{i}")) {
+            Ok(e) => known.push(e.inode),
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EMFILE)),
+        }
+    }
+    assert_eq!(known.len(), 30);
+    assert_eq!(fx.fs.guest_fds().0, 30);
+    for inode in known {
+        fx.fs.forget(&fx.ctx, inode, 1);
+    }
+    assert_eq!(fx.fs.guest_fds().0, 0);
+    assert!(fx.lookup(ROOT_INODE, "plain39").is_ok());
+}
+
+/// 1. With the default budget (from RLIMIT_NOFILE), the guest opens the root directory until
+///    it is refused.
+/// 2. The refusal is the guest's own EMFILE, and the server still creates directories and
+///    files for everyone: its reserve was never touched.
+#[test]
+fn guest_opendirs_up_to_the_process_limit_leave_the_server_room() {
+    let fx = redirecting();
+    let (_, limit) = fx.fs.guest_fds();
+    let mut opened = 0;
+    let refusal = loop {
+        match fx.fs.opendir(&fx.ctx, ROOT_INODE, 0) {
+            Ok(_) => opened += 1,
+            Err(e) => break e,
+        }
+        assert!(opened <= limit, "opendirs went past the budget of {limit}");
+    };
+    assert_eq!(refusal.raw_os_error(), Some(libc::EMFILE));
+    let dir = fx.mkdir(ROOT_INODE, "d");
+    fx.fs
+        .unlink(&fx.ctx, ROOT_INODE, &c("nothing"))
+        .unwrap_err();
+    assert!(fx.lookup(ROOT_INODE, "d").is_ok());
+    assert_eq!(dir.attr.st_mode & libc::S_IFMT, libc::S_IFDIR);
+}
