@@ -81,6 +81,27 @@ status=${PIPESTATUS[0]}
 set -e
 stage_end
 
+# The engine identifies inodes differently without root (no file handles) and the host
+# applies other rules to an unprivileged owner: its unit tests run again as "nobody".
+stage_start "fsredirect unit tests as an unprivileged user"
+if [[ $(id -u) -eq 0 ]] && command -v setpriv >/dev/null; then
+    unit_bin=$(cargo test --release -p fsredirect --lib --no-run --message-format=json 2>/dev/null |
+        sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+    unpriv_dir=$(mktemp -d)
+    install -m 0755 "$unit_bin" "$unpriv_dir/fsredirect-unit-tests"
+    chmod 0755 "$unpriv_dir"
+    set +e
+    (cd /tmp && setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all \
+        env HOME=/tmp "$unpriv_dir/fsredirect-unit-tests") 2>&1 | tee -a "$LOG"
+    unpriv_status=${PIPESTATUS[0]}
+    set -e
+    rm -rf "$unpriv_dir"
+    [[ $unpriv_status -eq 0 ]] || status=$unpriv_status
+else
+    echo "skipped, because this needs root (to become nobody) and setpriv" | tee -a "$LOG"
+fi
+stage_end
+
 # One line over every test binary: libtest's "ignored" are our skipped tests.
 summary=$(awk '/^test result:/ {
         for (i = 1; i <= NF; i++) {

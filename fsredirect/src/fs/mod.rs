@@ -1011,7 +1011,15 @@ fn sync_stub_file(stub: &File, size: u64, touch: bool) -> io::Result<()> {
     let meta = stub.metadata()?;
     if meta.len() != size {
         // A size change sets mtime and ctime by itself.
-        return stub.set_len(size);
+        stub.set_len(size)?;
+        if meta.mode() & PRIVILEGE_BITS != 0 {
+            // Without CAP_FSETID the host clears setuid/setgid on truncate. The guest's kernel
+            // clears them itself when its rules say so; the stub only resizes to the data.
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::Permissions::from_mode(meta.mode() & 0o7777);
+            stub.set_permissions(mode)?;
+        }
+        return Ok(());
     }
     // The kernel stamps changes with its coarse clock: if the stub already carries the
     // current tick, stamping it again would change nothing a reader can see.

@@ -846,7 +846,18 @@ impl RedirectFs {
         let store = self.store()?;
         let _data = self.data_locks.lock(inode);
         let old = self.with_object(inode, |f| f.metadata().map(|m| m.len()))?;
+        let mode_before = self.inner.getattr(&root_ctx(), inode, None)?.0.st_mode;
         let (mut st, timeout) = self.inner.setattr(ctx, inode, attr, None, valid)?;
+        if !valid.contains(SetattrValid::MODE) && st.st_mode != mode_before {
+            // Without CAP_FSETID the host cleared setuid/setgid on the stub's truncate; the
+            // guest's kernel asks for that itself (with MODE) when its rules say so.
+            let mut keep = attr;
+            keep.st_mode = mode_before;
+            st = self
+                .inner
+                .setattr(&root_ctx(), inode, keep, None, SetattrValid::MODE)?
+                .0;
+        }
         if let Err(e) = self.with_object(inode, |f| store.set_len(f, attr.st_size as u64)) {
             // SAFETY: stat64 is plain old data; all-zero is a valid value.
             let mut undo: libc::stat64 = unsafe { std::mem::zeroed() };
