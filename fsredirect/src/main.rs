@@ -309,6 +309,10 @@ fn mount(
     threads: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let (share, mountpoint) = share_from_args(share, paths, volume)?;
+    // The guest's descriptor budget is derived from this limit.
+    if let Err(e) = fsredirect::fdbudget::raise_nofile_limit() {
+        log::warn!("cannot raise RLIMIT_NOFILE: {e}");
+    }
     let signals = block_termination_signals()?;
     let opts = MountOptions {
         threads,

@@ -24,6 +24,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<u8, Box<dyn std::error::Error>> {
+    // Each share lets its guest hold descriptors up to a budget derived from this limit.
+    match fsredirect::fdbudget::raise_nofile_limit() {
+        Ok(limit) => log::debug!("RLIMIT_NOFILE: {limit}"),
+        Err(e) => log::warn!("cannot raise RLIMIT_NOFILE: {e}"),
+    }
     if let Some(Command::VhostUserFs(args)) = &cli.command {
         return Ok(hypervisor::vhost_user::run(args)?);
     }

@@ -58,6 +58,20 @@ pub struct ConvertOutcome {
     pub against_policy: bool,
 }
 
+/// True if `file` carries a `security.capability` xattr (file capabilities).
+fn has_capabilities(file: &File) -> bool {
+    // SAFETY: fgetxattr with a NUL-terminated name and no buffer only returns the size.
+    let len = unsafe {
+        libc::fgetxattr(
+            file.as_raw_fd(),
+            c"security.capability".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    len >= 0
+}
+
 fn refused(op: &'static str, path: &Path, reason: impl Into<String>) -> ToolError {
     ToolError::Refused {
         op,
@@ -127,6 +141,14 @@ pub fn hydrate(share: &ShareSpec, path: &Path) -> Result<ConvertOutcome> {
         }
     }
     let st = fstat(&stub).map_err(io_err("examine", &rel))?;
+    if st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0 || has_capabilities(&stub) {
+        return Err(refused(
+            OP,
+            &rel,
+            "it is setuid, setgid or has file capabilities, and a host file holding guest \
+             bytes never does; its data stays in the store (clear those in the guest first)",
+        ));
+    }
     let object = store.open_object(&parts).map_err(|e| {
         refused(
             OP,
@@ -543,6 +565,17 @@ mod tests {
         let err = hydrate(&t.share, Path::new("a")).unwrap_err();
         assert!(err.to_string().contains("fsredirect repair"), "{err}");
         assert!(read_meta_checked(&t.guest.join("a")).unwrap().is_some());
+    }
+
+    #[test]
+    fn hydrate_leaves_a_setuid_file_in_the_store() {
+        let t = TestShare::new();
+        t.write("a", b"#!/bin/sh\nid\n");
+        fs::set_permissions(t.guest.join("a"), fs::Permissions::from_mode(0o4755)).unwrap();
+        let err = hydrate(&t.share, Path::new("a")).unwrap_err();
+        assert!(err.to_string().contains("setuid"), "{err}");
+        assert!(read_meta_checked(&t.guest.join("a")).unwrap().is_some());
+        assert_eq!(fs::read(t.volume.join("a")).unwrap(), b"#!/bin/sh\nid\n");
     }
 
     #[test]
