@@ -15,9 +15,9 @@ use std::ffi::CString;
 use std::io;
 use std::time::Instant;
 
+use fsredirect::{FsConfig, RedirectFs, ShareSpec};
 use fuse_backend_rs::abi::fuse_abi::{CreateIn, FsOptions};
 use fuse_backend_rs::api::filesystem::{Context, FileSystem};
-use fsredirect::{FsConfig, RedirectFs, ShareSpec};
 
 const ROOT: u64 = 1;
 
@@ -35,21 +35,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let nofile = fsredirect::fdbudget::raise_nofile_limit()?;
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    println!("RLIMIT_NOFILE {nofile}, {files} files in the share, running as uid {}", unsafe {
-        // SAFETY: as above.
-        libc::geteuid()
-    });
+    println!(
+        "RLIMIT_NOFILE {nofile}, {files} files in the share, running as uid {}",
+        unsafe {
+            // SAFETY: as above.
+            libc::geteuid()
+        }
+    );
     println!();
     println!("| node identity | phase | requests | refused (EMFILE) | guest descriptors (budget) | process descriptors | resident memory | time |");
     println!("|---|---|---|---|---|---|---|---|");
     let modes: &[bool] = if root { &[true, false] } else { &[false] };
     for &handles in modes {
-        let mode = if handles { "file handles (root)" } else { "inode numbers (no root)" };
+        let mode = if handles {
+            "file handles (root)"
+        } else {
+            "inode numbers (no root)"
+        };
         let phases: [(&str, u64, Phase); 4] = [
             ("LOOKUP without FORGET", 1_000_000 / scale, Phase::Lookups),
             ("OPEN without RELEASE", 100_000 / scale, Phase::Opens),
-            ("OPENDIR without RELEASEDIR", 100_000 / scale, Phase::Opendirs),
-            ("CREATE + UNLINK, kept open", 100_000 / scale, Phase::OpenUnlinked),
+            (
+                "OPENDIR without RELEASEDIR",
+                100_000 / scale,
+                Phase::Opendirs,
+            ),
+            (
+                "CREATE + UNLINK, kept open",
+                100_000 / scale,
+                Phase::OpenUnlinked,
+            ),
         ];
         for (name, count, phase) in phases {
             let share = Share::new(handles, files)?;
@@ -101,7 +116,10 @@ impl Phase {
             Phase::Opens => {
                 let entry = fs.lookup(&ctx, ROOT, &file_name(0))?;
                 for _ in 0..count {
-                    tally(fs.open(&ctx, entry.inode, libc::O_RDONLY as u32, 0).map(drop))?;
+                    tally(
+                        fs.open(&ctx, entry.inode, libc::O_RDONLY as u32, 0)
+                            .map(drop),
+                    )?;
                 }
             }
             Phase::Opendirs => {
@@ -120,7 +138,11 @@ impl Phase {
                         fuse_flags: 0,
                     };
                     let created = fs.create(&ctx, dir.inode, &name, args);
-                    tally(created.map(drop).and_then(|()| fs.unlink(&ctx, dir.inode, &name)))?;
+                    tally(
+                        created
+                            .map(drop)
+                            .and_then(|()| fs.unlink(&ctx, dir.inode, &name)),
+                    )?;
                 }
             }
         }
@@ -168,11 +190,7 @@ impl Share {
             }
             fs.forget(&ctx, entry.inode, 1);
         }
-        Ok(Share {
-            fs,
-            ctx,
-            _tmp: tmp,
-        })
+        Ok(Share { fs, ctx, _tmp: tmp })
     }
 }
 
