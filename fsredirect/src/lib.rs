@@ -40,7 +40,7 @@
 //! [`mount`] serves a share through /dev/fuse, [`verify`] checks stubs against the store,
 //! [`recover`] reconciles them after an unclean stop, [`intent`] logs operations with two
 //! halves for it, [`faults`] lets tests fail store operations or cut power under them,
-//! [`tools`] are the host tools (inspect, verify, repair, gc, hydrate, dehydrate) behind the
+//! [`treelock`] keeps one server per guest tree, [`tools`] are the host tools (inspect, verify, repair, gc, hydrate, dehydrate) behind the
 //! `fsredirect` binary.
 
 pub mod beneath;
@@ -59,6 +59,7 @@ pub mod recover;
 pub mod share;
 pub mod store;
 pub mod tools;
+pub mod treelock;
 pub mod verify;
 
 pub use fs::{FsConfig, FsError, RedirectFs};

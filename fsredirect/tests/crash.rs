@@ -914,7 +914,10 @@ fn start_server(share: &ShareSpec) -> Result<RedirectFs, String> {
             RedirectFs::new(share, FsConfig::default())
         };
         match started {
-            Err(fsredirect::FsError::Store(fsredirect::StoreError::Busy { .. })) => {
+            Err(
+                fsredirect::FsError::Store(fsredirect::StoreError::Busy { .. })
+                | fsredirect::FsError::Tree(_),
+            ) => {
                 if attempt == 0 {
                     println!("volume lock of {} busy; trying again", share.dir.display());
                 }

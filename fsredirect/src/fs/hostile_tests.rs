@@ -386,3 +386,42 @@ fn guest_opendirs_up_to_the_process_limit_leave_the_server_room() {
     assert_eq!(fx.read(entry.inode, handle, 0, 10), b"served");
     fx.release(entry.inode, handle);
 }
+
+/// 1. A redirecting server stores a file and stops.
+/// 2. The tree is then served without its store (passthrough), or with another store: the
+///    stub keeps its size, but opening or truncating it fails with EIO, never reads zeros or
+///    takes data into the stub.
+/// 3. Served with its store again, the file reads its bytes and verify is clean.
+#[test]
+fn stub_served_without_its_store_is_an_error_not_zeros() {
+    let fx = redirecting();
+    fx.write_file(ROOT_INODE, "f", b"redirected bytes");
+    let guest = fx.guest.clone();
+    let tmp = fx._tmp.path().to_path_buf();
+    let fx = fx.restart(FsConfig::default());
+    drop(fx.fs);
+    for spec in [
+        format!("tag=t,dir={}", guest.display()),
+        format!(
+            "tag=t,dir={},store={}/other",
+            guest.display(),
+            tmp.display()
+        ),
+    ] {
+        let fs = RedirectFs::new(&ShareSpec::parse(&spec).unwrap(), FsConfig::default()).unwrap();
+        fs.init(FsOptions::empty()).unwrap();
+        let entry = fs.lookup(&fx.ctx, ROOT_INODE, &c("f")).unwrap();
+        assert_eq!(entry.attr.st_size, 16, "{spec}");
+        let r = fs.open(&fx.ctx, entry.inode, libc::O_RDWR as u32, 0);
+        assert_eq!(errno_of(r), libc::EIO, "{spec}");
+        // SAFETY: stat64 is plain old data; all-zero is a valid value.
+        let attr: libc::stat64 = unsafe { std::mem::zeroed() };
+        let r = fs.setattr(&fx.ctx, entry.inode, attr, None, SetattrValid::SIZE);
+        assert_eq!(errno_of(r), libc::EIO, "{spec}");
+    }
+    let fs = RedirectFs::new(&fx.share, FsConfig::default()).unwrap();
+    let fx = Fixture { fs, ..fx };
+    fx.fs.init(FsOptions::empty()).unwrap();
+    assert_eq!(fx.read_file(ROOT_INODE, "f"), b"redirected bytes");
+    fx.assert_mirror();
+}

@@ -79,6 +79,9 @@ pub enum FsError {
     /// The store volume cannot be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Another server holds the guest tree.
+    #[error(transparent)]
+    Tree(#[from] crate::treelock::TreeLockError),
     /// Recovery after an unclean stop failed.
     #[error("recovery of guest tree {dir} after an unclean stop failed")]
     Recovery {
@@ -141,6 +144,10 @@ enum Kind {
     Redirect,
     /// An inert special file.
     Special { kind: u32, rdev: u32 },
+    /// A stub whose data is in a store this server does not serve (another volume, or a
+    /// server started without `store=`): it cannot be opened (EIO), so it is never read as
+    /// zeros nor written into.
+    Foreign,
 }
 
 /// An open file as the guest holds it.
@@ -222,12 +229,17 @@ impl RedirectFs {
             .to_str()
             .ok_or_else(|| FsError::NonUtf8(share.dir.clone()))?
             .to_string();
-        let guest_root = File::open(&share.dir)
-            .map(OwnedFd::from)
-            .map_err(|source| FsError::GuestTree {
-                dir: share.dir.clone(),
-                source,
-            })?;
+        let guest_root = File::open(&share.dir).map_err(|source| FsError::GuestTree {
+            dir: share.dir.clone(),
+            source,
+        })?;
+        // Before anything else is opened or changed: one server per guest tree.
+        crate::treelock::lock(
+            &guest_root,
+            &share.dir,
+            crate::treelock::LockMode::Exclusive,
+        )?;
+        let guest_root = OwnedFd::from(guest_root);
         let pcfg = Config {
             root_dir: dir,
             xattr: true,
@@ -473,13 +485,7 @@ impl RedirectFs {
             {
                 Kind::Redirect
             }
-            Some(Meta::Redirect { volume, .. }) => {
-                log::warn!(
-                    "inode {inode} is redirected to volume {:?}, not served here; plain file",
-                    String::from_utf8_lossy(volume)
-                );
-                Kind::Plain
-            }
+            Some(Meta::Redirect { .. }) => Kind::Foreign,
             None => Kind::Plain,
         };
         Ok((kind, meta))
@@ -493,6 +499,26 @@ impl RedirectFs {
         let kind = self.classify(inode, &attr)?;
         self.state().kinds.insert(inode, kind);
         Ok(kind)
+    }
+
+    /// The answer to opening or resizing a [`Kind::Foreign`] stub, logged (rate-limited: a
+    /// guest may ask in a loop) with the fix.
+    fn foreign_stub(&self, inode: u64) -> io::Error {
+        static REFUSALS: AtomicU64 = AtomicU64::new(0);
+        let n = REFUSALS.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == 1 || n.is_power_of_two() {
+            let volume = match self.read_meta(inode) {
+                Ok(Some(Meta::Redirect { volume, .. })) => {
+                    String::from_utf8_lossy(&volume).into_owned()
+                }
+                _ => "?".to_string(),
+            };
+            log::warn!(
+                "inode {inode} is a stub of volume `{volume}`, whose store this server does not \
+                 serve: EIO ({n} so far; serve this tree with store=STORE,volume={volume})"
+            );
+        }
+        errno(libc::EIO)
     }
 
     fn store(&self) -> io::Result<&Store> {
@@ -584,7 +610,7 @@ impl RedirectFs {
 
     fn fix_attr(&self, inode: u64, kind: Kind, st: &mut libc::stat64) {
         match kind {
-            Kind::Plain => {}
+            Kind::Plain | Kind::Foreign => {}
             Kind::Special { kind, rdev } => {
                 st.st_mode = (st.st_mode & !libc::S_IFMT) | kind;
                 st.st_rdev = u64::from(rdev);

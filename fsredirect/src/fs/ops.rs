@@ -384,6 +384,7 @@ impl FileSystem for RedirectFs {
             }
             // The kernel opens FIFOs and device nodes itself; nothing on the host is opened.
             Kind::Special { .. } => Err(errno(libc::ENXIO)),
+            Kind::Foreign => Err(self.foreign_stub(inode)),
             Kind::Plain => {
                 let (ih, opts, passthrough) = self.inner.open(ctx, inode, flags, fuse_flags)?;
                 let ih = ih.ok_or_else(|| errno(libc::EIO))?;
@@ -431,6 +432,7 @@ impl FileSystem for RedirectFs {
         let opened = match kind {
             Kind::Redirect => self.open_redirected(entry.inode, args.flags),
             Kind::Special { .. } => Err(errno(libc::ENXIO)),
+            Kind::Foreign => Err(self.foreign_stub(entry.inode)),
             Kind::Plain => self
                 .inner
                 .open(ctx, entry.inode, args.flags, args.fuse_flags)
@@ -833,6 +835,9 @@ impl RedirectFs {
         kind: Kind,
     ) -> io::Result<(libc::stat64, Duration)> {
         let ih = self.inner_handle(handle)?;
+        if kind == Kind::Foreign && valid.contains(SetattrValid::SIZE) {
+            return Err(self.foreign_stub(inode));
+        }
         if kind != Kind::Redirect || !valid.contains(SetattrValid::SIZE) {
             let (mut st, timeout) = self.inner.setattr(ctx, inode, attr, ih, valid)?;
             self.fix_attr(inode, kind, &mut st);

@@ -13,7 +13,6 @@ use super::{FsConfig, FsError, RedirectFs};
 use crate::memio::{MemSink, MemSource};
 use crate::names::ROOT_INODE;
 use crate::share::ShareSpec;
-use crate::store::StoreError;
 
 struct Fixture {
     _tmp: tempfile::TempDir,
@@ -743,10 +742,31 @@ fn second_server_on_same_volume_is_refused() {
     let err = RedirectFs::new(&ShareSpec::parse(&spec).unwrap(), FsConfig::default())
         .err()
         .unwrap();
-    assert!(
-        matches!(err, FsError::Store(StoreError::Busy { .. })),
-        "{err}"
-    );
+    assert!(matches!(err, FsError::Tree(_)), "{err}");
+}
+
+/// 1. A redirecting server serves a guest tree.
+/// 2. A second server on the same tree, with another store or with none, is refused before
+///    it opens or creates anything, and the message names the tree.
+#[test]
+fn second_server_on_same_guest_tree_is_refused_whatever_its_store() {
+    let fx = redirecting();
+    let other_store = fx._tmp.path().join("other-store");
+    for spec in [
+        format!(
+            "tag=t,dir={},store={}",
+            fx.guest.display(),
+            other_store.display()
+        ),
+        format!("tag=t,dir={}", fx.guest.display()),
+    ] {
+        let err = RedirectFs::new(&ShareSpec::parse(&spec).unwrap(), FsConfig::default())
+            .err()
+            .unwrap();
+        assert!(matches!(err, FsError::Tree(_)), "{spec}: {err}");
+        assert!(err.to_string().contains(&fx.guest.display().to_string()));
+        assert!(!other_store.exists(), "the refused server made its store");
+    }
 }
 
 #[test]

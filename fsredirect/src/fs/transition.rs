@@ -109,7 +109,7 @@ impl RedirectFs {
                     self.make_redirected(store, inode, &parts, attr.st_ino)?;
                 }
             }
-            Kind::Special { .. } => {}
+            Kind::Special { .. } | Kind::Foreign => {}
         }
         Ok(())
     }

@@ -77,6 +77,9 @@ pub enum ToolError {
     /// The volume could not be opened.
     #[error(transparent)]
     Store(StoreError),
+    /// Another server (with another store, or none) holds the guest tree.
+    #[error(transparent)]
+    Tree(#[from] crate::treelock::TreeLockError),
     /// Recovery after an unclean stop failed.
     #[error("recovery of volume `{volume}` after an unclean stop failed")]
     Recovery {
@@ -140,6 +143,8 @@ pub struct Volume {
     pub data: PathBuf,
     /// `<store>/.fsredirect/<volume>`: control data.
     pub control: PathBuf,
+    /// The guest tree's lock while a tool works on the share (see [`crate::treelock`]).
+    tree_lock: Option<std::sync::Arc<File>>,
 }
 
 impl Volume {
@@ -168,6 +173,7 @@ impl Volume {
             store: store.root.clone(),
             data: store.root.join(&store.volume),
             control: store.root.join(CONTROL_DIR).join(&store.volume),
+            tree_lock: None,
         };
         Ok(volume)
     }
@@ -198,7 +204,7 @@ impl Volume {
     fn busy(&self) -> ToolError {
         let (volume, store, lock) = (self.name.clone(), self.store.clone(), self.lock_path());
         if only_shared_holders(&lock) {
-            let pids: Vec<String> = lock_holders(&lock)
+            let pids: Vec<String> = crate::treelock::lock_holders(&lock)
                 .iter()
                 .filter(|(_, write)| !write)
                 .map(|(p, _)| p.to_string())
@@ -244,31 +250,6 @@ fn only_shared_holders(path: &Path) -> bool {
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) == 0 }
 }
 
-/// The processes holding a `flock` on `path`, from `/proc/locks`: (pid, exclusive). Best
-/// effort, for messages only: the kernel lists locks a page at a time, so an entry can be
-/// missed while other locks come and go.
-fn lock_holders(path: &Path) -> Vec<(u32, bool)> {
-    use std::os::unix::fs::MetadataExt;
-    let (Ok(meta), Ok(locks)) = (fs::metadata(path), fs::read_to_string("/proc/locks")) else {
-        return Vec::new();
-    };
-    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
-    let wanted = format!("{major:02x}:{minor:02x}:{}", meta.ino());
-    locks
-        .lines()
-        .filter_map(|line| {
-            // `1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF`; waiters have a `->`.
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            match fields.as_slice() {
-                [_, "FLOCK", _, kind, pid, dev, ..] if *dev == wanted => {
-                    Some((pid.parse().ok()?, *kind == "WRITE"))
-                }
-                _ => None,
-            }
-        })
-        .collect()
-}
-
 /// A shared hold on the volume lock: read-only tools run beside each other, never beside a
 /// server. Released when dropped.
 #[derive(Debug)]
@@ -278,7 +259,7 @@ pub struct ReadLock {
 
 /// Takes the volume lock of `share` shared, without changing anything in the store.
 pub fn lock_shared(share: &ShareSpec) -> Result<(Volume, ReadLock)> {
-    let volume = Volume::of(share)?;
+    let mut volume = Volume::of(share)?;
     let path = volume.lock_path();
     let file = OpenOptions::new()
         .read(true)
@@ -293,6 +274,9 @@ pub fn lock_shared(share: &ShareSpec) -> Result<(Volume, ReadLock)> {
         }
         return Err(io_err("lock", path)(err));
     }
+    // A server of this tree with another store (or none) holds the tree, not the volume.
+    let tree = crate::treelock::open_locked(&share.dir, crate::treelock::LockMode::Shared)?;
+    volume.tree_lock = Some(std::sync::Arc::new(tree));
     Ok((volume, ReadLock { _file: file }))
 }
 
@@ -309,11 +293,14 @@ pub struct Recovered {
 /// none yet): takes the lock exclusively and, if the last server did not stop cleanly, runs
 /// its recovery first (returned). Orphans are left for [`gc`].
 pub fn open_for_change(share: &ShareSpec) -> Result<(Volume, Store, Option<Recovered>)> {
-    let volume = Volume::locate(share)?;
+    let mut volume = Volume::locate(share)?;
     if !volume.store.is_dir() {
         return Err(ToolError::NoStoreDir(volume.store));
     }
     let fresh = !volume.control.join("lock").exists();
+    // The tree first: refused by a server of the tree before anything in a store changes.
+    let tree = crate::treelock::open_locked(&share.dir, crate::treelock::LockMode::Exclusive)?;
+    volume.tree_lock = Some(std::sync::Arc::new(tree));
     let store = Store::open(&volume.store, &volume.name).map_err(|e| match e {
         StoreError::Busy { .. } => volume.busy(),
         other => ToolError::Store(other),
@@ -506,6 +493,34 @@ mod tests {
         assert!(matches!(err, ToolError::Busy { .. }), "{err}");
         drop(server);
         assert!(lock_shared(&share).is_ok());
+    }
+
+    /// 1. A server serves the guest tree with one store (or none).
+    /// 2. Tools given the same tree with another store refuse, naming the tree: they would
+    ///    look at or change stubs a live server is changing.
+    #[test]
+    fn server_of_the_tree_with_another_store_makes_tools_refuse() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::create_dir(tmp.path().join("g")).unwrap();
+        let spec = |store: &str| {
+            ShareSpec::parse(&format!(
+                "tag=t,dir={0}/g,store={0}/{store}",
+                tmp.path().display()
+            ))
+            .unwrap()
+        };
+        drop(Store::open(&tmp.path().join("other"), "t").unwrap());
+        let server = crate::RedirectFs::new(&spec("s"), crate::FsConfig::default()).unwrap();
+        let err = lock_shared(&spec("other")).unwrap_err();
+        assert!(matches!(err, ToolError::Tree(_)), "{err}");
+        assert!(
+            err.to_string().contains("one server per guest tree"),
+            "{err}"
+        );
+        let err = open_for_change(&spec("other")).unwrap_err();
+        assert!(matches!(err, ToolError::Tree(_)), "{err}");
+        drop(server);
+        assert!(lock_shared(&spec("other")).is_ok());
     }
 
     #[test]
