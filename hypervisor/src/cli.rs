@@ -67,7 +67,7 @@ pub struct RunArgs {
     /// Extra kernel parameters appended to the command line
     #[arg(long, value_name = "TEXT")]
     pub append: Vec<String>,
-    /// Guest memory, with unit K, M or G (a bare number is MiB)
+    /// Guest memory, with unit K, M, G or T (a bare number is MiB)
     #[arg(long, value_name = "SIZE", default_value = "128M", value_parser = config::parse_mem_size)]
     pub mem: u64,
     /// Number of vCPUs

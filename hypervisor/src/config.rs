@@ -28,7 +28,7 @@ pub enum ConfigError {
     #[error("guest memory of {0} bytes is not usable: give a multiple of 4 KiB between 16 MiB and 1 TiB, e.g. --mem 512M")]
     MemSize(u64),
     /// A memory size that does not parse.
-    #[error("cannot read memory size {0:?}: give a number with an optional unit K, M or G (e.g. 128M, 2G); a bare number means MiB")]
+    #[error("cannot read memory size {0:?}: give a number with an optional unit K, M, G or T (e.g. 128M, 2G, 1T); a bare number means MiB")]
     MemSyntax(String),
     /// A vCPU count outside the accepted range.
     #[error("{0} vCPUs is not usable: give 1 to {MAX_CPUS}")]
@@ -54,6 +54,7 @@ pub fn parse_mem_size(text: &str) -> Result<u64, ConfigError> {
         "" | "M" | "MB" | "MIB" => 20,
         "K" | "KB" | "KIB" => 10,
         "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
         _ => return Err(syntax()),
     };
     number
@@ -278,6 +279,21 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_whole_advertised_range_parses_up_to_one_tib() {
+        assert_eq!(parse_mem_size("1T"), Ok(MAX_MEM_SIZE));
+        assert_eq!(parse_mem_size("1024G"), Ok(MAX_MEM_SIZE));
+        let config = VmConfig::builder("k")
+            .mem_size(MAX_MEM_SIZE)
+            .build()
+            .unwrap();
+        assert_eq!(config.mem_size, 1 << 40);
+        assert!(VmConfig::builder("k")
+            .mem_size(MAX_MEM_SIZE + 4096)
+            .build()
+            .is_err());
     }
 
     #[test]

@@ -34,7 +34,10 @@ fn run(cli: &Cli) -> Result<u8, Box<dyn std::error::Error>> {
     }
     let args = cli.run_args();
     let config = args.to_config()?;
-    if let Some(share) = args.default_share() {
+    let default_share = args.default_share();
+    // Every input, then the host, before anything is created: a mistake costs nothing.
+    hypervisor::vm::preflight(&config, default_share.as_ref())?;
+    if let Some(share) = default_share {
         hypervisor::config::create_share_dirs(&share)?;
         let store = share.store.as_ref().map(|s| s.root.display().to_string());
         eprintln!(

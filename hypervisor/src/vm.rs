@@ -32,6 +32,7 @@ use crate::signals::{self, SignalWatcher};
 use crate::terminal::{self, RawTerminal};
 use crate::vcpu::{Vcpu, VcpuContext, VcpuError};
 use crate::virtio_devices::VirtioPlacer;
+use fsredirect::ShareSpec;
 
 /// Errors that stop a VM from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,26 @@ pub enum VmError {
         path: std::path::PathBuf,
         /// How to get one.
         hint: String,
+    },
+    /// The kernel or initrd path is not a regular file.
+    #[error("{what} {path} is {found}, not a regular file; give the path of the image itself")]
+    NotAFile {
+        /// "kernel image" or "initrd".
+        what: &'static str,
+        /// The path given.
+        path: std::path::PathBuf,
+        /// What is there instead ("a directory", ...).
+        found: &'static str,
+    },
+    /// A share's guest tree or store is unusable.
+    #[error("share {tag}: {path} {problem}")]
+    ShareDir {
+        /// The share's tag.
+        tag: String,
+        /// The guest tree or store given.
+        path: std::path::PathBuf,
+        /// What is wrong and how to fix it.
+        problem: String,
     },
     /// The initrd does not exist.
     #[error("initrd {path} not found; {hint}")]
@@ -195,6 +216,7 @@ impl Vm {
     /// Boots the guest and runs it until it stops; returns how it ended.
     pub fn run(self) -> Result<ExitStatus> {
         let started = Instant::now();
+        check_inputs(&self.config, None)?;
         let host_kind = host::detect();
         let failure_hint: Arc<str> = match &host_kind {
             HostKind::Hardware => "".into(),
@@ -206,8 +228,6 @@ impl Vm {
                 format!(". Likely cause: {}", host::software_kvm_notice(why)).into()
             }
         };
-        check_boot_files(&self.config)?;
-
         let kvm = open_kvm()?;
         check_capabilities(&kvm)?;
         let vm_fd = create_vm(&kvm)?;
@@ -402,6 +422,74 @@ impl Machine {
     }
 }
 
+/// Checks everything the user gave (kernel, initrd, shares), then that this host can run the
+/// guest, without changing anything: what [`Vm::run`] checks first. A program that prepares
+/// something for the VM (such as the VMM creating its default share's folders, `creates`)
+/// calls it before, so a mistake costs nothing.
+pub fn preflight(config: &VmConfig, creates: Option<&ShareSpec>) -> Result<()> {
+    check_inputs(config, creates)?;
+    match host::detect() {
+        HostKind::SoftwareKvm { why } if !config.allow_software_kvm => {
+            Err(VmError::SoftwareKvm { why })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The user's inputs, each named in the error with its fix; `creates` is a share whose
+/// folders the caller makes once the checks pass.
+fn check_inputs(config: &VmConfig, creates: Option<&ShareSpec>) -> Result<()> {
+    check_boot_files(config)?;
+    for share in &config.shares {
+        if creates == Some(share) {
+            continue;
+        }
+        check_share_dirs(share)?;
+    }
+    Ok(())
+}
+
+/// A share's guest tree must be an existing directory; its store, if it exists, too (a
+/// missing store is made on first use).
+fn check_share_dirs(share: &ShareSpec) -> Result<()> {
+    let problem = |path: &std::path::Path, problem: String| VmError::ShareDir {
+        tag: share.tag.clone(),
+        path: path.to_path_buf(),
+        problem,
+    };
+    match std::fs::metadata(&share.dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(problem(
+                &share.dir,
+                "is not a directory; dir= takes the folder the guest sees".into(),
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(problem(
+                &share.dir,
+                "does not exist; create it (mkdir -p) or check dir=".into(),
+            ))
+        }
+        Err(e) => return Err(problem(&share.dir, format!("cannot be examined: {e}"))),
+    }
+    if let Some(store) = &share.store {
+        match std::fs::metadata(&store.root) {
+            Ok(m) if !m.is_dir() => {
+                return Err(problem(
+                    &store.root,
+                    "is not a directory; store= takes a folder (made on first use)".into(),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(problem(&store.root, format!("cannot be examined: {e}"))),
+        }
+    }
+    Ok(())
+}
+
+/// The kernel and initrd exist, are files, and the kernel is a format we load.
 fn check_boot_files(config: &VmConfig) -> Result<()> {
     let hint = || {
         if config
@@ -420,6 +508,20 @@ fn check_boot_files(config: &VmConfig) -> Result<()> {
             hint: hint(),
         });
     }
+    if let Some(kind) = not_a_file(&config.kernel) {
+        return Err(VmError::NotAFile {
+            what: "kernel image",
+            path: config.kernel.clone(),
+            found: kind,
+        });
+    }
+    let mut kernel = std::fs::File::open(&config.kernel).map_err(|source| {
+        VmError::Boot(BootError::OpenKernel {
+            path: config.kernel.clone(),
+            source,
+        })
+    })?;
+    crate::boot::kernel::detect_format(&config.kernel, &mut kernel)?;
     if let Some(initrd) = &config.initrd {
         if !initrd.exists() {
             return Err(VmError::InitrdNotFound {
@@ -427,8 +529,28 @@ fn check_boot_files(config: &VmConfig) -> Result<()> {
                 hint: hint(),
             });
         }
+        if let Some(kind) = not_a_file(initrd) {
+            return Err(VmError::NotAFile {
+                what: "initrd",
+                path: initrd.clone(),
+                found: kind,
+            });
+        }
     }
     Ok(())
+}
+
+/// What is at `path` if it is not a regular file (following symlinks).
+fn not_a_file(path: &std::path::Path) -> Option<&'static str> {
+    let meta = std::fs::metadata(path).ok()?;
+    let kind = meta.file_type();
+    if kind.is_file() {
+        None
+    } else if kind.is_dir() {
+        Some("a directory")
+    } else {
+        Some("a special file")
+    }
 }
 
 fn open_kvm() -> Result<Kvm> {

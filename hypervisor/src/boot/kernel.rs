@@ -46,10 +46,11 @@ pub struct LoadedKernel {
 
 /// Tells the format of the kernel image at `path` from its magic numbers.
 pub fn detect_format(path: &Path, file: &mut File) -> Result<KernelFormat> {
-    let read_at = |file: &mut File, offset: u64| -> std::io::Result<[u8; 4]> {
-        let mut magic = [0u8; 4];
+    // Up to four bytes at `offset`: fewer where the file ends first.
+    let read_at = |file: &mut File, offset: u64| -> std::io::Result<Vec<u8>> {
+        let mut magic = Vec::with_capacity(4);
         file.seek(SeekFrom::Start(offset))?;
-        file.read_exact(&mut magic)?;
+        file.take(4).read_to_end(&mut magic)?;
         Ok(magic)
     };
     let io_err = |source| BootError::ReadKernel {
@@ -64,6 +65,7 @@ pub fn detect_format(path: &Path, file: &mut File) -> Result<KernelFormat> {
         Ok(magic) if magic == BZIMAGE_MAGIC => Ok(KernelFormat::BzImage),
         Ok(_) | Err(_) => Err(BootError::UnknownKernelFormat {
             path: path.to_owned(),
+            size: file.metadata().map(|m| m.len()).unwrap_or(0),
             head,
         }),
     }
@@ -189,13 +191,33 @@ mod tests {
     }
 
     #[test]
+    fn a_file_shorter_than_a_header_is_refused_with_its_bytes_and_size() {
+        for content in [&b""[..], b"\x7fE", b"abcdefgh"] {
+            let (tmp, mut file) = temp_file(content);
+
+            let err = detect_format(tmp.path(), &mut file).unwrap_err();
+
+            let msg = err.to_string();
+            assert!(
+                matches!(&err, BootError::UnknownKernelFormat { head, .. } if head.len() == content.len().min(4)),
+                "{msg}"
+            );
+            assert!(
+                msg.contains(&format!("{} bytes long", content.len())),
+                "{msg}"
+            );
+            assert!(!msg.contains("fill whole buffer"), "{msg}");
+        }
+    }
+
+    #[test]
     fn other_files_are_refused_with_their_first_bytes() {
         let (tmp, mut file) = temp_file(b"#!/bin/sh\necho not a kernel\n");
 
         let err = detect_format(tmp.path(), &mut file).unwrap_err();
 
         let msg = err.to_string();
-        assert!(matches!(err, BootError::UnknownKernelFormat { head, .. } if head == *b"#!/b"));
+        assert!(matches!(err, BootError::UnknownKernelFormat { head, .. } if head == b"#!/b"));
         assert!(
             msg.contains("23 21 2f 62"),
             "message shows the magic: {msg}"

@@ -40,15 +40,17 @@ pub enum BootError {
     },
     /// The file is neither ELF nor bzImage.
     #[error(
-        "{path} is not a kernel image we can load (first bytes {}); give an uncompressed ELF \
-         vmlinux or a bzImage",
-        hex(head)
+        "{path} is not a kernel image we can load ({size} bytes long, first bytes {}); give \
+         an uncompressed ELF vmlinux or a bzImage",
+        if head.is_empty() { "none".to_string() } else { hex(head) }
     )]
     UnknownKernelFormat {
         /// The kernel path.
         path: PathBuf,
-        /// Its first four bytes.
-        head: [u8; 4],
+        /// Its length.
+        size: u64,
+        /// Its first bytes (up to four).
+        head: Vec<u8>,
     },
     /// linux-loader refused the image.
     #[error("cannot load kernel image {path}")]

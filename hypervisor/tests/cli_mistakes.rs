@@ -1,0 +1,172 @@
+//! The VMM's command line given the mistakes users make: each gets a message that names the
+//! input and the fix, before the host check (whose advice would ignore the user's options),
+//! with exit code 1 and nothing created.
+
+use std::path::Path;
+use std::process::Command;
+
+use hypervisor::host::{self, HostKind};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+const SOFTWARE_KVM_NOTICE: &str = "software-virtualized";
+
+/// Runs `hypervisor ARGS` in an empty folder; returns (exit code, stderr) after checking that
+/// nothing was created there.
+fn run(args: &[&str]) -> Result<(Option<i32>, String), Failed> {
+    let cwd = tempfile::tempdir()?;
+    let out = Command::new(env!("CARGO_BIN_EXE_hypervisor"))
+        .args(args)
+        .current_dir(cwd.path())
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let created: Vec<_> = std::fs::read_dir(cwd.path())?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    if !created.is_empty() {
+        return Err(format!("hypervisor {args:?} created {created:?}").into());
+    }
+    Ok((
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// `hypervisor ARGS` fails with exit code 1, says `wanted`, and not the host notice.
+fn refused_for_input(args: &[&str], wanted: &str) -> Result<(), Failed> {
+    let (code, stderr) = run(args)?;
+    if code != Some(1) {
+        return Err(format!("exit code {code:?}, not 1: {stderr}").into());
+    }
+    if !stderr.contains(wanted) {
+        return Err(format!("message lacks {wanted:?}: {stderr}").into());
+    }
+    if stderr.contains(SOFTWARE_KVM_NOTICE) {
+        return Err(format!("the host notice hides the input's problem: {stderr}").into());
+    }
+    Ok(())
+}
+
+/// A file that is an ELF image (the VMM binary itself), so only the other inputs are wrong.
+fn some_elf() -> &'static str {
+    env!("CARGO_BIN_EXE_hypervisor")
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let short = tmp.path().join("short");
+    std::fs::write(&short, b"\x7fE").expect("write");
+    let plain = tmp.path().join("plain");
+    std::fs::write(&plain, b"not a directory").expect("write");
+    let short = short.display().to_string();
+    let plain = plain.display().to_string();
+    let guest = tmp.path().join("guest");
+    std::fs::create_dir(&guest).expect("mkdir");
+    let dir = guest.display().to_string();
+
+    let cases: Vec<(&str, Vec<String>, String)> = vec![
+        (
+            "missing_kernel_is_named",
+            vec!["--kernel".into(), "/nonexistent/vmlinux".into()],
+            "kernel image /nonexistent/vmlinux not found".into(),
+        ),
+        (
+            "kernel_given_a_directory_is_named",
+            vec!["--kernel".into(), dir.clone()],
+            "is a directory, not a regular file".into(),
+        ),
+        (
+            "kernel_shorter_than_a_header_shows_its_bytes",
+            vec!["--kernel".into(), short.clone()],
+            "(2 bytes long, first bytes 7f 45)".into(),
+        ),
+        (
+            "missing_share_folder_is_named",
+            vec![
+                "--kernel".into(),
+                some_elf().into(),
+                "--share".into(),
+                "tag=data,dir=/nonexistent,store=/nonexistent-store".into(),
+            ],
+            "share data: /nonexistent does not exist".into(),
+        ),
+        (
+            "share_folder_given_a_file_is_named",
+            vec![
+                "--kernel".into(),
+                some_elf().into(),
+                "--share".into(),
+                format!("tag=data,dir={plain}"),
+            ],
+            format!("share data: {plain} is not a directory"),
+        ),
+        (
+            "store_given_a_file_is_named",
+            vec![
+                "--kernel".into(),
+                some_elf().into(),
+                "--share".into(),
+                format!("tag=data,dir={dir},store={plain}"),
+            ],
+            format!("share data: {plain} is not a directory; store="),
+        ),
+        (
+            "one_tebibyte_of_memory_is_accepted",
+            vec![
+                "--mem".into(),
+                "1T".into(),
+                "--kernel".into(),
+                "/nonexistent/vmlinux".into(),
+            ],
+            "kernel image /nonexistent/vmlinux not found".into(),
+        ),
+    ];
+    let mut trials: Vec<Trial> = cases
+        .into_iter()
+        .map(|(name, args, wanted)| {
+            Trial::test(name, move || {
+                let mut all = vec!["run"];
+                all.extend(args.iter().map(String::as_str));
+                refused_for_input(&all, &wanted)
+            })
+        })
+        .collect();
+    trials.push(no_arguments_create_nothing_before_refusing());
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(tmp);
+    conclusion.exit();
+}
+
+/// 1. On a host that cannot run the default VM, `hypervisor run` with no arguments.
+/// 2. It refuses without creating the default share's folders (vm-data/default).
+fn no_arguments_create_nothing_before_refusing() -> Trial {
+    let vm_data = hypervisor::config::default_vm_data_dir();
+    let skip = match host::detect() {
+        HostKind::Hardware => Some(
+            "skipped, because on a hardware-virtualization host the default VM would boot"
+                .to_string(),
+        ),
+        HostKind::SoftwareKvm { .. } if vm_data.exists() => Some(format!(
+            "skipped, because {} exists already (made by an earlier run)",
+            vm_data.display()
+        )),
+        HostKind::SoftwareKvm { .. } => None,
+    };
+    let name = "no_arguments_create_nothing_before_refusing";
+    match skip {
+        Some(why) => {
+            println!("{why}");
+            Trial::test(name, || Ok(())).with_ignored_flag(true)
+        }
+        None => Trial::test(name, move || {
+            let (code, stderr) = run(&["run"])?;
+            if code != Some(1) {
+                return Err(format!("exit code {code:?}, not 1: {stderr}").into());
+            }
+            if Path::new(&vm_data).exists() {
+                return Err(format!("{} was created before refusing", vm_data.display()).into());
+            }
+            Ok(())
+        }),
+    }
+}
