@@ -73,6 +73,7 @@ pub struct Store {
     control: OwnedFd,
     clean_marker: PathBuf,
     was_clean: bool,
+    created: bool,
     orphans: OwnedFd,
     orphans_path: PathBuf,
     intents: IntentLog,
@@ -107,6 +108,8 @@ impl Store {
                 })?;
         }
         let lock_path = control.join("lock");
+        // A volume that never had a server has no lock file yet: nothing to recover.
+        let created = !lock_path.exists();
         let mut lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -172,6 +175,7 @@ impl Store {
             control: control_fd,
             clean_marker,
             was_clean,
+            created,
             orphans: open_dir(&orphans_path)?,
             intents: IntentLog::new(open_dir(&intent_path)?, hook.clone()),
             orphans_path,
@@ -181,6 +185,12 @@ impl Store {
             _lock: lock,
         };
         Ok(store)
+    }
+
+    /// True if this open made the volume: no server ever served it, so there is nothing to
+    /// recover.
+    pub fn was_created(&self) -> bool {
+        self.created
     }
 
     /// The volume's data directory.

@@ -287,7 +287,13 @@ impl RedirectFs {
                         dir: share.dir.clone(),
                         source,
                     })?;
-            if store.was_clean() && !leftovers {
+            if store.was_created() {
+                log::info!(
+                    "new volume {} in {}: nothing to recover",
+                    String::from_utf8_lossy(&volume),
+                    store.volume_path().display()
+                );
+            } else if store.was_clean() && !leftovers {
                 // Files still open at a clean stop leave their objects in the orphan area.
                 store.clear_orphans()?;
             } else {

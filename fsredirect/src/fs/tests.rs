@@ -731,6 +731,21 @@ fn store_descriptors_stay_within_bound() {
     assert!(fx.fs.open_store_fds() <= 2);
 }
 
+/// 1. A share is served for the first time (its volume is made now), then again after a
+///    clean stop.
+/// 2. Neither start runs recovery: a volume no server ever served did not stop uncleanly.
+///    (Recovery after an unclean stop is tested in `crate::recover` and `tests/crash.rs`.)
+#[test]
+fn a_new_volume_is_not_recovered() {
+    let fx = redirecting();
+    assert!(
+        fx.fs.recovery().is_none(),
+        "a brand-new volume was 'recovered'"
+    );
+    let fx = fx.restart(FsConfig::default());
+    assert!(fx.fs.recovery().is_none(), "a clean stop was 'recovered'");
+}
+
 #[test]
 fn second_server_on_same_volume_is_refused() {
     let fx = redirecting();

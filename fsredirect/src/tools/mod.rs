@@ -97,6 +97,15 @@ pub enum ToolError {
         /// Why it cannot be used, and what to give instead.
         reason: String,
     },
+    /// This user may not read the store.
+    #[error("permission denied reading {}: run this as the store's owner (the user the server runs as, often root)", path.display())]
+    NoPermission {
+        /// The path that could not be read.
+        path: PathBuf,
+        /// What the host said.
+        #[source]
+        source: io::Error,
+    },
     /// A host operation failed.
     #[error("cannot {what} {}", path.display())]
     Io {
@@ -152,6 +161,29 @@ impl Volume {
     /// created (so a mistyped path is reported rather than made).
     pub fn of(share: &ShareSpec) -> Result<Self> {
         let volume = Self::locate(share)?;
+        // Tell a volume that is not there from one this user may not look at.
+        for path in [volume.control.join("lock"), volume.data.clone()] {
+            match fs::metadata(&path) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(ToolError::NoVolume {
+                        volume: volume.name,
+                        store: volume.store,
+                        control: volume.control,
+                    });
+                }
+                Err(source) if source.kind() == io::ErrorKind::PermissionDenied => {
+                    return Err(ToolError::NoPermission { path, source });
+                }
+                Err(source) => {
+                    return Err(ToolError::Io {
+                        what: "examine",
+                        path,
+                        source,
+                    })
+                }
+            }
+        }
         if !volume.control.join("lock").is_file() || !volume.data.is_dir() {
             return Err(ToolError::NoVolume {
                 volume: volume.name,
@@ -521,6 +553,36 @@ mod tests {
         assert!(matches!(err, ToolError::Tree(_)), "{err}");
         drop(server);
         assert!(lock_shared(&spec("other")).is_ok());
+    }
+
+    /// 1. A store whose control area this user cannot enter (as the server's private mode
+    ///    keeps it from other users).
+    /// 2. The tools say permission denied and who can run them, not "no volume".
+    #[test]
+    fn unreadable_store_is_reported_as_such() {
+        use std::os::unix::fs::PermissionsExt;
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let tmp = tempfile::tempdir().unwrap();
+        fs::create_dir(tmp.path().join("g")).unwrap();
+        let share = ShareSpec::parse(&format!(
+            "tag=t,dir={0}/g,store={0}/s",
+            tmp.path().display()
+        ))
+        .unwrap();
+        drop(Store::open(&tmp.path().join("s"), "t").unwrap());
+        let control = tmp.path().join("s").join(CONTROL_DIR);
+        fs::set_permissions(&control, fs::Permissions::from_mode(0o000)).unwrap();
+        let result = Volume::of(&share);
+        fs::set_permissions(&control, fs::Permissions::from_mode(0o700)).unwrap();
+        if root {
+            // Root reads whatever the mode says: the volume is found.
+            assert!(result.is_ok());
+            return;
+        }
+        let err = result.unwrap_err();
+        assert!(matches!(err, ToolError::NoPermission { .. }), "{err}");
+        assert!(err.to_string().contains("permission denied"), "{err}");
     }
 
     #[test]
