@@ -54,6 +54,10 @@ fn main() {
             "daemon_stops_cleanly_on_sigterm_while_a_guest_uses_the_share",
             daemon_stops_on_sigterm_while_connected,
         ),
+        qemu_trial(
+            "front_end_without_shared_memory_is_told_share_on",
+            unshared_memory_is_named,
+        ),
     ];
     libtest_mimic::run(&args, trials).exit();
 }
@@ -591,6 +595,45 @@ fn daemon_stops_on_sigterm_while_connected() -> Result<(), String> {
     println!(
         "{PATH}: the daemon stopped {:.2} s after SIGTERM with a guest connected",
         exit_after.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// 1. QEMU boots the guest with a memory backend that is not shared (the README's command
+///    line without `share=on`), against a running back-end.
+/// 2. The back-end says, when the front-end hands it its memory, that the memory is not
+///    shared and how to fix it, instead of leaving the guest to hang in silence.
+fn unshared_memory_is_named() -> Result<(), String> {
+    let tmp = TempDir::new("unshared");
+    let tree = tmp.make("tree");
+    let share = GuestShare::passthrough("data", &tree);
+    let guest = QemuGuest::new("fs-basic")
+        .share(share.clone())
+        .arg(&share.mount_point())
+        .unshared_memory()
+        .timeout(Duration::from_secs(90));
+    let socket = tmp.0.join("fs.sock");
+    let log = tmp.0.join("daemon.log");
+    let mut daemon = Daemon::start(&share, &socket, &log, &[]).map_err(|e| e.to_string())?;
+    let outcome = guest.run_with(std::slice::from_mut(&mut daemon));
+    let said = daemon.log();
+    drop(daemon.stop());
+    let wanted = "not shared with this back-end";
+    if !(said.contains(wanted) && said.contains("share=on")) {
+        return Err(format!(
+            "the back-end never said {wanted:?} naming share=on (guest run: {})\ndaemon output:\n{said}",
+            match &outcome {
+                Ok(run) => format!("exit code {}", run.exit_code),
+                Err(e) => e.to_string(),
+            }
+        ));
+    }
+    println!(
+        "{PATH}: unshared guest memory named by the back-end ({})",
+        match &outcome {
+            Ok(run) => format!("the guest ended with exit code {}", run.exit_code),
+            Err(_) => "the guest was stopped at the time limit".to_string(),
+        }
     );
     Ok(())
 }

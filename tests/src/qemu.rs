@@ -176,6 +176,9 @@ pub struct QemuGuest {
     /// Where the serial output goes (default: a file of the run, removed
     /// afterwards); set it to watch the guest while it runs.
     pub serial_file: Option<PathBuf>,
+    /// QEMU's guest memory is shared with the back-ends (`share=on`), as vhost-user needs;
+    /// false reproduces the user's mistake of leaving it out.
+    pub shared_memory: bool,
 }
 
 /// How the guest's exit code was learnt.
@@ -614,7 +617,14 @@ impl QemuGuest {
             kernel: guest_dir().join("vmlinux"),
             initrd: guest_dir().join("initramfs.cpio.gz"),
             serial_file: None,
+            shared_memory: true,
         }
+    }
+
+    /// Boots with guest memory QEMU does not share (no `share=on`).
+    pub fn unshared_memory(mut self) -> Self {
+        self.shared_memory = false;
+        self
     }
 
     /// Adds a share.
@@ -712,7 +722,10 @@ impl QemuGuest {
             ])
             .args([
                 "-object",
-                &format!("memory-backend-memfd,id=mem,size={GUEST_MEM_MIB}M,share=on"),
+                &format!(
+                    "memory-backend-memfd,id=mem,size={GUEST_MEM_MIB}M,share={}",
+                    if self.shared_memory { "on" } else { "off" }
+                ),
                 "-numa",
                 "node,memdev=mem",
             ]);

@@ -228,6 +228,10 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VhostUserFsBack
     }
 
     fn update_memory(&self, mem: Mem) -> io::Result<()> {
+        if let Some(why) = unshared_memory(&mem.memory()) {
+            log::error!("vhost-user-fs: {why}");
+            return Err(io::Error::other(why));
+        }
         *self.mem.write().unwrap_or_else(|p| p.into_inner()) = mem;
         Ok(())
     }
@@ -539,6 +543,34 @@ impl<F: FileSystem + Send + Sync + 'static> Drop for VhostUserFsDaemon<F> {
     }
 }
 
+/// What to tell the user when the front-end's guest memory cannot be what its guest uses: the
+/// files it passed hold no data at all, although its guest has been running (the kernel is
+/// in memory before any virtio device starts). A front-end that maps its memory privately
+/// (QEMU's memory backend without `share=on`) passes such files: this back-end would never
+/// see a request and the guest would hang in its first file operation.
+fn unshared_memory(mem: &GuestMemoryMmap<()>) -> Option<String> {
+    use vm_memory::{GuestMemory, GuestMemoryRegion};
+    let mut files = 0;
+    for region in mem.iter() {
+        let file = region.file_offset()?.file();
+        files += 1;
+        // SAFETY: lseek on a descriptor the region owns; SEEK_DATA moves nothing we use
+        // (the region is mapped, never read through the file position).
+        let data = unsafe { libc::lseek64(file.as_raw_fd(), 0, libc::SEEK_DATA) };
+        if data >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ENXIO) {
+            // Data somewhere, or a file system that cannot tell: assume shared.
+            return None;
+        }
+    }
+    (files > 0).then(|| {
+        "the front-end's guest memory is not shared with this back-end (its memory files hold \
+         no data although the guest is running), so no request would ever arrive: start QEMU \
+         with a shared memory backend, e.g. -object memory-backend-memfd,id=mem,size=<RAM \
+         size>,share=on -numa node,memdev=mem"
+            .to_string()
+    })
+}
+
 /// Why a connection ended, if not by an ordinary disconnect.
 fn disconnect_reason(result: vhost_user_backend::Result<()>) -> Option<String> {
     use vhost_user_backend::Error;
@@ -611,6 +643,52 @@ fn wait_any(fds: &[RawFd]) -> Result<usize> {
         if let Some(index) = polls.iter().position(|p| p.revents != 0) {
             return Ok(index);
         }
+    }
+}
+
+#[cfg(test)]
+mod memory_tests {
+    use std::fs::File;
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+
+    use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+
+    use super::unshared_memory;
+
+    /// Guest memory over a new memfd of 1 MiB, into which `content` was written through the
+    /// file (as a front-end's shared mapping would have).
+    fn memfd_memory(content: &[u8]) -> GuestMemoryMmap<()> {
+        // SAFETY: memfd_create with a NUL-terminated name; it returns a new descriptor.
+        let fd = unsafe { libc::memfd_create(c"guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: `fd` was just returned to us and nothing else owns it.
+        let mut file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(1 << 20).unwrap();
+        file.write_all(content).unwrap();
+        GuestMemoryMmap::from_ranges_with_files([(
+            GuestAddress(0),
+            1 << 20,
+            Some(FileOffset::new(file, 0)),
+        )])
+        .unwrap()
+    }
+
+    #[test]
+    fn memory_files_without_data_are_named_with_share_on() {
+        let why = unshared_memory(&memfd_memory(b"")).expect("detected");
+        assert!(why.contains("share=on"), "{why}");
+    }
+
+    #[test]
+    fn memory_files_with_data_are_shared() {
+        assert_eq!(unshared_memory(&memfd_memory(b"a running guest")), None);
+    }
+
+    #[test]
+    fn anonymous_memory_is_not_judged() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        assert_eq!(unshared_memory(&mem), None);
     }
 }
 
