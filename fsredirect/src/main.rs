@@ -309,6 +309,20 @@ fn mount(
     threads: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let (share, mountpoint) = share_from_args(share, paths, volume)?;
+    // Before the server opens (or makes) anything.
+    match std::fs::metadata(&mountpoint) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(format!("mount point {} is not a directory", mountpoint.display()).into())
+        }
+        Err(e) => {
+            return Err(format!(
+                "mount point {}: {e}; create it first (mkdir -p)",
+                mountpoint.display()
+            )
+            .into())
+        }
+    }
     // The guest's descriptor budget is derived from this limit.
     if let Err(e) = fsredirect::fdbudget::raise_nofile_limit() {
         log::warn!("cannot raise RLIMIT_NOFILE: {e}");

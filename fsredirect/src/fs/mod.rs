@@ -65,7 +65,9 @@ const CAPABILITY_XATTR: &CStr = c"security.capability";
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
     /// The guest tree cannot be served.
-    #[error("cannot serve guest tree {dir}")]
+    #[error(
+        "cannot serve guest tree {dir}: check dir= (an existing directory the server may read)"
+    )]
     GuestTree {
         /// The guest tree.
         dir: std::path::PathBuf,
