@@ -85,6 +85,11 @@ impl FdBudget {
         self.used.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Gives back everything: the session that held it ended.
+    pub fn reset(&self) {
+        self.used.store(0, Ordering::Relaxed);
+    }
+
     /// Counts `n` descriptors given back.
     pub fn release(&self, n: usize) {
         // Never below zero, whatever order releases arrive in.

@@ -79,6 +79,11 @@ impl FdCache {
         self.lock().map.remove(&key);
     }
 
+    /// Drops every cached object.
+    pub fn clear(&self) {
+        self.lock().map.clear();
+    }
+
     /// How many descriptors are cached now.
     pub fn len(&self) -> usize {
         self.lock().map.len()

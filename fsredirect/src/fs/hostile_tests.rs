@@ -425,3 +425,36 @@ fn stub_served_without_its_store_is_an_error_not_zeros() {
     assert_eq!(fx.read_file(ROOT_INODE, "f"), b"redirected bytes");
     fx.assert_mirror();
 }
+
+/// 1. A session opens files and directories, unlinks an open file, and ends without
+///    releasing anything (DESTROY, as when a vhost-user front-end goes away).
+/// 2. The next session starts with nothing held: the budget is empty, the orphan is gone,
+///    and its handles are unknown.
+#[test]
+fn an_ended_session_gives_everything_back() {
+    let fx = redirecting();
+    let (entry, handle) = fx.create(ROOT_INODE, "gone");
+    fx.write(entry.inode, handle, 0, b"bytes");
+    fx.fs.unlink(&fx.ctx, ROOT_INODE, &c("gone")).unwrap();
+    fx.create(ROOT_INODE, "kept");
+    fx.fs.opendir(&fx.ctx, ROOT_INODE, 0).unwrap();
+    assert!(fx.fs.guest_fds().0 >= 3);
+    assert_eq!(fx.orphans(), 1);
+    fx.fs.destroy();
+    fx.fs.init(FsOptions::empty()).unwrap();
+    assert_eq!(fx.fs.guest_fds().0, 0);
+    assert_eq!(fx.orphans(), 0);
+    let r = fx.fs.read(
+        &fx.ctx,
+        entry.inode,
+        handle,
+        &mut MemSink::default(),
+        10,
+        0,
+        None,
+        0,
+    );
+    assert_eq!(errno_of(r), libc::EBADF);
+    assert!(fx.lookup(ROOT_INODE, "kept").is_ok());
+    fx.assert_mirror();
+}

@@ -990,6 +990,30 @@ impl RedirectFs {
         }
     }
 
+    /// Forgets everything the ended FUSE session held: the kernel's node references, its
+    /// handles (files unlinked while open lose their objects now), every cached descriptor
+    /// and its descriptor budget. A server serving one front-end after another (a looping
+    /// vhost-user daemon) starts each session as new.
+    fn end_session(&self) {
+        let _ns = self.ns_write();
+        let open = {
+            let mut st = self.state();
+            let open: Vec<OpenInode> = st.open.drain().map(|(_, o)| o).collect();
+            *st = State::default();
+            open
+        };
+        for orphan in open.into_iter().filter_map(|o| o.orphan) {
+            if let Ok(store) = self.store() {
+                if let Err(e) = store.remove_orphan(&orphan) {
+                    log::warn!("orphan {orphan:?} left for the next start: {e}");
+                }
+            }
+        }
+        self.fds.clear();
+        self.stub_fds.clear();
+        self.budget.reset();
+    }
+
     /// Records that the object of open `inode` now lives in the orphan area as `orphan`,
     /// to be removed at its last release.
     fn set_orphan(&self, inode: u64, orphan: CString) {

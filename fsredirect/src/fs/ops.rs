@@ -36,11 +36,12 @@ impl FileSystem for RedirectFs {
     }
 
     fn destroy(&self) {
-        // The kernel unmounts: make everything durable now (the clean-stop marker follows
-        // when the server is dropped).
+        // The kernel unmounts (or a vhost-user front-end went away): make everything durable
+        // now (the clean-stop marker follows when the server is dropped).
         if let Err(e) = self.syncfs() {
             log::warn!("cannot sync at unmount (the next start will recover): {e}");
         }
+        self.end_session();
         self.inner.destroy();
     }
 
