@@ -71,6 +71,13 @@ impl<F: FileSystem + Sync> FuseSession<F> {
     pub fn is_initialized(&self) -> bool {
         self.initialized.load(Ordering::SeqCst)
     }
+
+    /// Ends the session without a DESTROY (the device was reset, the front-end went away):
+    /// requests wait for INIT again. Returns true if a session was open, whose file system
+    /// state the caller then drops (`FileSystem::destroy`).
+    pub fn end(&self) -> bool {
+        self.initialized.swap(false, Ordering::SeqCst)
+    }
 }
 
 impl<F: FileSystem + Sync> FuseServer for FuseSession<F> {

@@ -68,6 +68,7 @@ pub struct VirtioFs<F: FileSystem + Send + Sync + 'static> {
     tag: String,
     config: [u8; MAX_TAG_LEN + 4],
     queue_sizes: Vec<u16>,
+    fs: Arc<F>,
     server: Arc<handler::FuseSession<Arc<F>>>,
     broken: Arc<AtomicBool>,
     running: Option<Running>,
@@ -81,7 +82,8 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFs<F> {
             tag: tag.to_owned(),
             config,
             queue_sizes: vec![QUEUE_SIZE; 1 + request_queues as usize],
-            server: Arc::new(handler::FuseSession::new(fs)),
+            server: Arc::new(handler::FuseSession::new(fs.clone())),
+            fs,
             broken: Arc::new(AtomicBool::new(false)),
             running: None,
         })
@@ -161,6 +163,11 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioDevice for VirtioFs<F> {
     fn reset(&mut self) {
         self.stop_workers();
         self.broken.store(false, Ordering::SeqCst);
+        // The guest's FUSE session ends with the device: it will INIT again, and whatever
+        // it held (nodes, handles, descriptors) is given back now.
+        if self.server.end() {
+            self.fs.destroy();
+        }
     }
 
     fn needs_reset(&self) -> bool {

@@ -697,3 +697,19 @@ mod device {
         assert!(VirtioFs::new(&"x".repeat(37), 1, fs).is_err());
     }
 }
+
+/// 1. A session is INIT'ed and then ended without DESTROY (a device reset, a front-end gone).
+/// 2. Requests wait for INIT again, and only an open session asks the file system to drop
+///    its state.
+#[test]
+fn an_ended_session_waits_for_init_again() {
+    let mut driver = Driver::new();
+    assert!(!driver.server.end(), "no session was open");
+    driver.init();
+    assert!(driver.server.end(), "the INIT'ed session ends");
+    assert!(!driver.server.end(), "and only once");
+    let reply = driver.call(OP_GETATTR, FUSE_ROOT_ID, &[0u8; 16]);
+    assert_eq!(reply.errno(), libc::EIO);
+    driver.init();
+    assert_still_serves(&mut driver);
+}

@@ -513,8 +513,11 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserFsDaemon<F> {
             // It spoke, but nothing we understood: still a front-end.
             on_event(&DaemonEvent::Connected);
         }
-        // The guest's FUSE session is over: drop its inodes and handles.
-        self.fs.destroy();
+        // The guest's FUSE session is over: drop its inodes and handles (a DESTROY may have
+        // done so already), and wait for the next front-end's INIT.
+        if self.server.end() {
+            self.fs.destroy();
+        }
         on_event(&DaemonEvent::Disconnected(why));
         Ok(Connection::Ended(ServeEnd::Disconnected))
     }
