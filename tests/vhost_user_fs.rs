@@ -632,7 +632,10 @@ fn unshared_memory_is_named() -> Result<(), String> {
         "{PATH}: unshared guest memory named by the back-end ({})",
         match &outcome {
             Ok(run) => format!("the guest ended with exit code {}", run.exit_code),
-            Err(_) => "the guest was stopped at the time limit".to_string(),
+            Err(e) => format!(
+                "the run ended: {}",
+                e.to_string().lines().next().unwrap_or_default()
+            ),
         }
     );
     Ok(())

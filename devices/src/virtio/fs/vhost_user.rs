@@ -546,32 +546,81 @@ impl<F: FileSystem + Send + Sync + 'static> Drop for VhostUserFsDaemon<F> {
     }
 }
 
-/// What to tell the user when the front-end's guest memory cannot be what its guest uses: the
-/// files it passed hold no data at all, although its guest has been running (the kernel is
-/// in memory before any virtio device starts). A front-end that maps its memory privately
-/// (QEMU's memory backend without `share=on`) passes such files: this back-end would never
-/// see a request and the guest would hang in its first file operation.
+/// Guest memory smaller than this is not judged by [`unshared_memory`]: a front-end may hand
+/// over its regions one at a time, and the first ones (low memory) may hold nothing yet.
+const JUDGED_MEMORY: u64 = 16 << 20;
+
+/// What to tell the user when the front-end's guest memory cannot be what its guest uses:
+/// every byte its memory files hold is zero, although the guest is running (its kernel is in
+/// memory before any virtio device starts). A front-end that maps its memory privately
+/// (QEMU's memory backend without `share=on`) passes such files, whose pages only ever come
+/// from its reads: this back-end would never see a request, and the guest would hang in its
+/// first file operation.
 fn unshared_memory(mem: &GuestMemoryMmap<()>) -> Option<String> {
     use vm_memory::{GuestMemory, GuestMemoryRegion};
-    let mut files = 0;
+    let total: u64 = mem.iter().map(|r| r.len()).sum();
+    if total < JUDGED_MEMORY {
+        return None;
+    }
     for region in mem.iter() {
-        let file = region.file_offset()?.file();
-        files += 1;
-        // SAFETY: lseek on a descriptor the region owns; SEEK_DATA moves nothing we use
-        // (the region is mapped, never read through the file position).
-        let data = unsafe { libc::lseek64(file.as_raw_fd(), 0, libc::SEEK_DATA) };
-        if data >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ENXIO) {
-            // Data somewhere, or a file system that cannot tell: assume shared.
-            return None;
+        let file = region.file_offset()?;
+        match first_nonzero(file.file(), file.start(), region.len()) {
+            Ok(None) => {}
+            // Data, or a file we cannot read: assume shared.
+            Ok(Some(_)) | Err(_) => return None,
         }
     }
-    (files > 0).then(|| {
+    Some(
         "the front-end's guest memory is not shared with this back-end (its memory files hold \
-         no data although the guest is running), so no request would ever arrive: start QEMU \
-         with a shared memory backend, e.g. -object memory-backend-memfd,id=mem,size=<RAM \
+         only zeros although the guest is running), so no request would ever arrive: start \
+         QEMU with a shared memory backend, e.g. -object memory-backend-memfd,id=mem,size=<RAM \
          size>,share=on -numa node,memdev=mem"
-            .to_string()
-    })
+            .to_string(),
+    )
+}
+
+/// The offset of the first non-zero byte of `file` in `start..start + len`, reading only
+/// the parts that hold data (SEEK_DATA / SEEK_HOLE), so holes are never filled in.
+fn first_nonzero(file: &std::fs::File, start: u64, len: u64) -> io::Result<Option<u64>> {
+    use std::os::unix::fs::FileExt;
+    let end = start.saturating_add(len);
+    let seek = |offset: u64, whence: i32| -> io::Result<Option<u64>> {
+        let offset =
+            i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: lseek on a descriptor the caller owns; no memory is involved, and the file
+        // position it moves is not used (reads are positional).
+        let found = unsafe { libc::lseek64(file.as_raw_fd(), offset, whence) };
+        if found >= 0 {
+            return Ok(Some(found as u64));
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(err),
+        }
+    };
+    let mut buf = vec![0u8; 64 << 10];
+    let mut at = start;
+    while at < end {
+        let Some(data) = seek(at, libc::SEEK_DATA)?.filter(|&d| d < end) else {
+            return Ok(None);
+        };
+        let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+        let mut pos = data;
+        while pos < hole {
+            let want = usize::try_from((hole - pos).min(buf.len() as u64)).unwrap_or(buf.len());
+            let n = file.read_at(&mut buf[..want], pos)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
+                return Ok(Some(pos + i as u64));
+            }
+            pos += n as u64;
+        }
+        at = hole;
+    }
+    Ok(None)
 }
 
 /// Why a connection ended, if not by an ordinary disconnect.
@@ -652,26 +701,28 @@ fn wait_any(fds: &[RawFd]) -> Result<usize> {
 #[cfg(test)]
 mod memory_tests {
     use std::fs::File;
-    use std::io::Write;
     use std::os::fd::FromRawFd;
+    use std::os::unix::fs::FileExt;
 
     use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 
     use super::unshared_memory;
 
-    /// Guest memory over a new memfd of 1 MiB, into which `content` was written through the
-    /// file (as a front-end's shared mapping would have).
+    const SIZE: usize = 32 << 20;
+
+    /// Guest memory over a new memfd of 32 MiB, into which `content` was written through the
+    /// file at 20 MiB (as a front-end's shared mapping would have).
     fn memfd_memory(content: &[u8]) -> GuestMemoryMmap<()> {
         // SAFETY: memfd_create with a NUL-terminated name; it returns a new descriptor.
         let fd = unsafe { libc::memfd_create(c"guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
         assert!(fd >= 0);
         // SAFETY: `fd` was just returned to us and nothing else owns it.
         let mut file = unsafe { File::from_raw_fd(fd) };
-        file.set_len(1 << 20).unwrap();
-        file.write_all(content).unwrap();
+        file.set_len(SIZE as u64).unwrap();
+        file.write_all_at(content, 20 << 20).unwrap();
         GuestMemoryMmap::from_ranges_with_files([(
             GuestAddress(0),
-            1 << 20,
+            SIZE,
             Some(FileOffset::new(file, 0)),
         )])
         .unwrap()
@@ -684,13 +735,25 @@ mod memory_tests {
     }
 
     #[test]
+    fn memory_files_holding_only_zeros_are_not_shared() {
+        // Pages a private mapping only read: present in the file, all zero.
+        assert!(unshared_memory(&memfd_memory(&[0u8; 1 << 20])).is_some());
+    }
+
+    #[test]
+    fn small_memory_is_not_judged() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        assert_eq!(unshared_memory(&mem), None);
+    }
+
+    #[test]
     fn memory_files_with_data_are_shared() {
         assert_eq!(unshared_memory(&memfd_memory(b"a running guest")), None);
     }
 
     #[test]
     fn anonymous_memory_is_not_judged() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), SIZE)]).unwrap();
         assert_eq!(unshared_memory(&mem), None);
     }
 }
