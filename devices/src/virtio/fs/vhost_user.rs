@@ -717,7 +717,7 @@ mod memory_tests {
         let fd = unsafe { libc::memfd_create(c"guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
         assert!(fd >= 0);
         // SAFETY: `fd` was just returned to us and nothing else owns it.
-        let mut file = unsafe { File::from_raw_fd(fd) };
+        let file = unsafe { File::from_raw_fd(fd) };
         file.set_len(SIZE as u64).unwrap();
         file.write_all_at(content, 20 << 20).unwrap();
         GuestMemoryMmap::from_ranges_with_files([(
