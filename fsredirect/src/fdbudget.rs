@@ -39,7 +39,7 @@ impl FdBudget {
     }
 
     /// The budget left by the process's `RLIMIT_NOFILE` after the server's reserve: its
-    /// caches (`store_fds` store objects and as many stubs) and [`SERVER_RESERVE`] more.
+    /// caches (`store_fds` store objects and as many stubs) and 128 more.
     pub fn from_rlimit(store_fds: usize) -> Self {
         let reserve = store_fds.saturating_mul(2).saturating_add(SERVER_RESERVE);
         let nofile = nofile_limit().unwrap_or(1024);

@@ -17,7 +17,17 @@
 //! Files are always found by the path they are looked up by, never through the record.
 //!
 //! Concurrency: namespace changes take the namespace lock exclusively; lookups, opens and
-//! I/O take it shared, so no open can ever see a half-done rename.
+//! I/O take it shared, so no open can ever see a half-done rename. Size changes of one file
+//! (WRITE, SETATTR of the size, fallocate, O_TRUNC) also take that file's data lock
+//! (a per-inode striped lock), always after the namespace lock, so stub and object change size together.
+//!
+//! Node identity: what this layer keeps per node id (its kind, cached descriptors) is dropped
+//! when the kernel forgets the node and nothing holds it open, and when an id comes back
+//! that nothing knew: without file handles, fuse-backend-rs reuses an id for a new file that
+//! reuses the host inode number. An open redirected file holds its store object until its
+//! last release. What the guest makes the server hold is counted against a
+//! descriptor budget ([`crate::fdbudget`]); a FUSE session that ends (DESTROY, a device reset,
+//! a front-end gone) gives all of it back.
 //!
 //! Attribute caching: attributes are returned with a zero timeout (size and blocks come from
 //! the store, and a hard link's other names change ctime and link count behind the kernel's
@@ -153,7 +163,7 @@ enum Kind {
 }
 
 /// An open file as the guest holds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 enum OpenFile {
     /// Opened by the passthrough layer; its handle there (directories, and every file of a
     /// passthrough share).
