@@ -114,6 +114,9 @@ impl NameTable {
 
     /// Renames `old` to `new` for whichever inode had `old`; a previous holder of `new` loses it.
     pub fn rename(&mut self, old: (u64, &CStr), new: (u64, &CStr)) {
+        if old == new {
+            return;
+        }
         self.remove_name(new.0, new.1);
         let Some(holder) = self.by_name.remove(&(old.0, old.1.to_owned())) else {
             return;
@@ -333,6 +336,14 @@ mod tests {
         t.exchange((ROOT_INODE, c"a"), (ROOT_INODE, c"b"));
         t.remove_name(ROOT_INODE, c"a");
         assert_eq!(join(&t.path(3).unwrap()), b"b");
+    }
+
+    #[test]
+    fn renaming_a_name_onto_itself_keeps_it() {
+        let mut t = NameTable::default();
+        t.remember(3, ROOT_INODE, c"a");
+        t.rename((ROOT_INODE, c"a"), (ROOT_INODE, c"a"));
+        assert_eq!(join(&t.path(3).unwrap()), b"a");
     }
 
     #[test]

@@ -195,6 +195,10 @@ struct OpenInode {
     pin: Option<OwnedFd>,
     /// The object's name in the orphan area once its last name is gone.
     orphan: Option<CString>,
+    /// Kernel references given up (FORGET) while the file is open, passed on to the
+    /// passthrough layer at the last release: as in the kernel, an open file keeps its node,
+    /// so its stub can still be resized through it.
+    forgets: u64,
 }
 
 #[derive(Debug, Default)]
@@ -787,6 +791,7 @@ impl RedirectFs {
                     object,
                     pin: None,
                     orphan: None,
+                    forgets: 0,
                 })
                 .handles += 1;
         }
@@ -798,8 +803,24 @@ impl RedirectFs {
     }
 
     /// Takes `handle` out of the table and gives back what it held for the guest. For the
-    /// last handle of a redirected inode, returns the orphan to remove, if any.
-    fn drop_handle(&self, handle: u64) -> io::Result<(OpenFile, Option<CString>)> {
+    /// last handle of a redirected inode, removes its orphan, if any, and passes on the
+    /// FORGETs that came while it was open.
+    fn close_handle(&self, handle: u64) -> io::Result<OpenFile> {
+        let (file, last) = self.drop_handle(handle)?;
+        if let (OpenFile::Redirect { inode, .. }, Some(open)) = (file, last) {
+            if open.forgets > 0 {
+                self.inner.forget(&root_ctx(), inode, open.forgets);
+            }
+            if let Some(orphan) = open.orphan {
+                self.store()?.remove_orphan(&orphan)?;
+            }
+        }
+        Ok(file)
+    }
+
+    /// Takes `handle` out of the table; for the last handle of a redirected inode, returns
+    /// what the server held for it.
+    fn drop_handle(&self, handle: u64) -> io::Result<(OpenFile, Option<OpenInode>)> {
         let mut st = self.state();
         let file = st
             .handles
@@ -822,13 +843,10 @@ impl RedirectFs {
         let open = st.open.remove(&inode);
         drop(st);
         self.drop_cached_fds(inode);
-        let orphan = open.and_then(|o| {
-            if o.pin.is_some() {
-                self.budget.release(1);
-            }
-            o.orphan
-        });
-        Ok((file, orphan))
+        if open.as_ref().is_some_and(|o| o.pin.is_some()) {
+            self.budget.release(1);
+        }
+        Ok((file, open))
     }
 
     fn handle(&self, handle: u64) -> io::Result<OpenFile> {

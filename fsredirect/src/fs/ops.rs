@@ -76,6 +76,14 @@ impl FileSystem for RedirectFs {
     fn forget(&self, ctx: &Context, inode: u64, count: u64) {
         let retired = {
             let mut st = self.state();
+            if let Some(open) = st.open.get_mut(&inode) {
+                // The file is open: its node stays until the last release (see OpenInode).
+                open.forgets = open.forgets.saturating_add(count);
+                if st.names.is_known(inode) && st.names.forget(inode, count) && !self.file_handles {
+                    self.budget.release(1);
+                }
+                return;
+            }
             let was_known = st.names.is_known(inode);
             if was_known && st.names.forget(inode, count) {
                 if !self.file_handles {
@@ -618,16 +626,12 @@ impl FileSystem for RedirectFs {
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
         let _ns = self.io_lock();
-        let (file, orphan) = self.drop_handle(handle)?;
-        match file {
+        match self.close_handle(handle)? {
             OpenFile::Inner(ih) | OpenFile::Inline { ih, .. } => {
                 self.inner
                     .release(ctx, inode, flags, ih, flush, flock_release, lock_owner)
             }
-            OpenFile::Redirect { .. } => match orphan {
-                Some(orphan) => self.store()?.remove_orphan(&orphan),
-                None => Ok(()),
-            },
+            OpenFile::Redirect { .. } => Ok(()),
         }
     }
 
@@ -743,7 +747,7 @@ impl FileSystem for RedirectFs {
 
     fn releasedir(&self, ctx: &Context, inode: u64, flags: u32, handle: u64) -> io::Result<()> {
         let ih = self.inner_of(handle)?;
-        self.drop_handle(handle)?;
+        self.close_handle(handle)?;
         self.inner.releasedir(ctx, inode, flags, ih)
     }
 

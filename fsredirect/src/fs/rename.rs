@@ -28,13 +28,15 @@ impl RedirectFs {
         let same = dst
             .as_ref()
             .is_some_and(|(d, _)| d.inode == src_entry.inode);
-        let store = match &self.store {
-            Some(store) if !same => store,
-            _ => {
-                self.inner.rename(ctx, old.0, old.1, new.0, new.1, flags)?;
-                self.rename_names(old, new, exchange);
-                return Ok(());
-            }
+        if same {
+            // One file under both names (the same name, or two hard links): rename(2) does
+            // nothing and succeeds, and both names stay.
+            return self.inner.rename(ctx, old.0, old.1, new.0, new.1, flags);
+        }
+        let Some(store) = &self.store else {
+            self.inner.rename(ctx, old.0, old.1, new.0, new.1, flags)?;
+            self.rename_names(old, new, exchange);
+            return Ok(());
         };
         let old_parts = self.child_parts(old.0, old.1)?;
         let new_parts = self.child_parts(new.0, new.1)?;

@@ -239,6 +239,7 @@ impl RedirectFs {
                         object: held,
                         pin: None,
                         orphan: None,
+                        forgets: 0,
                     })
                     .handles += moved;
             }
@@ -340,7 +341,7 @@ impl RedirectFs {
             Err(e) => log::warn!("inode {inode}: object kept, stub cannot be synced: {e}"),
         }
         drop(intent);
-        {
+        let forgets = {
             let mut st = self.state();
             for (h, ih, flags) in &opened {
                 st.handles.insert(
@@ -352,8 +353,13 @@ impl RedirectFs {
                     },
                 );
             }
-            st.open.remove(&inode);
+            let forgets = st.open.remove(&inode).map_or(0, |o| o.forgets);
             st.kinds.insert(inode, Kind::Plain);
+            forgets
+        };
+        // Its handles are the passthrough layer's now, and they keep its node.
+        if forgets > 0 {
+            self.inner.forget(&root_ctx(), inode, forgets);
         }
         self.drop_cached_fds(inode);
         log::debug!("inode {inode}: moved inline ({size} bytes)");
