@@ -499,3 +499,27 @@ fn forgetting_an_open_files_node_keeps_stub_and_object_agreeing() {
         assert_eq!(fx.read_file(ROOT_INODE, "e"), vec![5u8; 4584]);
     }
 }
+
+/// 1. LINK a redirected file into a parent that is a regular file (ENOTDIR).
+/// 2. The store gains no directory of that name, so a later rename onto the name works.
+/// (Found by the adversarial driver: the stray store directory made that rename EISDIR.)
+#[test]
+fn a_refused_link_leaves_no_directory_in_the_store() {
+    // Small files inline: "c" has no store path, so the store could make a directory there.
+    let fx = fixture_for(Some("min-size:1K"), FsConfig::default());
+    let big = vec![9u8; 2048];
+    let target = fx.write_file(ROOT_INODE, "b", &big);
+    let not_dir = fx.write_file(ROOT_INODE, "c", b"a small file");
+    let r = fx.fs.link(&fx.ctx, target.inode, not_dir.inode, &c("a"));
+    assert_eq!(errno_of(r), libc::ENOTDIR);
+    assert!(
+        !fx.volume.join("c").exists(),
+        "the store made c/ for the refused link"
+    );
+    fx.write_file(ROOT_INODE, "-", &big);
+    fx.fs
+        .rename(&fx.ctx, ROOT_INODE, &c("-"), ROOT_INODE, &c("c"), 0)
+        .unwrap();
+    assert_eq!(fx.read_file(ROOT_INODE, "c"), big);
+    fx.assert_mirror();
+}

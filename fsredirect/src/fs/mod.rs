@@ -708,6 +708,16 @@ impl RedirectFs {
         }
     }
 
+    /// ENOTDIR unless `inode` is a directory: checked before the store mirrors a new name
+    /// below it (the store would make the directories the guest tree then refuses).
+    fn require_dir(&self, inode: u64) -> io::Result<()> {
+        let (attr, _) = self.inner.getattr(&root_ctx(), inode, None)?;
+        if attr.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(errno(libc::ENOTDIR));
+        }
+        Ok(())
+    }
+
     fn child_parts(&self, parent: u64, name: &CStr) -> io::Result<Vec<CString>> {
         self.state()
             .names
@@ -750,6 +760,7 @@ impl RedirectFs {
         umask: u32,
     ) -> io::Result<Entry> {
         let store = self.store()?;
+        self.require_dir(parent)?;
         let parts = self.child_parts(parent, name)?;
         let _intent = store
             .intents()

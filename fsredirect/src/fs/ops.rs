@@ -356,6 +356,8 @@ impl FileSystem for RedirectFs {
             return Ok(self.admit(newparent, newname, entry, kind));
         }
         let store = self.store()?;
+        // Before the store makes directories for a name the guest tree will refuse.
+        self.require_dir(newparent)?;
         let old = self
             .state()
             .names
