@@ -523,3 +523,27 @@ fn a_refused_link_leaves_no_directory_in_the_store() {
     assert_eq!(fx.read_file(ROOT_INODE, "c"), big);
     fx.assert_mirror();
 }
+
+/// 1. SETATTR of a directory with a new mode and a size (the kernel never sends a size for a
+///    directory; a hostile guest may).
+/// 2. EISDIR, and the directory keeps its mode: nothing of a refused request is applied.
+/// (Found by the adversarial driver as an unprivileged server: the root lost its x bits.)
+#[test]
+fn a_refused_setattr_changes_nothing() {
+    let fx = redirecting();
+    let dir = fx.mkdir(ROOT_INODE, "d");
+    // SAFETY: stat64 is plain old data; all-zero is a valid value.
+    let mut attr: libc::stat64 = unsafe { std::mem::zeroed() };
+    attr.st_mode = libc::S_IFDIR | 0o602;
+    attr.st_size = 1893;
+    let r = fx.fs.setattr(
+        &fx.ctx,
+        dir.inode,
+        attr,
+        None,
+        SetattrValid::MODE | SetattrValid::SIZE,
+    );
+    assert_eq!(errno_of(r), libc::EISDIR);
+    let st = fx.fs.getattr(&fx.ctx, dir.inode, None).unwrap().0;
+    assert_eq!(st.st_mode & 0o7777, 0o755);
+}

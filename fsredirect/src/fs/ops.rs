@@ -133,6 +133,17 @@ impl FileSystem for RedirectFs {
         handle: Option<u64>,
         valid: SetattrValid,
     ) -> io::Result<(libc::stat64, Duration)> {
+        if valid.contains(SetattrValid::SIZE) {
+            // Refused before anything else changes: the passthrough layer applies the mode
+            // and owner before it tries the size, so a directory would lose its mode to a
+            // request that then fails.
+            let (st, _) = self.inner.getattr(&root_ctx(), inode, None)?;
+            match st.st_mode & libc::S_IFMT {
+                libc::S_IFREG => {}
+                libc::S_IFDIR => return Err(errno(libc::EISDIR)),
+                _ => return Err(errno(libc::EINVAL)),
+            }
+        }
         if valid.contains(SetattrValid::MODE) && attr.st_mode & PRIVILEGE_BITS != 0 {
             self.redirect_before_privilege(inode)?;
         }
