@@ -461,6 +461,7 @@ fn an_ended_session_gives_everything_back() {
 
 /// 1. Rename a file onto its own name, and onto another hard link of itself.
 /// 2. rename(2) does nothing: every name stays, and a later LINK onto one says EEXIST.
+///
 /// (Found by the adversarial driver: the server forgot the name and answered ENOENT.)
 #[test]
 fn renaming_a_file_onto_itself_keeps_its_names() {
@@ -485,6 +486,7 @@ fn renaming_a_file_onto_itself_keeps_its_names() {
 /// 1. Open a redirected file, then FORGET its node (the kernel never does while the file is
 ///    open; a hostile guest may).
 /// 2. Writes through the handle still resize the stub with the object: verify is clean.
+///
 /// (Found by the adversarial driver: the stub kept its size and the WRITE said EBADF.)
 #[test]
 fn forgetting_an_open_files_node_keeps_stub_and_object_agreeing() {
@@ -502,6 +504,7 @@ fn forgetting_an_open_files_node_keeps_stub_and_object_agreeing() {
 
 /// 1. LINK a redirected file into a parent that is a regular file (ENOTDIR).
 /// 2. The store gains no directory of that name, so a later rename onto the name works.
+///
 /// (Found by the adversarial driver: the stray store directory made that rename EISDIR.)
 #[test]
 fn a_refused_link_leaves_no_directory_in_the_store() {
@@ -527,6 +530,7 @@ fn a_refused_link_leaves_no_directory_in_the_store() {
 /// 1. SETATTR of a directory with a new mode and a size (the kernel never sends a size for a
 ///    directory; a hostile guest may).
 /// 2. EISDIR, and the directory keeps its mode: nothing of a refused request is applied.
+///
 /// (Found by the adversarial driver as an unprivileged server: the root lost its x bits.)
 #[test]
 fn a_refused_setattr_changes_nothing() {
