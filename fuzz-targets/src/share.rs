@@ -24,8 +24,17 @@ struct Dirs {
     mount_root: (u64, u64),
 }
 
+static DIRS: OnceLock<Dirs> = OnceLock::new();
+
+/// Removes the share's directories when the process exits (statics are never dropped, and
+/// libFuzzer ends a run with `exit`).
+extern "C" fn remove_dirs() {
+    if let Some(dirs) = DIRS.get() {
+        let _ = std::fs::remove_dir_all(dirs.root.path());
+    }
+}
+
 fn dirs() -> &'static Dirs {
-    static DIRS: OnceLock<Dirs> = OnceLock::new();
     DIRS.get_or_init(|| {
         let shm = Path::new("/dev/shm");
         let root = if shm.is_dir() {
@@ -43,6 +52,8 @@ fn dirs() -> &'static Dirs {
         ))
         .expect("the fuzz share's description parses");
         let mount_root = mount_root(&tree);
+        // SAFETY: registers a function without arguments that touches only a static.
+        unsafe { libc::atexit(remove_dirs) };
         Dirs {
             root,
             spec,

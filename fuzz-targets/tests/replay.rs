@@ -3,7 +3,12 @@
 //! fuzzers found stays fixed without an instrumented build.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Instant;
+
+/// One target at a time: a run checks that no descriptor opened meanwhile stays open, and
+/// another test reading its corpus files would open some.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 fn inputs(target: &str) -> Vec<PathBuf> {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
@@ -21,6 +26,7 @@ fn inputs(target: &str) -> Vec<PathBuf> {
 }
 
 fn replay(target: &str) {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let (_, body) = fuzz_targets::TARGETS
         .iter()
         .find(|(name, _)| *name == target)
