@@ -65,6 +65,7 @@ if [[ $MERGE -eq 1 ]]; then
     exit 0
 fi
 
+touch "$WORK/started"
 # Seeds: small well-formed sessions, so the fuzzers start deep.
 nice -n 10 cargo run -q -p fuzz-targets --example write_seeds -- "$WORK/seeds"
 for t in "${TARGETS[@]}"; do fuzz build "$t"; done
@@ -91,7 +92,7 @@ for t in "${TARGETS[@]}"; do
     cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
     ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
     corpus=$(ls "$WORK/corpus/$t" | wc -l)
-    crashes=$(find "$FUZZ/artifacts/$t" -type f -newer "$WORK/seeds" 2>/dev/null | wc -l)
+    crashes=$(find "$FUZZ/artifacts/$t" -type f -newer "$WORK/started" 2>/dev/null | wc -l)
     printf '%-14s %12s %8s %8s %8s %8s %8s\n' "$t" "${execs:-?}" "${speed:-?}" \
         "${cov:-?}" "${ft:-?}" "$corpus" "$crashes"
 done
