@@ -34,7 +34,7 @@ mod virtio_mmio;
 pub use fuse_request::fuse_request;
 pub use share_spec::share_spec;
 pub use vhost_user::vhost_user;
-pub use virtio_mmio::virtio_mmio;
+pub use virtio_mmio::{virtio_mmio, Op as MmioOp};
 
 /// A target: its name (the directory of its corpus) and its body.
 pub type Target = (&'static str, fn(&[u8]));

@@ -62,7 +62,8 @@ pub enum Op<'a> {
 }
 
 impl<'a> Op<'a> {
-    fn decode(bytes: &mut Bytes<'a>) -> Self {
+    /// Reads the next operation (any bytes decode to one; missing bytes read as zeros).
+    pub fn decode(bytes: &mut Bytes<'a>) -> Self {
         match bytes.u8() % 8 {
             0 => Op::WriteReg {
                 reg: bytes.u8(),
@@ -321,9 +322,9 @@ fn readable(fd: &EventFd) -> bool {
     ret > 0 && pfd.revents & libc::POLLIN != 0
 }
 
-/// Runs `data` as a sequence of [`Op`]s against a fresh virtio-fs device behind the
-/// virtio-mmio transport, in fresh guest memory, over a fresh file system on the fuzz share;
-/// the device is reset (its workers joined) at the end.
+/// Runs `data` as a sequence of [`MmioOp`](crate::MmioOp)s against a fresh virtio-fs device
+/// behind the virtio-mmio transport, in fresh guest memory, over a fresh file system on the
+/// fuzz share; the device is reset (its workers joined) at the end.
 pub fn virtio_mmio(data: &[u8]) {
     let run = share::begin();
     run_input(data);
