@@ -682,7 +682,7 @@ impl FileSystem for RedirectFs {
         if is_reserved_xattr(name.to_bytes()) {
             return Err(errno(libc::ENODATA));
         }
-        self.inner.getxattr(ctx, inode, name, size)
+        self.inner.getxattr(ctx, inode, name, xattr_buffer(size))
     }
 
     fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
@@ -893,4 +893,11 @@ impl RedirectFs {
         self.fix_attr(inode, kind, &mut st);
         Ok((st, timeout))
     }
+}
+
+/// The buffer to read a guest's xattr value into: the size it asked for, but never more than
+/// the largest value the host can hold (64 KiB, XATTR_SIZE_MAX), which changes no reply; the
+/// passthrough layer allocates the whole size, and a guest may ask for 4 GiB.
+pub(super) fn xattr_buffer(size: u32) -> u32 {
+    size.min(XATTR_BUF)
 }

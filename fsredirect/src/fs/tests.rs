@@ -671,6 +671,28 @@ fn listing_xattrs_hides_metadata_but_shows_guest_ones() {
 }
 
 #[test]
+fn getxattr_reads_into_at_most_the_largest_value_whatever_size_the_guest_gives() {
+    let fx = redirecting();
+    let entry = fx.write_file(ROOT_INODE, "f", b"x");
+    fx.fs
+        .setxattr(&fx.ctx, entry.inode, &c("user.mine"), b"value", 0)
+        .unwrap();
+
+    let huge = fx
+        .fs
+        .getxattr(&fx.ctx, entry.inode, &c("user.mine"), u32::MAX);
+    let small = fx.fs.getxattr(&fx.ctx, entry.inode, &c("user.mine"), 2);
+
+    assert_eq!(super::ops::xattr_buffer(u32::MAX), 64 * 1024);
+    assert_eq!(super::ops::xattr_buffer(16), 16);
+    match huge.unwrap() {
+        GetxattrReply::Value(v) => assert_eq!(v, b"value"),
+        GetxattrReply::Count(_) => panic!("asked for the value"),
+    }
+    assert_eq!(errno_of(small), libc::ERANGE);
+}
+
+#[test]
 fn hostile_names_are_refused_before_any_host_call() {
     let fx = redirecting();
     let long = "x".repeat(256);

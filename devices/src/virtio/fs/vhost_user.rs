@@ -40,7 +40,9 @@ use log::{debug, info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{
+    GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap, GuestMemoryRegion,
+};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -228,6 +230,15 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VhostUserFsBack
     }
 
     fn update_memory(&self, mem: Mem) -> io::Result<()> {
+        if let Err(err) = check_backing(&mem.memory()) {
+            // vhost-user-backend has already installed the regions in the memory its vrings
+            // share with us: leave none rather than one that faults when read.
+            if let Ok(guard) = mem.lock() {
+                guard.replace(GuestMemoryMmap::new());
+            }
+            *self.mem.write().unwrap_or_else(|p| p.into_inner()) = mem;
+            return Err(err);
+        }
         if let Some(why) = unshared_memory(&mem.memory()) {
             log::error!("vhost-user-fs: {why}");
             return Err(io::Error::other(why));
@@ -286,6 +297,36 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VhostUserFsBack
         }
         Ok(())
     }
+}
+
+/// Checks that each region of guest memory the front-end shared lies inside the file it
+/// maps: a mapping is not refused for running past the end of its file, but every access
+/// past the end then raises SIGBUS, which would end the daemon at the first ring access.
+fn check_backing(mem: &GuestMemoryMmap<()>) -> io::Result<()> {
+    for region in mem.iter() {
+        let Some(backing) = region.file_offset() else {
+            continue;
+        };
+        let meta = backing.file().metadata()?;
+        if !meta.is_file() {
+            continue;
+        }
+        let end = backing.start().checked_add(region.len());
+        if end.is_none_or(|end| end > meta.len()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "memory region at guest address {:#x} maps {:#x} bytes at offset {:#x} of a \
+                     {:#x}-byte file",
+                    region.start_addr().0,
+                    region.len(),
+                    backing.start(),
+                    meta.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What the daemon is told to do.
@@ -841,6 +882,49 @@ mod tests {
         assert_eq!(queues, 2u32.to_le_bytes());
         assert!(past_end.is_empty());
         assert!(huge.is_empty());
+    }
+
+    /// 1. Map 8 KiB of a file that holds 4 KiB as guest memory.
+    /// 2. Hand it to the back-end, as vhost-user-backend does after SET_MEM_TABLE.
+    /// 3. It is refused, and the shared memory is left without regions, so a ring read
+    ///    fails cleanly instead of faulting (SIGBUS) past the end of the file.
+    #[test]
+    fn memory_mapped_past_the_end_of_its_file_is_refused() {
+        use vm_memory::mmap::MmapRegion;
+        use vm_memory::{FileOffset, GuestRegionMmap};
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(0x1000).unwrap();
+        let region = MmapRegion::from_file(FileOffset::new(file, 0), 0x2000).unwrap();
+        let region = GuestRegionMmap::new(region, GuestAddress(0)).unwrap();
+        let mem = Mem::new(GuestMemoryMmap::from_regions(vec![region]).unwrap());
+        let backend = backend(dir.path(), Mem::new(GuestMemoryMmap::new()));
+
+        let result = backend.update_memory(mem.clone());
+
+        let err = result.unwrap_err();
+        assert!(err.to_string().contains("0x1000-byte file"), "{err}");
+        assert_eq!(mem.memory().num_regions(), 0);
+        assert_eq!(backend.memory().memory().num_regions(), 0);
+    }
+
+    #[test]
+    fn memory_inside_its_file_is_taken() {
+        use vm_memory::mmap::MmapRegion;
+        use vm_memory::{FileOffset, GuestRegionMmap};
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(0x3000).unwrap();
+        let region = MmapRegion::from_file(FileOffset::new(file, 0x1000), 0x2000).unwrap();
+        let region = GuestRegionMmap::new(region, GuestAddress(0)).unwrap();
+        let mem = Mem::new(GuestMemoryMmap::from_regions(vec![region]).unwrap());
+        let backend = backend(dir.path(), Mem::new(GuestMemoryMmap::new()));
+
+        backend.update_memory(mem).unwrap();
+
+        assert_eq!(backend.memory().memory().num_regions(), 1);
     }
 
     #[test]
