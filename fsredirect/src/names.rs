@@ -79,6 +79,15 @@ impl NameTable {
         self.inodes.get(&inode).is_some_and(|k| k.lookups > 0)
     }
 
+    /// Empties the table; returns each inode the kernel held and how many references.
+    pub fn drain(&mut self) -> Vec<(u64, u64)> {
+        self.by_name.clear();
+        self.inodes
+            .drain()
+            .map(|(inode, known)| (inode, known.lookups))
+            .collect()
+    }
+
     /// How many inodes the kernel holds references to.
     pub fn known(&self) -> usize {
         self.inodes.len()

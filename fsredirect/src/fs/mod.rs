@@ -165,9 +165,9 @@ enum Kind {
 /// An open file as the guest holds it.
 #[derive(Debug, Clone, Copy)]
 enum OpenFile {
-    /// Opened by the passthrough layer; its handle there (directories, and every file of a
-    /// passthrough share).
-    Inner(u64),
+    /// Opened by the passthrough layer: its handle there and the inode (directories, and
+    /// every file of a passthrough share).
+    Inner(u64, u64),
     /// An inline regular file of a redirecting share, opened by the passthrough layer: its
     /// handle there, the inode, and the open flags, so the handle can become a
     /// [`OpenFile::Redirect`] if the file moves into the store while open.
@@ -871,7 +871,7 @@ impl RedirectFs {
     /// The passthrough handle behind `handle`; EBADF for anything else.
     fn inner_of(&self, handle: u64) -> io::Result<u64> {
         match self.handle(handle)? {
-            OpenFile::Inner(ih) => Ok(ih),
+            OpenFile::Inner(ih, _) => Ok(ih),
             OpenFile::Inline { .. } | OpenFile::Redirect { .. } => Err(errno(libc::EBADF)),
         }
     }
@@ -880,7 +880,7 @@ impl RedirectFs {
         match handle {
             None => Ok(None),
             Some(h) => Ok(match self.handle(h)? {
-                OpenFile::Inner(ih) | OpenFile::Inline { ih, .. } => Some(ih),
+                OpenFile::Inner(ih, _) | OpenFile::Inline { ih, .. } => Some(ih),
                 OpenFile::Redirect { .. } => None,
             }),
         }
@@ -917,7 +917,7 @@ impl RedirectFs {
                 flags: kept_open_flags(flags as i32),
             }
         } else {
-            OpenFile::Inner(ih)
+            OpenFile::Inner(ih, inode)
         }
     }
 
@@ -1033,16 +1033,35 @@ impl RedirectFs {
     /// handles (files unlinked while open lose their objects now), every cached descriptor
     /// and its descriptor budget. A server serving one front-end after another (a looping
     /// vhost-user daemon) starts each session as new.
-    fn end_session(&self) {
+    ///
+    /// The passthrough layer's references (nodes the kernel knew, handles it held) are given
+    /// back one by one rather than by its own `destroy`, which leaks a descriptor of the
+    /// share's root each time (fuse-backend-rs 0.14): a guest looping DESTROY and INIT must
+    /// not grow the server.
+    pub(super) fn end_session(&self) {
         let _ns = self.ns_write();
-        let open = {
-            let mut st = self.state();
-            let open: Vec<OpenInode> = st.open.drain().map(|(_, o)| o).collect();
-            *st = State::default();
-            open
-        };
-        for orphan in open.into_iter().filter_map(|o| o.orphan) {
-            if let Ok(store) = self.store() {
+        let mut ended = std::mem::take(&mut *self.state());
+        let ctx = root_ctx();
+        for (handle, file) in ended.handles {
+            let released = match file {
+                OpenFile::Inner(ih, inode) => self.inner.releasedir(&ctx, inode, 0, ih),
+                OpenFile::Inline { ih, inode, .. } => {
+                    self.inner.release(&ctx, inode, 0, ih, false, false, None)
+                }
+                OpenFile::Redirect { .. } => Ok(()),
+            };
+            if let Err(e) = released {
+                log::debug!("handle {handle} of the ended session: {e}");
+            }
+        }
+        for (inode, lookups) in ended.names.drain() {
+            self.inner.forget(&ctx, inode, lookups);
+        }
+        for (inode, open) in ended.open {
+            if open.forgets > 0 {
+                self.inner.forget(&ctx, inode, open.forgets);
+            }
+            if let (Some(orphan), Ok(store)) = (open.orphan, self.store()) {
                 if let Err(e) = store.remove_orphan(&orphan) {
                     log::warn!("orphan {orphan:?} left for the next start: {e}");
                 }

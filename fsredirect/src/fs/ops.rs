@@ -42,7 +42,6 @@ impl FileSystem for RedirectFs {
             log::warn!("cannot sync at unmount (the next start will recover): {e}");
         }
         self.end_session();
-        self.inner.destroy();
     }
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
@@ -492,7 +491,7 @@ impl FileSystem for RedirectFs {
     ) -> io::Result<usize> {
         let _ns = self.io_lock();
         match self.handle(handle)? {
-            OpenFile::Inner(ih) | OpenFile::Inline { ih, .. } => self
+            OpenFile::Inner(ih, _) | OpenFile::Inline { ih, .. } => self
                 .inner
                 .read(ctx, inode, ih, w, size, offset, lock_owner, flags),
             OpenFile::Redirect { inode, .. } => {
@@ -516,7 +515,7 @@ impl FileSystem for RedirectFs {
     ) -> io::Result<usize> {
         let ns = self.io_lock();
         match self.handle(handle)? {
-            OpenFile::Inner(ih) => self.inner.write(
+            OpenFile::Inner(ih, _) => self.inner.write(
                 ctx,
                 inode,
                 ih,
@@ -569,7 +568,7 @@ impl FileSystem for RedirectFs {
     fn flush(&self, ctx: &Context, inode: u64, handle: u64, lock_owner: u64) -> io::Result<()> {
         let _ns = self.io_lock();
         match self.handle(handle)? {
-            OpenFile::Inner(ih) | OpenFile::Inline { ih, .. } => {
+            OpenFile::Inner(ih, _) | OpenFile::Inline { ih, .. } => {
                 self.inner.flush(ctx, inode, ih, lock_owner)
             }
             OpenFile::Redirect { .. } => Ok(()),
@@ -579,7 +578,7 @@ impl FileSystem for RedirectFs {
     fn fsync(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
         let _ns = self.io_lock();
         match self.handle(handle)? {
-            OpenFile::Inner(ih) | OpenFile::Inline { ih, .. } => {
+            OpenFile::Inner(ih, _) | OpenFile::Inline { ih, .. } => {
                 self.inner.fsync(ctx, inode, datasync, ih)
             }
             OpenFile::Redirect { inode, .. } => self.sync_redirected(inode, datasync),
@@ -597,7 +596,7 @@ impl FileSystem for RedirectFs {
     ) -> io::Result<()> {
         let ns = self.io_lock();
         match self.handle(handle)? {
-            OpenFile::Inner(ih) => self.inner.fallocate(ctx, inode, ih, mode, offset, length),
+            OpenFile::Inner(ih, _) => self.inner.fallocate(ctx, inode, ih, mode, offset, length),
             OpenFile::Inline { ih, inode, .. } => {
                 self.inner.fallocate(ctx, inode, ih, mode, offset, length)?;
                 drop(ns);
@@ -640,7 +639,7 @@ impl FileSystem for RedirectFs {
     ) -> io::Result<()> {
         let _ns = self.io_lock();
         match self.close_handle(handle)? {
-            OpenFile::Inner(ih) | OpenFile::Inline { ih, .. } => {
+            OpenFile::Inner(ih, _) | OpenFile::Inline { ih, .. } => {
                 self.inner
                     .release(ctx, inode, flags, ih, flush, flock_release, lock_owner)
             }
@@ -717,7 +716,7 @@ impl FileSystem for RedirectFs {
         self.check_fd_room()?;
         let (ih, opts) = self.inner.opendir(ctx, inode, flags)?;
         let ih = ih.ok_or_else(|| errno(libc::EIO))?;
-        Ok((Some(self.new_handle(OpenFile::Inner(ih))?), opts))
+        Ok((Some(self.new_handle(OpenFile::Inner(ih, inode))?), opts))
     }
 
     fn readdir(
@@ -778,7 +777,7 @@ impl FileSystem for RedirectFs {
     ) -> io::Result<u64> {
         let _ns = self.io_lock();
         match self.handle(handle)? {
-            OpenFile::Inner(ih) | OpenFile::Inline { ih, .. } => {
+            OpenFile::Inner(ih, _) | OpenFile::Inline { ih, .. } => {
                 self.inner.lseek(ctx, inode, ih, offset, whence)
             }
             OpenFile::Redirect { inode, .. } => {
