@@ -368,6 +368,10 @@ impl FileSystem for RedirectFs {
         let store = self.store()?;
         // Before the store makes directories for a name the guest tree will refuse.
         self.require_dir(newparent)?;
+        if let Some(existing) = self.peek(newparent, newname)? {
+            self.unpeek(Some(&existing));
+            return Err(errno(libc::EEXIST));
+        }
         let old = self
             .state()
             .names
