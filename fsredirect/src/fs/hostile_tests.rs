@@ -551,3 +551,27 @@ fn a_refused_setattr_changes_nothing() {
     let st = fx.fs.getattr(&fx.ctx, dir.inode, None).unwrap().0;
     assert_eq!(st.st_mode & 0o7777, 0o755);
 }
+
+/// 1. Make a directory, a special file and a symlink, then make each again (as any server:
+///    as root, and as nobody in the unprivileged run of the unit tests).
+/// 2. The second attempt says EEXIST, never EPERM.
+/// (Found by the adversarial driver: a server without root answered EPERM.)
+#[test]
+fn creating_an_existing_name_says_eexist() {
+    let fx = redirecting();
+    fx.mkdir(ROOT_INODE, "d");
+    let r = fx.fs.mkdir(&fx.ctx, ROOT_INODE, &c("d"), 0o755, 0);
+    assert_eq!(errno_of(r), libc::EEXIST);
+    fx.fs
+        .mknod(&fx.ctx, ROOT_INODE, &c("p"), libc::S_IFIFO | 0o644, 0, 0)
+        .unwrap();
+    let r = fx
+        .fs
+        .mknod(&fx.ctx, ROOT_INODE, &c("p"), libc::S_IFIFO | 0o644, 0, 0);
+    assert_eq!(errno_of(r), libc::EEXIST);
+    fx.fs
+        .symlink(&fx.ctx, &c("target"), ROOT_INODE, &c("l"))
+        .unwrap();
+    let r = fx.fs.symlink(&fx.ctx, &c("target"), ROOT_INODE, &c("l"));
+    assert_eq!(errno_of(r), libc::EEXIST);
+}

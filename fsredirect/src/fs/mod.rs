@@ -218,6 +218,8 @@ pub struct RedirectFs {
     policy: Policy,
     volume: Vec<u8>,
     meta_name: &'static CStr,
+    /// The server runs as root: it can create nodes as the guest's caller.
+    server_is_root: bool,
     ns: RwLock<()>,
     state: Mutex<State>,
     data_locks: DataLocks,
@@ -326,7 +328,8 @@ impl RedirectFs {
             }
         }
         // SAFETY: geteuid has no preconditions and cannot fail.
-        let meta_name = if unsafe { libc::geteuid() } == 0 {
+        let server_is_root = unsafe { libc::geteuid() } == 0;
+        let meta_name = if server_is_root {
             META_XATTR_ROOT
         } else {
             META_XATTR_USER
@@ -357,6 +360,7 @@ impl RedirectFs {
                 .unwrap_or_default(),
             volume,
             meta_name,
+            server_is_root,
             ns: RwLock::new(()),
             state: Mutex::new(State::default()),
             data_locks: DataLocks::default(),
@@ -767,7 +771,10 @@ impl RedirectFs {
             .begin(&Intent::Create { path: join(&parts) })?;
         let object = store.create_object(&parts)?;
         let mode = libc::S_IFREG | (mode & 0o7777);
-        let entry = match self.inner.mknod(ctx, parent, name, mode, 0, umask) {
+        let entry = match self
+            .inner
+            .mknod(&self.creator(ctx), parent, name, mode, 0, umask)
+        {
             Ok(e) => e,
             Err(e) => {
                 let _ = store.remove(&parts, false);
@@ -952,7 +959,7 @@ impl RedirectFs {
         make: impl FnOnce(&Context) -> io::Result<Entry>,
     ) -> io::Result<Entry> {
         if !self.file_handles || (ctx.uid == 0 && ctx.gid == 0) {
-            return make(ctx);
+            return make(&self.creator(ctx));
         }
         let (parent_st, _) = self.inner.getattr(&root_ctx(), parent, None)?;
         let mut entry = make(&root_ctx())?;
@@ -981,6 +988,22 @@ impl RedirectFs {
                 self.inner.forget(&root_ctx(), entry.inode, 1);
                 Err(e)
             }
+        }
+    }
+
+    /// The credentials under which the passthrough layer makes a node for `ctx`: the caller's
+    /// where the server can take them on (as root), none otherwise. A server without root
+    /// makes every node as itself whatever it asks, and fuse-backend-rs's switch back to
+    /// root after a failed creation would fail too and put EPERM in place of the real errno
+    /// (EEXIST, ENOTDIR, ...).
+    fn creator(&self, ctx: &Context) -> Context {
+        if self.server_is_root {
+            return *ctx;
+        }
+        Context {
+            uid: 0,
+            gid: 0,
+            ..*ctx
         }
     }
 

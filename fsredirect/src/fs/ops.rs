@@ -207,7 +207,9 @@ impl FileSystem for RedirectFs {
             return self.create_redirected(ctx, parent, name, mode, umask);
         }
         if kind == libc::S_IFREG {
-            let entry = self.inner.mknod(ctx, parent, name, mode, rdev, umask)?;
+            let entry = self
+                .inner
+                .mknod(&self.creator(ctx), parent, name, mode, rdev, umask)?;
             return Ok(self.admit(parent, name, entry, Kind::Plain));
         }
         if !is_special_kind(kind) {
@@ -215,7 +217,9 @@ impl FileSystem for RedirectFs {
         }
         // An inert special file: an empty regular host file, its type in the metadata.
         let stub_mode = libc::S_IFREG | (mode & 0o7777);
-        let entry = self.inner.mknod(ctx, parent, name, stub_mode, 0, umask)?;
+        let entry = self
+            .inner
+            .mknod(&self.creator(ctx), parent, name, stub_mode, 0, umask)?;
         let meta = Meta::Special { kind, rdev };
         if let Err(e) = self.write_meta(entry.inode, &meta) {
             let _ = self.inner.unlink(&root_ctx(), parent, name);
@@ -445,7 +449,8 @@ impl FileSystem for RedirectFs {
                 self.create_redirected(ctx, parent, name, args.mode, args.umask)?
             }
             None => {
-                let (entry, ih, opts, passthrough) = self.inner.create(ctx, parent, name, args)?;
+                let (entry, ih, opts, passthrough) =
+                    self.inner.create(&self.creator(ctx), parent, name, args)?;
                 let entry = self.admit(parent, name, entry, Kind::Plain);
                 let handle = ih
                     .map(|ih| self.new_handle(self.plain_handle(ih, entry.inode, args.flags)))
