@@ -244,7 +244,21 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.mnt.path()).output();
+        // Lazily: a child process spawned by another trial (the unprivileged one) may still
+        // hold descriptors it inherited from this one's server until it exits.
+        match Command::new("umount")
+            .arg("-l")
+            .arg(self.mnt.path())
+            .output()
+        {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "adversarial: umount {}: {}",
+                self.mnt.path().display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(e) => eprintln!("adversarial: umount {}: {e}", self.mnt.path().display()),
+        }
         let _ = std::fs::remove_file(&self.img);
     }
 }

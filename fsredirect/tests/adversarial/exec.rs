@@ -74,7 +74,16 @@ impl Server {
     /// Stops the server (a clean stop) and starts a new one on the same share.
     pub fn restart(&mut self) -> std::io::Result<()> {
         self.fs = None;
-        let fs = RedirectFs::new(&self.share, self.cfg.clone()).map_err(std::io::Error::other)?;
+        let fs = RedirectFs::new(&self.share, self.cfg.clone()).map_err(|e| {
+            // The whole chain: the top error alone rarely says which file or call failed.
+            let mut msg = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                msg.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            std::io::Error::other(msg)
+        })?;
         fs.init(FsOptions::empty())?;
         self.fs = Some(fs);
         Ok(())

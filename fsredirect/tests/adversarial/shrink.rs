@@ -1,6 +1,6 @@
-//! Delta debugging over the steps of a failing trace: drop whole kinds of steps, then chunks
-//! of ever finer size, then shorten races, keeping every change after which a replay still
-//! fails with the same kind of finding.
+//! Delta debugging over the steps of a failing trace: drop whole kinds of steps (checks,
+//! restarts, races, then each opcode), then chunks of ever finer size, then shorten races,
+//! keeping every change after which a replay still fails with the same kind of finding.
 
 use super::ops::Step;
 use super::run::{replay, Setup};
@@ -50,6 +50,26 @@ pub fn shrink(setup: &Setup, class: &str, steps: Vec<Step>, budget: usize) -> Sh
             if fails(&cand) {
                 steps = cand;
             }
+        }
+    }
+    // Then every request of one opcode at a time: most steps of a long trace are requests
+    // the finding does not need (lookups, reads, failed calls).
+    let mut opcodes: Vec<&'static str> = Vec::new();
+    for s in &steps {
+        if let Step::Call(op) = s {
+            if !opcodes.contains(&op.req.opcode()) {
+                opcodes.push(op.req.opcode());
+            }
+        }
+    }
+    for opcode in opcodes {
+        let cand: Vec<Step> = steps
+            .iter()
+            .filter(|s| !matches!(s, Step::Call(op) if op.req.opcode() == opcode))
+            .cloned()
+            .collect();
+        if cand.len() < steps.len() && fails(&cand) {
+            steps = cand;
         }
     }
     // ddmin by complements.
