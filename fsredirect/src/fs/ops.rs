@@ -879,11 +879,13 @@ impl RedirectFs {
         let old = self.with_object(inode, |f| f.metadata().map(|m| m.len()))?;
         let mode_before = self.inner.getattr(&root_ctx(), inode, None)?.0.st_mode;
         let (mut st, timeout) = self.inner.setattr(ctx, inode, attr, None, valid)?;
-        if !valid.contains(SetattrValid::MODE) && st.st_mode != mode_before {
+        let kept_bits = mode_before & PRIVILEGE_BITS;
+        if !valid.contains(SetattrValid::MODE) && st.st_mode & PRIVILEGE_BITS != kept_bits {
             // Without CAP_FSETID the host cleared setuid/setgid on the stub's truncate; the
-            // guest's kernel asks for that itself (with MODE) when its rules say so.
+            // guest's kernel asks for that itself (with MODE) when its rules say so. Only
+            // those bits go back: a chmod racing this truncate keeps the rest.
             let mut keep = attr;
-            keep.st_mode = mode_before;
+            keep.st_mode = st.st_mode | kept_bits;
             st = self
                 .inner
                 .setattr(&root_ctx(), inode, keep, None, SetattrValid::MODE)?
