@@ -555,6 +555,7 @@ fn a_refused_setattr_changes_nothing() {
 /// 1. Make a directory, a special file and a symlink, then make each again (as any server:
 ///    as root, and as nobody in the unprivileged run of the unit tests).
 /// 2. The second attempt says EEXIST, never EPERM.
+///
 /// (Found by the adversarial driver: a server without root answered EPERM.)
 #[test]
 fn creating_an_existing_name_says_eexist() {
