@@ -132,6 +132,11 @@ fn main() {
         })
         .collect();
     trials.push(no_arguments_create_nothing_before_refusing());
+    trials.push(Trial::test(
+        "run_sh_help_shows_no_line_of_the_script",
+        run_sh_help,
+    ));
+    trials.push(embedding_example_error());
     let conclusion = libtest_mimic::run(&args, trials);
     drop(tmp);
     conclusion.exit();
@@ -169,4 +174,68 @@ fn no_arguments_create_nothing_before_refusing() -> Trial {
             Ok(())
         }),
     }
+}
+
+/// 1. `./run.sh --help`, with a stand-in `cargo` first in PATH (the real one would build).
+/// 2. The usage text, and no line of the script itself.
+fn run_sh_help() -> Result<(), Failed> {
+    let root = hypervisor::config::workspace_root();
+    let bin = tempfile::tempdir()?;
+    let fake = bin.path().join("cargo");
+    std::fs::write(&fake, "#!/bin/sh\necho '(the VMM options)'\n")?;
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .arg(root.join("run.sh"))
+        .arg("--help")
+        .env("PATH", path)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !text.contains("Usage: ./run.sh") || !text.contains("(the VMM options)") {
+        return Err(format!("no usage text: {text}").into());
+    }
+    if text.contains("set -euo pipefail") {
+        return Err(format!("a line of the script in the help: {text}").into());
+    }
+    Ok(())
+}
+
+/// 1. The embedding example, on a host where it cannot boot (software KVM, or no guest image).
+/// 2. It says what went wrong in words, with exit code 1, never an error's debug form.
+fn embedding_example_error() -> Trial {
+    let name = "embedding_example_reports_errors_in_words";
+    let example = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("examples/boot_from_code")));
+    let skip = match (&example, host::detect()) {
+        (Some(path), _) if !path.exists() => Some(format!(
+            "skipped, because the example is not built ({}; cargo build --release --all-targets)",
+            path.display()
+        )),
+        (None, _) => Some("skipped, because the build folder is unknown".to_string()),
+        (_, HostKind::Hardware) => {
+            Some("skipped, because on a hardware-virtualization host it would boot".to_string())
+        }
+        _ => None,
+    };
+    if let Some(why) = skip {
+        println!("{why}");
+        return Trial::test(name, || Ok(())).with_ignored_flag(true);
+    }
+    let example = example.expect("checked above");
+    Trial::test(name, move || {
+        let out = Command::new(&example).output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() != Some(1) || !stderr.starts_with("boot_from_code: error: ") {
+            return Err(format!("{:?}: {stderr}", out.status.code()).into());
+        }
+        if stderr.contains("Error: ") || stderr.contains(" { ") {
+            return Err(format!("an error's debug form: {stderr}").into());
+        }
+        Ok(())
+    })
 }
