@@ -35,16 +35,19 @@ impl Default for DataLocks {
 impl DataLocks {
     /// Takes the data lock of `inode`. Always taken after the namespace lock, never before it.
     pub(super) fn lock(&self, inode: u64) -> DataGuard<'_> {
-        // Node ids are dense small numbers, possibly with high tag bits: mix before taking
-        // the stripe so neighbours spread.
-        let mixed = inode.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58;
-        let stripe = &self.stripes[mixed as usize % STRIPES];
+        let stripe = &self.stripes[stripe_of(inode)];
         // The lock guards no data of its own: a panic while holding it leaves nothing
         // half-written, so a poisoned stripe is still usable.
         DataGuard {
             _guard: stripe.lock().unwrap_or_else(|p| p.into_inner()),
         }
     }
+}
+
+/// The stripe of `inode`. Node ids are dense small numbers, possibly with high tag bits: they
+/// are mixed first so that neighbours spread.
+fn stripe_of(inode: u64) -> usize {
+    (inode.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % STRIPES
 }
 
 #[cfg(test)]
@@ -55,15 +58,12 @@ mod tests {
     fn one_inode_is_serialized() {
         let locks = DataLocks::default();
         let _held = locks.lock(7);
-        let stripe = (7u64.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % STRIPES;
-        assert!(locks.stripes[stripe].try_lock().is_err());
+        assert!(locks.stripes[stripe_of(7)].try_lock().is_err());
     }
 
     #[test]
     fn neighbouring_inodes_spread_over_stripes() {
-        let used: std::collections::HashSet<usize> = (1..=64u64)
-            .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % STRIPES)
-            .collect();
+        let used: std::collections::HashSet<usize> = (1..=64u64).map(stripe_of).collect();
         assert!(used.len() > 32, "{} stripes for 64 inodes", used.len());
     }
 }

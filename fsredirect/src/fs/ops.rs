@@ -877,10 +877,14 @@ impl RedirectFs {
         let store = self.store()?;
         let _data = self.data_locks.lock(inode);
         let old = self.with_object(inode, |f| f.metadata().map(|m| m.len()))?;
-        let mode_before = self.inner.getattr(&root_ctx(), inode, None)?.0.st_mode;
+        // Only a server without CAP_FSETID (not root) has the host clear privilege bits on a
+        // truncate: only it needs to know them first.
+        let kept_bits = match self.server_is_root || valid.contains(SetattrValid::MODE) {
+            true => None,
+            false => Some(self.inner.getattr(&root_ctx(), inode, None)?.0.st_mode & PRIVILEGE_BITS),
+        };
         let (mut st, timeout) = self.inner.setattr(ctx, inode, attr, None, valid)?;
-        let kept_bits = mode_before & PRIVILEGE_BITS;
-        if !valid.contains(SetattrValid::MODE) && st.st_mode & PRIVILEGE_BITS != kept_bits {
+        if let Some(kept_bits) = kept_bits.filter(|&k| st.st_mode & PRIVILEGE_BITS != k) {
             // Without CAP_FSETID the host cleared setuid/setgid on the stub's truncate; the
             // guest's kernel asks for that itself (with MODE) when its rules say so. Only
             // those bits go back: a chmod racing this truncate keeps the rest.
