@@ -30,7 +30,13 @@ type Link = (u64, CString);
 #[derive(Debug, Default)]
 struct Known {
     links: Vec<Link>,
+    /// References the kernel holds (LOOKUPs not yet FORGOTten).
     lookups: u64,
+    /// Known names of other inodes in this directory.
+    children: u64,
+    /// One passthrough-layer reference held back from the kernel's FORGETs while names below
+    /// are known (see [`NameTable`]).
+    withheld: bool,
 }
 
 /// Inode -> names table, kept in step with the kernel's lookup counts.
@@ -38,12 +44,34 @@ struct Known {
 /// Every operation costs the same however many inodes are known: a name is found through an
 /// index from (parent, name) to the inode holding it, and only that inode's own names are
 /// walked. A name belongs to one inode at a time.
+///
+/// A directory stays in the table while names below it are known, as the kernel keeps a
+/// directory while it holds entries below it: a guest that FORGETs a directory it still
+/// holds nodes under would otherwise leave those nodes without a path. For that the table
+/// holds back one passthrough-layer reference of such a directory from the FORGETs it passes
+/// on, and gives it back when the last name below goes. What the passthrough layer is to be
+/// told to forget is collected in [`NameTable::take_released`]; a FORGET beyond the
+/// references the kernel holds is not passed on.
 #[derive(Debug, Default)]
 pub struct NameTable {
     inodes: HashMap<u64, Known>,
     by_name: HashMap<Link, u64>,
+    /// Passthrough-layer references to give back: (inode, count, whether the inode left the
+    /// table with them).
+    released: Vec<Released>,
     /// Link entries examined so far (see `links_visited`).
     visited: u64,
+}
+
+/// References the passthrough layer is to forget, from [`NameTable::take_released`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Released {
+    /// The node.
+    pub inode: u64,
+    /// How many references.
+    pub count: u64,
+    /// The table no longer holds the node at all: these were its last references.
+    pub gone: bool,
 }
 
 impl NameTable {
@@ -51,24 +79,13 @@ impl NameTable {
     /// `parent`/`name`. A previous holder of that name loses it.
     pub fn remember(&mut self, inode: u64, parent: u64, name: &CStr) {
         let key = (parent, name.to_owned());
-        match self.by_name.get(&key) {
-            Some(&holder) if holder == inode => {}
-            Some(&holder) => {
+        let previous = self.by_name.get(&key).copied();
+        if previous != Some(inode) {
+            self.by_name.insert(key.clone(), inode);
+            self.inodes.entry(inode).or_default().links.push(key);
+            self.add_child(parent);
+            if let Some(holder) = previous {
                 self.unlink_from(holder, parent, name);
-                self.by_name.insert(key, inode);
-                self.inodes
-                    .entry(inode)
-                    .or_default()
-                    .links
-                    .push((parent, name.to_owned()));
-            }
-            None => {
-                self.by_name.insert(key, inode);
-                self.inodes
-                    .entry(inode)
-                    .or_default()
-                    .links
-                    .push((parent, name.to_owned()));
             }
         }
         self.inodes.entry(inode).or_default().lookups += 1;
@@ -79,39 +96,67 @@ impl NameTable {
         self.inodes.get(&inode).is_some_and(|k| k.lookups > 0)
     }
 
-    /// Empties the table; returns each inode the kernel held and how many references.
-    pub fn drain(&mut self) -> Vec<(u64, u64)> {
-        self.by_name.clear();
-        self.inodes
-            .drain()
-            .map(|(inode, known)| (inode, known.lookups))
-            .collect()
+    /// References the kernel holds to `inode`.
+    pub fn lookups(&self, inode: u64) -> u64 {
+        self.inodes.get(&inode).map_or(0, |k| k.lookups)
     }
 
-    /// How many inodes the kernel holds references to.
+    /// True if the table holds `inode`: the kernel knows it, or names below it.
+    pub fn holds(&self, inode: u64) -> bool {
+        self.inodes.contains_key(&inode)
+    }
+
+    /// Empties the table; returns each inode it held and how many passthrough-layer
+    /// references go with it.
+    pub fn drain(&mut self) -> Vec<(u64, u64)> {
+        self.by_name.clear();
+        let mut out: Vec<(u64, u64)> = self
+            .released
+            .drain(..)
+            .map(|r| (r.inode, r.count))
+            .collect();
+        out.extend(
+            self.inodes
+                .drain()
+                .map(|(inode, known)| (inode, known.lookups + u64::from(known.withheld)))
+                .filter(|(_, count)| *count > 0),
+        );
+        out
+    }
+
+    /// How many inodes the table holds.
     pub fn known(&self) -> usize {
         self.inodes.len()
     }
 
-    /// Drops `count` kernel references; forgets the inode when none remain.
-    /// Returns true if the inode is no longer known.
+    /// Drops `count` kernel references (no more than the kernel holds). Returns true if the
+    /// kernel no longer knows the inode; the references to pass on are in
+    /// [`NameTable::take_released`].
     pub fn forget(&mut self, inode: u64, count: u64) -> bool {
         let Some(known) = self.inodes.get_mut(&inode) else {
             return true;
         };
-        known.lookups = known.lookups.saturating_sub(count);
+        let dropped = count.min(known.lookups);
+        known.lookups -= dropped;
         if known.lookups > 0 {
+            self.release(inode, dropped, false);
             return false;
         }
-        if let Some(known) = self.inodes.remove(&inode) {
-            self.visited += known.links.len() as u64;
-            for link in known.links {
-                if self.by_name.get(&link) == Some(&inode) {
-                    self.by_name.remove(&link);
-                }
-            }
+        if known.children > 0 {
+            // Names below are still known: keep one reference, and the names.
+            let keep = u64::from(!known.withheld && dropped > 0);
+            known.withheld |= keep == 1;
+            self.release(inode, dropped - keep, false);
+        } else {
+            let withheld = u64::from(known.withheld);
+            self.remove_inode(inode, dropped + withheld);
         }
         true
+    }
+
+    /// What the passthrough layer is to forget since the last call.
+    pub fn take_released(&mut self) -> Vec<Released> {
+        std::mem::take(&mut self.released)
     }
 
     /// Removes the name `parent`/`name` from whichever inode has it.
@@ -126,12 +171,15 @@ impl NameTable {
         if old == new {
             return;
         }
-        self.remove_name(new.0, new.1);
         let Some(holder) = self.by_name.remove(&(old.0, old.1.to_owned())) else {
+            self.remove_name(new.0, new.1);
             return;
         };
         self.relink(holder, old, new);
-        self.by_name.insert((new.0, new.1.to_owned()), holder);
+        let previous = self.by_name.insert((new.0, new.1.to_owned()), holder);
+        if let Some(previous) = previous.filter(|p| *p != holder) {
+            self.unlink_from(previous, new.0, new.1);
+        }
     }
 
     /// Swaps two names (RENAME_EXCHANGE).
@@ -165,23 +213,100 @@ impl NameTable {
 
     /// Drops `parent`/`name` from the links of `inode` (not from the index).
     fn unlink_from(&mut self, inode: u64, parent: u64, name: &CStr) {
-        if let Some(known) = self.inodes.get_mut(&inode) {
-            self.visited += known.links.len() as u64;
-            known
-                .links
-                .retain(|(p, n)| !(*p == parent && n.as_c_str() == name));
+        let Some(known) = self.inodes.get_mut(&inode) else {
+            return;
+        };
+        self.visited += known.links.len() as u64;
+        let before = known.links.len();
+        known
+            .links
+            .retain(|(p, n)| !(*p == parent && n.as_c_str() == name));
+        if known.links.len() < before {
+            self.drop_child(parent);
         }
     }
 
     /// Replaces the link `from` of `inode` by `to` (not in the index).
     fn relink(&mut self, inode: u64, from: (u64, &CStr), to: (u64, &CStr)) {
-        if let Some(known) = self.inodes.get_mut(&inode) {
-            self.visited += known.links.len() as u64;
-            for link in known.links.iter_mut() {
-                if link.0 == from.0 && link.1.as_c_str() == from.1 {
-                    *link = (to.0, to.1.to_owned());
-                }
+        let Some(known) = self.inodes.get_mut(&inode) else {
+            return;
+        };
+        self.visited += known.links.len() as u64;
+        let mut moved = 0;
+        for link in known.links.iter_mut() {
+            if link.0 == from.0 && link.1.as_c_str() == from.1 {
+                *link = (to.0, to.1.to_owned());
+                moved += 1;
             }
+        }
+        for _ in 0..moved {
+            self.add_child(to.0);
+            self.drop_child(from.0);
+        }
+    }
+
+    fn add_child(&mut self, parent: u64) {
+        if let Some(known) = self.inodes.get_mut(&parent) {
+            known.children += 1;
+        }
+    }
+
+    /// One name below `parent` is gone; a directory the kernel forgot leaves with its last.
+    fn drop_child(&mut self, parent: u64) {
+        let mut current = parent;
+        // Each step removes an inode from the table, so this ends; iteration, not recursion,
+        // however deep the tree.
+        loop {
+            let Some(known) = self.inodes.get_mut(&current) else {
+                return;
+            };
+            known.children = known.children.saturating_sub(1);
+            if known.children > 0 || known.lookups > 0 {
+                if known.children == 0 && known.withheld {
+                    known.withheld = false;
+                    self.release(current, 1, false);
+                }
+                return;
+            }
+            let withheld = u64::from(known.withheld);
+            let Some(next) = self.remove_inode_links(current, withheld) else {
+                return;
+            };
+            current = next;
+        }
+    }
+
+    /// Removes `inode`, giving back `count` references, and the names below its parents.
+    fn remove_inode(&mut self, inode: u64, count: u64) {
+        if let Some(parent) = self.remove_inode_links(inode, count) {
+            self.drop_child(parent);
+        }
+    }
+
+    /// Removes `inode` with its links, giving back `count` references. Every parent but
+    /// one loses a name below here; that one is returned for the caller to settle, so
+    /// that a chain of forgotten directories is walked in a loop.
+    fn remove_inode_links(&mut self, inode: u64, count: u64) -> Option<u64> {
+        let known = self.inodes.remove(&inode)?;
+        self.release(inode, count, true);
+        self.visited += known.links.len() as u64;
+        let mut parents = Vec::new();
+        for link in known.links {
+            if self.by_name.get(&link) == Some(&inode) {
+                self.by_name.remove(&link);
+            }
+            parents.push(link.0);
+        }
+        let last = parents.pop();
+        for parent in parents {
+            self.drop_child(parent);
+        }
+        last
+    }
+
+    fn release(&mut self, inode: u64, count: u64, gone: bool) {
+        if count > 0 || gone {
+            self.released.push(Released { inode, count, gone });
         }
     }
 
@@ -363,5 +488,83 @@ mod tests {
         t.exchange((ROOT_INODE, c"a"), (ROOT_INODE, c"b"));
         assert_eq!(join(&t.path(3).unwrap()), b"b");
         assert_eq!(join(&t.path(4).unwrap()), b"a");
+    }
+
+    fn released(t: &mut NameTable) -> Vec<(u64, u64, bool)> {
+        t.take_released()
+            .into_iter()
+            .map(|r| (r.inode, r.count, r.gone))
+            .collect()
+    }
+
+    #[test]
+    fn a_forgotten_directory_keeps_the_paths_of_names_below_it() {
+        let mut t = NameTable::default();
+        t.remember(2, ROOT_INODE, c"dir");
+        t.remember(3, 2, c"file");
+        // A hostile count: only the one reference the kernel held counts, and one
+        // reference is held back while "file" is known.
+        assert!(t.forget(2, u64::MAX));
+        assert!(!t.is_known(2) && t.holds(2));
+        assert_eq!(released(&mut t), vec![]);
+        assert_eq!(join(&t.path(3).unwrap()), b"dir/file");
+        // Looked up again: the same node, known again; forgotten again, all of it goes on.
+        t.remember(2, ROOT_INODE, c"dir");
+        assert!(t.forget(2, 1));
+        assert_eq!(released(&mut t), vec![(2, 1, false)]);
+        // The last name below goes: so does the directory, with its held-back reference.
+        assert!(t.forget(3, 1));
+        assert_eq!(released(&mut t), vec![(3, 1, true), (2, 1, true)]);
+        assert_eq!(t.known(), 0);
+    }
+
+    #[test]
+    fn a_chain_of_forgotten_directories_goes_with_its_last_name() {
+        let mut t = NameTable::default();
+        t.remember(2, ROOT_INODE, c"a");
+        t.remember(3, 2, c"b");
+        t.remember(4, 3, c"c");
+        t.remember(4, 3, c"c");
+        t.forget(2, 1);
+        t.forget(3, 1);
+        assert_eq!(join(&t.path(4).unwrap()), b"a/b/c");
+        assert!(!t.forget(4, 1));
+        assert_eq!(released(&mut t), vec![(4, 1, false)]);
+        assert!(t.forget(4, 7));
+        assert_eq!(
+            released(&mut t),
+            vec![(4, 1, true), (3, 1, true), (2, 1, true)]
+        );
+        assert_eq!(t.known(), 0);
+    }
+
+    #[test]
+    fn a_known_directory_gives_back_its_held_reference_when_its_last_name_below_goes() {
+        let mut t = NameTable::default();
+        t.remember(2, ROOT_INODE, c"dir");
+        t.remember(3, 2, c"file");
+        t.forget(2, 1);
+        t.remember(2, ROOT_INODE, c"dir");
+        t.remove_name(2, c"file");
+        assert_eq!(released(&mut t), vec![(2, 1, false)]);
+        assert!(t.is_known(2));
+        // Renaming a name out of a forgotten directory lets the directory go.
+        t.remember(5, 2, c"x");
+        t.forget(2, 1);
+        t.rename((2, c"x"), (ROOT_INODE, c"x"));
+        assert_eq!(released(&mut t), vec![(2, 1, true)]);
+        assert_eq!(join(&t.path(5).unwrap()), b"x");
+    }
+
+    #[test]
+    fn drain_gives_back_every_reference_held() {
+        let mut t = NameTable::default();
+        t.remember(2, ROOT_INODE, c"dir");
+        t.remember(3, 2, c"file");
+        t.remember(3, 2, c"file");
+        t.forget(2, 1);
+        let mut all = t.drain();
+        all.sort();
+        assert_eq!(all, vec![(2, 1), (3, 2)]);
     }
 }

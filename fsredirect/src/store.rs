@@ -404,6 +404,27 @@ impl Store {
         .map(|_| ())
     }
 
+    /// Gives the open object `object` the further name `new`, where none of its names is
+    /// known (a node detached from the names its server knew).
+    pub fn link_open(&self, object: &File, new: &[CString]) -> io::Result<()> {
+        let (new_dir, new_name) = self.parent(new, true)?;
+        self.before(&StoreOp::Namespace(Namespace::Link))?;
+        let source = CString::new(format!("/proc/self/fd/{}", object.as_raw_fd()))
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: `source` and `new_name` are NUL-terminated; AT_SYMLINK_FOLLOW makes the
+        // descriptor's magic link name the object itself (which has a name, so can be linked).
+        check(unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                source.as_ptr(),
+                new_dir.as_raw_fd(),
+                new_name.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        })
+        .map(|_| ())
+    }
+
     /// A fresh name in the orphan area for an object of `inode`.
     pub fn orphan_name(&self, inode: u64) -> CString {
         let n = self.next_orphan.fetch_add(1, Ordering::Relaxed);

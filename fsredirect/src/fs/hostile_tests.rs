@@ -576,3 +576,119 @@ fn creating_an_existing_name_says_eexist() {
     let r = fx.fs.symlink(&fx.ctx, &c("target"), ROOT_INODE, &c("l"));
     assert_eq!(errno_of(r), libc::EEXIST);
 }
+
+/// 1. Create and open a file twice, FORGET its node while it is open (as a hostile guest may),
+///    and write with O_SYNC through the second handle.
+/// 2. The write succeeds: an open file keeps its node and the names it is known by, so its
+///    stub is still reached to take the new size and to be synced.
+#[test]
+fn a_synced_write_after_forgetting_an_open_files_node_succeeds() {
+    for fx in [redirecting(), fixture_with(true, without_file_handles())] {
+        let (entry, first) = fx.create(ROOT_INODE, "f");
+        let second = fx.open(entry.inode, libc::O_RDWR | libc::O_SYNC);
+        fx.fs.forget(&fx.ctx, entry.inode, u64::MAX);
+        let flags = libc::O_RDWR | libc::O_SYNC;
+        fx.write_with_flags(entry.inode, second, 60_000, b"synced", flags);
+        assert_eq!(fx.size(entry.inode), 60_006);
+        fx.release(entry.inode, first);
+        fx.release(entry.inode, second);
+        assert_eq!(&fx.read_file(ROOT_INODE, "f")[60_000..], b"synced");
+        fx.assert_mirror();
+    }
+}
+
+/// 1. FORGET, with a count beyond what it holds, an open file's node while the file is open;
+///    look it up again, then release the file.
+/// 2. The node the kernel holds from the second lookup still works: a FORGET takes away no
+///    more references than the kernel held when it came.
+#[test]
+fn a_forget_beyond_the_references_held_spares_a_later_lookup() {
+    let fx = redirecting();
+    let (entry, handle) = fx.create(ROOT_INODE, "f");
+    fx.fs.forget(&fx.ctx, entry.inode, u64::MAX);
+    let again = fx.lookup(ROOT_INODE, "f").unwrap();
+    assert_eq!(again.inode, entry.inode);
+    fx.release(entry.inode, handle);
+    fx.fs.getattr(&fx.ctx, entry.inode, None).unwrap();
+    let handle = fx.open(entry.inode, libc::O_RDWR);
+    fx.write(entry.inode, handle, 0, b"still here");
+    fx.release(entry.inode, handle);
+    assert_eq!(fx.read_file(ROOT_INODE, "f"), b"still here");
+}
+
+/// 1. Look up a directory and a file in it; FORGET the directory with a huge count while the
+///    file's node is still held (the guest's kernel never does that; a hostile guest can).
+/// 2. The file's node still opens, reads, writes and links: the server keeps a directory
+///    while it knows names below it, as the kernel does.
+#[test]
+fn forgetting_a_directory_keeps_the_nodes_below_it_working() {
+    for fx in [redirecting(), fixture_with(true, without_file_handles())] {
+        let d = fx.mkdir(ROOT_INODE, "d");
+        let f = fx.write_file(d.inode, "f", b"below");
+        fx.fs.forget(&fx.ctx, d.inode, u64::MAX);
+        let handle = fx.open(f.inode, libc::O_RDWR);
+        fx.write(f.inode, handle, 5, b"!");
+        fx.release(f.inode, handle);
+        fx.fs.link(&fx.ctx, f.inode, ROOT_INODE, &c("g")).unwrap();
+        assert_eq!(fx.read_file(ROOT_INODE, "g"), b"below!");
+        fx.assert_mirror();
+    }
+}
+
+/// 1. `ln d2/b d1/a`; restart the server; look up only `d1/a`, and unlink it while the
+///    kernel still holds its node (the server knows no other name of the file now).
+/// 2. The node still reports the file's size, opens, writes and takes a new name, and
+///    `d2/b` holds what was written.
+#[test]
+fn a_node_whose_known_names_are_gone_still_reaches_its_file() {
+    for cfg in [FsConfig::default, without_file_handles] {
+        let fx = fixture_with(true, cfg());
+        let d1 = fx.mkdir(ROOT_INODE, "d1");
+        let d2 = fx.mkdir(ROOT_INODE, "d2");
+        let b = fx.write_file(d2.inode, "b", b"shared bytes");
+        fx.fs.link(&fx.ctx, b.inode, d1.inode, &c("a")).unwrap();
+        let fx = fx.restart(cfg());
+        let d1 = fx.lookup(ROOT_INODE, "d1").unwrap();
+        let a = fx.lookup(d1.inode, "a").unwrap();
+        fx.fs.unlink(&fx.ctx, d1.inode, &c("a")).unwrap();
+        assert_eq!(fx.size(a.inode), 12);
+        let handle = fx.open(a.inode, libc::O_RDWR);
+        fx.write(a.inode, handle, 0, b"SHARED");
+        fx.fs.fsync(&fx.ctx, a.inode, false, handle).unwrap();
+        fx.release(a.inode, handle);
+        fx.fs.link(&fx.ctx, a.inode, ROOT_INODE, &c("c")).unwrap();
+        assert_eq!(fx.read_file(ROOT_INODE, "c"), b"SHARED bytes");
+        let d2 = fx.lookup(ROOT_INODE, "d2").unwrap();
+        assert_eq!(fx.read_file(d2.inode, "b"), b"SHARED bytes");
+        fx.assert_mirror();
+    }
+}
+
+/// 1. A file is written, made read-only (0444) by the guest, opened for writing again (the
+///    guest's root may), and its cached descriptors are evicted.
+/// 2. A write lands, the stub follows the object and the guest's mode stays 0444. A server
+///    not run as root is itself bound by the stub's mode: this is where it once answered
+///    EACCES after the bytes had reached the store, leaving the stub behind.
+#[test]
+fn writing_a_read_only_file_keeps_stub_and_object_agreeing() {
+    let small_cache = |cfg: FsConfig| FsConfig {
+        max_store_fds: 1,
+        ..cfg
+    };
+    for cfg in [
+        small_cache(FsConfig::default()),
+        small_cache(without_file_handles()),
+    ] {
+        let fx = fixture_with(true, cfg);
+        let f = fx.write_file(ROOT_INODE, "ro", b"0123");
+        chmod(&fx, f.inode, libc::S_IFREG | 0o444).unwrap();
+        let handle = fx.open(f.inode, libc::O_WRONLY);
+        fx.write_file(ROOT_INODE, "other", b"evicts the cached descriptors");
+        fx.write(f.inode, handle, 4, b"4567");
+        fx.release(f.inode, handle);
+        let st = fx.fs.getattr(&fx.ctx, f.inode, None).unwrap().0;
+        assert_eq!(st.st_mode & 0o7777, 0o444);
+        assert_eq!(fx.read_file(ROOT_INODE, "ro"), b"01234567");
+        fx.assert_mirror();
+    }
+}

@@ -195,11 +195,26 @@ struct OpenInode {
     pin: Option<OwnedFd>,
     /// The object's name in the orphan area once its last name is gone.
     orphan: Option<CString>,
-    /// Kernel references given up (FORGET) while the file is open, passed on to the
-    /// passthrough layer at the last release: as in the kernel, an open file keeps its node,
-    /// so its stub can still be resized through it.
+    /// Kernel references given up (FORGET) while the file is open, applied (to the name
+    /// table and the passthrough layer) at the last release: as in the kernel, an open file
+    /// keeps its node and the names it is known by, so its stub can still be reached.
     forgets: u64,
 }
+
+/// What the server holds for a redirected node that lost the last name this server knew for
+/// it while its host inode kept other names: a hard link unlinked or renamed over, its other
+/// names never looked up (after a restart, say). The kernel may still use the node (or has
+/// it open), and no known name leads to its object or its stub any more.
+#[derive(Debug)]
+struct Detached {
+    /// The store object.
+    object: Arc<File>,
+    /// The stub, as an `O_PATH` descriptor.
+    stub: OwnedFd,
+}
+
+/// Host descriptors a [`Detached`] node holds.
+const DETACHED_FDS: usize = 2;
 
 #[derive(Debug, Default)]
 struct State {
@@ -207,6 +222,7 @@ struct State {
     kinds: HashMap<u64, Kind>,
     handles: HashMap<u64, OpenFile>,
     open: HashMap<u64, OpenInode>,
+    detached: HashMap<u64, Detached>,
 }
 
 /// The redirecting file system over one share.
@@ -223,6 +239,10 @@ pub struct RedirectFs {
     ns: RwLock<()>,
     state: Mutex<State>,
     data_locks: DataLocks,
+    /// Taken by a server not run as root around a guest's chmod of a redirected file and
+    /// around its own brief grant of write access to a stub
+    /// ([`RedirectFs::open_stub_for_write`]).
+    stub_modes: Mutex<()>,
     fds: FdCache,
     stub_fds: FdCache,
     budget: FdBudget,
@@ -364,6 +384,7 @@ impl RedirectFs {
             ns: RwLock::new(()),
             state: Mutex::new(State::default()),
             data_locks: DataLocks::default(),
+            stub_modes: Mutex::new(()),
             fds: FdCache::new(cfg.max_store_fds),
             stub_fds: FdCache::new(cfg.max_store_fds),
             budget,
@@ -553,15 +574,18 @@ impl RedirectFs {
 
     // ----- store objects -----
 
-    /// The open store object of a redirected inode: the one its open handles hold, or one
-    /// from the bounded cache, reached through a known name. The caller holds the namespace
-    /// lock.
+    /// The open store object of a redirected inode: the one its open handles hold, the one
+    /// it holds since it was detached from its known names, or one from the bounded cache,
+    /// reached through a known name. The caller holds the namespace lock.
     fn object(&self, inode: u64) -> io::Result<Arc<File>> {
         let store = self.store()?;
         let path = {
             let st = self.state();
             if let Some(open) = st.open.get(&inode) {
                 return Ok(open.object.clone());
+            }
+            if let Some(detached) = st.detached.get(&inode) {
+                return Ok(detached.object.clone());
             }
             st.names.path(inode)
         };
@@ -623,15 +647,47 @@ impl RedirectFs {
         self.stub_fds.get(inode, || {
             let st = self.state();
             if let Some(pin) = st.open.get(&inode).and_then(|o| o.pin.as_ref()) {
-                return reopen_regular(pin, libc::O_WRONLY);
+                return self.open_stub_for_write(pin);
+            }
+            if let Some(detached) = st.detached.get(&inode) {
+                return self.open_stub_for_write(&detached.stub);
             }
             let parts = st.names.path(inode).ok_or_else(|| errno(libc::ESTALE))?;
             drop(st);
-            let (name, dirs) = parts.split_last().ok_or_else(|| errno(libc::EINVAL))?;
-            let dir = walk(&self.guest_root, dirs)?;
-            let path_fd = open_beneath(&dir, name, libc::O_PATH, 0)?;
-            reopen_regular(&path_fd, libc::O_WRONLY)
+            self.open_stub_for_write(&self.open_stub_path(&parts)?)
         })
+    }
+
+    /// Opens the stub behind `path_fd` for writing (its size and times).
+    ///
+    /// A server not run as root is bound by the stub's mode like any owner, and the guest may
+    /// have taken the owner's write bit away (its root may still write the file): such a
+    /// server grants itself that bit for the moment of the open (an owner may always chmod)
+    /// and puts the guest's mode back through the new descriptor, all under the lock the
+    /// guest's own chmods of redirected files take, so none of them is undone.
+    fn open_stub_for_write(&self, path_fd: &OwnedFd) -> io::Result<File> {
+        match reopen_regular(path_fd, libc::O_WRONLY) {
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) && !self.server_is_root => {}
+            other => return other,
+        }
+        let _modes = self.stub_modes.lock().unwrap_or_else(|p| p.into_inner());
+        let mode = crate::beneath::fstat(path_fd)?.st_mode & 0o7777;
+        let magic = CString::new(format!("/proc/self/fd/{}", path_fd.as_raw_fd()))
+            .map_err(|_| errno(libc::EINVAL))?;
+        let chmod = |mode: u32| {
+            // SAFETY: `magic` is NUL-terminated; chmod follows our own descriptor's magic link
+            // to the stub it names and changes nothing else.
+            crate::beneath::check(unsafe { libc::chmod(magic.as_ptr(), mode) })
+        };
+        chmod(mode | libc::S_IWUSR)?;
+        let opened = reopen_regular(path_fd, libc::O_WRONLY);
+        if let Err(e) = chmod(mode) {
+            log::error!(
+                "stub behind descriptor {}: mode {mode:o} not restored: {e}",
+                path_fd.as_raw_fd()
+            );
+        }
+        opened
     }
 
     fn fix_attr(&self, inode: u64, kind: Kind, st: &mut libc::stat64) {
@@ -663,13 +719,15 @@ impl RedirectFs {
     fn admit(&self, parent: u64, name: &CStr, mut entry: Entry, kind: Kind) -> Entry {
         let fresh = {
             let mut st = self.state();
-            let fresh = !st.names.is_known(entry.inode) && !st.open.contains_key(&entry.inode);
+            let fresh = !st.names.holds(entry.inode) && !st.open.contains_key(&entry.inode);
             st.names.remember(entry.inode, parent, name);
             st.kinds.insert(entry.inode, kind);
             fresh
         };
+        self.pass_on_released();
         if fresh {
             self.drop_cached_fds(entry.inode);
+            self.undetach(entry.inode);
             if !self.file_handles {
                 // The passthrough layer holds an O_PATH descriptor per node.
                 self.budget.charge(1);
@@ -827,13 +885,65 @@ impl RedirectFs {
         let (file, last) = self.drop_handle(handle)?;
         if let (OpenFile::Redirect { inode, .. }, Some(open)) = (file, last) {
             if open.forgets > 0 {
-                self.inner.forget(&root_ctx(), inode, open.forgets);
+                self.forget_node(inode, open.forgets);
+            }
+            if !self.state().names.is_known(inode) {
+                self.undetach(inode);
             }
             if let Some(orphan) = open.orphan {
                 self.store()?.remove_orphan(&orphan)?;
             }
         }
         Ok(file)
+    }
+
+    /// FORGET of `count` references to `inode`; the caller holds the namespace lock.
+    fn forget_locked(&self, inode: u64, count: u64) {
+        let mut st = self.state();
+        let held = st.names.lookups(inode);
+        if let Some(open) = st.open.get_mut(&inode) {
+            // The file is open: its node stays, with the names it is known by, until the
+            // last release (see OpenInode). No more than the kernel holds now: it may
+            // look the node up again meanwhile.
+            open.forgets += count.min(held.saturating_sub(open.forgets));
+            return;
+        }
+        drop(st);
+        self.forget_node(inode, count);
+    }
+
+    /// Drops `count` kernel references to `inode`, here and in the passthrough layer. Once
+    /// none remain, what the server held for the node goes: the node id may come back for
+    /// another file (see [`RedirectFs::admit`]).
+    fn forget_node(&self, inode: u64, count: u64) {
+        let retired = {
+            let mut st = self.state();
+            let retired = st.names.is_known(inode) && st.names.forget(inode, count);
+            if retired {
+                st.kinds.remove(&inode);
+            }
+            retired
+        };
+        if retired {
+            self.drop_cached_fds(inode);
+            self.undetach(inode);
+        }
+        self.pass_on_released();
+    }
+
+    /// Passes on to the passthrough layer the references the name table gave up (FORGETs,
+    /// and directories held for the names below them; see [`NameTable`]).
+    pub(super) fn pass_on_released(&self) {
+        let released = self.state().names.take_released();
+        for r in released {
+            if r.gone && !self.file_handles {
+                // The passthrough layer's O_PATH descriptor of the node goes too.
+                self.budget.release(1);
+            }
+            if r.count > 0 {
+                self.inner.forget(&root_ctx(), r.inode, r.count);
+            }
+        }
     }
 
     /// Takes `handle` out of the table; for the last handle of a redirected inode, returns
@@ -1022,12 +1132,7 @@ impl RedirectFs {
         {
             return;
         }
-        let pinned = match parts.split_last() {
-            Some((name, dirs)) => walk(&self.guest_root, dirs)
-                .and_then(|dir| open_beneath(&dir, name, libc::O_PATH, 0)),
-            None => Err(errno(libc::EINVAL)),
-        };
-        match pinned {
+        match self.open_stub_path(parts) {
             Ok(fd) => {
                 if let Some(open) = self.state().open.get_mut(&inode) {
                     open.pin = Some(fd);
@@ -1035,6 +1140,76 @@ impl RedirectFs {
                 }
             }
             Err(e) => log::warn!("cannot pin stub of open inode {inode}: {e}"),
+        }
+    }
+
+    /// The stub at guest-tree path `parts`, as an `O_PATH` descriptor.
+    fn open_stub_path(&self, parts: &[CString]) -> io::Result<OwnedFd> {
+        let (name, dirs) = parts.split_last().ok_or_else(|| errno(libc::EINVAL))?;
+        let dir = walk(&self.guest_root, dirs)?;
+        open_beneath(&dir, name, libc::O_PATH, 0)
+    }
+
+    /// Called before the name `name` (at `parts`) of redirected `inode` goes while its host inode keeps
+    /// other names (`nlink` > 1). If that is the last name this server knows for it and the
+    /// kernel still uses the node (it knows it or has it open), takes hold of its object and
+    /// its stub through descriptors now, while `parts` still leads to them: the caller
+    /// passes the result to [`RedirectFs::keep_detached`] once the name is gone.
+    ///
+    /// Without this, the node could reach neither: its other names are unknown to the server
+    /// until the kernel looks them up.
+    fn detach_before_losing(
+        &self,
+        inode: u64,
+        name: (u64, &CStr),
+        parts: &[CString],
+    ) -> Option<Detached> {
+        {
+            let st = self.state();
+            let in_use = st.names.is_known(inode) || st.open.contains_key(&inode);
+            let other_name_known = st
+                .names
+                .links(inode)
+                .iter()
+                .any(|(parent, known)| (*parent, known.as_c_str()) != name);
+            if !in_use || other_name_known || st.detached.contains_key(&inode) {
+                return None;
+            }
+        }
+        if let Err(e) = self.check_fd_room() {
+            log::warn!(
+                "inode {inode}: no descriptor room to keep it past its last known name: {e}"
+            );
+            return None;
+        }
+        let held = self.object(inode).and_then(|object| {
+            Ok(Detached {
+                object,
+                stub: self.open_stub_path(parts)?,
+            })
+        });
+        match held {
+            Ok(detached) => Some(detached),
+            Err(e) => {
+                log::warn!("inode {inode}: cannot keep it past its last known name: {e}");
+                None
+            }
+        }
+    }
+
+    /// Records what [`RedirectFs::detach_before_losing`] took hold of.
+    fn keep_detached(&self, inode: u64, detached: Option<Detached>) {
+        if let Some(detached) = detached {
+            if self.state().detached.insert(inode, detached).is_none() {
+                self.budget.charge(DETACHED_FDS);
+            }
+        }
+    }
+
+    /// Gives back what a detached node held (the node is gone, or a new file has its id).
+    fn undetach(&self, inode: u64) {
+        if self.state().detached.remove(&inode).is_some() {
+            self.budget.release(DETACHED_FDS);
         }
     }
 
@@ -1048,6 +1223,7 @@ impl RedirectFs {
             Ok(())
         } else {
             self.drop_cached_fds(inode);
+            self.undetach(inode);
             store.remove(parts, false)
         }
     }
@@ -1080,10 +1256,8 @@ impl RedirectFs {
         for (inode, lookups) in ended.names.drain() {
             self.inner.forget(&ctx, inode, lookups);
         }
-        for (inode, open) in ended.open {
-            if open.forgets > 0 {
-                self.inner.forget(&ctx, inode, open.forgets);
-            }
+        // FORGETs deferred while a file was open are still counted in the name table.
+        for open in ended.open.into_values() {
             if let (Some(orphan), Ok(store)) = (open.orphan, self.store()) {
                 if let Err(e) = store.remove_orphan(&orphan) {
                     log::warn!("orphan {orphan:?} left for the next start: {e}");

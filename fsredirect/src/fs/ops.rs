@@ -48,7 +48,7 @@ impl FileSystem for RedirectFs {
         validate_name(name)?;
         let _ns = self.ns_read();
         let entry = self.inner.lookup(ctx, parent, name)?;
-        if !self.file_handles && !self.state().names.is_known(entry.inode) {
+        if !self.file_handles && !self.state().names.holds(entry.inode) {
             // A node new to the kernel: the passthrough layer now holds a descriptor for it.
             if let Err(e) = self.check_fd_room() {
                 self.inner.forget(ctx, entry.inode, 1);
@@ -72,36 +72,11 @@ impl FileSystem for RedirectFs {
         Ok(self.admit(parent, name, entry, kind))
     }
 
-    fn forget(&self, ctx: &Context, inode: u64, count: u64) {
-        let retired = {
-            let mut st = self.state();
-            if let Some(open) = st.open.get_mut(&inode) {
-                // The file is open: its node stays until the last release (see OpenInode).
-                open.forgets = open.forgets.saturating_add(count);
-                if st.names.is_known(inode) && st.names.forget(inode, count) && !self.file_handles {
-                    self.budget.release(1);
-                }
-                return;
-            }
-            let was_known = st.names.is_known(inode);
-            if was_known && st.names.forget(inode, count) {
-                if !self.file_handles {
-                    self.budget.release(1);
-                }
-                let open = st.open.contains_key(&inode);
-                if !open {
-                    st.kinds.remove(&inode);
-                }
-                !open
-            } else {
-                false
-            }
-        };
-        if retired {
-            // The node id may come back for another file (see `admit`).
-            self.drop_cached_fds(inode);
-        }
-        self.inner.forget(ctx, inode, count);
+    fn forget(&self, _ctx: &Context, inode: u64, count: u64) {
+        // Not while a namespace change is under way: it may be using the node (as the parent
+        // of a new name, say), and would fail half done if the node went away beneath it.
+        let _ns = self.ns_read();
+        self.forget_locked(inode, count);
     }
 
     fn batch_forget(&self, ctx: &Context, requests: Vec<(u64, u64)>) {
@@ -267,10 +242,18 @@ impl FileSystem for RedirectFs {
                 ),
                 None => None,
             };
+            let detached = match &parts {
+                Some(parts) if entry.attr.st_nlink > 1 => {
+                    self.detach_before_losing(entry.inode, (parent, name), parts)
+                }
+                _ => None,
+            };
             // Stub first: a crash in between leaves an unnamed store object (garbage), never
             // a stub without data.
             self.inner.unlink(ctx, parent, name)?;
             self.state().names.remove_name(parent, name);
+            self.pass_on_released();
+            self.keep_detached(entry.inode, detached);
             if let Some(parts) = parts {
                 let inode = entry.inode;
                 let store_half = if entry.attr.st_nlink > 1 {
@@ -309,6 +292,7 @@ impl FileSystem for RedirectFs {
         self.inner.rmdir(ctx, parent, name)?;
         let parts = self.state().names.child_path(parent, name);
         self.state().names.remove_name(parent, name);
+        self.pass_on_released();
         if let (Some(store), Some(parts)) = (&self.store, parts) {
             if let Err(e) = store.remove(&parts, true) {
                 log::warn!(
@@ -376,14 +360,14 @@ impl FileSystem for RedirectFs {
             self.unpeek(Some(&existing));
             return Err(errno(libc::EEXIST));
         }
-        let old = self
-            .state()
-            .names
-            .path(inode)
-            .ok_or_else(|| errno(libc::ENOENT))?;
+        let old = self.state().names.path(inode);
         let new = self.child_parts(newparent, newname)?;
         let _intent = store.intents().begin(&Intent::Link { path: join(&new) })?;
-        store.link(&old, &new)?;
+        match old {
+            Some(old) => store.link(&old, &new)?,
+            // A node detached from the names the server knew: its object is held open.
+            None => store.link_open(self.object(inode)?.as_ref(), &new)?,
+        }
         match self.inner.link(ctx, inode, newparent, newname) {
             Ok(entry) => Ok(self.admit(newparent, newname, entry, kind)),
             Err(e) => {
@@ -481,7 +465,7 @@ impl FileSystem for RedirectFs {
             }
             Err(e) => {
                 // The kernel drops its reference when create fails.
-                self.forget(ctx, entry.inode, 1);
+                self.forget_locked(entry.inode, 1);
                 Err(e)
             }
         }
@@ -827,6 +811,8 @@ impl RedirectFs {
         let store = self.store()?;
         let append = flags as i32 & libc::O_APPEND != 0;
         let data = self.data_locks.lock(inode);
+        // The stub must be able to follow the object before the object changes.
+        self.stub_file(inode)?;
         let written = self.with_object(inode, |f| {
             let offset = if append { f.metadata()?.len() } else { offset };
             let len = store
@@ -864,7 +850,15 @@ impl RedirectFs {
         if kind == Kind::Foreign && valid.contains(SetattrValid::SIZE) {
             return Err(self.foreign_stub(inode));
         }
+        // A server not run as root may be granting itself write access to this stub just
+        // now (see `open_stub_for_write`): the guest's new mode comes after that. (Taken
+        // after the data lock, as there.)
+        let modes_lock = || {
+            (kind == Kind::Redirect && !self.server_is_root && valid.contains(SetattrValid::MODE))
+                .then(|| self.stub_modes.lock().unwrap_or_else(|p| p.into_inner()))
+        };
         if kind != Kind::Redirect || !valid.contains(SetattrValid::SIZE) {
+            let _modes = modes_lock();
             let (mut st, timeout) = self.inner.setattr(ctx, inode, attr, ih, valid)?;
             self.fix_attr(inode, kind, &mut st);
             return Ok((st, timeout));
@@ -876,6 +870,7 @@ impl RedirectFs {
         // data lock, so a WRITE in flight cannot resize the stub in between.
         let store = self.store()?;
         let _data = self.data_locks.lock(inode);
+        let _modes = modes_lock();
         let old = self.with_object(inode, |f| f.metadata().map(|m| m.len()))?;
         // Only a server without CAP_FSETID (not root) has the host clear privilege bits on a
         // truncate: only it needs to know them first.

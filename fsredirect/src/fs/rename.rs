@@ -118,10 +118,13 @@ impl RedirectFs {
         })?;
         // Move an overwritten file's object aside first, so the rename cannot destroy data
         // the guest rename might still fail to replace.
+        let mut detached = None;
         let aside = match (dst, aside_name) {
             (Some((e, Kind::Redirect)), Some(name)) => {
                 if e.attr.st_nlink <= 1 {
                     self.pin_stub(e.inode, &new_parts);
+                } else {
+                    detached = self.detach_before_losing(e.inode, new, &new_parts);
                 }
                 store.orphan_as(&new_parts, &name)?;
                 Some((e, name))
@@ -167,6 +170,7 @@ impl RedirectFs {
         }
         self.rename_names(old, new, false);
         if let Some((e, orphan)) = aside {
+            self.keep_detached(e.inode, detached);
             if e.attr.st_nlink <= 1 && self.is_open(e.inode) {
                 self.set_orphan(e.inode, orphan);
             } else {
@@ -197,11 +201,14 @@ impl RedirectFs {
     }
 
     pub(super) fn rename_names(&self, old: (u64, &CStr), new: (u64, &CStr), exchange: bool) {
-        let mut st = self.state();
-        if exchange {
-            st.names.exchange(old, new);
-        } else {
-            st.names.rename(old, new);
+        {
+            let mut st = self.state();
+            if exchange {
+                st.names.exchange(old, new);
+            } else {
+                st.names.rename(old, new);
+            }
         }
+        self.pass_on_released();
     }
 }

@@ -359,9 +359,10 @@ impl RedirectFs {
         };
         // Its handles are the passthrough layer's now, and they keep its node.
         if forgets > 0 {
-            self.inner.forget(&root_ctx(), inode, forgets);
+            self.forget_node(inode, forgets);
         }
         self.drop_cached_fds(inode);
+        self.undetach(inode);
         log::debug!("inode {inode}: moved inline ({size} bytes)");
         Ok(())
     }

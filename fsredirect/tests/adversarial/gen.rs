@@ -608,9 +608,13 @@ impl Gen {
                 };
                 let size = Self::size_of(m, o);
                 // A directory keeps its owner's rwx: a server not run as root is itself
-                // subject to the modes it sets, and the model leaves permissions out.
-                let is_dir = o.is_none_or(|o| m.objs.get(&o).is_none_or(|x| x.kind == Kind::Dir))
-                    || node == NodeRef::Root;
+                // subject to the modes it sets, and the model leaves permissions out. A node
+                // the kernel no longer knows may be any file after a restart, a directory too.
+                let surely_file = o.is_some_and(|o| {
+                    m.k.known.contains_key(&o)
+                        && m.objs.get(&o).is_some_and(|x| x.kind != Kind::Dir)
+                });
+                let is_dir = !surely_file;
                 if self.rng.pct(3) {
                     let huge = self
                         .rng
