@@ -73,29 +73,31 @@ use run::{replay, run_seed, Stats};
 /// Operations per seed by default.
 const OPS_PER_SEED: u64 = 5000;
 
-/// Seeds run by default as root with file-handle inodes.
-///
-/// Open finding, left out of the default run until it is fixed: 0x56d54f5c8b02 (on 624a1f3
-/// it found that MKNOD over an existing file destroyed its stored object, which
-/// `mknod_on_an_existing_name_keeps_its_data` in `fsredirect/src/fs/hostile_tests.rs` now
-/// pins) goes on, after about 2,900 operations, to a LINK answered ENOENT for a file that
-/// exists: the server knows a node whose names it no longer knows (a hard link unlinked, the
-/// other name never looked up since a restart). Replay:
-/// `FSR_ADV_MODE=handles FSR_ADV_SEED=0x56d54f5c8b02 cargo test --release -p fsredirect --test adversarial`.
+/// Seeds run by default as root with file-handle inodes. On 624a1f3, 0x56d54f5c8b02 found
+/// that MKNOD over an existing file destroyed its stored object, and on 939b0bc, after about
+/// 2,900 operations, a node whose names the server no longer knew (a hard link unlinked, the
+/// other name never looked up since a restart): LINK answered ENOENT. On 939b0bc
+/// 0xd8affd056f49 found a FORGET beyond the references held, sent while the file was open,
+/// taking away a later LOOKUP's reference at the release.
 const SEEDS_HANDLES: &[u64] = &[
     0xa8fe884cdf9e,
+    0x56d54f5c8b02,
     0x6c7409e24948,
     0x4,
     0x6,
     0x8,
     0x31dbe5cbe75d,
     0xca5703e30251,
+    0xd8affd056f49,
 ];
 /// Seeds run by default as root with descriptor inodes. On 624a1f3: 0x22556f313231 found a
 /// new file answering with the bytes of a file overwritten by RENAME (its node id reused; it
 /// runs first, on a fresh file system, so the inode numbers repeat), 0xa8fe884cdf9e and
 /// 0xf70dabc91023 a WRITE racing a truncate leaving stub and object at different sizes,
-/// 0xd8604a028290 a WRITE without O_APPEND appending.
+/// 0xd8604a028290 a WRITE without O_APPEND appending. On 939b0bc: 0xabd2c012126c an O_SYNC
+/// WRITE answering ESTALE after its bytes landed (the open file's node forgotten), and
+/// 0xeb002ecacd38 a MKDIR answering EBADF after making the directory (a FORGET of its parent
+/// in flight).
 const SEEDS_PATHS: &[u64] = &[
     0x22556f313231,
     0xa8fe884cdf9e,
@@ -105,9 +107,12 @@ const SEEDS_PATHS: &[u64] = &[
     0x6,
     0x7,
     0x8,
+    0xabd2c012126c,
+    0xeb002ecacd38,
 ];
-/// Seeds run by default as an unprivileged user.
-const SEEDS_UNPRIVILEGED: &[u64] = &[0x22556f313231, 0xa8fe884cdf9e, 0x4, 0x8];
+/// Seeds run by default as an unprivileged user. On 939b0bc 0x91167b332b17 found a node
+/// left without a path by a FORGET of its directory.
+const SEEDS_UNPRIVILEGED: &[u64] = &[0x22556f313231, 0xa8fe884cdf9e, 0x4, 0x8, 0x91167b332b17];
 
 /// The uid and gid of the unprivileged run (nobody, nogroup).
 const NOBODY: u32 = 65534;

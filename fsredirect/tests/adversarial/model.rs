@@ -1646,6 +1646,15 @@ impl Model {
                 if *flags & !3 != 0 || *flags == 3 {
                     return want_err(op, out, "invalid flags");
                 }
+                if self.life(o) == Life::Dead {
+                    // What a dead object held is not kept (see `bury`): any answer is
+                    // consistent with some history of it.
+                    if out.is_ok() {
+                        let obj = self.objs.get_mut(&o).unwrap();
+                        obj.xattrs.insert(name.clone(), value.clone());
+                    }
+                    return Ok(());
+                }
                 let exists = self.objs[&o].xattrs.contains_key(name);
                 if *flags == libc::XATTR_CREATE as u32 && exists {
                     return want_errno(op, out, &[libc::EEXIST], "XATTR_CREATE and it exists");
