@@ -20,7 +20,7 @@ use std::process::Command;
 use fuse_mount::{fsredirect_bin, fuse_unavailable, which, HostMount, ShareDirs};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
-/// pjdfstest target on a redirecting share (issue 5): at least this many passed...
+/// What pjdfstest must reach on a redirecting share: at least this many passed...
 const PJD_MIN_PASSED: usize = 381;
 /// ...and at most this many failed.
 const PJD_MAX_FAILED: usize = 1;
@@ -131,7 +131,8 @@ fn with_share(
 
 /// 1. Build pjdfstest 0.2.2 unless already built.
 /// 2. Mount a share, run the whole suite in it as root (it switches to nobody/daemon itself).
-/// 3. Print the counts; require the issue's target on a redirecting share.
+/// 3. Print the counts; on a redirecting share require at least `PJD_MIN_PASSED` passed and
+///    at most `PJD_MAX_FAILED` failed.
 fn pjdfstest(redirect: bool) -> Result<Outcome, String> {
     if let Some(why) = fuse_unavailable() {
         return Ok(Outcome::Skip(why));

@@ -20,7 +20,7 @@ use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
 /// The path this test drives, printed with its result.
 const PATH: &str = "vhost-user back-end under QEMU TCG";
-/// The target on a redirecting share: at least this many passed...
+/// What pjdfstest must reach on a redirecting share: at least this many passed...
 const MIN_PASSED: usize = 381;
 /// ...and at most this many failed.
 const MAX_FAILED: usize = 1;

@@ -1,5 +1,5 @@
 //! Smoke tests of the product: boot a VM, write from inside, find the data on the host
-//! (issue "Boot and write end to end", tests 1-4). Each behaviour is a module under
+//! (smoke tests 1-4 of the test table in README.md). Each behaviour is a module under
 //! `tests/smoke/` whose doc comment numbers its steps:
 //!
 //! - [`boot_and_write`]: files of every size class, stored with identical SHA-256 behind

@@ -2,7 +2,8 @@
 //! `e2e_tests::testhost`. On a hardware-virtualization host the VMM runs directly and the
 //! figure is wall time; elsewhere it runs inside the emulated VT-x test host (bochs with a
 //! deterministic clock), and the figure is that host's guest-clock time: comparable run to
-//! run, not a hardware figure (DESIGN.md section 8). Bochs makes this part take minutes.
+//! run, not a hardware figure (docs/architecture.md#measuring-performance). Bochs makes this
+//! part take minutes.
 
 use e2e_tests::testhost::{self, HostKind, RunOptions, Scenario};
 

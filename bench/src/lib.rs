@@ -1,6 +1,7 @@
 //! Benchmarks of the virtio-fs request path, every figure a ratio against a baseline
-//! measured in the same run (DESIGN.md section 8): the redirecting share against a plain
-//! passthrough share, and both against the host's own syscalls (the limit).
+//! measured in the same run (docs/architecture.md#measuring-performance): the redirecting
+//! share against a plain passthrough share, and both against the host's own syscalls (the
+//! limit).
 //!
 //! The parts:
 //! - [`workload`]: the device itself, driven in-process by a simulated driver ([`driver`])

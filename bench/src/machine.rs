@@ -13,7 +13,7 @@ pub struct Machine {
     pub memory: String,
     /// Kernel release.
     pub kernel: String,
-    /// The kind of KVM host (DESIGN.md section 5).
+    /// The kind of KVM host (docs/architecture.md#host-kinds).
     pub host_kind: String,
     /// Load averages over 1, 5 and 15 minutes when probed (other work on the machine).
     pub load: String,

@@ -737,7 +737,7 @@ sudo ./bench.sh --boot     # also VMM start to guest /init (emulated VT-x test h
 `bench.sh` builds the `bench` crate, `fsredirect` and `hypervisor` in release mode (target
 directory `$CARGO_TARGET_DIR`, default `target/`), runs the benchmarks (a few minutes on 2
 cores without `--boot`) and rewrites this file and `docs/benchmarks.svg`. What it measures
-(DESIGN.md section 8):
+([docs/architecture.md](docs/architecture.md#measuring-performance)):
 
 1. **Device level, host side**: the virtio-fs device's real request path, driven in-process
    by a simulated driver, over `RedirectFs` with a store (redirect) and without one

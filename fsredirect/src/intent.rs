@@ -259,8 +259,8 @@ impl IntentLog {
             len: record.len(),
         })?;
         file.write_all(&record)?;
-        // Enforced at namespace changes (DESIGN.md section 4): the record is on disk before
-        // either half of the operation.
+        // Enforced at namespace changes (docs/architecture.md#intent-records): the record is
+        // on disk before either half of the operation.
         self.hook.check(&StoreOp::Sync {
             file: &file,
             data_only: true,

@@ -1,5 +1,5 @@
 //! Redirecting file system: a FUSE `FileSystem` over a guest tree of sparse stubs whose data
-//! lives in a host block store (DESIGN.md section 4).
+//! lives in a host block store (docs/architecture.md#the-redirect-contract).
 //!
 //! Every binary describes a share the same way:
 //!

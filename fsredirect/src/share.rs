@@ -1,8 +1,9 @@
 //! The share description: `tag=NAME,dir=GUEST_TREE[,store=STORE][,volume=V][,policy=...]`.
 //! The policy syntax is described in [`crate::policy`].
 //!
-//! One parser, used by every binary (DESIGN.md section 4), so a share is described the same way
-//! on the `hypervisor` command line, for the vhost-user daemon and for `fsredirect mount`.
+//! One parser, used by every binary (docs/architecture.md#share-descriptions), so a share is
+//! described the same way on the `hypervisor` command line, for the vhost-user daemon, for
+//! `fsredirect mount` and for the host tools.
 
 use std::fmt;
 use std::path::{Component, Path, PathBuf};

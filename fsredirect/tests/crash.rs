@@ -1,4 +1,5 @@
-//! Crash safety of the redirect engine, at the two levels of DESIGN.md section 4.
+//! Crash safety of the redirect engine, at two levels: a killed server process and a power
+//! loss (docs/architecture.md#crash-safety).
 //!
 //! Both levels run a seeded workload directly on a [`RedirectFs`] (FUSE calls without a
 //! kernel) in a child process: this test binary re-executed with `FSR_CRASH_CHILD` set. The

@@ -1,5 +1,5 @@
 //! Host-side checks shared by the smoke tests: what a redirected file, its stub and its stored
-//! object must look like on the host (DESIGN.md section 4).
+//! object must look like on the host (docs/architecture.md#stub-metadata-and-object).
 
 use std::ffi::CString;
 use std::fs;

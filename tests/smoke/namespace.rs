@@ -52,8 +52,8 @@ pub fn check(share: &HostShare) -> Result<String, String> {
     let files = expected_files();
     for (rel, contents) in &files {
         common::check_object(share, rel, contents)?;
-        // A hard-linked stub's metadata names one of its links (DESIGN.md section 4), so
-        // check_hard_links checks theirs.
+        // A hard-linked stub's metadata names one of its links, not necessarily this one
+        // (docs/architecture.md#namespace-operations), so check_hard_links checks theirs.
         if rel.starts_with("ns/link") {
             common::check_sparse(share, rel, contents.len() as u64)?;
         } else {

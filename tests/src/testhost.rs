@@ -1,10 +1,11 @@
 //! Boot tests of the real `hypervisor` binary, anywhere.
 //!
 //! On a hardware-virtualization host (VT-x / AMD-V KVM) scenarios run the VMM directly. On any
-//! other host (our development and CI machines expose a software `kvm_pvm` /dev/kvm, DESIGN.md
-//! section 5) they run inside the **emulated VT-x test host**: bochs emulating an Intel CPU with
-//! VT-x, running Debian's cloud kernel with the real `kvm_intel`, on which our static
-//! `hypervisor` boots our guest. One bochs boot runs a whole batch of scenarios.
+//! other host (our development and CI machines expose a software `kvm_pvm` /dev/kvm, see
+//! docs/architecture.md#host-kinds) they run inside the **emulated VT-x test host**: bochs
+//! emulating an Intel CPU with VT-x, running Debian's cloud kernel with the real `kvm_intel`,
+//! on which our static `hypervisor` boots our guest. One bochs boot runs a whole batch of
+//! scenarios.
 //!
 //! ```no_run
 //! use e2e_tests::testhost::{self, RunOptions, Scenario};
@@ -92,7 +93,7 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TestHost
     move |source| TestHostError::Io { what, path, source }
 }
 
-/// Which kind of KVM this machine has (DESIGN.md section 5).
+/// Which kind of KVM this machine has (docs/architecture.md#host-kinds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HostKind {
     /// VT-x or AMD-V with /dev/kvm: guests run natively.
@@ -304,8 +305,8 @@ impl RunReport {
     }
 }
 
-/// The standard boot batch (issue "Emulated VT-x test host"): exit code, two vCPUs, guest
-/// reboot, console input. One test-host boot runs them all.
+/// The standard boot batch: exit code, two vCPUs, guest reboot, console input. One test-host
+/// boot runs them all.
 pub fn boot_scenarios() -> Vec<Scenario> {
     vec![
         Scenario::new("boot-exit-code", "exit")

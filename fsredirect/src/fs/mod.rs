@@ -1,9 +1,9 @@
 //! [`RedirectFs`]: the FUSE file system the guest (or a host mount) talks to.
 //!
-//! It layers the redirect contract (DESIGN.md section 4) over fuse-backend-rs's
-//! `PassthroughFs`, which serves the guest tree: names, directories, symlinks, modes, owners,
-//! timestamps and the guest's own xattrs live on the host exactly as the guest set them. This
-//! layer adds, for each regular file of a redirecting share:
+//! It layers the redirect contract (docs/architecture.md#the-redirect-contract) over
+//! fuse-backend-rs's `PassthroughFs`, which serves the guest tree: names, directories,
+//! symlinks, modes, owners, timestamps and the guest's own xattrs live on the host exactly as
+//! the guest set them. This layer adds, for each regular file of a redirecting share:
 //! - data I/O, size and block count go to `<store>/<volume>/<path>`; the stub keeps the same
 //!   apparent size (sparse, no extents) and gets mtime/ctime updates on data changes;
 //! - every namespace change (create, link, unlink, rename, rmdir) is mirrored in the store,
