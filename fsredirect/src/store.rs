@@ -11,7 +11,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::beneath::{check, open_beneath, open_regular_beneath, walk};
 use crate::faults::{Hook, Namespace, StoreOp};
@@ -79,6 +79,8 @@ pub struct Store {
     intents: IntentLog,
     volume_path: PathBuf,
     next_orphan: AtomicU64,
+    /// Set by [`Store::leave_unclean`].
+    unclean: AtomicBool,
     hook: Hook,
     // Held for the lifetime of the server: the flock is released when it closes.
     _lock: File,
@@ -181,6 +183,7 @@ impl Store {
             orphans_path,
             volume_path,
             next_orphan: AtomicU64::new(0),
+            unclean: AtomicBool::new(false),
             hook,
             _lock: lock,
         };
@@ -202,6 +205,13 @@ impl Store {
     /// new): recovery should run before serving.
     pub fn was_clean(&self) -> bool {
         self.was_clean
+    }
+
+    /// Makes this stop unclean: no clean-stop marker is written when the store is dropped,
+    /// so the next server runs recovery. For a server whose guest tree could not be synced
+    /// at stop (its names and stub sizes may not be on disk).
+    pub fn leave_unclean(&self) {
+        self.unclean.store(true, Ordering::Relaxed);
     }
 
     /// The volume's intent log.
@@ -495,8 +505,16 @@ impl Store {
 
 impl Drop for Store {
     /// Syncs the store and marks a clean stop, so the next server skips recovery; if either
-    /// fails, the next server recovers.
+    /// fails, or the server found its guest tree could not be synced
+    /// ([`Store::leave_unclean`]), the next server recovers.
     fn drop(&mut self) {
+        if self.unclean.load(Ordering::Relaxed) {
+            log::warn!(
+                "no clean-stop marker in {}: the next start will recover",
+                self.clean_marker.display()
+            );
+            return;
+        }
         if let Err(e) = self.mark_clean() {
             log::warn!(
                 "cannot mark clean stop in {} (the next start will recover): {e}",
@@ -592,6 +610,16 @@ mod tests {
         let second = Store::open(tmp.path(), "vol").unwrap();
         assert!(second.was_clean());
         assert!(!marker.exists());
+    }
+
+    #[test]
+    fn a_stop_left_unclean_writes_no_marker() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path(), "vol").unwrap();
+        store.leave_unclean();
+        drop(store);
+        assert!(!tmp.path().join(".fsredirect/vol/clean").exists());
+        assert!(!Store::open(tmp.path(), "vol").unwrap().was_clean());
     }
 
     #[test]

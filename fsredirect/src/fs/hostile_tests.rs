@@ -661,6 +661,11 @@ fn a_node_whose_known_names_are_gone_still_reaches_its_file() {
         let d2 = fx.lookup(ROOT_INODE, "d2").unwrap();
         assert_eq!(fx.read_file(d2.inode, "b"), b"SHARED bytes");
         fx.assert_mirror();
+        // Once its last name goes, the node holds the object open no more.
+        fx.fs.unlink(&fx.ctx, ROOT_INODE, &c("c")).unwrap();
+        fx.fs.unlink(&fx.ctx, d2.inode, &c("b")).unwrap();
+        assert_eq!(open_deleted_below(&fx.volume), 0);
+        fx.assert_mirror();
     }
 }
 

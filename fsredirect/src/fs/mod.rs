@@ -6,10 +6,13 @@
 //! the guest set them. This layer adds, for each regular file of a redirecting share:
 //! - data I/O, size and block count go to `<store>/<volume>/<path>`; the stub keeps the same
 //!   apparent size (sparse, no extents) and gets mtime/ctime updates on data changes;
-//! - every namespace change (create, link, unlink, rename, rmdir) is mirrored in the store,
-//!   store first where a failure could otherwise leave a stub without data, and undone if the
-//!   guest-tree half fails; operations with two halves are recorded in the volume's intent
-//!   log first, so that recovery after a crash ([`crate::recover`]) can settle them;
+//! - every namespace change (create, link, unlink, rename, rmdir) is mirrored in the store.
+//!   Create, link and rename change the store first and undo it if the guest-tree half
+//!   fails; unlink removes the guest's name first (a crash in between leaves an unnamed
+//!   object, never a stub without data); rmdir removes the store directory after the
+//!   guest's, and only logs a failure there (an empty directory left in the store loses
+//!   nothing). Create, link, unlink and rename are recorded in the volume's intent log
+//!   first, so that recovery after a crash ([`crate::recover`]) can settle them;
 //! - special files are inert regular host files whose type lives in the metadata.
 //!
 //! Directory renames do not rewrite the metadata of the files below: the recorded common
@@ -1306,7 +1309,8 @@ fn kept_open_flags(flags: i32) -> u32 {
 
 impl Drop for RedirectFs {
     /// A clean stop: the guest tree is synced here, then the store (dropped with its
-    /// fields) syncs itself and writes its clean-stop marker.
+    /// fields) syncs itself and writes its clean-stop marker. If the guest tree cannot be
+    /// synced, no marker is written: the next start recovers.
     fn drop(&mut self) {
         // SAFETY: syncfs on a descriptor we own; no memory is involved.
         if unsafe { libc::syncfs(self.guest_root.as_raw_fd()) } < 0 {
@@ -1314,6 +1318,9 @@ impl Drop for RedirectFs {
                 "cannot sync the guest tree at stop: {}",
                 io::Error::last_os_error()
             );
+            if let Some(store) = &self.store {
+                store.leave_unclean();
+            }
         }
     }
 }

@@ -178,6 +178,7 @@ impl RedirectFs {
                     // The victim is gone: no cached descriptor may keep its object alive, nor
                     // serve it to a new file that gets its node id.
                     self.drop_cached_fds(e.inode);
+                    self.undetach(e.inode);
                 }
                 // Both halves are done: a leftover victim only costs space until the
                 // orphan area is cleared at the next start.
