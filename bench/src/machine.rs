@@ -1,7 +1,5 @@
 //! What the benchmarks ran on: CPU, cores, memory, kernel and the kind of KVM host.
 
-use std::path::Path;
-
 /// A description of the machine, for the report.
 #[derive(Debug, Clone)]
 pub struct Machine {
@@ -31,8 +29,6 @@ impl Machine {
                 .map(|(_, v)| v.trim().to_string())
         };
         let cpu = field("model name").unwrap_or_else(|| "unknown".into());
-        let flags = field("flags").unwrap_or_default();
-        let hw_virt = flags.split(' ').any(|f| f == "vmx" || f == "svm");
         let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
         let memory = std::fs::read_to_string("/proc/meminfo")
             .ok()
@@ -50,16 +46,12 @@ impl Machine {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "unknown".into());
-        let host_kind = if Path::new("/sys/module/kvm_pvm").exists() {
-            "kvm_pvm: software-virtualized KVM (no vmx/svm); guests of an ordinary kernel run \
-             emulated, so boot times come from the emulated VT-x test host (--boot)"
-                .to_string()
-        } else if hw_virt && Path::new("/dev/kvm").exists() {
-            "hardware-virtualization KVM (vmx/svm)".to_string()
-        } else if Path::new("/dev/kvm").exists() {
-            "KVM without vmx/svm in /proc/cpuinfo".to_string()
-        } else {
-            "no /dev/kvm".to_string()
+        let host_kind = match hypervisor::host::detect() {
+            kind @ hypervisor::host::HostKind::SoftwareKvm { .. } => format!(
+                "{}, so boot times come from the emulated VT-x test host (--boot)",
+                kind.describe()
+            ),
+            kind => kind.describe(),
         };
         let load = std::fs::read_to_string("/proc/loadavg")
             .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" / "))

@@ -5,6 +5,10 @@
 //! without vmx/svm) runs only PVM-aware guest kernels at full speed; an
 //! ordinary Linux kernel crawls through KVM's instruction emulator there and
 //! stops on instructions it lacks. We detect that and say so plainly.
+//!
+//! This is the one host-kind detection of the project: the VMM, the end-to-end tests (which
+//! boot directly on a hardware-virtualization host and in the emulated VT-x test host
+//! elsewhere) and the benchmarks all ask [`detect`].
 
 use std::path::Path;
 
@@ -18,6 +22,9 @@ pub enum HostKind {
         /// The evidence, e.g. "the kvm_pvm module is loaded".
         why: String,
     },
+    /// No /dev/kvm at all (the KVM modules are not loaded, or this is a container without
+    /// the device): opening it will say so.
+    NoKvm,
 }
 
 impl HostKind {
@@ -25,13 +32,27 @@ impl HostKind {
     pub fn is_hardware(&self) -> bool {
         matches!(self, HostKind::Hardware)
     }
+
+    /// A line for reports: what this host is, for guests.
+    pub fn describe(&self) -> String {
+        match self {
+            HostKind::Hardware => "hardware-virtualization KVM (vmx/svm)".to_string(),
+            HostKind::SoftwareKvm { why } => format!(
+                "software-virtualized KVM ({why}): ordinary guest kernels run emulated here"
+            ),
+            HostKind::NoKvm => "no /dev/kvm".to_string(),
+        }
+    }
 }
 
 /// Classifies the host from what it exposes.
 ///
-/// `pvm_loaded`: /sys/module/kvm_pvm exists; `cpu_flags`: the `flags` line
-/// of /proc/cpuinfo (empty when unreadable).
-pub fn classify(pvm_loaded: bool, cpu_flags: &str) -> HostKind {
+/// `pvm_loaded`: /sys/module/kvm_pvm exists; `kvm_present`: /dev/kvm exists; `cpu_flags`: the
+/// `flags` line of /proc/cpuinfo (empty when unreadable).
+pub fn classify(pvm_loaded: bool, kvm_present: bool, cpu_flags: &str) -> HostKind {
+    if !kvm_present {
+        return HostKind::NoKvm;
+    }
     if pvm_loaded {
         return HostKind::SoftwareKvm {
             why: "the kvm_pvm module is loaded".into(),
@@ -51,6 +72,7 @@ pub fn classify(pvm_loaded: bool, cpu_flags: &str) -> HostKind {
 /// Detects the host kind of this machine.
 pub fn detect() -> HostKind {
     let pvm_loaded = Path::new("/sys/module/kvm_pvm").exists();
+    let kvm_present = Path::new("/dev/kvm").exists();
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let flags = cpuinfo
         .lines()
@@ -58,7 +80,7 @@ pub fn detect() -> HostKind {
         .and_then(|line| line.split_once(':'))
         .map(|(_, flags)| flags)
         .unwrap_or("");
-    classify(pvm_loaded, flags)
+    classify(pvm_loaded, kvm_present, flags)
 }
 
 /// What to tell a user whose host runs only software-virtualized KVM.
@@ -78,24 +100,33 @@ mod tests {
 
     #[test]
     fn pvm_module_means_software_kvm() {
-        let kind = classify(true, "fpu vmx sse2");
+        let kind = classify(true, true, "fpu vmx sse2");
         assert!(matches!(kind, HostKind::SoftwareKvm { why } if why.contains("kvm_pvm")));
     }
 
     #[test]
     fn vmx_or_svm_means_hardware() {
-        assert_eq!(classify(false, "fpu vme vmx sse2"), HostKind::Hardware);
-        assert_eq!(classify(false, "fpu svm"), HostKind::Hardware);
+        assert_eq!(
+            classify(false, true, "fpu vme vmx sse2"),
+            HostKind::Hardware
+        );
+        assert_eq!(classify(false, true, "fpu svm"), HostKind::Hardware);
     }
 
     #[test]
     fn no_virtualization_flag_means_software_kvm() {
-        let kind = classify(false, "fpu vme hypervisor sse2 vmxnot");
+        let kind = classify(false, true, "fpu vme hypervisor sse2 vmxnot");
         assert!(matches!(kind, HostKind::SoftwareKvm { why } if why.contains("vmx")));
     }
 
     #[test]
+    fn no_dev_kvm_is_said_first() {
+        assert_eq!(classify(true, false, "fpu vmx"), HostKind::NoKvm);
+        assert_eq!(classify(false, false, ""), HostKind::NoKvm);
+    }
+
+    #[test]
     fn unreadable_cpuinfo_is_not_evidence() {
-        assert_eq!(classify(false, ""), HostKind::Hardware);
+        assert_eq!(classify(false, true, ""), HostKind::Hardware);
     }
 }

@@ -219,7 +219,8 @@ impl Vm {
         check_inputs(&self.config, None)?;
         let host_kind = host::detect();
         let failure_hint: Arc<str> = match &host_kind {
-            HostKind::Hardware => "".into(),
+            // Without /dev/kvm, opening it below names the problem.
+            HostKind::Hardware | HostKind::NoKvm => "".into(),
             HostKind::SoftwareKvm { why } if !self.config.allow_software_kvm => {
                 return Err(VmError::SoftwareKvm { why: why.clone() });
             }

@@ -156,6 +156,10 @@ fn no_arguments_create_nothing_before_refusing() -> Trial {
             vm_data.display()
         )),
         HostKind::SoftwareKvm { .. } => None,
+        HostKind::NoKvm => Some(
+            "skipped, because without /dev/kvm the VMM refuses only after making its folders"
+                .to_string(),
+        ),
     };
     let name = "no_arguments_create_nothing_before_refusing";
     match skip {

@@ -93,7 +93,8 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TestHost
     move |source| TestHostError::Io { what, path, source }
 }
 
-/// Which kind of KVM this machine has (docs/architecture.md#host-kinds).
+/// Where this machine boots guests (docs/architecture.md#host-kinds): directly, or in the
+/// emulated VT-x test host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HostKind {
     /// VT-x or AMD-V with /dev/kvm: guests run natively.
@@ -103,15 +104,10 @@ pub enum HostKind {
 }
 
 impl HostKind {
-    /// Detects the kind of this machine from /proc/cpuinfo, /dev/kvm and loaded modules.
+    /// Detects the kind of this machine with the VMM's own detection
+    /// ([`hypervisor::host::detect`]), so tests decide as the VMM does.
     pub fn detect() -> HostKind {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let vt = cpuinfo
-            .lines()
-            .filter(|l| l.starts_with("flags"))
-            .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-        let pvm = Path::new("/sys/module/kvm_pvm").exists();
-        if vt && !pvm && Path::new("/dev/kvm").exists() {
+        if hypervisor::host::detect().is_hardware() {
             HostKind::HardwareVirt
         } else {
             HostKind::NoHardwareVirt
