@@ -6,11 +6,54 @@
 //! paths) so that on ext4 it fits inside the inode and does not count in `st_blocks`.
 
 use std::ffi::CStr;
+use std::io;
 
 /// Attribute name used when the server runs as root: `trusted.*` is invisible to host users.
 pub const META_XATTR_ROOT: &CStr = c"trusted.fsredirect";
 /// Attribute name used otherwise (`trusted.*` needs CAP_SYS_ADMIN).
 pub const META_XATTR_USER: &CStr = c"user.fsredirect";
+/// Both spellings, root's first: what the host tools look for, whoever wrote the share.
+pub const META_XATTR_NAMES: [&CStr; 2] = [META_XATTR_ROOT, META_XATTR_USER];
+
+/// The spelling a server writes and reads: `trusted.*` when it runs as root (`root`),
+/// `user.*` otherwise.
+pub fn xattr_name_for(root: bool) -> &'static CStr {
+    if root {
+        META_XATTR_ROOT
+    } else {
+        META_XATTR_USER
+    }
+}
+
+/// The spelling this process writes, by its effective user: as a server run by the same
+/// user does.
+pub fn own_xattr_name() -> &'static CStr {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    xattr_name_for(unsafe { libc::geteuid() } == 0)
+}
+
+/// Reads a stub's metadata: the first of `names` that `get` finds (`get` reads one
+/// attribute's value, `None` when absent), and what it decodes to. An attribute the reader
+/// may not read (`trusted.*` without CAP_SYS_ADMIN: EPERM) or a file system without
+/// attributes (ENOTSUP) reads as absent; other errors are returned.
+///
+/// This is the one reader of the metadata: the engine passes its own spelling and a
+/// reader through its passthrough layer, the host tools both spellings and a reader on a
+/// descriptor or a path.
+pub fn read(
+    names: &[&'static CStr],
+    mut get: impl FnMut(&CStr) -> io::Result<Option<Vec<u8>>>,
+) -> io::Result<Option<(&'static CStr, Result<Meta>)>> {
+    for &name in names {
+        match get(name) {
+            Ok(Some(value)) => return Ok(Some((name, Meta::decode(&value)))),
+            Ok(None) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOTSUP)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
 
 /// Longest common portion recorded whole; longer paths keep their last components only.
 pub const MAX_PORTION: usize = 1024;
@@ -145,7 +188,7 @@ pub fn is_special_kind(kind: u32) -> bool {
 /// Both spellings are reserved whichever one this server uses, so a guest cannot plant the
 /// other one for a later server running with different privileges.
 pub fn is_reserved_xattr(name: &[u8]) -> bool {
-    [META_XATTR_ROOT, META_XATTR_USER]
+    META_XATTR_NAMES
         .iter()
         .any(|reserved| name.starts_with(reserved.to_bytes()))
 }

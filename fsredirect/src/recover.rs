@@ -305,7 +305,6 @@ fn walk(
 mod tests {
     use super::*;
     use crate::fs::{FsConfig, RedirectFs};
-    use crate::meta::{META_XATTR_ROOT, META_XATTR_USER};
     use crate::share::ShareSpec;
     use fuse_backend_rs::abi::fuse_abi::{CreateIn, FsOptions};
     use fuse_backend_rs::api::filesystem::{Context, FileSystem};
@@ -366,12 +365,7 @@ mod tests {
     }
 
     fn meta_name() -> &'static std::ffi::CStr {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            META_XATTR_ROOT
-        } else {
-            META_XATTR_USER
-        }
+        crate::meta::own_xattr_name()
     }
 
     #[test]

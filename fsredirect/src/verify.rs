@@ -20,7 +20,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::meta::{Meta, MetaError, META_XATTR_ROOT, META_XATTR_USER};
+use crate::meta::{Meta, MetaError, META_XATTR_NAMES};
 use crate::share::ShareSpec;
 
 /// One disagreement between the guest tree and the store.
@@ -429,13 +429,14 @@ pub fn read_meta(path: &Path) -> io::Result<Option<Meta>> {
 }
 
 /// Reads the redirect metadata of the file at `path` (not following a symlink): which
-/// attribute holds it and what it decodes to, or `None` if neither spelling is present.
+/// attribute holds it and what it decodes to, or `None` if neither spelling is present
+/// ([`crate::meta::read`]).
 pub fn read_meta_checked(
     path: &Path,
 ) -> io::Result<Option<(&'static CStr, Result<Meta, MetaError>)>> {
     let p = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    for name in [META_XATTR_ROOT, META_XATTR_USER] {
+    crate::meta::read(&META_XATTR_NAMES, |name| {
         let mut buf = vec![0u8; 8192];
         // SAFETY: valid C strings and a writable buffer of the given length.
         let n = unsafe {
@@ -446,12 +447,16 @@ pub fn read_meta_checked(
                 buf.len(),
             )
         };
-        if n >= 0 {
-            buf.truncate(n as usize);
-            return Ok(Some((name, Meta::decode(&buf))));
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::ENODATA) => Ok(None),
+                _ => Err(err),
+            };
         }
-    }
-    Ok(None)
+        buf.truncate(n as usize);
+        Ok(Some(buf))
+    })
 }
 
 /// True if the regular file at `path` has a data extent (a stub should have none).

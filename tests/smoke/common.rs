@@ -1,9 +1,7 @@
 //! Host-side checks shared by the smoke tests: what a redirected file, its stub and its stored
 //! object must look like on the host (docs/architecture.md#stub-metadata-and-object).
 
-use std::ffi::CString;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -163,34 +161,15 @@ pub fn check_verify_clean(share: &HostShare) -> Result<(), String> {
     }
 }
 
-/// The redirect metadata of `path`, if it has any.
+/// The redirect metadata of `path`, if it has any (the host tools' own reader).
 pub fn read_meta(path: &Path) -> Result<Option<Meta>, String> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-    let mut buf = [0u8; 2048];
-    // SAFETY: `c` is a NUL-terminated path, the name a static C string, and `buf` is writable
-    // for the length passed.
-    let n = unsafe {
-        libc::lgetxattr(
-            c.as_ptr(),
-            c"trusted.fsredirect".as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        let e = std::io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::ENODATA) {
-            Ok(None)
-        } else {
-            Err(format!(
-                "getxattr trusted.fsredirect on {}: {e}",
-                path.display()
-            ))
-        };
+    match fsredirect::verify::read_meta_checked(path) {
+        Ok(None) => Ok(None),
+        Ok(Some((_, decoded))) => decoded
+            .map(Some)
+            .map_err(|e| format!("metadata of {}: {e}", path.display())),
+        Err(e) => Err(format!("reading the metadata of {}: {e}", path.display())),
     }
-    Meta::decode(&buf[..n as usize])
-        .map(Some)
-        .map_err(|e| format!("metadata of {}: {e}", path.display()))
 }
 
 /// True if `path` has any data extent (`lseek(SEEK_DATA, 0)` does not fail with ENXIO).

@@ -697,3 +697,55 @@ fn writing_a_read_only_file_keeps_stub_and_object_agreeing() {
         fx.assert_mirror();
     }
 }
+
+/// 1. OPEN a directory and a file through the passthrough layer, then READ and WRITE them
+///    with file flags no program could have (O_DIRECT, O_ASYNC, O_PATH, ...).
+/// 2. The requests are answered and the server keeps its own descriptors: fuse-backend-rs
+///    once closed a handle's descriptor when applying such flags failed, so its later I/O
+///    and release reached whatever file took the number next.
+///
+/// (Found by fuzzing FUSE requests: the release aborted on a descriptor already closed.)
+#[test]
+fn impossible_file_flags_on_read_and_write_close_no_descriptor() {
+    let odd = (libc::O_NONBLOCK
+        | libc::O_SYNC
+        | libc::O_DIRECT
+        | libc::O_NOFOLLOW
+        | libc::O_PATH
+        | libc::O_ASYNC) as u32;
+    for fx in [
+        passthrough(),
+        fixture_for(Some("min-size:1M"), FsConfig::default()),
+    ] {
+        let file = fx.write_file(ROOT_INODE, "f", b"inline bytes");
+        let (dir_handle, _, _) = fx.fs.open(&fx.ctx, ROOT_INODE, 0, 0).unwrap();
+        let dir_handle = dir_handle.unwrap();
+        let read_dir = |flags| {
+            let mut sink = MemSink::default();
+            fx.fs.read(
+                &fx.ctx, ROOT_INODE, dir_handle, &mut sink, 4096, 0, None, flags,
+            )
+        };
+        let _ = read_dir(odd);
+        // Still the directory's own descriptor: reading it as a file says EISDIR (not EBADF,
+        // nor another file's bytes).
+        assert_eq!(errno_of(read_dir(0)), libc::EISDIR);
+        let handle = fx.open(file.inode, libc::O_RDWR);
+        let mut sink = MemSink::default();
+        fx.fs
+            .read(&fx.ctx, file.inode, handle, &mut sink, 4096, 0, None, odd)
+            .unwrap();
+        let n = fx.write_with_flags(file.inode, handle, 0, b"INLINE", libc::O_RDWR | odd as i32);
+        assert_eq!(n, 6);
+        // Descriptors opened meanwhile would take a closed number.
+        fx.write_file(ROOT_INODE, "other", b"other bytes");
+        fx.fs
+            .release(&fx.ctx, ROOT_INODE, 0, dir_handle, false, false, None)
+            .unwrap();
+        fx.release(file.inode, handle);
+        assert_eq!(fx.read_file(ROOT_INODE, "f"), b"INLINE bytes");
+        assert_eq!(fx.read_file(ROOT_INODE, "other"), b"other bytes");
+        // Dropping the file system closes every descriptor it owns: none may be gone already.
+        drop(fx);
+    }
+}

@@ -56,7 +56,6 @@ use crate::fdbudget::FdBudget;
 use crate::fdcache::FdCache;
 use crate::intent::Intent;
 use crate::meta::Meta;
-use crate::meta::{META_XATTR_ROOT, META_XATTR_USER};
 use crate::names::{join, NameTable};
 use crate::policy::Policy;
 use crate::recover::RecoveryReport;
@@ -352,11 +351,7 @@ impl RedirectFs {
         }
         // SAFETY: geteuid has no preconditions and cannot fail.
         let server_is_root = unsafe { libc::geteuid() } == 0;
-        let meta_name = if server_is_root {
-            META_XATTR_ROOT
-        } else {
-            META_XATTR_USER
-        };
+        let meta_name = crate::meta::xattr_name_for(server_is_root);
         let budget = match cfg.max_guest_fds {
             Some(limit) => FdBudget::new(limit),
             None => FdBudget::from_rlimit(cfg.max_store_fds),
@@ -488,21 +483,24 @@ impl RedirectFs {
 
     // ----- metadata -----
 
+    /// The metadata of `inode` in this server's own spelling ([`crate::meta::read`]);
+    /// metadata that cannot be decoded reads as none, and the file is served as a plain one.
     fn read_meta(&self, inode: u64) -> io::Result<Option<Meta>> {
-        match self
-            .inner
-            .getxattr(&root_ctx(), inode, self.meta_name, XATTR_BUF)
-        {
-            Ok(GetxattrReply::Value(v)) => match Meta::decode(&v) {
-                Ok(m) => Ok(Some(m)),
-                Err(e) => {
-                    log::warn!("inode {inode}: {e}; serving it as a plain file");
-                    Ok(None)
-                }
-            },
-            Ok(GetxattrReply::Count(_)) => Ok(None),
-            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(None),
-            Err(e) => Err(e),
+        let read = crate::meta::read(&[self.meta_name], |name| {
+            match self.inner.getxattr(&root_ctx(), inode, name, XATTR_BUF) {
+                Ok(GetxattrReply::Value(v)) => Ok(Some(v)),
+                Ok(GetxattrReply::Count(_)) => Ok(None),
+                Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })?;
+        match read {
+            Some((_, Ok(meta))) => Ok(Some(meta)),
+            Some((_, Err(e))) => {
+                log::warn!("inode {inode}: {e}; serving it as a plain file");
+                Ok(None)
+            }
+            None => Ok(None),
         }
     }
 

@@ -484,9 +484,16 @@ impl FileSystem for RedirectFs {
     ) -> io::Result<usize> {
         let _ns = self.io_lock();
         match self.handle(handle)? {
-            OpenFile::Inner(ih, _) | OpenFile::Inline { ih, .. } => self
-                .inner
-                .read(ctx, inode, ih, w, size, offset, lock_owner, flags),
+            OpenFile::Inner(ih, _) | OpenFile::Inline { ih, .. } => self.inner.read(
+                ctx,
+                inode,
+                ih,
+                w,
+                size,
+                offset,
+                lock_owner,
+                passthrough_io_flags(flags),
+            ),
             OpenFile::Redirect { inode, .. } => {
                 self.with_object(inode, |f| w.write_from(f, size as usize, offset))
             }
@@ -517,7 +524,7 @@ impl FileSystem for RedirectFs {
                 offset,
                 lock_owner,
                 delayed_write,
-                flags,
+                passthrough_io_flags(flags),
                 fuse_flags,
             ),
             OpenFile::Inline { ih, inode, .. } => {
@@ -530,7 +537,7 @@ impl FileSystem for RedirectFs {
                     offset,
                     lock_owner,
                     delayed_write,
-                    flags,
+                    passthrough_io_flags(flags),
                     fuse_flags,
                 )?;
                 drop(ns);
@@ -902,6 +909,22 @@ impl RedirectFs {
         self.fix_attr(inode, kind, &mut st);
         Ok((st, timeout))
     }
+}
+
+/// The file flags of a READ or WRITE as they go to the passthrough layer: the access mode and
+/// the flags a program may change with `fcntl(F_SETFL)` and that matter to a write (O_APPEND,
+/// O_NONBLOCK; O_SYNC and O_DSYNC, which F_SETFL ignores), nothing else.
+///
+/// fuse-backend-rs 0.14 applies a request's flags to the open descriptor with F_SETFL when
+/// they differ from the handle's, and when F_SETFL fails (O_DIRECT on a directory or a file
+/// system without direct I/O, O_ASYNC, ...) it closes the descriptor its handle still owns
+/// on the way out: the next file opened takes that number, and the handle's later I/O and
+/// release reach that other file. With only these flags F_SETFL toggles O_APPEND and
+/// O_NONBLOCK, which it does not refuse (but for a host file made append-only, which no
+/// guest request can do).
+pub(super) fn passthrough_io_flags(flags: u32) -> u32 {
+    let kept = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_SYNC | libc::O_DSYNC;
+    (flags as i32 & kept) as u32
 }
 
 /// The buffer to read a guest's xattr value into: the size it asked for, but never more than

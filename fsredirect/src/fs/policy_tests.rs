@@ -311,12 +311,7 @@ fn place_record(d: &Dead, rel: &str) {
 }
 
 fn meta_name() -> &'static std::ffi::CStr {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        crate::meta::META_XATTR_ROOT
-    } else {
-        crate::meta::META_XATTR_USER
-    }
+    crate::meta::own_xattr_name()
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use crate::beneath::{check, fstat, open_beneath, reopen_regular};
-use crate::meta::{is_reserved_xattr, Meta, MetaError, META_XATTR_ROOT, META_XATTR_USER};
+use crate::meta::{is_reserved_xattr, Meta, MetaError, META_XATTR_NAMES};
 
 /// The guest tree of a share, held open.
 #[derive(Debug)]
@@ -63,12 +63,7 @@ pub fn c_path(path: &Path) -> io::Result<CString> {
 /// The metadata attribute this process writes: `trusted.*` as root, `user.*` otherwise,
 /// exactly as a server run by the same user does.
 pub fn meta_attr() -> &'static CStr {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        META_XATTR_ROOT
-    } else {
-        META_XATTR_USER
-    }
+    crate::meta::own_xattr_name()
 }
 
 /// Reads one attribute of an open file; `None` if it is absent.
@@ -120,16 +115,7 @@ pub fn remove_xattr(f: &File, name: &CStr) -> io::Result<()> {
 
 /// The redirect metadata of an open file: which attribute holds it and what it decodes to.
 pub fn read_meta(f: &File) -> io::Result<Option<(&'static CStr, Result<Meta, MetaError>)>> {
-    for name in [META_XATTR_ROOT, META_XATTR_USER] {
-        // Reading trusted.* without CAP_SYS_ADMIN reads as absent; other errors count.
-        match get_xattr(f, name) {
-            Ok(Some(value)) => return Ok(Some((name, Meta::decode(&value)))),
-            Ok(None) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(None)
+    crate::meta::read(&META_XATTR_NAMES, |name| get_xattr(f, name))
 }
 
 /// Copies the guest's own extended attributes (not the redirect metadata) from `from` to
@@ -258,12 +244,17 @@ mod tests {
             eprintln!("skipped: this file system takes no user xattrs");
             return;
         }
-        set_xattr(&a, META_XATTR_USER, &Meta::redirect(b"v", b"a").encode()).unwrap();
+        set_xattr(
+            &a,
+            crate::meta::META_XATTR_USER,
+            &Meta::redirect(b"v", b"a").encode(),
+        )
+        .unwrap();
         copy_guest_xattrs(&a, &b).unwrap();
         assert_eq!(
             get_xattr(&b, c"user.colour").unwrap().as_deref(),
             Some(&b"blue"[..])
         );
-        assert_eq!(get_xattr(&b, META_XATTR_USER).unwrap(), None);
+        assert_eq!(get_xattr(&b, crate::meta::META_XATTR_USER).unwrap(), None);
     }
 }
