@@ -883,6 +883,13 @@ impl RedirectFs {
     /// last handle of a redirected inode, removes its orphan, if any, and passes on the
     /// FORGETs that came while it was open.
     fn close_handle(&self, handle: u64) -> io::Result<OpenFile> {
+        // A guest may send RELEASE while a WRITE or truncate through the same file is under
+        // way (a kernel never does): the last release gives up the node and its cached
+        // descriptors, so it waits for the size change to finish with the stub.
+        let _data = match self.handle(handle)? {
+            OpenFile::Redirect { inode, .. } => Some(self.data_locks.lock(inode)),
+            _ => None,
+        };
         let (file, last) = self.drop_handle(handle)?;
         if let (OpenFile::Redirect { inode, .. }, Some(open)) = (file, last) {
             if open.forgets > 0 {
@@ -898,8 +905,11 @@ impl RedirectFs {
         Ok(file)
     }
 
-    /// FORGET of `count` references to `inode`; the caller holds the namespace lock.
+    /// FORGET of `count` references to `inode`; the caller holds the namespace lock, and no
+    /// data lock. A size change of the node in flight (a guest may send FORGET meanwhile)
+    /// finishes first: the node's names and descriptors must outlive it.
     fn forget_locked(&self, inode: u64, count: u64) {
+        let _data = self.data_locks.lock(inode);
         let mut st = self.state();
         let held = st.names.lookups(inode);
         if let Some(open) = st.open.get_mut(&inode) {
