@@ -429,8 +429,8 @@ pub fn read_meta(path: &Path) -> io::Result<Option<Meta>> {
 }
 
 /// Reads the redirect metadata of the file at `path` (not following a symlink): which
-/// attribute holds it and what it decodes to, or `None` if neither spelling is present
-/// ([`crate::meta::read`]).
+/// attribute holds it and what it decodes to, or `None` if neither spelling can be read
+/// there (no file at `path` included) ([`crate::meta::read`]).
 pub fn read_meta_checked(
     path: &Path,
 ) -> io::Result<Option<(&'static CStr, Result<Meta, MetaError>)>> {
@@ -448,11 +448,8 @@ pub fn read_meta_checked(
             )
         };
         if n < 0 {
-            let err = io::Error::last_os_error();
-            return match err.raw_os_error() {
-                Some(libc::ENODATA) => Ok(None),
-                _ => Err(err),
-            };
+            // No attribute, no readable attribute, or no file there: no metadata.
+            return Ok(None);
         }
         buf.truncate(n as usize);
         Ok(Some(buf))

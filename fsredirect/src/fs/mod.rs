@@ -744,31 +744,27 @@ impl RedirectFs {
         self.budget.check()
     }
 
-    /// Looks a name up in the passthrough layer without handing a reference to the kernel.
-    fn peek(&self, parent: u64, name: &CStr) -> io::Result<Option<(Entry, Kind)>> {
-        match self.inner.lookup(&root_ctx(), parent, name) {
-            Ok(entry) => {
-                let kind = match self.state().kinds.get(&entry.inode) {
-                    Some(k) => Ok(*k),
-                    None => self.classify(entry.inode, &entry.attr),
-                };
-                match kind {
-                    Ok(kind) => Ok(Some((entry, kind))),
-                    Err(e) => {
-                        self.inner.forget(&root_ctx(), entry.inode, 1);
-                        Err(e)
-                    }
-                }
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn unpeek(&self, entry: Option<&(Entry, Kind)>) {
-        if let Some((e, _)) = entry {
-            self.inner.forget(&root_ctx(), e.inode, 1);
-        }
+    /// Looks a name up in the passthrough layer for the server's own use, without handing a
+    /// reference to the kernel: the reference goes back when the result is dropped.
+    fn peek(&self, parent: u64, name: &CStr) -> io::Result<Option<Peeked<'_>>> {
+        let entry = match self.inner.lookup(&root_ctx(), parent, name) {
+            Ok(entry) => entry,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // From here on, dropping `peeked` gives the reference back.
+        let mut peeked = Peeked {
+            fs: self,
+            entry,
+            kind: Kind::Plain,
+            handed_over: false,
+        };
+        let known = self.state().kinds.get(&entry.inode).copied();
+        peeked.kind = match known {
+            Some(kind) => kind,
+            None => self.classify(entry.inode, &entry.attr)?,
+        };
+        Ok(Some(peeked))
     }
 
     /// ENOTDIR unless `inode` is a directory: checked before the store mirrors a new name
@@ -1052,11 +1048,12 @@ impl RedirectFs {
     /// fsync (or fdatasync) of a redirected file: the data first, then the stub's size, so
     /// that after a power loss the stub never claims more than the stored object holds and
     /// fsync'd bytes stay visible. The caller holds the namespace lock.
-    fn sync_redirected(&self, inode: u64, datasync: bool) -> io::Result<()> {
+    fn sync_redirected(&self, inode: u64, mode: SyncMode) -> io::Result<()> {
         let store = self.store()?;
-        self.with_object(inode, |f| store.sync_file(f, datasync))?;
+        let data_only = mode == SyncMode::Data;
+        self.with_object(inode, |f| store.sync_file(f, data_only))?;
         let stub = self.stub_file(inode)?;
-        if datasync {
+        if data_only {
             stub.sync_data()
         } else {
             stub.sync_all()
@@ -1289,6 +1286,37 @@ impl RedirectFs {
     }
 }
 
+/// A name the server looked up in the passthrough layer for its own use (is something
+/// there, and what): the passthrough layer's reference is given back when this is dropped,
+/// unless it is handed to the kernel ([`Peeked::hand_over`]).
+struct Peeked<'a> {
+    fs: &'a RedirectFs,
+    entry: Entry,
+    kind: Kind,
+    handed_over: bool,
+}
+
+impl Peeked<'_> {
+    /// The entry and the kind of what is there.
+    fn pair(&self) -> (Entry, Kind) {
+        (self.entry, self.kind)
+    }
+
+    /// Hands the reference to the kernel (the caller admits the entry as a reply).
+    fn hand_over(mut self) -> (Entry, Kind) {
+        self.handed_over = true;
+        (self.entry, self.kind)
+    }
+}
+
+impl Drop for Peeked<'_> {
+    fn drop(&mut self) {
+        if !self.handed_over {
+            self.fs.inner.forget(&root_ctx(), self.entry.inode, 1);
+        }
+    }
+}
+
 /// The handle entry of redirected `inode` opened with `flags`.
 fn redirect_handle(inode: u64, flags: u32) -> OpenFile {
     OpenFile::Redirect {
@@ -1297,16 +1325,38 @@ fn redirect_handle(inode: u64, flags: u32) -> OpenFile {
     }
 }
 
-/// How a WRITE with file flags `flags` must reach stable storage: `Some(false)` for O_SYNC
-/// (fsync after the write), `Some(true)` for O_DSYNC (fdatasync), `None` otherwise.
-fn write_sync_mode(flags: u32) -> Option<bool> {
-    let flags = flags as i32;
-    if flags & libc::O_SYNC == libc::O_SYNC {
-        Some(false)
-    } else if flags & libc::O_DSYNC != 0 {
-        Some(true)
-    } else {
-        None
+/// How far a change must reach stable storage before it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyncMode {
+    /// Not before the answer (a plain WRITE).
+    None,
+    /// The data and what reading it back needs: fdatasync (O_DSYNC, FSYNC with datasync).
+    Data,
+    /// The data and all metadata: fsync (O_SYNC, FSYNC).
+    Full,
+}
+
+impl SyncMode {
+    /// What a WRITE with file flags `flags` needs: the guest may change O_SYNC and O_DSYNC
+    /// after the open, so each WRITE says.
+    fn of_write(flags: u32) -> SyncMode {
+        let flags = flags as i32;
+        if flags & libc::O_SYNC == libc::O_SYNC {
+            SyncMode::Full
+        } else if flags & libc::O_DSYNC != 0 {
+            SyncMode::Data
+        } else {
+            SyncMode::None
+        }
+    }
+
+    /// What an FSYNC asks for.
+    fn of_fsync(datasync: bool) -> SyncMode {
+        if datasync {
+            SyncMode::Data
+        } else {
+            SyncMode::Full
+        }
     }
 }
 

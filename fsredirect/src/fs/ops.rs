@@ -13,8 +13,8 @@ use fuse_backend_rs::api::filesystem::{
 };
 
 use super::{
-    errno, root_ctx, write_sync_mode, Kind, OpenFile, RedirectFs, CAPABILITY_XATTR, PRIVILEGE_BITS,
-    XATTR_BUF,
+    errno, root_ctx, Kind, OpenFile, Peeked, RedirectFs, SyncMode, CAPABILITY_XATTR,
+    PRIVILEGE_BITS, XATTR_BUF,
 };
 use crate::faults::StoreOp;
 use crate::intent::Intent;
@@ -175,8 +175,7 @@ impl FileSystem for RedirectFs {
         let kind = mode & libc::S_IFMT;
         if kind == libc::S_IFREG && self.redirects_new(parent, name, mode)? {
             // Nothing in the store may be touched for a name that exists.
-            if let Some(existing) = self.peek(parent, name)? {
-                self.unpeek(Some(&existing));
+            if self.peek(parent, name)?.is_some() {
                 return Err(errno(libc::EEXIST));
             }
             return self.create_redirected(ctx, parent, name, mode, umask);
@@ -224,8 +223,9 @@ impl FileSystem for RedirectFs {
     fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
         validate_name(name)?;
         let _ns = self.ns_write();
-        let victim = self.peek(parent, name)?;
-        let result = (|| {
+        let peeked = self.peek(parent, name)?;
+        let victim = peeked.as_ref().map(Peeked::pair);
+        (|| {
             let (entry, kind) = victim.as_ref().ok_or_else(|| errno(libc::ENOENT))?;
             let parts = match kind {
                 Kind::Redirect => Some(self.child_parts(parent, name)?),
@@ -281,9 +281,7 @@ impl FileSystem for RedirectFs {
                 }
             }
             Ok(())
-        })();
-        self.unpeek(victim.as_ref());
-        result
+        })()
     }
 
     fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
@@ -321,26 +319,24 @@ impl FileSystem for RedirectFs {
         }
         let _ns = self.ns_write();
         let src = self.peek(olddir, oldname)?;
-        let dst = match self.peek(newdir, newname) {
-            Ok(d) => d,
-            Err(e) => {
-                self.unpeek(src.as_ref());
-                return Err(e);
-            }
-        };
-        let result =
-            self.rename_locked(ctx, (olddir, oldname), (newdir, newname), flags, &src, &dst);
+        let dst = self.peek(newdir, newname)?;
+        let result = self.rename_locked(
+            ctx,
+            (olddir, oldname),
+            (newdir, newname),
+            flags,
+            &src.as_ref().map(Peeked::pair),
+            &dst.as_ref().map(Peeked::pair),
+        );
         if result.is_ok() && self.store.is_some() {
             // The path changed: the include and exclude rules may say otherwise now.
-            if let Some((entry, _)) = &src {
-                self.settle_locked(entry.inode);
+            if let Some(src) = &src {
+                self.settle_locked(src.entry.inode);
             }
-            if let (Some((entry, _)), true) = (&dst, flags & libc::RENAME_EXCHANGE != 0) {
-                self.settle_locked(entry.inode);
+            if let (Some(dst), true) = (&dst, flags & libc::RENAME_EXCHANGE != 0) {
+                self.settle_locked(dst.entry.inode);
             }
         }
-        self.unpeek(src.as_ref());
-        self.unpeek(dst.as_ref());
         result
     }
 
@@ -356,8 +352,7 @@ impl FileSystem for RedirectFs {
         let store = self.store()?;
         // Before the store makes directories for a name the guest tree will refuse.
         self.require_dir(newparent)?;
-        if let Some(existing) = self.peek(newparent, newname)? {
-            self.unpeek(Some(&existing));
+        if self.peek(newparent, newname)?.is_some() {
             return Err(errno(libc::EEXIST));
         }
         let old = self.state().names.path(inode);
@@ -420,13 +415,12 @@ impl FileSystem for RedirectFs {
         let entry = match self.peek(parent, name)? {
             Some(existing) => {
                 if args.flags as i32 & libc::O_EXCL != 0 {
-                    self.unpeek(Some(&existing));
                     return Err(errno(libc::EEXIST));
                 }
                 // The name exists: this is an open of it, and the kernel gets the reference.
                 // (The passthrough layer's own create would reopen it under the caller's
                 // fsuid, which fails with file-handle inodes.)
-                let (entry, kind) = existing;
+                let (entry, kind) = existing.hand_over();
                 self.admit(parent, name, entry, kind)
             }
             None if self.redirects_new(parent, name, args.mode)? => {
@@ -581,7 +575,9 @@ impl FileSystem for RedirectFs {
             OpenFile::Inner(ih, _) | OpenFile::Inline { ih, .. } => {
                 self.inner.fsync(ctx, inode, datasync, ih)
             }
-            OpenFile::Redirect { inode, .. } => self.sync_redirected(inode, datasync),
+            OpenFile::Redirect { inode, .. } => {
+                self.sync_redirected(inode, SyncMode::of_fsync(datasync))
+            }
         }
     }
 
@@ -837,8 +833,9 @@ impl RedirectFs {
         drop(data);
         let n = written?;
         stub?;
-        if let Some(datasync) = write_sync_mode(flags) {
-            self.sync_redirected(inode, datasync)?;
+        match SyncMode::of_write(flags) {
+            SyncMode::None => {}
+            mode => self.sync_redirected(inode, mode)?,
         }
         Ok(n)
     }
