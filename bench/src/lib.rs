@@ -24,6 +24,8 @@
 //! assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod boot;
 pub mod driver;
 pub mod fio;

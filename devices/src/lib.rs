@@ -20,6 +20,8 @@
 //! assert_eq!(exit.reason(), Some(devices::ExitReason::GuestExitCode(3)));
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod bus;
 pub mod exit;
 pub mod legacy;

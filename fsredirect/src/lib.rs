@@ -43,6 +43,8 @@
 //! [`treelock`] keeps one server per guest tree, [`tools`] are the host tools (inspect, verify, repair, gc, hydrate, dehydrate) behind the
 //! `fsredirect` binary.
 
+#![deny(missing_docs)]
+
 pub mod beneath;
 pub mod faults;
 pub mod fdbudget;

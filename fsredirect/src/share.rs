@@ -82,6 +82,18 @@ pub enum ShareSpecError {
 pub type Result<T> = std::result::Result<T, ShareSpecError>;
 
 /// One share: a guest tree, optionally redirected into a volume of a store.
+///
+/// ```
+/// use fsredirect::ShareSpec;
+///
+/// let share = ShareSpec::parse("tag=data,dir=/srv/guest,store=/srv/store,policy=min-size:4K")?;
+/// assert_eq!(share.tag, "data");
+/// let store = share.store.as_ref().expect("a redirecting share");
+/// assert_eq!(store.volume, "data", "the volume defaults to the tag");
+/// // Without store= the share is a plain passthrough.
+/// assert!(ShareSpec::parse("tag=plain,dir=/srv/plain")?.store.is_none());
+/// # Ok::<(), fsredirect::ShareSpecError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShareSpec {
     /// The virtio-fs tag (what the guest mounts).

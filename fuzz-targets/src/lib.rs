@@ -20,6 +20,8 @@
 //! }
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod bounded;
 pub mod bytes;
 pub mod fuse;

@@ -38,23 +38,52 @@ type Transport = MmioTransport<VirtioFs<share::Fs>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op<'a> {
     /// A 4-byte write of `value` at register offset `reg * 4` (below the config space).
-    WriteReg { reg: u8, value: u32 },
+    WriteReg {
+        /// The register, in 4-byte units.
+        reg: u8,
+        /// What is written.
+        value: u32,
+    },
     /// A 4-byte read at register offset `reg * 4`.
-    ReadReg { reg: u8 },
+    ReadReg {
+        /// The register, in 4-byte units.
+        reg: u8,
+    },
     /// Guest memory bytes at `addr * 2` (clipped to memory).
-    WriteMem { addr: u16, bytes: &'a [u8] },
+    WriteMem {
+        /// Where, in 2-byte units.
+        addr: u16,
+        /// What.
+        bytes: &'a [u8],
+    },
     /// QueueNotify for `queue`, then wait until its worker has served it.
-    Notify { queue: u8 },
+    Notify {
+        /// The queue index written to QueueNotify.
+        queue: u8,
+    },
     /// A read (`write == false`) or write of `len % 9` bytes at config offset `offset`.
-    Config { offset: u8, len: u8, write: bool },
+    Config {
+        /// Offset in the config space.
+        offset: u8,
+        /// Length (modulo 9).
+        len: u8,
+        /// A write rather than a read.
+        write: bool,
+    },
     /// The usual driver sequence: status, features (`flags` bit 0: EVENT_IDX, bit 1:
     /// INDIRECT_DESC), both queues at the standard layout, DRIVER_OK.
-    BringUp { flags: u8 },
+    BringUp {
+        /// Which optional features are negotiated.
+        flags: u8,
+    },
     /// A request chain on `queue % 2` at the standard layout: a readable buffer with
     /// `request`, a writable one of `reply_len` bytes; avail.idx is advanced, no notification.
     Push {
+        /// The queue (modulo 2).
         queue: u8,
+        /// Size of the writable buffer.
         reply_len: u16,
+        /// The request's bytes.
         request: &'a [u8],
     },
     /// Status 0: a device reset.

@@ -81,7 +81,28 @@ impl std::fmt::Debug for ConsoleOutput {
     }
 }
 
-/// A complete description of a VM.
+/// A complete description of a VM, made by [`VmConfig::builder`], which checks it.
+///
+/// ```
+/// use hypervisor::VmConfig;
+/// use fsredirect::ShareSpec;
+///
+/// let config = VmConfig::builder("build/guest/vmlinux")
+///     .initrd("build/guest/initramfs.cpio.gz")
+///     .mem_size(256 << 20)
+///     .vcpus(2)
+///     .share(ShareSpec::parse("tag=data,dir=/srv/guest,store=/srv/store")?)
+///     .build()?;
+/// assert_eq!(config.vcpus, 2);
+/// assert_eq!(config.shares[0].tag, "data");
+/// // Mistakes are refused before anything runs: two shares with one tag, say.
+/// let twice = VmConfig::builder("build/guest/vmlinux")
+///     .share(ShareSpec::parse("tag=data,dir=/srv/a")?)
+///     .share(ShareSpec::parse("tag=data,dir=/srv/b")?)
+///     .build();
+/// assert!(twice.is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     /// The guest kernel: an ELF vmlinux or a bzImage.

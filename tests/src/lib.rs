@@ -1,5 +1,7 @@
 //! Helpers shared by the end-to-end tests.
 
+#![deny(missing_docs)]
+
 pub mod pattern;
 pub mod pjdfstest;
 pub mod qemu;

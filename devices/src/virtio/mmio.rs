@@ -45,6 +45,38 @@ const STATUS_TRANSITIONS: [(u32, u32); 4] = [
 ];
 
 /// A virtio device behind the MMIO transport, placed on the MMIO bus.
+///
+/// The guest drives it through a 4 KiB register window; the VMM forwards each access:
+///
+/// ```
+/// use std::sync::Arc;
+/// use devices::bus::BusDevice;
+/// use devices::virtio::fs::VirtioFs;
+/// use devices::virtio::{MmioInterrupt, MmioTransport};
+/// use fuse_backend_rs::passthrough::{Config, PassthroughFs};
+/// use vm_memory::{GuestAddress, GuestMemoryMmap};
+/// use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+///
+/// let tmp = tempfile::tempdir()?;
+/// let config = Config {
+///     root_dir: tmp.path().to_str().unwrap().to_owned(),
+///     ..Default::default()
+/// };
+/// let fs: PassthroughFs<()> = PassthroughFs::new(config)?;
+/// let device = VirtioFs::new("data", 1, Arc::new(fs))?;
+/// let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)])?;
+/// // The interrupt line: an eventfd the VMM registers with KVM as an irqfd.
+/// let interrupt = Arc::new(MmioInterrupt::new(EventFd::new(EFD_NONBLOCK)?));
+/// let mut transport = MmioTransport::new(device, mem, interrupt)?;
+///
+/// let mut magic = [0u8; 4];
+/// transport.read(0x000, &mut magic);
+/// assert_eq!(&magic, b"virt");
+/// let mut device_id = [0u8; 4];
+/// transport.read(0x008, &mut device_id);
+/// assert_eq!(u32::from_le_bytes(device_id), 26, "virtio-fs");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct MmioTransport<D: VirtioDevice> {
     device: D,
     mem: GuestMemory,

@@ -228,6 +228,33 @@ struct State {
 }
 
 /// The redirecting file system over one share.
+///
+/// It is a fuse-backend-rs [`FileSystem`]: the virtio-fs device, the vhost-user back-end and
+/// `fsredirect mount` all serve it. Called directly, as they would:
+///
+/// ```
+/// use fsredirect::{FsConfig, RedirectFs, ShareSpec};
+/// use fuse_backend_rs::abi::fuse_abi::{CreateIn, FsOptions};
+/// use fuse_backend_rs::api::filesystem::{Context, FileSystem};
+///
+/// let tmp = tempfile::tempdir()?;
+/// std::fs::create_dir(tmp.path().join("guest"))?;
+/// let share = ShareSpec::parse(&format!(
+///     "tag=data,dir={0}/guest,store={0}/store",
+///     tmp.path().display()
+/// ))?;
+/// let fs = RedirectFs::new(&share, FsConfig::default())?;
+/// fs.init(FsOptions::empty())?;
+///
+/// // CREATE "a.txt" in the share's root (node 1): the guest tree gets a stub, the store
+/// // volume `data` the object.
+/// let args = CreateIn { flags: libc::O_RDWR as u32, mode: 0o644, umask: 0, fuse_flags: 0 };
+/// let (entry, handle, _, _) = fs.create(&Context::new(), 1, c"a.txt", args)?;
+/// fs.release(&Context::new(), entry.inode, 0, handle.unwrap(), false, false, None)?;
+/// assert!(tmp.path().join("guest/a.txt").is_file());
+/// assert!(tmp.path().join("store/data/a.txt").is_file());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct RedirectFs {
     inner: PassthroughFs,
     file_handles: bool,

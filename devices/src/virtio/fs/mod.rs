@@ -63,7 +63,26 @@ struct Running {
     threads: Vec<JoinHandle<()>>,
 }
 
-/// A virtio-fs device serving file system `F`.
+/// A virtio-fs device serving file system `F`: any fuse-backend-rs [`FileSystem`] (the VMM
+/// gives it a redirecting `fsredirect::RedirectFs`).
+///
+/// ```
+/// use std::sync::Arc;
+/// use devices::virtio::fs::VirtioFs;
+/// use devices::virtio::VirtioDevice;
+/// use fuse_backend_rs::passthrough::{Config, PassthroughFs};
+///
+/// let tmp = tempfile::tempdir()?;
+/// let config = Config {
+///     root_dir: tmp.path().to_str().unwrap().to_owned(),
+///     ..Default::default()
+/// };
+/// let fs: PassthroughFs<()> = PassthroughFs::new(config)?;
+/// // Tag "data" (what the guest mounts), one request queue beside the high-priority one.
+/// let device = VirtioFs::new("data", 1, Arc::new(fs))?;
+/// assert_eq!(device.queue_max_sizes().len(), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct VirtioFs<F: FileSystem + Send + Sync + 'static> {
     tag: String,
     config: [u8; MAX_TAG_LEN + 4],
