@@ -53,7 +53,7 @@ pub enum ToolError {
     #[error("store directory {0} does not exist; check store=")]
     NoStoreDir(PathBuf),
     /// A server holds the volume.
-    #[error("volume `{volume}` of store {store} is in use by a server (a VM, a vhost-user daemon or `fsredirect mount`{pid}) holding {lock}; stop it (shut the VM down, stop the daemon or unmount) and run this command again")]
+    #[error("volume `{volume}` of store {store} is in use by a server (a VM, a vhost-user daemon or `fsredirect mount`{}) holding {lock}; stop it (shut the VM down, stop the daemon or unmount) and run this command again", pids_note(pid.as_slice()))]
     Busy {
         /// The volume.
         volume: String,
@@ -61,18 +61,18 @@ pub enum ToolError {
         store: PathBuf,
         /// The lock file.
         lock: PathBuf,
-        /// `, pid N` when the lock file names the server's process.
-        pid: String,
+        /// The server's process, when the lock file names it.
+        pid: Option<u32>,
     },
     /// Another read-only tool holds the volume.
-    #[error("volume `{volume}` of store {store} is being read by another fsredirect tool (inspect or verify{pids}); run this command again when it has finished")]
+    #[error("volume `{volume}` of store {store} is being read by another fsredirect tool (inspect or verify{}); run this command again when it has finished", pids_note(pids))]
     BusyReading {
         /// The volume.
         volume: String,
         /// The store root.
         store: PathBuf,
-        /// `, pid N` when known.
-        pids: String,
+        /// The tools' processes, where known.
+        pids: Vec<u32>,
     },
     /// The volume could not be opened.
     #[error(transparent)]
@@ -236,16 +236,11 @@ impl Volume {
     fn busy(&self) -> ToolError {
         let (volume, store, lock) = (self.name.clone(), self.store.clone(), self.lock_path());
         if only_shared_holders(&lock) {
-            let pids: Vec<String> = crate::treelock::lock_holders(&lock)
+            let pids = crate::treelock::lock_holders(&lock)
                 .iter()
                 .filter(|(_, write)| !write)
-                .map(|(p, _)| p.to_string())
+                .map(|(p, _)| *p)
                 .collect();
-            let pids = match pids.len() {
-                0 => String::new(),
-                1 => format!(", pid {}", pids[0]),
-                _ => format!(", pids {}", pids.join(", ")),
-            };
             return ToolError::BusyReading {
                 volume,
                 store,
@@ -255,15 +250,23 @@ impl Volume {
         // A server writes its pid into the lock file once it holds the lock.
         let pid = fs::read_to_string(&lock)
             .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-            .map(|p| format!(", pid {p}"))
-            .unwrap_or_default();
+            .and_then(|s| s.trim().parse::<u32>().ok());
         ToolError::Busy {
             volume,
             store,
             lock,
             pid,
         }
+    }
+}
+
+/// `, pid N` or `, pids N, M` for an error message; nothing when no process is known.
+fn pids_note(pids: &[u32]) -> String {
+    let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+    match list.len() {
+        0 => String::new(),
+        1 => format!(", pid {}", list[0]),
+        _ => format!(", pids {}", list.join(", ")),
     }
 }
 

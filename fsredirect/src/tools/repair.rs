@@ -57,6 +57,8 @@ pub struct Action {
     /// The finding, as verify writes it.
     pub message: String,
     /// What repair does about it.
+    pub fix: Fix,
+    /// The same, in words, with the paths it touches.
     pub action: String,
     /// Why the action failed (or cannot be done), if it did.
     pub error: Option<String>,
@@ -83,19 +85,38 @@ pub struct RepairOutcome {
 
 /// What to do about one finding.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Fix {
+pub enum Fix {
+    /// Give the object mode 0600.
     MakePrivate,
+    /// Save the bytes a stub holds to lost+found, then punch them out.
     SaveStubData,
+    /// Set the stub's size to this, the object's.
     ResizeStub(u64),
-    MoveAside { recreate: u64 },
+    /// Move what is at the object's path to lost+found and recreate the object as zeros of
+    /// this size.
+    MoveAside {
+        /// The size of the new object.
+        recreate: u64,
+    },
+    /// Let recovery move back the object found at this path, where the stub's record says
+    /// it was.
     MoveBack(PathBuf),
+    /// Recreate a missing object as zeros of this size.
     Recreate(u64),
+    /// Link the object to the object of this other name of the file (the name's own object
+    /// removed when identical, moved to lost+found otherwise).
     Relink(PathBuf),
+    /// Give the file its own copy of an object another file shares.
     Unshare,
+    /// Move an object no stub names to lost+found.
     ToLostFound,
+    /// Rewrite unreadable metadata (an object is at its path).
     RewriteMeta,
+    /// Remove unreadable metadata (the file stays the ordinary file it was served as).
     DropMeta,
+    /// Record the file's current path in place of this one.
     CorrectHint(PathBuf),
+    /// Nothing can be done: why.
     Leave(String),
 }
 
@@ -109,6 +130,14 @@ impl Fix {
             Fix::MoveBack(_) => 1,
             _ => 2,
         }
+    }
+
+    /// True if the fix may put something in lost+found.
+    pub fn uses_lost_found(&self) -> bool {
+        matches!(
+            self,
+            Fix::SaveStubData | Fix::MoveAside { .. } | Fix::Relink(_) | Fix::ToLostFound
+        )
     }
 
     fn describe(&self, lf: &LostFound, path: &Path) -> String {
@@ -212,6 +241,7 @@ pub fn repair(share: &ShareSpec, dry_run: bool, step: &mut dyn FnMut()) -> Resul
                     Fix::Leave(why) => Some(why.clone()),
                     _ => None,
                 },
+                fix: item.fix,
                 path: item.path,
                 finding: item.finding,
                 message: item.message,
@@ -285,6 +315,7 @@ pub fn repair(share: &ShareSpec, dry_run: bool, step: &mut dyn FnMut()) -> Resul
                 path: item.path,
                 finding: item.finding,
                 message: item.message,
+                fix: item.fix,
                 action,
                 error: result.err(),
             });
@@ -304,7 +335,7 @@ pub fn repair(share: &ShareSpec, dry_run: bool, step: &mut dyn FnMut()) -> Resul
 fn lf_used(actions: &[Action]) -> bool {
     actions
         .iter()
-        .any(|a| a.error.is_none() && a.action.contains("lost+found"))
+        .any(|a| a.error.is_none() && a.fix.uses_lost_found())
 }
 
 fn walk(share: &ShareSpec, step: &mut dyn FnMut()) -> Result<Report> {
@@ -705,7 +736,7 @@ mod tests {
         t.write("d/a", b"lost bytes");
         fs::remove_file(t.volume.join("d/a")).unwrap();
         let out = run(&t);
-        assert!(out.actions[0].action.contains("zeros"), "{:?}", out.actions);
+        assert_eq!(out.actions[0].fix, Fix::Recreate(10), "{:?}", out.actions);
         assert_eq!(fs::read(t.volume.join("d/a")).unwrap(), vec![0u8; 10]);
     }
 
@@ -723,7 +754,9 @@ mod tests {
         assert_eq!(fs::read(t.volume.join("a")).unwrap(), b"data");
         assert!(!t.volume.join("b").exists());
         assert!(
-            out.actions.iter().any(|a| a.action.contains("move back")),
+            out.actions
+                .iter()
+                .any(|a| matches!(a.fix, Fix::MoveBack(_))),
             "{:?}",
             out.actions
         );
