@@ -6,6 +6,7 @@
 
 pub mod fs;
 pub mod mmio;
+pub mod wait;
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};

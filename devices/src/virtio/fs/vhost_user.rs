@@ -710,33 +710,14 @@ fn remove_stale_socket(path: &Path) -> Result<()> {
     }
 }
 
-/// Waits until one of `fds` is readable; returns the index of the first.
+/// Waits until one of `fds` is readable; returns the index of the first listed.
 fn wait_any(fds: &[RawFd]) -> Result<usize> {
-    let mut polls: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
+    crate::virtio::wait::Waiter::new(fds)
+        .and_then(|mut waiter| waiter.wait())
+        .map_err(|source| VhostUserFsError::Host {
+            what: "wait for the front-end",
+            source,
         })
-        .collect();
-    loop {
-        // SAFETY: polls is a valid array of polls.len() pollfd for the call's duration.
-        let ret = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, -1) };
-        if ret < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(VhostUserFsError::Host {
-                what: "wait for the front-end",
-                source: err,
-            });
-        }
-        if let Some(index) = polls.iter().position(|p| p.revents != 0) {
-            return Ok(index);
-        }
-    }
 }
 
 #[cfg(test)]

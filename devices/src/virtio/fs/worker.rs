@@ -9,6 +9,7 @@ use log::{debug, warn};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::handler::{process_queue, FuseSession};
+use crate::virtio::wait::Waiter;
 use crate::virtio::{ActiveQueue, GuestMemory, Interrupt};
 
 /// What a worker needs; moved into its thread.
@@ -37,8 +38,18 @@ enum Wake {
 impl<F: FileSystem + Send + Sync> Worker<F> {
     /// Serves the queue until told to stop or the queue breaks.
     pub fn run(mut self) {
+        let mut waiter = match Waiter::new(&[self.stop.as_raw_fd(), self.queue.kick.as_raw_fd()]) {
+            Ok(waiter) => waiter,
+            Err(err) => {
+                warn!(
+                    "virtio-fs queue {}: cannot wait for work: {err}",
+                    self.index
+                );
+                return;
+            }
+        };
         loop {
-            match self.wait() {
+            match self.wait(&mut waiter) {
                 Ok(Wake::Stop) => break,
                 Ok(Wake::Kick) => {}
                 Err(err) => {
@@ -73,37 +84,12 @@ impl<F: FileSystem + Send + Sync> Worker<F> {
         debug!("virtio-fs queue {} worker stopped", self.index);
     }
 
-    /// Blocks until the queue is kicked or the worker is told to stop.
-    fn wait(&self) -> std::io::Result<Wake> {
-        let mut fds = [
-            libc::pollfd {
-                fd: self.stop.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.queue.kick.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        loop {
-            // SAFETY: fds is a valid array of two pollfd for the call's duration.
-            let ret = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-            if ret < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(err);
-            }
-            if fds[0].revents != 0 {
-                return Ok(Wake::Stop);
-            }
-            if fds[1].revents != 0 {
-                let _ = self.queue.kick.read();
-                return Ok(Wake::Kick);
-            }
+    /// Blocks until the queue is kicked or the worker is told to stop (a stop wins).
+    fn wait(&self, waiter: &mut Waiter) -> std::io::Result<Wake> {
+        if waiter.wait()? == 0 {
+            return Ok(Wake::Stop);
         }
+        let _ = self.queue.kick.read();
+        Ok(Wake::Kick)
     }
 }
