@@ -6,6 +6,7 @@
 //! before the driver may mark a queue ready, and nothing after DRIVER_OK
 //! but notifications, interrupt acks and a reset.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use log::{info, warn};
@@ -87,9 +88,10 @@ pub struct MmioTransport<D: VirtioDevice> {
     acked_features: u64,
     queue_select: u32,
     queues: Vec<Queue>,
-    /// Per queue: whether the driver's last write of the size and of each
-    /// address half was refused (see [`address_slot`]).
-    bad_config: Vec<[bool; 7]>,
+    /// Per queue: the registers (QueueNum and the address halves, by offset) whose last
+    /// write the queue did not take (an invalid size, a misaligned address). Such a queue
+    /// is never made ready, so driver and device never disagree on its layout.
+    refused_writes: Vec<BTreeSet<u32>>,
     kicks: Vec<EventFd>,
     config_generation: u32,
     active: bool,
@@ -128,7 +130,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             driver_features_select: 0,
             acked_features: 0,
             queue_select: 0,
-            bad_config: vec![[false; 7]; queues.len()],
+            refused_writes: vec![BTreeSet::new(); queues.len()],
             queues,
             kicks,
             config_generation: 0,
@@ -266,7 +268,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 if let Some(size) = valid {
                     queue.set_size(size);
                 }
-                self.bad_config[select][SIZE_SLOT] = valid.is_none();
+                note_refused(&mut self.refused_writes[select], offset, valid.is_none());
             }
             VIRTIO_MMIO_QUEUE_DESC_LOW
             | VIRTIO_MMIO_QUEUE_DESC_HIGH
@@ -306,10 +308,14 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 } else {
                     stored as u32
                 };
-                self.bad_config[select][address_slot(offset)] = stored_part != value;
+                note_refused(
+                    &mut self.refused_writes[select],
+                    offset,
+                    stored_part != value,
+                );
             }
             VIRTIO_MMIO_QUEUE_READY => {
-                let refused_writes = self.bad_config[select].iter().any(|bad| *bad);
+                let refused_writes = !self.refused_writes[select].is_empty();
                 if value == 1 && (refused_writes || !rings_in_memory(queue, &self.mem)) {
                     // The driver reads QueueReady back and sees 0.
                     warn_limited!(
@@ -440,7 +446,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         for queue in &mut self.queues {
             queue.reset();
         }
-        self.bad_config.fill([false; 7]);
+        self.refused_writes.iter_mut().for_each(BTreeSet::clear);
         for kick in &self.kicks {
             // Drop notifications that arrived for the old queues.
             let _ = kick.read();
@@ -451,21 +457,6 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.driver_features_select = 0;
         self.queue_select = 0;
         self.interrupt.clear();
-    }
-}
-
-/// Slot of the queue size in a queue's refused-write flags.
-const SIZE_SLOT: usize = 6;
-
-/// Slot of an address register in a queue's refused-write flags.
-fn address_slot(offset: u32) -> usize {
-    match offset {
-        VIRTIO_MMIO_QUEUE_DESC_LOW => 0,
-        VIRTIO_MMIO_QUEUE_DESC_HIGH => 1,
-        VIRTIO_MMIO_QUEUE_AVAIL_LOW => 2,
-        VIRTIO_MMIO_QUEUE_AVAIL_HIGH => 3,
-        VIRTIO_MMIO_QUEUE_USED_LOW => 4,
-        _ => 5,
     }
 }
 
@@ -525,6 +516,15 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
 impl<D: VirtioDevice> Drop for MmioTransport<D> {
     fn drop(&mut self) {
         self.deactivate();
+    }
+}
+
+/// Records whether the last write of queue register `register` was refused.
+fn note_refused(refused: &mut BTreeSet<u32>, register: u32, was_refused: bool) {
+    if was_refused {
+        refused.insert(register);
+    } else {
+        refused.remove(&register);
     }
 }
 
