@@ -51,6 +51,7 @@ pub mod fdbudget;
 pub mod fdcache;
 pub mod fs;
 pub mod intent;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod memio;
 pub mod meta;
 pub mod mount;

@@ -131,6 +131,7 @@ pub struct FsConfig {
     pub max_guest_fds: Option<usize>,
     /// Sees every store operation first (tests only: fault injection and power-loss
     /// simulation, [`crate::faults`]); none by default.
+    #[cfg(any(test, feature = "test-utils"))]
     pub store_hook: Hook,
 }
 
@@ -144,8 +145,19 @@ impl Default for FsConfig {
             entry_timeout: Duration::from_secs(1),
             inode_file_handles: root,
             max_guest_fds: None,
+            #[cfg(any(test, feature = "test-utils"))]
             store_hook: Hook::default(),
         }
+    }
+}
+
+impl FsConfig {
+    /// The store hook: the configured one in tests, none otherwise.
+    fn hook(&self) -> Hook {
+        #[cfg(any(test, feature = "test-utils"))]
+        return self.store_hook.clone();
+        #[cfg(not(any(test, feature = "test-utils")))]
+        return Hook::default();
     }
 }
 
@@ -324,11 +336,7 @@ impl RedirectFs {
         })?;
         let (store, volume) = match &share.store {
             Some(s) => (
-                Some(Store::open_with(
-                    &s.root,
-                    &s.volume,
-                    cfg.store_hook.clone(),
-                )?),
+                Some(Store::open_with(&s.root, &s.volume, cfg.hook())?),
                 s.volume.clone().into_bytes(),
             ),
             None => (None, Vec::new()),
@@ -451,6 +459,7 @@ impl RedirectFs {
 
     /// How many store descriptors are cached now (never more than `max_store_fds`; files the
     /// guest has open hold theirs beside the cache, within the guest's descriptor budget).
+    #[cfg(any(test, feature = "test-utils"))]
     pub fn open_store_fds(&self) -> usize {
         self.fds.len()
     }
