@@ -277,6 +277,18 @@ impl Store {
         File::from(dir).sync_all()
     }
 
+    /// fsync of the store directory holding the object at `parts`: makes its name durable.
+    pub fn sync_parent(&self, parts: &[CString]) -> io::Result<()> {
+        self.sync_dir(&parts[..parts.len().saturating_sub(1)])
+    }
+
+    /// fsync of a directory of the control area (`lost+found/...`, made by the host tools),
+    /// through the same hook as every store operation.
+    pub fn sync_control_dir(&self, dir: &Path) -> io::Result<()> {
+        self.before(&StoreOp::SyncDir)?;
+        crate::beneath::sync_dir(dir)
+    }
+
     /// syncfs of the file system holding the volume: every object, name and record is
     /// durable afterwards.
     pub fn syncfs(&self) -> io::Result<()> {

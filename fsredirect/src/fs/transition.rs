@@ -194,7 +194,7 @@ impl RedirectFs {
         let object = store.create_object(parts)?;
         copy_data(&file, &object, size).map_err(undo_object)?;
         object.sync_all().map_err(undo_object)?;
-        sync_parent(store, parts).map_err(undo_object)?;
+        store.sync_parent(parts).map_err(undo_object)?;
         drop(object);
         self.write_meta(inode, &Meta::redirect(&self.volume, &join(parts)))
             .map_err(undo_object)?;
@@ -373,27 +373,4 @@ fn remove_meta(file: &File, name: &CStr) -> io::Result<()> {
     // SAFETY: fremovexattr on a descriptor we hold, with a NUL-terminated name.
     let res = unsafe { libc::fremovexattr(file.as_raw_fd(), name.as_ptr()) };
     crate::beneath::check(res).map(|_| ())
-}
-
-/// Syncs the store directory holding the object at `parts`, so its name survives a power
-/// loss before the stub starts to depend on it.
-fn sync_parent(store: &Store, parts: &[CString]) -> io::Result<()> {
-    let volume = File::open(store.volume_path())?;
-    let dirs = &parts[..parts.len().saturating_sub(1)];
-    let dir = walk(&volume, dirs)?;
-    let path = CString::new(format!("/proc/self/fd/{}", dir.as_raw_fd()))
-        .map_err(|_| errno(libc::EINVAL))?;
-    // SAFETY: `path` is NUL-terminated; it reopens our own O_PATH descriptor of a directory.
-    let fd = unsafe {
-        libc::open(
-            path.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `open` returned a new descriptor that nothing else owns.
-    let dir = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    dir.sync_all()
 }

@@ -196,11 +196,6 @@ pub fn resize_stub(stub: &File, size: u64) -> io::Result<()> {
     stub.sync_all()
 }
 
-/// `fsync` of a directory (so a rename or new name in it is durable).
-pub fn sync_dir(dir: &File) -> io::Result<()> {
-    dir.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

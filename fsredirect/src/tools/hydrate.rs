@@ -194,7 +194,7 @@ pub fn hydrate(share: &ShareSpec, path: &Path) -> Result<ConvertOutcome> {
         })
         .map_err(io_err("log the change of", &rel))?;
     tmp.replace(&dir, &name)
-        .and_then(|()| guest::sync_dir(&dir))
+        .and_then(|()| dir.sync_all())
         .map_err(io_err("put the hydrated file in place of", &rel))?;
     store
         .remove(&parts, false)

@@ -450,7 +450,7 @@ fn apply(ctx: &Ctx, store: &Store, path: &Path, fix: &Fix) -> io::Result<()> {
             guest::resize_stub(&stub, *size)
         }
         Fix::MoveAside { recreate } => {
-            to_lost_found(ctx, path)?;
+            to_lost_found(ctx, store, path)?;
             recreate_object(store, path, *recreate)
         }
         Fix::Recreate(size) => recreate_object(store, path, *size),
@@ -460,11 +460,11 @@ fn apply(ctx: &Ctx, store: &Store, path: &Path, fix: &Fix) -> io::Result<()> {
                 if own.is_file() && same_content(&object, &reference)? {
                     store.remove(&parts(path)?, false)?;
                 } else {
-                    to_lost_found(ctx, path)?;
+                    to_lost_found(ctx, store, path)?;
                 }
             }
             store.link(&parts(other)?, &parts(path)?)?;
-            sync_parent(&object)
+            store.sync_parent(&parts(path)?)
         }
         Fix::Unshare => {
             let mut src = store.open_object(&parts(path)?)?;
@@ -478,10 +478,10 @@ fn apply(ctx: &Ctx, store: &Store, path: &Path, fix: &Fix) -> io::Result<()> {
             let name =
                 CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
             store.unorphan(&name, &parts(path)?)?;
-            sync_parent(&object)
+            store.sync_parent(&parts(path)?)
         }
         Fix::ToLostFound => match fs::symlink_metadata(&object) {
-            Ok(_) => to_lost_found(ctx, path),
+            Ok(_) => to_lost_found(ctx, store, path),
             // Moved back under its stub by this round's recovery pass.
             Err(_) => Ok(()),
         },
@@ -532,20 +532,16 @@ fn recreate_object(store: &Store, path: &Path, size: u64) -> io::Result<()> {
     let f = store.create_object(&parts(path)?)?;
     f.set_len(size)?;
     f.sync_all()?;
-    sync_parent(&store.volume_path().join(path))
+    store.sync_parent(&parts(path)?)
 }
 
 /// Moves the store entry at `path` into this run's lost+found, keeping its path.
-fn to_lost_found(ctx: &Ctx, path: &Path) -> io::Result<()> {
+fn to_lost_found(ctx: &Ctx, store: &Store, path: &Path) -> io::Result<()> {
     let target = ctx.lf.target("store", path);
     ctx.lf.prepare(&target).map_err(io::Error::other)?;
     fs::rename(ctx.volume.data.join(path), &target)?;
-    sync_parent(&target)
-}
-
-fn sync_parent(path: &Path) -> io::Result<()> {
-    match path.parent() {
-        Some(dir) => File::open(dir)?.sync_all(),
+    match target.parent() {
+        Some(dir) => store.sync_control_dir(dir),
         None => Ok(()),
     }
 }
