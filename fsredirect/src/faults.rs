@@ -4,9 +4,9 @@
 //! it. Without a hook (production) the check is one branch on a `None`.
 //!
 //! Two hooks come with the crate for tests (feature `test-utils`, or the crate's own tests):
-//! - [`FaultPlan`] injects an errno or short writes into one kind of operation, to prove that
+//! - `FaultPlan` injects an errno or short writes into one kind of operation, to prove that
 //!   a failing store gives the guest an errno and leaves stubs that agree with their data;
-//! - [`PowerLoss`] simulates a power cut at a chosen operation: it remembers the content each
+//! - `PowerLoss` simulates a power cut at a chosen operation: it remembers the content each
 //!   object had when it was last synced and, at the cut, writes those contents back, so the
 //!   store holds only what a real disk would have kept (see its docs for the model).
 
