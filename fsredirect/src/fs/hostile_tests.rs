@@ -79,6 +79,20 @@ fn overwritten_objects_are_not_kept_open() {
     fx.assert_mirror();
 }
 
+/// `ln d2/b d1/a` (12 bytes, "shared bytes"), then a restart with `cfg`, after which the
+/// server knows only `d1` and `d1/a` (looked up): `d2/b` is on disk, unknown to it.
+fn hard_link_known_by_one_name(cfg: impl Fn() -> FsConfig) -> (Fixture, Entry, Entry) {
+    let fx = fixture_with(true, cfg());
+    let d1 = fx.mkdir(ROOT_INODE, "d1");
+    let d2 = fx.mkdir(ROOT_INODE, "d2");
+    let b = fx.write_file(d2.inode, "b", b"shared bytes");
+    fx.fs.link(&fx.ctx, b.inode, d1.inode, &c("a")).unwrap();
+    let fx = fx.restart(cfg());
+    let d1 = fx.lookup(ROOT_INODE, "d1").unwrap();
+    let a = fx.lookup(d1.inode, "a").unwrap();
+    (fx, d1, a)
+}
+
 /// 1. `ln d2/b d1/a`, restart the server, look up and open only `d1/a`.
 /// 2. Unlink `d1/a` (the server knows no other name now) and touch other files, so that
 ///    cached descriptors are evicted (one store descriptor at most).
@@ -89,14 +103,7 @@ fn open_hard_link_keeps_working_after_restart_and_unlink() {
         max_store_fds: 1,
         ..FsConfig::default()
     };
-    let fx = fixture_with(true, cfg());
-    let d1 = fx.mkdir(ROOT_INODE, "d1");
-    let d2 = fx.mkdir(ROOT_INODE, "d2");
-    let b = fx.write_file(d2.inode, "b", b"shared bytes");
-    fx.fs.link(&fx.ctx, b.inode, d1.inode, &c("a")).unwrap();
-    let fx = fx.restart(cfg());
-    let d1 = fx.lookup(ROOT_INODE, "d1").unwrap();
-    let a = fx.lookup(d1.inode, "a").unwrap();
+    let (fx, d1, a) = hard_link_known_by_one_name(cfg);
     let handle = fx.open(a.inode, libc::O_RDWR);
     fx.fs.unlink(&fx.ctx, d1.inode, &c("a")).unwrap();
     fx.write_file(ROOT_INODE, "other1", b"x");
@@ -642,14 +649,7 @@ fn forgetting_a_directory_keeps_the_nodes_below_it_working() {
 #[test]
 fn a_node_whose_known_names_are_gone_still_reaches_its_file() {
     for cfg in [FsConfig::default, without_file_handles] {
-        let fx = fixture_with(true, cfg());
-        let d1 = fx.mkdir(ROOT_INODE, "d1");
-        let d2 = fx.mkdir(ROOT_INODE, "d2");
-        let b = fx.write_file(d2.inode, "b", b"shared bytes");
-        fx.fs.link(&fx.ctx, b.inode, d1.inode, &c("a")).unwrap();
-        let fx = fx.restart(cfg());
-        let d1 = fx.lookup(ROOT_INODE, "d1").unwrap();
-        let a = fx.lookup(d1.inode, "a").unwrap();
+        let (fx, d1, a) = hard_link_known_by_one_name(cfg);
         fx.fs.unlink(&fx.ctx, d1.inode, &c("a")).unwrap();
         assert_eq!(fx.size(a.inode), 12);
         let handle = fx.open(a.inode, libc::O_RDWR);
@@ -770,20 +770,8 @@ fn a_release_racing_a_write_leaves_stub_and_object_agreeing() {
         let writer = {
             let (fx, start, data) = (fx.clone(), start.clone(), data.clone());
             std::thread::spawn(move || {
-                let mut src = MemSource::new(data.clone());
                 start.wait();
-                let _ = fx.fs.write(
-                    &fx.ctx,
-                    entry.inode,
-                    handle,
-                    &mut src,
-                    data.len() as u32,
-                    0,
-                    None,
-                    false,
-                    libc::O_RDWR as u32,
-                    0,
-                );
+                let _ = fx.try_write(entry.inode, handle, 0, &data, libc::O_RDWR);
             })
         };
         start.wait();

@@ -151,21 +151,31 @@ impl Fixture {
         data: &[u8],
         flags: i32,
     ) -> usize {
+        self.try_write(inode, handle, offset, data, flags).unwrap()
+    }
+
+    /// [`Fixture::write_with_flags`] that may fail.
+    fn try_write(
+        &self,
+        inode: u64,
+        handle: u64,
+        offset: u64,
+        data: &[u8],
+        flags: i32,
+    ) -> io::Result<usize> {
         let mut src = MemSource::new(data.to_vec());
-        self.fs
-            .write(
-                &self.ctx,
-                inode,
-                handle,
-                &mut src,
-                data.len() as u32,
-                offset,
-                None,
-                false,
-                flags as u32,
-                0,
-            )
-            .unwrap()
+        self.fs.write(
+            &self.ctx,
+            inode,
+            handle,
+            &mut src,
+            data.len() as u32,
+            offset,
+            None,
+            false,
+            flags as u32,
+            0,
+        )
     }
 
     fn read(&self, inode: u64, handle: u64, offset: u64, size: u32) -> Vec<u8> {
