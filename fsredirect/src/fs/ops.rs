@@ -818,14 +818,7 @@ impl RedirectFs {
         self.stub_file(inode)?;
         let written = self.with_object(inode, |f| {
             let offset = if append { f.metadata()?.len() } else { offset };
-            let len = store
-                .before(&StoreOp::Write {
-                    file: f,
-                    offset,
-                    len: size as usize,
-                })?
-                .unwrap_or(size as usize);
-            r.read_to(f, len, offset)
+            write_object(store, f, r, offset, size as usize)
         });
         // Even after a failed write (ENOSPC part-way) the stub takes the object's size, so
         // the two never disagree.
@@ -906,6 +899,25 @@ impl RedirectFs {
         self.fix_attr(inode, kind, &mut st);
         Ok((st, timeout))
     }
+}
+
+/// Writes `len` bytes from the guest's buffers into store object `f` at `offset`, through the
+/// store's hook (which may shorten the write in tests).
+fn write_object(
+    store: &crate::store::Store,
+    f: &mut std::fs::File,
+    r: &mut dyn ZeroCopyReader,
+    offset: u64,
+    len: usize,
+) -> io::Result<usize> {
+    let len = store
+        .before(&StoreOp::Write {
+            file: f,
+            offset,
+            len,
+        })?
+        .unwrap_or(len);
+    r.read_to(f, len, offset)
 }
 
 /// The file flags of a READ or WRITE as they go to the passthrough layer: the access mode and
