@@ -213,6 +213,8 @@ pub struct Gen {
     next_id: u32,
     left_in_round: u64,
     pending: Vec<Step>,
+    /// Generating the requests of a race: see [`Gen::node`].
+    in_race: bool,
 }
 
 const BAD_NAMES: &[&[u8]] = &[b"", b".", b"..", b"a/b", &[b'x'; 256]];
@@ -236,6 +238,7 @@ impl Gen {
             next_id: 1,
             left_in_round: 0,
             pending: Vec::new(),
+            in_race: false,
         }
     }
 
@@ -339,12 +342,18 @@ impl Gen {
             }
             NodeRef::Root
         } else if r < 94 {
-            let stale: Vec<Tag> =
-                m.k.last_node
-                    .keys()
-                    .copied()
-                    .filter(|o| !m.k.known.contains_key(o))
-                    .collect();
+            // In a race, only ids this server handed out: an id from before a restart may
+            // name, just then, a node the server looked up for itself (the other name of a
+            // RENAME racing it), which the model cannot see.
+            let stale: Vec<Tag> = m
+                .k
+                .last_node
+                .iter()
+                .filter(|(o, id)| {
+                    !m.k.known.contains_key(o) && (!self.in_race || m.k.last_owner.contains_key(id))
+                })
+                .map(|(o, _)| *o)
+                .collect();
             self.rng
                 .pick(&stale)
                 .map(NodeRef::Obj)
@@ -1110,12 +1119,15 @@ impl Gen {
                 G::Fallocate,
                 G::Setxattr,
             ];
-            (0..n)
+            self.in_race = true;
+            let ops = (0..n)
                 .map(|_| {
                     let g = self.rng.pick(&kinds).unwrap();
                     self.req(m, g)
                 })
-                .collect()
+                .collect();
+            self.in_race = false;
+            ops
         };
         let repeat = if t < 40 {
             4 + self.rng.below(13) as u16
