@@ -31,10 +31,11 @@
 //!
 //! A finding prints its seed, how to replay it, and a trace shrunk by delta debugging, with
 //! every reply. The default budget (`cargo test`) is the committed seeds below, 5000
-//! operations each (100,000 in all); a longer exploration:
+//! operations each (120,000 in all); the 10-million-operation exploration (no shrinking: a
+//! finding prints its seed, and a replay with `FSR_ADV_SEED` shrinks it):
 //!
 //! ```text
-//! FSR_ADV_SEEDS=200 FSR_ADV_OPS=50000 cargo test --release -p fsredirect --test adversarial
+//! FSR_ADV_SEEDS=200 FSR_ADV_OPS=17000 FSR_ADV_SHRINK=0 cargo test --release -p fsredirect --test adversarial
 //! ```
 //!
 //! `FSR_ADV_SEEDS` (seeds per trial: the committed ones, then more derived from the index),
