@@ -754,14 +754,14 @@ impl RedirectFs {
     /// fuse-backend-rs gives a new file that reuses a host inode number the old file's node
     /// id, so nothing cached under that id may survive.
     fn admit(&self, parent: u64, name: &CStr, mut entry: Entry, kind: Kind) -> Entry {
-        let fresh = {
+        let (fresh, released) = {
             let mut st = self.state();
             let fresh = !st.names.holds(entry.inode) && !st.open.contains_key(&entry.inode);
             st.names.remember(entry.inode, parent, name);
             st.kinds.insert(entry.inode, kind);
-            fresh
+            (fresh, st.names.take_released())
         };
-        self.pass_on_released();
+        self.pass_on(released);
         if fresh {
             self.drop_cached_fds(entry.inode);
             self.undetach(entry.inode);
@@ -978,6 +978,11 @@ impl RedirectFs {
     /// and directories held for the names below them; see [`NameTable`]).
     pub(super) fn pass_on_released(&self) {
         let released = self.state().names.take_released();
+        self.pass_on(released);
+    }
+
+    /// [`RedirectFs::pass_on_released`] for references already taken from the name table.
+    fn pass_on(&self, released: Vec<crate::names::Released>) {
         for r in released {
             if r.gone && !self.file_handles {
                 // The passthrough layer's O_PATH descriptor of the node goes too.
