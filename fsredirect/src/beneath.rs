@@ -82,13 +82,6 @@ pub fn reopen_regular(path_fd: &impl AsRawFd, flags: i32) -> io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
-/// fsync of the directory at `path`, so the names in it are durable: for directories outside
-/// a store volume (the guest tree, the control area); a volume's go through
-/// [`crate::store::Store::sync_dir`], which its hook sees.
-pub fn sync_dir(path: &std::path::Path) -> io::Result<()> {
-    File::open(path)?.sync_all()
-}
-
 /// `fstat` on any descriptor.
 pub fn fstat(fd: &impl AsRawFd) -> io::Result<libc::stat64> {
     let mut st = std::mem::MaybeUninit::<libc::stat64>::zeroed();

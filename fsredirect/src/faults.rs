@@ -1,5 +1,6 @@
 //! A seam in the store layer for tests: every store operation the engine performs (object
-//! data writes, size changes, syncs, namespace changes, intent records) is first shown to an
+//! data writes, size changes, syncs, namespace changes, intent records, and the guest-tree
+//! side of moving a file between tree and store) is first shown to an
 //! optional [`StoreHook`], which may fail it (ENOSPC, EIO, ...), shorten a write, or record
 //! it. Without a hook (production) the check is one branch on a `None`.
 //!
@@ -40,9 +41,10 @@ pub enum Namespace {
 
 /// One store operation the engine is about to perform.
 pub enum StoreOp<'a> {
-    /// `len` bytes are written at `offset` into an object or intent record.
+    /// `len` bytes are written at `offset` into an object, an intent record, or a guest-tree
+    /// file taking its data back from the store.
     Write {
-        /// The object.
+        /// The file.
         file: &'a File,
         /// Where.
         offset: u64,
@@ -61,15 +63,30 @@ pub enum StoreOp<'a> {
         /// The object.
         file: &'a File,
     },
-    /// An object or record is synced: fdatasync with `data_only`, fsync otherwise.
+    /// An object, record or moving guest-tree file is synced: fdatasync with `data_only`,
+    /// fsync otherwise.
     Sync {
-        /// The object.
+        /// The file.
         file: &'a File,
         /// fdatasync rather than fsync.
         data_only: bool,
     },
-    /// A store directory is synced.
+    /// A directory of the store, its control area or the guest tree is synced.
     SyncDir,
+    /// The redirect metadata of a guest-tree file is set or removed (a file moving between
+    /// tree and store).
+    Meta {
+        /// The guest-tree file.
+        file: &'a File,
+        /// The attribute holding the metadata.
+        name: &'a std::ffi::CStr,
+    },
+    /// Every data block of a guest-tree file is freed, its size kept (a file moving into the
+    /// store).
+    Punch {
+        /// The guest-tree file.
+        file: &'a File,
+    },
     /// The whole store file system is synced.
     SyncFs,
     /// A namespace change.
@@ -86,6 +103,8 @@ impl StoreOp<'_> {
             StoreOp::Sync { .. } => OpKind::Sync,
             StoreOp::SyncDir => OpKind::SyncDir,
             StoreOp::SyncFs => OpKind::SyncFs,
+            StoreOp::Meta { .. } => OpKind::Meta,
+            StoreOp::Punch { .. } => OpKind::Punch,
             StoreOp::Namespace(n) => OpKind::Namespace(*n),
         }
     }
@@ -116,6 +135,10 @@ pub enum OpKind {
     SyncDir,
     /// [`StoreOp::SyncFs`].
     SyncFs,
+    /// [`StoreOp::Meta`].
+    Meta,
+    /// [`StoreOp::Punch`].
+    Punch,
     /// [`StoreOp::Namespace`].
     Namespace(Namespace),
 }

@@ -38,7 +38,7 @@
 //! paths without escaping or following symlinks, [`fdcache`] bounds open store descriptors, [`fdbudget`] bounds the descriptors the guest
 //! makes the server hold,
 //! [`mount`] serves a share through /dev/fuse, [`verify`] checks stubs against the store,
-//! [`recover`] reconciles them after an unclean stop, [`intent`] logs operations with two
+//! [`recover`] reconciles them after an unclean stop, [`relocate`] moves a file between guest tree and store, [`placement`] lists files the policy would place elsewhere, [`intent`] logs operations with two
 //! halves for it, [`faults`] lets tests fail store operations or cut power under them,
 //! [`treelock`] keeps one server per guest tree, [`tools`] are the host tools (inspect, verify, repair, gc, hydrate, dehydrate) behind the
 //! `fsredirect` binary.
@@ -59,8 +59,11 @@ pub mod names;
 pub mod placement;
 pub mod policy;
 pub mod recover;
+pub mod relocate;
 pub mod share;
 pub mod store;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testshare;
 pub mod tools;
 pub mod treelock;
 pub mod verify;

@@ -5,8 +5,12 @@
 //! the host keeps it as an empty regular file. The value stays small (tens of bytes for usual
 //! paths) so that on ext4 it fits inside the inode and does not count in `st_blocks`.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
+use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 /// Attribute name used when the server runs as root: `trusted.*` is invisible to host users.
 pub const META_XATTR_ROOT: &CStr = c"trusted.fsredirect";
@@ -53,6 +57,92 @@ pub fn read(
         }
     }
     Ok(None)
+}
+
+/// What [`read`] finds: the attribute holding the metadata and what it decodes to.
+pub type Found = (&'static CStr, Result<Meta>);
+
+/// [`read`] of either spelling on the file at `path`, not following a symlink there;
+/// `None` also when no file is at `path` or its attributes cannot be read.
+pub fn read_path(path: &Path) -> io::Result<Option<Found>> {
+    let p = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    read(&META_XATTR_NAMES, |name| {
+        let mut buf = vec![0u8; 8192];
+        // SAFETY: valid C strings and a writable buffer of the given length.
+        let n = unsafe {
+            libc::lgetxattr(
+                p.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            // No attribute, no readable attribute, or no file there: no metadata.
+            return Ok(None);
+        }
+        buf.truncate(n as usize);
+        Ok(Some(buf))
+    })
+}
+
+/// [`read`] of either spelling on an open file.
+pub fn read_file(f: &File) -> io::Result<Option<Found>> {
+    read(&META_XATTR_NAMES, |name| get_xattr(f, name))
+}
+
+/// The metadata at `path` when it decodes ([`read_path`]); metadata that cannot be decoded
+/// reads as none, and the file is then a plain file.
+pub fn decoded_at(path: &Path) -> io::Result<Option<Meta>> {
+    Ok(read_path(path)?.and_then(|(_, m)| m.ok()))
+}
+
+/// Reads one attribute of an open file; `None` if it is absent.
+pub fn get_xattr(f: &File, name: &CStr) -> io::Result<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: a valid descriptor, NUL-terminated name and a writable buffer of that length.
+    let n = unsafe {
+        libc::fgetxattr(
+            f.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::ENODATA) => Ok(None),
+            _ => Err(err),
+        };
+    }
+    buf.truncate(n as usize);
+    Ok(Some(buf))
+}
+
+/// Sets one attribute of an open file.
+pub fn set_xattr(f: &File, name: &CStr, value: &[u8]) -> io::Result<()> {
+    // SAFETY: a valid descriptor, NUL-terminated name and a value buffer of that length.
+    crate::beneath::check(unsafe {
+        libc::fsetxattr(
+            f.as_raw_fd(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
+    .map(|_| ())
+}
+
+/// Removes one attribute of an open file (absent is fine).
+pub fn remove_xattr(f: &File, name: &CStr) -> io::Result<()> {
+    // SAFETY: a valid descriptor and a NUL-terminated name.
+    match crate::beneath::check(unsafe { libc::fremovexattr(f.as_raw_fd(), name.as_ptr()) }) {
+        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
+        other => other.map(|_| ()),
+    }
 }
 
 /// Longest common portion recorded whole; longer paths keep their last components only.

@@ -24,10 +24,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::intent::Intent;
+use crate::meta::decoded_at;
 use crate::meta::Meta;
 use crate::names::validate_name;
 use crate::store::Store;
-use crate::verify::read_meta;
 
 /// What a recovery pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -147,7 +147,7 @@ fn settle(guest: &Path, store: &Store, intent: &Intent) -> io::Result<()> {
             if ino_of(&file) != Some(*guest_ino) {
                 log::warn!("recovery: placement change of {file:?} left for verify: file replaced");
             } else if is_redirect_stub(&file) {
-                crate::placement::make_sparse(&crate::placement::open_file(&file)?)?;
+                crate::relocate::make_sparse(&crate::relocate::open_file(&file)?)?;
             } else if store
                 .stat_object(&parts(path)?)
                 .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
@@ -208,7 +208,7 @@ pub fn recover(guest: &Path, store: &Store) -> io::Result<RecoveryReport> {
     walk(guest, &mut Vec::new(), &mut |parts, stub| {
         let Some(Meta::Redirect {
             portion, truncated, ..
-        }) = read_meta(stub)?
+        }) = decoded_at(stub)?
         else {
             return Ok(());
         };
@@ -265,7 +265,7 @@ pub fn recover(guest: &Path, store: &Store) -> io::Result<RecoveryReport> {
 }
 
 fn is_redirect_stub(path: &Path) -> bool {
-    matches!(read_meta(path), Ok(Some(Meta::Redirect { .. })))
+    matches!(decoded_at(path), Ok(Some(Meta::Redirect { .. })))
 }
 
 /// Splits a recorded portion into validated components.

@@ -8,7 +8,7 @@
 use std::ffi::{CStr, CString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -249,6 +249,11 @@ impl Store {
         self.hook.check(op)
     }
 
+    /// The hook every store operation is shown to (none in production).
+    pub fn hook(&self) -> &Hook {
+        &self.hook
+    }
+
     /// Cuts or extends an object to `size`.
     pub fn set_len(&self, file: &File, size: u64) -> io::Result<()> {
         self.before(&StoreOp::SetLen { file, size })?;
@@ -265,28 +270,42 @@ impl Store {
         }
     }
 
-    /// fsync of the store directory at `parts` (the volume itself when empty): makes the
-    /// names in it durable.
-    pub fn sync_dir(&self, parts: &[CString]) -> io::Result<()> {
+    /// fsync of the directory `dir` (of the store, its control area or the guest tree): makes
+    /// the names in it durable. Every directory sync passes here, so the hook sees each.
+    pub fn sync_dir(&self, dir: &impl AsFd) -> io::Result<()> {
         self.before(&StoreOp::SyncDir)?;
+        // SAFETY: fsync on a descriptor the caller holds; no memory is involved.
+        check(unsafe { libc::fsync(dir.as_fd().as_raw_fd()) }).map(|_| ())
+    }
+
+    /// [`Store::sync_dir`] of the store directory at `parts` (the volume itself when empty).
+    pub fn sync_volume_dir(&self, parts: &[CString]) -> io::Result<()> {
         let flags = libc::O_RDONLY | libc::O_DIRECTORY;
         let dir = match parts.split_last() {
             None => open_beneath(&self.volume, c".", flags, 0)?,
             Some((last, dirs)) => open_beneath(&walk(&self.volume, dirs)?, last, flags, 0)?,
         };
-        File::from(dir).sync_all()
+        self.sync_dir(&dir)
     }
 
-    /// fsync of the store directory holding the object at `parts`: makes its name durable.
+    /// [`Store::sync_dir`] of the store directory holding the object at `parts`: makes its
+    /// name durable.
     pub fn sync_parent(&self, parts: &[CString]) -> io::Result<()> {
-        self.sync_dir(&parts[..parts.len().saturating_sub(1)])
+        self.sync_volume_dir(&parts[..parts.len().saturating_sub(1)])
     }
 
-    /// fsync of a directory of the control area (`lost+found/...`, made by the host tools),
-    /// through the same hook as every store operation.
+    /// [`Store::sync_dir`] of every store directory on the way to the object at `parts`, from
+    /// its parent up to the volume: directories made for it are durable too.
+    pub fn sync_parents(&self, parts: &[CString]) -> io::Result<()> {
+        (0..parts.len())
+            .rev()
+            .try_for_each(|depth| self.sync_volume_dir(&parts[..depth]))
+    }
+
+    /// [`Store::sync_dir`] of a directory of the control area (`lost+found/...`, made by the
+    /// host tools).
     pub fn sync_control_dir(&self, dir: &Path) -> io::Result<()> {
-        self.before(&StoreOp::SyncDir)?;
-        crate::beneath::sync_dir(dir)
+        self.sync_dir(&File::open(dir)?)
     }
 
     /// syncfs of the file system holding the volume: every object, name and record is
@@ -309,8 +328,7 @@ impl Store {
             0o600,
         )?;
         File::from(marker).sync_all()?;
-        // SAFETY: fsync on a directory descriptor we own.
-        check(unsafe { libc::fsync(self.control.as_raw_fd()) }).map(|_| ())
+        self.sync_dir(&self.control)
     }
 
     /// Opens the directory holding `parts` (all but the last component), creating missing

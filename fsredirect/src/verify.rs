@@ -11,7 +11,6 @@
 //! [`StaleHint`], not as a [`Mismatch`].
 
 use std::collections::HashMap;
-use std::ffi::{CStr, CString};
 use std::fmt;
 use std::fs;
 use std::io;
@@ -20,7 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::meta::{Meta, MetaError, META_XATTR_NAMES};
+use crate::meta::{read_path, Meta};
 use crate::share::ShareSpec;
 
 /// One disagreement between the guest tree and the store.
@@ -224,7 +223,7 @@ pub fn check_share(share: &ShareSpec, step: &mut dyn FnMut()) -> io::Result<Repo
             return Ok(());
         }
         let stub = share.dir.join(rel);
-        let decoded = match read_meta_checked(&stub)? {
+        let decoded = match read_path(&stub)? {
             None => {
                 counts.inline += 1;
                 return Ok(());
@@ -288,7 +287,7 @@ pub fn check_share(share: &ShareSpec, step: &mut dyn FnMut()) -> io::Result<Repo
         if meta.file_type().is_file() {
             report.counts.objects += 1;
         }
-        let named = match read_meta_checked(&share.dir.join(rel)) {
+        let named = match read_path(&share.dir.join(rel)) {
             Ok(Some((_, Ok(Meta::Redirect { volume, .. })))) => volume == ours,
             // Reported as BadMetadata; repair decides from the object.
             Ok(Some((_, Err(_)))) => true,
@@ -422,40 +421,6 @@ pub(crate) fn walk(
     Ok(())
 }
 
-/// Reads the redirect metadata of the file at `path` (either spelling), if any; metadata
-/// that cannot be decoded reads as none (the file is served as a plain file).
-pub fn read_meta(path: &Path) -> io::Result<Option<Meta>> {
-    Ok(read_meta_checked(path)?.and_then(|(_, m)| m.ok()))
-}
-
-/// Reads the redirect metadata of the file at `path` (not following a symlink): which
-/// attribute holds it and what it decodes to, or `None` if neither spelling can be read
-/// there (no file at `path` included) ([`crate::meta::read`]).
-pub fn read_meta_checked(
-    path: &Path,
-) -> io::Result<Option<(&'static CStr, Result<Meta, MetaError>)>> {
-    let p = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    crate::meta::read(&META_XATTR_NAMES, |name| {
-        let mut buf = vec![0u8; 8192];
-        // SAFETY: valid C strings and a writable buffer of the given length.
-        let n = unsafe {
-            libc::lgetxattr(
-                p.as_ptr(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        if n < 0 {
-            // No attribute, no readable attribute, or no file there: no metadata.
-            return Ok(None);
-        }
-        buf.truncate(n as usize);
-        Ok(Some(buf))
-    })
-}
-
 /// True if the regular file at `path` has a data extent (a stub should have none).
 pub fn has_data(path: &Path) -> io::Result<bool> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -576,7 +541,7 @@ mod tests {
         );
     }
 
-    use crate::tools::testshare::TestShare;
+    use crate::testshare::TestShare;
 
     #[test]
     fn object_missing_under_one_hard_link_is_a_link_to_mirror() {
@@ -634,9 +599,9 @@ mod tests {
     fn unreadable_metadata_is_reported_and_its_object_is_not_stray() {
         let t = TestShare::new();
         t.write("a", b"data");
-        let (attr, _) = read_meta_checked(&t.guest.join("a")).unwrap().unwrap();
+        let (attr, _) = read_path(&t.guest.join("a")).unwrap().unwrap();
         let f = fs::File::open(t.guest.join("a")).unwrap();
-        crate::tools::guest::set_xattr(&f, attr, b"garbage").unwrap();
+        crate::meta::set_xattr(&f, attr, b"garbage").unwrap();
         assert_eq!(
             verify_share(&t.share).unwrap(),
             vec![Mismatch::BadMetadata("a".into())]
@@ -647,10 +612,10 @@ mod tests {
     fn stub_of_another_volume_is_reported() {
         let t = TestShare::new();
         t.write("a", b"data");
-        let (attr, _) = read_meta_checked(&t.guest.join("a")).unwrap().unwrap();
+        let (attr, _) = read_path(&t.guest.join("a")).unwrap().unwrap();
         let f = fs::File::open(t.guest.join("a")).unwrap();
         let meta = Meta::redirect(b"elsewhere", b"a").encode();
-        crate::tools::guest::set_xattr(&f, attr, &meta).unwrap();
+        crate::meta::set_xattr(&f, attr, &meta).unwrap();
         let found = verify_share(&t.share).unwrap();
         assert!(found.contains(&Mismatch::WrongVolume {
             path: "a".into(),

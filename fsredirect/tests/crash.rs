@@ -1015,7 +1015,7 @@ fn read_share(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, String> {
             } else {
                 // A redirected file's bytes are its object; an inline file's are its own.
                 let redirected = matches!(
-                    fsredirect::verify::read_meta(&entry.path()),
+                    fsredirect::meta::decoded_at(&entry.path()),
                     Ok(Some(fsredirect::meta::Meta::Redirect { .. }))
                 );
                 let data = if redirected {
@@ -1188,7 +1188,7 @@ fn snapshot(dir: &Path) -> BTreeSet<String> {
                 } else if label == "s" {
                     line += &format!(" data {:?}", std::fs::read(&path).unwrap_or_default());
                 } else {
-                    line += &format!(" meta {:?}", fsredirect::verify::read_meta(&path).ok());
+                    line += &format!(" meta {:?}", fsredirect::meta::decoded_at(&path).ok());
                 }
                 out.insert(line);
             }

@@ -9,15 +9,15 @@ use std::sync::Arc;
 
 use fsredirect::faults::{Fault, FaultPlan, Hook, Namespace, OpKind, StoreHook};
 use fsredirect::memio::MemSource;
-use fsredirect::{FsConfig, RedirectFs, ShareSpec};
-use fuse_backend_rs::abi::fuse_abi::{CreateIn, FsOptions, SetattrValid};
+use fsredirect::testshare::TestShare;
+use fsredirect::{FsConfig, RedirectFs};
+use fuse_backend_rs::abi::fuse_abi::{CreateIn, SetattrValid};
 use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem};
 
 const ROOT: u64 = 1;
 
 struct Fx {
-    _tmp: tempfile::TempDir,
-    share: ShareSpec,
+    share: TestShare,
     guest: PathBuf,
     volume: PathBuf,
     plan: Arc<FaultPlan>,
@@ -31,22 +31,12 @@ fn c(s: &str) -> CString {
 
 impl Fx {
     fn new() -> Fx {
-        let tmp = tempfile::tempdir().unwrap();
-        let guest = tmp.path().join("g");
-        std::fs::create_dir(&guest).unwrap();
-        let share = ShareSpec::parse(&format!(
-            "tag=t,dir={},store={}",
-            guest.display(),
-            tmp.path().join("s").display()
-        ))
-        .unwrap();
-        let plan = FaultPlan::new();
+        let share = TestShare::new();
         let mut fx = Fx {
-            volume: tmp.path().join("s/t"),
-            _tmp: tmp,
+            guest: share.guest.clone(),
+            volume: share.volume.clone(),
             share,
-            guest,
-            plan,
+            plan: FaultPlan::new(),
             fs: None,
             ctx: Context::new(),
         };
@@ -61,9 +51,7 @@ impl Fx {
             store_hook: Hook::new(self.plan.clone() as Arc<dyn StoreHook>),
             ..FsConfig::default()
         };
-        let fs = RedirectFs::new(&self.share, cfg).unwrap();
-        fs.init(FsOptions::empty()).unwrap();
-        self.fs = Some(fs);
+        self.fs = Some(self.share.try_serve(cfg).unwrap().fs);
     }
 
     fn fs(&self) -> &RedirectFs {
@@ -115,7 +103,7 @@ impl Fx {
 
     fn assert_verified(&self) {
         assert_eq!(
-            fsredirect::verify::verify_share(&self.share).unwrap(),
+            fsredirect::verify::verify_share(&self.share.share).unwrap(),
             vec![]
         );
     }

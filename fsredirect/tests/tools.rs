@@ -2,79 +2,27 @@
 //! whose files were written through the engine ([`RedirectFs`]), healthy and deliberately
 //! damaged.
 
-use std::ffi::CString;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use fsredirect::memio::{MemSink, MemSource};
-use fsredirect::names::ROOT_INODE;
-use fsredirect::{FsConfig, RedirectFs, ShareSpec, Store};
-use fuse_backend_rs::abi::fuse_abi::{CreateIn, FsOptions};
-use fuse_backend_rs::api::filesystem::{Context, FileSystem};
+use fsredirect::testshare::{fork_guard, TestShare};
+use fsredirect::Store;
 use serde_json::Value;
 
-/// Held while a child process runs and while a volume lock is taken in this process: a
-/// child forked by one test inherits every descriptor open at that instant, including
-/// another test's lock, until it execs; taking locks only while no child exists keeps one
-/// test's server from showing as busy in another.
-static FORK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// The shared fixture, with the tools run on it.
+struct Share(TestShare);
 
-fn fork_guard() -> std::sync::MutexGuard<'static, ()> {
-    FORK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A redirecting share in a temporary directory: tag `data`, volume `data`.
-struct Share {
-    _tmp: tempfile::TempDir,
-    spec: String,
-    guest: PathBuf,
-    store: PathBuf,
-    volume: PathBuf,
-    control: PathBuf,
-}
-
-/// A server on a [`Share`]; dropping it stops it cleanly.
-struct Server {
-    fs: RedirectFs,
-    ctx: Context,
-}
-
-fn c(s: &str) -> CString {
-    CString::new(s).unwrap()
+impl std::ops::Deref for Share {
+    type Target = TestShare;
+    fn deref(&self) -> &TestShare {
+        &self.0
+    }
 }
 
 impl Share {
     fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let guest = tmp.path().join("guest");
-        fs::create_dir(&guest).unwrap();
-        let store = tmp.path().join("store");
-        let spec = format!("tag=data,dir={},store={}", guest.display(), store.display());
-        let share = Share {
-            volume: store.join("data"),
-            control: store.join(".fsredirect/data"),
-            store,
-            guest,
-            spec,
-            _tmp: tmp,
-        };
-        drop(share.serve());
-        share
-    }
-
-    fn serve(&self) -> Server {
-        let spec = ShareSpec::parse(&self.spec).unwrap();
-        let fs = {
-            let _guard = fork_guard();
-            RedirectFs::new(&spec, FsConfig::default()).unwrap()
-        };
-        fs.init(FsOptions::empty()).unwrap();
-        let mut ctx = Context::new();
-        // SAFETY: geteuid/getegid have no preconditions.
-        (ctx.uid, ctx.gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-        Server { fs, ctx }
+        Share(TestShare::new())
     }
 
     /// Runs `fsredirect SUBCOMMAND --share SPEC ARGS...`.
@@ -111,121 +59,6 @@ fn describe(out: &Output) -> String {
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-impl Server {
-    fn dir(&self, path: &Path) -> u64 {
-        let mut inode = ROOT_INODE;
-        for part in path.iter() {
-            let name = c(part.to_str().unwrap());
-            inode = match self.fs.lookup(&self.ctx, inode, &name) {
-                Ok(e) => e.inode,
-                Err(_) => {
-                    self.fs
-                        .mkdir(&self.ctx, inode, &name, 0o755, 0)
-                        .unwrap()
-                        .inode
-                }
-            };
-        }
-        inode
-    }
-
-    /// The last component of `path`.
-    fn name(path: &str) -> CString {
-        c(Path::new(path).file_name().unwrap().to_str().unwrap())
-    }
-
-    fn parent(&self, path: &str) -> u64 {
-        self.dir(Path::new(path).parent().unwrap_or(Path::new("")))
-    }
-
-    fn write(&self, path: &str, data: &[u8]) {
-        let name = Self::name(path);
-        let args = CreateIn {
-            flags: libc::O_RDWR as u32,
-            mode: libc::S_IFREG | 0o644,
-            umask: 0,
-            fuse_flags: 0,
-        };
-        let (entry, handle, _, _) = self
-            .fs
-            .create(&self.ctx, self.parent(path), &name, args)
-            .unwrap();
-        let handle = handle.unwrap();
-        let mut src = MemSource::new(data.to_vec());
-        self.fs
-            .write(
-                &self.ctx,
-                entry.inode,
-                handle,
-                &mut src,
-                data.len() as u32,
-                0,
-                None,
-                false,
-                0,
-                0,
-            )
-            .unwrap();
-        self.fs
-            .release(&self.ctx, entry.inode, 0, handle, false, false, None)
-            .unwrap();
-    }
-
-    fn read(&self, path: &str) -> Vec<u8> {
-        let name = Self::name(path);
-        let entry = self.fs.lookup(&self.ctx, self.parent(path), &name).unwrap();
-        let (handle, _, _) = self
-            .fs
-            .open(&self.ctx, entry.inode, libc::O_RDONLY as u32, 0)
-            .unwrap();
-        let handle = handle.unwrap();
-        let mut sink = MemSink::default();
-        self.fs
-            .read(
-                &self.ctx,
-                entry.inode,
-                handle,
-                &mut sink,
-                1 << 20,
-                0,
-                None,
-                0,
-            )
-            .unwrap();
-        self.fs
-            .release(&self.ctx, entry.inode, 0, handle, false, false, None)
-            .unwrap();
-        sink.into_bytes()
-    }
-
-    fn link(&self, old: &str, new: &str) {
-        let old_name = Self::name(old);
-        let new_name = Self::name(new);
-        let entry = self
-            .fs
-            .lookup(&self.ctx, self.parent(old), &old_name)
-            .unwrap();
-        self.fs
-            .link(&self.ctx, entry.inode, self.parent(new), &new_name)
-            .unwrap();
-    }
-
-    fn rename(&self, old: &str, new: &str) {
-        let old_name = Self::name(old);
-        let new_name = Self::name(new);
-        self.fs
-            .rename(
-                &self.ctx,
-                self.parent(old),
-                &old_name,
-                self.parent(new),
-                &new_name,
-                0,
-            )
-            .unwrap();
-    }
 }
 
 /// The kinds of the mismatches in a `verify --json` document, sorted.
@@ -466,7 +299,7 @@ fn every_tool_refuses_a_volume_in_use_by_a_server() {
     share.serve().write("f", b"x");
     let server = {
         let _guard = fork_guard();
-        Store::open(&share.store, "data").unwrap()
+        Store::open(&share.store, "t").unwrap()
     };
     let cases: [(&str, &[&str]); 6] = [
         ("verify", &[]),

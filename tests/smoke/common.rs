@@ -163,7 +163,7 @@ pub fn check_verify_clean(share: &HostShare) -> Result<(), String> {
 
 /// The redirect metadata of `path`, if it has any (the host tools' own reader).
 pub fn read_meta(path: &Path) -> Result<Option<Meta>, String> {
-    match fsredirect::verify::read_meta_checked(path) {
+    match fsredirect::meta::read_path(path) {
         Ok(None) => Ok(None),
         Ok(Some((_, decoded))) => decoded
             .map(Some)

@@ -434,7 +434,7 @@ fn check_placement(p: &Placement, m: &Model, checked: &mut [usize; 2]) -> Result
         }
         let size = m.contents[*id].len() as u64;
         let want = p.policy.redirects(path.as_os_str().as_bytes(), size);
-        let meta = fsredirect::verify::read_meta(&p.guest.join(path))
+        let meta = fsredirect::meta::decoded_at(&p.guest.join(path))
             .map_err(|e| format!("reading metadata of {path:?}: {e}"))?;
         let redirected = matches!(meta, Some(fsredirect::meta::Meta::Redirect { .. }));
         if redirected != want {

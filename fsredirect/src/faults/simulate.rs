@@ -1,6 +1,7 @@
 //! The test hooks: [`FaultPlan`] and [`PowerLoss`].
 
 use std::collections::HashMap;
+use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -81,6 +82,15 @@ impl StoreHook for FaultPlan {
 /// surviving content. Not modelled: losing metadata changed after the last journal commit,
 /// and a guest tree on another file system than the store.
 ///
+/// A guest-tree file moving between tree and store is modelled more harshly, since a file
+/// system may commit an attribute change and a hole punch in either order: its punch
+/// ([`StoreOp::Punch`]) is durable at once, while a change of its redirect metadata
+/// ([`StoreOp::Meta`]) is lost at a cut unless the file was fsynced since. So a move that
+/// punched the data out before its metadata was durable loses the file's bytes here.
+///
+/// The simulator finds the files to put back by walking `root`: give it a directory that
+/// holds the store and, for moves, the guest tree.
+///
 /// Every [`StoreOp`] is one numbered step (from 1). With a cut at step `n`, the `n`-th
 /// operation does not happen: the store's files get their durable contents back and
 /// `on_cut` runs, which should end the process (`libc::_exit`); if it returns, every later
@@ -98,6 +108,9 @@ struct PowerState {
     cut: bool,
     /// Identity of each file with unsynced data -> its durable content.
     durable: HashMap<FileId, Vec<u8>>,
+    /// (file, attribute) with an unsynced metadata change -> the durable value (`None`:
+    /// absent).
+    durable_meta: HashMap<(FileId, CString), Option<Vec<u8>>>,
 }
 
 impl PowerLoss {
@@ -117,9 +130,10 @@ impl PowerLoss {
         lock(&self.state).steps
     }
 
-    /// Files whose unsynced writes a cut now would drop.
+    /// Files whose unsynced writes or metadata changes a cut now would drop.
     pub fn unsynced_files(&self) -> usize {
-        lock(&self.state).durable.len()
+        let st = lock(&self.state);
+        st.durable.len() + st.durable_meta.len()
     }
 
     /// Puts every file with unsynced data back to its durable content.
@@ -134,6 +148,15 @@ impl PowerLoss {
             file.set_len(0)?;
             file.write_all_at(content, 0)?;
             file.set_len(content.len() as u64)?;
+            file.sync_all()?;
+        }
+        for ((key, name), value) in &st.durable_meta {
+            let Some(path) = paths.get(key) else { continue };
+            let file = File::options().write(true).open(path)?;
+            match value {
+                Some(value) => crate::meta::set_xattr(&file, name, value)?,
+                None => crate::meta::remove_xattr(&file, name)?,
+            }
             file.sync_all()?;
         }
         Ok(())
@@ -172,11 +195,31 @@ impl StoreHook for PowerLoss {
                     content.resize(*size as usize, 0);
                 }
             }
-            StoreOp::Sync { file, .. } => {
+            StoreOp::Sync { file, data_only } => {
                 // Taken as done once asked: a cut can only fall before a step, never inside.
-                st.durable.remove(&file_key(file)?);
+                let key = file_key(file)?;
+                st.durable.remove(&key);
+                if !data_only {
+                    st.durable_meta.retain(|(k, _), _| *k != key);
+                }
             }
-            StoreOp::SyncFs => st.durable.clear(),
+            StoreOp::Meta { file, name } => {
+                let key = (file_key(file)?, CString::from(*name));
+                if let std::collections::hash_map::Entry::Vacant(slot) = st.durable_meta.entry(key)
+                {
+                    slot.insert(crate::meta::get_xattr(file, name)?);
+                }
+            }
+            StoreOp::Punch { file } => {
+                // Durable at once: whatever unsynced data the file had is gone with its blocks.
+                if let Some(content) = st.durable.get_mut(&file_key(file)?) {
+                    content.fill(0);
+                }
+            }
+            StoreOp::SyncFs => {
+                st.durable.clear();
+                st.durable_meta.clear();
+            }
             StoreOp::SyncDir | StoreOp::Namespace(_) => {}
         }
         Ok(None)

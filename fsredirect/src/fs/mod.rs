@@ -521,7 +521,7 @@ impl RedirectFs {
 
     /// The metadata of `inode` in this server's own spelling ([`crate::meta::read`]);
     /// metadata that cannot be decoded reads as none, and the file is served as a plain one.
-    fn read_meta(&self, inode: u64) -> io::Result<Option<Meta>> {
+    fn stub_meta(&self, inode: u64) -> io::Result<Option<Meta>> {
         let read = crate::meta::read(&[self.meta_name], |name| {
             match self.inner.getxattr(&root_ctx(), inode, name, XATTR_BUF) {
                 Ok(GetxattrReply::Value(v)) => Ok(Some(v)),
@@ -558,7 +558,7 @@ impl RedirectFs {
         if attr.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Ok((Kind::Plain, None));
         }
-        let meta = self.read_meta(inode)?;
+        let meta = self.stub_meta(inode)?;
         let kind = match &meta {
             Some(Meta::Special { kind, rdev }) => Kind::Special {
                 kind: *kind,
@@ -591,7 +591,7 @@ impl RedirectFs {
         static REFUSALS: AtomicU64 = AtomicU64::new(0);
         let n = REFUSALS.fetch_add(1, Ordering::Relaxed) + 1;
         if n == 1 || n.is_power_of_two() {
-            let volume = match self.read_meta(inode) {
+            let volume = match self.stub_meta(inode) {
                 Ok(Some(Meta::Redirect { volume, .. })) => {
                     String::from_utf8_lossy(&volume).into_owned()
                 }

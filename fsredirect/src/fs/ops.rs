@@ -744,7 +744,7 @@ impl FileSystem for RedirectFs {
             let _ns = self.ns_read();
             let parts = self.state().names.path(inode);
             if let Some(parts) = parts {
-                match store.sync_dir(&parts) {
+                match store.sync_volume_dir(&parts) {
                     Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
                     other => other?,
                 }

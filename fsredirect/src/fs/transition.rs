@@ -9,17 +9,14 @@
 //! I/O, open or release of any file runs meanwhile, and the handles the guest holds on the
 //! file are switched over to the new placement: same bytes, same size, same inode.
 //!
-//! Crash safety: each move is recorded first in the intent log ([`Intent::Place`]). The rule
-//! recovery applies is "while the stub carries redirect metadata, the stored object is the
-//! data; once it does not, the guest-tree file is". So inline to redirected writes and syncs
-//! the object (and its directory) before setting the metadata, then punches the stub's data
-//! out; redirected to inline writes and syncs the data into the stub, then removes the
-//! metadata and syncs again, and only then removes the object.
+//! Crash safety: each move is recorded first in the intent log ([`Intent::Place`]); the data
+//! moves by [`crate::relocate`], the one move routine the host tools use too, whose order
+//! makes a power loss at any step harmless. What is added here is the switching of the
+//! guest's open handles.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use fuse_backend_rs::api::filesystem::FileSystem;
@@ -32,7 +29,7 @@ use crate::beneath::{open_beneath, reopen_regular, walk};
 use crate::intent::Intent;
 use crate::meta::Meta;
 use crate::names::join;
-use crate::placement::{copy_data, make_sparse, punch_data, restore_times};
+use crate::relocate;
 use crate::store::Store;
 
 impl RedirectFs {
@@ -103,7 +100,7 @@ impl RedirectFs {
             }
             Kind::Plain => {
                 // Metadata of another volume, or unreadable: not ours to move.
-                if self.read_meta(inode)?.is_none()
+                if self.stub_meta(inode)?.is_none()
                     && self.policy.redirects(&path, attr.st_size as u64)
                 {
                     self.make_redirected(store, inode, &parts, attr.st_ino)?;
@@ -143,7 +140,7 @@ impl RedirectFs {
         if attr.st_mode & libc::S_IFMT != libc::S_IFREG || self.kind(inode)? != Kind::Plain {
             return Ok(());
         }
-        if self.read_meta(inode)?.is_some() {
+        if self.stub_meta(inode)?.is_some() {
             // Another volume's stub holds no data here.
             return Ok(());
         }
@@ -155,6 +152,48 @@ impl RedirectFs {
             }
         };
         self.make_redirected(store, inode, &parts, attr.st_ino)
+    }
+
+    /// Opens a passthrough handle, with the same flags, for each redirected handle the guest
+    /// holds on `inode`: (guest handle, passthrough handle, flags). Either all open, or none
+    /// stays open.
+    fn open_inline_handles(&self, inode: u64) -> io::Result<Vec<(u64, u64, u32)>> {
+        let wanted: Vec<(u64, u32)> = self
+            .state()
+            .handles
+            .iter()
+            .filter_map(|(h, f)| match *f {
+                OpenFile::Redirect {
+                    inode: i, flags, ..
+                } if i == inode => Some((*h, flags)),
+                _ => None,
+            })
+            .collect();
+        let mut opened = Vec::with_capacity(wanted.len());
+        for (h, flags) in wanted {
+            let ih = match self.inner.open(&root_ctx(), inode, flags, 0) {
+                Ok((Some(ih), _, _)) => Ok(ih),
+                Ok((None, _, _)) => Err(errno(libc::EIO)),
+                Err(e) => Err(e),
+            };
+            match ih {
+                Ok(ih) => opened.push((h, ih, flags)),
+                Err(e) => {
+                    self.release_inline_handles(inode, &opened);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(opened)
+    }
+
+    /// Gives back the passthrough handles [`RedirectFs::open_inline_handles`] opened.
+    fn release_inline_handles(&self, inode: u64, opened: &[(u64, u64, u32)]) {
+        for (_, ih, _) in opened {
+            let _ = self
+                .inner
+                .release(&root_ctx(), inode, 0, *ih, false, false, None);
+        }
     }
 
     /// Opens the guest-tree file at `parts` for I/O and checks it is host inode `ino`.
@@ -173,7 +212,8 @@ impl RedirectFs {
         Ok(file)
     }
 
-    /// Inline to redirected: object written and synced, metadata set, stub punched.
+    /// Inline to redirected ([`relocate::into_store`]), then the guest's handles on the file
+    /// switched to the object.
     fn make_redirected(
         &self,
         store: &Store,
@@ -187,29 +227,8 @@ impl RedirectFs {
             path: join(parts),
             guest_ino: ino,
         })?;
-        let undo_object = |e: io::Error| {
-            let _ = store.remove(parts, false);
-            e
-        };
-        let object = store.create_object(parts)?;
-        copy_data(&file, &object, size).map_err(undo_object)?;
-        object.sync_all().map_err(undo_object)?;
-        store.sync_parent(parts).map_err(undo_object)?;
-        drop(object);
-        self.write_meta(inode, &Meta::redirect(&self.volume, &join(parts)))
-            .map_err(undo_object)?;
-        let times = file.metadata()?;
-        if let Err(e) = punch_data(&file) {
-            // Without a hole punch (EOPNOTSUPP on some file systems) the stub would keep its
-            // data blocks: stay inline instead.
-            let _ = remove_meta(&file, self.meta_name);
-            let _ = file.sync_all();
-            return Err(undo_object(e));
-        }
-        // The object is the data from here on, whatever happens to the stub's times.
-        if let Err(e) = restore_times(&file, &times).and_then(|()| file.sync_all()) {
-            log::warn!("inode {inode}: stub times or sync after moving into the store: {e}");
-        }
+        let meta = Meta::redirect(&self.volume, &join(parts));
+        relocate::into_store(store, &file, parts, self.meta_name, &meta)?;
         // Every handle the guest holds now reads and writes the object, which they hold
         // open from here on.
         let held = Arc::new(store.open_object(parts)?);
@@ -259,8 +278,8 @@ impl RedirectFs {
         Ok(())
     }
 
-    /// Redirected to inline: data written into the stub and synced, metadata removed and
-    /// synced, object removed.
+    /// Redirected to inline ([`relocate::out_of_store`], the stub itself receiving the data),
+    /// with the guest's handles on the file switched to passthrough handles.
     fn make_inline(
         &self,
         store: &Store,
@@ -273,74 +292,23 @@ impl RedirectFs {
         let size = object.metadata()?.len();
         // The guest's handles get passthrough handles first: if one cannot be opened,
         // nothing has changed yet.
-        let redirect_handles: Vec<(u64, u32)> = self
-            .state()
-            .handles
-            .iter()
-            .filter_map(|(h, f)| match *f {
-                OpenFile::Redirect {
-                    inode: i, flags, ..
-                } if i == inode => Some((*h, flags)),
-                _ => None,
+        let opened = self.open_inline_handles(inode)?;
+        let moved = store
+            .intents()
+            .begin(&Intent::Place {
+                path: join(parts),
+                guest_ino: ino,
             })
-            .collect();
-        let mut opened: Vec<(u64, u64, u32)> = Vec::new();
-        let release_opened = |opened: &[(u64, u64, u32)]| {
-            for (_, ih, _) in opened {
-                let _ = self
-                    .inner
-                    .release(&root_ctx(), inode, 0, *ih, false, false, None);
-            }
-        };
-        for (h, flags) in redirect_handles {
-            match self.inner.open(&root_ctx(), inode, flags, 0) {
-                Ok((Some(ih), _, _)) => opened.push((h, ih, flags)),
-                Ok((None, _, _)) => {
-                    release_opened(&opened);
-                    return Err(errno(libc::EIO));
-                }
-                Err(e) => {
-                    release_opened(&opened);
-                    return Err(e);
-                }
-            }
-        }
-        let intent = match store.intents().begin(&Intent::Place {
-            path: join(parts),
-            guest_ino: ino,
-        }) {
-            Ok(intent) => intent,
-            Err(e) => {
-                release_opened(&opened);
-                return Err(e);
-            }
-        };
-        let copied = (|| {
-            let times = file.metadata()?;
-            copy_data(&object, &file, size)?;
-            restore_times(&file, &times)?;
-            file.sync_all()?;
-            remove_meta(&file, self.meta_name)
-        })();
-        if let Err(e) = copied {
-            release_opened(&opened);
-            // Still redirected: the data written into the stub is stray; drop it.
-            if let Err(u) = make_sparse(&file) {
-                log::warn!("inode {inode}: stub keeps stray data blocks: {u}");
-            }
+            .and_then(|intent| {
+                let mut landing = relocate::InPlace::new(&file, self.meta_name)?;
+                relocate::out_of_store(store, &object, parts, size, &mut landing)?;
+                drop(intent);
+                Ok(())
+            });
+        if let Err(e) = moved {
+            self.release_inline_handles(inode, &opened);
             return Err(e);
         }
-        // The metadata is gone: the guest-tree file is the data now, the object garbage
-        // (kept if the removal of the metadata cannot be made durable first).
-        match file.sync_all() {
-            Ok(()) => {
-                if let Err(e) = store.remove(parts, false) {
-                    log::warn!("inode {inode}: stale object left after moving inline: {e}");
-                }
-            }
-            Err(e) => log::warn!("inode {inode}: object kept, stub cannot be synced: {e}"),
-        }
-        drop(intent);
         let forgets = {
             let mut st = self.state();
             for (h, ih, flags) in &opened {
@@ -366,11 +334,4 @@ impl RedirectFs {
         log::debug!("inode {inode}: moved inline ({size} bytes)");
         Ok(())
     }
-}
-
-/// Removes the redirect metadata from the guest-tree file.
-fn remove_meta(file: &File, name: &CStr) -> io::Result<()> {
-    // SAFETY: fremovexattr on a descriptor we hold, with a NUL-terminated name.
-    let res = unsafe { libc::fremovexattr(file.as_raw_fd(), name.as_ptr()) };
-    crate::beneath::check(res).map(|_| ())
 }

@@ -196,7 +196,7 @@ impl Outcome for VerifyOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tools::testshare::TestShare;
+    use crate::testshare::TestShare;
 
     #[test]
     fn clean_share_says_ok_and_exits_zero() {

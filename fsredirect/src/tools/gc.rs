@@ -326,7 +326,7 @@ impl Outcome for GcOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tools::testshare::TestShare;
+    use crate::testshare::TestShare;
     use crate::verify::verify_share;
 
     #[test]
@@ -363,9 +363,9 @@ mod tests {
         t.write("a", b"data");
         // The stub records b, and the object sits there: repair's to move back, not gc's.
         let stub = fs::File::open(t.guest.join("a")).unwrap();
-        let (attr, _) = crate::tools::guest::read_meta(&stub).unwrap().unwrap();
+        let (attr, _) = crate::meta::read_file(&stub).unwrap().unwrap();
         let meta = crate::meta::Meta::redirect(b"t", b"b").encode();
-        crate::tools::guest::set_xattr(&stub, attr, &meta).unwrap();
+        crate::meta::set_xattr(&stub, attr, &meta).unwrap();
         fs::rename(t.volume.join("a"), t.volume.join("b")).unwrap();
         let out = gc(&t.share, false, &mut || {}).unwrap();
         assert_eq!(out.kept, vec![PathBuf::from("b")]);

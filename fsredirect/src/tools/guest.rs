@@ -2,14 +2,14 @@
 //! without following any symlink (the guest made them), and only regular files are opened
 //! for I/O; metadata and the guest's own attributes are read and written on descriptors.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use crate::beneath::{check, fstat, open_beneath, reopen_regular};
-use crate::meta::{is_reserved_xattr, Meta, MetaError, META_XATTR_NAMES};
+use crate::meta::{get_xattr, is_reserved_xattr, set_xattr};
 
 /// The guest tree of a share, held open.
 #[derive(Debug)]
@@ -58,64 +58,6 @@ pub fn c_path(path: &Path) -> io::Result<CString> {
     use std::os::unix::ffi::OsStrExt;
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-}
-
-/// The metadata attribute this process writes: `trusted.*` as root, `user.*` otherwise,
-/// exactly as a server run by the same user does.
-pub fn meta_attr() -> &'static CStr {
-    crate::meta::own_xattr_name()
-}
-
-/// Reads one attribute of an open file; `None` if it is absent.
-pub fn get_xattr(f: &File, name: &CStr) -> io::Result<Option<Vec<u8>>> {
-    let mut buf = vec![0u8; 64 * 1024];
-    // SAFETY: a valid descriptor, NUL-terminated name and a writable buffer of that length.
-    let n = unsafe {
-        libc::fgetxattr(
-            f.as_raw_fd(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        let err = io::Error::last_os_error();
-        return match err.raw_os_error() {
-            Some(libc::ENODATA) => Ok(None),
-            _ => Err(err),
-        };
-    }
-    buf.truncate(n as usize);
-    Ok(Some(buf))
-}
-
-/// Sets one attribute of an open file.
-pub fn set_xattr(f: &File, name: &CStr, value: &[u8]) -> io::Result<()> {
-    // SAFETY: a valid descriptor, NUL-terminated name and a value buffer of that length.
-    check(unsafe {
-        libc::fsetxattr(
-            f.as_raw_fd(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    })
-    .map(|_| ())
-}
-
-/// Removes one attribute of an open file (absent is fine).
-pub fn remove_xattr(f: &File, name: &CStr) -> io::Result<()> {
-    // SAFETY: a valid descriptor and a NUL-terminated name.
-    match check(unsafe { libc::fremovexattr(f.as_raw_fd(), name.as_ptr()) }) {
-        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
-        other => other.map(|_| ()),
-    }
-}
-
-/// The redirect metadata of an open file: which attribute holds it and what it decodes to.
-pub fn read_meta(f: &File) -> io::Result<Option<(&'static CStr, Result<Meta, MetaError>)>> {
-    crate::meta::read(&META_XATTR_NAMES, |name| get_xattr(f, name))
 }
 
 /// Copies the guest's own extended attributes (not the redirect metadata) from `from` to
@@ -184,7 +126,7 @@ pub fn resize_stub(stub: &File, size: u64) -> io::Result<()> {
     if st.st_size as u64 != size {
         stub.set_len(size)?;
     }
-    if let Err(err) = crate::placement::punch_data(stub) {
+    if let Err(err) = crate::relocate::punch_data(stub) {
         if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
             return Err(err);
         }
@@ -242,7 +184,7 @@ mod tests {
         set_xattr(
             &a,
             crate::meta::META_XATTR_USER,
-            &Meta::redirect(b"v", b"a").encode(),
+            &crate::meta::Meta::redirect(b"v", b"a").encode(),
         )
         .unwrap();
         copy_guest_xattrs(&a, &b).unwrap();

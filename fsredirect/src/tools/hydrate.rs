@@ -4,6 +4,8 @@
 //! [`crate::recover`]): after a crash, recovery keeps the stored object as the data while the
 //! file carries redirect metadata, and the guest-tree file once it does not.
 //!
+//! Both move the data with [`crate::relocate`], the routine the server's own moves use.
+//!
 //! Hydrate: the object's data segments go into an unnamed file in the stub's directory
 //! (`O_TMPFILE`; a named `.fsredirect-hydrate-*` file where that is not supported), which
 //! takes the stub's owner, mode, times and guest xattrs and is fsync'd, then is named and
@@ -12,7 +14,7 @@
 //! rename has recovery remove the object.
 //!
 //! Dehydrate, in place (the file keeps its inode, links, owner, mode, times and xattrs): the
-//! object is written, fsync'd and its directory fsync'd; then the file gets its metadata
+//! object is written, fsync'd and its directories fsync'd; then the file gets its metadata
 //! (fsync'd) and its data blocks are punched out. The size never changes on the way.
 //!
 //! Both work on files with one name (a hard-linked file has names the tool would have to find
@@ -30,11 +32,12 @@ use serde_json::json;
 
 use super::guest::{self, GuestTree};
 use super::output::{bytes, json_path, Outcome, Status};
-use super::{io_err, open_for_change, parts_of, share_relative, Recovered, Result, ToolError};
+use super::{io_err, open_for_change_with, parts_of, share_relative, Recovered, Result, ToolError};
 use crate::beneath::{check, fstat};
+use crate::faults::{Hook, Namespace, StoreOp};
 use crate::intent::Intent;
 use crate::meta::Meta;
-use crate::placement::{copy_data, punch_data, restore_times};
+use crate::relocate::{self, Landing};
 use crate::share::ShareSpec;
 use crate::store::Store;
 
@@ -108,10 +111,21 @@ fn open_file(tree: &GuestTree, op: &'static str, rel: &Path, flags: i32) -> Resu
 
 /// Turns the stub at `path` back into an inline file and removes its object.
 pub fn hydrate(share: &ShareSpec, path: &Path) -> Result<ConvertOutcome> {
+    hydrate_in(share, path, Hook::default())
+}
+
+/// [`hydrate`] with every step of the move shown to `hook` (tests: fault injection and
+/// power-loss simulation, [`crate::faults`]).
+#[cfg(any(test, feature = "test-utils"))]
+pub fn hydrate_with_hook(share: &ShareSpec, path: &Path, hook: Hook) -> Result<ConvertOutcome> {
+    hydrate_in(share, path, hook)
+}
+
+fn hydrate_in(share: &ShareSpec, path: &Path, hook: Hook) -> Result<ConvertOutcome> {
     const OP: &str = "hydrate";
     let rel = share_relative(share, path)?;
     let parts = parts_of(&rel).map_err(io_err("name", &rel))?;
-    let (volume, store, recovered) = open_for_change(share)?;
+    let (volume, store, recovered) = open_for_change_with(share, hook)?;
     let tree = GuestTree::open(&share.dir).map_err(io_err("open guest tree", &share.dir))?;
     let stub = open_file(&tree, OP, &rel, libc::O_RDONLY)?;
     let mut outcome = ConvertOutcome {
@@ -123,7 +137,7 @@ pub fn hydrate(share: &ShareSpec, path: &Path) -> Result<ConvertOutcome> {
         recovered,
         against_policy: false,
     };
-    match guest::read_meta(&stub).map_err(io_err("read metadata of", &rel))? {
+    match crate::meta::read_file(&stub).map_err(io_err("read metadata of", &rel))? {
         None => return Ok(outcome),
         Some((_, Ok(Meta::Redirect { volume: v, .. }))) if v == volume.name.as_bytes() => {}
         Some((_, Ok(Meta::Redirect { .. }))) => {
@@ -173,33 +187,26 @@ pub fn hydrate(share: &ShareSpec, path: &Path) -> Result<ConvertOutcome> {
     let (dir, name) = tree
         .parent(&rel)
         .map_err(io_err("open directory of", &rel))?;
-    let mut tmp = TempFile::new(&dir).map_err(io_err("create a file beside", &rel))?;
-    let prepare = |tmp: &TempFile| -> io::Result<u64> {
-        copy_data(&object, &tmp.file, size)?;
-        guest::copy_guest_xattrs(&stub, &tmp.file)?;
-        guest::copy_owner_mode_times(&tmp.file, &st)?;
-        tmp.file.sync_all()?;
-        Ok(fstat(&tmp.file)?.st_ino)
-    };
-    let new_ino = prepare(&tmp).map_err(io_err(
-        "copy the data, owner, mode, times and xattrs of",
-        &rel,
-    ))?;
-    let path_bytes = rel.as_os_str().as_bytes().to_vec();
+    let tmp = TempFile::new(&dir).map_err(io_err("create a file beside", &rel))?;
+    let new_ino = fstat(&tmp.file).map_err(io_err("examine a new file beside", &rel))?;
     let intent = store
         .intents()
         .begin(&Intent::Place {
-            path: path_bytes,
-            guest_ino: new_ino,
+            path: rel.as_os_str().as_bytes().to_vec(),
+            guest_ino: new_ino.st_ino,
         })
         .map_err(io_err("log the change of", &rel))?;
-    tmp.replace(&dir, &name)
-        .and_then(|()| dir.sync_all())
-        .map_err(io_err("put the hydrated file in place of", &rel))?;
-    store
-        .remove(&parts, false)
-        .map_err(io_err("remove the object of", &rel))?;
-    sync_store_dir(&store, &rel).map_err(io_err("sync the store directory of", &rel))?;
+    let mut landing = Replacement {
+        tmp,
+        dir: &dir,
+        name: &name,
+        stub: &stub,
+        stub_stat: st,
+    };
+    relocate::out_of_store(&store, &object, &parts, size, &mut landing).map_err(io_err(
+        "move out of the store (data, owner, mode, times, xattrs)",
+        &rel,
+    ))?;
     drop(intent);
     outcome.changed = true;
     outcome.bytes = size;
@@ -217,10 +224,21 @@ fn policy_redirects(share: &ShareSpec, rel: &Path, size: u64) -> bool {
 
 /// Turns the inline file at `path` into a stub whose data is in a new stored object.
 pub fn dehydrate(share: &ShareSpec, path: &Path) -> Result<ConvertOutcome> {
+    dehydrate_in(share, path, Hook::default())
+}
+
+/// [`dehydrate`] with every step of the move shown to `hook` (tests: fault injection and
+/// power-loss simulation, [`crate::faults`]).
+#[cfg(any(test, feature = "test-utils"))]
+pub fn dehydrate_with_hook(share: &ShareSpec, path: &Path, hook: Hook) -> Result<ConvertOutcome> {
+    dehydrate_in(share, path, hook)
+}
+
+fn dehydrate_in(share: &ShareSpec, path: &Path, hook: Hook) -> Result<ConvertOutcome> {
     const OP: &str = "dehydrate";
     let rel = share_relative(share, path)?;
     let parts = parts_of(&rel).map_err(io_err("name", &rel))?;
-    let (volume, store, recovered) = open_for_change(share)?;
+    let (volume, store, recovered) = open_for_change_with(share, hook)?;
     let tree = GuestTree::open(&share.dir).map_err(io_err("open guest tree", &share.dir))?;
     let file = open_file(&tree, OP, &rel, libc::O_RDWR)?;
     let mut outcome = ConvertOutcome {
@@ -232,7 +250,7 @@ pub fn dehydrate(share: &ShareSpec, path: &Path) -> Result<ConvertOutcome> {
         recovered,
         against_policy: false,
     };
-    match guest::read_meta(&file).map_err(io_err("read metadata of", &rel))? {
+    match crate::meta::read_file(&file).map_err(io_err("read metadata of", &rel))? {
         None => {}
         Some((_, Ok(Meta::Redirect { volume: v, .. }))) if v == volume.name.as_bytes() => {
             return Ok(outcome)
@@ -280,35 +298,9 @@ pub fn dehydrate(share: &ShareSpec, path: &Path) -> Result<ConvertOutcome> {
             guest_ino,
         })
         .map_err(io_err("log the change of", &rel))?;
-    let undo_object = |e: io::Error| {
-        let _ = store.remove(&parts, false);
-        e
-    };
-    let write_object = || -> io::Result<()> {
-        let object = store.create_object(&parts)?;
-        copy_data(&file, &object, size)?;
-        object.sync_all()?;
-        sync_store_dir(&store, &rel)
-    };
-    write_object()
-        .map_err(undo_object)
-        .map_err(io_err("write the stored object of", &rel))?;
-    let times = file.metadata().map_err(io_err("examine", &rel))?;
     let meta = Meta::redirect(volume.name.as_bytes(), &path_bytes);
-    guest::set_xattr(&file, guest::meta_attr(), &meta.encode())
-        .and_then(|()| file.sync_all())
-        .map_err(undo_object)
-        .map_err(io_err("write the metadata of", &rel))?;
-    if let Err(e) = punch_data(&file) {
-        // Without a hole punch the stub would keep its data blocks: stay inline.
-        let _ = guest::remove_xattr(&file, guest::meta_attr());
-        let _ = file.sync_all();
-        return Err(io_err("punch the data out of", &rel)(undo_object(e)));
-    }
-    // The object is the data from here on.
-    restore_times(&file, &times)
-        .and_then(|()| file.sync_all())
-        .map_err(io_err("restore the times of", &rel))?;
+    relocate::into_store(&store, &file, &parts, crate::meta::own_xattr_name(), &meta)
+        .map_err(io_err("move into the store", &rel))?;
     drop(intent);
     outcome.changed = true;
     outcome.bytes = size;
@@ -337,14 +329,38 @@ fn same_bytes(a: &mut File, b: &mut &File) -> io::Result<bool> {
     Ok(result)
 }
 
-/// fsync of the store directory holding `rel`'s object, and of its parents up to the volume
-/// (directories made for it must survive a power loss too).
-fn sync_store_dir(store: &Store, rel: &Path) -> io::Result<()> {
-    let mut dir = store.volume_path().join(rel);
-    while dir.pop() && dir.starts_with(store.volume_path()) {
-        File::open(&dir)?.sync_all()?;
+/// A prepared file renamed over the stub as a [`Landing`]: the tools' move out of the
+/// store, which puts the whole file in place at once.
+struct Replacement<'a> {
+    tmp: TempFile,
+    dir: &'a File,
+    name: &'a CString,
+    stub: &'a File,
+    stub_stat: libc::stat64,
+}
+
+impl Landing for Replacement<'_> {
+    fn file(&self) -> &File {
+        &self.tmp.file
     }
-    Ok(())
+
+    fn prepare(&mut self) -> io::Result<()> {
+        guest::copy_guest_xattrs(self.stub, &self.tmp.file)?;
+        guest::copy_owner_mode_times(&self.tmp.file, &self.stub_stat)
+    }
+
+    fn commit(&mut self, store: &Store) -> io::Result<()> {
+        store.before(&StoreOp::Namespace(Namespace::Rename))?;
+        self.tmp.replace(self.dir, self.name)
+    }
+
+    fn make_durable(&mut self, store: &Store) -> io::Result<()> {
+        store.sync_dir(self.dir)
+    }
+
+    fn abandon(&mut self, _store: &Store) {
+        // The temporary file goes with `self.tmp`.
+    }
 }
 
 /// A new file in a directory, unnamed until [`TempFile::replace`] when the file system
@@ -500,8 +516,9 @@ impl Outcome for ConvertOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tools::testshare::TestShare;
-    use crate::verify::{read_meta_checked, verify_share};
+    use crate::meta::read_path;
+    use crate::testshare::TestShare;
+    use crate::verify::verify_share;
     use std::fs;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
@@ -521,7 +538,7 @@ mod tests {
             (after.mtime(), after.mtime_nsec()),
             (before.mtime(), before.mtime_nsec())
         );
-        assert!(read_meta_checked(&t.guest.join("d/a")).unwrap().is_none());
+        assert!(read_path(&t.guest.join("d/a")).unwrap().is_none());
         assert!(!t.volume.join("d/a").exists());
         assert_eq!(
             fs::read_dir(t.guest.join("d")).unwrap().count(),
@@ -536,14 +553,14 @@ mod tests {
         let t = TestShare::new();
         t.write("a", b"x");
         let f = fs::File::open(t.guest.join("a")).unwrap();
-        if guest::set_xattr(&f, c"user.tag", b"v").is_err() {
+        if crate::meta::set_xattr(&f, c"user.tag", b"v").is_err() {
             eprintln!("skipped: no user xattrs on this file system");
             return;
         }
         hydrate(&t.share, Path::new("a")).unwrap();
         let f = fs::File::open(t.guest.join("a")).unwrap();
         assert_eq!(
-            guest::get_xattr(&f, c"user.tag").unwrap().as_deref(),
+            crate::meta::get_xattr(&f, c"user.tag").unwrap().as_deref(),
             Some(&b"v"[..])
         );
     }
@@ -564,7 +581,7 @@ mod tests {
         fs::remove_file(t.volume.join("a")).unwrap();
         let err = hydrate(&t.share, Path::new("a")).unwrap_err();
         assert!(err.to_string().contains("fsredirect repair"), "{err}");
-        assert!(read_meta_checked(&t.guest.join("a")).unwrap().is_some());
+        assert!(read_path(&t.guest.join("a")).unwrap().is_some());
     }
 
     #[test]
@@ -574,7 +591,7 @@ mod tests {
         fs::set_permissions(t.guest.join("a"), fs::Permissions::from_mode(0o4755)).unwrap();
         let err = hydrate(&t.share, Path::new("a")).unwrap_err();
         assert!(err.to_string().contains("setuid"), "{err}");
-        assert!(read_meta_checked(&t.guest.join("a")).unwrap().is_some());
+        assert!(read_path(&t.guest.join("a")).unwrap().is_some());
         assert_eq!(fs::read(t.volume.join("a")).unwrap(), b"#!/bin/sh\nid\n");
     }
 

@@ -9,9 +9,10 @@ use serde_json::json;
 
 use super::output::{bytes, json_path, Outcome, Status};
 use super::{io_err, lock_shared, share_relative, Result, ToolError};
+use crate::meta::read_path;
 use crate::meta::Meta;
 use crate::share::ShareSpec;
-use crate::verify::{check_stub, read_meta_checked, Mismatch};
+use crate::verify::{check_stub, Mismatch};
 
 /// What kind of file a guest-tree path is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,7 +206,7 @@ pub fn inspect(share: &ShareSpec, path: &Path) -> Result<Inspection> {
             "block device"
         })
     } else {
-        match read_meta_checked(&guest_path).map_err(io_err("read metadata of", &guest_path))? {
+        match read_path(&guest_path).map_err(io_err("read metadata of", &guest_path))? {
             None => FileKind::Inline,
             Some((_, Err(_))) => {
                 problems.push(Problem::from(&Mismatch::BadMetadata(rel.clone())));
@@ -464,7 +465,7 @@ impl Outcome for Inspection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tools::testshare::TestShare;
+    use crate::testshare::TestShare;
 
     #[test]
     fn healthy_stub_is_ok_and_found_by_either_path() {

@@ -17,8 +17,6 @@ pub mod hydrate;
 pub mod inspect;
 pub mod output;
 pub mod repair;
-#[cfg(test)]
-pub(crate) mod testshare;
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
@@ -28,6 +26,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
+use crate::faults::Hook;
 use crate::names::validate_name;
 use crate::recover::{recover, replay_intents, RecoveryReport};
 use crate::share::ShareSpec;
@@ -328,6 +327,14 @@ pub struct Recovered {
 /// none yet): takes the lock exclusively and, if the last server did not stop cleanly, runs
 /// its recovery first (returned). Orphans are left for [`gc`].
 pub fn open_for_change(share: &ShareSpec) -> Result<(Volume, Store, Option<Recovered>)> {
+    open_for_change_with(share, Hook::default())
+}
+
+/// [`open_for_change`], the store showing every operation to `hook` (none in production).
+pub(crate) fn open_for_change_with(
+    share: &ShareSpec,
+    hook: Hook,
+) -> Result<(Volume, Store, Option<Recovered>)> {
     let mut volume = Volume::locate(share)?;
     if !volume.store.is_dir() {
         return Err(ToolError::NoStoreDir(volume.store));
@@ -336,7 +343,7 @@ pub fn open_for_change(share: &ShareSpec) -> Result<(Volume, Store, Option<Recov
     // The tree first: refused by a server of the tree before anything in a store changes.
     let tree = crate::treelock::open_locked(&share.dir, crate::treelock::LockMode::Exclusive)?;
     volume.tree_lock = Some(std::sync::Arc::new(tree));
-    let store = Store::open(&volume.store, &volume.name).map_err(|e| match e {
+    let store = Store::open_with(&volume.store, &volume.name, hook).map_err(|e| match e {
         StoreError::Busy { .. } => volume.busy(),
         other => ToolError::Store(other),
     })?;

@@ -38,10 +38,11 @@ use super::guest::{self, GuestTree};
 use super::output::{bytes, count, json_path, Outcome, Status};
 use super::{io_err, lock_shared, open_for_change, parts_of, LostFound, Recovered, Result, Volume};
 use crate::meta::Meta;
+use crate::meta::{read_file, read_path};
 use crate::recover::recover;
 use crate::share::ShareSpec;
 use crate::store::Store;
-use crate::verify::{check_share, has_data, read_meta_checked, Mismatch, Report};
+use crate::verify::{check_share, has_data, Mismatch, Report};
 
 /// Most rounds of verify-then-fix (a fix can reveal another finding: a recreated object of
 /// a hard-linked stub is linked in the next round).
@@ -412,7 +413,7 @@ fn moved_object(ctx: &Ctx, report: &Report, path: &Path) -> Option<PathBuf> {
         return None;
     }
     let object = fs::symlink_metadata(ctx.volume.data.join(&hint.recorded)).ok()?;
-    let stub = read_meta_checked(&ctx.share.dir.join(&hint.recorded)).ok()?;
+    let stub = read_path(&ctx.share.dir.join(&hint.recorded)).ok()?;
     let claimed = matches!(stub, Some((_, Ok(Meta::Redirect { .. }))));
     (object.is_file() && !claimed).then(|| hint.recorded.clone())
 }
@@ -487,17 +488,17 @@ fn apply(ctx: &Ctx, store: &Store, path: &Path, fix: &Fix) -> io::Result<()> {
         },
         Fix::RewriteMeta | Fix::CorrectHint(_) => {
             let stub = ctx.tree.open_regular(path, libc::O_RDONLY)?;
-            let attr = guest::read_meta(&stub)?
+            let attr = read_file(&stub)?
                 .map(|(attr, _)| attr)
-                .unwrap_or_else(guest::meta_attr);
+                .unwrap_or_else(crate::meta::own_xattr_name);
             let meta = Meta::redirect(ctx.ours, path.as_os_str().as_bytes());
-            guest::set_xattr(&stub, attr, &meta.encode())?;
+            crate::meta::set_xattr(&stub, attr, &meta.encode())?;
             stub.sync_all()
         }
         Fix::DropMeta => {
             let stub = ctx.tree.open_regular(path, libc::O_RDONLY)?;
-            if let Some((attr, _)) = guest::read_meta(&stub)? {
-                guest::remove_xattr(&stub, attr)?;
+            if let Some((attr, _)) = read_file(&stub)? {
+                crate::meta::remove_xattr(&stub, attr)?;
             }
             stub.sync_all()
         }
@@ -674,7 +675,7 @@ impl Outcome for RepairOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tools::testshare::TestShare;
+    use crate::testshare::TestShare;
     use crate::verify::verify_share;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
@@ -743,8 +744,8 @@ mod tests {
         // A rename to b that moved the object, then stopped before the stub's half, while
         // the stub still records b: recovery's rule moves the object back.
         let stub = fs::File::open(t.guest.join("a")).unwrap();
-        let (attr, _) = guest::read_meta(&stub).unwrap().unwrap();
-        guest::set_xattr(&stub, attr, &Meta::redirect(b"t", b"b").encode()).unwrap();
+        let (attr, _) = read_file(&stub).unwrap().unwrap();
+        crate::meta::set_xattr(&stub, attr, &Meta::redirect(b"t", b"b").encode()).unwrap();
         fs::rename(t.volume.join("a"), t.volume.join("b")).unwrap();
         let out = run(&t);
         assert_eq!(fs::read(t.volume.join("a")).unwrap(), b"data");
@@ -849,11 +850,11 @@ mod tests {
         let t = TestShare::new();
         t.write("a", b"data");
         let stub = fs::File::open(t.guest.join("a")).unwrap();
-        let (attr, _) = guest::read_meta(&stub).unwrap().unwrap();
-        guest::set_xattr(&stub, attr, b"junk").unwrap();
+        let (attr, _) = read_file(&stub).unwrap().unwrap();
+        crate::meta::set_xattr(&stub, attr, b"junk").unwrap();
         run(&t);
         assert!(matches!(
-            guest::read_meta(&stub).unwrap(),
+            read_file(&stub).unwrap(),
             Some((_, Ok(Meta::Redirect { .. })))
         ));
     }
@@ -917,8 +918,8 @@ mod tests {
         let t = TestShare::new();
         t.write("a", b"data");
         let stub = fs::File::open(t.guest.join("a")).unwrap();
-        let (attr, _) = guest::read_meta(&stub).unwrap().unwrap();
-        guest::set_xattr(&stub, attr, &Meta::redirect(b"other", b"a").encode()).unwrap();
+        let (attr, _) = read_file(&stub).unwrap().unwrap();
+        crate::meta::set_xattr(&stub, attr, &Meta::redirect(b"other", b"a").encode()).unwrap();
         let out = repair(&t.share, false, &mut || {}).unwrap();
         assert_eq!(out.status(), Status::Findings);
         assert!(
