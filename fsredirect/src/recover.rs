@@ -145,7 +145,15 @@ fn settle(guest: &Path, store: &Store, intent: &Intent) -> io::Result<()> {
         Intent::Place { path, guest_ino } => {
             let file = guest_path(path);
             if ino_of(&file) != Some(*guest_ino) {
-                log::warn!("recovery: placement change of {file:?} left for verify: file replaced");
+                if is_redirect_stub(&file) {
+                    // A hydrate cut short before its new file took the stub's place: the
+                    // stub and its object stand as they were.
+                    log::info!("recovery: hydrate of {file:?} had not happened; nothing to do");
+                } else {
+                    log::warn!(
+                        "recovery: placement change of {file:?} left for verify: file replaced"
+                    );
+                }
             } else if is_redirect_stub(&file) {
                 crate::relocate::make_sparse(&crate::relocate::open_file(&file)?)?;
             } else if store

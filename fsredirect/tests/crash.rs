@@ -25,9 +25,9 @@
 //!
 //! Each level also runs under `policy=min-size:256`, where files move between inline and
 //! redirected as they grow and shrink (placement moves, with their own intent records).
-//! There the power cut drops only object data written through the engine's write path:
-//! inline data and the copies made by moves are not seen by the store hook (moves sync
-//! their copies before switching).
+//! There the power cut drops object data written through the engine's write path and the
+//! unsynced steps of moves (their copies, and their metadata changes on the moving file);
+//! inline data written through the passthrough layer is not seen by the store hook.
 //!
 //! `FSR_CRASH_ITERATIONS` (crashes per level, default 100), `FSR_CRASH_OPS` (operations per
 //! workload, default 60) and `FSR_CRASH_SEED` (first seed; printed) change the exploration.
@@ -622,7 +622,8 @@ fn child_main() -> ! {
             // the cut may reach the disk.
             unsafe { libc::_exit(CUT_EXIT) }
         });
-        PowerLoss::new(&dir.join("s"), cut, on_cut)
+        // The guest tree too: the steps of moves on guest-tree files are simulated.
+        PowerLoss::new(&dir, cut, on_cut)
     });
     if let Some(sim) = &sim {
         cfg.store_hook = Hook::new(sim.clone() as Arc<dyn fsredirect::faults::StoreHook>);
