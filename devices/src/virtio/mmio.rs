@@ -1,10 +1,10 @@
 //! The virtio-mmio transport, version 2 (virtio 1.2 §4.2.2), modern only.
 //!
 //! The transport validates everything the driver writes before it reaches
-//! the device: feature negotiation, the status sequence (a table of legal
-//! transitions), queue sizes and addresses (inside guest memory, aligned)
-//! before the driver may mark a queue ready, and nothing after DRIVER_OK
-//! but notifications, interrupt acks and a reset.
+//! the device: feature negotiation, the status sequence (a state machine
+//! that takes at most one step per status write), queue sizes and addresses
+//! (inside guest memory, aligned) before the driver may mark a queue ready,
+//! and nothing after DRIVER_OK but notifications, interrupt acks and a reset.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -35,15 +35,52 @@ const VENDOR_ID: u32 = 0x5652_5346;
 /// Offset of the device-specific configuration space.
 const CONFIG_SPACE: u64 = VIRTIO_MMIO_CONFIG as u64;
 
-/// The legal status transitions, as (status before, bit the driver adds);
-/// virtio 1.2 §3.1.1 steps 2, 3, 5 and 8. FAILED may be added at any time
-/// and a write of 0 resets from any state.
-const STATUS_TRANSITIONS: [(u32, u32); 4] = [
-    (0, ACKNOWLEDGE),
-    (ACKNOWLEDGE, DRIVER),
-    (ACKNOWLEDGE | DRIVER, FEATURES_OK),
-    (ACKNOWLEDGE | DRIVER | FEATURES_OK, DRIVER_OK),
-];
+/// The status bits of a driver that has negotiated its features.
+const FEATURES_DONE: u32 = ACKNOWLEDGE | DRIVER | FEATURES_OK;
+
+/// Where the device is in its life, as the driver moves it along with status
+/// writes. Each state has exactly one status register value.
+///
+/// The driver sets one status bit at a time, in order: `Reset` -> `Acknowledged` ->
+/// `DriverLoaded` -> `FeaturesOk` -> `Active` (or `ActivationFailed` if the device cannot
+/// start). FAILED may be set in any state and leads to `Failed`; writing 0 resets from
+/// any state. Every other write is refused and leaves the state as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeviceState {
+    /// Status 0: waiting for the driver to notice the device.
+    Reset,
+    /// ACKNOWLEDGE: the driver has noticed the device.
+    Acknowledged,
+    /// ACKNOWLEDGE | DRIVER: the driver knows the device; it writes the features it accepts.
+    DriverLoaded,
+    /// ... | FEATURES_OK: the features are agreed; the driver sets up the queues.
+    FeaturesOk,
+    /// ... | DRIVER_OK: the device has the queues and serves them.
+    Active,
+    /// ... | DRIVER_OK | NEEDS_RESET: the device could not start; only a reset helps.
+    ActivationFailed,
+    /// The driver gave up (FAILED); nothing runs until a reset.
+    Failed {
+        /// The status register as the driver left it, FAILED included.
+        status: u32,
+    },
+}
+
+impl DeviceState {
+    /// The status register in this state (without a NEEDS_RESET that an
+    /// active device raises on its own).
+    fn status(self) -> u32 {
+        match self {
+            Self::Reset => 0,
+            Self::Acknowledged => ACKNOWLEDGE,
+            Self::DriverLoaded => ACKNOWLEDGE | DRIVER,
+            Self::FeaturesOk => FEATURES_DONE,
+            Self::Active => FEATURES_DONE | DRIVER_OK,
+            Self::ActivationFailed => FEATURES_DONE | DRIVER_OK | NEEDS_RESET,
+            Self::Failed { status } => status,
+        }
+    }
+}
 
 /// A virtio device behind the MMIO transport, placed on the MMIO bus.
 ///
@@ -82,7 +119,7 @@ pub struct MmioTransport<D: VirtioDevice> {
     device: D,
     mem: GuestMemory,
     interrupt: Arc<MmioInterrupt>,
-    status: u32,
+    state: DeviceState,
     device_features_select: u32,
     driver_features_select: u32,
     acked_features: u64,
@@ -94,15 +131,13 @@ pub struct MmioTransport<D: VirtioDevice> {
     refused_writes: Vec<BTreeSet<u32>>,
     kicks: Vec<EventFd>,
     config_generation: u32,
-    active: bool,
 }
 
 impl<D: VirtioDevice> std::fmt::Debug for MmioTransport<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MmioTransport")
             .field("device_type", &self.device.device_type())
-            .field("status", &self.status)
-            .field("active", &self.active)
+            .field("state", &self.state)
             .finish()
     }
 }
@@ -125,7 +160,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             device,
             mem,
             interrupt,
-            status: 0,
+            state: DeviceState::Reset,
             device_features_select: 0,
             driver_features_select: 0,
             acked_features: 0,
@@ -134,7 +169,6 @@ impl<D: VirtioDevice> MmioTransport<D> {
             queues,
             kicks,
             config_generation: 0,
-            active: false,
         })
     }
 
@@ -156,12 +190,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     /// The current device status.
     pub fn status(&self) -> u32 {
-        self.status
-    }
-
-    /// Queue registers may be written only between FEATURES_OK and DRIVER_OK.
-    fn queue_setup_allowed(&self) -> bool {
-        self.status & (FEATURES_OK | DRIVER_OK | FAILED) == FEATURES_OK
+        self.state.status()
     }
 
     fn read_register(&self, offset: u32) -> u32 {
@@ -183,8 +212,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
             VIRTIO_MMIO_QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
             VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt.status(),
             VIRTIO_MMIO_STATUS => {
-                let needs_reset = self.active && self.device.needs_reset();
-                self.status | if needs_reset { NEEDS_RESET } else { 0 }
+                let needs_reset = self.state == DeviceState::Active && self.device.needs_reset();
+                self.status() | if needs_reset { NEEDS_RESET } else { 0 }
             }
             VIRTIO_MMIO_CONFIG_GENERATION => self.config_generation,
             // No shared-memory regions: their length reads as all ones
@@ -224,10 +253,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     fn write_driver_features(&mut self, value: u32) {
         // Features are negotiated after DRIVER and before FEATURES_OK.
-        if self.status & (DRIVER | FEATURES_OK | FAILED) != DRIVER {
+        if self.state != DeviceState::DriverLoaded {
             warn_limited!(
                 "virtio-mmio: driver features written in status {:#x}; ignored",
-                self.status
+                self.status()
             );
             return;
         }
@@ -241,10 +270,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
     }
 
     fn write_queue_register(&mut self, offset: u32, value: u32) {
-        if !self.queue_setup_allowed() {
+        // Queues are set up after FEATURES_OK and before DRIVER_OK.
+        if self.state != DeviceState::FeaturesOk {
             warn_limited!(
                 "virtio-mmio: queue register {offset:#x} written in status {:#x}; ignored",
-                self.status
+                self.status()
             );
             return;
         }
@@ -336,7 +366,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     fn notify(&mut self, value: u32) {
         // Only reached when no ioeventfd is registered for this window.
-        if !self.active {
+        if self.state != DeviceState::Active {
             warn_limited!("virtio-mmio: notification before DRIVER_OK; ignored");
             return;
         }
@@ -350,52 +380,50 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
     }
 
+    /// A status write: the driver's request to move the device to another state.
     fn set_status(&mut self, new: u32) {
         if new == 0 {
             self.reset();
             return;
         }
-        let old = self.status;
+        let old = self.status();
         if new & old != old {
             warn_limited!("virtio-mmio: status {new:#x} clears bits of {old:#x}; only a reset may");
             return;
         }
         let added = new & !old;
         if added & FAILED != 0 {
-            warn!("virtio-mmio: the driver gave up on the device (FAILED); it stays stopped until reset");
-            self.status |= FAILED;
-            self.deactivate();
+            self.fail();
             return;
         }
-        let base = old & !NEEDS_RESET;
-        if !STATUS_TRANSITIONS.contains(&(base, added)) {
-            warn_limited!("virtio-mmio: illegal status transition {old:#x} -> {new:#x}; ignored");
-            return;
+        match (self.state, added) {
+            (DeviceState::Reset, ACKNOWLEDGE) => self.state = DeviceState::Acknowledged,
+            (DeviceState::Acknowledged, DRIVER) => self.state = DeviceState::DriverLoaded,
+            (DeviceState::DriverLoaded, FEATURES_OK) => self.accept_features(),
+            (DeviceState::FeaturesOk, DRIVER_OK) => self.activate(),
+            _ => warn_limited!(
+                "virtio-mmio: illegal status transition {old:#x} -> {new:#x}; ignored"
+            ),
         }
-        match added {
-            FEATURES_OK => {
-                let offered = self.device.features() | VIRTIO_F_VERSION_1;
-                if self.acked_features & !offered != 0
-                    || self.acked_features & VIRTIO_F_VERSION_1 == 0
-                {
-                    // Leaving FEATURES_OK clear tells the driver (§3.1.1 step 6).
-                    warn!(
-                        "virtio-mmio: driver accepted features {:#x}, offered {offered:#x}; refused",
-                        self.acked_features
-                    );
-                    return;
-                }
-            }
-            DRIVER_OK => {
-                self.status |= DRIVER_OK;
-                self.activate();
-                return;
-            }
-            _ => {}
-        }
-        self.status |= added;
     }
 
+    /// `DriverLoaded` -> `FeaturesOk`, if the driver accepted only features we offer,
+    /// VERSION_1 among them. Otherwise the state stays and FEATURES_OK stays clear,
+    /// which is how the driver learns that its choice was refused.
+    fn accept_features(&mut self) {
+        let offered = self.device.features() | VIRTIO_F_VERSION_1;
+        if self.acked_features & !offered != 0 || self.acked_features & VIRTIO_F_VERSION_1 == 0 {
+            warn!(
+                "virtio-mmio: driver accepted features {:#x}, offered {offered:#x}; refused",
+                self.acked_features
+            );
+            return;
+        }
+        self.state = DeviceState::FeaturesOk;
+    }
+
+    /// `FeaturesOk` -> `Active`: hands the ready queues to the device. If the device
+    /// cannot start, `ActivationFailed`, and the driver is told with a config interrupt.
     fn activate(&mut self) {
         let queues: Vec<(usize, ActiveQueue)> = self
             .queues
@@ -420,7 +448,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         };
         match self.device.activate(ctx) {
             Ok(()) => {
-                self.active = true;
+                self.state = DeviceState::Active;
                 info!(
                     "virtio-mmio: device type {} activated",
                     self.device.device_type()
@@ -428,21 +456,25 @@ impl<D: VirtioDevice> MmioTransport<D> {
             }
             Err(err) => {
                 warn!("virtio-mmio: activation failed: {err}; the device needs a reset");
-                self.status |= NEEDS_RESET;
+                self.state = DeviceState::ActivationFailed;
                 let _ = super::Interrupt::signal_config_change(self.interrupt.as_ref());
             }
         }
     }
 
-    fn deactivate(&mut self) {
-        if self.active {
-            self.device.reset();
-            self.active = false;
-        }
+    /// Any state -> `Failed`: the driver set FAILED. The device stops; the
+    /// status keeps the bits it had, FAILED added.
+    fn fail(&mut self) {
+        warn!(
+            "virtio-mmio: the driver gave up on the device (FAILED); it stays stopped until reset"
+        );
+        let status = self.status() | FAILED;
+        self.stop_device(DeviceState::Failed { status });
     }
 
+    /// Any state -> `Reset`: stops the device and forgets everything the driver set up.
     fn reset(&mut self) {
-        self.deactivate();
+        self.stop_device(DeviceState::Reset);
         for queue in &mut self.queues {
             queue.reset();
         }
@@ -451,12 +483,20 @@ impl<D: VirtioDevice> MmioTransport<D> {
             // Drop notifications that arrived for the old queues.
             let _ = kick.read();
         }
-        self.status = 0;
         self.acked_features = 0;
         self.device_features_select = 0;
         self.driver_features_select = 0;
         self.queue_select = 0;
         self.interrupt.clear();
+    }
+
+    /// Moves to `next`, a state in which the device does not run: if it is
+    /// `Active`, the device is reset on the way.
+    fn stop_device(&mut self, next: DeviceState) {
+        if self.state == DeviceState::Active {
+            self.device.reset();
+        }
+        self.state = next;
     }
 }
 
@@ -515,7 +555,7 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
 
 impl<D: VirtioDevice> Drop for MmioTransport<D> {
     fn drop(&mut self) {
-        self.deactivate();
+        self.stop_device(DeviceState::Reset);
     }
 }
 

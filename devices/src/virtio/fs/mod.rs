@@ -58,9 +58,62 @@ pub fn config_space(
     Ok(config)
 }
 
+/// Whether the device is serving the driver.
+enum Lifecycle {
+    /// No worker threads: before the first activation, after a failed one, or after a reset.
+    Idle,
+    /// Worker threads serve the queues.
+    Running(Running),
+}
+
+impl Lifecycle {
+    /// Stops the workers, if any, and waits for them to end; the device is then idle.
+    fn stop(&mut self, tag: &str) {
+        if let Lifecycle::Running(running) = std::mem::replace(self, Lifecycle::Idle) {
+            running.stop(tag);
+        }
+    }
+}
+
+/// The worker threads of an activation and the eventfd that tells them to stop.
 struct Running {
     stop: EventFd,
     threads: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Tells every worker to stop and waits for them all.
+    fn stop(self, tag: &str) {
+        let _ = self.stop.write(1);
+        for thread in self.threads {
+            if thread.join().is_err() {
+                warn!("virtio-fs {tag}: a worker thread panicked");
+            }
+        }
+    }
+}
+
+/// Whether the device needs a reset: a worker sets it when the driver broke its
+/// queue, and the device then reports NEEDS_RESET. Activation and reset clear it.
+/// Clones share one flag, so the device and its workers see the same value.
+#[derive(Debug, Clone, Default)]
+pub struct NeedsReset(Arc<AtomicBool>);
+
+impl NeedsReset {
+    /// Marks the device as needing a reset.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the device needs a reset.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Forgets an earlier need for a reset.
+    pub fn clear(&self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 /// A virtio-fs device serving file system `F`: any fuse-backend-rs [`FileSystem`] (the VMM
@@ -89,8 +142,8 @@ pub struct VirtioFs<F: FileSystem + Send + Sync + 'static> {
     queue_sizes: Vec<u16>,
     fs: Arc<F>,
     server: Arc<handler::FuseSession<Arc<F>>>,
-    broken: Arc<AtomicBool>,
-    running: Option<Running>,
+    needs_reset: NeedsReset,
+    lifecycle: Lifecycle,
 }
 
 impl<F: FileSystem + Send + Sync + 'static> VirtioFs<F> {
@@ -103,8 +156,8 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFs<F> {
             queue_sizes: vec![QUEUE_SIZE; 1 + request_queues as usize],
             server: Arc::new(handler::FuseSession::new(fs.clone())),
             fs,
-            broken: Arc::new(AtomicBool::new(false)),
-            running: None,
+            needs_reset: NeedsReset::default(),
+            lifecycle: Lifecycle::Idle,
         })
     }
 
@@ -113,15 +166,9 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFs<F> {
         &self.tag
     }
 
+    /// Stops the workers, if any; the device is then idle.
     fn stop_workers(&mut self) {
-        if let Some(running) = self.running.take() {
-            let _ = running.stop.write(1);
-            for thread in running.threads {
-                if thread.join().is_err() {
-                    warn!("virtio-fs {}: a worker thread panicked", self.tag);
-                }
-            }
-        }
+        self.lifecycle.stop(&self.tag);
     }
 }
 
@@ -150,7 +197,7 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioDevice for VirtioFs<F> {
                 return Err(ActivateError::MissingQueue(required));
             }
         }
-        self.broken.store(false, Ordering::SeqCst);
+        self.needs_reset.clear();
         let stop = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Worker)?;
         let mut threads = Vec::new();
         for (index, queue) in ctx.queues {
@@ -161,7 +208,7 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioDevice for VirtioFs<F> {
                 server: self.server.clone(),
                 interrupt: ctx.interrupt.clone(),
                 stop: stop.try_clone().map_err(ActivateError::Worker)?,
-                broken: self.broken.clone(),
+                needs_reset: self.needs_reset.clone(),
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("fs-{}-q{index}", self.tag))
@@ -169,19 +216,19 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioDevice for VirtioFs<F> {
             match spawned {
                 Ok(thread) => threads.push(thread),
                 Err(err) => {
-                    self.running = Some(Running { stop, threads });
-                    self.stop_workers();
+                    // The device stays idle; the workers already started end.
+                    Running { stop, threads }.stop(&self.tag);
                     return Err(ActivateError::Worker(err));
                 }
             }
         }
-        self.running = Some(Running { stop, threads });
+        self.lifecycle = Lifecycle::Running(Running { stop, threads });
         Ok(())
     }
 
     fn reset(&mut self) {
         self.stop_workers();
-        self.broken.store(false, Ordering::SeqCst);
+        self.needs_reset.clear();
         // The guest's FUSE session ends with the device: it will INIT again, and whatever
         // it held (nodes, handles, descriptors) is given back now.
         if self.server.end() {
@@ -190,7 +237,7 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioDevice for VirtioFs<F> {
     }
 
     fn needs_reset(&self) -> bool {
-        self.broken.load(Ordering::SeqCst)
+        self.needs_reset.is_set()
     }
 }
 

@@ -589,7 +589,7 @@ mod device {
 
     use virtio_bindings::virtio_config::{
         VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
-        VIRTIO_CONFIG_S_FEATURES_OK,
+        VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
     };
     use virtio_bindings::virtio_mmio::*;
     use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -597,7 +597,7 @@ mod device {
 
     use super::Fs;
     use crate::bus::BusDevice;
-    use crate::virtio::fs::VirtioFs;
+    use crate::virtio::fs::{Lifecycle, VirtioFs};
     use crate::virtio::{MmioInterrupt, MmioTransport, VIRTIO_F_VERSION_1};
 
     fn write(t: &mut MmioTransport<VirtioFs<Fs>>, reg: u32, value: u32) {
@@ -680,6 +680,25 @@ mod device {
         drop(t);
         let (mut again, _dir2) = running_device();
         write(&mut again, VIRTIO_MMIO_STATUS, 0);
+    }
+
+    #[test]
+    fn a_worker_asking_for_a_reset_shows_in_the_status_until_the_reset() {
+        let (mut t, _dir) = running_device();
+        assert!(matches!(t.device().lifecycle, Lifecycle::Running(_)));
+        let running = read(&mut t, VIRTIO_MMIO_STATUS);
+
+        // What a worker does when the driver breaks its queue; clones share the flag.
+        t.device().needs_reset.clone().set();
+
+        assert_eq!(
+            read(&mut t, VIRTIO_MMIO_STATUS),
+            running | VIRTIO_CONFIG_S_NEEDS_RESET
+        );
+        write(&mut t, VIRTIO_MMIO_STATUS, 0);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), 0);
+        assert!(!t.device().needs_reset.is_set());
+        assert!(matches!(t.device().lifecycle, Lifecycle::Idle));
     }
 
     #[test]

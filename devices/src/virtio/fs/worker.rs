@@ -1,7 +1,6 @@
 //! The worker thread that serves one virtio-fs queue.
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use fuse_backend_rs::api::filesystem::FileSystem;
@@ -9,6 +8,7 @@ use log::{debug, warn};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::handler::{process_queue, FuseSession};
+use super::NeedsReset;
 use crate::virtio::wait::Waiter;
 use crate::virtio::{ActiveQueue, GuestMemory, Interrupt};
 
@@ -27,7 +27,7 @@ pub struct Worker<F: FileSystem + Send + Sync> {
     /// Written to stop the worker.
     pub stop: EventFd,
     /// Set when the driver broke the queue; the device then reports NEEDS_RESET.
-    pub broken: Arc<AtomicBool>,
+    pub needs_reset: NeedsReset,
 }
 
 enum Wake {
@@ -75,7 +75,7 @@ impl<F: FileSystem + Send + Sync> Worker<F> {
                         "virtio-fs queue {}: {err}; the device needs a reset",
                         self.index
                     );
-                    self.broken.store(true, Ordering::SeqCst);
+                    self.needs_reset.set();
                     let _ = self.interrupt.signal_config_change();
                     break;
                 }

@@ -18,7 +18,10 @@ const FEATURES_DONE: u32 = ACK_DRIVER | FEATURES_OK;
 struct Record {
     activated_queues: Option<Vec<usize>>,
     acked_features: u64,
+    activations: usize,
     resets: usize,
+    /// What the device answers to `needs_reset`.
+    broken: bool,
 }
 
 /// A device that records what the transport does to it.
@@ -48,10 +51,14 @@ impl VirtioDevice for Recorder {
         let mut record = self.record.lock().unwrap();
         record.activated_queues = Some(ctx.queues.iter().map(|(i, _)| *i).collect());
         record.acked_features = ctx.acked_features;
+        record.activations += 1;
         Ok(())
     }
     fn reset(&mut self) {
         self.record.lock().unwrap().resets += 1;
+    }
+    fn needs_reset(&self) -> bool {
+        self.record.lock().unwrap().broken
     }
 }
 
@@ -400,4 +407,124 @@ fn shared_memory_regions_read_as_absent() {
 
     assert_eq!(f.read(VIRTIO_MMIO_SHM_LEN_LOW), u32::MAX);
     assert_eq!(f.read(VIRTIO_MMIO_SHM_LEN_HIGH), u32::MAX);
+}
+
+/// The states the exhaustive status test starts from.
+const STARTING_POINTS: [&str; 6] = [
+    "fresh",
+    "features acked",
+    "queues ready",
+    "active",
+    "active, device broken",
+    "activation failed",
+];
+
+/// A fixture brought to one of [`STARTING_POINTS`].
+fn fixture_at(start: &str) -> Fixture {
+    let mut f = fixture_with(start == "activation failed");
+    match start {
+        "fresh" => {}
+        "features acked" => {
+            f.write(VIRTIO_MMIO_STATUS, ACKNOWLEDGE);
+            f.write(VIRTIO_MMIO_STATUS, ACK_DRIVER);
+            f.write(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+            f.write(VIRTIO_MMIO_DRIVER_FEATURES, 1);
+        }
+        "queues ready" => {
+            f.negotiate(0);
+            f.setup_queue(0, 0x1_0000, 16);
+            f.setup_queue(1, 0x2_0000, 16);
+        }
+        "active" | "activation failed" => f.bring_up(),
+        "active, device broken" => {
+            f.bring_up();
+            f.record.lock().unwrap().broken = true;
+        }
+        _ => unreachable!("unknown starting point {start}"),
+    }
+    f
+}
+
+/// Checks what must hold after the driver wrote `written` to the status
+/// register in state `before`.
+fn check_after_status_write(f: &mut Fixture, before: DeviceState, written: u32, what: &str) {
+    let state = f.transport.state;
+    let status = state.status();
+    let record = f.record.lock().unwrap();
+    let (activations, resets, broken) = (record.activations, record.resets, record.broken);
+    drop(record);
+    let active = state == DeviceState::Active;
+
+    assert_eq!(
+        activations,
+        resets + usize::from(active),
+        "{what}: the device runs exactly when the state is Active"
+    );
+    let device_needs_reset = if active && broken { NEEDS_RESET } else { 0 };
+    assert_eq!(
+        f.read(VIRTIO_MMIO_STATUS),
+        status | device_needs_reset,
+        "{what}"
+    );
+    if written == 0 {
+        assert_eq!(state, DeviceState::Reset, "{what}: 0 resets");
+        assert_eq!(f.read(VIRTIO_MMIO_INTERRUPT_STATUS), 0, "{what}");
+        return;
+    }
+    let old = before.status();
+    assert_eq!(status & old, old, "{what}: only a reset clears bits");
+    let steps = [ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK];
+    let added_steps = steps.iter().filter(|&&bit| status & !old & bit != 0);
+    assert!(added_steps.count() <= 1, "{what}: one step at a time");
+    for pair in steps.windows(2) {
+        if status & pair[1] != 0 {
+            assert_ne!(status & pair[0], 0, "{what}: steps are taken in order");
+        }
+    }
+    if status & !old & NEEDS_RESET != 0 {
+        assert_eq!(before, DeviceState::FeaturesOk, "{what}");
+        assert_eq!(
+            state,
+            DeviceState::ActivationFailed,
+            "{what}: only a failed activation sets NEEDS_RESET"
+        );
+    }
+    if old & FAILED != 0 {
+        assert_eq!(state, before, "{what}: FAILED holds until a reset");
+    }
+}
+
+#[test]
+fn every_status_sequence_of_up_to_three_writes_is_handled_consistently() {
+    let values = [
+        0,
+        ACKNOWLEDGE,
+        ACK_DRIVER,
+        FEATURES_DONE,
+        FEATURES_DONE | DRIVER_OK,
+        DRIVER_OK,
+        FAILED,
+        FEATURES_DONE | DRIVER_OK | FAILED,
+        FEATURES_DONE | DRIVER_OK | NEEDS_RESET,
+        ACKNOWLEDGE | NEEDS_RESET,
+        u32::MAX,
+    ];
+    // The checks run after every write, so the sequences of three writes
+    // also cover the shorter ones: their prefixes.
+    for start in STARTING_POINTS {
+        for first in values {
+            for second in values {
+                for third in values {
+                    let mut f = fixture_at(start);
+                    let sequence = [first, second, third];
+                    for (step, value) in sequence.into_iter().enumerate() {
+                        let before = f.transport.state;
+                        f.write(VIRTIO_MMIO_STATUS, value);
+                        let what = format!("from {start}, writes {:x?}", &sequence[..=step]);
+                        check_after_status_write(&mut f, before, value, &what);
+                    }
+                }
+            }
+        }
+    }
 }
