@@ -50,6 +50,7 @@ use fuse_backend_rs::abi::fuse_abi::SetattrValid;
 use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem, GetxattrReply};
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
+use self::handles::{kept_open_flags, HandleTable, OpenFile, OpenInode};
 use crate::beneath::{open_beneath, reopen_regular, walk};
 use crate::faults::Hook;
 use crate::fdbudget::FdBudget;
@@ -176,45 +177,6 @@ enum Kind {
     Foreign,
 }
 
-/// An open file as the guest holds it.
-#[derive(Debug, Clone, Copy)]
-enum OpenFile {
-    /// Opened by the passthrough layer: its handle there and the inode (directories, and
-    /// every file of a passthrough share).
-    Inner(u64, u64),
-    /// An inline regular file of a redirecting share, opened by the passthrough layer: its
-    /// handle there, the inode, and the open flags, so the handle can become a
-    /// [`OpenFile::Redirect`] if the file moves into the store while open.
-    Inline { ih: u64, inode: u64, flags: u32 },
-    /// A redirected file: I/O goes to the store object of `inode`. Append and sync modes
-    /// come with each WRITE (the guest may change them with fcntl after the open).
-    Redirect {
-        inode: u64,
-        /// The open flags (without O_CREAT, O_EXCL, O_TRUNC), to reopen the file inline if
-        /// it moves back into the guest tree while open.
-        flags: u32,
-    },
-}
-
-/// What the server holds for a redirected inode while the guest has it open.
-#[derive(Debug)]
-struct OpenInode {
-    /// Open handles on the inode.
-    handles: usize,
-    /// The store object, held from the first open to the last release: an open file never
-    /// depends on finding a name again (its names may be gone or unknown after a restart).
-    object: Arc<File>,
-    /// The stub once its last name is gone: an `O_PATH` descriptor keeps the host inode
-    /// alive so the passthrough layer can still reach it until release.
-    pin: Option<OwnedFd>,
-    /// The object's name in the orphan area once its last name is gone.
-    orphan: Option<CString>,
-    /// Kernel references given up (FORGET) while the file is open, applied (to the name
-    /// table and the passthrough layer) at the last release: as in the kernel, an open file
-    /// keeps its node and the names it is known by, so its stub can still be reached.
-    forgets: u64,
-}
-
 /// What the server holds for a redirected node that lost the last name this server knew for
 /// it while its host inode kept other names: a hard link unlinked or renamed over, its other
 /// names never looked up (after a restart, say). The kernel may still use the node (or has
@@ -234,8 +196,7 @@ const DETACHED_FDS: usize = 2;
 struct State {
     names: NameTable,
     kinds: HashMap<u64, Kind>,
-    handles: HashMap<u64, OpenFile>,
-    open: HashMap<u64, OpenInode>,
+    handles: HandleTable,
     detached: HashMap<u64, Detached>,
 }
 
@@ -287,7 +248,6 @@ pub struct RedirectFs {
     fds: FdCache,
     stub_fds: FdCache,
     budget: FdBudget,
-    next_handle: AtomicU64,
     recovery: Option<RecoveryReport>,
 }
 
@@ -421,7 +381,6 @@ impl RedirectFs {
             fds: FdCache::new(cfg.max_store_fds),
             stub_fds: FdCache::new(cfg.max_store_fds),
             budget,
-            next_handle: AtomicU64::new(1),
             recovery,
         })
     }
@@ -618,7 +577,7 @@ impl RedirectFs {
         let store = self.store()?;
         let path = {
             let st = self.state();
-            if let Some(open) = st.open.get(&inode) {
+            if let Some(open) = st.handles.open_inode(inode) {
                 return Ok(open.object.clone());
             }
             if let Some(detached) = st.detached.get(&inode) {
@@ -683,7 +642,7 @@ impl RedirectFs {
     fn stub_file(&self, inode: u64) -> io::Result<Arc<File>> {
         self.stub_fds.get(inode, || {
             let st = self.state();
-            if let Some(pin) = st.open.get(&inode).and_then(|o| o.pin.as_ref()) {
+            if let Some(pin) = st.handles.open_inode(inode).and_then(|o| o.pin.as_ref()) {
                 return self.open_stub_for_write(pin);
             }
             if let Some(detached) = st.detached.get(&inode) {
@@ -756,7 +715,7 @@ impl RedirectFs {
     fn admit(&self, parent: u64, name: &CStr, mut entry: Entry, kind: Kind) -> Entry {
         let (fresh, released) = {
             let mut st = self.state();
-            let fresh = !st.names.holds(entry.inode) && !st.open.contains_key(&entry.inode);
+            let fresh = !st.names.holds(entry.inode) && !st.handles.is_open(entry.inode);
             st.names.remember(entry.inode, parent, name);
             st.kinds.insert(entry.inode, kind);
             (fresh, st.names.take_released())
@@ -889,22 +848,7 @@ impl RedirectFs {
             OpenFile::Redirect { inode, .. } => Some(self.object(inode)?),
             _ => None,
         };
-        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let mut st = self.state();
-        st.handles.insert(handle, file);
-        if let (OpenFile::Redirect { inode, .. }, Some(object)) = (file, object) {
-            st.open
-                .entry(inode)
-                .or_insert_with(|| OpenInode {
-                    handles: 0,
-                    object,
-                    pin: None,
-                    orphan: None,
-                    forgets: 0,
-                })
-                .handles += 1;
-        }
-        drop(st);
+        let handle = self.state().handles.insert(file, object);
         // One descriptor per handle: the passthrough layer's file, or the store object
         // (counted once per handle, which bounds the objects too).
         self.budget.charge(1);
@@ -944,7 +888,7 @@ impl RedirectFs {
         let _data = self.data_locks.lock(inode);
         let mut st = self.state();
         let held = st.names.lookups(inode);
-        if let Some(open) = st.open.get_mut(&inode) {
+        if let Some(open) = st.handles.open_inode_mut(inode) {
             // The file is open: its node stays, with the names it is known by, until the
             // last release (see OpenInode). No more than the kernel holds now: it may
             // look the node up again meanwhile.
@@ -997,27 +941,15 @@ impl RedirectFs {
     /// Takes `handle` out of the table; for the last handle of a redirected inode, returns
     /// what the server held for it.
     fn drop_handle(&self, handle: u64) -> io::Result<(OpenFile, Option<OpenInode>)> {
-        let mut st = self.state();
-        let file = st
+        let (file, open) = self
+            .state()
             .handles
-            .remove(&handle)
+            .remove(handle)
             .ok_or_else(|| errno(libc::EBADF))?;
         self.budget.release(1);
-        let OpenFile::Redirect { inode, .. } = file else {
+        let (OpenFile::Redirect { inode, .. }, Some(_)) = (file, &open) else {
             return Ok((file, None));
         };
-        let last = match st.open.get_mut(&inode) {
-            Some(open) => {
-                open.handles = open.handles.saturating_sub(1);
-                open.handles == 0
-            }
-            None => false,
-        };
-        if !last {
-            return Ok((file, None));
-        }
-        let open = st.open.remove(&inode);
-        drop(st);
         self.drop_cached_fds(inode);
         if open.as_ref().is_some_and(|o| o.pin.is_some()) {
             self.budget.release(1);
@@ -1028,8 +960,7 @@ impl RedirectFs {
     fn handle(&self, handle: u64) -> io::Result<OpenFile> {
         self.state()
             .handles
-            .get(&handle)
-            .copied()
+            .get(handle)
             .ok_or_else(|| errno(libc::EBADF))
     }
 
@@ -1069,7 +1000,7 @@ impl RedirectFs {
             // Surface a missing store object at open, not at the first read.
             self.object(inode)?;
         }
-        self.new_handle(redirect_handle(inode, flags))
+        self.new_handle(OpenFile::redirect(inode, flags))
     }
 
     /// The handle entry of a file opened by the passthrough layer as `ih`: one that can
@@ -1167,7 +1098,7 @@ impl RedirectFs {
     }
 
     fn is_open(&self, inode: u64) -> bool {
-        self.state().open.contains_key(&inode)
+        self.state().handles.is_open(inode)
     }
 
     /// Keeps the stub of an open redirected file reachable after its last name goes (the
@@ -1175,15 +1106,15 @@ impl RedirectFs {
     fn pin_stub(&self, inode: u64, parts: &[CString]) {
         if self
             .state()
-            .open
-            .get(&inode)
+            .handles
+            .open_inode(inode)
             .is_none_or(|o| o.pin.is_some())
         {
             return;
         }
         match self.open_stub_path(parts) {
             Ok(fd) => {
-                if let Some(open) = self.state().open.get_mut(&inode) {
+                if let Some(open) = self.state().handles.open_inode_mut(inode) {
                     open.pin = Some(fd);
                     self.budget.charge(1);
                 }
@@ -1215,7 +1146,7 @@ impl RedirectFs {
     ) -> Option<Detached> {
         {
             let st = self.state();
-            let in_use = st.names.is_known(inode) || st.open.contains_key(&inode);
+            let in_use = st.names.is_known(inode) || st.handles.is_open(inode);
             let other_name_known = st
                 .names
                 .links(inode)
@@ -1289,8 +1220,9 @@ impl RedirectFs {
     pub(super) fn end_session(&self) {
         let _ns = self.ns_write();
         let mut ended = std::mem::take(&mut *self.state());
+        let (handles, open) = ended.handles.take_all();
         let ctx = root_ctx();
-        for (handle, file) in ended.handles {
+        for (handle, file) in handles {
             let released = match file {
                 OpenFile::Inner(ih, inode) => self.inner.releasedir(&ctx, inode, 0, ih),
                 OpenFile::Inline { ih, inode, .. } => {
@@ -1306,7 +1238,7 @@ impl RedirectFs {
             self.inner.forget(&ctx, inode, lookups);
         }
         // FORGETs deferred while a file was open are still counted in the name table.
-        for open in ended.open.into_values() {
+        for open in open.into_values() {
             if let (Some(orphan), Ok(store)) = (open.orphan, self.store()) {
                 if let Err(e) = store.remove_orphan(&orphan) {
                     log::warn!("orphan {orphan:?} left for the next start: {e}");
@@ -1321,7 +1253,7 @@ impl RedirectFs {
     /// Records that the object of open `inode` now lives in the orphan area as `orphan`,
     /// to be removed at its last release.
     fn set_orphan(&self, inode: u64, orphan: CString) {
-        if let Some(open) = self.state().open.get_mut(&inode) {
+        if let Some(open) = self.state().handles.open_inode_mut(inode) {
             open.orphan = Some(orphan);
         }
     }
@@ -1358,14 +1290,6 @@ impl Drop for Peeked<'_> {
     }
 }
 
-/// The handle entry of redirected `inode` opened with `flags`.
-fn redirect_handle(inode: u64, flags: u32) -> OpenFile {
-    OpenFile::Redirect {
-        inode,
-        flags: kept_open_flags(flags as i32),
-    }
-}
-
 /// How far a change must reach stable storage before it is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SyncMode {
@@ -1399,11 +1323,6 @@ impl SyncMode {
             SyncMode::Full
         }
     }
-}
-
-/// The open flags worth keeping to reopen a file later: all but O_CREAT, O_EXCL and O_TRUNC.
-fn kept_open_flags(flags: i32) -> u32 {
-    (flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY)) as u32
 }
 
 impl Drop for RedirectFs {
@@ -1469,6 +1388,7 @@ fn sync_stub_file(stub: &File, size: u64, touch: bool) -> io::Result<()> {
 }
 
 mod datalock;
+mod handles;
 mod ops;
 mod rename;
 mod transition;

@@ -21,10 +21,7 @@ use std::sync::Arc;
 
 use fuse_backend_rs::api::filesystem::FileSystem;
 
-use super::{
-    errno, redirect_handle, root_ctx, Kind, OpenFile, OpenInode, RedirectFs, CAPABILITY_XATTR,
-    PRIVILEGE_BITS,
-};
+use super::{errno, root_ctx, Kind, RedirectFs, CAPABILITY_XATTR, PRIVILEGE_BITS};
 use crate::beneath::{open_beneath, reopen_regular, walk};
 use crate::intent::Intent;
 use crate::meta::Meta;
@@ -79,8 +76,8 @@ impl RedirectFs {
         let parts = {
             let st = self.state();
             if st
-                .open
-                .get(&inode)
+                .handles
+                .open_inode(inode)
                 .is_some_and(|o| o.orphan.is_some() || o.pin.is_some())
             {
                 return Ok(());
@@ -158,17 +155,7 @@ impl RedirectFs {
     /// holds on `inode`: (guest handle, passthrough handle, flags). Either all open, or none
     /// stays open.
     fn open_inline_handles(&self, inode: u64) -> io::Result<Vec<(u64, u64, u32)>> {
-        let wanted: Vec<(u64, u32)> = self
-            .state()
-            .handles
-            .iter()
-            .filter_map(|(h, f)| match *f {
-                OpenFile::Redirect {
-                    inode: i, flags, ..
-                } if i == inode => Some((*h, flags)),
-                _ => None,
-            })
-            .collect();
+        let wanted = self.state().handles.redirected(inode);
         let mut opened = Vec::with_capacity(wanted.len());
         for (h, flags) in wanted {
             let ih = match self.inner.open(&root_ctx(), inode, flags, 0) {
@@ -232,38 +219,10 @@ impl RedirectFs {
         // Every handle the guest holds now reads and writes the object, which they hold
         // open from here on.
         let held = Arc::new(store.open_object(parts)?);
-        let old: Vec<u64> = {
+        let old = {
             let mut st = self.state();
-            let mut old = Vec::new();
-            let mut moved = 0;
-            for entry in st.handles.values_mut() {
-                if let OpenFile::Inline {
-                    ih,
-                    inode: i,
-                    flags,
-                } = *entry
-                {
-                    if i == inode {
-                        *entry = redirect_handle(inode, flags);
-                        old.push(ih);
-                        moved += 1;
-                    }
-                }
-            }
-            if moved > 0 {
-                st.open
-                    .entry(inode)
-                    .or_insert_with(|| OpenInode {
-                        handles: 0,
-                        object: held,
-                        pin: None,
-                        orphan: None,
-                        forgets: 0,
-                    })
-                    .handles += moved;
-            }
             st.kinds.insert(inode, Kind::Redirect);
-            old
+            st.handles.to_redirected(inode, held)
         };
         self.drop_cached_fds(inode);
         for ih in old {
@@ -311,19 +270,8 @@ impl RedirectFs {
         }
         let forgets = {
             let mut st = self.state();
-            for (h, ih, flags) in &opened {
-                st.handles.insert(
-                    *h,
-                    OpenFile::Inline {
-                        ih: *ih,
-                        inode,
-                        flags: *flags,
-                    },
-                );
-            }
-            let forgets = st.open.remove(&inode).map_or(0, |o| o.forgets);
             st.kinds.insert(inode, Kind::Plain);
-            forgets
+            st.handles.to_inline(inode, &opened)
         };
         // Its handles are the passthrough layer's now, and they keep its node.
         if forgets > 0 {

@@ -201,13 +201,21 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioDevice for VirtioFs<F> {
         let stop = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Worker)?;
         let mut threads = Vec::new();
         for (index, queue) in ctx.queues {
+            let worker_stop = match stop.try_clone() {
+                Ok(fd) => fd,
+                Err(err) => {
+                    // The device stays idle; the workers already started end.
+                    Running { stop, threads }.stop(&self.tag);
+                    return Err(ActivateError::Worker(err));
+                }
+            };
             let worker = Worker {
                 index,
                 queue,
                 mem: ctx.mem.clone(),
                 server: self.server.clone(),
                 interrupt: ctx.interrupt.clone(),
-                stop: stop.try_clone().map_err(ActivateError::Worker)?,
+                stop: worker_stop,
                 needs_reset: self.needs_reset.clone(),
             };
             let spawned = std::thread::Builder::new()
