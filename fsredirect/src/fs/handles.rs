@@ -151,7 +151,7 @@ impl HandleTable {
 
     /// `inode` moved into the store: its inline handles become redirected ones, which hold
     /// `object`. Returns the passthrough handles they had, for the caller to release.
-    pub fn to_redirected(&mut self, inode: u64, object: Arc<File>) -> Vec<u64> {
+    pub fn switch_to_redirected(&mut self, inode: u64, object: Arc<File>) -> Vec<u64> {
         let mut released = Vec::new();
         for entry in self.files.values_mut() {
             if let OpenFile::Inline {
@@ -178,7 +178,7 @@ impl HandleTable {
     /// `inode` moved out of the store: each of its redirected handles becomes the inline
     /// handle `opened` gives it (guest handle, passthrough handle, flags). Returns the FORGETs
     /// deferred while it was open.
-    pub fn to_inline(&mut self, inode: u64, opened: &[(u64, u64, u32)]) -> u64 {
+    pub fn switch_to_inline(&mut self, inode: u64, opened: &[(u64, u64, u32)]) -> u64 {
         for &(h, ih, flags) in opened {
             self.files.insert(h, OpenFile::Inline { ih, inode, flags });
         }
@@ -229,7 +229,7 @@ mod tests {
             None,
         );
         let other = table.insert(OpenFile::Inner(41, 8), None);
-        assert_eq!(table.to_redirected(7, object()), vec![40]);
+        assert_eq!(table.switch_to_redirected(7, object()), vec![40]);
         assert!(matches!(
             table.get(h),
             Some(OpenFile::Redirect { inode: 7, .. })
@@ -237,7 +237,10 @@ mod tests {
         assert!(matches!(table.get(other), Some(OpenFile::Inner(41, 8))));
         assert_eq!(table.redirected(7), vec![(h, libc::O_RDWR as u32)]);
         table.open_inode_mut(7).unwrap().forgets = 2;
-        assert_eq!(table.to_inline(7, &[(h, 42, libc::O_RDWR as u32)]), 2);
+        assert_eq!(
+            table.switch_to_inline(7, &[(h, 42, libc::O_RDWR as u32)]),
+            2
+        );
         assert!(matches!(
             table.get(h),
             Some(OpenFile::Inline { ih: 42, .. })

@@ -222,7 +222,7 @@ impl RedirectFs {
         let old = {
             let mut st = self.state();
             st.kinds.insert(inode, Kind::Redirect);
-            st.handles.to_redirected(inode, held)
+            st.handles.switch_to_redirected(inode, held)
         };
         self.drop_cached_fds(inode);
         for ih in old {
@@ -271,7 +271,7 @@ impl RedirectFs {
         let forgets = {
             let mut st = self.state();
             st.kinds.insert(inode, Kind::Plain);
-            st.handles.to_inline(inode, &opened)
+            st.handles.switch_to_inline(inode, &opened)
         };
         // Its handles are the passthrough layer's now, and they keep its node.
         if forgets > 0 {
