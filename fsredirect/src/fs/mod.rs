@@ -51,14 +51,13 @@ use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem, GetxattrReply
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
 use self::handles::{kept_open_flags, HandleTable, OpenFile, OpenInode};
+use self::redirecting::Redirecting;
 use crate::beneath::{open_beneath, reopen_regular, walk};
 use crate::faults::Hook;
 use crate::fdbudget::FdBudget;
-use crate::fdcache::FdCache;
 use crate::intent::Intent;
 use crate::meta::Meta;
 use crate::names::{join, NameTable};
-use crate::policy::Policy;
 use crate::recover::RecoveryReport;
 use crate::share::ShareSpec;
 use crate::store::{Store, StoreError};
@@ -232,9 +231,8 @@ pub struct RedirectFs {
     inner: PassthroughFs,
     file_handles: bool,
     guest_root: OwnedFd,
-    store: Option<Store>,
-    policy: Policy,
-    volume: Vec<u8>,
+    /// What only a redirecting share has; `None` for a passthrough share.
+    redirect: Option<Redirecting>,
     meta_name: &'static CStr,
     /// The server runs as root: it can create nodes as the guest's caller.
     server_is_root: bool,
@@ -245,8 +243,6 @@ pub struct RedirectFs {
     /// around its own brief grant of write access to a stub
     /// ([`RedirectFs::open_stub_for_write`]).
     stub_modes: Mutex<()>,
-    fds: FdCache,
-    stub_fds: FdCache,
     budget: FdBudget,
     recovery: Option<RecoveryReport>,
 }
@@ -294,56 +290,13 @@ impl RedirectFs {
             dir: share.dir.clone(),
             source,
         })?;
-        let (store, volume) = match &share.store {
-            Some(s) => (
-                Some(Store::open_with(&s.root, &s.volume, cfg.hook())?),
-                s.volume.clone().into_bytes(),
-            ),
-            None => (None, Vec::new()),
-        };
-        let mut recovery = None;
-        if let Some(store) = &store {
-            let ordered = crate::intent::shares_one_journal(&share.dir, store.volume_path());
-            store.intents().set_journal_ordered(ordered);
-            log::info!(
-                "intent records: {}",
-                if ordered {
-                    "in journal order (guest tree and store share one journaling file system)"
-                } else {
-                    "synced one by one (guest tree and store on different file systems)"
-                }
-            );
-            // Records left after a clean stop belong to operations whose store half failed.
-            let leftovers =
-                store
-                    .intents()
-                    .has_leftovers()
-                    .map_err(|source| FsError::Recovery {
-                        dir: share.dir.clone(),
-                        source,
-                    })?;
-            if store.was_created() {
-                log::info!(
-                    "new volume {} in {}: nothing to recover",
-                    String::from_utf8_lossy(&volume),
-                    store.volume_path().display()
-                );
-            } else if store.was_clean() && !leftovers {
-                // Files still open at a clean stop leave their objects in the orphan area.
-                store.clear_orphans()?;
-            } else {
-                let report =
-                    crate::recover::run(&share.dir, store).map_err(|source| FsError::Recovery {
-                        dir: share.dir.clone(),
-                        source,
-                    })?;
-                log::info!(
-                    "recovery of {} after an unclean stop: {report}",
-                    share.dir.display()
-                );
-                recovery = Some(report);
+        let (redirect, recovery) = match &share.store {
+            Some(spec) => {
+                let (redirecting, recovery) = Redirecting::open(share, spec, &cfg)?;
+                (Some(redirecting), recovery)
             }
-        }
+            None => (None, None),
+        };
         // SAFETY: geteuid has no preconditions and cannot fail.
         let server_is_root = unsafe { libc::geteuid() } == 0;
         let meta_name = crate::meta::xattr_name_for(server_is_root);
@@ -365,21 +318,13 @@ impl RedirectFs {
             inner,
             file_handles: cfg.inode_file_handles,
             guest_root,
-            store,
-            policy: share
-                .store
-                .as_ref()
-                .map(|s| s.policy.clone())
-                .unwrap_or_default(),
-            volume,
+            redirect,
             meta_name,
             server_is_root,
             ns: RwLock::new(()),
             state: Mutex::new(State::default()),
             data_locks: DataLocks::default(),
             stub_modes: Mutex::new(()),
-            fds: FdCache::new(cfg.max_store_fds),
-            stub_fds: FdCache::new(cfg.max_store_fds),
             budget,
             recovery,
         })
@@ -394,9 +339,9 @@ impl RedirectFs {
     /// True if intent records are written in journal order, without a sync each
     /// ([`crate::intent`]); false if each one is synced, or for a passthrough share.
     pub fn intents_in_journal_order(&self) -> bool {
-        self.store
+        self.redirect
             .as_ref()
-            .is_some_and(|s| s.intents().is_journal_ordered())
+            .is_some_and(|r| r.store.intents().is_journal_ordered())
     }
 
     /// Makes everything durable: the store (objects, names, intent records) and the guest
@@ -404,8 +349,8 @@ impl RedirectFs {
     /// SYNCFS request, so a guest's own sync points are its fsync and fsyncdir.
     pub fn syncfs(&self) -> io::Result<()> {
         let _ns = self.ns_read();
-        if let Some(store) = &self.store {
-            store.syncfs()?;
+        if let Some(r) = &self.redirect {
+            r.store.syncfs()?;
         }
         // SAFETY: syncfs on a descriptor we own; no memory is involved.
         crate::beneath::check(unsafe { libc::syncfs(self.guest_root.as_raw_fd()) }).map(|_| ())
@@ -413,14 +358,14 @@ impl RedirectFs {
 
     /// True if regular files are redirected into a store.
     pub fn is_redirecting(&self) -> bool {
-        self.store.is_some()
+        self.redirect.is_some()
     }
 
     /// How many store descriptors are cached now (never more than `max_store_fds`; files the
     /// guest has open hold theirs beside the cache, within the guest's descriptor budget).
     #[cfg(any(test, feature = "test-utils"))]
     pub fn open_store_fds(&self) -> usize {
-        self.fds.len()
+        self.redirect.as_ref().map_or(0, |r| r.objects.len())
     }
 
     /// Host descriptors held for the guest now, and the most it may make the server hold.
@@ -446,23 +391,22 @@ impl RedirectFs {
     /// change (which holds it exclusively) swaps file handles between the passthrough layer
     /// and the store, so no handle may be in use meanwhile. None on a passthrough share.
     fn io_lock(&self) -> Option<RwLockReadGuard<'_, ()>> {
-        self.store.is_some().then(|| self.ns_read())
+        self.redirect.is_some().then(|| self.ns_read())
     }
 
     /// True if a new regular file `parent`/`name` (empty, created with `mode`) is to be
     /// redirected: where the policy says so, and always if it is to carry privilege bits.
     fn redirects_new(&self, parent: u64, name: &CStr, mode: u32) -> io::Result<bool> {
-        if self.store.is_none() {
+        let Some(r) = &self.redirect else {
             return Ok(false);
-        }
+        };
         if mode & PRIVILEGE_BITS != 0 {
             return Ok(true);
         }
-        if self.policy.min_size() > 0 {
+        if r.policy.min_size() > 0 {
             return Ok(false);
         }
-        Ok(self
-            .policy
+        Ok(r.policy
             .path_allows(&join(&self.child_parts(parent, name)?)))
     }
 
@@ -524,7 +468,7 @@ impl RedirectFs {
                 rdev: *rdev,
             },
             Some(Meta::Redirect { volume, .. })
-                if self.store.is_some() && *volume == self.volume =>
+                if self.redirect.as_ref().is_some_and(|r| *volume == r.volume) =>
             {
                 Kind::Redirect
             }
@@ -564,8 +508,15 @@ impl RedirectFs {
         errno(libc::EIO)
     }
 
+    /// The redirecting part of the share, for work only a redirected file calls for; EIO
+    /// on a passthrough share, which has no redirected files.
+    fn redirected(&self) -> io::Result<&Redirecting> {
+        self.redirect.as_ref().ok_or_else(|| errno(libc::EIO))
+    }
+
+    /// The store of the share ([`RedirectFs::redirected`]).
     fn store(&self) -> io::Result<&Store> {
-        self.store.as_ref().ok_or_else(|| errno(libc::EIO))
+        self.redirected().map(|r| &r.store)
     }
 
     // ----- store objects -----
@@ -574,7 +525,7 @@ impl RedirectFs {
     /// it holds since it was detached from its known names, or one from the bounded cache,
     /// reached through a known name. The caller holds the namespace lock.
     fn object(&self, inode: u64) -> io::Result<Arc<File>> {
-        let store = self.store()?;
+        let r = self.redirected()?;
         let path = {
             let st = self.state();
             if let Some(open) = st.handles.open_inode(inode) {
@@ -585,8 +536,8 @@ impl RedirectFs {
             }
             st.names.path(inode)
         };
-        self.fds.get(inode, || match path {
-            Some(parts) => store.open_object(&parts),
+        r.objects.get(inode, || match path {
+            Some(parts) => r.store.open_object(&parts),
             None => Err(errno(libc::ESTALE)),
         })
     }
@@ -595,8 +546,10 @@ impl RedirectFs {
     /// inode-number identities (no file handles) a new file may come back under the same
     /// node id.
     fn drop_cached_fds(&self, inode: u64) {
-        self.fds.remove(inode);
-        self.stub_fds.remove(inode);
+        if let Some(r) = &self.redirect {
+            r.objects.remove(inode);
+            r.stubs.remove(inode);
+        }
     }
 
     fn with_object<T>(
@@ -640,7 +593,7 @@ impl RedirectFs {
     /// a few syscalls on the stub (fstat, ftruncate or futimens) rather than a round of
     /// reopens through the passthrough layer. Bounded like the store descriptors.
     fn stub_file(&self, inode: u64) -> io::Result<Arc<File>> {
-        self.stub_fds.get(inode, || {
+        self.redirected()?.stubs.get(inode, || {
             let st = self.state();
             if let Some(pin) = st.handles.open_inode(inode).and_then(|o| o.pin.as_ref()) {
                 return self.open_stub_for_write(pin);
@@ -789,18 +742,19 @@ impl RedirectFs {
         parts: &[CString],
         current: Option<Meta>,
     ) -> io::Result<()> {
-        let store = self.store()?;
-        if current == Some(Meta::redirect(&self.volume, &join(parts))) {
+        let r = self.redirected()?;
+        if current == Some(Meta::redirect(&r.volume, &join(parts))) {
             return Ok(());
         }
-        if !matches!(current, Some(Meta::Redirect { .. })) || store.stat_object(parts).is_err() {
+        if !matches!(current, Some(Meta::Redirect { .. })) || r.store.stat_object(parts).is_err() {
             return Ok(());
         }
         self.record_portion(inode, parts)
     }
 
     fn record_portion(&self, inode: u64, parts: &[CString]) -> io::Result<()> {
-        self.write_meta(inode, &Meta::redirect(&self.volume, &join(parts)))
+        let volume = &self.redirected()?.volume;
+        self.write_meta(inode, &Meta::redirect(volume, &join(parts)))
     }
 
     /// Creates a redirected regular file: the store object first, then the stub, then the
@@ -1006,7 +960,7 @@ impl RedirectFs {
     /// The handle entry of a file opened by the passthrough layer as `ih`: one that can
     /// follow the file into the store on a redirecting share.
     fn plain_handle(&self, ih: u64, inode: u64, flags: u32) -> OpenFile {
-        if self.store.is_some() {
+        if self.redirect.is_some() {
             OpenFile::Inline {
                 ih,
                 inode,
@@ -1245,8 +1199,10 @@ impl RedirectFs {
                 }
             }
         }
-        self.fds.clear();
-        self.stub_fds.clear();
+        if let Some(r) = &self.redirect {
+            r.objects.clear();
+            r.stubs.clear();
+        }
         self.budget.reset();
     }
 
@@ -1336,8 +1292,8 @@ impl Drop for RedirectFs {
                 "cannot sync the guest tree at stop: {}",
                 io::Error::last_os_error()
             );
-            if let Some(store) = &self.store {
-                store.leave_unclean();
+            if let Some(r) = &self.redirect {
+                r.store.leave_unclean();
             }
         }
     }
@@ -1390,6 +1346,7 @@ fn sync_stub_file(stub: &File, size: u64, touch: bool) -> io::Result<()> {
 mod datalock;
 mod handles;
 mod ops;
+mod redirecting;
 mod rename;
 mod transition;
 

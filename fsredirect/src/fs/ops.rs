@@ -291,8 +291,8 @@ impl FileSystem for RedirectFs {
         let parts = self.state().names.child_path(parent, name);
         self.state().names.remove_name(parent, name);
         self.pass_on_released();
-        if let (Some(store), Some(parts)) = (&self.store, parts) {
-            if let Err(e) = store.remove(&parts, true) {
+        if let (Some(r), Some(parts)) = (&self.redirect, parts) {
+            if let Err(e) = r.store.remove(&parts, true) {
                 log::warn!(
                     "store directory {:?} not removed: {e}",
                     String::from_utf8_lossy(&join(&parts))
@@ -328,7 +328,7 @@ impl FileSystem for RedirectFs {
             &src.as_ref().map(Peeked::pair),
             &dst.as_ref().map(Peeked::pair),
         );
-        if result.is_ok() && self.store.is_some() {
+        if result.is_ok() && self.redirect.is_some() {
             // The path changed: the include and exclude rules may say otherwise now.
             if let Some(src) = &src {
                 self.settle_locked(src.entry.inode);
@@ -546,7 +546,7 @@ impl FileSystem for RedirectFs {
                 let n = self.write_redirected(inode, r, size, offset, flags)?;
                 // A redirected file left where an older policy or a directory rename put
                 // it is settled when written, like an inline one.
-                let size = match self.policy.is_all() {
+                let size = match self.redirected()?.policy.is_all() {
                     true => None,
                     false => Some(self.with_object(inode, |f| f.metadata().map(|m| m.len()))?),
                 };
@@ -644,8 +644,8 @@ impl FileSystem for RedirectFs {
     }
 
     fn statfs(&self, ctx: &Context, inode: u64) -> io::Result<libc::statvfs64> {
-        match &self.store {
-            Some(store) => store.statvfs(),
+        match &self.redirect {
+            Some(r) => r.store.statvfs(),
             None => self.inner.statfs(ctx, inode),
         }
     }
@@ -740,11 +740,11 @@ impl FileSystem for RedirectFs {
         self.inner.fsyncdir(ctx, inode, datasync, handle)?;
         // The names in this directory are durable in the guest tree: make their store half
         // durable too (the mirrored directory may not exist yet if it holds no objects).
-        if let Some(store) = &self.store {
+        if let Some(r) = &self.redirect {
             let _ns = self.ns_read();
             let parts = self.state().names.path(inode);
             if let Some(parts) = parts {
-                match store.sync_volume_dir(&parts) {
+                match r.store.sync_volume_dir(&parts) {
                     Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
                     other => other?,
                 }

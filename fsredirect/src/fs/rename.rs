@@ -6,7 +6,7 @@ use std::io;
 
 use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem};
 
-use super::{errno, Kind, RedirectFs};
+use super::{errno, Kind, RedirectFs, Redirecting};
 use crate::intent::Intent;
 use crate::names::join;
 
@@ -33,7 +33,7 @@ impl RedirectFs {
             // nothing and succeeds, and both names stay.
             return self.inner.rename(ctx, old.0, old.1, new.0, new.1, flags);
         }
-        let Some(store) = &self.store else {
+        let Some(Redirecting { store, .. }) = &self.redirect else {
             self.inner.rename(ctx, old.0, old.1, new.0, new.1, flags)?;
             self.rename_names(old, new, exchange);
             return Ok(());

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use fuse_backend_rs::api::filesystem::FileSystem;
 
-use super::{errno, root_ctx, Kind, RedirectFs, CAPABILITY_XATTR, PRIVILEGE_BITS};
+use super::{errno, root_ctx, Kind, RedirectFs, Redirecting, CAPABILITY_XATTR, PRIVILEGE_BITS};
 use crate::beneath::{open_beneath, reopen_regular, walk};
 use crate::intent::Intent;
 use crate::meta::Meta;
@@ -33,20 +33,23 @@ impl RedirectFs {
     /// A cheap test, without the namespace lock, of whether `inode` (`redirected` or
     /// inline, now `size` bytes) may have to move; [`RedirectFs::settle`] decides for sure.
     pub(super) fn placement_may_change(&self, inode: u64, redirected: bool, size: u64) -> bool {
-        if self.store.is_none() || (redirected && self.policy.is_all()) {
+        let Some(Redirecting { policy, .. }) = &self.redirect else {
+            return false;
+        };
+        if redirected && policy.is_all() {
             return false;
         }
-        if !redirected && size < self.policy.min_size() {
+        if !redirected && size < policy.min_size() {
             return false;
         }
         // Only a truncate makes a redirected file smaller, and it passes the exact size.
-        if redirected && size >= self.policy.min_size() && self.policy.has_no_path_rules() {
+        if redirected && size >= policy.min_size() && policy.has_no_path_rules() {
             return false;
         }
         let Some(parts) = self.state().names.path(inode) else {
             return false;
         };
-        self.policy.redirects(&join(&parts), size) != redirected
+        policy.redirects(&join(&parts), size) != redirected
     }
 
     /// Moves `inode` to the placement the policy asks for, if it is elsewhere. Takes the
@@ -66,7 +69,7 @@ impl RedirectFs {
     }
 
     fn try_settle(&self, inode: u64) -> io::Result<()> {
-        let Some(store) = &self.store else {
+        let Some(r) = &self.redirect else {
             return Ok(());
         };
         let (attr, _) = self.inner.getattr(&root_ctx(), inode, None)?;
@@ -91,16 +94,16 @@ impl RedirectFs {
         match self.kind(inode)? {
             Kind::Redirect => {
                 let size = self.with_object(inode, |f| f.metadata().map(|m| m.len()))?;
-                if !self.policy.redirects(&path, size) && !self.is_privileged(inode, &attr)? {
-                    self.make_inline(store, inode, &parts, attr.st_ino)?;
+                if !r.policy.redirects(&path, size) && !self.is_privileged(inode, &attr)? {
+                    self.make_inline(&r.store, inode, &parts, attr.st_ino)?;
                 }
             }
             Kind::Plain => {
                 // Metadata of another volume, or unreadable: not ours to move.
                 if self.stub_meta(inode)?.is_none()
-                    && self.policy.redirects(&path, attr.st_size as u64)
+                    && r.policy.redirects(&path, attr.st_size as u64)
                 {
-                    self.make_redirected(store, inode, &parts, attr.st_ino)?;
+                    self.make_redirected(r, inode, &parts, attr.st_ino)?;
                 }
             }
             Kind::Special { .. } | Kind::Foreign => {}
@@ -129,7 +132,7 @@ impl RedirectFs {
     /// then cannot give it those privileges. Nothing to do for other files. Takes the
     /// namespace lock exclusively: call it holding no lock.
     pub(super) fn redirect_before_privilege(&self, inode: u64) -> io::Result<()> {
-        let Some(store) = &self.store else {
+        let Some(r) = &self.redirect else {
             return Ok(());
         };
         let _ns = self.ns_write();
@@ -148,7 +151,7 @@ impl RedirectFs {
                 return Err(errno(libc::EPERM));
             }
         };
-        self.make_redirected(store, inode, &parts, attr.st_ino)
+        self.make_redirected(r, inode, &parts, attr.st_ino)
     }
 
     /// Opens a passthrough handle, with the same flags, for each redirected handle the guest
@@ -203,18 +206,19 @@ impl RedirectFs {
     /// switched to the object.
     fn make_redirected(
         &self,
-        store: &Store,
+        r: &Redirecting,
         inode: u64,
         parts: &[CString],
         ino: u64,
     ) -> io::Result<()> {
+        let store = &r.store;
         let file = self.open_guest_file(parts, ino)?;
         let size = file.metadata()?.len();
         let _intent = store.intents().begin(&Intent::Place {
             path: join(parts),
             guest_ino: ino,
         })?;
-        let meta = Meta::redirect(&self.volume, &join(parts));
+        let meta = Meta::redirect(&r.volume, &join(parts));
         relocate::into_store(store, &file, parts, self.meta_name, &meta)?;
         // Every handle the guest holds now reads and writes the object, which they hold
         // open from here on.
