@@ -19,12 +19,13 @@ pub enum MountError {
     #[error(transparent)]
     Fs(#[from] FsError),
     /// The kernel mount failed (is /dev/fuse there, are we root, is the mount point a directory?).
-    #[error("cannot mount on {mountpoint}: {reason}")]
+    #[error("cannot mount on {mountpoint}")]
     Mount {
         /// The mount point.
         mountpoint: PathBuf,
         /// What fuse-backend-rs said.
-        reason: String,
+        #[source]
+        source: fuse_backend_rs::transport::Error,
     },
     /// A worker thread could not be started.
     #[error("cannot start FUSE worker thread")]
@@ -83,9 +84,9 @@ impl Mount {
     pub fn start(share: &ShareSpec, mountpoint: &Path, opts: &MountOptions) -> Result<Self> {
         let fs = RedirectFs::new(share, opts.fs.clone())?;
         let server = Arc::new(Server::new(Arc::new(fs)));
-        let mount_err = |e: fuse_backend_rs::transport::Error| MountError::Mount {
+        let mount_err = |source| MountError::Mount {
             mountpoint: mountpoint.to_path_buf(),
-            reason: e.to_string(),
+            source,
         };
         let mut session =
             FuseSession::new(mountpoint, &share.tag, "fsredirect", false).map_err(mount_err)?;

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use fsredirect::ShareSpec;
 
 use crate::boot::mptable::MAX_CPUS;
+use crate::layout::CMDLINE_MAX_SIZE;
 
 /// The command line used when none is given: serial console, reboot via
 /// the keyboard controller, reboot at once on panic, no PS/2 aux probe.
@@ -36,9 +37,13 @@ pub enum ConfigError {
     /// Two shares with one tag.
     #[error("two shares have the tag {0:?}; give each share its own tag")]
     DuplicateTag(String),
-    /// The command line is too long or has a NUL byte.
-    #[error("the kernel command line {0}")]
-    Cmdline(String),
+    /// linux-loader refuses the command line: in practice, it is too long.
+    #[error(
+        "the kernel command line is not usable: it must fit in {CMDLINE_MAX_SIZE} bytes, counting \
+         the entries the VMM adds for its devices and a terminating NUL; shorten --cmdline or \
+         --append"
+    )]
+    Cmdline(#[source] linux_loader::cmdline::Error),
 }
 
 /// Parses a memory size such as `128M`, `2G`, `512MiB`, `65536K` or `256` (MiB).
@@ -226,7 +231,7 @@ impl VmConfigBuilder {
             .filter(|n| (1..=MAX_CPUS).contains(n))
             .ok_or(ConfigError::Vcpus(vcpus))?;
         let cmdline = self.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_owned());
-        crate::boot::parse_cmdline(&cmdline).map_err(|e| ConfigError::Cmdline(e.to_string()))?;
+        crate::boot::parse_cmdline(&cmdline).map_err(ConfigError::Cmdline)?;
         let mut tags = std::collections::HashSet::new();
         for share in &self.shares {
             if !tags.insert(share.tag.as_str()) {
@@ -373,9 +378,11 @@ mod tests {
     #[test]
     fn overlong_cmdline_is_refused() {
         let long = "x".repeat(4096);
-        assert!(matches!(
-            VmConfig::builder("k").cmdline(long).build(),
-            Err(ConfigError::Cmdline(_))
-        ));
+        let err = VmConfig::builder("k").cmdline(long).build().unwrap_err();
+        // linux-loader's reason stays reachable as the source.
+        assert!(
+            matches!(err, ConfigError::Cmdline(_)) && std::error::Error::source(&err).is_some(),
+            "{err:?}"
+        );
     }
 }

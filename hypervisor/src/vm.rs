@@ -87,6 +87,17 @@ pub enum VmError {
         /// What is wrong and how to fix it.
         problem: String,
     },
+    /// A share's guest tree or store cannot be examined (other than by being absent).
+    #[error("share {tag}: {path} cannot be examined")]
+    ShareDirUnreadable {
+        /// The share's tag.
+        tag: String,
+        /// The guest tree or store given.
+        path: std::path::PathBuf,
+        /// What the host said.
+        #[source]
+        source: std::io::Error,
+    },
     /// The initrd does not exist.
     #[error("initrd {path} not found; {hint}")]
     InitrdNotFound {
@@ -241,7 +252,7 @@ impl Vm {
             .collect::<Vec<_>>()
             .join(" ");
         debug!("kernel command line: {full_cmdline}");
-        let cmdline = boot::parse_cmdline(&full_cmdline)?;
+        let cmdline = boot::parse_cmdline(&full_cmdline).map_err(BootError::Cmdline)?;
         let boot_info = boot::prepare(
             &mem,
             self.config.mem_size,
@@ -276,7 +287,8 @@ impl Vm {
         let mut events: EventManager<Box<dyn MutEventSubscriber + Send>> = EventManager::new()
             .map_err(|e| VmError::Host {
                 what: "create the event loop",
-                source: std::io::Error::other(format!("{e:?}")),
+                // The io::Error carries event-manager's error itself, for callers to downcast.
+                source: std::io::Error::other(e),
             })?;
         events.add_subscriber(Box::new(ExitWatcher(self.exit.clone())));
         if self.handle_signals {
@@ -458,6 +470,11 @@ fn check_share_dirs(share: &ShareSpec) -> Result<()> {
         path: path.to_path_buf(),
         problem,
     };
+    let unreadable = |path: &std::path::Path, source| VmError::ShareDirUnreadable {
+        tag: share.tag.clone(),
+        path: path.to_path_buf(),
+        source,
+    };
     match std::fs::metadata(&share.dir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
@@ -472,7 +489,7 @@ fn check_share_dirs(share: &ShareSpec) -> Result<()> {
                 "does not exist; create it (mkdir -p) or check dir=".into(),
             ))
         }
-        Err(e) => return Err(problem(&share.dir, format!("cannot be examined: {e}"))),
+        Err(source) => return Err(unreadable(&share.dir, source)),
     }
     if let Some(store) = &share.store {
         match std::fs::metadata(&store.root) {
@@ -484,7 +501,7 @@ fn check_share_dirs(share: &ShareSpec) -> Result<()> {
             }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(problem(&store.root, format!("cannot be examined: {e}"))),
+            Err(source) => return Err(unreadable(&store.root, source)),
         }
     }
     Ok(())

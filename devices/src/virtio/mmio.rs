@@ -152,8 +152,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
         let mut queues = Vec::new();
         let mut kicks = Vec::new();
         for &max in device.queue_max_sizes() {
-            // A max size that is not a power of two is a bug of ours.
-            queues.push(Queue::new(max).map_err(|e| std::io::Error::other(format!("{e:?}")))?);
+            // A max size that is not a power of two is a bug of ours. The io::Error carries
+            // virtio-queue's error itself, for callers to downcast.
+            queues.push(Queue::new(max).map_err(std::io::Error::other)?);
             kicks.push(EventFd::new(EFD_NONBLOCK)?);
         }
         Ok(Self {

@@ -146,12 +146,12 @@ fn hydrate_in(share: &ShareSpec, path: &Path, hook: Hook) -> Result<ConvertOutco
         Some((_, Ok(Meta::Special { .. }))) => {
             return Err(refused(OP, &rel, "it is an inert special file, not a stub"))
         }
-        Some((_, Err(e))) => {
-            return Err(refused(
-                OP,
-                &rel,
-                format!("{e}; run `fsredirect repair` first"),
-            ))
+        Some((_, Err(source))) => {
+            return Err(ToolError::BadMeta {
+                op: OP,
+                path: rel.clone(),
+                source,
+            })
         }
     }
     let st = fstat(&stub).map_err(io_err("examine", &rel))?;
@@ -163,13 +163,13 @@ fn hydrate_in(share: &ShareSpec, path: &Path, hook: Hook) -> Result<ConvertOutco
              bytes never does; its data stays in the store (clear those in the guest first)",
         ));
     }
-    let object = store.open_object(&parts).map_err(|e| {
-        refused(
-            OP,
-            &rel,
-            format!("its stored object cannot be opened ({e}); run `fsredirect repair` first"),
-        )
-    })?;
+    let object = store
+        .open_object(&parts)
+        .map_err(|source| ToolError::NoObject {
+            op: OP,
+            path: rel.clone(),
+            source,
+        })?;
     let size = object
         .metadata()
         .map_err(io_err("examine object of", &rel))?
@@ -261,12 +261,12 @@ fn dehydrate_in(share: &ShareSpec, path: &Path, hook: Hook) -> Result<ConvertOut
         Some((_, Ok(Meta::Special { .. }))) => {
             return Err(refused(OP, &rel, "it is an inert special file"))
         }
-        Some((_, Err(e))) => {
-            return Err(refused(
-                OP,
-                &rel,
-                format!("{e}; run `fsredirect repair` first"),
-            ))
+        Some((_, Err(source))) => {
+            return Err(ToolError::BadMeta {
+                op: OP,
+                path: rel.clone(),
+                source,
+            })
         }
     }
     let size = file.metadata().map_err(io_err("examine", &rel))?.len();

@@ -169,21 +169,21 @@ pub fn inspect(share: &ShareSpec, path: &Path) -> Result<Inspection> {
     if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
         super::guest::GuestTree::open(&share.dir)
             .and_then(|t| t.path_fd(parent))
-            .map_err(|e| ToolError::BadPath {
+            .map_err(|source| ToolError::Unreachable {
                 path: path.to_path_buf(),
-                reason: format!(
-                    "cannot be reached in guest tree {} ({e})",
-                    share.dir.display()
-                ),
+                tree: share.dir.clone(),
+                source,
             })?;
     }
-    let meta = fs::symlink_metadata(&guest_path).map_err(|e| ToolError::BadPath {
-        path: path.to_path_buf(),
-        reason: if e.kind() == io::ErrorKind::NotFound {
-            format!("does not exist in guest tree {}", share.dir.display())
+    let meta = fs::symlink_metadata(&guest_path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            ToolError::BadPath {
+                path: path.to_path_buf(),
+                reason: format!("does not exist in guest tree {}", share.dir.display()),
+            }
         } else {
-            format!("cannot be examined: {e}")
-        },
+            io_err("examine", path)(e)
+        }
     })?;
     let ours = volume.name.as_bytes();
     let object_path = volume.data.join(&rel);

@@ -96,6 +96,18 @@ pub enum ToolError {
         /// Why it cannot be used, and what to give instead.
         reason: String,
     },
+    /// A path argument whose directories cannot be walked inside the guest tree (one of them
+    /// is a symlink, is not a directory, or cannot be opened).
+    #[error("path {path} cannot be reached in guest tree {tree}")]
+    Unreachable {
+        /// The argument.
+        path: PathBuf,
+        /// The guest tree.
+        tree: PathBuf,
+        /// What the host said.
+        #[source]
+        source: io::Error,
+    },
     /// This user may not read the store.
     #[error("permission denied reading {}: run this as the store's owner (the user the server runs as, often root)", path.display())]
     NoPermission {
@@ -125,6 +137,28 @@ pub enum ToolError {
         path: PathBuf,
         /// Why, and what to do.
         reason: String,
+    },
+    /// The file's redirect metadata cannot be decoded, so the operation cannot start.
+    #[error("cannot {op} {}: its redirect metadata cannot be decoded; run `fsredirect repair` first", path.display())]
+    BadMeta {
+        /// The operation.
+        op: &'static str,
+        /// The file (relative to the share).
+        path: PathBuf,
+        /// What is wrong with the metadata.
+        #[source]
+        source: crate::meta::MetaError,
+    },
+    /// The file's stored object cannot be opened, so the operation cannot start.
+    #[error("cannot {op} {}: its stored object cannot be opened; run `fsredirect repair` first", path.display())]
+    NoObject {
+        /// The operation.
+        op: &'static str,
+        /// The file (relative to the share).
+        path: PathBuf,
+        /// What the host said.
+        #[source]
+        source: io::Error,
     },
 }
 

@@ -103,8 +103,11 @@ pub enum BootError {
         size_mib: u64,
     },
     /// The kernel command line is invalid or too long.
-    #[error("invalid kernel command line: {0}")]
-    Cmdline(String),
+    #[error("invalid kernel command line")]
+    Cmdline(#[source] linux_loader::cmdline::Error),
+    /// The kernel command line could not be copied into guest memory.
+    #[error("cannot write the kernel command line into guest memory")]
+    WriteCmdline(#[source] linux_loader::loader::Error),
     /// More E820 entries than the zero page holds.
     #[error("{0} E820 entries do not fit in the zero page")]
     TooManyE820Entries(usize),
@@ -142,9 +145,10 @@ pub struct BootInfo {
     pub cr3: u64,
 }
 
-/// Turns a command-line string into linux-loader's checked form.
-pub fn parse_cmdline(cmdline: &str) -> Result<Cmdline> {
-    Cmdline::try_from(cmdline, CMDLINE_MAX_SIZE).map_err(|e| BootError::Cmdline(e.to_string()))
+/// Turns a command-line string into linux-loader's checked form; linux-loader's error says
+/// what is wrong (in practice: the line does not fit in [`CMDLINE_MAX_SIZE`] bytes).
+pub fn parse_cmdline(cmdline: &str) -> std::result::Result<Cmdline, linux_loader::cmdline::Error> {
+    Cmdline::try_from(cmdline, CMDLINE_MAX_SIZE)
 }
 
 /// Loads kernel and initrd and writes every boot structure for `cpus` vCPUs.
@@ -166,13 +170,14 @@ pub fn prepare(
         .map(|path| kernel::load_initrd(mem, path, kernel.end, initrd_addr_max))
         .transpose()?;
 
-    linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline)
-        .map_err(|e| BootError::Cmdline(e.to_string()))?;
+    // Checked before the copy, which would report a NUL byte only as "invalid command line".
     let cmdline_len = cmdline
         .as_cstring()
-        .map_err(|e| BootError::Cmdline(e.to_string()))?
+        .map_err(BootError::Cmdline)?
         .as_bytes()
         .len();
+    linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline)
+        .map_err(BootError::WriteCmdline)?;
     let params = params::build_boot_params(
         kernel.setup_header,
         &e820_map(mem_size),

@@ -119,12 +119,27 @@ impl<F: FileSystem + Sync> FuseServer for FuseSession<F> {
 }
 
 /// Errors that make a queue unusable until the driver resets the device.
+///
+/// The workers log these with their Display only, so each message carries its cause's text.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
-    /// The driver's rings are inconsistent (e.g. avail.idx ran more than
-    /// the queue size ahead) or unreachable.
+    /// virtio-queue could not read or update the driver's rings (they are
+    /// inconsistent or outside guest memory).
     #[error("the driver's queue is corrupt: {0}")]
-    Corrupt(String),
+    Rings(#[source] virtio_queue::Error),
+    /// The driver's avail.idx ran more than the queue size ahead of the device.
+    #[error(
+        "the driver's queue is corrupt: avail.idx {avail} is {pending} entries ahead of the \
+         device in a queue of {size}"
+    )]
+    AvailIndexAhead {
+        /// The driver's avail.idx.
+        avail: u16,
+        /// How many entries that is ahead of the device's next index.
+        pending: u16,
+        /// The queue size.
+        size: u16,
+    },
 }
 
 /// Handles one request chain; returns the number of bytes written back.
@@ -167,7 +182,7 @@ where
     F: FuseServer,
     M: GuestMemory,
 {
-    let corrupt = |e: virtio_queue::Error| QueueError::Corrupt(e.to_string());
+    let corrupt = QueueError::Rings;
     let mut used_any = false;
     loop {
         queue.disable_notification(mem).map_err(corrupt)?;
@@ -191,15 +206,14 @@ where
 fn check_avail_index<M: GuestMemory>(queue: &Queue, mem: &M) -> Result<(), QueueError> {
     let avail = queue
         .avail_idx(mem, Ordering::Acquire)
-        .map_err(|e| QueueError::Corrupt(e.to_string()))?;
+        .map_err(QueueError::Rings)?;
     let pending = avail - std::num::Wrapping(queue.next_avail());
     if pending.0 > queue.size() {
-        return Err(QueueError::Corrupt(format!(
-            "avail.idx {} is {} entries ahead of the device in a queue of {}",
-            avail.0,
-            pending.0,
-            queue.size()
-        )));
+        return Err(QueueError::AvailIndexAhead {
+            avail: avail.0,
+            pending: pending.0,
+            size: queue.size(),
+        });
     }
     Ok(())
 }

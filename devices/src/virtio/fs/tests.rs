@@ -443,10 +443,18 @@ fn avail_index_running_ahead_of_the_queue_is_reported() {
     let mut driver = Driver::new();
     driver.init();
 
-    driver.set_avail_idx(driver.avail_idx().wrapping_add(QUEUE_SIZE + 1));
+    let ahead = driver.avail_idx().wrapping_add(QUEUE_SIZE + 1);
+    driver.set_avail_idx(ahead);
     let result = driver.run_device();
 
-    assert!(matches!(result, Err(QueueError::Corrupt(_))), "{result:?}");
+    assert!(
+        matches!(
+            result,
+            Err(QueueError::AvailIndexAhead { avail, pending, size })
+                if avail == ahead && pending == QUEUE_SIZE + 1 && size == QUEUE_SIZE
+        ),
+        "{result:?}"
+    );
 }
 
 // ---- malformed FUSE messages ---------------------------------------------
