@@ -4,9 +4,20 @@
 # BENCHMARKS.md and docs/benchmarks.svg. Run as root for the fio part (/dev/fuse); the guest
 # part needs qemu-system-x86. Options go to `bench` (`./bench.sh --help`); `--boot` adds the
 # boot time (minutes of the emulated VT-x test host on hosts without hardware virtualization).
+# The vhost-user part compares our back-end with virtiofsd, built from crates.io into
+# build/virtiofsd by bench/build-virtiofsd.sh on first use (skip it with --no-virtiofsd).
 set -eu
 cd "$(dirname "$0")"
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build --release --quiet -p bench -p fsredirect -p hypervisor
+virtiofsd="$PWD/build/virtiofsd/bin/virtiofsd"
+case " $* " in
+*" --no-virtiofsd "*) ;;
+*)
+    # A failed build is not fatal: the report says why virtiofsd is missing.
+    [ -x "$virtiofsd" ] || bench/build-virtiofsd.sh || true
+    ;;
+esac
 exec "$target/release/bench" --fsredirect "$target/release/fsredirect" \
-    --hypervisor "$target/release/hypervisor" --command "./bench.sh${*:+ $*}" "$@"
+    --hypervisor "$target/release/hypervisor" --virtiofsd "$virtiofsd" \
+    --command "./bench.sh${*:+ $*}" "$@"
