@@ -29,11 +29,15 @@
 pub mod boot;
 pub mod driver;
 pub mod fio;
+pub mod fuse_wire;
 pub mod guest;
 pub mod machine;
 pub mod report;
+pub mod ring;
 pub mod runner;
 pub mod stats;
+pub mod vhost_bench;
+pub mod vhost_frontend;
 pub mod vmm;
 pub mod workload;
 
@@ -52,6 +56,18 @@ pub enum BenchError {
     /// The simulated driver or the device's queue misbehaved.
     #[error("virtio-fs driver: {0}")]
     Driver(String),
+    /// A vhost-user message to a back-end failed.
+    #[error("vhost-user {what} failed")]
+    VhostUser {
+        /// The message or step.
+        what: &'static str,
+        /// The vhost crate's error.
+        #[source]
+        source: vhost::Error,
+    },
+    /// A vhost-user back-end process could not be started or did not come up.
+    #[error("vhost-user back-end: {0}")]
+    Backend(String),
     /// A FUSE request got an error reply.
     #[error("FUSE {op} failed with errno {errno}")]
     Fuse {

@@ -110,7 +110,7 @@ fn io_err(what: String) -> impl FnOnce(std::io::Error) -> BenchError {
 
 /// The three targets' indices in the order round `round` runs them: rotated each round, so
 /// that every target takes every place (first after a phase change, last, ...).
-fn rotated(round: usize) -> [usize; 3] {
+pub(crate) fn rotated(round: usize) -> [usize; 3] {
     std::array::from_fn(|k| (k + round) % 3)
 }
 

@@ -21,6 +21,16 @@ impl Latencies {
         self.samples.push(d);
     }
 
+    /// Number of calls recorded.
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// Whether no call was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
     /// Calls per second over the summed call time.
     pub fn ops_per_sec(&self) -> f64 {
         let total: Duration = self.samples.iter().sum();

@@ -1,0 +1,598 @@
+//! Vhost-user back-ends side by side: virtiofsd (the back-end QEMU and Cloud Hypervisor
+//! users run) against our `hypervisor vhost-user-fs`, passthrough and redirecting, on the
+//! same FUSE request stream from [`crate::vhost_frontend`].
+//!
+//! Every round runs every target once, in an order that rotates from round to round; each
+//! run starts its back-end process fresh on a fresh share directory holding the same files
+//! (for the redirecting share, put there through the redirecting file system, so that
+//! their data lies in the store). Each run: for 1 and then 16 requests in flight, LOOKUP
+//! of existing files, GETATTR of them, random 4 KiB READs of one file, CREATE (then an
+//! untimed RELEASE) of new files and UNLINK of those.
+
+use std::fs::File;
+use std::io::Write as _;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fsredirect::{FsConfig, RedirectFs, ShareSpec};
+use fuse_backend_rs::abi::fuse_abi::Opcode;
+
+use crate::driver::Driver;
+use crate::fuse_wire::{self, ROOT};
+use crate::stats::median;
+use crate::vhost_frontend::{Call, Counters, FrontendConfig, VhostFrontend};
+use crate::{BenchError, Result};
+
+/// The back-ends compared, in column order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// virtiofsd, `--sandbox=none --cache=auto`.
+    Virtiofsd,
+    /// `hypervisor vhost-user-fs` on a share without a store.
+    OursPassthrough,
+    /// `hypervisor vhost-user-fs` on a redirecting share.
+    OursRedirect,
+}
+
+impl Peer {
+    /// All back-ends, in column order.
+    pub const ALL: [Peer; 3] = [Peer::Virtiofsd, Peer::OursPassthrough, Peer::OursRedirect];
+
+    /// Name for tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Peer::Virtiofsd => "virtiofsd",
+            Peer::OursPassthrough => "ours passthrough",
+            Peer::OursRedirect => "ours redirect",
+        }
+    }
+}
+
+/// The operations measured, in report order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VuOp {
+    /// LOOKUP of an existing file.
+    Lookup,
+    /// GETATTR of a looked-up file.
+    Getattr,
+    /// READ of 4 KiB at a random 4 KiB-aligned offset of one open file.
+    Read4k,
+    /// CREATE of a new file (its RELEASE follows, untimed).
+    Create,
+    /// UNLINK of a file created before.
+    Unlink,
+}
+
+impl VuOp {
+    /// All operations, in report order.
+    pub const ALL: [VuOp; 5] = [
+        VuOp::Lookup,
+        VuOp::Getattr,
+        VuOp::Read4k,
+        VuOp::Create,
+        VuOp::Unlink,
+    ];
+
+    /// Name for tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            VuOp::Lookup => "lookup",
+            VuOp::Getattr => "getattr",
+            VuOp::Read4k => "rand read 4k",
+            VuOp::Create => "create",
+            VuOp::Unlink => "unlink",
+        }
+    }
+}
+
+/// Requests in flight, in report order.
+pub const DEPTHS: [usize; 2] = [1, 16];
+
+/// The binaries and sizes of the vhost-user part.
+#[derive(Debug, Clone)]
+pub struct VuParams {
+    /// The `hypervisor` binary.
+    pub hypervisor: PathBuf,
+    /// The virtiofsd binary, or why there is none.
+    pub virtiofsd: std::result::Result<PathBuf, String>,
+    /// Rounds (every target once per round).
+    pub rounds: usize,
+    /// Files pre-created in the share, and files created then unlinked per depth.
+    pub files: usize,
+    /// LOOKUPs, GETATTRs and READs per depth.
+    pub ops: usize,
+    /// Size of the file the READs read, MiB.
+    pub data_mib: u64,
+}
+
+/// One operation at one depth in one run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpFigures {
+    /// Requests per second over the phase.
+    pub ops_per_sec: f64,
+    /// Median latency from making a request available to reaping its reply, µs.
+    pub p50_us: f64,
+    /// Kicks, interrupts and requests of the phase.
+    pub counters: Counters,
+}
+
+/// One run of one target: `[op][depth]`.
+pub type RunFigures = [[OpFigures; 2]; 5];
+
+/// Per target (`Peer::ALL` order), every round's figures; virtiofsd's may be missing.
+#[derive(Debug, Clone)]
+pub struct VhostUserSummary {
+    /// Runs per target, in round order (empty for a target that did not run).
+    pub runs: [Vec<RunFigures>; 3],
+    /// Why virtiofsd has no figures, if it has none.
+    pub virtiofsd_missing: Option<String>,
+    /// virtiofsd's `--version`, if it ran.
+    pub virtiofsd_version: Option<String>,
+    /// The parameters, in words.
+    pub params: String,
+}
+
+impl VhostUserSummary {
+    /// Median and (min, max) over rounds of `f` of target `t`, or `None` without runs.
+    pub fn spread(&self, t: usize, f: impl Fn(&RunFigures) -> f64) -> Option<(f64, f64, f64)> {
+        let v: Vec<f64> = self.runs[t].iter().map(f).collect();
+        if v.is_empty() {
+            return None;
+        }
+        let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Some((median(&v), min, max))
+    }
+
+    /// Target `a`'s `f` over target `b`'s, the median of the per-round ratios.
+    pub fn ratio(&self, a: usize, b: usize, f: impl Fn(&RunFigures) -> f64) -> Option<f64> {
+        if self.runs[a].is_empty() || self.runs[b].is_empty() {
+            return None;
+        }
+        Some(crate::stats::paired_ratio(
+            self.runs[a]
+                .iter()
+                .zip(&self.runs[b])
+                .map(|(x, y)| (f(x), f(y))),
+        ))
+    }
+}
+
+/// A back-end process serving one share on its socket.
+pub struct Backend {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+    name: &'static str,
+}
+
+impl Backend {
+    /// Starts `peer` on `share` (with `store` for the redirecting share), listening on
+    /// `socket`, its output in `log`; returns once the socket is there.
+    pub fn start(
+        peer: Peer,
+        hypervisor: &Path,
+        virtiofsd: Option<&Path>,
+        share: &Path,
+        store: &Path,
+        socket: &Path,
+        log: &Path,
+    ) -> Result<Backend> {
+        let mut cmd = match peer {
+            Peer::Virtiofsd => {
+                let bin =
+                    virtiofsd.ok_or_else(|| BenchError::Backend("no virtiofsd binary".into()))?;
+                let mut cmd = Command::new(bin);
+                cmd.arg("--socket-path")
+                    .arg(socket)
+                    .arg("--shared-dir")
+                    .arg(share)
+                    .args(["--sandbox=none", "--cache=auto", "--log-level=error"]);
+                cmd
+            }
+            Peer::OursPassthrough | Peer::OursRedirect => {
+                let mut spec = format!("tag=bench,dir={}", share.display());
+                if peer == Peer::OursRedirect {
+                    spec.push_str(&format!(",store={}", store.display()));
+                }
+                let mut cmd = Command::new(hypervisor);
+                cmd.arg("vhost-user-fs")
+                    .arg("--socket")
+                    .arg(socket)
+                    .arg("--share")
+                    .arg(spec);
+                cmd
+            }
+        };
+        let out = File::create(log).map_err(|source| BenchError::Io {
+            what: format!("create {}", log.display()),
+            source,
+        })?;
+        let err = out.try_clone().map_err(|source| BenchError::Io {
+            what: "clone a log descriptor".into(),
+            source,
+        })?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|source| BenchError::Io {
+                what: format!("start {}", cmd.get_program().to_string_lossy()),
+                source,
+            })?;
+        let mut backend = Backend {
+            child,
+            socket: socket.to_path_buf(),
+            log: log.to_path_buf(),
+            name: peer.name(),
+        };
+        backend.wait_for_socket(Duration::from_secs(10))?;
+        Ok(backend)
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join(" / ")
+    }
+
+    fn wait_for_socket(&mut self, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            let is_socket = std::fs::metadata(&self.socket)
+                .map(|m| m.file_type().is_socket())
+                .unwrap_or(false);
+            if is_socket {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(BenchError::Backend(format!(
+                    "{} exited ({status}) before listening: {}",
+                    self.name,
+                    self.log_tail()
+                )));
+            }
+            if start.elapsed() > timeout {
+                return Err(BenchError::Backend(format!(
+                    "{} did not create {} within {} s: {}",
+                    self.name,
+                    self.socket.display(),
+                    timeout.as_secs(),
+                    self.log_tail()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits for the back-end to exit after its front-end went away (it should: both
+    /// back-ends serve one front-end); stops it after `grace` and says so.
+    pub fn finish(mut self, grace: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) if start.elapsed() < grace => std::thread::sleep(Duration::from_millis(5)),
+                Ok(None) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return Err(BenchError::Backend(format!(
+                        "{} did not exit within {} ms of the front-end's disconnect",
+                        self.name,
+                        grace.as_millis()
+                    )));
+                }
+                Err(source) => {
+                    return Err(BenchError::Io {
+                        what: format!("wait for {}", self.name),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        // Only a back-end that is still running (after an error) is stopped here.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Name of pre-created file `i`.
+pub fn file_name(i: usize) -> String {
+    format!("f{i:06}")
+}
+
+/// The contents of pre-created file `i` (short, and different from file to file).
+pub fn file_contents(i: usize) -> Vec<u8> {
+    format!("file {i}\n").into_bytes().repeat(1 + i % 7)
+}
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> BenchError {
+    move |source| BenchError::Io { what, source }
+}
+
+/// Puts `files` files and `data.bin` of `data_mib` MiB in `share`: with plain host calls,
+/// or through a redirecting `RedirectFs` over `share` and `store` (then the data lies in
+/// the store, as if a guest had written it).
+pub fn populate(share: &Path, store: Option<&Path>, files: usize, data_mib: u64) -> Result<()> {
+    std::fs::create_dir_all(share).map_err(io_err(format!("create {}", share.display())))?;
+    let Some(store) = store else {
+        for i in 0..files {
+            let path = share.join(file_name(i));
+            std::fs::write(&path, file_contents(i))
+                .map_err(io_err(format!("write {}", path.display())))?;
+        }
+        let path = share.join("data.bin");
+        let mut f = File::create(&path).map_err(io_err(format!("create {}", path.display())))?;
+        let chunk = vec![0xa5u8; 1 << 20];
+        for _ in 0..data_mib {
+            f.write_all(&chunk)
+                .map_err(io_err(format!("write {}", path.display())))?;
+        }
+        return Ok(());
+    };
+    let spec = format!(
+        "tag=bench,dir={},store={}",
+        share.display(),
+        store.display()
+    );
+    let share_spec = ShareSpec::parse(&spec).map_err(|e| BenchError::Setup(e.to_string()))?;
+    let fs = RedirectFs::new(&share_spec, FsConfig::default())
+        .map_err(|e| BenchError::Setup(format!("{spec}: {e}")))?;
+    let mut driver = Driver::new(fs)?;
+    for i in 0..files {
+        let contents = file_contents(i);
+        let (node, fh) = driver.create(ROOT, &file_name(i))?;
+        driver.fill_data_with(&contents)?;
+        driver.write(node, fh, 0, contents.len())?;
+        driver.release(node, fh, false)?;
+        driver.forget(node, 1)?;
+    }
+    let (node, fh) = driver.create(ROOT, "data.bin")?;
+    driver.fill_data(0xa5)?;
+    for mib in 0..data_mib {
+        driver.write(node, fh, mib << 20, 1 << 20)?;
+    }
+    driver.release(node, fh, false)?;
+    Ok(())
+}
+
+/// A deterministic xorshift generator (the same offsets for every target).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+fn phase(
+    fe: &mut VhostFrontend,
+    count: usize,
+    depth: usize,
+    make: impl FnMut(usize) -> Call,
+    done: impl FnMut(usize, crate::vhost_frontend::Reply<'_>) -> Result<()>,
+) -> Result<OpFigures> {
+    let before = fe.counters();
+    let start = Instant::now();
+    let lat = fe.pipeline(count, depth, make, done)?;
+    let elapsed = start.elapsed();
+    Ok(OpFigures {
+        ops_per_sec: count as f64 / elapsed.as_secs_f64().max(1e-9),
+        p50_us: lat.quantile_us(0.5),
+        counters: fe.counters().since(&before),
+    })
+}
+
+/// The workload over a connected front-end: every operation at every depth.
+pub fn run_workload(fe: &mut VhostFrontend, params: &VuParams) -> Result<RunFigures> {
+    let mut figures = RunFigures::default();
+    let files = params.files.max(1);
+    let ops = params.ops.max(1);
+    let blocks = (params.data_mib << 20) / 4096;
+    for (d, &depth) in DEPTHS.iter().enumerate() {
+        let mut nodes = vec![0u64; files];
+        figures[0][d] = phase(
+            fe,
+            ops,
+            depth,
+            |i| Call {
+                op: Opcode::Lookup,
+                nodeid: ROOT,
+                body: fuse_wire::name_in(&file_name(i % files)),
+                read_len: 0,
+            },
+            |i, reply| {
+                nodes[i % files] = fuse_wire::entry_out(reply.bytes)?.nodeid;
+                Ok(())
+            },
+        )?;
+        figures[1][d] = phase(
+            fe,
+            ops,
+            depth,
+            |i| Call {
+                op: Opcode::Getattr,
+                nodeid: nodes[i % files],
+                body: fuse_wire::getattr_in(),
+                read_len: 0,
+            },
+            |_, reply| fuse_wire::attr_out(reply.bytes).map(drop),
+        )?;
+        let (data, _) = fe.lookup(ROOT, "data.bin")?;
+        let fh = fe.open(data, libc::O_RDONLY)?;
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        figures[2][d] = phase(
+            fe,
+            ops,
+            depth,
+            |_| Call {
+                op: Opcode::Read,
+                nodeid: data,
+                body: fuse_wire::read_in(fh, rng.below(blocks) * 4096, 4096),
+                read_len: 4096,
+            },
+            |_, reply| {
+                if reply.data_len == 4096 {
+                    Ok(())
+                } else {
+                    Err(BenchError::Driver(format!(
+                        "short read: {} of 4096 bytes",
+                        reply.data_len
+                    )))
+                }
+            },
+        )?;
+        fe.call(Opcode::Release, data, &fuse_wire::release_in(fh))?;
+        let created = |i: usize| format!("c{depth:02}-{i:06}");
+        let mut handles = vec![(0u64, 0u64); files];
+        figures[3][d] = phase(
+            fe,
+            files,
+            depth,
+            |i| Call {
+                op: Opcode::Create,
+                nodeid: ROOT,
+                body: fuse_wire::create_in(&created(i)),
+                read_len: 0,
+            },
+            |i, reply| {
+                let (entry, fh) = fuse_wire::create_out(reply.bytes)?;
+                handles[i] = (entry.nodeid, fh);
+                Ok(())
+            },
+        )?;
+        fe.pipeline(
+            files,
+            depth,
+            |i| Call {
+                op: Opcode::Release,
+                nodeid: handles[i].0,
+                body: fuse_wire::release_in(handles[i].1),
+                read_len: 0,
+            },
+            |_, _| Ok(()),
+        )?;
+        figures[4][d] = phase(
+            fe,
+            files,
+            depth,
+            |i| Call {
+                op: Opcode::Unlink,
+                nodeid: ROOT,
+                body: fuse_wire::name_in(&created(i)),
+                read_len: 0,
+            },
+            |_, _| Ok(()),
+        )?;
+    }
+    Ok(figures)
+}
+
+/// One run of `peer` in a fresh directory under `base`: populate, start, connect, the
+/// workload, disconnect, clean up.
+pub fn run_target(peer: Peer, params: &VuParams, base: &Path) -> Result<RunFigures> {
+    let share = base.join("share");
+    let store = base.join("store");
+    let redirect = peer == Peer::OursRedirect;
+    populate(
+        &share,
+        redirect.then_some(store.as_path()),
+        params.files,
+        params.data_mib,
+    )?;
+    let virtiofsd = params.virtiofsd.as_ref().ok().map(PathBuf::as_path);
+    let backend = Backend::start(
+        peer,
+        &params.hypervisor,
+        virtiofsd,
+        &share,
+        &store,
+        &base.join("vu.sock"),
+        &base.join("backend.log"),
+    )?;
+    let result = VhostFrontend::connect(&base.join("vu.sock"), &FrontendConfig::default())
+        .and_then(|mut fe| run_workload(&mut fe, params));
+    // The front-end is gone here (dropped in and_then), so the back-end should exit.
+    let finished = backend.finish(Duration::from_secs(5));
+    let figures = result?;
+    finished?;
+    std::fs::remove_dir_all(base).map_err(io_err(format!("remove {}", base.display())))?;
+    Ok(figures)
+}
+
+/// virtiofsd's `--version` line.
+pub fn virtiofsd_version(bin: &Path) -> Option<String> {
+    let out = Command::new(bin).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!text.is_empty()).then_some(text)
+}
+
+/// Every round: every target once, in rotating order.
+pub fn run(params: &VuParams, base: &Path) -> Result<VhostUserSummary> {
+    let mut runs: [Vec<RunFigures>; 3] = Default::default();
+    let mut virtiofsd_missing = params.virtiofsd.as_ref().err().cloned();
+    let virtiofsd_version = params
+        .virtiofsd
+        .as_ref()
+        .ok()
+        .and_then(|b| virtiofsd_version(b));
+    let rounds = params.rounds.max(1);
+    for round in 0..rounds {
+        for t in crate::runner::rotated(round) {
+            let peer = Peer::ALL[t];
+            if peer == Peer::Virtiofsd && virtiofsd_missing.is_some() {
+                continue;
+            }
+            eprintln!(
+                "bench: vhost-user round {} of {rounds}: {}",
+                round + 1,
+                peer.name()
+            );
+            let dir = base.join(format!("vu-{round}-{t}"));
+            match run_target(peer, params, &dir) {
+                Ok(f) => runs[t].push(f),
+                Err(e) if peer == Peer::Virtiofsd => {
+                    // The peer failing leaves our columns to report, with the reason.
+                    eprintln!("bench: virtiofsd failed: {e}");
+                    virtiofsd_missing =
+                        Some(format!("virtiofsd failed in round {}: {e}", round + 1));
+                    runs[t].clear();
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(VhostUserSummary {
+        runs,
+        virtiofsd_missing,
+        virtiofsd_version,
+        params: format!(
+            "{} rounds; per run and depth: {} LOOKUPs and {} GETATTRs cycling over {} \
+             pre-created files, {} random 4 KiB READs of a {} MiB file, {} CREATEs (each \
+             then RELEASEd, untimed) and {} UNLINKs",
+            rounds,
+            params.ops,
+            params.ops,
+            params.files,
+            params.ops,
+            params.data_mib,
+            params.files,
+            params.files
+        ),
+    })
+}

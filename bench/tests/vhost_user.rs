@@ -1,0 +1,180 @@
+//! The vhost-user front-end driver against real back-end processes: our `hypervisor
+//! vhost-user-fs` (passthrough and redirecting) and, when built, virtiofsd. Each test
+//! starts its back-end on a fresh share holding known files, connects, sends INIT, and
+//! checks that LOOKUP, GETATTR and READ of a known file return its attributes and bytes.
+//!
+//! A back-end binary that is not there makes its test count as ignored ("skipped,
+//! because ..."), never as passed: `hypervisor` is looked for in this target directory
+//! (`cargo build -p hypervisor` first, same profile, else release), virtiofsd in
+//! `$VIRTIOFSD` or `build/virtiofsd/bin/virtiofsd` (`bench/build-virtiofsd.sh`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bench::fuse_wire::{self, ROOT};
+use bench::vhost_bench::{file_contents, file_name, populate, Backend, Peer};
+use bench::vhost_frontend::{Call, FrontendConfig, VhostFrontend};
+use fuse_backend_rs::abi::fuse_abi::Opcode;
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+
+const FILES: usize = 8;
+
+fn skipped(why: String) -> Result<Completion, Failed> {
+    println!("skipped, because {why}");
+    Ok(Completion::ignored_with(format!("skipped, because {why}")))
+}
+
+/// `hypervisor` in this test's target directory: the same profile first, then release.
+fn hypervisor() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("no test executable path: {e}"))?;
+    // target/<profile>/deps/vhost_user-HASH
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("the test executable is not in target/<profile>/deps")?;
+    let candidates = [
+        profile_dir.join("hypervisor"),
+        profile_dir.with_file_name("release").join("hypervisor"),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "no hypervisor binary at {} (run cargo build -p hypervisor first)",
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )
+        })
+}
+
+fn virtiofsd() -> Result<PathBuf, String> {
+    let path = std::env::var_os("VIRTIOFSD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/virtiofsd/bin/virtiofsd")
+        });
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "no virtiofsd at {} (bench/build-virtiofsd.sh builds it)",
+            path.display()
+        ))
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Starts `peer` on a share of known files and checks what the driver reads back.
+fn known_file_attributes(peer: Peer, depth: usize) -> Result<Completion, Failed> {
+    let hv = match hypervisor() {
+        Ok(p) => p,
+        Err(why) if peer != Peer::Virtiofsd => return skipped(why),
+        Err(_) => PathBuf::new(),
+    };
+    let vfsd = if peer == Peer::Virtiofsd {
+        match virtiofsd() {
+            Ok(p) => Some(p),
+            Err(why) => return skipped(why),
+        }
+    } else {
+        None
+    };
+    if !is_root() {
+        // Both back-ends keep inodes as file handles, which needs CAP_DAC_READ_SEARCH.
+        return skipped("the back-ends need root for file-handle inodes".into());
+    }
+    let tmp = tempfile::tempdir()?;
+    let share = tmp.path().join("share");
+    let store = tmp.path().join("store");
+    let redirect = peer == Peer::OursRedirect;
+    populate(&share, redirect.then_some(store.as_path()), FILES, 1)?;
+    let backend = Backend::start(
+        peer,
+        &hv,
+        vfsd.as_deref(),
+        &share,
+        &store,
+        &tmp.path().join("vu.sock"),
+        &tmp.path().join("backend.log"),
+    )?;
+    let mut fe = VhostFrontend::connect(&tmp.path().join("vu.sock"), &FrontendConfig::default())?;
+
+    let name = file_name(3);
+    let want = file_contents(3);
+    let host = std::fs::metadata(share.join(&name))?;
+    let (node, looked_up) = fe.lookup(ROOT, &name)?;
+    let attr = fe.getattr(node)?;
+    let fh = fe.open(node, libc::O_RDONLY)?;
+    let read = fe.read(node, fh, 0, 4096)?;
+    fe.call(Opcode::Release, node, &fuse_wire::release_in(fh))?;
+    let missing = fe.lookup(ROOT, "no-such-file");
+    // Several GETATTRs in flight at once, each checked.
+    let mut sizes = Vec::new();
+    fe.pipeline(
+        4 * depth,
+        depth,
+        |_| Call {
+            op: Opcode::Getattr,
+            nodeid: node,
+            body: fuse_wire::getattr_in(),
+            read_len: 0,
+        },
+        |_, reply| {
+            sizes.push(fuse_wire::attr_out(reply.bytes)?.attr.size);
+            Ok(())
+        },
+    )?;
+    let counters = fe.counters();
+    drop(fe);
+    backend.finish(Duration::from_secs(5))?;
+
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(looked_up.size, want.len() as u64, "{peer:?} LOOKUP size");
+    assert_eq!(attr.size, want.len() as u64, "{peer:?} GETATTR size");
+    assert_eq!(attr.mode, host.mode(), "{peer:?} mode");
+    assert_eq!(attr.ino, looked_up.ino, "{peer:?} ino");
+    if !redirect {
+        assert_eq!(
+            attr.ino,
+            host.ino(),
+            "{peer:?} passes the host inode through"
+        );
+    }
+    assert_eq!(read, want, "{peer:?} READ");
+    assert!(
+        matches!(missing, Err(bench::BenchError::Fuse { errno, .. }) if errno == libc::ENOENT),
+        "{peer:?}: {missing:?}"
+    );
+    assert_eq!(sizes, vec![want.len() as u64; 4 * depth]);
+    // INIT, LOOKUP, GETATTR, OPEN, READ, RELEASE, LOOKUP, then the GETATTRs.
+    assert_eq!(counters.requests, 7 + 4 * depth as u64);
+    assert!(counters.kicks >= 1 && counters.kicks <= counters.requests);
+    assert!(counters.interrupts >= 1);
+    Ok(Completion::Completed)
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let mut trials = Vec::new();
+    for peer in Peer::ALL {
+        for depth in [1, 16] {
+            let name = format!(
+                "{}_init_lookup_getattr_read_{depth}_in_flight",
+                peer.name().replace(' ', "_")
+            );
+            trials.push(Trial::ignorable_test(name, move || {
+                known_file_attributes(peer, depth)
+            }));
+        }
+    }
+    libtest_mimic::run(&args, trials).exit();
+}
