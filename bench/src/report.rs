@@ -7,6 +7,7 @@ use crate::fio::JOBS;
 use crate::guest::{GuestSummary, OPS as GUEST_OPS};
 use crate::machine::Machine;
 use crate::stats::{median, paired_ratio};
+use crate::vhost_bench::{RunFigures, VhostUserSummary, VuOp, DEPTHS};
 use crate::vmm::VmmSummary;
 use crate::workload::{Figures, MetaOp};
 
@@ -146,8 +147,8 @@ pub struct Report {
     pub date: String,
     /// Sizes of the device workload, in words.
     pub device_params: String,
-    /// Device-level figures.
-    pub device: DeviceSummary,
+    /// Device-level figures, or why there are none.
+    pub device: Result<DeviceSummary, String>,
     /// fio figures, or why there are none.
     pub fio: Result<FioSummary, String>,
     /// The guest under QEMU, or why there is none.
@@ -156,6 +157,8 @@ pub struct Report {
     pub vmm: Result<VmmSummary, String>,
     /// Boot times, or why there are none.
     pub boot: Result<BootSummary, String>,
+    /// Vhost-user back-ends side by side, or why there are none.
+    pub vhost_user: Result<VhostUserSummary, String>,
 }
 
 /// One line of the budget.
@@ -219,7 +222,7 @@ fn fr(r: f64) -> String {
 impl Report {
     /// The budget lines, each with its verdict.
     pub fn checks(&self) -> Vec<Check> {
-        let d = &self.device;
+        let device = self.device.as_ref().ok();
         let mut checks = Vec::new();
         let mut at_least = |figure: String, r: f64, min: f64, cause| {
             let pass = r >= min;
@@ -231,39 +234,41 @@ impl Report {
                 cause: if pass { None } else { cause },
             });
         };
-        for (i, name) in DATA_NAMES.iter().enumerate() {
-            let cause = if i == 0 || i == 3 {
-                CAUSE_STUB
-            } else {
-                CAUSE_REDIRECT_READ
-            };
-            at_least(
-                format!("device {name}: redirect / passthrough"),
-                d.data_ratio(i, RED, PT),
-                0.90,
-                Some(cause),
-            );
-        }
-        for (i, name) in DATA_NAMES.iter().enumerate().take(2) {
-            at_least(
-                format!("device {name}: redirect / host syscalls"),
-                d.data_ratio(i, RED, HOST),
-                0.60,
-                Some(if i == 0 { CAUSE_STUB } else { CAUSE_FUSE_DATA }),
-            );
-        }
-        for (m, op) in MetaOp::ALL.iter().enumerate() {
-            let cause = match op {
-                MetaOp::Create | MetaOp::Unlink => CAUSE_INTENT,
-                MetaOp::Readdir => CAUSE_READDIR,
-                _ => CAUSE_FUSE_META,
-            };
-            at_least(
-                format!("device {} ops/s: redirect / host syscalls", op.name()),
-                d.meta_ratio(m, RED, HOST, |x| x.ops),
-                0.40,
-                Some(cause),
-            );
+        if let Some(d) = device {
+            for (i, name) in DATA_NAMES.iter().enumerate() {
+                let cause = if i == 0 || i == 3 {
+                    CAUSE_STUB
+                } else {
+                    CAUSE_REDIRECT_READ
+                };
+                at_least(
+                    format!("device {name}: redirect / passthrough"),
+                    d.data_ratio(i, RED, PT),
+                    0.90,
+                    Some(cause),
+                );
+            }
+            for (i, name) in DATA_NAMES.iter().enumerate().take(2) {
+                at_least(
+                    format!("device {name}: redirect / host syscalls"),
+                    d.data_ratio(i, RED, HOST),
+                    0.60,
+                    Some(if i == 0 { CAUSE_STUB } else { CAUSE_FUSE_DATA }),
+                );
+            }
+            for (m, op) in MetaOp::ALL.iter().enumerate() {
+                let cause = match op {
+                    MetaOp::Create | MetaOp::Unlink => CAUSE_INTENT,
+                    MetaOp::Readdir => CAUSE_READDIR,
+                    _ => CAUSE_FUSE_META,
+                };
+                at_least(
+                    format!("device {} ops/s: redirect / host syscalls", op.name()),
+                    d.meta_ratio(m, RED, HOST, |x| x.ops),
+                    0.40,
+                    Some(cause),
+                );
+            }
         }
         if let Ok(fio) = &self.fio {
             for (j, job) in JOBS.iter().enumerate() {
@@ -280,19 +285,21 @@ impl Report {
                 );
             }
         }
-        for (m, op) in MetaOp::ALL.iter().enumerate() {
-            if !matches!(op, MetaOp::Create | MetaOp::Unlink) {
-                continue;
+        if let Some(d) = device {
+            for (m, op) in MetaOp::ALL.iter().enumerate() {
+                if !matches!(op, MetaOp::Create | MetaOp::Unlink) {
+                    continue;
+                }
+                let r = d.meta_ratio(m, RED, PT, |x| x.p50_us);
+                let pass = r <= 1.5;
+                checks.push(Check {
+                    figure: format!("device {} p50 latency: redirect / passthrough", op.name()),
+                    ratio: r,
+                    budget: "≤ 1.500".into(),
+                    pass,
+                    cause: if pass { None } else { Some(CAUSE_INTENT) },
+                });
             }
-            let r = d.meta_ratio(m, RED, PT, |x| x.p50_us);
-            let pass = r <= 1.5;
-            checks.push(Check {
-                figure: format!("device {} p50 latency: redirect / passthrough", op.name()),
-                ratio: r,
-                budget: "≤ 1.500".into(),
-                pass,
-                cause: if pass { None } else { Some(CAUSE_INTENT) },
-            });
         }
         if let Ok(vmm) = &self.vmm {
             checks.push(Check {
@@ -316,26 +323,24 @@ impl Report {
     /// The chart's rows: label, passthrough / host, redirect / host, the budget against the
     /// host if there is one.
     fn chart_rows(&self) -> Vec<(String, f64, f64, Option<f64>)> {
-        let d = &self.device;
-        let mut rows: Vec<(String, f64, f64, Option<f64>)> = DATA_NAMES
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
+        let mut rows: Vec<(String, f64, f64, Option<f64>)> = Vec::new();
+        if let Ok(d) = &self.device {
+            rows.extend(DATA_NAMES.iter().enumerate().map(|(i, name)| {
                 (
                     format!("device {name}"),
                     d.data_ratio(i, PT, HOST),
                     d.data_ratio(i, RED, HOST),
                     (i < 2).then_some(0.60),
                 )
-            })
-            .collect();
-        for (m, op) in MetaOp::ALL.iter().enumerate() {
-            rows.push((
-                format!("device {}", op.name()),
-                d.meta_ratio(m, PT, HOST, |x| x.ops),
-                d.meta_ratio(m, RED, HOST, |x| x.ops),
-                Some(0.40),
-            ));
+            }));
+            for (m, op) in MetaOp::ALL.iter().enumerate() {
+                rows.push((
+                    format!("device {}", op.name()),
+                    d.meta_ratio(m, PT, HOST, |x| x.ops),
+                    d.meta_ratio(m, RED, HOST, |x| x.ops),
+                    Some(0.40),
+                ));
+            }
         }
         if let Ok(fio) = &self.fio {
             for (j, job) in JOBS.iter().enumerate() {
@@ -469,8 +474,107 @@ impl Report {
         self.guest_section(&mut s);
         self.vmm_section(&mut s);
         self.boot_section(&mut s);
+        self.vhost_user_section(&mut s);
         s.push_str(NOT_YET);
         s
+    }
+
+    fn vhost_user_section(&self, s: &mut String) {
+        s.push_str("## Vhost-user back-ends: virtiofsd and ours on the same request stream\n\n");
+        let v = match &self.vhost_user {
+            Ok(v) => v,
+            Err(why) => {
+                let _ = writeln!(s, "Not measured in this run: {why}\n");
+                return;
+            }
+        };
+        let peer = match (&v.virtiofsd_version, &v.virtiofsd_missing) {
+            (_, Some(why)) => format!("**virtiofsd has no figures in this run: {why}.**"),
+            (Some(version), None) => format!(
+                "virtiofsd: `{version}`, built from crates.io by \
+                `bench/build-virtiofsd.sh`, run as `virtiofsd --socket-path SOCK --shared-dir DIR \
+                --sandbox=none --cache=auto --log-level=error`."
+            ),
+            (None, None) => "virtiofsd: version unknown.".into(),
+        };
+        let _ = write!(
+            s,
+            "A vhost-user front-end in the `bench` process (`bench/src/vhost_frontend.rs`) \
+             drives each back-end process over its Unix socket as a VMM would: features \
+             (VERSION_1, PROTOCOL_FEATURES, EVENT_IDX, MQ, REPLY_ACK), guest memory in a \
+             memfd shared with SET_MEM_TABLE, the hiprio queue and one request queue, FUSE \
+             INIT; then FUSE requests on the request queue, encoded as the in-process \
+             driver encodes them, with 1 or 16 in flight, a kick when the device's \
+             avail_event asks for one, and a wait on the call eventfd. Ours: `hypervisor \
+             vhost-user-fs --socket SOCK --share tag=bench,dir=DIR[,store=STORE]`. {peer} \
+             Every round runs each back-end once, in rotating order, each started fresh on \
+             a fresh share holding the same files (the redirecting share's written through \
+             the redirecting file system, so their data is in the store). {}. Each cell: \
+             the median over rounds (min–max); ratios are medians of the per-round ratios \
+             (ops/s: above 1 means ours is faster).\n\n\
+             | metric | virtiofsd | ours passthrough | ours redirect | passthrough / virtiofsd \
+             | redirect / virtiofsd |\n|---|---|---|---|---|---|\n",
+            v.params
+        );
+        let cell = |t: usize, f: &dyn Fn(&RunFigures) -> f64, digits: usize| match v.spread(t, f) {
+            Some((m, lo, hi)) => format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})"),
+            None => "—".into(),
+        };
+        let ratio = |a: usize, f: &dyn Fn(&RunFigures) -> f64| {
+            v.ratio(a, 0, f).map(fr).unwrap_or_else(|| "—".into())
+        };
+        let mut row = |label: String, f: &dyn Fn(&RunFigures) -> f64, digits: usize| {
+            let _ = writeln!(
+                s,
+                "| {label} | {} | {} | {} | {} | {} |",
+                cell(0, f, digits),
+                cell(1, f, digits),
+                cell(2, f, digits),
+                ratio(1, f),
+                ratio(2, f)
+            );
+        };
+        for (d, depth) in DEPTHS.iter().enumerate() {
+            for (o, op) in VuOp::ALL.iter().enumerate() {
+                row(
+                    format!("{} ops/s, {depth} in flight", op.name()),
+                    &|r: &RunFigures| r[o][d].ops_per_sec,
+                    0,
+                );
+            }
+            for (o, op) in VuOp::ALL.iter().enumerate().take(3) {
+                row(
+                    format!("{} p50 latency µs, {depth} in flight", op.name()),
+                    &|r: &RunFigures| r[o][d].p50_us,
+                    1,
+                );
+            }
+            let per_request = |r: &RunFigures, f: fn(&crate::vhost_frontend::Counters) -> u64| {
+                let (n, req) = r.iter().fold((0, 0), |(n, req), op| {
+                    (n + f(&op[d].counters), req + op[d].counters.requests)
+                });
+                n as f64 / (req as f64).max(1.0)
+            };
+            row(
+                format!("kicks per request, {depth} in flight"),
+                &|r: &RunFigures| per_request(r, |c| c.kicks),
+                3,
+            );
+            row(
+                format!("interrupts per request, {depth} in flight"),
+                &|r: &RunFigures| per_request(r, |c| c.interrupts),
+                3,
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nKicks are the driver's writes to the request queue's kick eventfd, interrupts \
+             the back-end's signals of its call eventfd (the eventfd counter summed), both \
+             over the five timed phases at that depth. Runs per column: {} / {} / {}.\n",
+            v.runs[0].len(),
+            v.runs[1].len(),
+            v.runs[2].len()
+        );
     }
 
     fn guest_section(&self, s: &mut String) {
@@ -612,7 +716,16 @@ impl Report {
     }
 
     fn device_section(&self, s: &mut String) {
-        let d = &self.device;
+        let d = match &self.device {
+            Ok(d) => d,
+            Err(why) => {
+                let _ = writeln!(
+                    s,
+                    "## Device level, host side\n\nNot measured in this run: {why}\n"
+                );
+                return;
+            }
+        };
         let _ = write!(
             s,
             "## Device level, host side\n\n\
@@ -751,6 +864,10 @@ cores without `--boot`) and rewrites this file and `docs/benchmarks.svg`. What i
    memory beyond guest RAM.
 5. **Boot time** (`--boot`): VMM start to guest `/init`; in the emulated VT-x test host where
    there is no hardware virtualization (its deterministic guest clock, not a hardware figure).
+6. **Vhost-user back-ends** (as root): virtiofsd against our `hypervisor vhost-user-fs`
+   (passthrough and redirecting), each a separate process driven over its socket by the same
+   simulated front-end and FUSE request stream, 1 and 16 requests in flight
+   (`./bench.sh --vhost-user-only` runs only this part; `--no-virtiofsd` leaves virtiofsd out).
 
 Budget: redirect vs passthrough data throughput within 10%, create/unlink latency within
 1.5x; device-level sequential read/write at least 60% of the host-syscall limit, metadata at
@@ -795,12 +912,43 @@ mod tests {
             command: "./bench.sh".into(),
             date: "today".into(),
             device_params: "tiny".into(),
-            device: DeviceSummary::from_runs(&runs),
+            device: Ok(DeviceSummary::from_runs(&runs)),
             fio: Err("skipped".into()),
             guest: Err("skipped".into()),
             vmm: Err("skipped".into()),
             boot: Err("skipped".into()),
+            vhost_user: Err("skipped".into()),
         }
+    }
+
+    #[test]
+    fn vhost_user_table_shows_a_missing_peer_and_our_spread() {
+        use crate::vhost_bench::{OpFigures, RunFigures};
+        let run = |ops: f64| -> RunFigures {
+            [[OpFigures {
+                ops_per_sec: ops,
+                ..Default::default()
+            }; 2]; 5]
+        };
+        let mut r = report(1.0, 2);
+        r.vhost_user = Ok(VhostUserSummary {
+            runs: [
+                vec![],
+                vec![run(10.0), run(30.0), run(20.0)],
+                vec![run(5.0); 3],
+            ],
+            virtiofsd_missing: Some("skipped with --no-virtiofsd".into()),
+            virtiofsd_version: None,
+            params: "tiny".into(),
+        });
+
+        let md = r.markdown("x.svg");
+
+        assert!(md.contains("virtiofsd has no figures in this run: skipped with --no-virtiofsd"));
+        assert!(
+            md.contains("| lookup ops/s, 1 in flight | — | 20 (10–30) | 5 (5–5) | — | — |"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::guest::{self, GuestParams};
 use crate::machine::Machine;
 use crate::report::{DeviceSummary, FioSummary, Report};
 use crate::stats::median;
+use crate::vhost_bench::{self, VuParams};
 use crate::vmm::{self, VmmParams};
 use crate::workload::{self, TargetKind, WorkloadSize};
 use crate::{BenchError, Result};
@@ -22,7 +23,8 @@ use crate::{BenchError, Result};
         sudo ./bench.sh                 # everything but the boot time, a few minutes\n  \
         sudo ./bench.sh --boot          # also the boot time (test host: several minutes more)\n  \
         ./bench.sh --no-fio --no-guest  # device level and VMM only, no root needed for the rest\n  \
-        ./bench.sh --rounds 1 --seq-mib 16 --out /tmp/b.md --chart /tmp/b.svg   # a quick look"
+        ./bench.sh --rounds 1 --seq-mib 16 --out /tmp/b.md --chart /tmp/b.svg   # a quick look\n  \
+        sudo ./bench.sh --vhost-user-only --out /tmp/vu.md   # virtiofsd against our back-end"
 )]
 pub struct Options {
     /// Device-level rounds (targets interleaved in each; medians reported).
@@ -89,6 +91,31 @@ pub struct Options {
     /// The chart to write, and how the report links it.
     #[arg(long, default_value = "docs/benchmarks.svg")]
     pub chart: PathBuf,
+    /// Run only the vhost-user comparison (virtiofsd against ours); the other parts say
+    /// they were skipped.
+    #[arg(long)]
+    pub vhost_user_only: bool,
+    /// Skip the vhost-user comparison.
+    #[arg(long)]
+    pub no_vhost_user: bool,
+    /// Leave virtiofsd out of the vhost-user comparison (the report says so).
+    #[arg(long)]
+    pub no_virtiofsd: bool,
+    /// The virtiofsd binary (bench/build-virtiofsd.sh builds it there).
+    #[arg(long, default_value = "build/virtiofsd/bin/virtiofsd")]
+    pub virtiofsd: PathBuf,
+    /// Vhost-user rounds (every back-end once per round; medians reported).
+    #[arg(long, default_value_t = 5)]
+    pub vu_rounds: usize,
+    /// LOOKUPs, GETATTRs and 4 KiB READs per back-end, depth and round.
+    #[arg(long, default_value_t = 4000)]
+    pub vu_ops: usize,
+    /// Files pre-created in each share, and created then unlinked per depth.
+    #[arg(long, default_value_t = 400)]
+    pub vu_files: usize,
+    /// MiB of the file the vhost-user READs read.
+    #[arg(long, default_value_t = 64)]
+    pub vu_data_mib: u64,
     /// The command line to record in the report (bench.sh passes its own).
     #[arg(long, default_value = "bench")]
     pub command: String,
@@ -265,17 +292,72 @@ fn optional<T>(
     })
 }
 
+/// Why virtiofsd cannot take part, if it cannot.
+fn virtiofsd_unavailable(opts: &Options) -> Option<String> {
+    if opts.no_virtiofsd {
+        return Some("skipped with --no-virtiofsd".into());
+    }
+    if opts.virtiofsd.is_file() {
+        return None;
+    }
+    // bench/build-virtiofsd.sh leaves its reason next to where the binary would be.
+    let failed = opts
+        .virtiofsd
+        .parent()
+        .and_then(Path::parent)
+        .map(|root| root.join("failed"))
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .map(|why| format!(" (bench/build-virtiofsd.sh: {})", why.trim()))
+        .unwrap_or_default();
+    Some(format!(
+        "no virtiofsd binary at {}{failed}; bench/build-virtiofsd.sh builds it",
+        opts.virtiofsd.display()
+    ))
+}
+
+/// Why the vhost-user comparison cannot run here, if it cannot.
+fn vhost_user_unavailable(opts: &Options) -> Option<String> {
+    if opts.no_vhost_user {
+        return Some("skipped with --no-vhost-user".into());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some(
+            "needs root: both back-ends keep inodes as file handles (CAP_DAC_READ_SEARCH)".into(),
+        );
+    }
+    if !opts.hypervisor.is_file() {
+        return Some(format!("{} not found", opts.hypervisor.display()));
+    }
+    None
+}
+
 fn run_in(opts: &Options, base: &Path) -> Result<Report> {
     let machine = Machine::probe();
     e2e_tests::qemu::use_hypervisor_binary(&opts.hypervisor);
-    let device = device(opts, base)?;
-    let fio = optional(fio_unavailable(opts), || fio_part(opts, base));
+    let only = "skipped with --vhost-user-only".to_string();
+    let device = if opts.vhost_user_only {
+        Err(only.clone())
+    } else {
+        Ok(device(opts, base)?)
+    };
+    let fio_unavailable = if opts.vhost_user_only {
+        Some(only.clone())
+    } else {
+        fio_unavailable(opts)
+    };
+    let fio = optional(fio_unavailable, || fio_part(opts, base));
     let guest_params = GuestParams {
         rounds: opts.guest_rounds.max(1),
         mib: opts.guest_mib.max(1),
         files: opts.guest_files.max(1),
     };
-    let guest = optional(guest_unavailable(opts), || {
+    let guest_unavailable = if opts.vhost_user_only {
+        Some(only.clone())
+    } else {
+        guest_unavailable(opts)
+    };
+    let guest = optional(guest_unavailable, || {
         eprintln!(
             "bench: guest under QEMU (TCG): bench-fs {} on a passthrough and a redirecting share",
             guest_params.arg()
@@ -289,16 +371,36 @@ fn run_in(opts: &Options, base: &Path) -> Result<Report> {
         initrd: guest_dir.join("initramfs.cpio.gz"),
         runs: opts.vmm_runs.max(1),
     };
-    let vmm_unavailable = if opts.no_vmm {
+    let vmm_unavailable = if opts.vhost_user_only {
+        Some(only.clone())
+    } else if opts.no_vmm {
         Some("skipped with --no-vmm".into())
     } else {
         vmm::unavailable(&vmm_params)
     };
     let vmm = optional(vmm_unavailable, || vmm::run(&vmm_params, base));
-    let boot_unavailable = (!opts.boot).then(|| "not asked for (bench.sh --boot)".to_string());
+    let boot_unavailable = if opts.vhost_user_only {
+        Some(only.clone())
+    } else {
+        (!opts.boot).then(|| "not asked for (bench.sh --boot)".to_string())
+    };
     let boot = optional(boot_unavailable, || {
         eprintln!("bench: boot time (the emulated VT-x test host takes minutes)");
         boot::run()
+    });
+    let vu_params = VuParams {
+        hypervisor: opts.hypervisor.clone(),
+        virtiofsd: match virtiofsd_unavailable(opts) {
+            Some(why) => Err(why),
+            None => Ok(opts.virtiofsd.clone()),
+        },
+        rounds: opts.vu_rounds.max(1),
+        files: opts.vu_files.max(1),
+        ops: opts.vu_ops.max(1),
+        data_mib: opts.vu_data_mib.max(1),
+    };
+    let vhost_user = optional(vhost_user_unavailable(opts), || {
+        vhost_bench::run(&vu_params, base)
     });
     Ok(Report {
         machine,
@@ -314,6 +416,7 @@ fn run_in(opts: &Options, base: &Path) -> Result<Report> {
         guest,
         vmm,
         boot,
+        vhost_user,
     })
 }
 
