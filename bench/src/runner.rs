@@ -406,11 +406,15 @@ fn run_in(opts: &Options, base: &Path) -> Result<Report> {
         machine,
         command: opts.command.clone(),
         date: utc_now(),
-        device_params: format!(
-            "{} MiB sequential per target and round, {} random 4 KiB reads and as many \
+        device_params: if opts.vhost_user_only {
+            "not run (--vhost-user-only)".into()
+        } else {
+            format!(
+                "{} MiB sequential per target and round, {} random 4 KiB reads and as many \
              writes, {} files, {} listings, {} rounds",
-            opts.seq_mib, opts.rand_ops, opts.files, opts.listings, opts.rounds
-        ),
+                opts.seq_mib, opts.rand_ops, opts.files, opts.listings, opts.rounds
+            )
+        },
         device,
         fio,
         guest,
