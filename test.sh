@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need,
 # builds the guest image (and, on hosts without hardware virtualization, the
-# emulated VT-x test host), then runs every test of the workspace and prints
+# emulated VT-x test host) and virtiofsd (the peer back-end of the vhost-user
+# tests), then runs every test of the workspace and prints
 # one summary line: "N passed, N failed, N skipped".
 #
 # Usage: ./test.sh [--quick] [-- extra cargo test arguments]
@@ -58,6 +59,12 @@ stage_end
 
 stage_start "build the guest image"
 guest-images/build-guest.sh
+stage_end
+
+stage_start "build virtiofsd (peer of the vhost-user tests)"
+# Not fatal: without it the virtiofsd tests are skipped and say why.
+[[ -x build/virtiofsd/bin/virtiofsd ]] || bench/build-virtiofsd.sh ||
+    echo "virtiofsd could not be built; its tests will be skipped"
 stage_end
 
 if [[ $QUICK -eq 0 ]]; then
