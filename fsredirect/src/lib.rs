@@ -32,16 +32,23 @@
 //! # drop(server);
 //! ```
 //!
-//! Modules, each with one job: [`share`] parses share descriptions, [`fs`] is the file
-//! system, [`store`] owns a volume of the store, [`meta`] encodes the stub metadata,
-//! [`policy`] decides which files are redirected, [`names`] validates guest names and tracks each inode's path, [`beneath`] resolves host
-//! paths without escaping or following symlinks, [`fdcache`] bounds open store descriptors, [`fdbudget`] bounds the descriptors the guest
-//! makes the server hold,
-//! [`mount`] serves a share through /dev/fuse, [`verify`] checks stubs against the store,
-//! [`recover`] reconciles them after an unclean stop, [`relocate`] moves a file between guest tree and store, [`placement`] lists files the policy would place elsewhere, [`intent`] logs operations with two
-//! halves for it, [`faults`] lets tests fail store operations or cut power under them,
-//! [`treelock`] keeps one server per guest tree, [`tools`] are the host tools (inspect, verify, repair, gc, hydrate, dehydrate) behind the
-//! `fsredirect` binary.
+//! Modules, each with one job:
+//! - [`share`] parses share descriptions; [`policy`] decides which files are redirected;
+//! - [`fs`] is the file system; [`names`] validates guest names and tracks each inode's path;
+//!   [`fdcache`] bounds open store descriptors; [`fdbudget`] bounds the descriptors the guest
+//!   makes the server hold;
+//! - [`store`] owns a volume of the store; [`meta`] encodes, reads and writes the stub
+//!   metadata; [`beneath`] resolves host paths without escaping or following symlinks;
+//! - [`relocate`] moves a file between guest tree and store (the server and the tools);
+//!   [`placement`] lists the files the policy would place elsewhere;
+//! - [`intent`] logs operations with two halves; [`recover`] settles them and reconciles
+//!   stubs with their objects after an unclean stop; [`verify`] checks stubs against the store;
+//! - [`treelock`] keeps one server per guest tree; [`mount`] serves a share through /dev/fuse;
+//!   [`tools`] are the host tools (inspect, verify, repair, gc, hydrate, dehydrate) behind the
+//!   `fsredirect` binary;
+//! - [`faults`] lets tests fail store operations or cut power under them; with the
+//!   `test-utils` feature, `memio` (in-memory request buffers) and `testshare` (the share
+//!   fixture) serve tests too.
 
 #![deny(missing_docs)]
 
