@@ -10,6 +10,12 @@ set -eu
 cd "$(dirname "$0")"
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build --release --quiet -p bench -p fsredirect -p hypervisor
+case " $* " in
+*" --boot "*)
+    # The boot time needs the default guest image (built once, then reused).
+    guest-images/build-guest.sh
+    ;;
+esac
 virtiofsd="$PWD/build/virtiofsd/bin/virtiofsd"
 case " $* " in
 *" --no-virtiofsd "*) ;;
