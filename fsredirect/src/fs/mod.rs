@@ -51,6 +51,7 @@ use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem, GetxattrReply
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
 use self::handles::{kept_open_flags, HandleTable, OpenFile, OpenInode};
+use self::nodes::{NodeTable, ObjectAttr};
 use self::redirecting::Redirecting;
 use crate::beneath::{open_beneath, reopen_regular, walk};
 use crate::faults::Hook;
@@ -194,7 +195,7 @@ const DETACHED_FDS: usize = 2;
 #[derive(Debug, Default)]
 struct State {
     names: NameTable,
-    kinds: HashMap<u64, Kind>,
+    nodes: NodeTable,
     handles: HandleTable,
     detached: HashMap<u64, Detached>,
 }
@@ -443,9 +444,12 @@ impl RedirectFs {
         }
     }
 
+    /// Writes the metadata of `inode`, and records it as the node's.
     fn write_meta(&self, inode: u64, meta: &Meta) -> io::Result<()> {
         self.inner
-            .setxattr(&root_ctx(), inode, self.meta_name, &meta.encode(), 0)
+            .setxattr(&root_ctx(), inode, self.meta_name, &meta.encode(), 0)?;
+        self.state().nodes.set_record(inode, Some(meta.clone()));
+        Ok(())
     }
 
     fn classify(&self, inode: u64, attr: &libc::stat64) -> io::Result<Kind> {
@@ -479,13 +483,34 @@ impl RedirectFs {
     }
 
     fn kind(&self, inode: u64) -> io::Result<Kind> {
-        if let Some(kind) = self.state().kinds.get(&inode) {
-            return Ok(*kind);
+        if let Some(kind) = self.state().nodes.kind(inode) {
+            return Ok(kind);
         }
         let (attr, _) = self.inner.getattr(&root_ctx(), inode, None)?;
-        let kind = self.classify(inode, &attr)?;
-        self.state().kinds.insert(inode, kind);
+        let (kind, meta) = self.classify_with_meta(inode, &attr)?;
+        let mut st = self.state();
+        st.nodes.set_kind(inode, kind);
+        st.nodes.set_record(inode, meta);
         Ok(kind)
+    }
+
+    /// The kind of a node the lookup of `entry` reached, and its redirect record: the known
+    /// ones of a node the server holds (no host call), else read from the stub.
+    fn kind_of_entry(&self, entry: &Entry) -> io::Result<(Kind, Option<Meta>)> {
+        let known = {
+            let st = self.state();
+            let held = st.names.holds(entry.inode) || st.handles.is_open(entry.inode);
+            held.then(|| st.nodes.kind_and_record(entry.inode))
+                .flatten()
+        };
+        match known {
+            Some((kind @ Kind::Redirect, None)) => {
+                // Known, but its record was dropped (a rename over it, say): read again.
+                Ok((kind, self.stub_meta(entry.inode)?))
+            }
+            Some(known) => Ok(known),
+            None => self.classify_with_meta(entry.inode, &entry.attr),
+        }
     }
 
     /// The answer to opening or resizing a [`Kind::Foreign`] stub, logged (rate-limited: a
@@ -542,14 +567,15 @@ impl RedirectFs {
         })
     }
 
-    /// Forgets every cached descriptor of `inode`: its host file may be gone, and with
-    /// inode-number identities (no file handles) a new file may come back under the same
-    /// node id.
-    fn drop_cached_fds(&self, inode: u64) {
+    /// Forgets every cached descriptor of `inode` and what its host files said (its record
+    /// and object figures, [`nodes`]): its host file may be gone, and with inode-number
+    /// identities (no file handles) a new file may come back under the same node id.
+    fn drop_cached(&self, inode: u64) {
         if let Some(r) = &self.redirect {
             r.objects.remove(inode);
             r.stubs.remove(inode);
         }
+        self.state().nodes.forget_object(inode);
     }
 
     fn with_object<T>(
@@ -566,8 +592,9 @@ impl RedirectFs {
 
     /// Sets the stub's apparent size to the store object's (a sparse truncate) and marks a
     /// data change in mtime/ctime. The caller holds the inode's data lock.
-    fn sync_stub(&self, inode: u64, touch: bool, _data: &DataGuard<'_>) -> io::Result<()> {
-        let size = self.with_object(inode, |f| f.metadata().map(|m| m.len()))?;
+    fn sync_stub(&self, inode: u64, touch: bool, data: &DataGuard<'_>) -> io::Result<()> {
+        self.object_changed(inode, data);
+        let size = self.object_attr_locked(inode, data)?.size;
         match self.stub_file(inode) {
             Ok(stub) => return sync_stub_file(&stub, size, touch),
             Err(e) => log::debug!("inode {inode}: no direct stub descriptor ({e}), slow path"),
@@ -648,15 +675,37 @@ impl RedirectFs {
                 st.st_size = 0;
                 st.st_blocks = 0;
             }
-            Kind::Redirect => match self.with_object(inode, |f| f.metadata()) {
-                Ok(m) => {
-                    use std::os::unix::fs::MetadataExt;
-                    st.st_size = m.size() as i64;
-                    st.st_blocks = m.blocks() as i64;
-                }
+            Kind::Redirect => match self.object_attr(inode) {
+                Ok(object) => object.apply(st),
                 Err(e) => log::warn!("inode {inode}: store object unreachable: {e}"),
             },
         }
+    }
+
+    /// The size and blocks of the store object of redirected `inode`: the known ones, or
+    /// read under its data lock ([`nodes`]).
+    fn object_attr(&self, inode: u64) -> io::Result<ObjectAttr> {
+        if let Some(known) = self.state().nodes.object(inode) {
+            return Ok(known);
+        }
+        let data = self.data_locks.lock(inode);
+        self.object_attr_locked(inode, &data)
+    }
+
+    /// [`RedirectFs::object_attr`] for a caller holding the data lock.
+    fn object_attr_locked(&self, inode: u64, _data: &DataGuard<'_>) -> io::Result<ObjectAttr> {
+        if let Some(known) = self.state().nodes.object(inode) {
+            return Ok(known);
+        }
+        let object = ObjectAttr::of(&self.object(inode)?.metadata()?);
+        self.state().nodes.set_object(inode, object);
+        Ok(object)
+    }
+
+    /// Drops the known size and blocks of `inode`'s store object, which the caller, holding
+    /// its data lock, has just changed (or may have).
+    fn object_changed(&self, inode: u64, _data: &DataGuard<'_>) {
+        self.state().nodes.object_changed(inode);
     }
 
     /// Records a new kernel reference to `entry`, reached as `parent`/`name`, and fixes its
@@ -670,12 +719,12 @@ impl RedirectFs {
             let mut st = self.state();
             let fresh = !st.names.holds(entry.inode) && !st.handles.is_open(entry.inode);
             st.names.remember(entry.inode, parent, name);
-            st.kinds.insert(entry.inode, kind);
+            st.nodes.set_kind(entry.inode, kind);
             (fresh, st.names.take_released())
         };
         self.pass_on(released);
         if fresh {
-            self.drop_cached_fds(entry.inode);
+            self.drop_cached(entry.inode);
             self.undetach(entry.inode);
             if !self.file_handles {
                 // The passthrough layer holds an O_PATH descriptor per node.
@@ -707,7 +756,7 @@ impl RedirectFs {
             kind: Kind::Plain,
             handed_over: false,
         };
-        let known = self.state().kinds.get(&entry.inode).copied();
+        let known = self.state().nodes.kind(entry.inode);
         peeked.kind = match known {
             Some(kind) => kind,
             None => self.classify(entry.inode, &entry.attr)?,
@@ -861,12 +910,12 @@ impl RedirectFs {
             let mut st = self.state();
             let retired = st.names.is_known(inode) && st.names.forget(inode, count);
             if retired {
-                st.kinds.remove(&inode);
+                st.nodes.remove(inode);
             }
             retired
         };
         if retired {
-            self.drop_cached_fds(inode);
+            self.drop_cached(inode);
             self.undetach(inode);
         }
         self.pass_on_released();
@@ -904,7 +953,7 @@ impl RedirectFs {
         let (OpenFile::Redirect { inode, .. }, Some(_)) = (file, &open) else {
             return Ok((file, None));
         };
-        self.drop_cached_fds(inode);
+        self.drop_cached(inode);
         if open.as_ref().is_some_and(|o| o.pin.is_some()) {
             self.budget.release(1);
         }
@@ -943,7 +992,9 @@ impl RedirectFs {
             let store = self.store()?;
             let data = self.data_locks.lock(inode);
             sync_stub_file(self.stub_file(inode)?.as_ref(), 0, true)?;
-            if let Err(e) = self.with_object(inode, |f| store.set_len(f, 0)) {
+            let truncated = self.with_object(inode, |f| store.set_len(f, 0));
+            self.object_changed(inode, &data);
+            if let Err(e) = truncated {
                 // The store refused: the stub takes the object's size back.
                 if let Err(u) = self.sync_stub(inode, false, &data) {
                     log::error!("inode {inode}: stub size not restored after {e}: {u}");
@@ -1156,7 +1207,7 @@ impl RedirectFs {
             self.set_orphan(inode, orphan);
             Ok(())
         } else {
-            self.drop_cached_fds(inode);
+            self.drop_cached(inode);
             self.undetach(inode);
             store.remove(parts, false)
         }
@@ -1345,6 +1396,7 @@ fn sync_stub_file(stub: &File, size: u64, touch: bool) -> io::Result<()> {
 
 mod datalock;
 mod handles;
+mod nodes;
 mod ops;
 mod redirecting;
 mod rename;

@@ -55,21 +55,24 @@ impl FileSystem for RedirectFs {
                 return Err(e);
             }
         }
-        let (kind, meta) = match self.classify_with_meta(entry.inode, &entry.attr) {
+        let (kind, meta) = match self.kind_of_entry(&entry) {
             Ok(k) => k,
             Err(e) => {
                 self.inner.forget(ctx, entry.inode, 1);
                 return Err(e);
             }
         };
+        let entry = self.admit(parent, name, entry, kind);
+        self.state().nodes.set_record(entry.inode, meta.clone());
         if kind == Kind::Redirect {
-            if let Some(parts) = self.state().names.child_path(parent, name) {
+            let parts = self.state().names.child_path(parent, name);
+            if let Some(parts) = parts {
                 if let Err(e) = self.correct_portion(entry.inode, &parts, meta) {
                     log::warn!("cannot correct metadata of inode {}: {e}", entry.inode);
                 }
             }
         }
-        Ok(self.admit(parent, name, entry, kind))
+        Ok(entry)
     }
 
     fn forget(&self, _ctx: &Context, inode: u64, count: u64) {
@@ -548,7 +551,7 @@ impl FileSystem for RedirectFs {
                 // it is settled when written, like an inline one.
                 let size = match self.redirected()?.policy.is_all() {
                     true => None,
-                    false => Some(self.with_object(inode, |f| f.metadata().map(|m| m.len()))?),
+                    false => Some(self.object_attr(inode)?.size),
                 };
                 drop(ns);
                 if size.is_some_and(|size| self.placement_may_change(inode, true, size)) {
@@ -816,10 +819,11 @@ impl RedirectFs {
         let data = self.data_locks.lock(inode);
         // The stub must be able to follow the object before the object changes.
         self.stub_file(inode)?;
-        let written = self.with_object(inode, |f| {
-            let offset = if append { f.metadata()?.len() } else { offset };
-            write_object(store, f, r, offset, size as usize)
-        });
+        let offset = match append {
+            true => self.object_attr_locked(inode, &data)?.size,
+            false => offset,
+        };
+        let written = self.with_object(inode, |f| write_object(store, f, r, offset, size as usize));
         // Even after a failed write (ENOSPC part-way) the stub takes the object's size, so
         // the two never disagree.
         let stub = self.sync_stub(inode, written.is_ok(), &data);
@@ -866,9 +870,9 @@ impl RedirectFs {
         // Stub first (sparse, so undoing it loses nothing), then the data; both under the
         // data lock, so a WRITE in flight cannot resize the stub in between.
         let store = self.store()?;
-        let _data = self.data_locks.lock(inode);
+        let data = self.data_locks.lock(inode);
         let _modes = modes_lock();
-        let old = self.with_object(inode, |f| f.metadata().map(|m| m.len()))?;
+        let old = self.object_attr_locked(inode, &data)?.size;
         // Only a server without CAP_FSETID (not root) has the host clear privilege bits on a
         // truncate: only it needs to know them first.
         let kept_bits = match self.server_is_root || valid.contains(SetattrValid::MODE) {
@@ -887,7 +891,9 @@ impl RedirectFs {
                 .setattr(&root_ctx(), inode, keep, None, SetattrValid::MODE)?
                 .0;
         }
-        if let Err(e) = self.with_object(inode, |f| store.set_len(f, attr.st_size as u64)) {
+        let resized = self.with_object(inode, |f| store.set_len(f, attr.st_size as u64));
+        self.object_changed(inode, &data);
+        if let Err(e) = resized {
             // SAFETY: stat64 is plain old data; all-zero is a valid value.
             let mut undo: libc::stat64 = unsafe { std::mem::zeroed() };
             undo.st_size = old as i64;
@@ -896,7 +902,7 @@ impl RedirectFs {
                 .setattr(&root_ctx(), inode, undo, None, SetattrValid::SIZE);
             return Err(e);
         }
-        self.fix_attr(inode, kind, &mut st);
+        self.object_attr_locked(inode, &data)?.apply(&mut st);
         Ok((st, timeout))
     }
 }

@@ -177,7 +177,7 @@ impl RedirectFs {
                 if e.attr.st_nlink <= 1 {
                     // The victim is gone: no cached descriptor may keep its object alive, nor
                     // serve it to a new file that gets its node id.
-                    self.drop_cached_fds(e.inode);
+                    self.drop_cached(e.inode);
                     self.undetach(e.inode);
                 }
                 // Both halves are done: a leftover victim only costs space until the
@@ -186,7 +186,8 @@ impl RedirectFs {
                     log::warn!("overwritten object {orphan:?} stays in the orphan area: {e}");
                 }
                 if e.attr.st_nlink > 1 {
-                    if let Some(rest) = self.state().names.path(e.inode) {
+                    let rest = self.state().names.path(e.inode);
+                    if let Some(rest) = rest {
                         self.record_portion(e.inode, &rest)?;
                     }
                 }

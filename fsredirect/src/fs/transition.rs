@@ -225,10 +225,11 @@ impl RedirectFs {
         let held = Arc::new(store.open_object(parts)?);
         let old = {
             let mut st = self.state();
-            st.kinds.insert(inode, Kind::Redirect);
+            st.nodes.set_kind(inode, Kind::Redirect);
             st.handles.switch_to_redirected(inode, held)
         };
-        self.drop_cached_fds(inode);
+        self.drop_cached(inode);
+        self.state().nodes.set_record(inode, Some(meta));
         for ih in old {
             if let Err(e) = self
                 .inner
@@ -274,14 +275,14 @@ impl RedirectFs {
         }
         let forgets = {
             let mut st = self.state();
-            st.kinds.insert(inode, Kind::Plain);
+            st.nodes.set_kind(inode, Kind::Plain);
             st.handles.switch_to_inline(inode, &opened)
         };
         // Its handles are the passthrough layer's now, and they keep its node.
         if forgets > 0 {
             self.forget_node(inode, forgets);
         }
-        self.drop_cached_fds(inode);
+        self.drop_cached(inode);
         self.undetach(inode);
         log::debug!("inode {inode}: moved inline ({size} bytes)");
         Ok(())

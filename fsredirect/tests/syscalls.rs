@@ -1,0 +1,221 @@
+//! The host system calls one GETATTR and one LOOKUP cost, counted with strace: a redirected
+//! file must cost what a file served as is costs (docs/architecture.md#per-node-state).
+//!
+//! The test runs itself again under `strace -f` (child mode, `FSR_SYSCALLS_CHILD`). The
+//! child serves a redirecting share holding a redirected file and a plain one, and a
+//! passthrough share holding a plain file; it brackets each request with a marker system
+//! call (an `access` of a path that names the case), and the parent counts the calls the
+//! child's thread made between the markers. Without strace the test says so and is skipped.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::process::Command;
+
+use fsredirect::fs::{FsConfig, RedirectFs};
+use fsredirect::share::ShareSpec;
+use fsredirect::testshare::{Guest, TestShare};
+use fuse_backend_rs::abi::fuse_abi::FsOptions;
+use fuse_backend_rs::api::filesystem::FileSystem;
+use libtest_mimic::{Arguments, Failed, Trial};
+
+/// The prefix of every marker path (it does not exist, so `access` fails at once).
+const MARK: &str = "/fsr-syscalls-mark";
+
+/// The most one request on a file of a passthrough share may cost, by request and by how the
+/// server refers to inodes: what it cost before the per-node table (commit 92a0731), a
+/// bound against regressions. With file handles, each request reopens the inode by its
+/// handle; a LOOKUP then read the metadata again.
+const MOST: [(&str, usize); 4] = [
+    ("getattr-handles", 4),
+    ("lookup-handles", 13),
+    ("getattr-paths", 1),
+    ("lookup-paths", 5),
+];
+
+fn main() {
+    if std::env::var_os("FSR_SYSCALLS_CHILD").is_some() {
+        child();
+        return;
+    }
+    let args = Arguments::from_args();
+    let trials = vec![Trial::test(
+        "redirected_getattr_and_lookup_cost_what_plain_ones_cost",
+        || compare(&["getattr", "lookup"]),
+    )
+    .with_ignored_flag(strace().is_none())];
+    if strace().is_none() {
+        eprintln!("syscalls: skipped: strace is not installed (apt-get install strace)");
+    }
+    libtest_mimic::run(&args, trials).exit();
+}
+
+/// The strace binary, if there is one.
+fn strace() -> Option<&'static str> {
+    ["/usr/bin/strace", "/bin/strace"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+}
+
+/// How the server may refer to inodes here: by file handle (root only) and by path.
+fn modes() -> Vec<(&'static str, bool)> {
+    // SAFETY: geteuid has no preconditions.
+    match unsafe { libc::geteuid() } == 0 {
+        true => vec![("handles", true), ("paths", false)],
+        false => vec![("paths", false)],
+    }
+}
+
+/// Runs the child under strace and compares the counts of each request across the files.
+fn compare(requests: &[&str]) -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let trace = dir.path().join("trace");
+    let out = Command::new(strace().unwrap())
+        .args(["-f", "-qq", "-o"])
+        .arg(&trace)
+        .arg(std::env::current_exe()?)
+        .env("FSR_SYSCALLS_CHILD", "1")
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "child failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let counts = count(&std::fs::read_to_string(&trace)?)?;
+    eprintln!("host system calls per request: {counts:?}");
+    for (mode, _) in modes() {
+        for request in requests {
+            let of = |file: &str| -> Result<usize, Failed> {
+                counts
+                    .get(&format!("{request}-{mode}-{file}"))
+                    .copied()
+                    .ok_or_else(|| format!("no count for {request} of {file} by {mode}").into())
+            };
+            let (redirected, plain, passthrough) =
+                (of("redirected")?, of("plain")?, of("passthrough")?);
+            if redirected != plain || plain != passthrough {
+                return Err(format!(
+                    "{request} by {mode}: redirected {redirected}, plain {plain}, passthrough \
+                     share {passthrough} host calls: they must be equal"
+                )
+                .into());
+            }
+            let key = format!("{request}-{mode}");
+            let most = MOST.iter().find(|(r, _)| *r == key).unwrap().1;
+            if passthrough > most {
+                return Err(format!(
+                    "{request} by {mode}: {passthrough} host calls, more than the {most} of a \
+                     passthrough share before the per-node table"
+                )
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The system calls each thread made between a begin and an end marker, by case.
+fn count(trace: &str) -> Result<BTreeMap<String, usize>, Failed> {
+    let mut open: BTreeMap<String, (String, usize)> = BTreeMap::new();
+    let mut counts = BTreeMap::new();
+    for line in trace.lines() {
+        let Some((pid, call)) = line.split_once(' ') else {
+            continue;
+        };
+        let call = call.trim_start();
+        if call.starts_with("<...") || call.starts_with("+++") || call.starts_with("---") {
+            continue; // the end of a call already counted, an exit or a signal
+        }
+        if let Some(rest) = call.split_once(MARK).map(|(_, r)| r) {
+            let mark: String = rest.chars().take_while(|c| *c != '"').collect();
+            if let Some(case) = mark.strip_prefix("/begin/") {
+                open.insert(pid.to_string(), (case.to_string(), 0));
+            } else if let Some(case) = mark.strip_prefix("/end/") {
+                let (begun, n) = open
+                    .remove(pid)
+                    .ok_or_else(|| format!("end of {case} without a begin"))?;
+                if begun != case {
+                    return Err(format!("begin {begun} ended as {case}").into());
+                }
+                counts.insert(case.to_string(), n);
+            }
+            continue;
+        }
+        if let Some((_, n)) = open.get_mut(pid) {
+            *n += 1;
+        }
+    }
+    Ok(counts)
+}
+
+/// Makes a marker system call the parent finds in the trace.
+fn mark(edge: &str, case: &str) {
+    let path = CString::new(format!("{MARK}/{edge}/{case}")).unwrap();
+    // SAFETY: `path` is NUL-terminated; access only reads it.
+    unsafe { libc::access(path.as_ptr(), libc::F_OK) };
+}
+
+/// Runs `op` between the markers of `case`.
+fn measured<T>(case: &str, op: impl FnOnce() -> T) -> T {
+    mark("begin", case);
+    let out = op();
+    mark("end", case);
+    out
+}
+
+/// Child mode: one GETATTR and one LOOKUP of each file, between markers, once the inodes are
+/// known (as the kernel's repeated lookups and stats find them), in each mode.
+fn child() {
+    for (mode, inode_file_handles) in modes() {
+        let cfg = || FsConfig {
+            inode_file_handles,
+            ..FsConfig::default()
+        };
+        let share = TestShare::with_options("policy=include:r/**");
+        share.write("r/file", &[7; 8192]);
+        share.write("p/file", &[7; 8192]);
+        let redirecting = share.try_serve(cfg()).unwrap();
+        assert!(
+            share.volume.join("r/file").exists(),
+            "r/file is not redirected"
+        );
+        assert!(
+            !share.volume.join("p/file").exists(),
+            "p/file is redirected"
+        );
+
+        let plain_dir = share.root().join("plain");
+        std::fs::create_dir_all(plain_dir.join("p")).unwrap();
+        std::fs::write(plain_dir.join("p/file"), [7; 8192]).unwrap();
+        let spec = ShareSpec::parse(&format!("tag=p,dir={}", plain_dir.display())).unwrap();
+        let fs = RedirectFs::new(&spec, cfg()).unwrap();
+        fs.init(FsOptions::empty()).unwrap();
+        let passthrough = Guest {
+            fs,
+            ctx: redirecting.ctx,
+        };
+
+        for (file, guest, path) in [
+            ("redirected", &redirecting, "r/file"),
+            ("plain", &redirecting, "p/file"),
+            ("passthrough", &passthrough, "p/file"),
+        ] {
+            let name = CString::new("file").unwrap();
+            let parent = guest.dir(std::path::Path::new(path).parent().unwrap());
+            // Known to the server, as after the kernel's first lookup.
+            let inode = guest.lookup(path).unwrap().inode;
+            guest.fs.getattr(&guest.ctx, inode, None).unwrap();
+            let st = measured(&format!("getattr-{mode}-{file}"), || {
+                guest.fs.getattr(&guest.ctx, inode, None).unwrap().0
+            });
+            assert_eq!(st.st_size, 8192, "{file}: size");
+            let entry = measured(&format!("lookup-{mode}-{file}"), || {
+                guest.fs.lookup(&guest.ctx, parent, &name).unwrap()
+            });
+            assert_eq!(entry.inode, inode);
+            assert_eq!(entry.attr.st_size, 8192, "{file}: size");
+        }
+    }
+}
