@@ -25,7 +25,7 @@ while [[ $# -gt 0 ]]; do
 done
 
 # Debian packages the tests use directly (the image builders install their own).
-PACKAGES=(fio libacl1-dev qemu-system-x86 e2fsprogs)
+PACKAGES=(fio libacl1-dev qemu-system-x86 e2fsprogs strace)
 
 STAGES=()
 stage_start() { STAGE_NAME="$1"; STAGE_T0=$(date +%s); echo; echo "=== $1"; }

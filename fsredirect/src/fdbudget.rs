@@ -39,9 +39,9 @@ impl FdBudget {
     }
 
     /// The budget left by the process's `RLIMIT_NOFILE` after the server's reserve: its
-    /// caches (`store_fds` store objects and as many stubs) and 128 more.
-    pub fn from_rlimit(store_fds: usize) -> Self {
-        let reserve = store_fds.saturating_mul(2).saturating_add(SERVER_RESERVE);
+    /// descriptor caches (`cached`: store objects, stubs, hot inodes) and 128 more.
+    pub fn from_rlimit(cached: usize) -> Self {
+        let reserve = cached.saturating_add(SERVER_RESERVE);
         let nofile = nofile_limit().unwrap_or(1024);
         let limit = nofile.saturating_sub(reserve).max(MIN_GUEST_FDS);
         if nofile < reserve + MIN_GUEST_FDS {
@@ -163,7 +163,7 @@ mod tests {
     #[test]
     fn rlimit_budget_keeps_the_server_reserve() {
         let nofile = nofile_limit().unwrap();
-        let budget = FdBudget::from_rlimit(256);
+        let budget = FdBudget::from_rlimit(512);
         assert!(budget.limit() >= MIN_GUEST_FDS);
         if nofile >= 640 + MIN_GUEST_FDS {
             assert_eq!(budget.limit(), nofile - 640);

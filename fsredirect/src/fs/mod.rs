@@ -130,6 +130,11 @@ pub struct FsConfig {
     /// the guest knows); past it the guest's opens and lookups get EMFILE while the server's
     /// own work goes on. `None`: derived from `RLIMIT_NOFILE` ([`crate::fdbudget`]).
     pub max_guest_fds: Option<usize>,
+    /// With `inode_file_handles`: most inodes the server keeps an `O_PATH` descriptor for,
+    /// the most recently used, so that a GETATTR of one is a single `statx` instead of a
+    /// reopen by handle. Reserved from `RLIMIT_NOFILE` like the store descriptors. `None`: a
+    /// quarter of `RLIMIT_NOFILE`, at most 65,536 ([`FsConfig::hot_inodes_or_default`]).
+    pub max_hot_inodes: Option<usize>,
     /// Sees every store operation first (tests only: fault injection and power-loss
     /// simulation, [`crate::faults`]); none by default.
     #[cfg(any(test, feature = "test-utils"))]
@@ -146,6 +151,7 @@ impl Default for FsConfig {
             entry_timeout: Duration::from_secs(1),
             inode_file_handles: root,
             max_guest_fds: None,
+            max_hot_inodes: None,
             #[cfg(any(test, feature = "test-utils"))]
             store_hook: Hook::default(),
         }
@@ -153,6 +159,18 @@ impl Default for FsConfig {
 }
 
 impl FsConfig {
+    /// The hot-inode descriptors this configuration keeps (none without file handles: the
+    /// passthrough layer then holds a descriptor per inode itself).
+    pub fn hot_inodes_or_default(&self) -> usize {
+        if !self.inode_file_handles {
+            return 0;
+        }
+        self.max_hot_inodes.unwrap_or_else(|| {
+            let nofile = crate::fdbudget::nofile_limit().unwrap_or(1024);
+            (nofile / 4).min(65_536)
+        })
+    }
+
     /// The store hook: the configured one in tests, none otherwise.
     fn hook(&self) -> Hook {
         #[cfg(any(test, feature = "test-utils"))]
@@ -200,6 +218,15 @@ struct State {
     detached: HashMap<u64, Detached>,
 }
 
+impl State {
+    fn new(hot_inodes: usize) -> Self {
+        State {
+            nodes: NodeTable::new(hot_inodes),
+            ..State::default()
+        }
+    }
+}
+
 /// The redirecting file system over one share.
 ///
 /// It is a fuse-backend-rs [`FileSystem`]: the virtio-fs device, the vhost-user back-end and
@@ -245,6 +272,8 @@ pub struct RedirectFs {
     /// ([`RedirectFs::open_stub_for_write`]).
     stub_modes: Mutex<()>,
     budget: FdBudget,
+    /// Most nodes holding a hot handle ([`nodes`]).
+    hot_inodes: usize,
     recovery: Option<RecoveryReport>,
 }
 
@@ -301,18 +330,21 @@ impl RedirectFs {
         // SAFETY: geteuid has no preconditions and cannot fail.
         let server_is_root = unsafe { libc::geteuid() } == 0;
         let meta_name = crate::meta::xattr_name_for(server_is_root);
+        let hot_inodes = cfg.hot_inodes_or_default();
         let budget = match cfg.max_guest_fds {
             Some(limit) => FdBudget::new(limit),
-            None => FdBudget::from_rlimit(cfg.max_store_fds),
+            None => FdBudget::from_rlimit(cfg.max_store_fds.saturating_mul(2) + hot_inodes),
         };
         log::info!(
-            "serving {} ({}), at most {} store descriptors and {} held for the guest",
+            "serving {} ({}), at most {} store descriptors, {} hot inodes and {} descriptors held \
+             for the guest",
             share.dir.display(),
             match &share.store {
                 Some(s) => format!("redirected to volume {} of {}", s.volume, s.root.display()),
                 None => "passthrough".to_string(),
             },
             cfg.max_store_fds,
+            hot_inodes,
             budget.limit()
         );
         Ok(RedirectFs {
@@ -323,7 +355,8 @@ impl RedirectFs {
             meta_name,
             server_is_root,
             ns: RwLock::new(()),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State::new(hot_inodes)),
+            hot_inodes,
             data_locks: DataLocks::default(),
             stub_modes: Mutex::new(()),
             budget,
@@ -735,6 +768,40 @@ impl RedirectFs {
         entry
     }
 
+    /// A passthrough-layer handle on an `O_PATH` descriptor of `inode`, for a GETATTR: its
+    /// hot one ([`nodes`]), or a new one kept as such. None without hot handles, or for a
+    /// node the passthrough layer does not open (symlinks, special files).
+    fn hot_handle(&self, inode: u64) -> Option<u64> {
+        {
+            let st = self.state();
+            if !st.nodes.keeps_hot() {
+                return None;
+            }
+            if let Some(hot) = st.nodes.hot(inode) {
+                return Some(hot);
+            }
+        }
+        let flags = (libc::O_PATH | libc::O_NOFOLLOW) as u32;
+        let (handle, _, _) = self.inner.open(&root_ctx(), inode, flags, 0).ok()?;
+        let handle = handle?;
+        let give_back = self.state().nodes.set_hot(inode, handle);
+        let kept = !give_back.iter().any(|&(_, h)| h == handle);
+        self.release_hot(give_back);
+        kept.then_some(handle)
+    }
+
+    /// Gives hot handles back to the passthrough layer.
+    fn release_hot(&self, hot: impl IntoIterator<Item = (u64, u64)>) {
+        for (inode, handle) in hot {
+            if let Err(e) = self
+                .inner
+                .release(&root_ctx(), inode, 0, handle, false, false, None)
+            {
+                log::debug!("inode {inode}: releasing its hot handle: {e}");
+            }
+        }
+    }
+
     /// Fails with EMFILE when the guest holds all the descriptors it may; checked before
     /// anything that makes the server hold one more for it.
     fn check_fd_room(&self) -> io::Result<()> {
@@ -909,9 +976,9 @@ impl RedirectFs {
         let retired = {
             let mut st = self.state();
             let retired = st.names.is_known(inode) && st.names.forget(inode, count);
-            if retired {
-                st.nodes.remove(inode);
-            }
+            let hot = retired.then(|| st.nodes.remove(inode)).flatten();
+            drop(st);
+            self.release_hot(hot.map(|h| (inode, h)));
             retired
         };
         if retired {
@@ -1224,9 +1291,10 @@ impl RedirectFs {
     /// not grow the server.
     pub(super) fn end_session(&self) {
         let _ns = self.ns_write();
-        let mut ended = std::mem::take(&mut *self.state());
+        let mut ended = std::mem::replace(&mut *self.state(), State::new(self.hot_inodes));
         let (handles, open) = ended.handles.take_all();
         let ctx = root_ctx();
+        self.release_hot(ended.nodes.take_hot());
         for (handle, file) in handles {
             let released = match file {
                 OpenFile::Inner(ih, inode) => self.inner.releasedir(&ctx, inode, 0, ih),

@@ -17,8 +17,14 @@
 //!   ([`NodeTable::forget_object`]), and a forgotten node loses its entry.
 //!
 //! Memory is one small entry per node the kernel holds, as the name table's.
+//!
+//! With file handles, the passthrough layer reopens a node from its handle for every request
+//! (open, stat, close). The table may hold one passthrough-layer handle on an `O_PATH`
+//! descriptor for each of the nodes used most recently ([`NodeTable::set_hot`]), at most as
+//! many as it was built for: a GETATTR through it is one `statx`. The oldest goes when the
+//! set is full, and a node's goes with its entry; the caller releases what comes back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use super::Kind;
 use crate::meta::Meta;
@@ -57,15 +63,42 @@ struct Node {
     record: Option<Meta>,
     /// The store object's figures; `None` until read, and after every change.
     object: Option<ObjectAttr>,
+    /// The passthrough layer's handle on an `O_PATH` descriptor of the node, if it is hot.
+    hot: Option<u64>,
+}
+
+impl Node {
+    fn new(kind: Kind) -> Self {
+        Node {
+            kind,
+            record: None,
+            object: None,
+            hot: None,
+        }
+    }
 }
 
 /// The per-node entries of one server.
 #[derive(Debug, Default)]
 pub(super) struct NodeTable {
     nodes: HashMap<u64, Node>,
+    /// Most nodes holding a hot handle at once.
+    hot_cap: usize,
+    /// Nodes given a hot handle, oldest first (some may have lost it since).
+    hot_order: VecDeque<u64>,
+    /// Nodes holding a hot handle now.
+    hot_count: usize,
 }
 
 impl NodeTable {
+    /// A table that keeps hot handles for at most `hot_cap` nodes (none: 0).
+    pub fn new(hot_cap: usize) -> Self {
+        NodeTable {
+            hot_cap,
+            ..NodeTable::default()
+        }
+    }
+
     /// The kind of `inode`, if known.
     pub fn kind(&self, inode: u64) -> Option<Kind> {
         self.nodes.get(&inode).map(|n| n.kind)
@@ -78,17 +111,13 @@ impl NodeTable {
 
     /// Sets the kind of `inode`. A new kind starts afresh: its record and object figures, if
     /// any, were those of the old one.
+    /// Its hot handle stays: the node's guest-tree inode is the same.
     pub fn set_kind(&mut self, inode: u64, kind: Kind) {
-        let node = self.nodes.entry(inode).or_insert(Node {
-            kind,
-            record: None,
-            object: None,
-        });
+        let node = self.nodes.entry(inode).or_insert(Node::new(kind));
         if node.kind != kind {
             *node = Node {
-                kind,
-                record: None,
-                object: None,
+                hot: node.hot,
+                ..Node::new(kind)
             };
         }
     }
@@ -130,9 +159,64 @@ impl NodeTable {
         }
     }
 
-    /// Drops the entry of a node the kernel forgot.
-    pub fn remove(&mut self, inode: u64) {
-        self.nodes.remove(&inode);
+    /// Drops the entry of a node the kernel forgot; returns its hot handle, for the caller
+    /// to release.
+    pub fn remove(&mut self, inode: u64) -> Option<u64> {
+        let hot = self.nodes.remove(&inode)?.hot;
+        if hot.is_some() {
+            self.hot_count -= 1;
+        }
+        hot
+    }
+
+    /// Whether hot handles are kept at all.
+    pub fn keeps_hot(&self) -> bool {
+        self.hot_cap > 0
+    }
+
+    /// The hot handle of `inode`, if it has one.
+    pub fn hot(&self, inode: u64) -> Option<u64> {
+        self.nodes.get(&inode).and_then(|n| n.hot)
+    }
+
+    /// Gives `inode` the hot handle `handle`. Returns the `(inode, handle)` pairs the caller
+    /// must release: the oldest hot handle when the set is full, or `handle` itself when the
+    /// node is not known or already has one (another request gave it one meanwhile).
+    pub fn set_hot(&mut self, inode: u64, handle: u64) -> Vec<(u64, u64)> {
+        match self.nodes.get_mut(&inode) {
+            Some(node) if node.hot.is_none() && self.hot_cap > 0 => node.hot = Some(handle),
+            _ => return vec![(inode, handle)],
+        }
+        self.hot_count += 1;
+        self.hot_order.push_back(inode);
+        let mut evicted = Vec::new();
+        while self.hot_count > self.hot_cap {
+            let Some(oldest) = self.hot_order.pop_front() else {
+                break;
+            };
+            if let Some(h) = self.nodes.get_mut(&oldest).and_then(|n| n.hot.take()) {
+                self.hot_count -= 1;
+                evicted.push((oldest, h));
+            }
+        }
+        // Nodes forgotten since they were queued leave entries behind: keep the queue
+        // within a small multiple of the set.
+        if self.hot_order.len() > 2 * self.hot_cap.max(8) {
+            let nodes = &self.nodes;
+            self.hot_order
+                .retain(|i| nodes.get(i).is_some_and(|n| n.hot.is_some()));
+        }
+        evicted
+    }
+
+    /// Takes every hot handle out, for the caller to release (the session ends).
+    pub fn take_hot(&mut self) -> Vec<(u64, u64)> {
+        self.hot_order.clear();
+        self.hot_count = 0;
+        self.nodes
+            .iter_mut()
+            .filter_map(|(i, n)| n.hot.take().map(|h| (*i, h)))
+            .collect()
     }
 
     /// Number of entries.
@@ -192,7 +276,49 @@ mod tests {
         t.forget_object(1);
         assert_eq!(t.kind_and_record(1), Some((Kind::Redirect, None)));
         assert_eq!(t.object(1), None);
-        t.remove(1);
+        assert_eq!(t.remove(1), None);
         assert_eq!(t.kind(1), None);
+    }
+
+    #[test]
+    fn hot_handles_are_bounded_oldest_out_and_given_back() {
+        let mut t = NodeTable::new(2);
+        for i in 1..=4 {
+            t.set_kind(i, Kind::Plain);
+        }
+        assert_eq!(t.set_hot(9, 90), vec![(9, 90)], "unknown node");
+        assert!(t.set_hot(1, 10).is_empty());
+        assert_eq!(t.set_hot(1, 11), vec![(1, 11)], "already hot");
+        assert!(t.set_hot(2, 20).is_empty());
+        assert_eq!(t.set_hot(3, 30), vec![(1, 10)], "oldest out");
+        assert_eq!(t.hot(1), None);
+        t.set_kind(2, Kind::Redirect);
+        assert_eq!(t.hot(2), Some(20), "a new kind keeps the inode's handle");
+        assert_eq!(t.remove(2), Some(20));
+        assert!(t.set_hot(4, 40).is_empty(), "room freed by the removal");
+        let mut all = t.take_hot();
+        all.sort();
+        assert_eq!(all, vec![(3, 30), (4, 40)]);
+        assert_eq!(t.hot(3), None);
+    }
+
+    #[test]
+    fn churn_keeps_the_queue_small() {
+        let mut t = NodeTable::new(4);
+        for i in 0..10_000 {
+            t.set_kind(i, Kind::Plain);
+            t.set_hot(i, i);
+            t.remove(i);
+        }
+        assert!(t.hot_order.len() <= 2 * 8 + 1, "{}", t.hot_order.len());
+        assert_eq!(t.hot_count, 0);
+    }
+
+    #[test]
+    fn no_hot_handles_without_room() {
+        let mut t = NodeTable::new(0);
+        t.set_kind(1, Kind::Plain);
+        assert!(!t.keeps_hot());
+        assert_eq!(t.set_hot(1, 10), vec![(1, 10)]);
     }
 }

@@ -95,9 +95,18 @@ impl FileSystem for RedirectFs {
         handle: Option<u64>,
     ) -> io::Result<(libc::stat64, Duration)> {
         let _ns = self.ns_read();
-        let ih = self.inner_handle(handle)?;
-        let (mut st, timeout) = self.inner.getattr(ctx, inode, ih)?;
         let kind = self.kind(inode)?;
+        let (mut st, timeout) = match self.inner_handle(handle)? {
+            Some(ih) => self.inner.getattr(ctx, inode, Some(ih))?,
+            None => match self.hot_handle(inode) {
+                // A request in flight may have just retired that hot handle: then as without.
+                Some(hot) => self
+                    .inner
+                    .getattr(ctx, inode, Some(hot))
+                    .or_else(|_| self.inner.getattr(ctx, inode, None))?,
+                None => self.inner.getattr(ctx, inode, None)?,
+            },
+        };
         self.fix_attr(inode, kind, &mut st);
         Ok((st, timeout))
     }
