@@ -92,7 +92,7 @@ impl<F: FileSystem + Sync> Driver<F> {
         self.ring.push(&self.mem, 0)?;
         // The device runs right here, so whether it asked for a notification does not matter.
         self.ring.publish(&self.mem)?;
-        process_queue(&self.session, &self.mem, &mut self.queue)
+        process_queue(&self.session, &self.mem, &mut self.queue, &mut || {})
             .map_err(|e| BenchError::Driver(e.to_string()))?;
         let Some((_, written)) = self.ring.pop_used(&self.mem)? else {
             return Err(BenchError::Driver(

@@ -93,6 +93,7 @@ fn serve_all(session: &FuseSession<Arc<share::Fs>>, mem: &GuestMemoryMmap<()>, d
         avail = avail.wrapping_add(1);
         write(&avail.to_le_bytes(), AVAIL_RING + 2);
         // A well-formed queue: only the requests can fail, and they are answered.
-        process_queue(session, mem, &mut queue).expect("the fuzz queue stays consistent");
+        process_queue(session, mem, &mut queue, &mut || {})
+            .expect("the fuzz queue stays consistent");
     }
 }

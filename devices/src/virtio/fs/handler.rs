@@ -175,30 +175,41 @@ where
     }
 }
 
-/// Serves every request available on `queue`, with notification
-/// suppression; returns whether the driver must be interrupted.
-pub fn process_queue<F, M>(server: &F, mem: &M, queue: &mut Queue) -> Result<bool, QueueError>
+/// Serves every request available on `queue`, with notification suppression both ways;
+/// calls `interrupt` when the driver wants to hear of used chains.
+///
+/// The driver is told of each batch of replies before the device turns kicks back on: a
+/// driver that queues its next request as soon as it hears of the last one then often finds
+/// the device still checking for more, and need not kick it. Whether more arrived is
+/// checked again after re-enabling (virtio 1.2 §2.7.10), so none is missed.
+pub fn process_queue<F, M>(
+    server: &F,
+    mem: &M,
+    queue: &mut Queue,
+    interrupt: &mut dyn FnMut(),
+) -> Result<(), QueueError>
 where
     F: FuseServer,
     M: GuestMemory,
 {
     let corrupt = QueueError::Rings;
-    let mut used_any = false;
     loop {
         queue.disable_notification(mem).map_err(corrupt)?;
         check_avail_index(queue, mem)?;
+        let mut used_any = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
             let written = handle_chain(server, mem, chain);
             queue.add_used(mem, head, written).map_err(corrupt)?;
             used_any = true;
         }
-        // Re-enabling reports whether more arrived meanwhile (virtio 1.2 §2.7.10).
+        if used_any && queue.needs_notification(mem).map_err(corrupt)? {
+            interrupt();
+        }
         if !queue.enable_notification(mem).map_err(corrupt)? {
-            break;
+            return Ok(());
         }
     }
-    Ok(used_any && queue.needs_notification(mem).map_err(corrupt)?)
 }
 
 /// pop_descriptor_chain() treats a bad avail index as "nothing to do";

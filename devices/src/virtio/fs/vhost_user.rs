@@ -281,21 +281,38 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VhostUserFsBack
         }
         let mem = self.memory().memory();
         let mut state = vring.get_mut();
-        match process_queue(&self.server, &*mem, state.get_queue_mut()) {
-            Ok(true) => {
-                if let Err(err) = state.signal_used_queue() {
+        // The call eventfd, written between batches while the queue is borrowed. It stays
+        // open while `state` is held: the front-end's SET_VRING_CALL replaces it under
+        // the same lock.
+        let call = state.get_call().as_ref().map(|c| c.as_raw_fd());
+        let mut signal = || {
+            if let Some(fd) = call {
+                if let Err(err) = signal_call(fd) {
                     warn_limited!(
                         "vhost-user-fs: queue {thread_id}: cannot signal the front-end: {err}"
                     );
                 }
             }
-            Ok(false) => {}
+        };
+        match process_queue(&self.server, &*mem, state.get_queue_mut(), &mut signal) {
+            Ok(()) => {}
             // vhost-user has no NEEDS_RESET for the back-end to raise: the
             // queue stays unserved until the driver fixes or resets it; each
             // kick costs one bounded check.
             Err(err) => warn_limited!("vhost-user-fs: queue {thread_id}: {err}; ignoring it"),
         }
         Ok(())
+    }
+}
+
+/// Adds one to the call eventfd `fd`, as `EventNotifier::notify` does.
+fn signal_call(fd: RawFd) -> io::Result<()> {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a live local buffer to a descriptor the caller keeps open.
+    let n = unsafe { libc::write(fd, one.as_ptr().cast(), one.len()) };
+    match n {
+        8 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
     }
 }
 

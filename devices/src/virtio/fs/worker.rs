@@ -60,16 +60,14 @@ impl<F: FileSystem + Send + Sync> Worker<F> {
                     break;
                 }
             }
-            match process_queue(&self.server, &self.mem, &mut self.queue.queue) {
-                Ok(true) => {
-                    if let Err(err) = self.interrupt.signal_used_queue() {
-                        warn!(
-                            "virtio-fs queue {}: cannot interrupt the guest: {err}",
-                            self.index
-                        );
-                    }
+            let (index, interrupt) = (self.index, &self.interrupt);
+            let mut signal = || {
+                if let Err(err) = interrupt.signal_used_queue() {
+                    warn!("virtio-fs queue {index}: cannot interrupt the guest: {err}");
                 }
-                Ok(false) => {}
+            };
+            match process_queue(&self.server, &self.mem, &mut self.queue.queue, &mut signal) {
+                Ok(()) => {}
                 Err(err) => {
                     warn!(
                         "virtio-fs queue {}: {err}; the device needs a reset",
