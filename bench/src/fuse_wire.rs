@@ -4,8 +4,8 @@
 //! replies. Nothing here trusts a reply: a short or failed one is a [`BenchError`].
 
 use fuse_backend_rs::abi::fuse_abi::{
-    AttrOut, CreateIn, EntryOut, ForgetIn, GetattrIn, InHeader, InitIn, Opcode, OpenIn, OpenOut,
-    OutHeader, ReadIn, ReleaseIn, WriteIn,
+    AttrOut, CreateIn, EntryOut, ForgetIn, FsyncIn, GetattrIn, InHeader, InitIn, Opcode, OpenIn,
+    OpenOut, OutHeader, ReadIn, ReleaseIn, WriteIn, WriteOut,
 };
 use vm_memory::ByteValued;
 
@@ -174,6 +174,16 @@ pub fn write_in(fh: u64, offset: u64, size: u32) -> Vec<u8> {
     .to_vec()
 }
 
+/// The body of FSYNC (data and metadata) through handle `fh`.
+pub fn fsync_in(fh: u64) -> Vec<u8> {
+    FsyncIn {
+        fh,
+        ..Default::default()
+    }
+    .as_slice()
+    .to_vec()
+}
+
 /// The body of FORGET of `count` lookups.
 pub fn forget_in(count: u64) -> Vec<u8> {
     ForgetIn { nlookup: count }.as_slice().to_vec()
@@ -189,6 +199,12 @@ pub fn create_out(reply: &[u8]) -> Result<(EntryOut, u64)> {
     let entry: EntryOut = read_body(reply, OUT_HEADER)?;
     let open: OpenOut = read_body(reply, OUT_HEADER + std::mem::size_of::<EntryOut>())?;
     Ok((entry, open.fh))
+}
+
+/// The bytes a WRITE reply says were written.
+pub fn write_out(reply: &[u8]) -> Result<u32> {
+    let out: WriteOut = read_body(reply, OUT_HEADER)?;
+    Ok(out.size)
 }
 
 /// The handle of an OPEN or OPENDIR reply.

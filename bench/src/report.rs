@@ -186,15 +186,11 @@ different file systems: fsredirect/README.md, \"Intent log\") and changes both t
 and the store: several host calls where the passthrough makes one or two.";
 const CAUSE_STUB: &str = "every redirected WRITE also updates the stub (fstat of the object, \
 then ftruncate or futimens of the stub), a few syscalls more than the passthrough per request.";
-const CAUSE_FUSE_META: &str = "syscalls, not our code: callgrind counts about 13,000 user-space \
-instructions per device LOOKUP (a few µs), while strace shows 10 syscalls for a passthrough \
-LOOKUP (open_by_handle_at of the parent, openat O_PATH, statx, name_to_handle_at twice, \
-closes) and 11 for a redirected one (plus reading trusted.fsredirect through \
-/proc/self/fd/N and a statx of the store object), where the host needs one fstatat of about \
-2 µs; GETATTR is open_by_handle_at + fstat + close (plus a statx of the cached store object \
-when redirected) against one fstat. The share keeps file handles instead of an open \
-descriptor per inode (bounded descriptors, FsConfig::inode_file_handles), so every request \
-reopens its inode.";
+const CAUSE_FUSE_META: &str = "syscalls, not our code: a LOOKUP of a known file by file handle \
+is 9 host calls (open_by_handle_at of the parent, openat O_PATH, statx, name_to_handle_at \
+twice, closes), the same for a redirected and a plain file (fsredirect/tests/syscalls.rs), \
+where the host needs one fstatat; a GETATTR is one statx through the node's hot O_PATH \
+descriptor, plus the FUSE decoding and the queue.";
 const CAUSE_REDIRECT_READ: &str = "each redirected READ takes the namespace lock and looks its \
 object up in the store-descriptor cache (a mutex-guarded LRU) before the pread, which the \
 passthrough does not; within the run-to-run noise of this shared machine.";
@@ -209,6 +205,92 @@ const CAUSE_VMM_START: &str = "wall time on a busy shared machine: the VMM's own
 the first KVM_RUN (VMM section) is far lower, and the fastest run shows what an idle machine \
 gets; the rest is waiting for a CPU, and the redirecting share's start-up (intent-log \
 recovery, ftruncate and sync on the disk).";
+
+const CAUSE_VU_JOURNAL: &str = "waits on the host file system's journal: a redirected create \
+or unlink changes the guest tree, the store and the intent log (a file created and removed), \
+several journaled changes where the passthrough makes one; the issue allows this as a named \
+miss.";
+const CAUSE_VU_PEER: &str = "per-request work of fuse-backend-rs's passthrough layer against \
+virtiofsd's (for LOOKUP: a reopen of the parent by file handle and two name_to_handle_at \
+calls), and the noise of this shared machine: compare the rounds' spread.";
+const CAUSE_VU_REDIRECT: &str = "the redirecting layer's own work on top of the passthrough \
+(namespace lock, node table, store descriptors; for a write, the stub's size and time).";
+
+/// The vhost-user budget: our passthrough at least virtiofsd's figure, redirect at least
+/// 0.9 of our passthrough (CREATE and UNLINK: p50 latency at most 1.2x), at 1 and 16 in
+/// flight. A figure whose per-round ratios reach the target counts as met.
+fn vhost_user_checks(v: &VhostUserSummary) -> Vec<Check> {
+    const VIRTIOFSD: usize = 0;
+    let mut checks = Vec::new();
+    let mut check = |figure: String, a, b, f: &dyn Fn(&RunFigures) -> f64, bound: f64, cause| {
+        let (Some(ratio), Some((lo, hi))) = (v.ratio(a, b, f), v.ratio_range(a, b, f)) else {
+            return;
+        };
+        // Above 1 is better for a throughput, below 1 for a latency.
+        let latency = figure.contains("latency");
+        let pass = match latency {
+            true => lo <= bound,
+            false => hi >= bound,
+        };
+        let sign = if latency { "≤" } else { "≥" };
+        checks.push(Check {
+            figure,
+            ratio,
+            budget: format!("{sign} {bound:.3} (rounds {}–{})", fr(lo), fr(hi)),
+            pass,
+            cause: if pass { None } else { Some(cause) },
+        });
+    };
+    for (d, depth) in DEPTHS.iter().enumerate() {
+        for (o, &op) in VuOp::ALL.iter().enumerate() {
+            let figure = |r: &RunFigures| op.figure(&r[o][d]);
+            let journal = matches!(op, VuOp::Create | VuOp::Unlink);
+            check(
+                format!(
+                    "vhost-user {} {}, {depth} in flight: ours passthrough / virtiofsd",
+                    op.name(),
+                    op.unit()
+                ),
+                PT,
+                VIRTIOFSD,
+                &figure,
+                1.0,
+                if journal {
+                    CAUSE_VU_JOURNAL
+                } else {
+                    CAUSE_VU_PEER
+                },
+            );
+            if journal {
+                check(
+                    format!(
+                        "vhost-user {} p50 latency, {depth} in flight: redirect / passthrough",
+                        op.name()
+                    ),
+                    RED,
+                    PT,
+                    &|r: &RunFigures| r[o][d].p50_us,
+                    1.2,
+                    CAUSE_VU_JOURNAL,
+                );
+            } else {
+                check(
+                    format!(
+                        "vhost-user {} {}, {depth} in flight: redirect / passthrough",
+                        op.name(),
+                        op.unit()
+                    ),
+                    RED,
+                    PT,
+                    &figure,
+                    0.9,
+                    CAUSE_VU_REDIRECT,
+                );
+            }
+        }
+    }
+    checks
+}
 
 /// A ratio with enough digits to tell small ones apart.
 fn fr(r: f64) -> String {
@@ -252,7 +334,7 @@ impl Report {
                 at_least(
                     format!("device {name}: redirect / host syscalls"),
                     d.data_ratio(i, RED, HOST),
-                    0.60,
+                    0.90,
                     Some(if i == 0 { CAUSE_STUB } else { CAUSE_FUSE_DATA }),
                 );
             }
@@ -291,15 +373,18 @@ impl Report {
                     continue;
                 }
                 let r = d.meta_ratio(m, RED, PT, |x| x.p50_us);
-                let pass = r <= 1.5;
+                let pass = r <= 1.2;
                 checks.push(Check {
                     figure: format!("device {} p50 latency: redirect / passthrough", op.name()),
                     ratio: r,
-                    budget: "≤ 1.500".into(),
+                    budget: "≤ 1.200".into(),
                     pass,
                     cause: if pass { None } else { Some(CAUSE_INTENT) },
                 });
             }
+        }
+        if let Ok(v) = &self.vhost_user {
+            checks.extend(vhost_user_checks(v));
         }
         if let Ok(vmm) = &self.vmm {
             checks.push(Check {
@@ -330,7 +415,7 @@ impl Report {
                     format!("device {name}"),
                     d.data_ratio(i, PT, HOST),
                     d.data_ratio(i, RED, HOST),
-                    (i < 2).then_some(0.60),
+                    (i < 2).then_some(0.90),
                 )
             }));
             for (m, op) in MetaOp::ALL.iter().enumerate() {
@@ -535,14 +620,17 @@ impl Report {
             );
         };
         for (d, depth) in DEPTHS.iter().enumerate() {
-            for (o, op) in VuOp::ALL.iter().enumerate() {
+            for (o, &op) in VuOp::ALL.iter().enumerate() {
                 row(
-                    format!("{} ops/s, {depth} in flight", op.name()),
-                    &|r: &RunFigures| r[o][d].ops_per_sec,
+                    format!("{} {}, {depth} in flight", op.name(), op.unit()),
+                    &|r: &RunFigures| op.figure(&r[o][d]),
                     0,
                 );
             }
-            for (o, op) in VuOp::ALL.iter().enumerate().take(3) {
+            for (o, op) in VuOp::ALL.iter().enumerate() {
+                if op.is_sequential() {
+                    continue;
+                }
                 row(
                     format!("{} p50 latency µs, {depth} in flight", op.name()),
                     &|r: &RunFigures| r[o][d].p50_us,
@@ -570,7 +658,7 @@ impl Report {
             s,
             "\nKicks are the driver's writes to the request queue's kick eventfd, interrupts \
              the back-end's signals of its call eventfd (the eventfd counter summed), both \
-             over the five timed phases at that depth. Runs per column: {} / {} / {}.\n",
+             over the timed phases at that depth. Runs per column: {} / {} / {}.\n",
             v.runs[0].len(),
             v.runs[1].len(),
             v.runs[2].len()
@@ -869,10 +957,13 @@ cores without `--boot`) and rewrites this file and `docs/benchmarks.svg`. What i
    simulated front-end and FUSE request stream, 1 and 16 requests in flight
    (`./bench.sh --vhost-user-only` runs only this part; `--no-virtiofsd` leaves virtiofsd out).
 
-Budget: redirect vs passthrough data throughput within 10%, create/unlink latency within
-1.5x; device-level sequential read/write at least 60% of the host-syscall limit, metadata at
-least 40% of it; VMM memory beyond guest RAM at most 5 MiB; process start to first vCPU entry
-under 20 ms.
+Budget: redirect at least 0.9 of passthrough on every throughput, create/unlink p50 latency
+at most 1.2x; device-level sequential read/write at least 0.9 of the host-syscall limit,
+metadata at least 0.4 of it; over vhost-user, our passthrough at least virtiofsd's figure and
+redirect at least 0.9 of our passthrough, at 1 and 16 requests in flight (a figure whose
+rounds reach its target counts as met; create and unlink, which wait on the host file
+system's journal, may end as named misses); VMM memory beyond guest RAM at most 5 MiB;
+process start to first vCPU entry under 20 ms.
 
 ";
 
@@ -904,8 +995,8 @@ mod tests {
     fn report(redirect_scale: f64, redirect_meta_us: u64) -> Report {
         let runs = [
             vec![figures(1.0, 1)],
-            vec![figures(0.8, 2)],
-            vec![figures(0.8 * redirect_scale, redirect_meta_us)],
+            vec![figures(0.95, 2)],
+            vec![figures(0.95 * redirect_scale, redirect_meta_us)],
         ];
         Report {
             machine: Machine::probe(),
@@ -928,7 +1019,7 @@ mod tests {
             [[OpFigures {
                 ops_per_sec: ops,
                 ..Default::default()
-            }; 2]; 5]
+            }; 2]; crate::vhost_bench::VU_OPS]
         };
         let mut r = report(1.0, 2);
         r.vhost_user = Ok(VhostUserSummary {
@@ -982,6 +1073,6 @@ mod tests {
             "| device seq write 1M: redirect / passthrough | 0.500 | ≥ 0.900 | **MISS** |"
         ));
         assert!(md.contains("Not measured in this run: skipped"));
-        assert!(svg.starts_with("<svg") && svg.contains("0.40"));
+        assert!(svg.starts_with("<svg") && svg.contains("0.47"));
     }
 }

@@ -6,8 +6,9 @@
 //! run starts its back-end process fresh on a fresh share directory holding the same files
 //! (for the redirecting share, put there through the redirecting file system, so that
 //! their data lies in the store). Each run: for 1 and then 16 requests in flight, LOOKUP
-//! of existing files, GETATTR of them, random 4 KiB READs of one file, CREATE (then an
-//! untimed RELEASE) of new files and UNLINK of those.
+//! of existing files, GETATTR of them, random 4 KiB READs and then WRITEs of one file,
+//! sequential 1 MiB READs of it, sequential 1 MiB WRITEs of a new file ended by an FSYNC,
+//! CREATE (then an untimed RELEASE) of new files and UNLINK of those.
 
 use std::fs::File;
 use std::io::Write as _;
@@ -59,6 +60,12 @@ pub enum VuOp {
     Getattr,
     /// READ of 4 KiB at a random 4 KiB-aligned offset of one open file.
     Read4k,
+    /// WRITE of 4 KiB at a random 4 KiB-aligned offset of the same file.
+    Write4k,
+    /// READs of 1 MiB, in order, over the same file (again from its start at its end).
+    SeqRead,
+    /// WRITEs of 1 MiB, in order, to a new file, and one FSYNC of it at the end (timed).
+    SeqWrite,
     /// CREATE of a new file (its RELEASE follows, untimed).
     Create,
     /// UNLINK of a file created before.
@@ -67,10 +74,13 @@ pub enum VuOp {
 
 impl VuOp {
     /// All operations, in report order.
-    pub const ALL: [VuOp; 5] = [
+    pub const ALL: [VuOp; VU_OPS] = [
         VuOp::Lookup,
         VuOp::Getattr,
         VuOp::Read4k,
+        VuOp::Write4k,
+        VuOp::SeqRead,
+        VuOp::SeqWrite,
         VuOp::Create,
         VuOp::Unlink,
     ];
@@ -81,11 +91,50 @@ impl VuOp {
             VuOp::Lookup => "lookup",
             VuOp::Getattr => "getattr",
             VuOp::Read4k => "rand read 4k",
+            VuOp::Write4k => "rand write 4k",
+            VuOp::SeqRead => "seq read 1M",
+            VuOp::SeqWrite => "seq write 1M + fsync",
             VuOp::Create => "create",
             VuOp::Unlink => "unlink",
         }
     }
+
+    /// Whether the figure is data throughput (MB/s) rather than requests per second.
+    pub fn is_sequential(self) -> bool {
+        matches!(self, VuOp::SeqRead | VuOp::SeqWrite)
+    }
+
+    /// The unit of [`VuOp::figure`].
+    pub fn unit(self) -> &'static str {
+        match self.is_sequential() {
+            true => "MB/s",
+            false => "ops/s",
+        }
+    }
+
+    /// The figure reported for a phase: MB/s for sequential I/O (1 MiB per request), else
+    /// requests per second.
+    pub fn figure(self, f: &OpFigures) -> f64 {
+        match self.is_sequential() {
+            true => f.ops_per_sec * SEQ_CHUNK as f64 / 1e6,
+            false => f.ops_per_sec,
+        }
+    }
+
+    /// Where the op's figures are in [`RunFigures`].
+    pub fn index(self) -> usize {
+        VuOp::ALL.iter().position(|&o| o == self).unwrap_or(0)
+    }
 }
+
+/// Number of operations measured.
+pub const VU_OPS: usize = 8;
+
+/// Bytes per sequential READ or WRITE.
+pub const SEQ_CHUNK: u32 = 1 << 20;
+
+/// Sequential READs and WRITEs per depth and run (256 MiB each way).
+pub const SEQ_REQUESTS: usize = 256;
 
 /// Requests in flight, in report order.
 pub const DEPTHS: [usize; 2] = [1, 16];
@@ -119,7 +168,7 @@ pub struct OpFigures {
 }
 
 /// One run of one target: `[op][depth]`.
-pub type RunFigures = [[OpFigures; 2]; 5];
+pub type RunFigures = [[OpFigures; 2]; VU_OPS];
 
 /// Per target (`Peer::ALL` order), every round's figures; virtiofsd's may be missing.
 #[derive(Debug, Clone)]
@@ -157,6 +206,24 @@ impl VhostUserSummary {
                 .zip(&self.runs[b])
                 .map(|(x, y)| (f(x), f(y))),
         ))
+    }
+
+    /// The lowest and highest per-round ratio `f(a) / f(b)`, or `None` without runs.
+    pub fn ratio_range(
+        &self,
+        a: usize,
+        b: usize,
+        f: impl Fn(&RunFigures) -> f64,
+    ) -> Option<(f64, f64)> {
+        let ratios: Vec<f64> = self.runs[a]
+            .iter()
+            .zip(&self.runs[b])
+            .filter(|&(_, y)| f(y) > 0.0)
+            .map(|(x, y)| f(x) / f(y))
+            .collect();
+        let lo = ratios.iter().copied().reduce(f64::min)?;
+        let hi = ratios.iter().copied().reduce(f64::max)?;
+        Some((lo, hi))
     }
 }
 
@@ -403,72 +470,66 @@ pub fn run_workload(fe: &mut VhostFrontend, params: &VuParams) -> Result<RunFigu
     let files = params.files.max(1);
     let ops = params.ops.max(1);
     let blocks = (params.data_mib << 20) / 4096;
+    let chunks = (params.data_mib.max(1) << 20) / u64::from(SEQ_CHUNK);
     for (d, &depth) in DEPTHS.iter().enumerate() {
+        let at = |op: VuOp| op.index();
         let mut nodes = vec![0u64; files];
-        figures[0][d] = phase(
+        figures[at(VuOp::Lookup)][d] = phase(
             fe,
             ops,
             depth,
-            |i| Call {
-                op: Opcode::Lookup,
-                nodeid: ROOT,
-                body: fuse_wire::name_in(&file_name(i % files)),
-                read_len: 0,
+            |i| {
+                let name = fuse_wire::name_in(&file_name(i % files));
+                Call::new(Opcode::Lookup, ROOT, name)
             },
             |i, reply| {
                 nodes[i % files] = fuse_wire::entry_out(reply.bytes)?.nodeid;
                 Ok(())
             },
         )?;
-        figures[1][d] = phase(
+        figures[at(VuOp::Getattr)][d] = phase(
             fe,
             ops,
             depth,
-            |i| Call {
-                op: Opcode::Getattr,
-                nodeid: nodes[i % files],
-                body: fuse_wire::getattr_in(),
-                read_len: 0,
-            },
+            |i| Call::new(Opcode::Getattr, nodes[i % files], fuse_wire::getattr_in()),
             |_, reply| fuse_wire::attr_out(reply.bytes).map(drop),
         )?;
         let (data, _) = fe.lookup(ROOT, "data.bin")?;
-        let fh = fe.open(data, libc::O_RDONLY)?;
+        let fh = fe.open(data, libc::O_RDWR)?;
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        figures[2][d] = phase(
+        figures[at(VuOp::Read4k)][d] = phase(
             fe,
             ops,
             depth,
-            |_| Call {
-                op: Opcode::Read,
-                nodeid: data,
-                body: fuse_wire::read_in(fh, rng.below(blocks) * 4096, 4096),
-                read_len: 4096,
+            |_| Call::read(data, fh, rng.below(blocks) * 4096, 4096),
+            |_, reply| expect_len("read", 4096, reply.data_len),
+        )?;
+        figures[at(VuOp::Write4k)][d] = phase(
+            fe,
+            ops,
+            depth,
+            |_| Call::write(data, fh, rng.below(blocks) * 4096, 4096),
+            |_, reply| expect_len("write", 4096, fuse_wire::write_out(reply.bytes)? as usize),
+        )?;
+        figures[at(VuOp::SeqRead)][d] = phase(
+            fe,
+            SEQ_REQUESTS,
+            depth,
+            |i| {
+                let offset = (i as u64 % chunks) * u64::from(SEQ_CHUNK);
+                Call::read(data, fh, offset, SEQ_CHUNK)
             },
-            |_, reply| {
-                if reply.data_len == 4096 {
-                    Ok(())
-                } else {
-                    Err(BenchError::Driver(format!(
-                        "short read: {} of 4096 bytes",
-                        reply.data_len
-                    )))
-                }
-            },
+            |_, reply| expect_len("read", SEQ_CHUNK as usize, reply.data_len),
         )?;
         fe.call(Opcode::Release, data, &fuse_wire::release_in(fh))?;
+        figures[at(VuOp::SeqWrite)][d] = seq_write_phase(fe, depth, &format!("seq{depth:02}"))?;
         let created = |i: usize| format!("c{depth:02}-{i:06}");
         let mut handles = vec![(0u64, 0u64); files];
-        figures[3][d] = phase(
+        figures[at(VuOp::Create)][d] = phase(
             fe,
             files,
             depth,
-            |i| Call {
-                op: Opcode::Create,
-                nodeid: ROOT,
-                body: fuse_wire::create_in(&created(i)),
-                read_len: 0,
-            },
+            |i| Call::new(Opcode::Create, ROOT, fuse_wire::create_in(&created(i))),
             |i, reply| {
                 let (entry, fh) = fuse_wire::create_out(reply.bytes)?;
                 handles[i] = (entry.nodeid, fh);
@@ -478,28 +539,63 @@ pub fn run_workload(fe: &mut VhostFrontend, params: &VuParams) -> Result<RunFigu
         fe.pipeline(
             files,
             depth,
-            |i| Call {
-                op: Opcode::Release,
-                nodeid: handles[i].0,
-                body: fuse_wire::release_in(handles[i].1),
-                read_len: 0,
+            |i| {
+                Call::new(
+                    Opcode::Release,
+                    handles[i].0,
+                    fuse_wire::release_in(handles[i].1),
+                )
             },
             |_, _| Ok(()),
         )?;
-        figures[4][d] = phase(
+        figures[at(VuOp::Unlink)][d] = phase(
             fe,
             files,
             depth,
-            |i| Call {
-                op: Opcode::Unlink,
-                nodeid: ROOT,
-                body: fuse_wire::name_in(&created(i)),
-                read_len: 0,
-            },
+            |i| Call::new(Opcode::Unlink, ROOT, fuse_wire::name_in(&created(i))),
             |_, _| Ok(()),
         )?;
     }
     Ok(figures)
+}
+
+/// Sequential 1 MiB WRITEs to new file `name`, then one FSYNC, timed together; the file is
+/// released and unlinked after (untimed).
+fn seq_write_phase(fe: &mut VhostFrontend, depth: usize, name: &str) -> Result<OpFigures> {
+    let reply = fe.call(Opcode::Create, ROOT, &fuse_wire::create_in(name))?;
+    let (entry, fh) = fuse_wire::create_out(&reply)?;
+    let node = entry.nodeid;
+    let before = fe.counters();
+    let start = Instant::now();
+    let lat = fe.pipeline(
+        SEQ_REQUESTS,
+        depth,
+        |i| Call::write(node, fh, i as u64 * u64::from(SEQ_CHUNK), SEQ_CHUNK),
+        |_, reply| {
+            let n = fuse_wire::write_out(reply.bytes)? as usize;
+            expect_len("write", SEQ_CHUNK as usize, n)
+        },
+    )?;
+    fe.call(Opcode::Fsync, node, &fuse_wire::fsync_in(fh))?;
+    let elapsed = start.elapsed();
+    let figures = OpFigures {
+        ops_per_sec: SEQ_REQUESTS as f64 / elapsed.as_secs_f64().max(1e-9),
+        p50_us: lat.quantile_us(0.5),
+        counters: fe.counters().since(&before),
+    };
+    fe.call(Opcode::Release, node, &fuse_wire::release_in(fh))?;
+    fe.call(Opcode::Unlink, ROOT, &fuse_wire::name_in(name))?;
+    Ok(figures)
+}
+
+/// Fails unless a READ or WRITE moved `want` bytes.
+fn expect_len(what: &str, want: usize, got: usize) -> Result<()> {
+    match got == want {
+        true => Ok(()),
+        false => Err(BenchError::Driver(format!(
+            "short {what}: {got} of {want} bytes"
+        ))),
+    }
 }
 
 /// One run of `peer` in a fresh directory under `base`: populate, start, connect, the
@@ -583,14 +679,18 @@ pub fn run(params: &VuParams, base: &Path) -> Result<VhostUserSummary> {
         virtiofsd_version,
         params: format!(
             "{} rounds; per run and depth: {} LOOKUPs and {} GETATTRs cycling over {} \
-             pre-created files, {} random 4 KiB READs of a {} MiB file, {} CREATEs (each \
-             then RELEASEd, untimed) and {} UNLINKs",
+             pre-created files, {} random 4 KiB READs and as many WRITEs of a {} MiB file, \
+             {} sequential 1 MiB READs of it (from its start again at its end), {} \
+             sequential 1 MiB WRITEs of a new file and one FSYNC (timed together), {} \
+             CREATEs (each then RELEASEd, untimed) and {} UNLINKs",
             rounds,
             params.ops,
             params.ops,
             params.files,
             params.ops,
             params.data_mib,
+            SEQ_REQUESTS,
+            SEQ_REQUESTS,
             params.files,
             params.files
         ),

@@ -43,8 +43,8 @@ use crate::{BenchError, Result};
 
 /// Most requests in flight at once.
 pub const MAX_DEPTH: usize = 16;
-/// Largest READ payload one request can carry.
-pub const MAX_READ: u32 = 0x1_0000;
+/// Largest READ or WRITE payload one request can carry (FUSE's 256 pages).
+pub const MAX_IO: u32 = 1 << 20;
 
 /// virtio 1.0 (`VIRTIO_F_VERSION_1`).
 const VERSION_1: u64 = 1 << 32;
@@ -74,9 +74,9 @@ const RINGS: [RingLayout; 2] = [
 const SLOTS: u64 = 0x1_0000;
 const SLOT_STRIDE: u64 = 0x2000;
 const REPLY_CAP: u32 = 0x1000;
-/// Slot `s`'s READ data at `DATA + s * MAX_READ`.
+/// Slot `s`'s READ or WRITE data at `DATA + s * MAX_IO`.
 const DATA: u64 = 0x4_0000;
-const MEM_SIZE: usize = DATA as usize + MAX_DEPTH * MAX_READ as usize;
+const MEM_SIZE: usize = DATA as usize + MAX_DEPTH * MAX_IO as usize;
 /// How long a request may take before the back-end counts as hung.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -125,9 +125,41 @@ pub struct Call {
     pub nodeid: u64,
     /// The opcode's struct (and name).
     pub body: Vec<u8>,
-    /// For READ: the payload asked for (at most [`MAX_READ`]), in its own writable buffer;
+    /// For READ: the payload asked for (at most [`MAX_IO`]), in its own writable buffer;
     /// 0 for every other request.
     pub read_len: u32,
+    /// For WRITE: the payload sent (at most [`MAX_IO`]), from its own readable buffer
+    /// (whatever the slot's data buffer holds); 0 for every other request.
+    pub write_len: u32,
+}
+
+impl Call {
+    /// A request without payload.
+    pub fn new(op: Opcode, nodeid: u64, body: Vec<u8>) -> Self {
+        Call {
+            op,
+            nodeid,
+            body,
+            read_len: 0,
+            write_len: 0,
+        }
+    }
+
+    /// READ of `len` bytes at `offset` through handle `fh`.
+    pub fn read(nodeid: u64, fh: u64, offset: u64, len: u32) -> Self {
+        Call {
+            read_len: len,
+            ..Call::new(Opcode::Read, nodeid, fuse_wire::read_in(fh, offset, len))
+        }
+    }
+
+    /// WRITE of `len` bytes at `offset` through handle `fh`.
+    pub fn write(nodeid: u64, fh: u64, offset: u64, len: u32) -> Self {
+        Call {
+            write_len: len,
+            ..Call::new(Opcode::Write, nodeid, fuse_wire::write_in(fh, offset, len))
+        }
+    }
 }
 
 /// A completed request: the reply as the back-end wrote it.
@@ -382,12 +414,7 @@ impl VhostFrontend {
     /// Sends one request and returns its reply (header included).
     pub fn call(&mut self, op: Opcode, nodeid: u64, body: &[u8]) -> Result<Vec<u8>> {
         let mut out = Vec::new();
-        let call = Call {
-            op,
-            nodeid,
-            body: body.to_vec(),
-            read_len: 0,
-        };
+        let call = Call::new(op, nodeid, body.to_vec());
         self.pipeline(
             1,
             1,
@@ -419,14 +446,9 @@ impl VhostFrontend {
         fuse_wire::open_out(&reply)
     }
 
-    /// READ `len` (at most [`MAX_READ`]) bytes at `offset`: the bytes read.
+    /// READ `len` (at most [`MAX_IO`]) bytes at `offset`: the bytes read.
     pub fn read(&mut self, nodeid: u64, fh: u64, offset: u64, len: u32) -> Result<Vec<u8>> {
-        let call = Call {
-            op: Opcode::Read,
-            nodeid,
-            body: fuse_wire::read_in(fh, offset, len),
-            read_len: len,
-        };
+        let call = Call::read(nodeid, fh, offset, len);
         let mut got = 0;
         self.pipeline(
             1,
@@ -437,7 +459,7 @@ impl VhostFrontend {
                 Ok(())
             },
         )?;
-        let mut data = vec![0u8; got.min(MAX_READ as usize)];
+        let mut data = vec![0u8; got.min(MAX_IO as usize)];
         self.mem
             .read_slice(&mut data, GuestAddress(DATA))
             .map_err(mem_err)?;
@@ -447,13 +469,15 @@ impl VhostFrontend {
     /// Writes `call` into `slot`'s buffers and makes it available (not yet published).
     fn put(&mut self, slot: usize, call: &Call) -> Result<u64> {
         self.unique += 1;
-        let req = Request::new(call.op, self.unique, call.nodeid, &call.body, 0);
-        if req.len() > REPLY_CAP || call.read_len > MAX_READ {
+        let payload = call.write_len as usize;
+        let req = Request::new(call.op, self.unique, call.nodeid, &call.body, payload);
+        if req.len() > REPLY_CAP || call.read_len > MAX_IO || call.write_len > MAX_IO {
             return Err(BenchError::Driver(format!(
-                "{:?} of {} bytes reading {} does not fit a slot",
+                "{:?} of {} bytes reading {} or writing {} does not fit a slot",
                 call.op,
                 req.len(),
-                call.read_len
+                call.read_len,
+                call.write_len
             )));
         }
         let request = SLOTS + SLOT_STRIDE * slot as u64;
@@ -461,14 +485,21 @@ impl VhostFrontend {
             .write_slice(&req.bytes, GuestAddress(request))
             .map_err(mem_err)?;
         let reply = reply_addr(slot);
-        let data = DATA + u64::from(MAX_READ) * slot as u64;
+        let data = DATA + u64::from(MAX_IO) * slot as u64;
         let read_chain: [Desc; 3] = [
             (request, req.len(), 0),
             (reply, OUT_HEADER as u32, WRITE),
             (data, call.read_len, WRITE),
         ];
+        let write_chain: [Desc; 3] = [
+            (request, req.len(), 0),
+            (data, call.write_len, 0),
+            (reply, REPLY_CAP, WRITE),
+        ];
         let chain: &[Desc] = if call.read_len > 0 {
             &read_chain
+        } else if call.write_len > 0 {
+            &write_chain
         } else {
             &[(request, req.len(), 0), (reply, REPLY_CAP, WRITE)]
         };
@@ -539,8 +570,12 @@ fn shared_memory() -> Result<GuestMemoryMmap<()>> {
         Some(FileOffset::new(file, 0)),
     )])
     .map_err(mem_err)?;
-    // Touch it once, so that the first requests do not pay the page faults.
-    mem.write_slice(&vec![0u8; MEM_SIZE], GuestAddress(0))
+    // Touch it once, so that the first requests do not pay the page faults. The data
+    // buffers get a pattern: WRITEs send it, and a back-end that judges whether its memory
+    // is really shared (ours refuses a large region holding only zeros) sees data.
+    mem.write_slice(&vec![0u8; DATA as usize], GuestAddress(0))
+        .map_err(mem_err)?;
+    mem.write_slice(&vec![0xa5u8; MEM_SIZE - DATA as usize], GuestAddress(DATA))
         .map_err(mem_err)?;
     if mem.iter().any(|r| r.file_offset().is_none()) {
         return Err(BenchError::Driver("guest memory is not file-backed".into()));

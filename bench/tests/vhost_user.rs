@@ -122,12 +122,7 @@ fn known_file_attributes(peer: Peer, depth: usize) -> Result<Completion, Failed>
     fe.pipeline(
         4 * depth,
         depth,
-        |_| Call {
-            op: Opcode::Getattr,
-            nodeid: node,
-            body: fuse_wire::getattr_in(),
-            read_len: 0,
-        },
+        |_| Call::new(Opcode::Getattr, node, fuse_wire::getattr_in()),
         |_, reply| {
             sizes.push(fuse_wire::attr_out(reply.bytes)?.attr.size);
             Ok(())
