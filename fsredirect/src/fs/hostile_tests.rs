@@ -784,3 +784,53 @@ fn a_release_racing_a_write_leaves_stub_and_object_agreeing() {
         assert_eq!(stub, object, "round {round}: stub and object disagree");
     }
 }
+
+/// 1. SETATTR of a file's mtime and a FORGET of its node's only reference, in flight
+///    together (a kernel never sends both; a hostile guest may), many times, with and
+///    without file handles.
+/// 2. A SETATTR answered with an error changed nothing: the file keeps its old mtime.
+#[test]
+fn a_setattr_answered_with_an_error_changed_nothing() {
+    for cfg in [FsConfig::default, without_file_handles] {
+        let fx = Arc::new(fixture_with(true, cfg()));
+        let mut refused = 0;
+        for round in 0..300 {
+            let name = format!("f{round}");
+            let (entry, handle) = fx.create(ROOT_INODE, &name);
+            fx.release(entry.inode, handle);
+            let path = fx.guest.join(&name);
+            let before = std::fs::metadata(&path).unwrap().mtime();
+            let start = Arc::new(Barrier::new(2));
+            let forgetter = {
+                let (fx, start) = (fx.clone(), start.clone());
+                // Later and later, so that some FORGETs land inside the SETATTR.
+                let delay = std::time::Duration::from_nanos(200 * (round as u64 % 100));
+                std::thread::spawn(move || {
+                    start.wait();
+                    let t = std::time::Instant::now();
+                    while t.elapsed() < delay {
+                        std::hint::spin_loop();
+                    }
+                    fx.fs.forget(&fx.ctx, entry.inode, 1);
+                })
+            };
+            // SAFETY: stat64 is plain old data; all-zero is a valid value.
+            let mut attr: libc::stat64 = unsafe { std::mem::zeroed() };
+            attr.st_mtime = 1_000_000 + round;
+            start.wait();
+            let set = fx
+                .fs
+                .setattr(&fx.ctx, entry.inode, attr, None, SetattrValid::MTIME);
+            forgetter.join().unwrap();
+            let after = std::fs::metadata(&path).unwrap().mtime();
+            match set {
+                Ok(_) => assert_eq!(after, attr.st_mtime, "round {round}: reply ok"),
+                Err(e) => {
+                    refused += 1;
+                    assert_eq!(after, before, "round {round}: {e}, yet the mtime changed");
+                }
+            }
+        }
+        eprintln!("{refused} of 300 SETATTRs came after the FORGET");
+    }
+}

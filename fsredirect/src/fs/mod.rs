@@ -699,7 +699,24 @@ impl RedirectFs {
         opened
     }
 
+    /// Puts the guest's view of `inode` in `st`: a special file's type, a redirected file's
+    /// object size and blocks.
     fn fix_attr(&self, inode: u64, kind: Kind, st: &mut libc::stat64) {
+        self.fix_attr_with(inode, kind, st, None)
+    }
+
+    /// [`RedirectFs::fix_attr`] for a caller holding the node's data lock.
+    fn fix_attr_locked(&self, inode: u64, kind: Kind, st: &mut libc::stat64, data: &DataGuard) {
+        self.fix_attr_with(inode, kind, st, Some(data))
+    }
+
+    fn fix_attr_with(
+        &self,
+        inode: u64,
+        kind: Kind,
+        st: &mut libc::stat64,
+        data: Option<&DataGuard>,
+    ) {
         match kind {
             Kind::Plain | Kind::Foreign => {}
             Kind::Special { kind, rdev } => {
@@ -708,7 +725,10 @@ impl RedirectFs {
                 st.st_size = 0;
                 st.st_blocks = 0;
             }
-            Kind::Redirect => match self.object_attr(inode) {
+            Kind::Redirect => match data.map_or_else(
+                || self.object_attr(inode),
+                |data| self.object_attr_locked(inode, data),
+            ) {
                 Ok(object) => object.apply(st),
                 Err(e) => log::warn!("inode {inode}: store object unreachable: {e}"),
             },

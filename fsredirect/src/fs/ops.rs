@@ -12,6 +12,7 @@ use fuse_backend_rs::api::filesystem::{
     ZeroCopyWriter,
 };
 
+use super::datalock::DataGuard;
 use super::{
     errno, root_ctx, Kind, OpenFile, Peeked, RedirectFs, SyncMode, CAPABILITY_XATTR,
     PRIVILEGE_BITS, XATTR_BUF,
@@ -135,9 +136,14 @@ impl FileSystem for RedirectFs {
         }
         let (reply, kind) = {
             let _ns = self.ns_read();
+            // The node's data lock, for every SETATTR: a FORGET of the node (which a guest may
+            // send with the request in flight) waits for it, so the passthrough layer never
+            // applies the change and then fails to stat a node gone meanwhile (an error
+            // reply for a change made).
+            let data = self.data_locks.lock(inode);
             let kind = self.kind(inode)?;
             (
-                self.setattr_locked(ctx, inode, attr, handle, valid, kind)?,
+                self.setattr_locked(ctx, inode, attr, handle, valid, kind, &data)?,
                 kind,
             )
         };
@@ -846,7 +852,8 @@ impl RedirectFs {
         Ok(n)
     }
 
-    /// SETATTR under the namespace lock (held shared by the caller).
+    /// SETATTR under the namespace lock (held shared by the caller) and the node's data lock.
+    #[allow(clippy::too_many_arguments)]
     fn setattr_locked(
         &self,
         ctx: &Context,
@@ -855,6 +862,7 @@ impl RedirectFs {
         handle: Option<u64>,
         valid: SetattrValid,
         kind: Kind,
+        data: &DataGuard<'_>,
     ) -> io::Result<(libc::stat64, Duration)> {
         let ih = self.inner_handle(handle)?;
         if kind == Kind::Foreign && valid.contains(SetattrValid::SIZE) {
@@ -870,7 +878,7 @@ impl RedirectFs {
         if kind != Kind::Redirect || !valid.contains(SetattrValid::SIZE) {
             let _modes = modes_lock();
             let (mut st, timeout) = self.inner.setattr(ctx, inode, attr, ih, valid)?;
-            self.fix_attr(inode, kind, &mut st);
+            self.fix_attr_locked(inode, kind, &mut st, data);
             return Ok((st, timeout));
         }
         if attr.st_size < 0 {
@@ -879,9 +887,8 @@ impl RedirectFs {
         // Stub first (sparse, so undoing it loses nothing), then the data; both under the
         // data lock, so a WRITE in flight cannot resize the stub in between.
         let store = self.store()?;
-        let data = self.data_locks.lock(inode);
         let _modes = modes_lock();
-        let old = self.object_attr_locked(inode, &data)?.size;
+        let old = self.object_attr_locked(inode, data)?.size;
         // Only a server without CAP_FSETID (not root) has the host clear privilege bits on a
         // truncate: only it needs to know them first.
         let kept_bits = match self.server_is_root || valid.contains(SetattrValid::MODE) {
@@ -901,7 +908,7 @@ impl RedirectFs {
                 .0;
         }
         let resized = self.with_object(inode, |f| store.set_len(f, attr.st_size as u64));
-        self.object_changed(inode, &data);
+        self.object_changed(inode, data);
         if let Err(e) = resized {
             // SAFETY: stat64 is plain old data; all-zero is a valid value.
             let mut undo: libc::stat64 = unsafe { std::mem::zeroed() };
@@ -911,7 +918,7 @@ impl RedirectFs {
                 .setattr(&root_ctx(), inode, undo, None, SetattrValid::SIZE);
             return Err(e);
         }
-        self.object_attr_locked(inode, &data)?.apply(&mut st);
+        self.object_attr_locked(inode, data)?.apply(&mut st);
         Ok((st, timeout))
     }
 }
