@@ -21,10 +21,12 @@
 //!
 //! Concurrency: namespace changes take the namespace lock exclusively; lookups, opens and
 //! I/O take it shared, so no open can ever see a half-done rename. Size changes of one file
-//! (WRITE, SETATTR of the size, fallocate, O_TRUNC) also take that file's data lock
-//! (a per-inode striped lock), always after the namespace lock, so stub and object change size together.
+//! (WRITE, SETATTR, fallocate, O_TRUNC) also take that file's data lock (a per-inode striped
+//! lock), always after the namespace lock, so stub and object change size together; FORGET
+//! takes it too, so a node never goes away under a change in flight.
 //!
-//! Node identity: what this layer keeps per node id (its kind, cached descriptors) is dropped
+//! Node identity: what this layer keeps per node id (the node table of [`nodes`], cached
+//! descriptors) is dropped
 //! when the kernel forgets the node and nothing holds it open, and when an id comes back
 //! that nothing knew: without file handles, fuse-backend-rs reuses an id for a new file that
 //! reuses the host inode number. An open redirected file holds its store object until its
