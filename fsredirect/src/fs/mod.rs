@@ -26,10 +26,9 @@
 //! takes it too, so a node never goes away under a change in flight.
 //!
 //! Node identity: what this layer keeps per node id (the node table of [`nodes`], cached
-//! descriptors) is dropped
-//! when the kernel forgets the node and nothing holds it open, and when an id comes back
-//! that nothing knew: without file handles, fuse-backend-rs reuses an id for a new file that
-//! reuses the host inode number. An open redirected file holds its store object until its
+//! descriptors) is dropped when the kernel forgets the node and nothing holds it open, and
+//! when an id comes back that nothing knew: without file handles, fuse-backend-rs reuses an
+//! id for a new file that reuses the host inode number. An open redirected file holds its store object until its
 //! last release. What the guest makes the server hold is counted against a
 //! descriptor budget ([`crate::fdbudget`]); a FUSE session that ends (DESTROY, a device reset,
 //! a front-end gone) gives all of it back.
