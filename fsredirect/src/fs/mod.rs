@@ -25,7 +25,7 @@
 //! lock), always after the namespace lock, so stub and object change size together; FORGET
 //! takes it too, so a node never goes away under a change in flight.
 //!
-//! Node identity: what this layer keeps per node id (the node table of [`nodes`], cached
+//! Node identity: what this layer keeps per node id (the node table of `nodes.rs`, cached
 //! descriptors) is dropped when the kernel forgets the node and nothing holds it open, and
 //! when an id comes back that nothing knew: without file handles, fuse-backend-rs reuses an
 //! id for a new file that reuses the host inode number. An open redirected file holds its store object until its
@@ -273,7 +273,7 @@ pub struct RedirectFs {
     /// ([`RedirectFs::open_stub_for_write`]).
     stub_modes: Mutex<()>,
     budget: FdBudget,
-    /// Most nodes holding a hot handle ([`nodes`]).
+    /// Most nodes holding a hot handle (`nodes.rs`).
     hot_inodes: usize,
     recovery: Option<RecoveryReport>,
 }
@@ -602,7 +602,7 @@ impl RedirectFs {
     }
 
     /// Forgets every cached descriptor of `inode` and what its host files said (its record
-    /// and object figures, [`nodes`]): its host file may be gone, and with inode-number
+    /// and object figures, `nodes.rs`): its host file may be gone, and with inode-number
     /// identities (no file handles) a new file may come back under the same node id.
     fn drop_cached(&self, inode: u64) {
         if let Some(r) = &self.redirect {
@@ -737,7 +737,7 @@ impl RedirectFs {
     }
 
     /// The size and blocks of the store object of redirected `inode`: the known ones, or
-    /// read under its data lock ([`nodes`]).
+    /// read under its data lock (`nodes.rs`).
     fn object_attr(&self, inode: u64) -> io::Result<ObjectAttr> {
         if let Some(known) = self.state().nodes.object(inode) {
             return Ok(known);
@@ -790,7 +790,7 @@ impl RedirectFs {
     }
 
     /// A passthrough-layer handle on an `O_PATH` descriptor of `inode`, for a GETATTR: its
-    /// hot one ([`nodes`]), or a new one kept as such. None without hot handles, or for a
+    /// hot one (`nodes.rs`), or a new one kept as such. None without hot handles, or for a
     /// node the passthrough layer does not open (symlinks, special files).
     fn hot_handle(&self, inode: u64) -> Option<u64> {
         {
