@@ -69,6 +69,10 @@ Exit codes: 0 unmounted cleanly, 1 error.")]
         /// Most store descriptors open at once.
         #[arg(long, default_value_t = 256)]
         max_store_fds: usize,
+        /// Most guest-tree inodes kept open (O_PATH) for fast GETATTR, the most recently
+        /// used; 0 turns them off (default: a quarter of RLIMIT_NOFILE, at most 65,536).
+        #[arg(long)]
+        max_hot_inodes: Option<usize>,
         /// Worker threads.
         #[arg(long, default_value_t = 2)]
         threads: usize,
@@ -195,8 +199,19 @@ fn main() -> ExitCode {
             paths,
             volume,
             max_store_fds,
+            max_hot_inodes,
             threads,
-        } => match mount(share, paths, volume, max_store_fds, threads) {
+        } => match mount(
+            share,
+            paths,
+            volume,
+            FsConfig {
+                max_store_fds,
+                max_hot_inodes,
+                ..FsConfig::default()
+            },
+            threads,
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 print_error("mount", e.as_ref());
@@ -305,7 +320,7 @@ fn mount(
     share: Option<String>,
     paths: Vec<PathBuf>,
     volume: Option<String>,
-    max_store_fds: usize,
+    fs: FsConfig,
     threads: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let (share, mountpoint) = share_from_args(share, paths, volume)?;
@@ -328,13 +343,7 @@ fn mount(
         log::warn!("cannot raise RLIMIT_NOFILE: {e}");
     }
     let signals = block_termination_signals()?;
-    let opts = MountOptions {
-        threads,
-        fs: FsConfig {
-            max_store_fds,
-            ..FsConfig::default()
-        },
-    };
+    let opts = MountOptions { threads, fs };
     let mount = Mount::start(&share, &mountpoint, &opts)?;
     let unmounter = mount.unmounter();
     std::thread::Builder::new()
