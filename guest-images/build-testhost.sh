@@ -17,10 +17,15 @@
 # our static binaries (`hypervisor`, `testhost-agent`, `fsredirect` when built) and the guest
 # image (build/guest/vmlinux, build/guest/initramfs.cpio.gz).
 #
-# Usage: guest-images/build-testhost.sh [--no-cargo | --binaries-only] [--force]
-#   --no-cargo   do not run cargo; use the binaries named by HYPERVISOR_BIN, AGENT_BIN and
-#                FSREDIRECT_BIN (or found in $CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release)
+# Usage: guest-images/build-testhost.sh [--no-cargo | --binaries-only] [--bench] [--force]
+#   --no-cargo   do not run cargo; use the binaries named by HYPERVISOR_BIN, AGENT_BIN,
+#                FSREDIRECT_BIN and FLOOR_BIN (or found in
+#                $CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release)
 #   --binaries-only  only build the static binaries (into that directory) and stop
+#   --bench      the boot benchmark's variant, in build/testhost-bench: the same test host plus
+#                the peers our VMM is compared with, the floor VMM (bench/floor-vmm) as
+#                /bin/floor-vmm and Debian's QEMU as /opt/qemu/bin/qemu-system-x86_64 with its
+#                libraries and microvm firmware (tens of MB: the tests' image stays without them)
 #   --force      rebuild even if the stamp matches
 # Environment: CARGO_TARGET_DIR, GUEST_DIR (default build/guest), FSR_VM_DATA (default vm-data),
 #   TESTHOST_KERNEL_PACKAGE (default: what linux-image-cloud-amd64 depends on),
@@ -39,7 +44,7 @@ readonly SHARE_DISK_MIB=512
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly ROOT
-readonly OUT="$ROOT/build/testhost"
+OUT="$ROOT/build/testhost"
 readonly CACHE="$ROOT/build/testhost-cache"
 readonly GUEST_DIR="${GUEST_DIR:-$ROOT/build/guest}"
 readonly VM_DATA="${FSR_VM_DATA:-$ROOT/vm-data}"
@@ -51,11 +56,13 @@ readonly TESTHOST_CMDLINE
 
 run_cargo=1
 binaries_only=0
+bench=0
 force=0
 for arg in "$@"; do
     case "$arg" in
         --no-cargo) run_cargo=0 ;;
         --binaries-only) binaries_only=1 ;;
+        --bench) bench=1 ;;
         --force) force=1 ;;
         -h | --help)
             sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
@@ -67,6 +74,12 @@ for arg in "$@"; do
             ;;
     esac
 done
+[ "$bench" -eq 1 ] && OUT="$ROOT/build/testhost-bench"
+readonly OUT
+# The boot benchmark's peer, QEMU (its machine-independent firmware comes with it).
+readonly QEMU_PACKAGES=(qemu-system-x86 qemu-system-data)
+readonly QEMU_BIN=/usr/bin/qemu-system-x86_64
+readonly QEMU_FIRMWARE=/usr/share/qemu/bios-microvm.bin
 
 step() { printf '==> build-testhost: %s\n' "$*" >&2; }
 die() {
@@ -76,8 +89,9 @@ die() {
 
 # Install what is missing; refresh the package lists only if an install fails.
 install_packages() {
-    local missing=() p
-    for p in "${PACKAGES[@]}"; do
+    local missing=() p wanted=("${PACKAGES[@]}")
+    [ "$bench" -eq 1 ] && wanted+=("${QEMU_PACKAGES[@]}")
+    for p in "${wanted[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
             missing+=("$p")
     done
@@ -140,6 +154,11 @@ build_binaries() {
     (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --release \
         --target "$TARGET_TRIPLE" -p hypervisor -p e2e-tests --bin hypervisor --bin testhost-agent) ||
         die "cargo build of the static binaries failed (see above)"
+    if [ "$bench" -eq 1 ]; then
+        (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --release \
+            --target "$TARGET_TRIPLE" -p floor-vmm) ||
+            die "cargo build of the static floor-vmm failed (see above)"
+    fi
     if [ -d "$ROOT/fsredirect/src/bin" ] || grep -q '^\[\[bin\]\]' "$ROOT/fsredirect/Cargo.toml" 2>/dev/null ||
         [ -f "$ROOT/fsredirect/src/main.rs" ]; then
         (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --release \
@@ -148,17 +167,20 @@ build_binaries() {
     fi
 }
 
-# Copy a binary into the initramfs; a dynamically linked one brings its libraries along.
+# Copy a binary into the initramfs (into bin/, or the directory given third); a dynamically
+# linked one brings its libraries along.
 install_binary() {
-    local src=$1 stage=$2 lib
+    local src=$1 stage=$2 dir=${3:-bin} lib
     local dst
-    dst="$stage/bin/$(basename "$src")"
+    dst="$stage/$dir/$(basename "$src")"
+    mkdir -p "$stage/$dir"
     install -m 0755 "$src" "$dst"
     # Debug info only costs load time on the emulated CPU.
     if command -v strip >/dev/null; then strip --strip-debug "$dst"; fi
     # A static(-pie) binary makes ldd print "statically linked": no library paths.
     if ldd "$src" 2>/dev/null | grep -q '/'; then
-        step "warning: $src is dynamically linked; copying its libraries (build it with RUSTFLAGS=\"-C target-feature=+crt-static\" --target $TARGET_TRIPLE)"
+        [ "$dir" = bin ] &&
+            step "warning: $src is dynamically linked; copying its libraries (build it with RUSTFLAGS=\"-C target-feature=+crt-static\" --target $TARGET_TRIPLE)"
         for lib in $(ldd "$src" | grep -o '/[^ ]*'); do
             mkdir -p "$stage$(dirname "$lib")"
             cp -L "$lib" "$stage$lib"
@@ -166,11 +188,22 @@ install_binary() {
     fi
 }
 
+# The boot benchmark's peers: the floor VMM, and QEMU with what it opens to boot microvm (its
+# libraries and the microvm firmware; it finds the firmware beside its binary, ../share/qemu).
+install_peers() {
+    local stage=$1
+    install_binary "$floor_bin" "$stage"
+    install_binary "$QEMU_BIN" "$stage" opt/qemu/bin
+    mkdir -p "$stage/opt/qemu/share/qemu"
+    cp "$QEMU_FIRMWARE" "$stage/opt/qemu/share/qemu/"
+}
+
 hash_inputs() {
     {
         sha256sum "$0" "$ROOT/guest-images/testhost/init" "$kdeb" /bin/busybox \
             "$hypervisor_bin" "$agent_bin"
         [ -n "$fsredirect_bin" ] && sha256sum "$fsredirect_bin"
+        [ "$bench" -eq 1 ] && sha256sum "$floor_bin" "$QEMU_BIN" "$QEMU_FIRMWARE"
         for f in vmlinux initramfs.cpio.gz; do
             [ -f "$GUEST_DIR/$f" ] && sha256sum "$GUEST_DIR/$f"
         done
@@ -217,6 +250,7 @@ build_initramfs() {
     install_binary "$hypervisor_bin" "$stage"
     install_binary "$agent_bin" "$stage"
     [ -n "$fsredirect_bin" ] && install_binary "$fsredirect_bin" "$stage"
+    [ "$bench" -eq 1 ] && install_peers "$stage"
     if [ -f "$GUEST_DIR/vmlinux" ] && [ -f "$GUEST_DIR/initramfs.cpio.gz" ]; then
         cp "$GUEST_DIR/vmlinux" "$GUEST_DIR/initramfs.cpio.gz" "$stage/guest/"
         # The VMM loads only the program segments; the symbol table (half the file) would only
@@ -330,6 +364,12 @@ main() {
     fsredirect_bin="${FSREDIRECT_BIN:-}"
     [ -z "$fsredirect_bin" ] && [ -x "$rel/fsredirect" ] && fsredirect_bin="$rel/fsredirect"
     [ -x "$hypervisor_bin" ] || die "no hypervisor binary at $hypervisor_bin; build it with RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release --target $TARGET_TRIPLE -p hypervisor, or set HYPERVISOR_BIN"
+    floor_bin="${FLOOR_BIN:-$rel/floor-vmm}"
+    if [ "$bench" -eq 1 ]; then
+        [ -x "$floor_bin" ] || die "no floor-vmm binary at $floor_bin; build it with RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release --target $TARGET_TRIPLE -p floor-vmm, or set FLOOR_BIN"
+        [ -x "$QEMU_BIN" ] || die "no $QEMU_BIN; install it: apt-get install ${QEMU_PACKAGES[*]}"
+        [ -f "$QEMU_FIRMWARE" ] || die "no $QEMU_FIRMWARE; install it: apt-get install ${QEMU_PACKAGES[*]}"
+    fi
     [ -x "$agent_bin" ] || die "no testhost-agent binary at $agent_bin; build it with RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release --target $TARGET_TRIPLE -p e2e-tests --bin testhost-agent, or set AGENT_BIN"
 
     local bin

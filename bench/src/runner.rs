@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::boot;
+use crate::boot::{self, BootParams};
 use crate::fio::{self, FioParams, HostMount, JOBS};
 use crate::guest::{self, GuestParams};
 use crate::machine::Machine;
@@ -24,7 +24,8 @@ use crate::{BenchError, Result};
         sudo ./bench.sh --boot          # also the boot time (test host: several minutes more)\n  \
         ./bench.sh --no-fio --no-guest  # device level and VMM only, no root needed for the rest\n  \
         ./bench.sh --rounds 1 --seq-mib 16 --out /tmp/b.md --chart /tmp/b.svg   # a quick look\n  \
-        sudo ./bench.sh --vhost-user-only --out /tmp/vu.md   # virtiofsd against our back-end"
+        sudo ./bench.sh --vhost-user-only --out /tmp/vu.md   # virtiofsd against our back-end\n  \
+        ./bench.sh --boot-only --out /tmp/boot.md      # our VMM, the floor and QEMU microvm"
 )]
 pub struct Options {
     /// Device-level rounds (targets interleaved in each; medians reported).
@@ -95,6 +96,18 @@ pub struct Options {
     /// they were skipped.
     #[arg(long)]
     pub vhost_user_only: bool,
+    /// Run only the boot-time comparison (our VMM, the floor VMM and QEMU microvm); the
+    /// other parts say they were skipped.
+    #[arg(long, conflicts_with = "vhost_user_only")]
+    pub boot_only: bool,
+    /// Boot-time runs (each boots the test host once where there is no hardware
+    /// virtualization; the report shows how far the runs differ).
+    #[arg(long, default_value_t = 2)]
+    pub boot_runs: usize,
+    /// Extra guest kernel parameters for every VMM in the boot comparison, for diagnosis
+    /// (e.g. "printk.time=1 initcall_debug"; the report names them).
+    #[arg(long, value_name = "WORDS")]
+    pub boot_append: Option<String>,
     /// Skip the vhost-user comparison.
     #[arg(long)]
     pub no_vhost_user: bool,
@@ -320,6 +333,9 @@ fn vhost_user_unavailable(opts: &Options) -> Option<String> {
     if opts.no_vhost_user {
         return Some("skipped with --no-vhost-user".into());
     }
+    if opts.boot_only {
+        return Some("skipped with --boot-only".into());
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Some(
@@ -335,13 +351,20 @@ fn vhost_user_unavailable(opts: &Options) -> Option<String> {
 fn run_in(opts: &Options, base: &Path) -> Result<Report> {
     let machine = Machine::probe();
     e2e_tests::qemu::use_hypervisor_binary(&opts.hypervisor);
-    let only = "skipped with --vhost-user-only".to_string();
-    let device = if opts.vhost_user_only {
+    // The part an --*-only option keeps; every other part is skipped.
+    let only = if opts.boot_only {
+        "skipped with --boot-only"
+    } else {
+        "skipped with --vhost-user-only"
+    }
+    .to_string();
+    let rest_skipped = opts.vhost_user_only || opts.boot_only;
+    let device = if rest_skipped {
         Err(only.clone())
     } else {
         Ok(device(opts, base)?)
     };
-    let fio_unavailable = if opts.vhost_user_only {
+    let fio_unavailable = if rest_skipped {
         Some(only.clone())
     } else {
         fio_unavailable(opts)
@@ -352,7 +375,7 @@ fn run_in(opts: &Options, base: &Path) -> Result<Report> {
         mib: opts.guest_mib.max(1),
         files: opts.guest_files.max(1),
     };
-    let guest_unavailable = if opts.vhost_user_only {
+    let guest_unavailable = if rest_skipped {
         Some(only.clone())
     } else {
         guest_unavailable(opts)
@@ -371,7 +394,7 @@ fn run_in(opts: &Options, base: &Path) -> Result<Report> {
         initrd: guest_dir.join("initramfs.cpio.gz"),
         runs: opts.vmm_runs.max(1),
     };
-    let vmm_unavailable = if opts.vhost_user_only {
+    let vmm_unavailable = if rest_skipped {
         Some(only.clone())
     } else if opts.no_vmm {
         Some("skipped with --no-vmm".into())
@@ -382,11 +405,21 @@ fn run_in(opts: &Options, base: &Path) -> Result<Report> {
     let boot_unavailable = if opts.vhost_user_only {
         Some(only.clone())
     } else {
-        (!opts.boot).then(|| "not asked for (bench.sh --boot)".to_string())
+        (!opts.boot && !opts.boot_only).then(|| "not asked for (bench.sh --boot)".to_string())
     };
     let boot = optional(boot_unavailable, || {
         eprintln!("bench: boot time (the emulated VT-x test host takes minutes)");
-        boot::run()
+        boot::run(&BootParams {
+            runs: opts.boot_runs,
+            append: opts
+                .boot_append
+                .as_deref()
+                .unwrap_or("")
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+            log_dir: opts.work_dir.join("fsr-bench-boot-logs"),
+        })
     });
     let vu_params = VuParams {
         hypervisor: opts.hypervisor.clone(),
@@ -406,8 +439,8 @@ fn run_in(opts: &Options, base: &Path) -> Result<Report> {
         machine,
         command: opts.command.clone(),
         date: utc_now(),
-        device_params: if opts.vhost_user_only {
-            "not run (--vhost-user-only)".into()
+        device_params: if rest_skipped {
+            format!("not run ({only})")
         } else {
             format!(
                 "{} MiB sequential per target and round, {} random 4 KiB reads and as many \

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-pub use scenario::Scenario;
+pub use scenario::{Scenario, VmmKind};
 use vmm::{run_vmm, VmmEvent, VmmStatus};
 
 /// Errors that stop a run before any scenario can be judged.
@@ -122,6 +122,9 @@ pub struct Paths {
     pub root: PathBuf,
     /// Output of build-testhost.sh (boot.img, bochsrc, bochs.rc, stamp).
     pub image_dir: PathBuf,
+    /// Whether that is the boot benchmark's image (`build-testhost.sh --bench`: the tests'
+    /// image plus the peer VMMs, [`VmmKind`]).
+    pub bench_image: bool,
     /// The persistent ext4 share disk (in the VM data folder).
     pub share_disk: PathBuf,
     /// Files of the current (or last) run: params.img, serial.log, bochs.log.
@@ -145,6 +148,7 @@ impl Paths {
         Paths {
             root: root.to_owned(),
             image_dir: root.join("build/testhost"),
+            bench_image: false,
             share_disk: vm_data.join("testhost/share.ext4"),
             run_dir: root.join("build/testhost-run"),
             run_lock: vm_data.join("testhost/run.lock"),
@@ -156,6 +160,16 @@ impl Paths {
     pub fn default_workspace() -> Paths {
         let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
         Paths::from_workspace(crate_dir.parent().unwrap_or(crate_dir))
+    }
+
+    /// The same layout with the boot benchmark's image (build/testhost-bench), which carries
+    /// the peer VMMs.
+    pub fn with_bench_image(self) -> Paths {
+        Paths {
+            image_dir: self.root.join("build/testhost-bench"),
+            bench_image: true,
+            ..self
+        }
     }
 }
 
@@ -211,6 +225,8 @@ pub struct ScenarioOutcome {
     /// test-host guest-clock time (deterministic, not a hardware figure); directly on a
     /// hardware-virtualization host it is wall time.
     pub guest_boot: Option<f64>,
+    /// Time from VMM start to its exit, on the same clock as `guest_boot`.
+    pub vmm_exit: Option<f64>,
     /// The console lines of this scenario (VMM output and markers).
     pub lines: Vec<String>,
 }
@@ -444,11 +460,14 @@ fn run_build_script(paths: &Paths, args: &[&str]) -> Result<()> {
 /// test host always carries the current sources; with `HYPERVISOR_BIN` (and `AGENT_BIN`) set
 /// it packs those binaries instead and does not run cargo.
 pub fn ensure_image(paths: &Paths) -> Result<()> {
+    let mut args = Vec::new();
     if std::env::var_os("HYPERVISOR_BIN").is_some() {
-        run_build_script(paths, &["--no-cargo"])
-    } else {
-        run_build_script(paths, &[])
+        args.push("--no-cargo");
     }
+    if paths.bench_image {
+        args.push("--bench");
+    }
+    run_build_script(paths, &args)
 }
 
 /// The default wall-clock limit for a batch of `n` scenarios inside the test host.
@@ -655,6 +674,7 @@ struct Progress {
     reason: Option<String>,
     code: Option<i32>,
     boot: Option<f64>,
+    elapsed: Option<f64>,
     lines: Vec<String>,
 }
 
@@ -760,6 +780,7 @@ impl<'a> MarkerParser<'a> {
                 p.status = field(words, "status").map(str::to_owned);
                 p.code = field(words, "code").and_then(|c| c.parse().ok());
                 p.reason = field(words, "reason").map(str::to_owned);
+                p.elapsed = field(words, "elapsed").and_then(|e| e.parse().ok());
                 if p.boot.is_none() {
                     p.boot = field(words, "boot").and_then(|b| b.parse().ok());
                 }
@@ -787,6 +808,7 @@ impl<'a> MarkerParser<'a> {
                     verdict,
                     exit_code: p.code,
                     guest_boot: p.boot,
+                    vmm_exit: p.elapsed,
                     lines: p.lines,
                 }
             })
@@ -879,9 +901,18 @@ pub fn run_direct(scenarios: &[Scenario], opts: &RunOptions) -> Result<RunReport
     let hypervisor = match std::env::var_os("HYPERVISOR_BIN") {
         Some(bin) => PathBuf::from(bin),
         None => {
-            run_build_script(&opts.paths, &["--binaries-only"])?;
+            let mut args = vec!["--binaries-only"];
+            if opts.paths.bench_image {
+                args.push("--bench");
+            }
+            run_build_script(&opts.paths, &args)?;
             static_binary_dir(&opts.paths).join("hypervisor")
         }
+    };
+    let program = |kind: VmmKind| match kind {
+        VmmKind::Ours => hypervisor.clone(),
+        VmmKind::Floor => static_binary_dir(&opts.paths).join("floor-vmm"),
+        VmmKind::QemuMicrovm => PathBuf::from("qemu-system-x86_64"),
     };
     let start = Instant::now();
     let mut stages = Vec::new();
@@ -892,7 +923,7 @@ pub fn run_direct(scenarios: &[Scenario], opts: &RunOptions) -> Result<RunReport
         let mut pending = Vec::new();
         let stream = opts.stream;
         let run = run_vmm(
-            &hypervisor,
+            &program(s.vmm),
             &argv,
             s.input.as_deref(),
             Duration::from_secs(s.timeout_secs.into()),
@@ -925,6 +956,7 @@ pub fn run_direct(scenarios: &[Scenario], opts: &RunOptions) -> Result<RunReport
             reason,
             code,
             boot: run.guest_init.map(|d| d.as_secs_f64()),
+            elapsed: Some(run.elapsed.as_secs_f64()),
             lines,
         };
         stages.push(Stage {
@@ -937,6 +969,7 @@ pub fn run_direct(scenarios: &[Scenario], opts: &RunOptions) -> Result<RunReport
             verdict: judge(s, &progress, None),
             exit_code: progress.code,
             guest_boot: progress.boot,
+            vmm_exit: progress.elapsed,
             lines: progress.lines,
         });
     }
@@ -994,6 +1027,7 @@ mod tests {
         assert!(parser_done_stage(&report));
         assert_eq!(report.scenarios[0].verdict, Verdict::Pass);
         assert_eq!(report.scenarios[0].guest_boot, Some(2.58));
+        assert_eq!(report.scenarios[0].vmm_exit, Some(3.0));
         let Verdict::Fail(why) = &report.scenarios[1].verdict else {
             panic!("b should fail");
         };

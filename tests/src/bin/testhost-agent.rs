@@ -1,7 +1,9 @@
 //! Scenario runner inside the emulated VT-x test host (statically linked into its initramfs).
 //!
-//! `testhost-agent PARAMS_FILE` runs each scenario of the batch with `/bin/hypervisor` on the
-//! guest image in `/guest`, passes the VMM's console output through to the test host's console,
+//! `testhost-agent PARAMS_FILE` runs each scenario of the batch with its VMM (`/bin/hypervisor`,
+//! or for the boot benchmark a peer,
+//! [`e2e_tests::testhost::VmmKind::test_host_binary`]) on the guest image in
+//! `/guest`, passes the VMM's console output through to the test host's console,
 //! and prints `@@testhost scenario ID ...` marker lines that the runner on the host parses:
 //!
 //! ```text
@@ -22,7 +24,6 @@ use std::time::Duration;
 use e2e_tests::testhost::scenario::decode_params;
 use e2e_tests::testhost::vmm::{run_vmm, VmmEvent, VmmStatus};
 
-const HYPERVISOR: &str = "/bin/hypervisor";
 const GUEST_KERNEL: &str = "/guest/vmlinux";
 const GUEST_INITRD: &str = "/guest/initramfs.cpio.gz";
 /// Most guest output held back while the guest boots (see `main`).
@@ -100,13 +101,14 @@ fn main() -> ExitCode {
         }
     };
     console.mark(&format!("agent scenarios={}", scenarios.len()));
-    let missing: Vec<&str> = [HYPERVISOR, GUEST_KERNEL, GUEST_INITRD]
-        .into_iter()
-        .filter(|p| !Path::new(p).exists())
-        .collect();
     let mut all_ran = true;
     for s in &scenarios {
         console.mark(&format!("scenario {} start vcpus={}", s.id, s.vcpus));
+        let vmm = s.vmm.test_host_binary();
+        let missing: Vec<&str> = [vmm, GUEST_KERNEL, GUEST_INITRD]
+            .into_iter()
+            .filter(|p| !Path::new(p).exists())
+            .collect();
         if !missing.is_empty() {
             console.mark(&format!(
                 "scenario {} end status=not-run reason=missing:{}",
@@ -132,7 +134,7 @@ fn main() -> ExitCode {
         let mut held = Vec::new();
         let mut holding = true;
         let run = run_vmm(
-            Path::new(HYPERVISOR),
+            Path::new(vmm),
             &argv,
             s.input.as_deref(),
             Duration::from_secs(s.timeout_secs.into()),

@@ -15,12 +15,64 @@ use std::fmt;
 /// First line of a parameter file; `/init` finds the parameter disk by it.
 pub const PARAMS_MAGIC: &str = "FSR-TESTHOST-PARAMS v1";
 
+/// Which virtual machine monitor runs a scenario. Only the boot benchmark runs the peers; they
+/// are in its test-host image (`build-testhost.sh --bench`), not in the tests' one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VmmKind {
+    /// Our `hypervisor run`.
+    #[default]
+    Ours,
+    /// `floor-vmm`: the least a VMM must do to boot the guest (bench/floor-vmm).
+    Floor,
+    /// QEMU's `microvm` machine with KVM.
+    QemuMicrovm,
+}
+
+impl VmmKind {
+    /// Every kind, in report order.
+    pub const ALL: [VmmKind; 3] = [VmmKind::Ours, VmmKind::Floor, VmmKind::QemuMicrovm];
+
+    /// The word for this kind in parameter files and reports.
+    pub fn word(self) -> &'static str {
+        match self {
+            VmmKind::Ours => "ours",
+            VmmKind::Floor => "floor",
+            VmmKind::QemuMicrovm => "qemu-microvm",
+        }
+    }
+
+    /// The kind a word names.
+    pub fn from_word(word: &str) -> Option<VmmKind> {
+        VmmKind::ALL.into_iter().find(|k| k.word() == word)
+    }
+
+    /// The program inside the test host.
+    pub fn test_host_binary(self) -> &'static str {
+        match self {
+            VmmKind::Ours => "/bin/hypervisor",
+            VmmKind::Floor => "/bin/floor-vmm",
+            VmmKind::QemuMicrovm => "/opt/qemu/bin/qemu-system-x86_64",
+        }
+    }
+
+    /// The exit status of this VMM when the guest writes `code` to the exit port (QEMU's
+    /// `isa-debug-exit` reports `(code << 1) | 1`).
+    pub fn exit_status(self, code: i32) -> i32 {
+        match self {
+            VmmKind::Ours | VmmKind::Floor => code,
+            VmmKind::QemuMicrovm => (code << 1) | 1,
+        }
+    }
+}
+
 /// One VMM run inside the test host: which guest scenario, with which VMM settings, and what
 /// counts as a pass.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scenario {
     /// Unique label in a batch; marker lines and verdicts use it.
     pub id: String,
+    /// The VMM that runs it (ours unless the boot benchmark says otherwise).
+    pub vmm: VmmKind,
     /// Guest scenario name, passed as `fsr.scenario=` (docs/guest-protocol.md).
     pub guest: String,
     /// Scenario argument, passed as `fsr.arg=` when set.
@@ -69,6 +121,7 @@ impl Scenario {
     pub fn new(id: &str, guest: &str) -> Self {
         Scenario {
             id: id.to_owned(),
+            vmm: VmmKind::Ours,
             guest: guest.to_owned(),
             arg: None,
             vcpus: 1,
@@ -82,6 +135,13 @@ impl Scenario {
             expect_output: Vec::new(),
             timeout_secs: 60,
         }
+    }
+
+    /// Runs the scenario under another VMM (the boot benchmark's peers). The peers take no
+    /// extra VMM arguments and one vCPU (the floor).
+    pub fn vmm(mut self, vmm: VmmKind) -> Self {
+        self.vmm = vmm;
+        self
     }
 
     /// Sets `fsr.arg`.
@@ -162,17 +222,68 @@ impl Scenario {
         words.join(" ")
     }
 
-    /// The `hypervisor` arguments for this scenario, given where the guest image is.
+    /// The VMM's arguments for this scenario, given where the guest image is: the same guest,
+    /// memory and command line whichever VMM runs it.
     pub fn vmm_argv(&self, kernel: &str, initrd: &str) -> Vec<String> {
-        let mut argv: Vec<String> = [
-            "run", "--kernel", kernel, "--initrd", initrd, "--mem", &self.mem, "--vcpus",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        argv.push(self.vcpus.to_string());
-        argv.push("--cmdline".to_owned());
-        argv.push(self.guest_cmdline());
+        let mem = self.mem.clone();
+        let cmdline = self.guest_cmdline();
+        let vcpus = self.vcpus.to_string();
+        let words: Vec<&str> = match self.vmm {
+            VmmKind::Ours => vec![
+                "run",
+                "--kernel",
+                kernel,
+                "--initrd",
+                initrd,
+                "--mem",
+                &mem,
+                "--vcpus",
+                &vcpus,
+                "--cmdline",
+                &cmdline,
+            ],
+            VmmKind::Floor => vec![
+                "--kernel",
+                kernel,
+                "--initrd",
+                initrd,
+                "--mem",
+                &mem,
+                "--vcpus",
+                &vcpus,
+                "--cmdline",
+                &cmdline,
+            ],
+            // No default devices, no option ROMs: QEMU's leanest configuration of microvm.
+            VmmKind::QemuMicrovm => vec![
+                "-M",
+                "microvm,x-option-roms=off",
+                "-accel",
+                "kvm",
+                "-cpu",
+                "host",
+                "-m",
+                &mem,
+                "-smp",
+                &vcpus,
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+                "-device",
+                "isa-debug-exit,iobase=0xf4,iosize=0x01",
+                "-kernel",
+                kernel,
+                "-initrd",
+                initrd,
+                "-append",
+                &cmdline,
+            ],
+        };
+        let mut argv: Vec<String> = words.into_iter().map(str::to_owned).collect();
         argv.extend(self.vmm_args.iter().cloned());
         argv
     }
@@ -199,6 +310,15 @@ impl Scenario {
         }
         if self.vcpus == 0 {
             return bad("vcpus must be at least 1".into());
+        }
+        if self.vmm != VmmKind::Ours && !self.vmm_args.is_empty() {
+            return bad(format!(
+                "VMM arguments are for our VMM; {} takes none",
+                self.vmm.word()
+            ));
+        }
+        if self.vmm == VmmKind::Floor && self.vcpus != 1 {
+            return bad("the floor VMM runs one vCPU only".into());
         }
         if !word_ok(&self.mem) {
             return bad(format!("mem '{}' must be one word like 128M", self.mem));
@@ -251,6 +371,7 @@ pub fn encode_params(scenarios: &[Scenario]) -> Result<String, InvalidScenario> 
         let mut fields = vec![
             "scenario".to_owned(),
             format!("id={}", s.id),
+            format!("vmm={}", s.vmm.word()),
             format!("guest={}", s.guest),
             format!("vcpus={}", s.vcpus),
             format!("mem={}", s.mem),
@@ -308,6 +429,10 @@ pub fn decode_params(text: &str) -> Result<Vec<Scenario>, String> {
             };
             match key {
                 "id" => s.id = value.to_owned(),
+                "vmm" => {
+                    s.vmm = VmmKind::from_word(value)
+                        .ok_or_else(|| format!("parameter line {}: unknown VMM '{value}'", n + 2))?
+                }
                 "guest" => s.guest = value.to_owned(),
                 "arg" => s.arg = Some(value.to_owned()),
                 "vcpus" => s.vcpus = number(value)?,
@@ -354,6 +479,39 @@ mod tests {
         assert_eq!(back[1].extra_cmdline, batch[1].extra_cmdline);
         assert_eq!(back[1].fresh_dirs, ["/share/g"]);
         assert_eq!(back[1].made_dirs, ["/share/kept"]);
+        assert_eq!(back[0].vmm, VmmKind::Ours);
+    }
+
+    #[test]
+    fn the_peers_boot_the_same_guest_with_the_same_command_line() {
+        let ours = Scenario::new("x", "exit").arg("3");
+        let line = ours.guest_cmdline();
+        for kind in VmmKind::ALL {
+            let s = ours.clone().vmm(kind);
+            let back = decode_params(&encode_params(std::slice::from_ref(&s)).unwrap()).unwrap();
+            assert_eq!(back[0].vmm, kind);
+            let argv = s.vmm_argv("/k", "/i");
+            assert!(argv.contains(&line), "{kind:?}: {argv:?}");
+            assert!(argv.iter().any(|a| a == "/k") && argv.iter().any(|a| a == "/i"));
+            assert!(argv.iter().any(|a| a == "128M"));
+        }
+        assert_eq!(VmmKind::QemuMicrovm.exit_status(3), 7);
+        assert_eq!(VmmKind::Floor.exit_status(3), 3);
+    }
+
+    #[test]
+    fn the_peers_refuse_what_only_ours_can_do() {
+        let with_arg = Scenario::new("a", "exit")
+            .vmm(VmmKind::QemuMicrovm)
+            .vmm_arg("--share");
+        let two_cpus = Scenario::new("b", "exit").vmm(VmmKind::Floor).vcpus(2);
+
+        assert!(with_arg
+            .validate()
+            .unwrap_err()
+            .reason
+            .contains("takes none"));
+        assert!(two_cpus.validate().unwrap_err().reason.contains("one vCPU"));
     }
 
     #[test]
