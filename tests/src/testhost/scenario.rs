@@ -212,6 +212,7 @@ impl Scenario {
             "console=ttyS0".to_owned(),
             "reboot=k".to_owned(),
             "panic=-1".to_owned(),
+            "quiet".to_owned(),
             "i8042.noaux".to_owned(),
             format!("fsr.scenario={}", self.guest),
         ];
@@ -537,7 +538,7 @@ mod tests {
 
         assert_eq!(
             s.guest_cmdline(),
-            "console=ttyS0 reboot=k panic=-1 i8042.noaux fsr.scenario=cpus fsr.arg=2"
+            "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux fsr.scenario=cpus fsr.arg=2"
         );
         assert_eq!(
             s.vmm_argv("/k", "/i")[..8],
