@@ -7,8 +7,9 @@
 //! elsewhere they run inside the emulated VT-x test host (bochs, deterministic clock: the
 //! boot benchmark's image variant, which carries the peers), and the figures are that host's
 //! guest-clock time: comparable run to run and VMM to VMM, not hardware figures
-//! (docs/architecture.md#measuring-performance). The batch runs twice, and the report shows
-//! whether the two runs agree. Bochs makes this part take minutes.
+//! (docs/architecture.md#measuring-performance). The batch runs several times (3 by
+//! default); the report gives each time's median and its spread over the runs. Bochs makes
+//! this part take minutes.
 
 use std::path::PathBuf;
 
@@ -105,16 +106,29 @@ pub struct ContenderResult {
 }
 
 impl ContenderResult {
-    /// The first run's figures (the report's), if that run gave any.
-    pub fn first(&self) -> Option<&BootFigure> {
-        self.runs.first().and_then(|r| r.as_ref().ok())
+    /// The report's figures: the median over the runs of each time (the upper median with an
+    /// even count), if every run gave figures.
+    pub fn median(&self) -> Option<BootFigure> {
+        let figures: Vec<&BootFigure> = self.runs.iter().filter_map(|r| r.as_ref().ok()).collect();
+        if figures.len() != self.runs.len() || figures.is_empty() {
+            return None;
+        }
+        let median = |f: fn(&BootFigure) -> f64| {
+            let mut values: Vec<f64> = figures.iter().map(|b| f(b)).collect();
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        Some(BootFigure {
+            init_s: median(|b| b.init_s),
+            exit_s: median(|b| b.exit_s),
+        })
     }
 
-    /// Why the first run gave no figures.
+    /// Why a run gave no figures, if one did not.
     pub fn problem(&self) -> Option<&str> {
         self.runs
-            .first()
-            .and_then(|r| r.as_ref().err())
+            .iter()
+            .find_map(|r| r.as_ref().err())
             .map(String::as_str)
     }
 
@@ -164,12 +178,12 @@ pub struct BootSummary {
 }
 
 impl BootSummary {
-    /// The first run's figures of one contender.
-    pub fn figure(&self, c: Contender) -> Option<&BootFigure> {
+    /// One contender's median figures.
+    pub fn figure(&self, c: Contender) -> Option<BootFigure> {
         self.results
             .iter()
             .find(|r| r.contender == c)
-            .and_then(ContenderResult::first)
+            .and_then(ContenderResult::median)
     }
 }
 
@@ -294,6 +308,13 @@ mod tests {
 
         assert_eq!(agreeing.spread_s(), Some(0.25));
         assert_eq!(missing.spread_s(), None);
-        assert_eq!(missing.first().map(|f| f.init_s), Some(2.5));
+        assert_eq!(missing.median(), None);
+        assert_eq!(missing.problem(), Some("no kvm"));
+        let three = ContenderResult {
+            contender: Contender::Ours,
+            runs: vec![fig(1.7, 1.9), fig(1.6, 2.0), fig(1.8, 1.8)],
+        };
+        let median = three.median().unwrap();
+        assert_eq!((median.init_s, median.exit_s), (1.7, 1.9));
     }
 }

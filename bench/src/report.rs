@@ -921,7 +921,8 @@ impl Report {
             "The same kernel (`build/guest/vmlinux`), initramfs and command line, 128 MiB, guest \
              scenario `exit 0`, under each VMM, from starting its process to the guest's first \
              `/init` line and to the VMM's exit; clock: {}. {} run(s) (the batch booted once \
-             each); the table shows the first and the largest difference between them. The runs took \
+             each); the table shows each time's median over the runs and the largest \
+             difference between runs. The runs took \
              {:.0} s of wall time; each VMM's console output is in {}.{}\n\n\
              | VMM | to guest /init | to VMM exit | run-to-run difference |\n|---|---|---|---|\n",
             b.clock,
@@ -942,7 +943,7 @@ impl Report {
                 Some(d) => format!("{:.1} ms", d * 1e3),
                 None => "a run gave no figure".into(),
             };
-            match (r.first(), r.problem()) {
+            match (r.median(), r.problem()) {
                 (Some(f), _) => {
                     let _ = writeln!(
                         s,
@@ -1147,7 +1148,7 @@ cores without `--boot`) and rewrites this file and `docs/benchmarks.svg`. What i
    under our VMM (without a share, with the default share, with 2 vCPUs), under the floor
    (`bench/floor-vmm`: one vCPU, serial port and exit port, nothing else; the least a KVM VMM
    must do) and under QEMU's `microvm` machine with KVM; VMM start to guest `/init` and to the
-   VMM's exit, twice. Where there is no hardware virtualization they run in the emulated VT-x
+   VMM's exit, three times (medians). Where there is no hardware virtualization they run in the emulated VT-x
    test host's benchmark image (`guest-images/build-testhost.sh --bench`, which adds the
    peers), on its guest clock: comparable VMM to VMM, not a hardware figure.
 6. **Vhost-user back-ends** (as root): virtiofsd against our `hypervisor vhost-user-fs`

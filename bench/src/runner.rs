@@ -101,8 +101,8 @@ pub struct Options {
     #[arg(long, conflicts_with = "vhost_user_only")]
     pub boot_only: bool,
     /// Boot-time runs (each boots the test host once where there is no hardware
-    /// virtualization; the report shows how far the runs differ).
-    #[arg(long, default_value_t = 2)]
+    /// virtualization; the report gives medians and how far the runs differ).
+    #[arg(long, default_value_t = 3)]
     pub boot_runs: usize,
     /// Extra guest kernel parameters for every VMM in the boot comparison, for diagnosis
     /// (e.g. "printk.time=1 initcall_debug"; the report names them).

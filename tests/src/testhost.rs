@@ -886,7 +886,9 @@ fn judge(s: &Scenario, p: &Progress, problem: Option<&str>) -> Verdict {
     }
 }
 
-/// Runs the batch with the local `hypervisor` binary (hardware-virtualization hosts).
+/// Runs the batch with the local `hypervisor` binary (hardware-virtualization hosts); the boot
+/// benchmark's peers are the static `floor-vmm` (or `FLOOR_BIN`) and `qemu-system-x86_64` from
+/// `PATH`.
 pub fn run_direct(scenarios: &[Scenario], opts: &RunOptions) -> Result<RunReport> {
     for s in scenarios {
         s.validate()?;
@@ -911,7 +913,9 @@ pub fn run_direct(scenarios: &[Scenario], opts: &RunOptions) -> Result<RunReport
     };
     let program = |kind: VmmKind| match kind {
         VmmKind::Ours => hypervisor.clone(),
-        VmmKind::Floor => static_binary_dir(&opts.paths).join("floor-vmm"),
+        VmmKind::Floor => std::env::var_os("FLOOR_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| static_binary_dir(&opts.paths).join("floor-vmm")),
         VmmKind::QemuMicrovm => PathBuf::from("qemu-system-x86_64"),
     };
     let start = Instant::now();
