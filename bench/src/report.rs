@@ -426,7 +426,7 @@ fn boot_verdicts(b: &BootSummary) -> Vec<String> {
         .reduce(|a, c| if c.0 > a.0 { c } else { a })
     {
         lines.push(format!(
-            "run to run: the two runs agree within {:.1} ms (largest difference: {who}){}",
+            "run to run: the runs agree within {:.1} ms (largest difference: {who}){}",
             worst * 1e3,
             if b.deterministic {
                 "; the test host's clock counts emulated instructions, and what varies is \
