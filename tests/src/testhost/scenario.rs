@@ -229,32 +229,22 @@ impl Scenario {
         let mem = self.mem.clone();
         let cmdline = self.guest_cmdline();
         let vcpus = self.vcpus.to_string();
+        // The floor takes the flags of `hypervisor run`.
+        let run_flags = [
+            "--kernel",
+            kernel,
+            "--initrd",
+            initrd,
+            "--mem",
+            &mem,
+            "--vcpus",
+            &vcpus,
+            "--cmdline",
+            &cmdline,
+        ];
         let words: Vec<&str> = match self.vmm {
-            VmmKind::Ours => vec![
-                "run",
-                "--kernel",
-                kernel,
-                "--initrd",
-                initrd,
-                "--mem",
-                &mem,
-                "--vcpus",
-                &vcpus,
-                "--cmdline",
-                &cmdline,
-            ],
-            VmmKind::Floor => vec![
-                "--kernel",
-                kernel,
-                "--initrd",
-                initrd,
-                "--mem",
-                &mem,
-                "--vcpus",
-                &vcpus,
-                "--cmdline",
-                &cmdline,
-            ],
+            VmmKind::Ours => std::iter::once("run").chain(run_flags).collect(),
+            VmmKind::Floor => run_flags.to_vec(),
             // No default devices, no option ROMs: QEMU's leanest configuration of microvm.
             VmmKind::QemuMicrovm => vec![
                 "-M",
@@ -496,6 +486,8 @@ mod tests {
             assert!(argv.iter().any(|a| a == "/k") && argv.iter().any(|a| a == "/i"));
             assert!(argv.iter().any(|a| a == "128M"));
         }
+        let floor = ours.clone().vmm(VmmKind::Floor).vmm_argv("/k", "/i");
+        assert_eq!(floor, ours.vmm_argv("/k", "/i")[1..]);
         assert_eq!(VmmKind::QemuMicrovm.exit_status(3), 7);
         assert_eq!(VmmKind::Floor.exit_status(3), 3);
     }
