@@ -81,6 +81,18 @@ fn at<E: std::fmt::Display>(step: &'static str) -> impl Fn(E) -> Failure {
     move |e| Failure(format!("{step}: {e}"))
 }
 
+/// How to call the floor.
+const USAGE: &str = "usage: floor-vmm --kernel VMLINUX [--initrd FILE] [--cmdline TEXT] \
+                     [--mem SIZE] [--vcpus 1]   (SIZE: 128M, 1G; the floor runs one vCPU)";
+
+/// What the command line asks for.
+enum Request {
+    /// Boot a guest.
+    Boot(Args),
+    /// Print the usage.
+    Help,
+}
+
 /// The command line of the floor.
 struct Args {
     kernel: String,
@@ -89,12 +101,11 @@ struct Args {
     mem_bytes: u64,
 }
 
-fn parse_args() -> std::result::Result<Args, String> {
+fn parse_args(mut args: impl Iterator<Item = String>) -> std::result::Result<Request, String> {
     let mut kernel = None;
     let mut initrd = None;
     let mut cmdline = "console=ttyS0 reboot=k panic=-1".to_owned();
     let mut mem_bytes = 128 << 20;
-    let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = || {
             args.next()
@@ -105,23 +116,23 @@ fn parse_args() -> std::result::Result<Args, String> {
             "--initrd" => initrd = Some(value()?),
             "--cmdline" => cmdline = value()?,
             "--mem" => mem_bytes = parse_mem(&value()?)?,
-            "--vcpus" if value()? == "1" => {}
-            "--vcpus" => return Err("the floor runs one vCPU only".into()),
-            "-h" | "--help" => {
-                return Err("usage: floor-vmm --kernel VMLINUX [--initrd FILE] \
-                            [--cmdline TEXT] [--mem SIZE] (SIZE: 128M, 1G)"
-                    .into())
+            "--vcpus" => {
+                let vcpus = value()?;
+                if vcpus != "1" {
+                    return Err(format!("--vcpus {vcpus}: the floor runs one vCPU only"));
+                }
             }
+            "-h" | "--help" => return Ok(Request::Help),
             other => return Err(format!("unknown argument '{other}' (try --help)")),
         }
     }
     let kernel = kernel.ok_or("--kernel VMLINUX is required (try --help)")?;
-    Ok(Args {
+    Ok(Request::Boot(Args {
         kernel,
         initrd,
         cmdline,
         mem_bytes,
-    })
+    }))
 }
 
 /// `128M`, `1G` or a bare number of MiB.
@@ -134,7 +145,7 @@ fn parse_mem(text: &str) -> std::result::Result<u64, String> {
     let bytes = digits
         .parse::<u64>()
         .ok()
-        .and_then(|n| n.checked_shl(shift))
+        .and_then(|n| n.checked_mul(1 << shift))
         .filter(|b| (16 << 20..=layout::MAX_MEM).contains(b))
         .ok_or_else(|| format!("--mem {text}: give a size from 16M to 3G, like 128M"))?;
     Ok(bytes)
@@ -161,8 +172,12 @@ struct ZeroPage(boot_params);
 unsafe impl ByteValued for ZeroPage {}
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(Request::Boot(args)) => args,
+        Ok(Request::Help) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
             eprintln!("floor-vmm: {e}");
             return ExitCode::from(2);
@@ -446,6 +461,27 @@ mod tests {
         assert!(parse_mem("4G").unwrap_err().contains("--mem 4G"));
         assert!(parse_mem("1M").is_err());
         assert!(parse_mem("lots").is_err());
+        assert!(parse_mem("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn arguments_name_what_is_wrong() {
+        let parse = |words: &[&str]| parse_args(words.iter().map(|w| w.to_string()));
+
+        assert!(matches!(parse(&["--help"]), Ok(Request::Help)));
+        assert!(matches!(
+            parse(&["--kernel", "k", "--vcpus", "1", "--mem", "64M"]),
+            Ok(Request::Boot(Args { mem_bytes, .. })) if mem_bytes == 64 << 20
+        ));
+        assert!(parse(&["--kernel", "k", "--vcpus", "2"])
+            .err()
+            .is_some_and(|e| e.contains("--vcpus 2")));
+        assert!(parse(&["--initrd", "i"])
+            .err()
+            .is_some_and(|e| e.contains("--kernel")));
+        assert!(parse(&["--mem"])
+            .err()
+            .is_some_and(|e| e.contains("needs a value")));
     }
 
     #[test]
