@@ -313,45 +313,88 @@ its guest ran slower string operations and timer set-up. It sets them now, as ou
 /// Most guest-clock time our VMM (without a share) may add to the floor's boot.
 const BOOT_FLOOR_BUDGET_S: f64 = 0.060;
 
-/// The boot budget as checks (figures in ms of the boot clock): ours − floor at most
-/// [`BOOT_FLOOR_BUDGET_S`], ours − QEMU microvm below zero, to `/init` and to exit.
-fn boot_checks(b: &BootSummary) -> Vec<Check> {
+/// One budgeted boot comparison: ours against a peer, to `/init` or to exit.
+struct BootComparison {
+    /// The peer's name in the report.
+    peer: &'static str,
+    /// `/init` or `exit`.
+    what: &'static str,
+    /// Our time and the peer's, seconds.
+    ours_s: f64,
+    theirs_s: f64,
+    /// Most our time may exceed the peer's (the floor), or `None`: ours must be ahead (QEMU).
+    most_s: Option<f64>,
+    /// Likely cause of a miss.
+    cause: &'static str,
+}
+
+impl BootComparison {
+    fn diff_s(&self) -> f64 {
+        self.ours_s - self.theirs_s
+    }
+
+    fn pass(&self) -> bool {
+        match self.most_s {
+            Some(most) => self.diff_s() <= most,
+            None => self.diff_s() < 0.0,
+        }
+    }
+}
+
+/// The boot budget's comparisons, one per peer with figures and per end point; the peers
+/// without figures are named second.
+fn boot_comparisons(b: &BootSummary) -> (Vec<BootComparison>, Vec<&'static str>) {
+    let (mut done, mut missing) = (Vec::new(), Vec::new());
     let Some(ours) = b.figure(Contender::Ours) else {
-        return Vec::new();
+        return (done, missing);
     };
-    let mut checks = Vec::new();
     let peers = [
         (
             Contender::Floor,
             "floor",
-            BOOT_FLOOR_BUDGET_S,
+            Some(BOOT_FLOOR_BUDGET_S),
             CAUSE_BOOT_FLOOR,
         ),
-        (Contender::Qemu, "QEMU microvm", 0.0, CAUSE_BOOT_QEMU),
+        (Contender::Qemu, "QEMU microvm", None, CAUSE_BOOT_QEMU),
     ];
-    for (peer, name, most_s, cause) in peers {
-        let Some(theirs) = b.figure(peer) else {
+    for (contender, peer, most_s, cause) in peers {
+        let Some(theirs) = b.figure(contender) else {
+            missing.push(peer);
             continue;
         };
-        for (what, d) in [
-            ("/init", ours.init_s - theirs.init_s),
-            ("exit", ours.exit_s - theirs.exit_s),
+        for (what, ours_s, theirs_s) in [
+            ("/init", ours.init_s, theirs.init_s),
+            ("exit", ours.exit_s, theirs.exit_s),
         ] {
-            let pass = if most_s > 0.0 { d <= most_s } else { d < 0.0 };
-            checks.push(Check {
-                figure: format!("boot, VMM start to {what}: ours − {name}, ms"),
-                ratio: d * 1e3,
-                budget: if most_s > 0.0 {
-                    format!("≤ {:.3}", most_s * 1e3)
-                } else {
-                    "< 0.000".into()
-                },
-                pass,
-                cause: Some(cause),
+            done.push(BootComparison {
+                peer,
+                what,
+                ours_s,
+                theirs_s,
+                most_s,
+                cause,
             });
         }
     }
-    checks
+    (done, missing)
+}
+
+/// The boot budget as checks (figures in ms of the boot clock).
+fn boot_checks(b: &BootSummary) -> Vec<Check> {
+    boot_comparisons(b)
+        .0
+        .into_iter()
+        .map(|c| Check {
+            figure: format!("boot, VMM start to {}: ours − {}, ms", c.what, c.peer),
+            ratio: c.diff_s() * 1e3,
+            budget: match c.most_s {
+                Some(most) => format!("≤ {:.3}", most * 1e3),
+                None => "< 0.000".into(),
+            },
+            pass: c.pass(),
+            cause: Some(c.cause),
+        })
+        .collect()
 }
 
 const CAUSE_BOOT_FLOOR: &str = "what our VMM does beyond the floor before and during the boot \
@@ -369,42 +412,26 @@ fn boot_verdicts(b: &BootSummary) -> Vec<String> {
         lines.push("ours gave no figure: nothing to compare".into());
         return lines;
     };
-    let verdict = |pass: bool| if pass { "PASS" } else { "**MISS**" };
-    match b.figure(Contender::Floor) {
-        Some(floor) => {
-            for (what, o, f) in [
-                ("/init", ours.init_s, floor.init_s),
-                ("exit", ours.exit_s, floor.exit_s),
-            ] {
-                let d = o - f;
-                lines.push(format!(
-                    "ours − floor to {what}: {:+.1} ms (ours / floor {:.3}); budget ≤ {:.0} ms: {}",
-                    d * 1e3,
-                    o / f,
-                    BOOT_FLOOR_BUDGET_S * 1e3,
-                    verdict(d <= BOOT_FLOOR_BUDGET_S)
-                ));
-            }
-        }
-        None => {
-            lines.push("the floor gave no figure (see the table): ours − floor not measured".into())
-        }
+    let (comparisons, missing) = boot_comparisons(b);
+    for c in &comparisons {
+        let budget = match c.most_s {
+            Some(most) => format!("budget ≤ {:.0} ms", most * 1e3),
+            None => "budget: ahead (negative)".into(),
+        };
+        lines.push(format!(
+            "ours − {} to {}: {:+.1} ms (ours / {} {:.3}); {budget}: {}",
+            c.peer,
+            c.what,
+            c.diff_s() * 1e3,
+            c.peer,
+            c.ours_s / c.theirs_s,
+            if c.pass() { "PASS" } else { "**MISS**" }
+        ));
     }
-    match b.figure(Contender::Qemu) {
-        Some(qemu) => {
-            for (what, o, q) in [
-                ("/init", ours.init_s, qemu.init_s),
-                ("exit", ours.exit_s, qemu.exit_s),
-            ] {
-                lines.push(format!(
-                    "ours − QEMU microvm to {what}: {:+.1} ms; budget: ahead (negative): {}",
-                    (o - q) * 1e3,
-                    verdict(o < q)
-                ));
-            }
-        }
-        None => lines
-            .push("QEMU microvm gave no figure (see the table): ours − QEMU not measured".into()),
+    for peer in missing {
+        lines.push(format!(
+            "{peer} gave no figure (see the table): ours − {peer} not measured"
+        ));
     }
     if let Some(share) = b.figure(Contender::OursShare) {
         lines.push(format!(
@@ -1224,7 +1251,7 @@ mod tests {
 
         assert!(boot_checks(&alone).is_empty());
         let lines = boot_verdicts(&alone).join("\n");
-        assert!(lines.contains("the floor gave no figure"), "{lines}");
+        assert!(lines.contains("floor gave no figure"), "{lines}");
         assert!(lines.contains("QEMU microvm gave no figure"), "{lines}");
     }
 
