@@ -26,6 +26,7 @@ pub mod bus;
 pub mod exit;
 pub mod legacy;
 pub mod ratelimit;
+pub mod seccomp;
 pub mod virtio;
 
 pub use exit::{ExitReason, VmExitRequest};

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use fsredirect::ShareSpec;
 
 use crate::config::{self, ConfigError, VmConfig, DEFAULT_CMDLINE};
+use crate::SeccompMode;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -89,6 +90,16 @@ pub struct RunArgs {
     /// Do not add the default share (vm-data/default, mounted at /mnt/data) to the default guest
     #[arg(long)]
     pub no_default_share: bool,
+    /// What the seccomp filters of the vCPU, event-loop and virtio-fs threads do with a system
+    /// call they do not allow: kill (end the VMM), trap (name the call, then exit 159), log
+    /// (let it through; the kernel logs it, see dmesg), none (no filters)
+    #[arg(long, value_name = "MODE", default_value = "kill", value_parser = parse_seccomp)]
+    pub seccomp: SeccompMode,
+}
+
+/// Parses a `--seccomp` value, for clap.
+pub fn parse_seccomp(mode: &str) -> Result<SeccompMode, String> {
+    mode.parse()
 }
 
 /// Parses a `--share` value with the one share parser, for clap.
@@ -119,6 +130,7 @@ impl RunArgs {
         }
         let mut builder = VmConfig::builder(kernel)
             .allow_software_kvm(self.allow_software_kvm)
+            .seccomp(self.seccomp)
             .cmdline(cmdline)
             .mem_size(self.mem)
             .vcpus(self.vcpus);

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use devices::seccomp::SeccompMode;
 use fsredirect::ShareSpec;
 
 use crate::boot::mptable::MAX_CPUS;
@@ -132,6 +133,10 @@ pub struct VmConfig {
     /// Run even on a software-virtualized /dev/kvm (only PVM-aware guest
     /// kernels run well there); otherwise the VMM explains and refuses.
     pub allow_software_kvm: bool,
+    /// What the seccomp filters of the threads the VMM starts (vCPUs, event loop, virtio-fs
+    /// workers) do with a call they do not allow (default: end the process). The calling
+    /// program's own threads are never filtered.
+    pub seccomp: SeccompMode,
 }
 
 impl VmConfig {
@@ -169,9 +174,17 @@ pub struct VmConfigBuilder {
     console_input: Option<bool>,
     shares: Vec<ShareSpec>,
     allow_software_kvm: bool,
+    seccomp: SeccompMode,
 }
 
 impl VmConfigBuilder {
+    /// Sets what the VMM's seccomp filters do with a forbidden call (default:
+    /// [`SeccompMode::Kill`]; [`SeccompMode::None`] installs none).
+    pub fn seccomp(mut self, mode: SeccompMode) -> Self {
+        self.seccomp = mode;
+        self
+    }
+
     /// Runs even on a software-virtualized /dev/kvm (default: refuse and explain).
     pub fn allow_software_kvm(mut self, allow: bool) -> Self {
         self.allow_software_kvm = allow;
@@ -250,6 +263,7 @@ impl VmConfigBuilder {
             console_input: self.console_input.unwrap_or(true),
             shares: self.shares,
             allow_software_kvm: self.allow_software_kvm,
+            seccomp: self.seccomp,
         })
     }
 }

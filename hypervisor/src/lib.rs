@@ -35,5 +35,6 @@ pub mod virtio_devices;
 pub mod vm;
 
 pub use config::{ConfigError, VmConfig, VmConfigBuilder};
+pub use devices::seccomp::SeccompMode;
 pub use devices::ExitReason;
 pub use vm::{ExitStatus, Vm, VmError};

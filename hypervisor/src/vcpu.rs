@@ -3,10 +3,12 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Instant;
 
 use devices::bus::Bus;
+use devices::seccomp::{self, SeccompError, SeccompMode, ThreadRole};
 use devices::{ExitReason, VmExitRequest};
 use kvm_bindings::{
     kvm_run, CpuId, KVM_INTERNAL_ERROR_EMULATION,
@@ -56,6 +58,8 @@ pub struct VcpuContext {
     pub failure_hint: Arc<str>,
     /// When the VM started, for the first-entry log line.
     pub started: Instant,
+    /// What the vCPU thread's seccomp filter does with a call it does not allow.
+    pub seccomp: SeccompMode,
 }
 
 /// A vCPU ready to run on its own thread.
@@ -135,8 +139,16 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Runs the vCPU until the VM stops. Meant as a thread body.
-    pub fn run(mut self) {
+    /// Runs the vCPU until the VM stops. Meant as a thread body: it first installs the
+    /// vCPU seccomp filter and says on `confined` whether it could; without the filter it
+    /// returns at once.
+    pub fn run(mut self, confined: Sender<std::result::Result<(), SeccompError>>) {
+        let result = seccomp::confine_current_thread(ThreadRole::Vcpu, self.ctx.seccomp);
+        let ok = result.is_ok();
+        let _ = confined.send(result);
+        if !ok {
+            return;
+        }
         KVM_RUN.with(|run| run.set(self.fd.get_kvm_run()));
         if self.id == 0 {
             // The start-up figure of the benchmarks (BENCHMARKS.md): they read the monotonic

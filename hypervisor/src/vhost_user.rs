@@ -10,6 +10,7 @@
 //!     share: fsredirect::ShareSpec::parse("tag=data,dir=/srv/guest-tree,store=/srv/store")?,
 //!     request_queues: 1,
 //!     keep_listening: false,
+//!     seccomp: hypervisor::SeccompMode::Kill,
 //! };
 //! // Until the front-end disconnects, or SIGINT/SIGTERM/SIGHUP.
 //! vhost_user::run(&args)?;
@@ -23,6 +24,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
 use clap::Args;
+use devices::seccomp::{SeccompError, SeccompMode, ThreadRole};
 use devices::virtio::fs::vhost_user::{
     DaemonConfig, DaemonEvent, ServeEnd, VhostUserFsDaemon, VhostUserFsError,
 };
@@ -69,6 +71,11 @@ pub struct VhostUserFsArgs {
     /// After the front-end disconnects, wait for the next one instead of exiting
     #[arg(long = "loop")]
     pub keep_listening: bool,
+    /// What the seccomp filters of the server and queue-worker threads do with a system call
+    /// they do not allow: kill (end the process), trap (name the call, then exit 159), log
+    /// (let it through; the kernel logs it, see dmesg), none (no filters)
+    #[arg(long, value_name = "MODE", default_value = "kill", value_parser = crate::cli::parse_seccomp)]
+    pub seccomp: SeccompMode,
 }
 
 /// Errors of `hypervisor vhost-user-fs`.
@@ -89,6 +96,18 @@ pub enum VhostUserCmdError {
     /// The stop-signal handlers cannot be installed.
     #[error("cannot install the SIGINT/SIGTERM/SIGHUP handlers")]
     Signals(#[source] io::Error),
+    /// The server thread's seccomp filter cannot be installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    /// The server thread cannot start, or it panicked.
+    #[error("cannot {what}")]
+    Thread {
+        /// What we tried.
+        what: &'static str,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// The eventfd the stop-signal handler writes to (-1 when none).
@@ -175,8 +194,9 @@ pub fn serve(args: &VhostUserFsArgs, stop: &EventFd) -> Result<u8, VhostUserCmdE
         socket: args.socket.clone(),
         tag: share.tag.clone(),
         request_queues: args.request_queues,
+        seccomp: args.seccomp,
     };
-    let mut daemon = VhostUserFsDaemon::bind(config, Arc::new(fs))?;
+    let daemon = VhostUserFsDaemon::bind(config, Arc::new(fs))?;
     say(&format!(
         "listening on {} (tag {}, guest tree {}, {mode}, {} request queue{})",
         daemon.socket().display(),
@@ -185,22 +205,49 @@ pub fn serve(args: &VhostUserFsArgs, stop: &EventFd) -> Result<u8, VhostUserCmdE
         args.request_queues,
         if args.request_queues == 1 { "" } else { "s" }
     ));
-    let end = daemon.run(stop, args.keep_listening, |event| match event {
-        DaemonEvent::Stopped => {}
-        DaemonEvent::Disconnected(_) if args.keep_listening => {
-            say(&format!("{event}; waiting for the next one"));
-        }
-        _ => say(&event.to_string()),
-    })?;
+    let end = serve_on_own_thread(daemon, stop, args.keep_listening, args.seccomp)?;
     if end == ServeEnd::Stopped {
         say(&format!(
             "received {}; stopping",
             signal_name(STOP_SIGNAL.load(Ordering::SeqCst))
         ));
     }
-    drop(daemon);
     say("socket removed; bye");
     Ok(0)
+}
+
+/// Serves front-ends on a thread of its own, under the vhost-user server's seccomp filter
+/// (the calling thread, the embedding program's, stays unfiltered), until the daemon's
+/// session ends; the daemon is dropped there (its socket removed) before this returns.
+fn serve_on_own_thread(
+    mut daemon: VhostUserFsDaemon<RedirectFs>,
+    stop: &EventFd,
+    keep_listening: bool,
+    seccomp: SeccompMode,
+) -> Result<ServeEnd, VhostUserCmdError> {
+    let thread_error = |what| move |source| VhostUserCmdError::Thread { what, source };
+    let stop = stop
+        .try_clone()
+        .map_err(thread_error("clone the stop eventfd"))?;
+    let server = std::thread::Builder::new()
+        .name("vhost-user-fs".into())
+        .spawn(move || -> Result<ServeEnd, VhostUserCmdError> {
+            devices::seccomp::confine_current_thread(ThreadRole::VhostUserServer, seccomp)?;
+            let end = daemon.run(&stop, keep_listening, |event| match event {
+                DaemonEvent::Stopped => {}
+                DaemonEvent::Disconnected(_) if keep_listening => {
+                    say(&format!("{event}; waiting for the next one"));
+                }
+                _ => say(&event.to_string()),
+            })?;
+            drop(daemon);
+            Ok(end)
+        })
+        .map_err(thread_error("start the server thread"))?;
+    server.join().map_err(|_| VhostUserCmdError::Thread {
+        what: "serve",
+        source: io::Error::other("the server thread panicked"),
+    })?
 }
 
 #[cfg(test)]
@@ -234,6 +281,18 @@ mod tests {
         assert_eq!(args.share.tag, "fs0");
         assert_eq!(args.request_queues, 1);
         assert!(!args.keep_listening);
+        assert_eq!(args.seccomp, SeccompMode::Kill);
+    }
+
+    #[test]
+    fn seccomp_takes_each_mode_and_names_a_wrong_one() {
+        let base = ["--socket", "/s", "--share", "tag=fs0,dir=/srv/data"];
+        for mode in SeccompMode::ALL {
+            let args = parse(&[&base[..], &["--seccomp", mode.word()]].concat()).unwrap();
+            assert_eq!(args.seccomp, mode);
+        }
+        let err = parse(&[&base[..], &["--seccomp", "strict"]].concat()).unwrap_err();
+        assert!(err.to_string().contains("kill, log, trap or none"), "{err}");
     }
 
     #[test]
@@ -273,6 +332,7 @@ mod tests {
                 .unwrap(),
             request_queues: 1,
             keep_listening: false,
+            seccomp: SeccompMode::Kill,
         };
 
         let stop = EventFd::new(EFD_NONBLOCK).unwrap();

@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use devices::bus::Bus;
+use devices::seccomp::SeccompMode;
 use devices::virtio::fs::VirtioFs;
 use devices::virtio::{GuestMemory, MmioInterrupt, MmioTransport, VirtioDevice};
 use fsredirect::{FsConfig, RedirectFs, ShareSpec};
@@ -29,6 +30,7 @@ pub fn mount_point(tag: &str) -> String {
 pub struct VirtioPlacer<'a> {
     vm_fd: &'a VmFd,
     mem: GuestMemory,
+    seccomp: SeccompMode,
     next: usize,
     /// Kernel parameters announcing the devices placed so far.
     pub cmdline: Vec<String>,
@@ -36,10 +38,11 @@ pub struct VirtioPlacer<'a> {
 
 impl<'a> VirtioPlacer<'a> {
     /// Starts placing devices in the VM behind `vm_fd`.
-    pub fn new(vm_fd: &'a VmFd, mem: GuestMemory) -> Self {
+    pub fn new(vm_fd: &'a VmFd, mem: GuestMemory, seccomp: SeccompMode) -> Self {
         Self {
             vm_fd,
             mem,
+            seccomp,
             next: 0,
             cmdline: Vec::new(),
         }
@@ -81,7 +84,8 @@ impl<'a> VirtioPlacer<'a> {
             tag: share.tag.clone(),
             source,
         })?;
-        let device = VirtioFs::new(&share.tag, 1, Arc::new(fs)).map_err(VmError::FsDevice)?;
+        let device = VirtioFs::with_seccomp(&share.tag, 1, Arc::new(fs), self.seccomp)
+            .map_err(VmError::FsDevice)?;
         self.place(bus, device)?;
         let mode = match &share.store {
             Some(store) => format!(

@@ -4,12 +4,13 @@
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use devices::bus::{Bus, BusError};
 use devices::legacy::{self, Cmos, EventFdTrigger, ExitPort, SerialPort, I8042};
+use devices::seccomp::{self, SeccompError, SeccompMode, ThreadRole};
 use devices::{ExitReason, VmExitRequest};
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
@@ -142,6 +143,9 @@ pub enum VmError {
     /// A virtio-fs device could not be described.
     #[error(transparent)]
     FsDevice(#[from] devices::virtio::fs::FsDeviceError),
+    /// A thread's seccomp filter could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     /// A host resource (eventfd, thread, signal handler, epoll) failed.
     #[error("cannot {what}")]
     Host {
@@ -279,6 +283,7 @@ impl Vm {
             mem: mem.clone(),
             failure_hint,
             started,
+            seccomp: self.config.seccomp,
         };
         let vcpus = create_vcpus(&kvm, &vm_fd, &self.config, &boot_info, &ctx)?;
 
@@ -322,11 +327,19 @@ impl Vm {
             info!("console attached; type Ctrl-A then x to stop the VM");
         }
 
-        let threads = spawn_vcpus(vcpus, &stop)?;
-        while self.exit.reason().is_none() {
-            if let Err(err) = events.run() {
-                warn!("event loop error: {err:?}");
+        let event_loop = spawn_event_loop(events, self.exit.clone(), self.config.seccomp)?;
+        let threads = match spawn_vcpus(vcpus, &stop) {
+            Ok(threads) => threads,
+            Err(err) => {
+                self.exit.request(ExitReason::VcpuFailure);
+                let _ = event_loop.join();
+                return Err(err);
             }
+        };
+        // This thread only waits: it belongs to the caller, which the filters leave alone.
+        if event_loop.join().is_err() {
+            warn!("the event loop thread panicked");
+            self.exit.request(ExitReason::VcpuFailure);
         }
         stop_vcpus(&stop, threads);
         drop(raw_terminal);
@@ -421,7 +434,7 @@ impl Machine {
             legacy::EXIT_PORT_LEN.into(),
         )?;
         let mut mmio_bus = Bus::new();
-        let mut placer = VirtioPlacer::new(vm_fd, mem.clone());
+        let mut placer = VirtioPlacer::new(vm_fd, mem.clone(), config.seccomp);
         for share in &config.shares {
             placer.place_share(&mut mmio_bus, share)?;
         }
@@ -664,23 +677,76 @@ fn create_vcpus(
     Ok(vcpus)
 }
 
-/// Starts one thread per vCPU. If one cannot start, those already running
+/// Starts the event loop on its own thread, under the event-loop seccomp filter, and
+/// returns once the filter is in place. The loop runs until an exit reason is recorded.
+fn spawn_event_loop(
+    mut events: EventManager<Box<dyn MutEventSubscriber + Send>>,
+    exit: VmExitRequest,
+    mode: SeccompMode,
+) -> Result<JoinHandle<()>> {
+    let (confined, result) = mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("event-loop".into())
+        .spawn(move || {
+            let filtered = seccomp::confine_current_thread(ThreadRole::EventLoop, mode);
+            let ok = filtered.is_ok();
+            let _ = confined.send(filtered);
+            if !ok {
+                return;
+            }
+            while exit.reason().is_none() {
+                if let Err(err) = events.run() {
+                    warn!("event loop error: {err:?}");
+                }
+            }
+        })
+        .map_err(host_err("start the event loop thread"))?;
+    match result.recv() {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(err)) => {
+            let _ = thread.join();
+            Err(err.into())
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(VmError::Host {
+                what: "start the event loop",
+                source: std::io::Error::other("its thread ended at once"),
+            })
+        }
+    }
+}
+
+/// Starts one thread per vCPU, each of which installs its seccomp filter before its first
+/// KVM_RUN; returns once all have. If one cannot start, those already running
 /// are stopped and joined before the error is returned.
 fn spawn_vcpus(vcpus: Vec<Vcpu>, stop: &AtomicBool) -> Result<Vec<JoinHandle<()>>> {
     let mut threads = Vec::with_capacity(vcpus.len());
     for (id, vcpu) in vcpus.into_iter().enumerate() {
+        let (confined, result) = mpsc::channel();
         let spawned = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || vcpu.run());
-        match spawned {
-            Ok(handle) => threads.push(handle),
-            Err(source) => {
-                stop_vcpus(stop, threads);
-                return Err(VmError::Host {
-                    what: "start a vCPU thread",
-                    source,
-                });
+            .spawn(move || vcpu.run(confined));
+        let failure = match spawned {
+            Ok(handle) => {
+                threads.push(handle);
+                match result.recv() {
+                    Ok(Ok(())) => None,
+                    Ok(Err(err)) => Some(VmError::from(err)),
+                    Err(_) => Some(VmError::Host {
+                        what: "start a vCPU",
+                        source: std::io::Error::other("its thread ended at once"),
+                    }),
+                }
             }
+            Err(source) => Some(VmError::Host {
+                what: "start a vCPU thread",
+                source,
+            }),
+        };
+        if let Some(err) = failure {
+            stop_vcpus(stop, threads);
+            return Err(err);
         }
     }
     Ok(threads)

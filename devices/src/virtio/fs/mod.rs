@@ -9,8 +9,8 @@ pub mod worker;
 mod tests;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use fuse_backend_rs::api::filesystem::FileSystem;
 use log::warn;
@@ -20,7 +20,8 @@ use super::{
     read_config_bytes, ActivateError, ActivationContext, VirtioDevice, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC,
 };
-use worker::Worker;
+use crate::seccomp::SeccompMode;
+use worker::{Command, QueueThread, Worker};
 
 /// Longest tag the configuration space holds (virtio 1.2 §5.11.4).
 pub const MAX_TAG_LEN: usize = 36;
@@ -30,9 +31,17 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const HIPRIO_QUEUE: usize = 0;
 const VIRTIO_ID_FS: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_FS;
 
-/// Errors in a virtio-fs device description.
+/// Errors in a virtio-fs device description, or in starting its workers.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FsDeviceError {
+    /// A queue worker thread could not start (or could not install its seccomp filter).
+    #[error("cannot start the queue workers of virtio-fs {tag}: {detail}")]
+    Workers {
+        /// The device's tag.
+        tag: String,
+        /// What failed.
+        detail: String,
+    },
     /// The tag is empty, too long or has a NUL byte.
     #[error("virtio-fs tag {0:?} is not usable: give 1 to 36 bytes without NUL")]
     BadTag(String),
@@ -58,36 +67,21 @@ pub fn config_space(
     Ok(config)
 }
 
-/// Whether the device is serving the driver.
-enum Lifecycle {
-    /// No worker threads: before the first activation, after a failed one, or after a reset.
-    Idle,
-    /// Worker threads serve the queues.
-    Running(Running),
-}
-
-impl Lifecycle {
-    /// Stops the workers, if any, and waits for them to end; the device is then idle.
-    fn stop(&mut self, tag: &str) {
-        if let Lifecycle::Running(running) = std::mem::replace(self, Lifecycle::Idle) {
-            running.stop(tag);
-        }
-    }
-}
-
-/// The worker threads of an activation and the eventfd that tells them to stop.
+/// The queue workers of one activation: how to stop them, and how to hear that they have.
 struct Running {
     stop: EventFd,
-    threads: Vec<JoinHandle<()>>,
+    done: Receiver<()>,
+    serving: usize,
 }
 
 impl Running {
-    /// Tells every worker to stop and waits for them all.
+    /// Tells every worker to stop and waits until each is parked again.
     fn stop(self, tag: &str) {
         let _ = self.stop.write(1);
-        for thread in self.threads {
-            if thread.join().is_err() {
-                warn!("virtio-fs {tag}: a worker thread panicked");
+        for _ in 0..self.serving {
+            if self.done.recv().is_err() {
+                warn!("virtio-fs {tag}: a worker thread ended while serving");
+                break;
             }
         }
     }
@@ -143,21 +137,46 @@ pub struct VirtioFs<F: FileSystem + Send + Sync + 'static> {
     fs: Arc<F>,
     server: Arc<handler::FuseSession<Arc<F>>>,
     needs_reset: NeedsReset,
-    lifecycle: Lifecycle,
+    /// One parked or serving thread per queue, in queue order.
+    threads: Vec<QueueThread<Arc<F>>>,
+    /// The workers of the current activation, if any.
+    running: Option<Running>,
 }
 
 impl<F: FileSystem + Send + Sync + 'static> VirtioFs<F> {
-    /// A device with tag `tag` and `request_queues` request queues.
+    /// A device with tag `tag` and `request_queues` request queues, whose workers run
+    /// without a seccomp filter.
     pub fn new(tag: &str, request_queues: u32, fs: Arc<F>) -> Result<Self, FsDeviceError> {
+        Self::with_seccomp(tag, request_queues, fs, SeccompMode::None)
+    }
+
+    /// A device whose queue workers serve under the file-serving seccomp filter in mode
+    /// `seccomp`. Its worker threads start here, one per queue, so that the thread
+    /// calling this (not a vCPU) is the one that starts threads.
+    pub fn with_seccomp(
+        tag: &str,
+        request_queues: u32,
+        fs: Arc<F>,
+        seccomp: SeccompMode,
+    ) -> Result<Self, FsDeviceError> {
         let config = config_space(tag, request_queues)?;
+        let queues = 1 + request_queues as usize;
+        let threads = (0..queues)
+            .map(|index| QueueThread::start(format!("fs-{tag}-q{index}"), seccomp))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| FsDeviceError::Workers {
+                tag: tag.to_owned(),
+                detail: err.to_string(),
+            })?;
         Ok(Self {
             tag: tag.to_owned(),
             config,
-            queue_sizes: vec![QUEUE_SIZE; 1 + request_queues as usize],
+            queue_sizes: vec![QUEUE_SIZE; queues],
             server: Arc::new(handler::FuseSession::new(fs.clone())),
             fs,
             needs_reset: NeedsReset::default(),
-            lifecycle: Lifecycle::Idle,
+            threads,
+            running: None,
         })
     }
 
@@ -166,9 +185,11 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFs<F> {
         &self.tag
     }
 
-    /// Stops the workers, if any; the device is then idle.
+    /// Stops the workers, if any, and waits until they are parked; the device is then idle.
     fn stop_workers(&mut self) {
-        self.lifecycle.stop(&self.tag);
+        if let Some(running) = self.running.take() {
+            running.stop(&self.tag);
+        }
     }
 }
 
@@ -199,38 +220,43 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioDevice for VirtioFs<F> {
         }
         self.needs_reset.clear();
         let stop = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Worker)?;
-        let mut threads = Vec::new();
+        let (done, parked) = mpsc::channel();
+        let mut running = Running {
+            stop,
+            done: parked,
+            serving: 0,
+        };
         for (index, queue) in ctx.queues {
-            let worker_stop = match stop.try_clone() {
-                Ok(fd) => fd,
-                Err(err) => {
-                    // The device stays idle; the workers already started end.
-                    Running { stop, threads }.stop(&self.tag);
-                    return Err(ActivateError::Worker(err));
+            let started = match (self.threads.get(index), running.stop.try_clone()) {
+                (Some(thread), Ok(worker_stop)) => {
+                    let worker = Worker {
+                        index,
+                        queue,
+                        mem: ctx.mem.clone(),
+                        server: self.server.clone(),
+                        interrupt: ctx.interrupt.clone(),
+                        stop: worker_stop,
+                        needs_reset: self.needs_reset.clone(),
+                    };
+                    let done = done.clone();
+                    thread
+                        .send(Command::Serve { worker, done })
+                        .then_some(())
+                        .ok_or_else(|| std::io::Error::other("its worker thread has ended"))
                 }
+                (None, _) => Err(std::io::Error::other(format!(
+                    "no worker for queue {index}"
+                ))),
+                (_, Err(err)) => Err(err),
             };
-            let worker = Worker {
-                index,
-                queue,
-                mem: ctx.mem.clone(),
-                server: self.server.clone(),
-                interrupt: ctx.interrupt.clone(),
-                stop: worker_stop,
-                needs_reset: self.needs_reset.clone(),
-            };
-            let spawned = std::thread::Builder::new()
-                .name(format!("fs-{}-q{index}", self.tag))
-                .spawn(move || worker.run());
-            match spawned {
-                Ok(thread) => threads.push(thread),
-                Err(err) => {
-                    // The device stays idle; the workers already started end.
-                    Running { stop, threads }.stop(&self.tag);
-                    return Err(ActivateError::Worker(err));
-                }
+            if let Err(err) = started {
+                // The device stays idle; the workers already serving park again.
+                running.stop(&self.tag);
+                return Err(ActivateError::Worker(err));
             }
+            running.serving += 1;
         }
-        self.lifecycle = Lifecycle::Running(Running { stop, threads });
+        self.running = Some(running);
         Ok(())
     }
 
@@ -240,12 +266,30 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioDevice for VirtioFs<F> {
         // The guest's FUSE session ends with the device: it will INIT again, and whatever
         // it held (nodes, handles, descriptors) is given back now.
         if self.server.end() {
-            self.fs.destroy();
+            self.destroy_on_worker();
         }
     }
 
     fn needs_reset(&self) -> bool {
         self.needs_reset.is_set()
+    }
+}
+
+impl<F: FileSystem + Send + Sync + 'static> VirtioFs<F> {
+    /// Ends the file system's session on the hiprio worker's thread, under its filter (the
+    /// caller, a vCPU thread, may not touch files), and waits for it.
+    fn destroy_on_worker(&self) {
+        let fs = self.fs.clone();
+        let (done, finished) = mpsc::channel();
+        let call = Box::new(move || fs.destroy());
+        let sent = self.threads[HIPRIO_QUEUE].send(Command::Call { call, done });
+        if !sent || finished.recv().is_err() {
+            warn!(
+                "virtio-fs {}: the worker that ends the session is gone; ending it here",
+                self.tag
+            );
+            self.fs.destroy();
+        }
     }
 }
 

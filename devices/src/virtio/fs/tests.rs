@@ -605,7 +605,8 @@ mod device {
 
     use super::Fs;
     use crate::bus::BusDevice;
-    use crate::virtio::fs::{Lifecycle, VirtioFs};
+    use crate::seccomp::SeccompMode;
+    use crate::virtio::fs::VirtioFs;
     use crate::virtio::{MmioInterrupt, MmioTransport, VIRTIO_F_VERSION_1};
 
     fn write(t: &mut MmioTransport<VirtioFs<Fs>>, reg: u32, value: u32) {
@@ -620,6 +621,13 @@ mod device {
 
     /// A virtio-fs device brought up to DRIVER_OK with both queues.
     fn running_device() -> (MmioTransport<VirtioFs<Fs>>, tempfile::TempDir) {
+        running_device_with(SeccompMode::None)
+    }
+
+    /// The same, its workers filtered in mode `seccomp`.
+    fn running_device_with(
+        seccomp: SeccompMode,
+    ) -> (MmioTransport<VirtioFs<Fs>>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let fs = Fs::new(fuse_backend_rs::passthrough::Config {
             root_dir: dir.path().to_str().unwrap().to_owned(),
@@ -627,7 +635,7 @@ mod device {
         })
         .unwrap();
         fs.import().unwrap();
-        let device = VirtioFs::new("share0", 1, Arc::new(fs)).unwrap();
+        let device = VirtioFs::with_seccomp("share0", 1, Arc::new(fs), seccomp).unwrap();
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let interrupt = Arc::new(MmioInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
         let mut t = MmioTransport::new(device, mem, interrupt).unwrap();
@@ -691,9 +699,22 @@ mod device {
     }
 
     #[test]
+    fn filtered_workers_serve_end_the_session_on_reset_and_stop_with_the_device() {
+        // A worker making a call outside its filter would end this whole test process.
+        let (mut t, _dir) = running_device_with(SeccompMode::Kill);
+        for _ in 0..100 {
+            write(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 1);
+        }
+        write(&mut t, VIRTIO_MMIO_STATUS, 0);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), 0);
+        assert!(t.device().running.is_none());
+        drop(t);
+    }
+
+    #[test]
     fn a_worker_asking_for_a_reset_shows_in_the_status_until_the_reset() {
         let (mut t, _dir) = running_device();
-        assert!(matches!(t.device().lifecycle, Lifecycle::Running(_)));
+        assert!(t.device().running.is_some());
         let running = read(&mut t, VIRTIO_MMIO_STATUS);
 
         // What a worker does when the driver breaks its queue; clones share the flag.
@@ -706,7 +727,7 @@ mod device {
         write(&mut t, VIRTIO_MMIO_STATUS, 0);
         assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), 0);
         assert!(!t.device().needs_reset.is_set());
-        assert!(matches!(t.device().lifecycle, Lifecycle::Idle));
+        assert!(t.device().running.is_none());
     }
 
     #[test]

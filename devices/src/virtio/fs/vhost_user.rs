@@ -26,6 +26,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -51,6 +52,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::handler::{process_queue, FuseSession};
 use super::{config_space, FsDeviceError, MAX_TAG_LEN};
+use crate::seccomp::{self, SeccompMode, ThreadRole};
 use crate::virtio::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use crate::warn_limited;
 
@@ -128,6 +130,13 @@ pub struct VhostUserFsBackend<F: FileSystem + Send + Sync + 'static> {
     /// Written once, when the front-end sends its first message.
     greeting: Option<EventFd>,
     greeted: AtomicBool,
+    /// The filter each queue worker installs before serving its first kick.
+    seccomp: SeccompMode,
+}
+
+thread_local! {
+    /// Whether this queue worker thread has installed its seccomp filter.
+    static WORKER_CONFINED: Cell<bool> = const { Cell::new(false) };
 }
 
 impl<F: FileSystem + Send + Sync + 'static> VhostUserFsBackend<F> {
@@ -157,7 +166,27 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserFsBackend<F> {
             exits,
             greeting: None,
             greeted: AtomicBool::new(false),
+            seccomp: SeccompMode::None,
         })
+    }
+
+    /// Makes each queue worker (a thread vhost-user-backend starts) install the
+    /// file-serving seccomp filter in mode `seccomp` before it serves its first kick
+    /// (default: none).
+    pub fn seccomp(mut self, seccomp: SeccompMode) -> Self {
+        self.seccomp = seccomp;
+        self
+    }
+
+    /// Installs the worker filter on the calling queue worker, once per thread.
+    fn confine_worker(&self) -> io::Result<()> {
+        if self.seccomp == SeccompMode::None || WORKER_CONFINED.get() {
+            return Ok(());
+        }
+        seccomp::confine_current_thread(ThreadRole::FsWorker, self.seccomp)
+            .map_err(io::Error::other)?;
+        WORKER_CONFINED.set(true);
+        Ok(())
     }
 
     /// Makes the back-end write to `greeting` when the front-end sends its
@@ -279,6 +308,11 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VhostUserFsBack
             warn_limited!("vhost-user-fs: queue {thread_id}: unexpected kick events {evset:?}");
             return Ok(());
         }
+        if let Err(err) = self.confine_worker() {
+            // Serving without the filter asked for is not an option: the queue stays idle.
+            log::error!("vhost-user-fs: queue {thread_id} is not served: {err}");
+            return Err(err);
+        }
         let mem = self.memory().memory();
         let mut state = vring.get_mut();
         // The call eventfd, written between batches while the queue is borrowed. It stays
@@ -355,15 +389,20 @@ pub struct DaemonConfig {
     pub tag: String,
     /// Number of request queues (QEMU's `num-request-queues=`, default 1).
     pub request_queues: usize,
+    /// What the queue workers' seccomp filter does with a call it does not allow
+    /// (default: end the process). Only the workers are filtered: the daemon's other
+    /// threads run on, or are started from, the caller's thread.
+    pub seccomp: SeccompMode,
 }
 
 impl DaemonConfig {
-    /// One request queue, listening on `socket`.
+    /// One request queue, listening on `socket`, workers filtered in kill mode.
     pub fn new(socket: impl Into<PathBuf>, tag: &str) -> Self {
         Self {
             socket: socket.into(),
             tag: tag.to_owned(),
             request_queues: 1,
+            seccomp: SeccompMode::Kill,
         }
     }
 }
@@ -495,7 +534,8 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserFsDaemon<F> {
             self.config.request_queues,
             mem.clone(),
         )?
-        .notify_first_message(greeting.try_clone().map_err(host("clone an eventfd"))?);
+        .notify_first_message(greeting.try_clone().map_err(host("clone an eventfd"))?)
+        .seccomp(self.config.seccomp);
         let mut daemon = VhostUserDaemon::new(
             format!("vhost-user-fs-{}", self.config.tag),
             Arc::new(backend),

@@ -1,7 +1,12 @@
-//! The worker thread that serves one virtio-fs queue.
+//! The worker threads of a virtio-fs device: one per queue, started with the device (by the
+//! thread that builds the VM, before any filter) and parked until an activation hands them
+//! their queue. A vCPU thread, which activates and resets devices, thus never starts a
+//! thread, and each worker installs its own seccomp filter before it serves anything.
 
 use std::os::fd::AsRawFd;
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use fuse_backend_rs::api::filesystem::FileSystem;
 use log::{debug, warn};
@@ -9,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::handler::{process_queue, FuseSession};
 use super::NeedsReset;
+use crate::seccomp::{self, SeccompMode, ThreadRole};
 use crate::virtio::wait::Waiter;
 use crate::virtio::{ActiveQueue, GuestMemory, Interrupt};
 
@@ -89,5 +95,99 @@ impl<F: FileSystem + Send + Sync> Worker<F> {
         }
         let _ = self.queue.kick.read();
         Ok(Wake::Kick)
+    }
+}
+
+/// What a parked worker thread is asked to do.
+pub enum Command<F: FileSystem + Send + Sync> {
+    /// Serve a queue until told to stop; then say so on `done`.
+    Serve {
+        /// The queue and everything serving it needs.
+        worker: Worker<F>,
+        /// Told when the worker is parked again.
+        done: Sender<()>,
+    },
+    /// Run `call` on the worker's thread (under its filter); then say so on `done`.
+    Call {
+        /// The work.
+        call: Box<dyn FnOnce() + Send>,
+        /// Told when it has run.
+        done: Sender<()>,
+    },
+}
+
+/// A worker thread, parked or serving, and how to reach it.
+pub struct QueueThread<F: FileSystem + Send + Sync + 'static> {
+    commands: Option<Sender<Command<F>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<F: FileSystem + Send + Sync + 'static> QueueThread<F> {
+    /// Starts the worker thread named `name`, which installs the file-serving filter of
+    /// `seccomp` and parks. Returns once the filter is in place, or with why it is not.
+    pub fn start(name: String, seccomp: SeccompMode) -> std::io::Result<Self> {
+        let (commands, received) = mpsc::channel();
+        let (ready, confined) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                let result = seccomp::confine_current_thread(ThreadRole::FsWorker, seccomp);
+                let ok = result.is_ok();
+                let _ = ready.send(result);
+                if ok {
+                    park(received);
+                }
+            })?;
+        match confined.recv() {
+            Ok(Ok(())) => Ok(Self {
+                commands: Some(commands),
+                thread: Some(thread),
+            }),
+            Ok(Err(err)) => {
+                let _ = thread.join();
+                Err(std::io::Error::other(err))
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(std::io::Error::other(format!(
+                    "worker thread {name} ended at its start"
+                )))
+            }
+        }
+    }
+
+    /// Hands the thread `command`; false if the thread is gone.
+    pub fn send(&self, command: Command<F>) -> bool {
+        self.commands
+            .as_ref()
+            .is_some_and(|commands| commands.send(command).is_ok())
+    }
+}
+
+impl<F: FileSystem + Send + Sync + 'static> Drop for QueueThread<F> {
+    fn drop(&mut self) {
+        // Without its sender the parked thread's wait ends, and so does the thread.
+        drop(self.commands.take());
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                warn!("a virtio-fs worker thread panicked");
+            }
+        }
+    }
+}
+
+/// A parked worker's life: one command after another, until the device is dropped.
+fn park<F: FileSystem + Send + Sync>(commands: Receiver<Command<F>>) {
+    while let Ok(command) = commands.recv() {
+        match command {
+            Command::Serve { worker, done } => {
+                worker.run();
+                let _ = done.send(());
+            }
+            Command::Call { call, done } => {
+                call();
+                let _ = done.send(());
+            }
+        }
     }
 }
