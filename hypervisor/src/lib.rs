@@ -27,6 +27,7 @@ pub mod cpuid;
 pub mod host;
 pub mod layout;
 pub mod memory;
+pub mod sandbox;
 pub mod signals;
 pub mod terminal;
 pub mod vcpu;

@@ -11,6 +11,7 @@
 //!     request_queues: 1,
 //!     keep_listening: false,
 //!     seccomp: hypervisor::SeccompMode::Kill,
+//!     sandbox: hypervisor::sandbox::SandboxMode::Namespace,
 //! };
 //! // Until the front-end disconnects, or SIGINT/SIGTERM/SIGHUP.
 //! vhost_user::run(&args)?;
@@ -29,6 +30,8 @@ use devices::virtio::fs::vhost_user::{
     DaemonConfig, DaemonEvent, ServeEnd, VhostUserFsDaemon, VhostUserFsError,
 };
 use fsredirect::{FsConfig, FsError, RedirectFs, ShareSpec};
+
+use crate::sandbox::{self, Entered, SandboxError, SandboxMode};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::register_signal_handler;
 
@@ -71,11 +74,21 @@ pub struct VhostUserFsArgs {
     /// After the front-end disconnects, wait for the next one instead of exiting
     #[arg(long = "loop")]
     pub keep_listening: bool,
+    /// Where the server runs: namespace (new mount, pid, IPC and network namespaces holding
+    /// only the guest tree and the store, file handles off, capabilities cut; needs root) or
+    /// none
+    #[arg(long, value_name = "MODE", default_value = "namespace", value_parser = parse_sandbox)]
+    pub sandbox: SandboxMode,
     /// What the seccomp filters of the server and queue-worker threads do with a system call
     /// they do not allow: kill (end the process), trap (name the call, then exit 159), log
     /// (let it through; the kernel logs it, see dmesg), none (no filters)
     #[arg(long, value_name = "MODE", default_value = "kill", value_parser = crate::cli::parse_seccomp)]
     pub seccomp: SeccompMode,
+}
+
+/// Parses a `--sandbox` value, for clap.
+fn parse_sandbox(mode: &str) -> Result<SandboxMode, String> {
+    mode.parse()
 }
 
 /// Errors of `hypervisor vhost-user-fs`.
@@ -96,6 +109,9 @@ pub enum VhostUserCmdError {
     /// The stop-signal handlers cannot be installed.
     #[error("cannot install the SIGINT/SIGTERM/SIGHUP handlers")]
     Signals(#[source] io::Error),
+    /// The sandbox cannot be entered.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
     /// The server thread's seccomp filter cannot be installed.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
@@ -175,11 +191,67 @@ pub fn run(args: &VhostUserFsArgs) -> Result<u8, VhostUserCmdError> {
 /// (for programs that handle signals themselves).
 pub fn serve(args: &VhostUserFsArgs, stop: &EventFd) -> Result<u8, VhostUserCmdError> {
     let share = &args.share;
-    let fs =
-        RedirectFs::new(share, FsConfig::default()).map_err(|source| VhostUserCmdError::Share {
-            tag: share.tag.clone(),
-            source,
-        })?;
+    let share_error = |source| VhostUserCmdError::Share {
+        tag: share.tag.clone(),
+        source,
+    };
+    let exposed = exposed_dirs(share);
+    if exposed.iter().any(|dir| !dir.is_dir()) {
+        // The file system names what is missing, and how to fix it; or it makes what it may.
+        drop(RedirectFs::new(share, FsConfig::default()).map_err(share_error)?);
+    }
+    let config = DaemonConfig {
+        socket: args.socket.clone(),
+        tag: share.tag.clone(),
+        request_queues: args.request_queues,
+        seccomp: args.seccomp,
+    };
+    let listener = VhostUserFsDaemon::<RedirectFs>::listen(&config)?;
+    let supervisor = match sandbox::enter(args.sandbox, &exposed)? {
+        Entered::Sandboxed => None,
+        Entered::Supervisor(supervisor) => Some(supervisor),
+    };
+    if let Some(supervisor) = supervisor {
+        drop(listener);
+        let forwarded = || match STOP_SIGNAL.load(Ordering::SeqCst) {
+            0 => libc::SIGTERM,
+            signo => signo,
+        };
+        let code =
+            supervisor
+                .wait(stop, forwarded)
+                .map_err(|source| VhostUserCmdError::Thread {
+                    what: "wait for the sandboxed server",
+                    source,
+                })?;
+        // The server could not: the socket's directory is not in its sandbox.
+        let _ = std::fs::remove_file(&args.socket);
+        say("socket removed; bye");
+        return Ok(u8::try_from(code).unwrap_or(1));
+    }
+    let fs_config = FsConfig {
+        // With CAP_DAC_READ_SEARCH gone, a handle opens nothing; see crate::sandbox.
+        inode_file_handles: args.sandbox == SandboxMode::None
+            && FsConfig::default().inode_file_handles,
+        ..FsConfig::default()
+    };
+    let fs = match RedirectFs::new(share, fs_config) {
+        Ok(fs) => fs,
+        Err(source) => {
+            // Without a sandbox nobody else removes the socket bound above.
+            if args.sandbox == SandboxMode::None {
+                let _ = std::fs::remove_file(&args.socket);
+            }
+            return Err(share_error(source));
+        }
+    };
+    // In a sandbox this is a process of its own, stopped by the signals its supervisor
+    // passes on: it must not share the supervisor's stop eventfd.
+    let own_stop = match args.sandbox {
+        SandboxMode::None => None,
+        SandboxMode::Namespace => Some(StopOnSignals::install()?),
+    };
+    let stop = own_stop.as_ref().map_or(stop, |own| &own.evt);
     let mode = match &share.store {
         Some(store) => format!(
             "file data redirected to {}",
@@ -190,20 +262,17 @@ pub fn serve(args: &VhostUserFsArgs, stop: &EventFd) -> Result<u8, VhostUserCmdE
         ),
         None => "passthrough".to_owned(),
     };
-    let config = DaemonConfig {
-        socket: args.socket.clone(),
-        tag: share.tag.clone(),
-        request_queues: args.request_queues,
-        seccomp: args.seccomp,
-    };
-    let daemon = VhostUserFsDaemon::bind(config, Arc::new(fs))?;
+    let daemon = VhostUserFsDaemon::with_listener(config, listener, Arc::new(fs));
     say(&format!(
-        "listening on {} (tag {}, guest tree {}, {mode}, {} request queue{})",
+        "listening on {} (tag {}, guest tree {}, {mode}, {} request queue{}, sandbox {}, \
+         seccomp {})",
         daemon.socket().display(),
         share.tag,
         share.dir.display(),
         args.request_queues,
-        if args.request_queues == 1 { "" } else { "s" }
+        if args.request_queues == 1 { "" } else { "s" },
+        args.sandbox,
+        args.seccomp,
     ));
     let end = serve_on_own_thread(daemon, stop, args.keep_listening, args.seccomp)?;
     if end == ServeEnd::Stopped {
@@ -212,8 +281,17 @@ pub fn serve(args: &VhostUserFsArgs, stop: &EventFd) -> Result<u8, VhostUserCmdE
             signal_name(STOP_SIGNAL.load(Ordering::SeqCst))
         ));
     }
-    say("socket removed; bye");
+    if args.sandbox == SandboxMode::None {
+        say("socket removed; bye");
+    }
     Ok(0)
+}
+
+/// The host directories a share's server needs: its guest tree and, if any, its store root.
+fn exposed_dirs(share: &ShareSpec) -> Vec<PathBuf> {
+    std::iter::once(share.dir.clone())
+        .chain(share.store.as_ref().map(|store| store.root.clone()))
+        .collect()
 }
 
 /// Serves front-ends on a thread of its own, under the vhost-user server's seccomp filter
@@ -333,6 +411,7 @@ mod tests {
             request_queues: 1,
             keep_listening: false,
             seccomp: SeccompMode::Kill,
+            sandbox: SandboxMode::Namespace,
         };
 
         let stop = EventFd::new(EFD_NONBLOCK).unwrap();

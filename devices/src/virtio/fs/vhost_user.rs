@@ -465,6 +465,14 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserFsDaemon<F> {
     /// A socket file nobody listens on (left by a killed daemon) is replaced;
     /// a live one, or anything that is not a socket, is an error.
     pub fn bind(config: DaemonConfig, fs: Arc<F>) -> Result<Self> {
+        let listener = Self::listen(&config)?;
+        Ok(Self::with_listener(config, listener, fs))
+    }
+
+    /// Checks `config` and listens on its socket (a stale socket file is replaced): the
+    /// first half of [`Self::bind`], for a caller that serves from another process or
+    /// sandbox than the one that binds.
+    pub fn listen(config: &DaemonConfig) -> Result<UnixListener> {
         if config.request_queues > MAX_REQUEST_QUEUES {
             return Err(VhostUserFsError::TooManyQueues(config.request_queues));
         }
@@ -480,12 +488,17 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserFsDaemon<F> {
             config.tag,
             config.socket.display()
         );
-        Ok(Self {
+        Ok(listener)
+    }
+
+    /// A daemon serving `fs` on `listener`, made by [`Self::listen`] from the same `config`.
+    pub fn with_listener(config: DaemonConfig, listener: UnixListener, fs: Arc<F>) -> Self {
+        Self {
             config,
             listener: Listener::from(listener),
             server: Arc::new(FuseSession::new(fs.clone())),
             fs,
-        })
+        }
     }
 
     /// The socket path.

@@ -1,0 +1,358 @@
+//! The share server's sandbox: the `vhost-user-fs` process serves from new mount, pid, IPC
+//! and network namespaces whose root holds only its guest tree and store, with no_new_privs
+//! set and every capability it does not need dropped.
+//!
+//! [`enter`] forks. The parent stays outside as a supervisor that reads no guest byte: it
+//! forwards stop signals and returns the child's exit status ([`Supervisor::wait`]). The
+//! child, pid 1 of its pid namespace, builds its root before it opens anything of the share:
+//!
+//! 1. a tmpfs, on which each exposed directory is bind-mounted at its own absolute path, so
+//!    the share's paths mean the same inside;
+//! 2. `pivot_root` into it, the old root detached, a fresh `/proc` of the new pid namespace
+//!    (`/proc/1` is the server itself), the tmpfs made read-only;
+//! 3. capabilities cut to [`KEPT_CAPABILITIES`], in every set and the bounding set.
+//!
+//! File handles are the one way out a mount namespace does not close: with
+//! CAP_DAC_READ_SEARCH, `open_by_handle_at` opens any file of a file system the process
+//! can name, inside the share or not. The sandboxed server therefore drops that capability
+//! and serves without file handles (one `O_PATH` descriptor per inode the guest knows,
+//! bounded by the descriptor budget), and every handle open fails with EPERM.
+
+use std::ffi::CString;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use caps::{CapSet, Capability, CapsHashSet};
+
+/// Where the server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SandboxMode {
+    /// New mount, pid, IPC and network namespaces; the share is all the root holds.
+    #[default]
+    Namespace,
+    /// No sandbox: the server sees the host as its user does.
+    None,
+}
+
+impl SandboxMode {
+    /// Every mode, in the order `--help` lists them.
+    pub const ALL: [SandboxMode; 2] = [SandboxMode::Namespace, SandboxMode::None];
+
+    /// The mode's name on the command line.
+    pub fn word(self) -> &'static str {
+        match self {
+            SandboxMode::Namespace => "namespace",
+            SandboxMode::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for SandboxMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.word())
+    }
+}
+
+impl FromStr for SandboxMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        SandboxMode::ALL
+            .into_iter()
+            .find(|mode| mode.word() == s)
+            .ok_or_else(|| format!("unknown sandbox mode {s:?}: give namespace or none"))
+    }
+}
+
+/// The capabilities the sandboxed server keeps, and why:
+/// - CHOWN, FOWNER, FSETID, DAC_OVERRIDE: it creates and changes files for the guest's users
+///   (owners, modes, times), whatever the host modes say, as the guest's root may;
+/// - SETUID, SETGID: it switches its effective ids around each creation, so new files get the
+///   guest caller's owner;
+/// - MKNOD: the guest's `mknod` of FIFOs and sockets (device nodes never reach the host);
+/// - SYS_ADMIN: the redirect metadata lives in `trusted.*` extended attributes, which only
+///   it may read or write. What else it would allow (mount, pivot_root, setns, unshare, bpf,
+///   ...) the seccomp filters forbid.
+///
+/// Everything else goes, CAP_DAC_READ_SEARCH (file handles) first.
+pub const KEPT_CAPABILITIES: [Capability; 8] = [
+    Capability::CAP_CHOWN,
+    Capability::CAP_DAC_OVERRIDE,
+    Capability::CAP_FOWNER,
+    Capability::CAP_FSETID,
+    Capability::CAP_SETUID,
+    Capability::CAP_SETGID,
+    Capability::CAP_MKNOD,
+    Capability::CAP_SYS_ADMIN,
+];
+
+/// Why the sandbox could not be entered.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// Namespaces need root (CAP_SYS_ADMIN).
+    #[error(
+        "--sandbox namespace needs root (CAP_SYS_ADMIN) to make its namespaces; run as root, \
+         or pass --sandbox none to serve without a sandbox"
+    )]
+    NotRoot,
+    /// A step failed.
+    #[error("cannot build the sandbox: {step} failed: {source}. Pass --sandbox none to serve without one")]
+    Step {
+        /// What we tried.
+        step: String,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn step(what: impl Into<String>) -> impl FnOnce(io::Error) -> SandboxError {
+    let step = what.into();
+    move |source| SandboxError::Step { step, source }
+}
+
+/// Which side of the fork this process is on.
+pub enum Entered {
+    /// The sandboxed server: serve.
+    Sandboxed,
+    /// The supervisor outside: wait for the server.
+    Supervisor(Supervisor),
+}
+
+/// The process outside the sandbox, waiting for the server.
+pub struct Supervisor {
+    child: libc::pid_t,
+    pidfd: OwnedFd,
+}
+
+/// Makes the calling process enter the sandbox exposing `dirs` (absolute, existing
+/// directories), in mode `mode`. The caller must be single-threaded (it forks).
+pub fn enter(mode: SandboxMode, dirs: &[PathBuf]) -> Result<Entered, SandboxError> {
+    if mode == SandboxMode::None {
+        return Ok(Entered::Sandboxed);
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(SandboxError::NotRoot);
+    }
+    // Only the children of this process enter the new pid namespace: the supervisor stays.
+    // SAFETY: unshare with a constant flag changes only this process's namespaces.
+    check(unsafe { libc::unshare(libc::CLONE_NEWPID) }).map_err(step("unshare(CLONE_NEWPID)"))?;
+    // SAFETY: the caller is single-threaded, so the child may run any code after fork.
+    let child = unsafe { libc::fork() };
+    match child {
+        -1 => Err(step("fork")(io::Error::last_os_error())),
+        0 => match build_root(dirs).and_then(|()| drop_privileges()) {
+            Ok(()) => Ok(Entered::Sandboxed),
+            Err(err) => {
+                eprintln!("vhost-user-fs: {err}");
+                // SAFETY: ending the child without running the parent's destructors twice.
+                unsafe { libc::_exit(1) }
+            }
+        },
+        pid => {
+            // SAFETY: pidfd_open on our own child; the descriptor returned is ours.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+            check(fd as libc::c_int).map_err(step("pidfd_open"))?;
+            // SAFETY: `fd` is a new descriptor nobody else owns.
+            let pidfd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
+            Ok(Entered::Supervisor(Supervisor { child: pid, pidfd }))
+        }
+    }
+}
+
+impl Supervisor {
+    /// The server's pid, as seen from outside.
+    pub fn pid(&self) -> libc::pid_t {
+        self.child
+    }
+
+    /// Waits for the server to end, passing it the signal `forwarded` names each time
+    /// `stop` becomes readable; returns the exit code this process should end with (the
+    /// server's, or 128 + the signal that ended it).
+    pub fn wait(
+        &self,
+        stop: &vmm_sys_util::eventfd::EventFd,
+        forwarded: impl Fn() -> libc::c_int,
+    ) -> io::Result<i32> {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        loop {
+            // SAFETY: `fds` is a valid array of two pollfd for the call's duration.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            if fds[1].revents & libc::POLLIN != 0 {
+                let _ = stop.read();
+                // SAFETY: signalling our own child.
+                unsafe { libc::kill(self.child, forwarded()) };
+            }
+            if fds[0].revents & libc::POLLIN != 0 {
+                break;
+            }
+        }
+        let mut status = 0;
+        // SAFETY: reaping our own child, which has ended.
+        check(unsafe { libc::waitpid(self.child, &mut status, 0) })?;
+        Ok(if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            128 + libc::WTERMSIG(status)
+        })
+    }
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn c_path(path: &Path) -> CString {
+    // Paths from the file system hold no NUL byte.
+    CString::new(path.as_os_str().as_bytes()).unwrap_or_default()
+}
+
+fn mount(
+    source: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+) -> io::Result<()> {
+    let source = source.map(c_path);
+    let target = c_path(target);
+    let fstype = fstype.map(|t| CString::new(t).unwrap_or_default());
+    let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+    // SAFETY: every pointer is a NUL-terminated string alive for the call, or null.
+    check(unsafe {
+        libc::mount(
+            ptr(&source),
+            target.as_ptr(),
+            ptr(&fstype),
+            flags,
+            std::ptr::null(),
+        )
+    })
+}
+
+/// The new root's mount point before the pivot; any directory will do, since the mount
+/// namespace is private by then (the share's directories are reached through descriptors).
+const STAGING: &str = "/tmp";
+/// Where the old root goes during the pivot, under the new root.
+const OLD_ROOT: &str = ".old-root";
+
+/// In the child: new mount, IPC and network namespaces, and a root holding only `dirs`.
+fn build_root(dirs: &[PathBuf]) -> Result<(), SandboxError> {
+    // SAFETY: unshare with constant flags changes only this process's namespaces.
+    check(unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET) })
+        .map_err(step("unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET)"))?;
+    mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE)
+        .map_err(step("making the mounts private"))?;
+    // Reach each directory by descriptor before the staging tmpfs may hide it.
+    let handles = dirs
+        .iter()
+        .map(|dir| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                .open(dir)
+                .map_err(step(format!("opening {}", dir.display())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let staging = Path::new(STAGING);
+    mount(
+        Some(Path::new("tmpfs")),
+        staging,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+    )
+    .map_err(step(format!("mounting a tmpfs on {STAGING}")))?;
+    for (dir, handle) in dirs.iter().zip(&handles) {
+        let target = staging.join(dir.strip_prefix("/").unwrap_or(dir));
+        std::fs::create_dir_all(&target)
+            .map_err(step(format!("creating {} in the new root", dir.display())))?;
+        let source = PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()));
+        mount(Some(&source), &target, None, libc::MS_BIND | libc::MS_REC)
+            .map_err(step(format!("bind-mounting {}", dir.display())))?;
+    }
+    drop(handles);
+    std::fs::create_dir_all(staging.join("proc")).map_err(step("creating /proc"))?;
+    std::fs::create_dir_all(staging.join(OLD_ROOT))
+        .map_err(step("creating the old root's place"))?;
+    let (new_root, put_old) = (c_path(staging), c_path(&staging.join(OLD_ROOT)));
+    // SAFETY: both are NUL-terminated paths alive for the call.
+    check(
+        unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) }
+            as libc::c_int,
+    )
+    .map_err(step("pivot_root"))?;
+    std::env::set_current_dir("/").map_err(step("chdir /"))?;
+    let old = c_path(&Path::new("/").join(OLD_ROOT));
+    // SAFETY: a NUL-terminated path alive for the call.
+    check(unsafe { libc::umount2(old.as_ptr(), libc::MNT_DETACH) })
+        .map_err(step("detaching the old root"))?;
+    std::fs::remove_dir(Path::new("/").join(OLD_ROOT))
+        .map_err(step("removing the old root's place"))?;
+    mount(
+        Some(Path::new("proc")),
+        Path::new("/proc"),
+        Some("proc"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+    )
+    .map_err(step("mounting /proc"))?;
+    mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+    )
+    .map_err(step("making the new root read-only"))?;
+    Ok(())
+}
+
+/// Keeps only [`KEPT_CAPABILITIES`] (in every set and the bounding set) and sets
+/// no_new_privs.
+fn drop_privileges() -> Result<(), SandboxError> {
+    let kept: CapsHashSet = KEPT_CAPABILITIES.into_iter().collect();
+    for cap in caps::all() {
+        if !kept.contains(&cap) {
+            caps::drop(None, CapSet::Bounding, cap).map_err(|e| {
+                step(format!("dropping {cap} from the bounding set"))(io::Error::other(e))
+            })?;
+        }
+    }
+    caps::clear(None, CapSet::Ambient)
+        .map_err(|e| step("clearing the ambient capabilities")(io::Error::other(e)))?;
+    caps::clear(None, CapSet::Inheritable)
+        .map_err(|e| step("clearing the inheritable capabilities")(io::Error::other(e)))?;
+    caps::set(None, CapSet::Effective, &kept)
+        .map_err(|e| step("setting the effective capabilities")(io::Error::other(e)))?;
+    caps::set(None, CapSet::Permitted, &kept)
+        .map_err(|e| step("setting the permitted capabilities")(io::Error::other(e)))?;
+    // SAFETY: prctl with constant arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
+        .map_err(step("setting no_new_privs"))?;
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! Containment: from inside the `vhost-user-fs` sandbox ([`hypervisor::sandbox`]), a
+//! compromised server cannot reach the host, while its share still works. Each trial runs
+//! the probes in a child process (this binary started again with `PROBE` set), since
+//! entering the sandbox forks and changes the process for good; the same probes without the
+//! sandbox reach everything, which shows they can tell.
+//!
+//! The probes: read `/etc/passwd`; read it through `/proc/1/root` and through `..` from the
+//! root; read a file beside the share, by path and by a file handle taken beforehand on the
+//! same host file system (`open_by_handle_at` with the share's tree as mount descriptor);
+//! hold CAP_DAC_READ_SEARCH; write and read in the guest tree and the store.
+//!
+//! Skipped, with the reason, when not run as root (namespaces need CAP_SYS_ADMIN).
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hypervisor::sandbox::{self, Entered, SandboxMode};
+use libtest_mimic::{Arguments, Failed, Trial};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Set in the child: `MODE,TREE,STORE,SECRET,HANDLE` (the handle in hex).
+const PROBE: &str = "HYPERVISOR_SANDBOX_PROBE";
+
+/// What the escape probes are called, in the child's output.
+const ESCAPES: [&str; 5] = [
+    "etc-passwd",
+    "proc-1-root",
+    "dotdot-from-root",
+    "secret-by-path",
+    "secret-by-handle",
+];
+
+fn main() {
+    if let Ok(spec) = std::env::var(PROBE) {
+        probe_child(&spec);
+    }
+    let args = Arguments::from_args();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let trial = |name: &'static str, f: fn() -> Result<(), String>| {
+        Trial::test(name, move || f().map_err(Failed::from)).with_ignored_flag(!root)
+    };
+    if !root {
+        println!("skipped, because the sandbox's namespaces need root");
+    }
+    let trials = vec![
+        trial("the_sandbox_keeps_the_host_out_and_the_share_in", sandboxed),
+        trial("without_the_sandbox_the_probes_reach_the_host", unsandboxed),
+    ];
+    libtest_mimic::run(&args, trials).exit();
+}
+
+/// A share beside a secret file, on one file system.
+struct Layout {
+    _dir: tempfile::TempDir,
+    tree: PathBuf,
+    store: PathBuf,
+    secret: PathBuf,
+}
+
+fn layout() -> Layout {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    let store = dir.path().join("store");
+    let secret = dir.path().join("secret.txt");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::create_dir(&store).unwrap();
+    std::fs::write(&secret, "not for the guest").unwrap();
+    Layout {
+        _dir: dir,
+        tree,
+        store,
+        secret,
+    }
+}
+
+/// Runs the probes in a child in `mode`; returns each probe's name and whether it reached.
+fn run_probes(mode: SandboxMode, at: &Layout) -> Result<Vec<(String, bool)>, String> {
+    let handle = file_handle(&at.secret)?;
+    let spec = format!(
+        "{mode},{},{},{},{}",
+        at.tree.display(),
+        at.store.display(),
+        at.secret.display(),
+        hex(&handle)
+    );
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(PROBE, spec)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!(
+            "the probe process ended with {}: {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let results: Vec<(String, bool)> = stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("probe "))
+        .filter_map(|rest| {
+            let (name, verdict) = rest.split_once(": ")?;
+            Some((name.to_owned(), verdict.starts_with("reached")))
+        })
+        .collect();
+    if results.len() != ESCAPES.len() + 3 {
+        return Err(format!("expected every probe's line, got:\n{stdout}"));
+    }
+    Ok(results)
+}
+
+fn verdict(results: &[(String, bool)], name: &str) -> bool {
+    results.iter().any(|(n, reached)| n == name && *reached)
+}
+
+fn sandboxed() -> Result<(), String> {
+    let at = layout();
+    let results = run_probes(SandboxMode::Namespace, &at)?;
+    let escaped: Vec<&str> = ESCAPES
+        .into_iter()
+        .filter(|name| verdict(&results, name))
+        .collect();
+    if !escaped.is_empty() {
+        return Err(format!(
+            "from inside the sandbox these reached the host: {escaped:?}"
+        ));
+    }
+    if verdict(&results, "cap-dac-read-search") {
+        return Err("the sandboxed server still holds CAP_DAC_READ_SEARCH".into());
+    }
+    if !verdict(&results, "share-works") {
+        return Err("the share's tree and store could not be written and read inside".into());
+    }
+    if !verdict(&results, "no-new-privs") {
+        return Err("no_new_privs is not set inside the sandbox".into());
+    }
+    // What the server wrote inside is in the host's share.
+    let inside = std::fs::read(at.tree.join("written-inside")).map_err(|e| e.to_string())?;
+    if inside != b"from inside" {
+        return Err(format!("the tree holds {inside:?}"));
+    }
+    Ok(())
+}
+
+fn unsandboxed() -> Result<(), String> {
+    let at = layout();
+    let results = run_probes(SandboxMode::None, &at)?;
+    for name in [
+        "etc-passwd",
+        "secret-by-path",
+        "secret-by-handle",
+        "share-works",
+    ] {
+        if !verdict(&results, name) {
+            return Err(format!(
+                "without a sandbox, probe {name} should reach: {results:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// In the child: enter the sandbox, print one line per probe, exit.
+fn probe_child(spec: &str) -> ! {
+    let parts: Vec<&str> = spec.split(',').collect();
+    let mode: SandboxMode = parts[0].parse().unwrap();
+    let (tree, store, secret) = (
+        PathBuf::from(parts[1]),
+        PathBuf::from(parts[2]),
+        PathBuf::from(parts[3]),
+    );
+    let handle = unhex(parts[4]);
+    match sandbox::enter(mode, &[tree.clone(), store.clone()]) {
+        Ok(Entered::Supervisor(supervisor)) => {
+            let stop = EventFd::new(0).unwrap();
+            let code = supervisor.wait(&stop, || libc::SIGTERM).unwrap();
+            std::process::exit(code);
+        }
+        Ok(Entered::Sandboxed) => {}
+        Err(err) => {
+            println!("cannot enter the sandbox: {err}");
+            std::process::exit(2);
+        }
+    }
+    let report = |name: &str, reached: bool, detail: String| {
+        let word = if reached { "reached" } else { "denied" };
+        println!("probe {name}: {word} ({detail})");
+    };
+    let read = |path: &str| match std::fs::read(path) {
+        Ok(bytes) => (true, format!("{} bytes", bytes.len())),
+        Err(e) => (false, e.to_string()),
+    };
+    let (r, d) = read("/etc/passwd");
+    report("etc-passwd", r, d);
+    let (r, d) = read("/proc/1/root/etc/passwd");
+    report("proc-1-root", r, d);
+    let (r, d) = read("/../../../etc/passwd");
+    report("dotdot-from-root", r, d);
+    let (r, d) = read(secret.to_str().unwrap());
+    report("secret-by-path", r, d);
+    let (r, d) = open_by_handle(&tree, &handle);
+    report("secret-by-handle", r, d);
+    let has = caps::has_cap(
+        None,
+        caps::CapSet::Effective,
+        caps::Capability::CAP_DAC_READ_SEARCH,
+    );
+    let detail = format!("{has:?}");
+    report("cap-dac-read-search", has.unwrap_or(false), detail);
+    // SAFETY: prctl with constant arguments reads a flag.
+    let nnp = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) };
+    report("no-new-privs", nnp == 1, format!("{nnp}"));
+    let works = std::fs::write(tree.join("written-inside"), "from inside")
+        .and_then(|()| std::fs::write(store.join("object"), "data"))
+        .and_then(|()| std::fs::read(store.join("object")));
+    report(
+        "share-works",
+        works.as_ref().is_ok_and(|b| b == b"data"),
+        format!("{:?}", works.map(|b| b.len())),
+    );
+    std::process::exit(0);
+}
+
+/// `name_to_handle_at` of `path`: the kernel's `struct file_handle`, header included.
+fn file_handle(path: &Path) -> Result<Vec<u8>, String> {
+    const MAX_HANDLE: usize = 128;
+    let mut buf = vec![0u8; 8 + MAX_HANDLE];
+    buf[..4].copy_from_slice(&(MAX_HANDLE as u32).to_ne_bytes());
+    let mut mount_id = 0;
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `buf` holds a file_handle header announcing MAX_HANDLE bytes after it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            buf.as_mut_ptr(),
+            &mut mount_id as *mut libc::c_int,
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "name_to_handle_at {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    let len = u32::from_ne_bytes(buf[..4].try_into().unwrap()) as usize;
+    buf.truncate(8 + len);
+    Ok(buf)
+}
+
+/// `open_by_handle_at` with the directory `mount` as mount descriptor.
+fn open_by_handle(mount: &Path, handle: &[u8]) -> (bool, String) {
+    let dir = match std::fs::File::open(mount) {
+        Ok(dir) => dir,
+        Err(e) => return (false, format!("cannot open {}: {e}", mount.display())),
+    };
+    let mut handle = handle.to_vec();
+    use std::os::fd::AsRawFd;
+    // SAFETY: `handle` is a complete file_handle as name_to_handle_at wrote it.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            dir.as_raw_fd(),
+            handle.as_mut_ptr(),
+            libc::O_RDONLY,
+        )
+    };
+    if fd < 0 {
+        return (false, std::io::Error::last_os_error().to_string());
+    }
+    // SAFETY: the descriptor was just returned to us.
+    unsafe { libc::close(fd as libc::c_int) };
+    (true, "opened".into())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
