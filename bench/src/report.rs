@@ -754,7 +754,8 @@ impl Report {
             (Some(version), None) => format!(
                 "virtiofsd: `{version}`, built from crates.io by \
                 `bench/build-virtiofsd.sh`, run as `virtiofsd --socket-path SOCK --shared-dir DIR \
-                --sandbox=none --cache=auto --log-level=error`."
+                --sandbox=namespace --seccomp=kill --cache=auto --log-level=error` (its \
+                defaults, confined as ours is by default)."
             ),
             (None, None) => "virtiofsd: version unknown.".into(),
         };
@@ -767,32 +768,38 @@ impl Report {
              INIT; then FUSE requests on the request queue, encoded as the in-process \
              driver encodes them, with 1 or 16 in flight, a kick when the device's \
              avail_event asks for one, and a wait on the call eventfd. Ours: `hypervisor \
-             vhost-user-fs --socket SOCK --share tag=bench,dir=DIR[,store=STORE]`. {peer} \
+             vhost-user-fs --socket SOCK --share tag=bench,dir=DIR[,store=STORE]`, in its \
+             namespace sandbox and under its seccomp filters; the last column is the same \
+             passthrough with `--sandbox none --seccomp none`, and its ratio column is what \
+             the confinement costs (below 1: confined is slower). {peer} \
              Every round runs each back-end once, in rotating order, each started fresh on \
              a fresh share holding the same files (the redirecting share's written through \
              the redirecting file system, so their data is in the store). {}. Each cell: \
              the median over rounds (min–max); ratios are medians of the per-round ratios \
              (ops/s: above 1 means ours is faster).\n\n\
-             | metric | virtiofsd | ours passthrough | ours redirect | passthrough / virtiofsd \
-             | redirect / virtiofsd |\n|---|---|---|---|---|---|\n",
+             | metric | virtiofsd | ours passthrough | ours redirect | ours passthrough, \
+             unconfined | passthrough / virtiofsd | redirect / virtiofsd | passthrough / \
+             unconfined |\n|---|---|---|---|---|---|---|---|\n",
             v.params
         );
         let cell = |t: usize, f: &dyn Fn(&RunFigures) -> f64, digits: usize| match v.spread(t, f) {
             Some((m, lo, hi)) => format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})"),
             None => "—".into(),
         };
-        let ratio = |a: usize, f: &dyn Fn(&RunFigures) -> f64| {
-            v.ratio(a, 0, f).map(fr).unwrap_or_else(|| "—".into())
+        let ratio = |a: usize, b: usize, f: &dyn Fn(&RunFigures) -> f64| {
+            v.ratio(a, b, f).map(fr).unwrap_or_else(|| "—".into())
         };
         let mut row = |label: String, f: &dyn Fn(&RunFigures) -> f64, digits: usize| {
             let _ = writeln!(
                 s,
-                "| {label} | {} | {} | {} | {} | {} |",
+                "| {label} | {} | {} | {} | {} | {} | {} | {} |",
                 cell(0, f, digits),
                 cell(1, f, digits),
                 cell(2, f, digits),
-                ratio(1, f),
-                ratio(2, f)
+                cell(3, f, digits),
+                ratio(1, 0, f),
+                ratio(2, 0, f),
+                ratio(1, 3, f)
             );
         };
         for (d, depth) in DEPTHS.iter().enumerate() {
@@ -834,10 +841,11 @@ impl Report {
             s,
             "\nKicks are the driver's writes to the request queue's kick eventfd, interrupts \
              the back-end's signals of its call eventfd (the eventfd counter summed), both \
-             over the timed phases at that depth. Runs per column: {} / {} / {}.\n",
+             over the timed phases at that depth. Runs per column: {} / {} / {} / {}.\n",
             v.runs[0].len(),
             v.runs[1].len(),
-            v.runs[2].len()
+            v.runs[2].len(),
+            v.runs[3].len()
         );
     }
 
@@ -1302,6 +1310,7 @@ mod tests {
                 vec![],
                 vec![run(10.0), run(30.0), run(20.0)],
                 vec![run(5.0); 3],
+                vec![run(25.0), run(25.0), run(25.0)],
             ],
             virtiofsd_missing: Some("skipped with --no-virtiofsd".into()),
             virtiofsd_version: None,
@@ -1312,7 +1321,10 @@ mod tests {
 
         assert!(md.contains("virtiofsd has no figures in this run: skipped with --no-virtiofsd"));
         assert!(
-            md.contains("| lookup ops/s, 1 in flight | — | 20 (10–30) | 5 (5–5) | — | — |"),
+            md.contains(
+                "| lookup ops/s, 1 in flight | — | 20 (10–30) | 5 (5–5) | 25 (25–25) | — | — \
+                 | 0.80 |"
+            ),
             "{md}"
         );
     }

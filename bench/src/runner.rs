@@ -150,8 +150,8 @@ fn io_err(what: String) -> impl FnOnce(std::io::Error) -> BenchError {
 
 /// The three targets' indices in the order round `round` runs them: rotated each round, so
 /// that every target takes every place (first after a phase change, last, ...).
-pub(crate) fn rotated(round: usize) -> [usize; 3] {
-    std::array::from_fn(|k| (k + round) % 3)
+pub(crate) fn rotated<const N: usize>(round: usize) -> [usize; N] {
+    std::array::from_fn(|k| (k + round) % N)
 }
 
 /// The device rounds: every target once per round, in rotating order.
@@ -164,7 +164,7 @@ fn device(opts: &Options, base: &Path) -> Result<DeviceSummary> {
     };
     let mut runs: [Vec<_>; 3] = Default::default();
     for round in 0..opts.rounds.max(1) {
-        for t in rotated(round) {
+        for t in rotated::<3>(round) {
             let kind = &TargetKind::ALL[t];
             eprintln!(
                 "bench: device round {} of {}: {}",
@@ -231,7 +231,7 @@ fn fio_part(opts: &Options, base: &Path) -> Result<FioSummary> {
     let mut samples = vec![[[0.0; 3]; 4]; rounds];
     for (round, sample) in samples.iter_mut().enumerate() {
         for (j, job) in JOBS.iter().enumerate() {
-            for t in rotated(round) {
+            for t in rotated::<3>(round) {
                 let dir = [host, pt_mnt, red_mnt][t];
                 eprintln!(
                     "bench: fio round {} of {rounds}: {} on {}",
@@ -473,7 +473,7 @@ mod tests {
 
     #[test]
     fn every_target_takes_every_place_over_three_rounds() {
-        let orders: Vec<[usize; 3]> = (0..3).map(rotated).collect();
+        let orders: Vec<[usize; 3]> = (0..3).map(rotated::<3>).collect();
 
         for place in 0..3 {
             let mut seen: Vec<usize> = orders.iter().map(|o| o[place]).collect();

@@ -26,20 +26,32 @@ use crate::stats::median;
 use crate::vhost_frontend::{Call, Counters, FrontendConfig, VhostFrontend};
 use crate::{BenchError, Result};
 
-/// The back-ends compared, in column order.
+/// How many back-ends a round runs.
+pub const PEERS: usize = 4;
+
+/// The back-ends compared, in column order. virtiofsd and ours run confined the same way
+/// (their defaults: namespace sandbox, seccomp filters that kill); the last column is our
+/// passthrough without either, which gives their cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peer {
-    /// virtiofsd, `--sandbox=none --cache=auto`.
+    /// virtiofsd, `--sandbox=namespace --seccomp=kill --cache=auto`.
     Virtiofsd,
     /// `hypervisor vhost-user-fs` on a share without a store.
     OursPassthrough,
     /// `hypervisor vhost-user-fs` on a redirecting share.
     OursRedirect,
+    /// The same passthrough with `--sandbox none --seccomp none`.
+    OursUnconfined,
 }
 
 impl Peer {
     /// All back-ends, in column order.
-    pub const ALL: [Peer; 3] = [Peer::Virtiofsd, Peer::OursPassthrough, Peer::OursRedirect];
+    pub const ALL: [Peer; PEERS] = [
+        Peer::Virtiofsd,
+        Peer::OursPassthrough,
+        Peer::OursRedirect,
+        Peer::OursUnconfined,
+    ];
 
     /// Name for tables.
     pub fn name(self) -> &'static str {
@@ -47,6 +59,7 @@ impl Peer {
             Peer::Virtiofsd => "virtiofsd",
             Peer::OursPassthrough => "ours passthrough",
             Peer::OursRedirect => "ours redirect",
+            Peer::OursUnconfined => "ours passthrough, unconfined",
         }
     }
 }
@@ -174,7 +187,7 @@ pub type RunFigures = [[OpFigures; 2]; VU_OPS];
 #[derive(Debug, Clone)]
 pub struct VhostUserSummary {
     /// Runs per target, in round order (empty for a target that did not run).
-    pub runs: [Vec<RunFigures>; 3],
+    pub runs: [Vec<RunFigures>; PEERS],
     /// Why virtiofsd has no figures, if it has none.
     pub virtiofsd_missing: Option<String>,
     /// virtiofsd's `--version`, if it ran.
@@ -256,10 +269,15 @@ impl Backend {
                     .arg(socket)
                     .arg("--shared-dir")
                     .arg(share)
-                    .args(["--sandbox=none", "--cache=auto", "--log-level=error"]);
+                    .args([
+                        "--sandbox=namespace",
+                        "--seccomp=kill",
+                        "--cache=auto",
+                        "--log-level=error",
+                    ]);
                 cmd
             }
-            Peer::OursPassthrough | Peer::OursRedirect => {
+            Peer::OursPassthrough | Peer::OursRedirect | Peer::OursUnconfined => {
                 let mut spec = format!("tag=bench,dir={}", share.display());
                 if peer == Peer::OursRedirect {
                     spec.push_str(&format!(",store={}", store.display()));
@@ -270,6 +288,9 @@ impl Backend {
                     .arg(socket)
                     .arg("--share")
                     .arg(spec);
+                if peer == Peer::OursUnconfined {
+                    cmd.args(["--sandbox", "none", "--seccomp", "none"]);
+                }
                 cmd
             }
         };
@@ -639,7 +660,7 @@ pub fn virtiofsd_version(bin: &Path) -> Option<String> {
 
 /// Every round: every target once, in rotating order.
 pub fn run(params: &VuParams, base: &Path) -> Result<VhostUserSummary> {
-    let mut runs: [Vec<RunFigures>; 3] = Default::default();
+    let mut runs: [Vec<RunFigures>; PEERS] = Default::default();
     let mut virtiofsd_missing = params.virtiofsd.as_ref().err().cloned();
     let virtiofsd_version = params
         .virtiofsd
@@ -648,7 +669,7 @@ pub fn run(params: &VuParams, base: &Path) -> Result<VhostUserSummary> {
         .and_then(|b| virtiofsd_version(b));
     let rounds = params.rounds.max(1);
     for round in 0..rounds {
-        for t in crate::runner::rotated(round) {
+        for t in crate::runner::rotated::<PEERS>(round) {
             let peer = Peer::ALL[t];
             if peer == Peer::Virtiofsd && virtiofsd_missing.is_some() {
                 continue;

@@ -207,9 +207,14 @@ pub fn serve(args: &VhostUserFsArgs, stop: &EventFd) -> Result<u8, VhostUserCmdE
         seccomp: args.seccomp,
     };
     let listener = VhostUserFsDaemon::<RedirectFs>::listen(&config)?;
-    let supervisor = match sandbox::enter(args.sandbox, &exposed)? {
-        Entered::Sandboxed => None,
-        Entered::Supervisor(supervisor) => Some(supervisor),
+    let supervisor = match sandbox::enter(args.sandbox, &exposed) {
+        Ok(Entered::Sandboxed) => None,
+        Ok(Entered::Supervisor(supervisor)) => Some(supervisor),
+        Err(err) => {
+            drop(listener);
+            let _ = std::fs::remove_file(&args.socket);
+            return Err(err.into());
+        }
     };
     if let Some(supervisor) = supervisor {
         drop(listener);
@@ -371,6 +376,16 @@ mod tests {
         }
         let err = parse(&[&base[..], &["--seccomp", "strict"]].concat()).unwrap_err();
         assert!(err.to_string().contains("kill, log, trap or none"), "{err}");
+    }
+
+    #[test]
+    fn sandbox_defaults_to_namespace_and_names_a_wrong_mode() {
+        let base = ["--socket", "/s", "--share", "tag=fs0,dir=/srv/data"];
+        assert_eq!(parse(&base).unwrap().sandbox, SandboxMode::Namespace);
+        let none = parse(&[&base[..], &["--sandbox", "none"]].concat()).unwrap();
+        assert_eq!(none.sandbox, SandboxMode::None);
+        let err = parse(&[&base[..], &["--sandbox", "chroot"]].concat()).unwrap_err();
+        assert!(err.to_string().contains("give namespace or none"), "{err}");
     }
 
     #[test]
