@@ -30,6 +30,8 @@ pub enum Contender {
     OursShare,
     /// Our VMM with 2 vCPUs, no share.
     OursTwoVcpus,
+    /// Our VMM without a share and without its seccomp filters (`--seccomp none`).
+    OursUnfiltered,
     /// The floor VMM.
     Floor,
     /// QEMU microvm.
@@ -38,10 +40,11 @@ pub enum Contender {
 
 impl Contender {
     /// Every contender, in report order.
-    pub const ALL: [Contender; 5] = [
+    pub const ALL: [Contender; 6] = [
         Contender::Ours,
         Contender::OursShare,
         Contender::OursTwoVcpus,
+        Contender::OursUnfiltered,
         Contender::Floor,
         Contender::Qemu,
     ];
@@ -52,6 +55,7 @@ impl Contender {
             Contender::Ours => "ours, --no-default-share",
             Contender::OursShare => "ours, default share (redirecting, fresh volume)",
             Contender::OursTwoVcpus => "ours, 2 vCPUs, no share",
+            Contender::OursUnfiltered => "ours, --no-default-share --seccomp none",
             Contender::Floor => "floor (bench/floor-vmm)",
             Contender::Qemu => "QEMU microvm (-accel kvm)",
         }
@@ -81,6 +85,9 @@ impl Contender {
                 .fresh_dir("/share/bench-boot/tree")
                 .fresh_dir("/share/bench-boot/store"),
             Contender::OursTwoVcpus => exit("ours-2-vcpus", VmmKind::Ours).vcpus(2),
+            Contender::OursUnfiltered => exit("ours-unfiltered", VmmKind::Ours)
+                .vmm_arg("--seccomp")
+                .vmm_arg("none"),
             Contender::Floor => exit("floor", VmmKind::Floor),
             Contender::Qemu => exit("qemu-microvm", VmmKind::QemuMicrovm),
         }

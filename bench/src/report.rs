@@ -433,6 +433,14 @@ fn boot_verdicts(b: &BootSummary) -> Vec<String> {
             "{peer} gave no figure (see the table): ours − {peer} not measured"
         ));
     }
+    if let Some(open) = b.figure(Contender::OursUnfiltered) {
+        lines.push(format!(
+            "the seccomp filters add {:+.1} ms to /init and {:+.1} ms to exit (ours against \
+             ours with --seccomp none)",
+            (ours.init_s - open.init_s) * 1e3,
+            (ours.exit_s - open.exit_s) * 1e3
+        ));
+    }
     if let Some(share) = b.figure(Contender::OursShare) {
         lines.push(format!(
             "the default share adds {:+.1} ms to /init and {:+.1} ms to exit",
