@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod bus;
+pub mod confine;
 pub mod exit;
 pub mod legacy;
 pub mod ratelimit;

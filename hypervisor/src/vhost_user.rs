@@ -205,6 +205,7 @@ pub fn serve(args: &VhostUserFsArgs, stop: &EventFd) -> Result<u8, VhostUserCmdE
         tag: share.tag.clone(),
         request_queues: args.request_queues,
         seccomp: args.seccomp,
+        beneath: exposed.clone(),
     };
     let listener = VhostUserFsDaemon::<RedirectFs>::listen(&config)?;
     let supervisor = match sandbox::enter(args.sandbox, &exposed) {

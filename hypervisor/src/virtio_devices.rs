@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use devices::bus::Bus;
 use devices::seccomp::SeccompMode;
-use devices::virtio::fs::VirtioFs;
+use devices::virtio::fs::{VirtioFs, WorkerConfinement};
 use devices::virtio::{GuestMemory, MmioInterrupt, MmioTransport, VirtioDevice};
 use fsredirect::{FsConfig, RedirectFs, ShareSpec};
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -84,7 +84,14 @@ impl<'a> VirtioPlacer<'a> {
             tag: share.tag.clone(),
             source,
         })?;
-        let device = VirtioFs::with_seccomp(&share.tag, 1, Arc::new(fs), self.seccomp)
+        // The workers may reach the guest tree and the store, nothing else (Landlock).
+        let confinement = WorkerConfinement {
+            seccomp: self.seccomp,
+            beneath: std::iter::once(share.dir.clone())
+                .chain(share.store.as_ref().map(|store| store.root.clone()))
+                .collect(),
+        };
+        let device = VirtioFs::confined(&share.tag, 1, Arc::new(fs), confinement)
             .map_err(VmError::FsDevice)?;
         self.place(bus, device)?;
         let mode = match &share.store {

@@ -174,9 +174,13 @@ const FILE_SYSTEM: &[i64] = &[
 
 /// What a thread needs to start threads (the vhost-user server starts one set of queue
 /// workers per front-end) and what a new thread does until its own filter is installed
-/// (seccomp and prctl's no_new_privs for that; a filter only ever narrows).
+/// (seccomp and prctl's no_new_privs for that, and its Landlock rules; a filter and a
+/// Landlock domain only ever narrow).
 const THREADS: &[i64] = &[
     libc::SYS_seccomp,
+    libc::SYS_landlock_create_ruleset,
+    libc::SYS_landlock_add_rule,
+    libc::SYS_landlock_restrict_self,
     libc::SYS_clone,
     libc::SYS_clone3,
     libc::SYS_set_robust_list,

@@ -20,7 +20,7 @@ use super::{
     read_config_bytes, ActivateError, ActivationContext, VirtioDevice, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC,
 };
-use crate::seccomp::SeccompMode;
+pub use worker::WorkerConfinement;
 use worker::{Command, QueueThread, Worker};
 
 /// Longest tag the configuration space holds (virtio 1.2 §5.11.4).
@@ -145,24 +145,24 @@ pub struct VirtioFs<F: FileSystem + Send + Sync + 'static> {
 
 impl<F: FileSystem + Send + Sync + 'static> VirtioFs<F> {
     /// A device with tag `tag` and `request_queues` request queues, whose workers run
-    /// without a seccomp filter.
+    /// unconfined.
     pub fn new(tag: &str, request_queues: u32, fs: Arc<F>) -> Result<Self, FsDeviceError> {
-        Self::with_seccomp(tag, request_queues, fs, SeccompMode::None)
+        Self::confined(tag, request_queues, fs, WorkerConfinement::default())
     }
 
-    /// A device whose queue workers serve under the file-serving seccomp filter in mode
-    /// `seccomp`. Its worker threads start here, one per queue, so that the thread
-    /// calling this (not a vCPU) is the one that starts threads.
-    pub fn with_seccomp(
+    /// A device whose queue workers confine themselves as `confinement` says (a seccomp
+    /// filter, Landlock) before they serve anything. Its worker threads start here, one per
+    /// queue, so that the thread calling this (not a vCPU) is the one that starts threads.
+    pub fn confined(
         tag: &str,
         request_queues: u32,
         fs: Arc<F>,
-        seccomp: SeccompMode,
+        confinement: WorkerConfinement,
     ) -> Result<Self, FsDeviceError> {
         let config = config_space(tag, request_queues)?;
         let queues = 1 + request_queues as usize;
         let threads = (0..queues)
-            .map(|index| QueueThread::start(format!("fs-{tag}-q{index}"), seccomp))
+            .map(|index| QueueThread::start(format!("fs-{tag}-q{index}"), confinement.clone()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|err| FsDeviceError::Workers {
                 tag: tag.to_owned(),

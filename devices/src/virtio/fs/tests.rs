@@ -606,7 +606,7 @@ mod device {
     use super::Fs;
     use crate::bus::BusDevice;
     use crate::seccomp::SeccompMode;
-    use crate::virtio::fs::VirtioFs;
+    use crate::virtio::fs::{VirtioFs, WorkerConfinement};
     use crate::virtio::{MmioInterrupt, MmioTransport, VIRTIO_F_VERSION_1};
 
     fn write(t: &mut MmioTransport<VirtioFs<Fs>>, reg: u32, value: u32) {
@@ -635,7 +635,11 @@ mod device {
         })
         .unwrap();
         fs.import().unwrap();
-        let device = VirtioFs::with_seccomp("share0", 1, Arc::new(fs), seccomp).unwrap();
+        let confinement = WorkerConfinement {
+            seccomp,
+            beneath: vec![dir.path().to_owned()],
+        };
+        let device = VirtioFs::confined("share0", 1, Arc::new(fs), confinement).unwrap();
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let interrupt = Arc::new(MmioInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
         let mut t = MmioTransport::new(device, mem, interrupt).unwrap();

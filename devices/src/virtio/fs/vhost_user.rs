@@ -51,8 +51,9 @@ use vmm_sys_util::event::{
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::handler::{process_queue, FuseSession};
+use super::WorkerConfinement;
 use super::{config_space, FsDeviceError, MAX_TAG_LEN};
-use crate::seccomp::{self, SeccompMode, ThreadRole};
+use crate::seccomp::SeccompMode;
 use crate::virtio::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use crate::warn_limited;
 
@@ -130,12 +131,12 @@ pub struct VhostUserFsBackend<F: FileSystem + Send + Sync + 'static> {
     /// Written once, when the front-end sends its first message.
     greeting: Option<EventFd>,
     greeted: AtomicBool,
-    /// The filter each queue worker installs before serving its first kick.
-    seccomp: SeccompMode,
+    /// How each queue worker confines itself before serving its first kick.
+    confinement: WorkerConfinement,
 }
 
 thread_local! {
-    /// Whether this queue worker thread has installed its seccomp filter.
+    /// Whether this queue worker thread has confined itself.
     static WORKER_CONFINED: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -166,25 +167,23 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserFsBackend<F> {
             exits,
             greeting: None,
             greeted: AtomicBool::new(false),
-            seccomp: SeccompMode::None,
+            confinement: WorkerConfinement::default(),
         })
     }
 
-    /// Makes each queue worker (a thread vhost-user-backend starts) install the
-    /// file-serving seccomp filter in mode `seccomp` before it serves its first kick
-    /// (default: none).
-    pub fn seccomp(mut self, seccomp: SeccompMode) -> Self {
-        self.seccomp = seccomp;
+    /// Makes each queue worker (a thread vhost-user-backend starts) confine itself as
+    /// `confinement` says before it serves its first kick (default: not at all).
+    pub fn confined(mut self, confinement: WorkerConfinement) -> Self {
+        self.confinement = confinement;
         self
     }
 
-    /// Installs the worker filter on the calling queue worker, once per thread.
+    /// Confines the calling queue worker, once per thread.
     fn confine_worker(&self) -> io::Result<()> {
-        if self.seccomp == SeccompMode::None || WORKER_CONFINED.get() {
+        if WORKER_CONFINED.get() {
             return Ok(());
         }
-        seccomp::confine_current_thread(ThreadRole::FsWorker, self.seccomp)
-            .map_err(io::Error::other)?;
+        self.confinement.apply().map_err(io::Error::other)?;
         WORKER_CONFINED.set(true);
         Ok(())
     }
@@ -393,6 +392,9 @@ pub struct DaemonConfig {
     /// (default: end the process). Only the workers are filtered: the daemon's other
     /// threads run on, or are started from, the caller's thread.
     pub seccomp: SeccompMode,
+    /// The only directories whose files the queue workers may reach (Landlock, where the
+    /// kernel has it): the share's guest tree and store. Empty: no such limit.
+    pub beneath: Vec<PathBuf>,
 }
 
 impl DaemonConfig {
@@ -403,6 +405,7 @@ impl DaemonConfig {
             tag: tag.to_owned(),
             request_queues: 1,
             seccomp: SeccompMode::Kill,
+            beneath: Vec::new(),
         }
     }
 }
@@ -548,7 +551,10 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserFsDaemon<F> {
             mem.clone(),
         )?
         .notify_first_message(greeting.try_clone().map_err(host("clone an eventfd"))?)
-        .seccomp(self.config.seccomp);
+        .confined(WorkerConfinement {
+            seccomp: self.config.seccomp,
+            beneath: self.config.beneath.clone(),
+        });
         let mut daemon = VhostUserDaemon::new(
             format!("vhost-user-fs-{}", self.config.tag),
             Arc::new(backend),

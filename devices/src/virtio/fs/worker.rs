@@ -4,6 +4,7 @@
 //! thread, and each worker installs its own seccomp filter before it serves anything.
 
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -14,6 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::handler::{process_queue, FuseSession};
 use super::NeedsReset;
+use crate::confine::{self, Enforcement};
 use crate::seccomp::{self, SeccompMode, ThreadRole};
 use crate::virtio::wait::Waiter;
 use crate::virtio::{ActiveQueue, GuestMemory, Interrupt};
@@ -98,6 +100,36 @@ impl<F: FileSystem + Send + Sync> Worker<F> {
     }
 }
 
+/// How a file-serving thread confines itself before it serves anything.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerConfinement {
+    /// Its seccomp filter's mode.
+    pub seccomp: SeccompMode,
+    /// The only directories whose files it may reach (Landlock, where the kernel has it);
+    /// empty: no such limit.
+    pub beneath: Vec<PathBuf>,
+}
+
+impl WorkerConfinement {
+    /// Applies the Landlock limit, then the seccomp filter, to the calling thread.
+    pub fn apply(&self) -> Result<(), String> {
+        if !self.beneath.is_empty() {
+            match confine::restrict_thread_beneath(&self.beneath) {
+                Ok(Enforcement::Full) => debug!("Landlock: limited to {:?}", self.beneath),
+                Ok(Enforcement::Partial) => {
+                    debug!("Landlock: this kernel enforces only part of the file limits")
+                }
+                Ok(Enforcement::None) => {
+                    debug!("Landlock: not in this kernel; the file-serving threads are not limited to their share")
+                }
+                Err(err) => return Err(err.to_string()),
+            }
+        }
+        seccomp::confine_current_thread(ThreadRole::FsWorker, self.seccomp)
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// What a parked worker thread is asked to do.
 pub enum Command<F: FileSystem + Send + Sync> {
     /// Serve a queue until told to stop; then say so on `done`.
@@ -123,15 +155,15 @@ pub struct QueueThread<F: FileSystem + Send + Sync + 'static> {
 }
 
 impl<F: FileSystem + Send + Sync + 'static> QueueThread<F> {
-    /// Starts the worker thread named `name`, which installs the file-serving filter of
-    /// `seccomp` and parks. Returns once the filter is in place, or with why it is not.
-    pub fn start(name: String, seccomp: SeccompMode) -> std::io::Result<Self> {
+    /// Starts the worker thread named `name`, which confines itself as `confinement` says
+    /// and parks. Returns once it is confined, or with why it could not be.
+    pub fn start(name: String, confinement: WorkerConfinement) -> std::io::Result<Self> {
         let (commands, received) = mpsc::channel();
         let (ready, confined) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
-                let result = seccomp::confine_current_thread(ThreadRole::FsWorker, seccomp);
+                let result = confinement.apply();
                 let ok = result.is_ok();
                 let _ = ready.send(result);
                 if ok {
