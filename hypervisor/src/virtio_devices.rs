@@ -84,12 +84,12 @@ impl<'a> VirtioPlacer<'a> {
             tag: share.tag.clone(),
             source,
         })?;
-        // The workers may reach the guest tree and the store, nothing else (Landlock).
+        // No Landlock here: these workers open inodes by file handle (as root), and on the
+        // test host's 6.1 kernel a Landlock-limited worker doing so took a path it never takes
+        // otherwise (an ioctl its filter forbids). See the README, "Containment".
         let confinement = WorkerConfinement {
             seccomp: self.seccomp,
-            beneath: std::iter::once(share.dir.clone())
-                .chain(share.store.as_ref().map(|store| store.root.clone()))
-                .collect(),
+            beneath: Vec::new(),
         };
         let device = VirtioFs::confined(&share.tag, 1, Arc::new(fs), confinement)
             .map_err(VmError::FsDevice)?;
