@@ -110,8 +110,9 @@ fn trap() -> Result<(), String> {
     for place in ["caller", "thread"] {
         let out = run_probe(ThreadRole::FsWorker, SeccompMode::Trap, place)?;
         let stderr = String::from_utf8_lossy(&out.stderr);
+        // socket(AF_INET, SOCK_STREAM, 0)
         let expected = format!(
-            "a fs-worker thread made system call socket ({})",
+            "a fs-worker thread made system call socket ({}, arguments 0x2 0x1 0x0)",
             libc::SYS_socket
         );
         if out.status.code() != Some(TRAP_EXIT_CODE)

@@ -255,7 +255,11 @@ fn install_sigsys_handler() {
 /// si_code and padding (16 bytes) comes `_sigsys { void *_call_addr; int _syscall; ... }`.
 const SI_SYSCALL_OFFSET: usize = 24;
 
-extern "C" fn on_sigsys(_signo: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+extern "C" fn on_sigsys(
+    _signo: libc::c_int,
+    info: *mut libc::siginfo_t,
+    context: *mut libc::c_void,
+) {
     // SAFETY: the kernel passes a valid siginfo_t for a SA_SIGINFO handler, and a SIGSYS
     // from seccomp fills its `_sigsys` member; the read stays inside the 128-byte struct.
     let number = unsafe {
@@ -264,12 +268,22 @@ extern "C" fn on_sigsys(_signo: libc::c_int, info: *mut libc::siginfo_t, _: *mut
             .cast::<i32>()
             .read_unaligned()
     };
+    // SAFETY: the third argument of a SA_SIGINFO handler is the interrupted thread's
+    // ucontext_t; its saved registers hold the call's first three arguments.
+    let args = unsafe {
+        let gregs = &(*context.cast::<libc::ucontext_t>()).uc_mcontext.gregs;
+        [
+            gregs[libc::REG_RDI as usize] as u64,
+            gregs[libc::REG_RSI as usize] as u64,
+            gregs[libc::REG_RDX as usize] as u64,
+        ]
+    };
     let role = THREAD_ROLE
         .try_with(|r| ThreadRole::from_index(r.get()))
         .ok()
         .flatten();
     let mut message = MessageBuffer::new();
-    trap_message(&mut message, i64::from(number), role);
+    trap_message(&mut message, i64::from(number), args, role);
     // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffer is valid for its length.
     unsafe {
         libc::write(2, message.bytes().as_ptr().cast(), message.bytes().len());
@@ -277,14 +291,20 @@ extern "C" fn on_sigsys(_signo: libc::c_int, info: *mut libc::siginfo_t, _: *mut
     }
 }
 
-/// Writes what the trap handler says about call `number` made by a thread of `role`.
-fn trap_message(out: &mut MessageBuffer, number: i64, role: Option<ThreadRole>) {
+/// Writes what the trap handler says about call `number`, whose first arguments were
+/// `args`, made by a thread of `role`.
+fn trap_message(out: &mut MessageBuffer, number: i64, args: [u64; 3], role: Option<ThreadRole>) {
     out.push("seccomp: a ");
     out.push(role.map_or("filtered", ThreadRole::name));
     out.push(" thread made system call ");
     out.push(names::syscall_name(number).unwrap_or("unknown"));
     out.push(" (");
     out.push_number(number);
+    out.push(", arguments");
+    for arg in args {
+        out.push(" ");
+        out.push_hex(arg);
+    }
     out.push("), which its filter forbids; stopping. This is a bug: please report it with this line (--seccomp log lets such calls through and logs them)\n");
 }
 
@@ -327,6 +347,24 @@ impl MessageBuffer {
         }
         // The digits are ASCII.
         self.push(std::str::from_utf8(&digits[start..]).unwrap_or("?"));
+    }
+
+    fn push_hex(&mut self, value: u64) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0u8; 18];
+        text[..2].copy_from_slice(b"0x");
+        let mut len = 2;
+        let mut started = false;
+        for shift in (0..16).rev() {
+            let digit = ((value >> (shift * 4)) & 0xf) as usize;
+            if digit != 0 || started || shift == 0 {
+                started = true;
+                text[len] = DIGITS[digit];
+                len += 1;
+            }
+        }
+        // The digits are ASCII.
+        self.push(std::str::from_utf8(&text[..len]).unwrap_or("?"));
     }
 
     fn bytes(&self) -> &[u8] {

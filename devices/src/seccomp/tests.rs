@@ -31,8 +31,14 @@ fn every_role_compiles_in_every_filtering_mode() {
 #[test]
 fn the_trap_message_names_unknown_and_negative_numbers() {
     let mut out = MessageBuffer::new();
-    trap_message(&mut out, -7, None);
+    trap_message(&mut out, -7, [0, 0x5401, u64::MAX], None);
     let text = String::from_utf8_lossy(out.bytes()).into_owned();
-    assert!(text.starts_with("seccomp: a filtered thread made system call unknown (-7)"));
+    assert!(
+        text.starts_with(
+            "seccomp: a filtered thread made system call unknown (-7, arguments 0x0 0x5401 \
+             0xffffffffffffffff)"
+        ),
+        "{text}"
+    );
     assert!(text.ends_with('\n'));
 }
