@@ -31,7 +31,7 @@ use devices::virtio::fs::vhost_user::{
 };
 use fsredirect::{FsConfig, FsError, RedirectFs, ShareSpec};
 
-use crate::sandbox::{self, Entered, SandboxError, SandboxMode};
+use crate::sandbox::{self, Entered, SandboxError, SandboxMode, Supervisor};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::register_signal_handler;
 
@@ -189,6 +189,9 @@ pub fn run(args: &VhostUserFsArgs) -> Result<u8, VhostUserCmdError> {
 
 /// Like [`run`], stopping when `stop` becomes readable instead of on signals
 /// (for programs that handle signals themselves).
+///
+/// With `args.sandbox` namespace this forks (see [`crate::sandbox`]): call it from a
+/// single-threaded process, or serve with [`SandboxMode::None`].
 pub fn serve(args: &VhostUserFsArgs, stop: &EventFd) -> Result<u8, VhostUserCmdError> {
     let share = &args.share;
     let share_error = |source| VhostUserCmdError::Share {
@@ -219,21 +222,7 @@ pub fn serve(args: &VhostUserFsArgs, stop: &EventFd) -> Result<u8, VhostUserCmdE
     };
     if let Some(supervisor) = supervisor {
         drop(listener);
-        let forwarded = || match STOP_SIGNAL.load(Ordering::SeqCst) {
-            0 => libc::SIGTERM,
-            signo => signo,
-        };
-        let code =
-            supervisor
-                .wait(stop, forwarded)
-                .map_err(|source| VhostUserCmdError::Thread {
-                    what: "wait for the sandboxed server",
-                    source,
-                })?;
-        // The server could not: the socket's directory is not in its sandbox.
-        let _ = std::fs::remove_file(&args.socket);
-        say("socket removed; bye");
-        return Ok(u8::try_from(code).unwrap_or(1));
+        return supervise(&supervisor, stop, &args.socket);
     }
     let fs_config = FsConfig {
         // With CAP_DAC_READ_SEARCH gone, a handle opens nothing; see crate::sandbox.
@@ -302,6 +291,28 @@ pub fn serve(args: &VhostUserFsArgs, stop: &EventFd) -> Result<u8, VhostUserCmdE
         say("socket removed; bye");
     }
     Ok(0)
+}
+
+/// Outside the sandbox: waits for the sandboxed server, passing stop signals on, then removes
+/// the socket (not in the server's sandbox) and returns the server's exit code.
+fn supervise(
+    supervisor: &Supervisor,
+    stop: &EventFd,
+    socket: &std::path::Path,
+) -> Result<u8, VhostUserCmdError> {
+    let forwarded = || match STOP_SIGNAL.load(Ordering::SeqCst) {
+        0 => libc::SIGTERM,
+        signo => signo,
+    };
+    let code = supervisor
+        .wait(stop, forwarded)
+        .map_err(|source| VhostUserCmdError::Thread {
+            what: "wait for the sandboxed server",
+            source,
+        })?;
+    let _ = std::fs::remove_file(socket);
+    say("socket removed; bye");
+    Ok(u8::try_from(code).unwrap_or(1))
 }
 
 /// The host directories a share's server needs: its guest tree and, if any, its store root.
