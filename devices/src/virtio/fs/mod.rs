@@ -20,6 +20,7 @@ use super::{
     read_config_bytes, ActivateError, ActivationContext, VirtioDevice, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC,
 };
+use crate::seccomp::SeccompMode;
 pub use worker::WorkerConfinement;
 use worker::{Command, QueueThread, Worker};
 
@@ -141,6 +142,9 @@ pub struct VirtioFs<F: FileSystem + Send + Sync + 'static> {
     threads: Vec<QueueThread<Arc<F>>>,
     /// The workers of the current activation, if any.
     running: Option<Running>,
+    /// Whether the workers run under a seccomp filter (then so does the thread that
+    /// resets the device, a vCPU, which may not touch files).
+    filtered: bool,
 }
 
 impl<F: FileSystem + Send + Sync + 'static> VirtioFs<F> {
@@ -161,6 +165,7 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFs<F> {
     ) -> Result<Self, FsDeviceError> {
         let config = config_space(tag, request_queues)?;
         let queues = 1 + request_queues as usize;
+        let filtered = confinement.seccomp != SeccompMode::None;
         let threads = (0..queues)
             .map(|index| QueueThread::start(format!("fs-{tag}-q{index}"), confinement.clone()))
             .collect::<Result<Vec<_>, _>>()
@@ -175,6 +180,7 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFs<F> {
             server: Arc::new(handler::FuseSession::new(fs.clone())),
             fs,
             needs_reset: NeedsReset::default(),
+            filtered,
             threads,
             running: None,
         })
@@ -283,7 +289,16 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFs<F> {
         let (done, finished) = mpsc::channel();
         let call = Box::new(move || fs.destroy());
         let sent = self.threads[HIPRIO_QUEUE].send(Command::Call { call, done });
-        if !sent || finished.recv().is_err() {
+        if sent && finished.recv().is_ok() {
+            return;
+        }
+        if self.filtered {
+            // This thread's filter forbids the file calls: the next start recovers instead.
+            warn!(
+                "virtio-fs {}: the worker that ends the session is gone; the session is left                  to the next start's recovery",
+                self.tag
+            );
+        } else {
             warn!(
                 "virtio-fs {}: the worker that ends the session is gone; ending it here",
                 self.tag
