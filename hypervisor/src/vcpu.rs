@@ -3,12 +3,10 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Instant;
 
 use devices::bus::Bus;
-use devices::seccomp::{self, SeccompError, SeccompMode, ThreadRole};
 use devices::{ExitReason, VmExitRequest};
 use kvm_bindings::{
     kvm_run, CpuId, KVM_INTERNAL_ERROR_EMULATION,
@@ -58,8 +56,6 @@ pub struct VcpuContext {
     pub failure_hint: Arc<str>,
     /// When the VM started, for the first-entry log line.
     pub started: Instant,
-    /// What the vCPU thread's seccomp filter does with a call it does not allow.
-    pub seccomp: SeccompMode,
 }
 
 /// A vCPU ready to run on its own thread.
@@ -139,16 +135,9 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Runs the vCPU until the VM stops. Meant as a thread body: it first installs the
-    /// vCPU seccomp filter and says on `confined` whether it could; without the filter it
-    /// returns at once.
-    pub fn run(mut self, confined: Sender<std::result::Result<(), SeccompError>>) {
-        let result = seccomp::confine_current_thread(ThreadRole::Vcpu, self.ctx.seccomp);
-        let ok = result.is_ok();
-        let _ = confined.send(result);
-        if !ok {
-            return;
-        }
+    /// Runs the vCPU until the VM stops. Meant as a thread body, started under the vCPU
+    /// seccomp filter (`vm::spawn_vcpus`).
+    pub fn run(mut self) {
         KVM_RUN.with(|run| run.set(self.fd.get_kvm_run()));
         if self.id == 0 {
             // The start-up figure of the benchmarks (BENCHMARKS.md): they read the monotonic

@@ -203,12 +203,25 @@ pub fn serve(args: &VhostUserFsArgs, stop: &EventFd) -> Result<u8, VhostUserCmdE
         // The file system names what is missing, and how to fix it; or it makes what it may.
         drop(RedirectFs::new(share, FsConfig::default()).map_err(share_error)?);
     }
+    let fs_config = FsConfig {
+        // With CAP_DAC_READ_SEARCH gone, a handle opens nothing; see crate::sandbox.
+        inode_file_handles: args.sandbox == SandboxMode::None
+            && FsConfig::default().inode_file_handles,
+        ..FsConfig::default()
+    };
     let config = DaemonConfig {
         socket: args.socket.clone(),
         tag: share.tag.clone(),
         request_queues: args.request_queues,
         seccomp: args.seccomp,
-        beneath: Vec::new(),
+        // Landlock only where inodes are not reached by file handle: on the test host's 6.1
+        // kernel, a worker limited by Landlock and opening by handle took a path it never
+        // takes otherwise (an ioctl its filter forbids); see the README, "Containment".
+        beneath: if fs_config.inode_file_handles {
+            Vec::new()
+        } else {
+            exposed.clone()
+        },
     };
     let listener = VhostUserFsDaemon::<RedirectFs>::listen(&config)?;
     let supervisor = match sandbox::enter(args.sandbox, &exposed) {
@@ -224,23 +237,6 @@ pub fn serve(args: &VhostUserFsArgs, stop: &EventFd) -> Result<u8, VhostUserCmdE
         drop(listener);
         return supervise(&supervisor, stop, &args.socket);
     }
-    let fs_config = FsConfig {
-        // With CAP_DAC_READ_SEARCH gone, a handle opens nothing; see crate::sandbox.
-        inode_file_handles: args.sandbox == SandboxMode::None
-            && FsConfig::default().inode_file_handles,
-        ..FsConfig::default()
-    };
-    // Landlock only where inodes are not reached by file handle: on the test host's 6.1
-    // kernel, a worker limited by Landlock and opening by handle took a path it never takes
-    // otherwise (an ioctl its filter forbids); see the README, "Containment".
-    let config = DaemonConfig {
-        beneath: if fs_config.inode_file_handles {
-            Vec::new()
-        } else {
-            exposed.clone()
-        },
-        ..config
-    };
     let fs = match RedirectFs::new(share, fs_config) {
         Ok(fs) => fs,
         Err(source) => {

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -283,7 +283,6 @@ impl Vm {
             mem: mem.clone(),
             failure_hint,
             started,
-            seccomp: self.config.seccomp,
         };
         let vcpus = create_vcpus(&kvm, &vm_fd, &self.config, &boot_info, &ctx)?;
 
@@ -328,7 +327,7 @@ impl Vm {
         }
 
         let event_loop = spawn_event_loop(events, self.exit.clone(), self.config.seccomp)?;
-        let threads = match spawn_vcpus(vcpus, &stop) {
+        let threads = match spawn_vcpus(vcpus, &stop, self.config.seccomp) {
             Ok(threads) => threads,
             Err(err) => {
                 self.exit.request(ExitReason::VcpuFailure);
@@ -684,69 +683,54 @@ fn spawn_event_loop(
     exit: VmExitRequest,
     mode: SeccompMode,
 ) -> Result<JoinHandle<()>> {
-    let (confined, result) = mpsc::channel();
-    let thread = std::thread::Builder::new()
-        .name("event-loop".into())
-        .spawn(move || {
-            let filtered = seccomp::confine_current_thread(ThreadRole::EventLoop, mode);
-            let ok = filtered.is_ok();
-            let _ = confined.send(filtered);
-            if !ok {
-                return;
-            }
+    seccomp::spawn_confined(
+        "event-loop".into(),
+        move || seccomp::confine_current_thread(ThreadRole::EventLoop, mode),
+        move || {
             while exit.reason().is_none() {
                 if let Err(err) = events.run() {
                     warn!("event loop error: {err:?}");
                 }
             }
-        })
-        .map_err(host_err("start the event loop thread"))?;
-    match result.recv() {
-        Ok(Ok(())) => Ok(thread),
-        Ok(Err(err)) => {
-            let _ = thread.join();
-            Err(err.into())
-        }
-        Err(_) => {
-            let _ = thread.join();
-            Err(VmError::Host {
-                what: "start the event loop",
-                source: std::io::Error::other("its thread ended at once"),
-            })
-        }
+        },
+    )
+    .map_err(|err| spawn_error("start the event loop", err))
+}
+
+/// A [`seccomp::SpawnError`] as a [`VmError`]: a filter that could not be installed, or a
+/// thread that could not `what`.
+fn spawn_error(what: &'static str, err: seccomp::SpawnError<SeccompError>) -> VmError {
+    match err {
+        seccomp::SpawnError::Confine(err) => VmError::Seccomp(err),
+        seccomp::SpawnError::Spawn(source) => VmError::Host { what, source },
+        seccomp::SpawnError::EndedAtStart => VmError::Host {
+            what,
+            source: std::io::Error::other("its thread ended at once"),
+        },
     }
 }
 
-/// Starts one thread per vCPU, each of which installs its seccomp filter before its first
-/// KVM_RUN; returns once all have. If one cannot start, those already running
-/// are stopped and joined before the error is returned.
-fn spawn_vcpus(vcpus: Vec<Vcpu>, stop: &AtomicBool) -> Result<Vec<JoinHandle<()>>> {
+/// Starts one thread per vCPU, each of which installs its seccomp filter in mode `mode`
+/// before its first KVM_RUN; returns once all have. If one cannot start, those already
+/// running are stopped and joined before the error is returned.
+fn spawn_vcpus(
+    vcpus: Vec<Vcpu>,
+    stop: &AtomicBool,
+    mode: SeccompMode,
+) -> Result<Vec<JoinHandle<()>>> {
     let mut threads = Vec::with_capacity(vcpus.len());
     for (id, vcpu) in vcpus.into_iter().enumerate() {
-        let (confined, result) = mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name(format!("vcpu{id}"))
-            .spawn(move || vcpu.run(confined));
-        let failure = match spawned {
-            Ok(handle) => {
-                threads.push(handle);
-                match result.recv() {
-                    Ok(Ok(())) => None,
-                    Ok(Err(err)) => Some(VmError::from(err)),
-                    Err(_) => Some(VmError::Host {
-                        what: "start a vCPU",
-                        source: std::io::Error::other("its thread ended at once"),
-                    }),
-                }
+        let spawned = seccomp::spawn_confined(
+            format!("vcpu{id}"),
+            move || seccomp::confine_current_thread(ThreadRole::Vcpu, mode),
+            move || vcpu.run(),
+        );
+        match spawned {
+            Ok(thread) => threads.push(thread),
+            Err(err) => {
+                stop_vcpus(stop, threads);
+                return Err(spawn_error("start a vCPU thread", err));
             }
-            Err(source) => Some(VmError::Host {
-                what: "start a vCPU thread",
-                source,
-            }),
-        };
-        if let Some(err) = failure {
-            stop_vcpus(stop, threads);
-            return Err(err);
         }
     }
     Ok(threads)

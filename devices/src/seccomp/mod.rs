@@ -10,6 +10,7 @@
 
 mod allow;
 pub mod names;
+mod spawn;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,6 +23,7 @@ use seccompiler::{
 };
 
 pub use allow::{allowed, kvm_ioctl, Allowed};
+pub use spawn::{spawn_confined, SpawnError};
 
 /// The exit status of a process that a `trap` filter stopped (128 + SIGSYS, what a shell
 /// shows for a process the `kill` filter ended).
@@ -207,8 +209,8 @@ pub fn confine_current_thread(role: ThreadRole, mode: SeccompMode) -> Result<(),
     install_prepared(role, mode, &program)
 }
 
-/// Installs `program`, built by [`filter`] for `role` and `mode`, on the calling thread.
-/// It allocates nothing, so a process may call it between fork and exec.
+/// Installs `program`, built by [`filter`] for `role` and `mode`, on the calling thread
+/// (building a filter once and installing it later keeps the build out of a measurement).
 pub fn install_prepared(
     role: ThreadRole,
     mode: SeccompMode,

@@ -159,33 +159,13 @@ impl<F: FileSystem + Send + Sync + 'static> QueueThread<F> {
     /// and parks. Returns once it is confined, or with why it could not be.
     pub fn start(name: String, confinement: WorkerConfinement) -> std::io::Result<Self> {
         let (commands, received) = mpsc::channel();
-        let (ready, confined) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name(name.clone())
-            .spawn(move || {
-                let result = confinement.apply();
-                let ok = result.is_ok();
-                let _ = ready.send(result);
-                if ok {
-                    park(received);
-                }
-            })?;
-        match confined.recv() {
-            Ok(Ok(())) => Ok(Self {
-                commands: Some(commands),
-                thread: Some(thread),
-            }),
-            Ok(Err(err)) => {
-                let _ = thread.join();
-                Err(std::io::Error::other(err))
-            }
-            Err(_) => {
-                let _ = thread.join();
-                Err(std::io::Error::other(format!(
-                    "worker thread {name} ended at its start"
-                )))
-            }
-        }
+        let thread =
+            seccomp::spawn_confined(name, move || confinement.apply(), move || park(received))
+                .map_err(|err| std::io::Error::other(err.to_string()))?;
+        Ok(Self {
+            commands: Some(commands),
+            thread: Some(thread),
+        })
     }
 
     /// Hands the thread `command`; false if the thread is gone.
