@@ -8,6 +8,7 @@ use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 
 /// `struct open_how` of openat2(2); libc marks its own non-exhaustive, so it cannot be built.
 #[repr(C)]
@@ -56,30 +57,91 @@ pub fn walk(dir: &impl AsRawFd, parts: &[CString]) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Opens a regular file beneath `dir` for reading and writing, after checking through an
-/// `O_PATH` descriptor that it is one: a FIFO or device node is never opened for I/O.
-pub fn open_regular_beneath(dir: &impl AsRawFd, path: &CStr) -> io::Result<File> {
-    let path_fd = open_beneath(dir, path, libc::O_PATH, 0)?;
-    reopen_regular(&path_fd, libc::O_RDWR)
-}
+/// This process's `/proc/self/fd`, held open: an `O_PATH` descriptor is reopened for I/O, or
+/// given a name, through it. Holding it (rather than naming `/proc/self/fd/N` each time) keeps
+/// that working after the server's root has changed (`--sandbox chroot`, where `/proc` is out of
+/// sight), and walks one component instead of four.
+///
+/// Open it in the process that uses it: after a `fork`, the child's copy still names the
+/// parent's descriptors.
+#[derive(Debug, Clone)]
+pub struct ProcSelfFd(Arc<OwnedFd>);
 
-/// Reopens the regular file behind an `O_PATH` descriptor for I/O with `flags`; anything
-/// else (FIFO, device, socket, directory) is refused with EIO and never opened.
-pub fn reopen_regular(path_fd: &impl AsRawFd, flags: i32) -> io::Result<File> {
-    let st = fstat(path_fd)?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(io::Error::from_raw_os_error(libc::EIO));
+impl ProcSelfFd {
+    /// Opens `/proc/self/fd` of the calling process.
+    pub fn open() -> io::Result<Self> {
+        // SAFETY: a constant NUL-terminated path; the result is checked.
+        let fd = unsafe {
+            libc::open(
+                c"/proc/self/fd".as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        check(fd)?;
+        // SAFETY: `open` returned a new descriptor that nothing else owns.
+        Ok(Self(Arc::new(unsafe { OwnedFd::from_raw_fd(fd) })))
     }
-    let proc_path = CString::new(format!("/proc/self/fd/{}", path_fd.as_raw_fd()))
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `proc_path` is NUL-terminated; reopening our own O_PATH fd through /proc only
-    // reaches the file it already names.
-    let fd = unsafe { libc::open(proc_path.as_ptr(), flags | libc::O_CLOEXEC | libc::O_NOCTTY) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+
+    /// The name of `fd` in this directory: its number.
+    fn entry(fd: &impl AsRawFd) -> CString {
+        // Digits hold no NUL byte.
+        CString::new(fd.as_raw_fd().to_string()).unwrap_or_default()
     }
-    // SAFETY: `open` returned a new descriptor that nothing else owns.
-    Ok(unsafe { File::from_raw_fd(fd) })
+
+    /// Opens a regular file beneath `dir` for reading and writing, after checking through an
+    /// `O_PATH` descriptor that it is one: a FIFO or device node is never opened for I/O.
+    pub fn open_regular_beneath(&self, dir: &impl AsRawFd, path: &CStr) -> io::Result<File> {
+        let path_fd = open_beneath(dir, path, libc::O_PATH, 0)?;
+        self.reopen_regular(&path_fd, libc::O_RDWR)
+    }
+
+    /// Reopens the regular file behind an `O_PATH` descriptor for I/O with `flags`; anything
+    /// else (FIFO, device, socket, directory) is refused with EIO and never opened.
+    pub fn reopen_regular(&self, path_fd: &impl AsRawFd, flags: i32) -> io::Result<File> {
+        let st = fstat(path_fd)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let entry = Self::entry(path_fd);
+        // SAFETY: `entry` is NUL-terminated; reopening our own O_PATH fd through its magic
+        // link only reaches the file it already names.
+        let fd = unsafe {
+            libc::openat(
+                self.0.as_raw_fd(),
+                entry.as_ptr(),
+                flags | libc::O_CLOEXEC | libc::O_NOCTTY,
+            )
+        };
+        check(fd)?;
+        // SAFETY: `openat` returned a new descriptor that nothing else owns.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    }
+
+    /// Changes the mode of the file behind `fd` (any descriptor, `O_PATH` included).
+    pub fn chmod(&self, fd: &impl AsRawFd, mode: u32) -> io::Result<()> {
+        let entry = Self::entry(fd);
+        // SAFETY: `entry` is NUL-terminated; following our own descriptor's magic link
+        // changes only the file it names.
+        check(unsafe { libc::fchmodat(self.0.as_raw_fd(), entry.as_ptr(), mode, 0) }).map(|_| ())
+    }
+
+    /// Gives the open file `fd` (which has a name, or is an `O_TMPFILE` that may be linked)
+    /// the name `name` in `dir`.
+    pub fn link(&self, fd: &impl AsRawFd, dir: &impl AsRawFd, name: &CStr) -> io::Result<()> {
+        let entry = Self::entry(fd);
+        // SAFETY: both names are NUL-terminated; AT_SYMLINK_FOLLOW makes the magic link name
+        // the open file itself.
+        check(unsafe {
+            libc::linkat(
+                self.0.as_raw_fd(),
+                entry.as_ptr(),
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        })
+        .map(|_| ())
+    }
 }
 
 /// `fstat` on any descriptor.
@@ -159,7 +221,10 @@ mod tests {
         // SAFETY: valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
         let dir = File::open(tmp.path()).unwrap();
-        let err = open_regular_beneath(&dir, c"p").unwrap_err();
+        let err = ProcSelfFd::open()
+            .unwrap()
+            .open_regular_beneath(&dir, c"p")
+            .unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EIO));
     }
 }

@@ -13,7 +13,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::beneath::{check, open_beneath, open_regular_beneath, walk};
+use crate::beneath::{check, open_beneath, walk, ProcSelfFd};
 use crate::faults::{Hook, Namespace, StoreOp};
 use crate::intent::IntentLog;
 
@@ -75,6 +75,8 @@ pub struct Store {
     was_clean: bool,
     created: bool,
     orphans: OwnedFd,
+    /// Reopens and names descriptors ([`ProcSelfFd`]).
+    proc: ProcSelfFd,
     orphans_path: PathBuf,
     intents: IntentLog,
     volume_path: PathBuf,
@@ -179,6 +181,10 @@ impl Store {
             was_clean,
             created,
             orphans: open_dir(&orphans_path)?,
+            proc: ProcSelfFd::open().map_err(|source| StoreError::Dir {
+                path: PathBuf::from("/proc/self/fd"),
+                source,
+            })?,
             intents: IntentLog::new(open_dir(&intent_path)?, hook.clone()),
             orphans_path,
             volume_path,
@@ -381,7 +387,7 @@ impl Store {
     /// Opens the object at `parts` for I/O.
     pub fn open_object(&self, parts: &[CString]) -> io::Result<File> {
         let (dir, name) = self.parent(parts, false)?;
-        open_regular_beneath(&dir, name)
+        self.proc.open_regular_beneath(&dir, name)
     }
 
     /// `fstatat` without following symlinks, beneath the volume.
@@ -449,20 +455,7 @@ impl Store {
     pub fn link_open(&self, object: &File, new: &[CString]) -> io::Result<()> {
         let (new_dir, new_name) = self.parent(new, true)?;
         self.before(&StoreOp::Namespace(Namespace::Link))?;
-        let source = CString::new(format!("/proc/self/fd/{}", object.as_raw_fd()))
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: `source` and `new_name` are NUL-terminated; AT_SYMLINK_FOLLOW makes the
-        // descriptor's magic link name the object itself (which has a name, so can be linked).
-        check(unsafe {
-            libc::linkat(
-                libc::AT_FDCWD,
-                source.as_ptr(),
-                new_dir.as_raw_fd(),
-                new_name.as_ptr(),
-                libc::AT_SYMLINK_FOLLOW,
-            )
-        })
-        .map(|_| ())
+        self.proc.link(object, &new_dir, new_name)
     }
 
     /// A fresh name in the orphan area for an object of `inode`.
@@ -513,7 +506,7 @@ impl Store {
 
     /// Opens an orphan for I/O.
     pub fn open_orphan(&self, orphan: &CStr) -> io::Result<File> {
-        open_regular_beneath(&self.orphans, orphan)
+        self.proc.open_regular_beneath(&self.orphans, orphan)
     }
 
     /// Removes an orphan.

@@ -5,14 +5,20 @@
 //! sandbox reach everything, which shows they can tell.
 //!
 //! The probes: read `/etc/passwd`; read it through `/proc/1/root` and through `..` from the
-//! root; read a file beside the share, by path and by a file handle taken beforehand on the
-//! same host file system (`open_by_handle_at` with the share's tree as mount descriptor);
-//! hold CAP_DAC_READ_SEARCH; write and read in the guest tree and the store.
+//! root; read a file beside the share, by path, by a file handle taken beforehand on the
+//! same host file system (`open_by_handle_at` with the share's tree as mount descriptor),
+//! and by `..` from the descriptor held on the store; read `/etc/passwd` by `..` from the
+//! descriptor held on `/proc/self/fd` (the server holds both, as the real one does); hold
+//! CAP_DAC_READ_SEARCH; write and read in the guest tree and the store.
 //!
 //! Skipped, with the reason, when not run as root (namespaces need CAP_SYS_ADMIN).
 
 use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -24,12 +30,14 @@ use vmm_sys_util::eventfd::EventFd;
 const PROBE: &str = "HYPERVISOR_SANDBOX_PROBE";
 
 /// What the escape probes are called, in the child's output.
-const ESCAPES: [&str; 5] = [
+const ESCAPES: [&str; 7] = [
     "etc-passwd",
     "proc-1-root",
     "dotdot-from-root",
     "secret-by-path",
     "secret-by-handle",
+    "secret-by-dotdot-from-store",
+    "etc-passwd-by-dotdot-from-proc",
 ];
 
 fn main() {
@@ -152,6 +160,8 @@ fn unsandboxed() -> Result<(), String> {
         "etc-passwd",
         "secret-by-path",
         "secret-by-handle",
+        "secret-by-dotdot-from-store",
+        "etc-passwd-by-dotdot-from-proc",
         "share-works",
     ] {
         if !verdict(&results, name) {
@@ -185,6 +195,22 @@ fn probe_child(spec: &str) -> ! {
             std::process::exit(2);
         }
     }
+    // What the server holds, opened (as the server opens its share) once inside.
+    let held = {
+        let open = |path: &Path, flags| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(flags | libc::O_DIRECTORY)
+                .open(path)
+                .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()))
+        };
+        Held {
+            tree: open(&tree, 0),
+            store: open(&store, 0),
+            proc: open(Path::new("/proc/self/fd"), libc::O_PATH),
+        }
+    };
+
     let report = |name: &str, reached: bool, detail: String| {
         let word = if reached { "reached" } else { "denied" };
         println!("probe {name}: {word} ({detail})");
@@ -201,8 +227,13 @@ fn probe_child(spec: &str) -> ! {
     report("dotdot-from-root", r, d);
     let (r, d) = read(secret.to_str().unwrap());
     report("secret-by-path", r, d);
-    let (r, d) = open_by_handle(&tree, &handle);
+    let (r, d) = open_by_handle(&held.tree, &handle);
     report("secret-by-handle", r, d);
+    let secret_name = secret.file_name().unwrap().to_str().unwrap();
+    let (r, d) = read_at(&held.store, &format!("../{secret_name}"));
+    report("secret-by-dotdot-from-store", r, d);
+    let (r, d) = read_at(&held.proc, "../../../etc/passwd");
+    report("etc-passwd-by-dotdot-from-proc", r, d);
     let has = caps::has_cap(
         None,
         caps::CapSet::Effective,
@@ -213,9 +244,16 @@ fn probe_child(spec: &str) -> ! {
     // SAFETY: prctl with constant arguments reads a flag.
     let nnp = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) };
     report("no-new-privs", nnp == 1, format!("{nnp}"));
-    let works = std::fs::write(tree.join("written-inside"), "from inside")
-        .and_then(|()| std::fs::write(store.join("object"), "data"))
-        .and_then(|()| std::fs::read(store.join("object")));
+    let works = write_at(&held.tree, "written-inside", b"from inside")
+        .and_then(|()| write_at(&held.store, "object", b"data"))
+        .and_then(|()| {
+            let (reached, detail) = read_at(&held.store, "object");
+            if reached {
+                Ok(b"data".to_vec())
+            } else {
+                Err(std::io::Error::other(detail))
+            }
+        });
     report(
         "share-works",
         works.as_ref().is_ok_and(|b| b == b"data"),
@@ -254,14 +292,52 @@ fn file_handle(path: &Path) -> Result<Vec<u8>, String> {
     Ok(buf)
 }
 
-/// `open_by_handle_at` with the directory `mount` as mount descriptor.
-fn open_by_handle(mount: &Path, handle: &[u8]) -> (bool, String) {
-    let dir = match std::fs::File::open(mount) {
-        Ok(dir) => dir,
-        Err(e) => return (false, format!("cannot open {}: {e}", mount.display())),
+/// The descriptors a server holds: its share's directories, and `/proc/self/fd`.
+struct Held {
+    tree: File,
+    store: File,
+    proc: File,
+}
+
+/// Reads `path` relative to `dir`, following `..` as the kernel lets it.
+fn read_at(dir: &File, path: &str) -> (bool, String) {
+    let c = CString::new(path).unwrap();
+    // SAFETY: `c` is NUL-terminated; the result is checked and owned below.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), libc::O_RDONLY) };
+    if fd < 0 {
+        return (false, std::io::Error::last_os_error().to_string());
+    }
+    // SAFETY: `openat` returned a new descriptor nothing else owns.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    let mut bytes = Vec::new();
+    match file.read_to_end(&mut bytes) {
+        Ok(n) => (true, format!("{n} bytes")),
+        Err(e) => (false, e.to_string()),
+    }
+}
+
+/// Creates (or truncates) `name` in `dir` holding `bytes`.
+fn write_at(dir: &File, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let c = CString::new(name).unwrap();
+    // SAFETY: `c` is NUL-terminated; the result is checked and owned below.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+            0o644,
+        )
     };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `openat` returned a new descriptor nothing else owns.
+    unsafe { File::from_raw_fd(fd) }.write_all(bytes)
+}
+
+/// `open_by_handle_at` with the directory `dir` as mount descriptor.
+fn open_by_handle(dir: &File, handle: &[u8]) -> (bool, String) {
     let mut handle = handle.to_vec();
-    use std::os::fd::AsRawFd;
     // SAFETY: `handle` is a complete file_handle as name_to_handle_at wrote it.
     let fd = unsafe {
         libc::syscall(

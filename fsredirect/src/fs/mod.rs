@@ -54,7 +54,7 @@ use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 use self::handles::{kept_open_flags, HandleTable, OpenFile, OpenInode};
 use self::nodes::{NodeTable, ObjectAttr};
 use self::redirecting::Redirecting;
-use crate::beneath::{open_beneath, reopen_regular, walk};
+use crate::beneath::{open_beneath, walk, ProcSelfFd};
 use crate::faults::Hook;
 use crate::fdbudget::FdBudget;
 use crate::intent::Intent;
@@ -273,6 +273,8 @@ pub struct RedirectFs {
     /// ([`RedirectFs::open_stub_for_write`]).
     stub_modes: Mutex<()>,
     budget: FdBudget,
+    /// Reopens and renames descriptors ([`ProcSelfFd`]).
+    proc: ProcSelfFd,
     /// Most nodes holding a hot handle (`nodes.rs`).
     hot_inodes: usize,
     recovery: Option<RecoveryReport>,
@@ -321,6 +323,10 @@ impl RedirectFs {
             dir: share.dir.clone(),
             source,
         })?;
+        let proc = ProcSelfFd::open().map_err(|source| FsError::GuestTree {
+            dir: share.dir.clone(),
+            source,
+        })?;
         let (redirect, recovery) = match &share.store {
             Some(spec) => {
                 let (redirecting, recovery) = Redirecting::open(share, spec, &cfg)?;
@@ -361,6 +367,7 @@ impl RedirectFs {
             data_locks: DataLocks::default(),
             stub_modes: Mutex::new(()),
             budget,
+            proc,
             recovery,
         })
     }
@@ -676,21 +683,15 @@ impl RedirectFs {
     /// and puts the guest's mode back through the new descriptor, all under the lock the
     /// guest's own chmods of redirected files take, so none of them is undone.
     fn open_stub_for_write(&self, path_fd: &OwnedFd) -> io::Result<File> {
-        match reopen_regular(path_fd, libc::O_WRONLY) {
+        match self.proc.reopen_regular(path_fd, libc::O_WRONLY) {
             Err(e) if e.raw_os_error() == Some(libc::EACCES) && !self.server_is_root => {}
             other => return other,
         }
         let _modes = self.stub_modes.lock().unwrap_or_else(|p| p.into_inner());
         let mode = crate::beneath::fstat(path_fd)?.st_mode & 0o7777;
-        let magic = CString::new(format!("/proc/self/fd/{}", path_fd.as_raw_fd()))
-            .map_err(|_| errno(libc::EINVAL))?;
-        let chmod = |mode: u32| {
-            // SAFETY: `magic` is NUL-terminated; chmod follows our own descriptor's magic link
-            // to the stub it names and changes nothing else.
-            crate::beneath::check(unsafe { libc::chmod(magic.as_ptr(), mode) })
-        };
+        let chmod = |mode: u32| self.proc.chmod(path_fd, mode);
         chmod(mode | libc::S_IWUSR)?;
-        let opened = reopen_regular(path_fd, libc::O_WRONLY);
+        let opened = self.proc.reopen_regular(path_fd, libc::O_WRONLY);
         if let Err(e) = chmod(mode) {
             log::error!(
                 "stub behind descriptor {}: mode {mode:o} not restored: {e}",

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use fuse_backend_rs::api::filesystem::FileSystem;
 
 use super::{errno, root_ctx, Kind, RedirectFs, Redirecting, CAPABILITY_XATTR, PRIVILEGE_BITS};
-use crate::beneath::{open_beneath, reopen_regular, walk};
+use crate::beneath::{open_beneath, walk};
 use crate::intent::Intent;
 use crate::meta::Meta;
 use crate::names::join;
@@ -191,7 +191,7 @@ impl RedirectFs {
         let (name, dirs) = parts.split_last().ok_or_else(|| errno(libc::EINVAL))?;
         let dir = walk(&self.guest_root, dirs)?;
         let path_fd = open_beneath(&dir, name, libc::O_PATH, 0)?;
-        let file = reopen_regular(&path_fd, libc::O_RDWR)?;
+        let file = self.proc.reopen_regular(&path_fd, libc::O_RDWR)?;
         if file
             .metadata()
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))?

@@ -8,13 +8,14 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
-use crate::beneath::{check, fstat, open_beneath, reopen_regular};
+use crate::beneath::{check, fstat, open_beneath, ProcSelfFd};
 use crate::meta::{get_xattr, is_reserved_xattr, set_xattr};
 
 /// The guest tree of a share, held open.
 #[derive(Debug)]
 pub struct GuestTree {
     root: OwnedFd,
+    proc: ProcSelfFd,
 }
 
 impl GuestTree {
@@ -22,6 +23,7 @@ impl GuestTree {
     pub fn open(dir: &Path) -> io::Result<Self> {
         Ok(GuestTree {
             root: File::open(dir)?.into(),
+            proc: ProcSelfFd::open()?,
         })
     }
 
@@ -32,7 +34,12 @@ impl GuestTree {
 
     /// Opens the regular file `rel` with `flags` (never a FIFO or device).
     pub fn open_regular(&self, rel: &Path, flags: i32) -> io::Result<File> {
-        reopen_regular(&self.path_fd(rel)?, flags)
+        self.reopen_regular(&self.path_fd(rel)?, flags)
+    }
+
+    /// Reopens the regular file behind the `O_PATH` descriptor `fd` with `flags`.
+    pub fn reopen_regular(&self, fd: &OwnedFd, flags: i32) -> io::Result<File> {
+        self.proc.reopen_regular(fd, flags)
     }
 
     /// The directory holding `rel`, opened for `*at` calls, and `rel`'s last component.

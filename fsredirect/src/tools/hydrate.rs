@@ -106,7 +106,7 @@ fn open_file(tree: &GuestTree, op: &'static str, rel: &Path, flags: i32) -> Resu
             ),
         ));
     }
-    crate::beneath::reopen_regular(&fd, flags).map_err(io_err("open", rel))
+    tree.reopen_regular(&fd, flags).map_err(io_err("open", rel))
 }
 
 /// Turns the stub at `path` back into an inline file and removes its object.
