@@ -6,7 +6,8 @@
 //!    2 vCPUs are online in the guest; a guest reboot ends the VM with code 0; a line written
 //!    to the VMM's standard input reaches the guest's console.
 //! 3. In the test host, the same boot also runs a virtio-fs share on the share disk: fs-basic
-//!    on an emptied tree and store, then fs-readback in a second VMM run.
+//!    on an emptied tree and store, then fs-readback in a second VMM run; and fs-basic on a
+//!    share of its own with the VMM in `--sandbox namespace`.
 //! 4. Judge each scenario from the marker lines on the serial console; then read the stored
 //!    file from the share disk image on the host.
 //!
@@ -15,10 +16,12 @@
 //! `RUSTFLAGS="-C target-feature=+crt-static" cargo test --release --target x86_64-unknown-linux-gnu -p e2e-tests --test boot`.
 
 use e2e_tests::testhost::trials::{trials_with_checks, HostCheck};
-use e2e_tests::testhost::{self, HostKind, RunOptions, SHARE_STORE};
+use e2e_tests::testhost::{self, HostKind, RunOptions, SANDBOXED_STORE, SHARE_STORE};
 
 /// What fs-basic and then fs-readback leave in `renamed.txt`.
 const RENAMED_TXT: &str = "hello from the guest\nappended\nsecond boot\n";
+/// What fs-basic alone leaves there.
+const RENAMED_BY_FS_BASIC: &str = "hello from the guest\nappended\n";
 
 fn main() {
     let args = libtest_mimic::Arguments::from_args();
@@ -31,6 +34,7 @@ fn main() {
         // The share scenarios use the test host's share disk; on a hardware-virtualization
         // host the share tests of tests/ cover the device instead.
         batch.extend(testhost::share_scenarios());
+        batch.push(testhost::sandboxed_share_scenario());
         let paths = opts.paths.clone();
         checks.push((
             "share-store-readable-on-host".to_owned(),
@@ -43,6 +47,25 @@ fn main() {
                 } else {
                     Err(format!(
                         "{path} on the share disk holds {:?}, expected {RENAMED_TXT:?}",
+                        String::from_utf8_lossy(&bytes)
+                    ))
+                }
+            }),
+        ));
+    }
+    if in_test_host {
+        let paths = opts.paths.clone();
+        checks.push((
+            "sandboxed-share-store-readable-on-host".to_owned(),
+            Box::new(move |_report| {
+                let path = format!("{SANDBOXED_STORE}/share0/fs-basic/renamed.txt");
+                let bytes =
+                    testhost::read_share_disk_file(&paths, &path).map_err(|e| e.to_string())?;
+                if bytes == RENAMED_BY_FS_BASIC.as_bytes() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{path} on the share disk holds {:?}, expected {RENAMED_BY_FS_BASIC:?}",
                         String::from_utf8_lossy(&bytes)
                     ))
                 }

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use fsredirect::ShareSpec;
 
 use crate::config::{self, ConfigError, VmConfig, DEFAULT_CMDLINE};
+use crate::sandbox::SandboxMode;
 use crate::SeccompMode;
 
 const EXAMPLES: &str = "\
@@ -23,6 +24,9 @@ Examples:
     hypervisor run --share tag=data,dir=/srv/guest-tree,store=/srv/store
   Run a named guest scenario and return its exit code:
     hypervisor run --append 'fsr.scenario=exit fsr.arg=3'; echo $?
+  Run the VMM in a sandbox (as root) that holds only the kernel, initramfs, /dev/kvm and
+  the shares:
+    hypervisor run --sandbox namespace --share tag=data,dir=/srv/guest-tree,store=/srv/store
 
 In the guest console, type Ctrl-A then x to stop the VM (Ctrl-A Ctrl-A sends Ctrl-A).
 The guest ends the VM with an exit code by writing it to I/O port 0xf4 (see docs/guest-protocol.md).";
@@ -54,7 +58,7 @@ pub enum Command {
 }
 
 /// Options of `hypervisor run`.
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Guest kernel: uncompressed ELF vmlinux or bzImage [default: build/guest/vmlinux]
     #[arg(long, value_name = "PATH")]
@@ -95,6 +99,16 @@ pub struct RunArgs {
     /// (let it through; the kernel logs it, see dmesg), none (no filters)
     #[arg(long, value_name = "MODE", default_value = "kill", value_parser = parse_seccomp)]
     pub seccomp: SeccompMode,
+    /// Where the VMM runs: none, or namespace (new mount, pid, IPC and network namespaces
+    /// holding only the kernel, initramfs, /dev/kvm and the shares; shares served without
+    /// file handles, their workers limited by Landlock; capabilities cut; needs root)
+    #[arg(long, value_name = "MODE", default_value = "none", value_parser = parse_sandbox)]
+    pub sandbox: SandboxMode,
+}
+
+/// Parses a `--sandbox` value, for clap.
+pub fn parse_sandbox(mode: &str) -> Result<SandboxMode, String> {
+    mode.parse()
 }
 
 /// Parses a `--seccomp` value, for clap.
@@ -198,6 +212,18 @@ mod tests {
             .unwrap()
             .ends_with("build/guest/initramfs.cpio.gz"));
         assert_eq!(config.cmdline, DEFAULT_CMDLINE);
+    }
+
+    #[test]
+    fn run_has_no_sandbox_unless_asked() {
+        assert_eq!(parse(&[]).run_args().sandbox, SandboxMode::None);
+        let asked = parse(&["run", "--sandbox", "namespace"]);
+        assert_eq!(asked.run_args().sandbox, SandboxMode::Namespace);
+        let wrong = Cli::try_parse_from(["hypervisor", "--sandbox", "jail"]).unwrap_err();
+        assert!(
+            wrong.to_string().contains("give namespace or none"),
+            "{wrong}"
+        );
     }
 
     #[test]

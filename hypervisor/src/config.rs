@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use devices::seccomp::SeccompMode;
-use fsredirect::ShareSpec;
+use fsredirect::{FsConfig, ShareSpec};
 
 use crate::boot::mptable::MAX_CPUS;
 use crate::layout::CMDLINE_MAX_SIZE;
@@ -137,6 +137,12 @@ pub struct VmConfig {
     /// workers) do with a call they do not allow (default: end the process). The calling
     /// program's own threads are never filtered.
     pub seccomp: SeccompMode,
+    /// Whether the shares reach guest-tree inodes by file handle (the default when run as
+    /// root: host descriptors stay bounded whatever the guest looks up). Off, each inode the
+    /// guest knows holds an `O_PATH` descriptor instead, and the share workers also limit
+    /// themselves with Landlock to their tree and store: what a process without
+    /// CAP_DAC_READ_SEARCH does, such as one in the sandbox (`hypervisor run --sandbox`).
+    pub share_file_handles: bool,
 }
 
 impl VmConfig {
@@ -175,6 +181,7 @@ pub struct VmConfigBuilder {
     shares: Vec<ShareSpec>,
     allow_software_kvm: bool,
     seccomp: SeccompMode,
+    share_file_handles: Option<bool>,
 }
 
 impl VmConfigBuilder {
@@ -182,6 +189,13 @@ impl VmConfigBuilder {
     /// [`SeccompMode::Kill`]; [`SeccompMode::None`] installs none).
     pub fn seccomp(mut self, mode: SeccompMode) -> Self {
         self.seccomp = mode;
+        self
+    }
+
+    /// Sets whether the shares reach inodes by file handle (default: when run as root); see
+    /// [`VmConfig::share_file_handles`].
+    pub fn share_file_handles(mut self, enabled: bool) -> Self {
+        self.share_file_handles = Some(enabled);
         self
     }
 
@@ -264,6 +278,9 @@ impl VmConfigBuilder {
             shares: self.shares,
             allow_software_kvm: self.allow_software_kvm,
             seccomp: self.seccomp,
+            share_file_handles: self
+                .share_file_handles
+                .unwrap_or_else(|| FsConfig::default().inode_file_handles),
         })
     }
 }

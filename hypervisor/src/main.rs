@@ -2,9 +2,13 @@
 
 use std::process::ExitCode;
 
+use std::path::{Path, PathBuf};
+
 use clap::Parser;
 use hypervisor::cli::{Cli, Command};
-use hypervisor::Vm;
+use hypervisor::sandbox::{self, Entered, Exposed, SandboxMode};
+use hypervisor::signals::StopEvent;
+use hypervisor::{Vm, VmConfig};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -48,9 +52,67 @@ fn run(cli: &Cli) -> Result<u8, Box<dyn std::error::Error>> {
             share.tag
         );
     }
+    if args.sandbox != SandboxMode::None {
+        return run_sandboxed(config, args.sandbox);
+    }
     let status = Vm::new(config)?.run()?;
     // Exit codes are one byte; signals map to 128+n, which fits.
     Ok(u8::try_from(status.code).unwrap_or(1))
+}
+
+/// Runs the VM in the sandbox ([`hypervisor::sandbox`]): this process stays outside as its
+/// supervisor, passing stop signals on, and ends with the VMM's exit code.
+fn run_sandboxed(
+    mut config: VmConfig,
+    mode: SandboxMode,
+) -> Result<u8, Box<dyn std::error::Error>> {
+    // Inside, the working directory is the new root and /sys is out of sight: paths are made
+    // absolute and the host is examined here.
+    let canonical = |path: &Path| -> Result<PathBuf, std::io::Error> {
+        std::fs::canonicalize(path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    };
+    config.kernel = canonical(&config.kernel)?;
+    config.initrd = config.initrd.as_deref().map(canonical).transpose()?;
+    for share in &mut config.shares {
+        share.dir = canonical(&share.dir)?;
+        if let Some(store) = &mut share.store {
+            store.root = canonical(&store.root)?;
+        }
+    }
+    // Without CAP_DAC_READ_SEARCH inside, a file handle opens nothing.
+    config.share_file_handles = false;
+    let host_kind = hypervisor::host::detect();
+    let mut exposed = vec![Exposed::read_only(&config.kernel)];
+    exposed.extend(config.initrd.iter().map(Exposed::read_only));
+    let kvm = Path::new("/dev/kvm");
+    // Without it, the VMM inside says so as it would outside.
+    if kvm.exists() {
+        exposed.push(Exposed::read_write(kvm));
+    }
+    for share in &config.shares {
+        exposed.push(Exposed::read_write(&share.dir));
+        if let Some(store) = &share.store {
+            exposed.push(Exposed::read_write(&store.root));
+        }
+    }
+    let stop = StopEvent::install()?;
+    match sandbox::enter(mode, &exposed)? {
+        Entered::Supervisor(supervisor) => {
+            let forwarded = || match StopEvent::last_signal() {
+                0 => libc::SIGTERM,
+                signo => signo,
+            };
+            let code = supervisor.wait(stop.event(), forwarded)?;
+            Ok(u8::try_from(code).unwrap_or(1))
+        }
+        Entered::Sandboxed => {
+            // The VM installs its own stop-signal handling.
+            drop(stop);
+            let status = Vm::new(config)?.host_kind(host_kind).run()?;
+            Ok(u8::try_from(status.code).unwrap_or(1))
+        }
+    }
 }
 
 fn init_logging(verbose: u8) {

@@ -1,14 +1,17 @@
-//! The share server's sandbox: the `vhost-user-fs` process serves from new mount, pid, IPC
-//! and network namespaces whose root holds only its guest tree and store, with no_new_privs
-//! set and every capability it does not need dropped.
+//! The sandbox: a process (the `vhost-user-fs` server, or the VMM of `hypervisor run
+//! --sandbox namespace`) runs in new mount, pid, IPC and network namespaces whose root holds
+//! only what it names ([`Exposed`]: guest trees and stores, and for the VMM its kernel,
+//! initramfs and `/dev/kvm`), with no_new_privs set and every capability it does not need
+//! dropped.
 //!
 //! [`enter`] forks. The parent stays outside as a supervisor that reads no guest byte: it
 //! forwards stop signals and returns the child's exit status ([`Supervisor::wait`]). The
-//! child, pid 1 of its pid namespace, builds its root before it opens anything of the share:
+//! child, pid 1 of its pid namespace, builds its root before it opens anything exposed:
 //!
-//! 1. a tmpfs, on which each exposed directory is bind-mounted at its own absolute path, so
-//!    the share's paths mean the same inside;
-//! 2. `pivot_root` into it, the old root detached, a fresh `/proc` of the new pid namespace
+//! 1. a tmpfs, on which each exposed path is bind-mounted at its own absolute path (read-only
+//!    where asked), so that paths mean the same inside;
+//! 2. `pivot_root` into it, the old root detached (where the host runs from its initramfs,
+//!    which cannot be pivoted away from, the tmpfs is moved over it and taken as root), a fresh `/proc` of the new pid namespace
 //!    (`/proc/1` is the server itself), the tmpfs made read-only;
 //! 3. capabilities cut to [`KEPT_CAPABILITIES`], in every set and the bounding set.
 //!
@@ -91,17 +94,47 @@ pub const KEPT_CAPABILITIES: [Capability; 8] = [
     Capability::CAP_SYS_ADMIN,
 ];
 
+/// A host path the sandboxed process may reach: a directory, a file or a device node,
+/// absolute, at the same path inside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exposed {
+    /// The host path.
+    pub path: PathBuf,
+    /// Whether the process may change what is there.
+    pub writable: bool,
+}
+
+impl Exposed {
+    /// `path`, readable and writable.
+    pub fn read_write(path: impl Into<PathBuf>) -> Self {
+        Exposed {
+            path: path.into(),
+            writable: true,
+        }
+    }
+
+    /// `path`, read-only.
+    pub fn read_only(path: impl Into<PathBuf>) -> Self {
+        Exposed {
+            path: path.into(),
+            writable: false,
+        }
+    }
+}
+
 /// Why the sandbox could not be entered.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     /// Namespaces need root (CAP_SYS_ADMIN).
     #[error(
         "--sandbox namespace needs root (CAP_SYS_ADMIN) to make its namespaces; run as root, \
-         or pass --sandbox none to serve without a sandbox"
+         or pass --sandbox none to run without a sandbox"
     )]
     NotRoot,
     /// A step failed.
-    #[error("cannot build the sandbox: {step} failed: {source}. Pass --sandbox none to serve without one")]
+    #[error(
+        "cannot build the sandbox: {step} failed: {source}. Pass --sandbox none to run without one"
+    )]
     Step {
         /// What we tried.
         step: String,
@@ -130,9 +163,9 @@ pub struct Supervisor {
     pidfd: OwnedFd,
 }
 
-/// Makes the calling process enter the sandbox exposing `dirs` (absolute, existing
-/// directories), in mode `mode`. The caller must be single-threaded (it forks).
-pub fn enter(mode: SandboxMode, dirs: &[PathBuf]) -> Result<Entered, SandboxError> {
+/// Makes the calling process enter the sandbox exposing `exposed` (absolute, existing paths),
+/// in mode `mode`. The caller must be single-threaded (it forks).
+pub fn enter(mode: SandboxMode, exposed: &[Exposed]) -> Result<Entered, SandboxError> {
     if mode == SandboxMode::None {
         return Ok(Entered::Sandboxed);
     }
@@ -147,10 +180,10 @@ pub fn enter(mode: SandboxMode, dirs: &[PathBuf]) -> Result<Entered, SandboxErro
     let child = unsafe { libc::fork() };
     match child {
         -1 => Err(step("fork")(io::Error::last_os_error())),
-        0 => match build_root(dirs).and_then(|()| drop_privileges()) {
+        0 => match build_root(exposed).and_then(|()| drop_privileges()) {
             Ok(()) => Ok(Entered::Sandboxed),
             Err(err) => {
-                eprintln!("vhost-user-fs: {err}");
+                eprintln!("hypervisor: {err}");
                 // SAFETY: ending the child without running the parent's destructors twice.
                 unsafe { libc::_exit(1) }
             }
@@ -263,22 +296,22 @@ const STAGING: &str = "/tmp";
 /// Where the old root goes during the pivot, under the new root.
 const OLD_ROOT: &str = ".old-root";
 
-/// In the child: new mount, IPC and network namespaces, and a root holding only `dirs`.
-fn build_root(dirs: &[PathBuf]) -> Result<(), SandboxError> {
+/// In the child: new mount, IPC and network namespaces, and a root holding only `exposed`.
+fn build_root(exposed: &[Exposed]) -> Result<(), SandboxError> {
     // SAFETY: unshare with constant flags changes only this process's namespaces.
     check(unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET) })
         .map_err(step("unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET)"))?;
     mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE)
         .map_err(step("making the mounts private"))?;
-    // Reach each directory by descriptor before the staging tmpfs may hide it.
-    let handles = dirs
+    // Reach each path by descriptor before the staging tmpfs may hide it.
+    let handles = exposed
         .iter()
-        .map(|dir| {
+        .map(|exposed| {
             std::fs::OpenOptions::new()
                 .read(true)
-                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-                .open(dir)
-                .map_err(step(format!("opening {}", dir.display())))
+                .custom_flags(libc::O_PATH)
+                .open(&exposed.path)
+                .map_err(step(format!("opening {}", exposed.path.display())))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let staging = Path::new(STAGING);
@@ -289,13 +322,31 @@ fn build_root(dirs: &[PathBuf]) -> Result<(), SandboxError> {
         libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
     )
     .map_err(step(format!("mounting a tmpfs on {STAGING}")))?;
-    for (dir, handle) in dirs.iter().zip(&handles) {
-        let target = staging.join(dir.strip_prefix("/").unwrap_or(dir));
-        std::fs::create_dir_all(&target)
-            .map_err(step(format!("creating {} in the new root", dir.display())))?;
+    for (exposed, handle) in exposed.iter().zip(&handles) {
+        let path = &exposed.path;
+        let target = staging.join(path.strip_prefix("/").unwrap_or(path));
+        let made = if handle.metadata().is_ok_and(|m| m.is_dir()) {
+            std::fs::create_dir_all(&target)
+        } else {
+            // A file or device node is mounted over an empty file.
+            target
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::File::create(&target).map(drop))
+        };
+        made.map_err(step(format!("creating {} in the new root", path.display())))?;
         let source = PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()));
         mount(Some(&source), &target, None, libc::MS_BIND | libc::MS_REC)
-            .map_err(step(format!("bind-mounting {}", dir.display())))?;
+            .map_err(step(format!("bind-mounting {}", path.display())))?;
+        if !exposed.writable {
+            mount(
+                None,
+                &target,
+                None,
+                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID,
+            )
+            .map_err(step(format!("making {} read-only", path.display())))?;
+        }
     }
     drop(handles);
     std::fs::create_dir_all(staging.join("proc")).map_err(step("creating /proc"))?;
@@ -303,16 +354,30 @@ fn build_root(dirs: &[PathBuf]) -> Result<(), SandboxError> {
         .map_err(step("creating the old root's place"))?;
     let (new_root, put_old) = (c_path(staging), c_path(&staging.join(OLD_ROOT)));
     // SAFETY: both are NUL-terminated paths alive for the call.
-    check(
-        unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) }
-            as libc::c_int,
-    )
-    .map_err(step("pivot_root"))?;
-    std::env::set_current_dir("/").map_err(step("chdir /"))?;
-    let old = c_path(&Path::new("/").join(OLD_ROOT));
-    // SAFETY: a NUL-terminated path alive for the call.
-    check(unsafe { libc::umount2(old.as_ptr(), libc::MNT_DETACH) })
-        .map_err(step("detaching the old root"))?;
+    let pivoted = check(unsafe {
+        libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) as libc::c_int
+    });
+    match pivoted {
+        Ok(()) => {
+            std::env::set_current_dir("/").map_err(step("chdir /"))?;
+            let old = c_path(&Path::new("/").join(OLD_ROOT));
+            // SAFETY: a NUL-terminated path alive for the call.
+            check(unsafe { libc::umount2(old.as_ptr(), libc::MNT_DETACH) })
+                .map_err(step("detaching the old root"))?;
+        }
+        // The host runs from its initramfs, which cannot be pivoted away from: move the new
+        // root over it instead and take it as root. The old root stays below, covered, out of
+        // reach of paths; leaving by chroot needs CAP_SYS_CHROOT, which is dropped next.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            std::env::set_current_dir(staging).map_err(step(format!("chdir {STAGING}")))?;
+            mount(Some(Path::new(".")), Path::new("/"), None, libc::MS_MOVE)
+                .map_err(step("moving the new root over the initramfs"))?;
+            // SAFETY: a constant NUL-terminated path.
+            check(unsafe { libc::chroot(c".".as_ptr()) }).map_err(step("chroot"))?;
+            std::env::set_current_dir("/").map_err(step("chdir /"))?;
+        }
+        Err(e) => return Err(step("pivot_root")(e)),
+    }
     std::fs::remove_dir(Path::new("/").join(OLD_ROOT))
         .map_err(step("removing the old root's place"))?;
     mount(

@@ -37,15 +37,15 @@ extern "C" fn stop_handler(signo: libc::c_int, _: *mut libc::siginfo_t, _: *mut 
     }
 }
 
-/// Watches for stop signals and asks the VM to stop when one arrives.
-pub struct SignalWatcher {
+/// The stop signals ([`STOP_SIGNALS`]) made readable on an eventfd while this lives; one
+/// at a time in the process.
+pub struct StopEvent {
     evt: EventFd,
-    exit: VmExitRequest,
 }
 
-impl SignalWatcher {
-    /// Installs the handlers for [`STOP_SIGNALS`].
-    pub fn install(exit: VmExitRequest) -> std::io::Result<Self> {
+impl StopEvent {
+    /// Installs the handlers for [`STOP_SIGNALS`], writing to a new eventfd.
+    pub fn install() -> std::io::Result<Self> {
         let evt = EventFd::new(EFD_NONBLOCK)?;
         use std::os::fd::AsRawFd;
         STOP_EVENT_FD.store(evt.as_raw_fd(), Ordering::SeqCst);
@@ -53,11 +53,21 @@ impl SignalWatcher {
             register_signal_handler(signo, stop_handler)
                 .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
         }
-        Ok(Self { evt, exit })
+        Ok(Self { evt })
+    }
+
+    /// Readable once a stop signal has arrived.
+    pub fn event(&self) -> &EventFd {
+        &self.evt
+    }
+
+    /// The last stop signal received in this process (0: none yet).
+    pub fn last_signal() -> libc::c_int {
+        LAST_SIGNAL.load(Ordering::SeqCst)
     }
 }
 
-impl Drop for SignalWatcher {
+impl Drop for StopEvent {
     fn drop(&mut self) {
         // The handlers stay installed but no longer write anywhere; a later
         // signal is then ignored rather than written to a closed fd.
@@ -65,9 +75,35 @@ impl Drop for SignalWatcher {
     }
 }
 
+/// The name of a stop signal, for messages.
+pub fn signal_name(signo: libc::c_int) -> &'static str {
+    match signo {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        _ => "a stop signal",
+    }
+}
+
+/// Watches for stop signals and asks the VM to stop when one arrives.
+pub struct SignalWatcher {
+    stop: StopEvent,
+    exit: VmExitRequest,
+}
+
+impl SignalWatcher {
+    /// Installs the handlers for [`STOP_SIGNALS`].
+    pub fn install(exit: VmExitRequest) -> std::io::Result<Self> {
+        Ok(Self {
+            stop: StopEvent::install()?,
+            exit,
+        })
+    }
+}
+
 impl MutEventSubscriber for SignalWatcher {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(err) = ops.add(Events::new(&self.evt, EventSet::IN)) {
+        if let Err(err) = ops.add(Events::new(self.stop.event(), EventSet::IN)) {
             log::warn!(
                 "cannot watch for SIGTERM/SIGHUP ({err:?}); they will not stop the VM cleanly"
             );
@@ -75,8 +111,8 @@ impl MutEventSubscriber for SignalWatcher {
     }
 
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        let _ = self.evt.read();
-        let signo = LAST_SIGNAL.load(Ordering::SeqCst);
+        let _ = self.stop.event().read();
+        let signo = StopEvent::last_signal();
         log::info!("received signal {signo}; stopping the VM");
         self.exit.request(ExitReason::Signal(signo));
     }

@@ -19,9 +19,7 @@
 //! ```
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
 use clap::Args;
@@ -31,9 +29,9 @@ use devices::virtio::fs::vhost_user::{
 };
 use fsredirect::{FsConfig, FsError, RedirectFs, ShareSpec};
 
-use crate::sandbox::{self, Entered, SandboxError, SandboxMode, Supervisor};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use vmm_sys_util::signal::register_signal_handler;
+use crate::sandbox::{self, Entered, Exposed, SandboxError, SandboxMode, Supervisor};
+use crate::signals::{signal_name, StopEvent};
+use vmm_sys_util::eventfd::EventFd;
 
 /// Examples printed by `hypervisor vhost-user-fs --help`.
 pub const EXAMPLES: &str = "\
@@ -77,18 +75,13 @@ pub struct VhostUserFsArgs {
     /// Where the server runs: namespace (new mount, pid, IPC and network namespaces holding
     /// only the guest tree and the store, file handles off, capabilities cut; needs root) or
     /// none
-    #[arg(long, value_name = "MODE", default_value = "namespace", value_parser = parse_sandbox)]
+    #[arg(long, value_name = "MODE", default_value = "namespace", value_parser = crate::cli::parse_sandbox)]
     pub sandbox: SandboxMode,
     /// What the seccomp filters of the server and queue-worker threads do with a system call
     /// they do not allow: kill (end the process), trap (name the call, then exit 159), log
     /// (let it through; the kernel logs it, see dmesg), none (no filters)
     #[arg(long, value_name = "MODE", default_value = "kill", value_parser = crate::cli::parse_seccomp)]
     pub seccomp: SeccompMode,
-}
-
-/// Parses a `--sandbox` value, for clap.
-fn parse_sandbox(mode: &str) -> Result<SandboxMode, String> {
-    mode.parse()
 }
 
 /// Errors of `hypervisor vhost-user-fs`.
@@ -126,55 +119,6 @@ pub enum VhostUserCmdError {
     },
 }
 
-/// The eventfd the stop-signal handler writes to (-1 when none).
-static STOP_FD: AtomicI32 = AtomicI32::new(-1);
-/// The last stop signal received.
-static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
-const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
-
-extern "C" fn on_stop_signal(signo: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    STOP_SIGNAL.store(signo, Ordering::SeqCst);
-    let fd = STOP_FD.load(Ordering::SeqCst);
-    if fd >= 0 {
-        let one: u64 = 1;
-        // SAFETY: write(2) is async-signal-safe; `one` is valid for 8 bytes.
-        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
-    }
-}
-
-/// Routes SIGINT/SIGTERM/SIGHUP to an eventfd while alive.
-struct StopOnSignals {
-    evt: EventFd,
-}
-
-impl StopOnSignals {
-    fn install() -> Result<Self, VhostUserCmdError> {
-        let evt = EventFd::new(EFD_NONBLOCK).map_err(VhostUserCmdError::Signals)?;
-        STOP_FD.store(evt.as_raw_fd(), Ordering::SeqCst);
-        for signo in STOP_SIGNALS {
-            register_signal_handler(signo, on_stop_signal)
-                .map_err(|e| VhostUserCmdError::Signals(io::Error::from_raw_os_error(e.errno())))?;
-        }
-        Ok(Self { evt })
-    }
-}
-
-impl Drop for StopOnSignals {
-    fn drop(&mut self) {
-        // The handlers stay; a later signal then writes nowhere.
-        STOP_FD.store(-1, Ordering::SeqCst);
-    }
-}
-
-fn signal_name(signo: libc::c_int) -> &'static str {
-    match signo {
-        libc::SIGINT => "SIGINT",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGHUP => "SIGHUP",
-        _ => "a stop signal",
-    }
-}
-
 fn say(line: &str) {
     eprintln!("vhost-user-fs: {line}");
 }
@@ -183,8 +127,8 @@ fn say(line: &str) {
 /// disconnects (or, with `keep_listening`, until a stop signal), printing
 /// progress lines on standard error. Returns the process exit code (0).
 pub fn run(args: &VhostUserFsArgs) -> Result<u8, VhostUserCmdError> {
-    let stop = StopOnSignals::install()?;
-    serve(args, &stop.evt)
+    let stop = StopEvent::install().map_err(VhostUserCmdError::Signals)?;
+    serve(args, stop.event())
 }
 
 /// Like [`run`], stopping when `stop` becomes readable instead of on signals
@@ -224,7 +168,8 @@ pub fn serve(args: &VhostUserFsArgs, stop: &EventFd) -> Result<u8, VhostUserCmdE
         },
     };
     let listener = VhostUserFsDaemon::<RedirectFs>::listen(&config)?;
-    let supervisor = match sandbox::enter(args.sandbox, &exposed) {
+    let writable: Vec<Exposed> = exposed.iter().map(Exposed::read_write).collect();
+    let supervisor = match sandbox::enter(args.sandbox, &writable) {
         Ok(Entered::Sandboxed) => None,
         Ok(Entered::Supervisor(supervisor)) => Some(supervisor),
         Err(err) => {
@@ -251,9 +196,9 @@ pub fn serve(args: &VhostUserFsArgs, stop: &EventFd) -> Result<u8, VhostUserCmdE
     // passes on: it must not share the supervisor's stop eventfd.
     let own_stop = match args.sandbox {
         SandboxMode::None => None,
-        SandboxMode::Namespace => Some(StopOnSignals::install()?),
+        SandboxMode::Namespace => Some(StopEvent::install().map_err(VhostUserCmdError::Signals)?),
     };
-    let stop = own_stop.as_ref().map_or(stop, |own| &own.evt);
+    let stop = own_stop.as_ref().map_or(stop, StopEvent::event);
     let mode = match &share.store {
         Some(store) => format!(
             "file data redirected to {}",
@@ -280,7 +225,7 @@ pub fn serve(args: &VhostUserFsArgs, stop: &EventFd) -> Result<u8, VhostUserCmdE
     if end == ServeEnd::Stopped {
         say(&format!(
             "received {}; stopping",
-            signal_name(STOP_SIGNAL.load(Ordering::SeqCst))
+            signal_name(StopEvent::last_signal())
         ));
     }
     if args.sandbox == SandboxMode::None {
@@ -296,7 +241,7 @@ fn supervise(
     stop: &EventFd,
     socket: &std::path::Path,
 ) -> Result<u8, VhostUserCmdError> {
-    let forwarded = || match STOP_SIGNAL.load(Ordering::SeqCst) {
+    let forwarded = || match StopEvent::last_signal() {
         0 => libc::SIGTERM,
         signo => signo,
     };
@@ -448,7 +393,7 @@ mod tests {
             sandbox: SandboxMode::Namespace,
         };
 
-        let stop = EventFd::new(EFD_NONBLOCK).unwrap();
+        let stop = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
 
         let err = serve(&args, &stop).unwrap_err();
 

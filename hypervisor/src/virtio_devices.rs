@@ -31,18 +31,26 @@ pub struct VirtioPlacer<'a> {
     vm_fd: &'a VmFd,
     mem: GuestMemory,
     seccomp: SeccompMode,
+    file_handles: bool,
     next: usize,
     /// Kernel parameters announcing the devices placed so far.
     pub cmdline: Vec<String>,
 }
 
 impl<'a> VirtioPlacer<'a> {
-    /// Starts placing devices in the VM behind `vm_fd`.
-    pub fn new(vm_fd: &'a VmFd, mem: GuestMemory, seccomp: SeccompMode) -> Self {
+    /// Starts placing devices in the VM behind `vm_fd`; shares reach inodes by file handle if
+    /// `file_handles` (see [`crate::VmConfig::share_file_handles`]).
+    pub fn new(
+        vm_fd: &'a VmFd,
+        mem: GuestMemory,
+        seccomp: SeccompMode,
+        file_handles: bool,
+    ) -> Self {
         Self {
             vm_fd,
             mem,
             seccomp,
+            file_handles,
             next: 0,
             cmdline: Vec::new(),
         }
@@ -80,16 +88,27 @@ impl<'a> VirtioPlacer<'a> {
 
     /// Adds a virtio-fs device serving `share` and asks the guest to mount it.
     pub fn place_share(&mut self, bus: &mut Bus, share: &ShareSpec) -> Result<(), VmError> {
-        let fs = RedirectFs::new(share, FsConfig::default()).map_err(|source| VmError::Share {
+        let fs_config = FsConfig {
+            inode_file_handles: self.file_handles,
+            ..FsConfig::default()
+        };
+        let fs = RedirectFs::new(share, fs_config).map_err(|source| VmError::Share {
             tag: share.tag.clone(),
             source,
         })?;
-        // No Landlock here: these workers open inodes by file handle (as root), and on the
-        // test host's 6.1 kernel a Landlock-limited worker doing so took a path it never takes
+        // Landlock only where inodes are not opened by file handle: on the test host's 6.1
+        // kernel a Landlock-limited worker opening by handle took a path it never takes
         // otherwise (an ioctl its filter forbids). See the README, "Containment".
+        let beneath = if self.file_handles {
+            Vec::new()
+        } else {
+            std::iter::once(share.dir.clone())
+                .chain(share.store.as_ref().map(|store| store.root.clone()))
+                .collect()
+        };
         let confinement = WorkerConfinement {
             seccomp: self.seccomp,
-            beneath: Vec::new(),
+            beneath,
         };
         let device = VirtioFs::confined(&share.tag, 1, Arc::new(fs), confinement)
             .map_err(VmError::FsDevice)?;

@@ -202,6 +202,7 @@ pub struct Vm {
     config: VmConfig,
     exit: VmExitRequest,
     handle_signals: bool,
+    host_kind: Option<HostKind>,
 }
 
 impl Vm {
@@ -212,6 +213,7 @@ impl Vm {
             config,
             exit,
             handle_signals: true,
+            host_kind: None,
         })
     }
 
@@ -228,11 +230,18 @@ impl Vm {
         self
     }
 
+    /// The host kind found beforehand ([`host::detect`]) instead of probing it at
+    /// [`Vm::run`]: for a caller that confines the process first, out of sight of `/sys`.
+    pub fn host_kind(mut self, kind: HostKind) -> Self {
+        self.host_kind = Some(kind);
+        self
+    }
+
     /// Boots the guest and runs it until it stops; returns how it ended.
     pub fn run(self) -> Result<ExitStatus> {
         let started = Instant::now();
         check_inputs(&self.config, None)?;
-        let host_kind = host::detect();
+        let host_kind = self.host_kind.clone().unwrap_or_else(host::detect);
         let failure_hint: Arc<str> = match &host_kind {
             // Without /dev/kvm, opening it below names the problem.
             HostKind::Hardware | HostKind::NoKvm => "".into(),
@@ -433,7 +442,12 @@ impl Machine {
             legacy::EXIT_PORT_LEN.into(),
         )?;
         let mut mmio_bus = Bus::new();
-        let mut placer = VirtioPlacer::new(vm_fd, mem.clone(), config.seccomp);
+        let mut placer = VirtioPlacer::new(
+            vm_fd,
+            mem.clone(),
+            config.seccomp,
+            config.share_file_handles,
+        );
         for share in &config.shares {
             placer.place_share(&mut mmio_bus, share)?;
         }

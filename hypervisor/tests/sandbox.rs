@@ -9,7 +9,8 @@
 //! same host file system (`open_by_handle_at` with the share's tree as mount descriptor),
 //! and by `..` from the descriptor held on the store; read `/etc/passwd` by `..` from the
 //! descriptor held on `/proc/self/fd` (the server holds both, as the real one does); hold
-//! CAP_DAC_READ_SEARCH; write and read in the guest tree and the store.
+//! CAP_DAC_READ_SEARCH; write a file exposed read-only (as the VMM's kernel is); write and
+//! read in the guest tree and the store, and read the read-only file.
 //!
 //! Skipped, with the reason, when not run as root (namespaces need CAP_SYS_ADMIN).
 
@@ -22,15 +23,15 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use hypervisor::sandbox::{self, Entered, SandboxMode};
+use hypervisor::sandbox::{self, Entered, Exposed, SandboxMode};
 use libtest_mimic::{Arguments, Failed, Trial};
 use vmm_sys_util::eventfd::EventFd;
 
-/// Set in the child: `MODE,TREE,STORE,SECRET,HANDLE` (the handle in hex).
+/// Set in the child: `MODE,TREE,STORE,SECRET,HANDLE,READ_ONLY` (the handle in hex).
 const PROBE: &str = "HYPERVISOR_SANDBOX_PROBE";
 
 /// What the escape probes are called, in the child's output.
-const ESCAPES: [&str; 7] = [
+const ESCAPES: [&str; 8] = [
     "etc-passwd",
     "proc-1-root",
     "dotdot-from-root",
@@ -38,6 +39,7 @@ const ESCAPES: [&str; 7] = [
     "secret-by-handle",
     "secret-by-dotdot-from-store",
     "etc-passwd-by-dotdot-from-proc",
+    "read-only-file-written",
 ];
 
 fn main() {
@@ -66,6 +68,7 @@ struct Layout {
     tree: PathBuf,
     store: PathBuf,
     secret: PathBuf,
+    read_only: PathBuf,
 }
 
 fn layout() -> Layout {
@@ -76,11 +79,14 @@ fn layout() -> Layout {
     std::fs::create_dir(&tree).unwrap();
     std::fs::create_dir(&store).unwrap();
     std::fs::write(&secret, "not for the guest").unwrap();
+    let read_only = dir.path().join("kernel");
+    std::fs::write(&read_only, "a kernel image").unwrap();
     Layout {
         _dir: dir,
         tree,
         store,
         secret,
+        read_only,
     }
 }
 
@@ -88,11 +94,12 @@ fn layout() -> Layout {
 fn run_probes(mode: SandboxMode, at: &Layout) -> Result<Vec<(String, bool)>, String> {
     let handle = file_handle(&at.secret)?;
     let spec = format!(
-        "{mode},{},{},{},{}",
+        "{mode},{},{},{},{},{}",
         at.tree.display(),
         at.store.display(),
         at.secret.display(),
-        hex(&handle)
+        hex(&handle),
+        at.read_only.display()
     );
     let out = Command::new(std::env::current_exe().unwrap())
         .env(PROBE, spec)
@@ -114,7 +121,7 @@ fn run_probes(mode: SandboxMode, at: &Layout) -> Result<Vec<(String, bool)>, Str
             Some((name.to_owned(), verdict.starts_with("reached")))
         })
         .collect();
-    if results.len() != ESCAPES.len() + 3 {
+    if results.len() != ESCAPES.len() + 4 {
         return Err(format!("expected every probe's line, got:\n{stdout}"));
     }
     Ok(results)
@@ -142,6 +149,9 @@ fn sandboxed() -> Result<(), String> {
     if !verdict(&results, "share-works") {
         return Err("the share's tree and store could not be written and read inside".into());
     }
+    if !verdict(&results, "read-only-file-read") {
+        return Err("the file exposed read-only could not be read inside".into());
+    }
     if !verdict(&results, "no-new-privs") {
         return Err("no_new_privs is not set inside the sandbox".into());
     }
@@ -162,6 +172,7 @@ fn unsandboxed() -> Result<(), String> {
         "secret-by-handle",
         "secret-by-dotdot-from-store",
         "etc-passwd-by-dotdot-from-proc",
+        "read-only-file-written",
         "share-works",
     ] {
         if !verdict(&results, name) {
@@ -183,7 +194,13 @@ fn probe_child(spec: &str) -> ! {
         PathBuf::from(parts[3]),
     );
     let handle = unhex(parts[4]);
-    match sandbox::enter(mode, &[tree.clone(), store.clone()]) {
+    let read_only = PathBuf::from(parts[5]);
+    let exposed = [
+        Exposed::read_write(&tree),
+        Exposed::read_write(&store),
+        Exposed::read_only(&read_only),
+    ];
+    match sandbox::enter(mode, &exposed) {
         Ok(Entered::Supervisor(supervisor)) => {
             let stop = EventFd::new(0).unwrap();
             let code = supervisor.wait(&stop, || libc::SIGTERM).unwrap();
@@ -254,6 +271,14 @@ fn probe_child(spec: &str) -> ! {
                 Err(std::io::Error::other(detail))
             }
         });
+    let written = std::fs::OpenOptions::new().append(true).open(&read_only);
+    report(
+        "read-only-file-written",
+        written.is_ok(),
+        format!("{:?}", written.map(drop)),
+    );
+    let (r, d) = read(read_only.to_str().unwrap());
+    report("read-only-file-read", r, d);
     report(
         "share-works",
         works.as_ref().is_ok_and(|b| b == b"data"),

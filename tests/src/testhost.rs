@@ -358,6 +358,28 @@ pub fn share_scenarios() -> Vec<Scenario> {
     ]
 }
 
+/// Guest tree of the sandboxed share scenario, on the share disk.
+pub const SANDBOXED_TREE: &str = "/share/fs/sandboxed-tree";
+/// Block store of the sandboxed share scenario, on the share disk.
+pub const SANDBOXED_STORE: &str = "/share/fs/sandboxed-store";
+
+/// `fs-basic` on a share of its own with the VMM in `--sandbox namespace`: new mount, pid,
+/// IPC and network namespaces holding only the kernel, initramfs, /dev/kvm and the share,
+/// inodes held without file handles, the share's workers under Landlock. Afterwards
+/// `<SANDBOXED_STORE>/share0/fs-basic/renamed.txt` holds what the guest wrote.
+pub fn sandboxed_share_scenario() -> Scenario {
+    Scenario::new("share-fs-basic-sandboxed", "fs-basic")
+        .arg("/mnt/share0")
+        .vmm_arg("--sandbox")
+        .vmm_arg("namespace")
+        .vmm_arg("--share")
+        .vmm_arg(&format!(
+            "tag=share0,dir={SANDBOXED_TREE},store={SANDBOXED_STORE}"
+        ))
+        .fresh_dir(SANDBOXED_TREE)
+        .fresh_dir(SANDBOXED_STORE)
+}
+
 /// Reads a file from the share disk image on the host (no mount needed; uses `debugfs` from
 /// e2fsprogs). `path` is the path inside the test host, under [`SHARE_MOUNT`]. Call it only
 /// when no test-host run is using the disk.

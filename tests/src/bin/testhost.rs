@@ -45,6 +45,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 fn presets() -> Vec<Scenario> {
     let mut all = testhost::boot_scenarios();
     all.extend(testhost::share_scenarios());
+    all.push(testhost::sandboxed_share_scenario());
     all.push(testhost::default_scenario());
     all
 }
