@@ -28,6 +28,8 @@ pub enum Contender {
     Ours,
     /// Our VMM with a redirecting share like the default one.
     OursShare,
+    /// The same, the VMM in its sandbox (`--sandbox namespace`).
+    OursShareSandboxed,
     /// Our VMM with 2 vCPUs, no share.
     OursTwoVcpus,
     /// Our VMM without a share and without its seccomp filters (`--seccomp none`).
@@ -40,9 +42,10 @@ pub enum Contender {
 
 impl Contender {
     /// Every contender, in report order.
-    pub const ALL: [Contender; 6] = [
+    pub const ALL: [Contender; 7] = [
         Contender::Ours,
         Contender::OursShare,
+        Contender::OursShareSandboxed,
         Contender::OursTwoVcpus,
         Contender::OursUnfiltered,
         Contender::Floor,
@@ -54,6 +57,7 @@ impl Contender {
         match self {
             Contender::Ours => "ours, --no-default-share",
             Contender::OursShare => "ours, default share (redirecting, fresh volume)",
+            Contender::OursShareSandboxed => "ours, default share, --sandbox namespace",
             Contender::OursTwoVcpus => "ours, 2 vCPUs, no share",
             Contender::OursUnfiltered => "ours, --no-default-share --seccomp none",
             Contender::Floor => "floor (bench/floor-vmm)",
@@ -80,6 +84,13 @@ impl Contender {
         match self {
             Contender::Ours => exit("ours", VmmKind::Ours),
             Contender::OursShare => exit("ours-share", VmmKind::Ours)
+                .vmm_arg("--share")
+                .vmm_arg(SHARE)
+                .fresh_dir("/share/bench-boot/tree")
+                .fresh_dir("/share/bench-boot/store"),
+            Contender::OursShareSandboxed => exit("ours-share-sandboxed", VmmKind::Ours)
+                .vmm_arg("--sandbox")
+                .vmm_arg("namespace")
                 .vmm_arg("--share")
                 .vmm_arg(SHARE)
                 .fresh_dir("/share/bench-boot/tree")

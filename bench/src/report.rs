@@ -447,6 +447,14 @@ fn boot_verdicts(b: &BootSummary) -> Vec<String> {
             (share.init_s - ours.init_s) * 1e3,
             (share.exit_s - ours.exit_s) * 1e3
         ));
+        if let Some(sandboxed) = b.figure(Contender::OursShareSandboxed) {
+            lines.push(format!(
+                "the sandbox (--sandbox namespace) adds {:+.1} ms to /init and {:+.1} ms to \
+                 exit (ours with the share in it against ours with the share)",
+                (sandboxed.init_s - share.init_s) * 1e3,
+                (sandboxed.exit_s - share.exit_s) * 1e3
+            ));
+        }
     }
     let spreads: Vec<(f64, &str)> = b
         .results
