@@ -50,6 +50,10 @@ fn main() {
         Trial::test("daemon_stops_cleanly_on_sigterm", || {
             daemon_stops_on_sigterm().map_err(Failed::from)
         }),
+        Trial::test(
+            "a_sandboxed_daemon_on_a_tree_in_use_names_the_holder",
+            || busy_tree_is_named().map_err(Failed::from),
+        ),
         qemu_trial(
             "daemon_stops_cleanly_on_sigterm_while_a_guest_uses_the_share",
             daemon_stops_on_sigterm_while_connected,
@@ -510,6 +514,40 @@ fn daemon_stops_on_sigterm() -> Result<(), String> {
     let text = String::from_utf8_lossy(&read(&log)?).into_owned();
     if !status.success() || !text.contains("received SIGTERM; stopping") {
         return Err(format!("the daemon ended with {status}; it said:\n{text}"));
+    }
+    if socket.exists() {
+        return Err(format!("{} was left behind", socket.display()));
+    }
+    Ok(())
+}
+
+/// 1. This process holds the lock of a guest tree, as a running server does.
+/// 2. `hypervisor vhost-user-fs` (sandboxed, the default) on that tree refuses to start,
+///    naming this process's pid (which its sandbox's pid namespace could not see), and leaves
+///    no socket behind.
+fn busy_tree_is_named() -> Result<(), String> {
+    let tmp = TempDir::new("busy");
+    let tree = tmp.make("tree");
+    let socket = tmp.0.join("fs.sock");
+    let _held = fsredirect::treelock::open_locked(&tree, fsredirect::treelock::LockMode::Exclusive)
+        .map_err(|e| e.to_string())?;
+    let bin = qemu::hypervisor_binary().map_err(|e| e.to_string())?;
+    let out = Command::new(&bin)
+        .arg("vhost-user-fs")
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--share")
+        .arg(format!("tag=fs0,dir={}", tree.display()))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    let pid = format!("in use by another server (pid {})", std::process::id());
+    if out.status.success() || !said.contains(&pid) {
+        return Err(format!(
+            "expected a refusal naming {pid:?}; it ended with {} and said:\n{said}",
+            out.status
+        ));
     }
     if socket.exists() {
         return Err(format!("{} was left behind", socket.display()));

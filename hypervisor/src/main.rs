@@ -96,6 +96,12 @@ fn run_sandboxed(
             exposed.push(Exposed::read_write(&store.root));
         }
     }
+    for share in &config.shares {
+        sandbox::check_tree_free(&share.dir).map_err(|e| hypervisor::VmError::Share {
+            tag: share.tag.clone(),
+            source: e.into(),
+        })?;
+    }
     let stop = StopEvent::install()?;
     match sandbox::enter(mode, &exposed)? {
         Entered::Supervisor(supervisor) => {

@@ -199,6 +199,15 @@ pub fn enter(mode: SandboxMode, exposed: &[Exposed]) -> Result<Entered, SandboxE
     }
 }
 
+/// Fails, naming the holder's pid, if another server holds the guest tree at `dir`. Inside
+/// the sandbox's pid namespace the holder of a busy tree has no pid to name, so a sandboxed
+/// process asks here first; it takes the lock for good once inside.
+pub fn check_tree_free(dir: &Path) -> Result<(), fsredirect::treelock::TreeLockError> {
+    use fsredirect::treelock::{open_locked, LockMode};
+    // Closing the descriptor at once gives the lock back.
+    open_locked(dir, LockMode::Exclusive).map(drop)
+}
+
 impl Supervisor {
     /// The server's pid, as seen from outside.
     pub fn pid(&self) -> libc::pid_t {

@@ -147,6 +147,9 @@ pub fn serve(args: &VhostUserFsArgs, stop: &EventFd) -> Result<u8, VhostUserCmdE
         // The file system names what is missing, and how to fix it; or it makes what it may.
         drop(RedirectFs::new(share, FsConfig::default()).map_err(share_error)?);
     }
+    if args.sandbox != SandboxMode::None {
+        sandbox::check_tree_free(&share.dir).map_err(|e| share_error(e.into()))?;
+    }
     let fs_config = FsConfig {
         // With CAP_DAC_READ_SEARCH gone, a handle opens nothing; see crate::sandbox.
         inode_file_handles: args.sandbox == SandboxMode::None
