@@ -219,6 +219,7 @@ pub fn install_prepared(
     if mode == SeccompMode::Trap {
         install_sigsys_handler();
     }
+    install_panic_hook();
     THREAD_ROLE.with(|r| r.set(role.index()));
     seccompiler::apply_filter(program).map_err(|e| SeccompError::Install {
         role: role.name(),
@@ -229,6 +230,45 @@ pub fn install_prepared(
 thread_local! {
     /// The role whose filter the thread installed, for the SIGSYS handler (u8::MAX: none).
     static THREAD_ROLE: std::cell::Cell<u8> = const { std::cell::Cell::new(u8::MAX) };
+}
+
+/// Installs, once per process, a panic hook that reports a filtered thread's panic without
+/// a backtrace, and hands every other thread's to the hook it replaces.
+///
+/// Printing a backtrace (`RUST_BACKTRACE=1`) reads the current directory and the program's
+/// debug information: calls no filter allows, which would turn a panic the thread's owner
+/// catches (a virtio-fs worker asks for a device reset) into the end of the process. A
+/// program that sets its own hook later should do the same for threads under a filter.
+fn install_panic_hook() {
+    static INSTALLED: Once = Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let role = THREAD_ROLE
+                .try_with(|r| ThreadRole::from_index(r.get()))
+                .ok()
+                .flatten();
+            let Some(role) = role else {
+                return previous(info);
+            };
+            let message = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                .unwrap_or("no message");
+            let location = info
+                .location()
+                .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+                .unwrap_or_default();
+            eprintln!(
+                "thread '{}' ({} filter) panicked at {location}:\n{message}\n(no backtrace: \
+                 a thread under a seccomp filter may not read what one needs)",
+                std::thread::current().name().unwrap_or("unnamed"),
+                role.name(),
+            );
+        }));
+    });
 }
 
 /// Installs the SIGSYS handler that names a trapped call and ends the process (once per

@@ -118,6 +118,15 @@ impl<F: FileSystem + Sync> FuseServer for FuseSession<F> {
     }
 }
 
+/// A panic's message, where it has one.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("no message")
+}
+
 /// Errors that make a queue unusable until the driver resets the device.
 ///
 /// The workers log these with their Display only, so each message carries its cause's text.

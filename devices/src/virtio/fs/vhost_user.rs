@@ -32,6 +32,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
@@ -50,7 +51,7 @@ use vmm_sys_util::event::{
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::handler::{process_queue, FuseSession};
+use super::handler::{panic_text, process_queue, FuseSession};
 use super::WorkerConfinement;
 use super::{config_space, FsDeviceError, MAX_TAG_LEN};
 use crate::seccomp::SeccompMode;
@@ -327,12 +328,31 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VhostUserFsBack
                 }
             }
         };
-        match process_queue(&self.server, &*mem, state.get_queue_mut(), &mut signal) {
-            Ok(()) => {}
-            // vhost-user has no NEEDS_RESET for the back-end to raise: the
-            // queue stays unserved until the driver fixes or resets it; each
-            // kick costs one bounded check.
-            Err(err) => warn_limited!("vhost-user-fs: queue {thread_id}: {err}; ignoring it"),
+        // A panic is a bug, never an answer to a guest: the request being served is dropped
+        // and the rest of the queue served. Each pass takes at least the chain that
+        // panicked, so a queue's size in passes serves it all; past that, the next kick.
+        for _ in 0..=virtio_queue::QueueT::size(state.get_queue()) {
+            let served = catch_unwind(AssertUnwindSafe(|| {
+                process_queue(&self.server, &*mem, state.get_queue_mut(), &mut signal)
+            }));
+            match served {
+                Ok(Ok(())) => {}
+                // vhost-user has no NEEDS_RESET for the back-end to raise: the
+                // queue stays unserved until the driver fixes or resets it; each
+                // kick costs one bounded check.
+                Ok(Err(err)) => {
+                    warn_limited!("vhost-user-fs: queue {thread_id}: {err}; ignoring it")
+                }
+                Err(panic) => {
+                    log::error!(
+                        "vhost-user-fs: queue {thread_id}: serving a request panicked ({}), a \
+                         bug to report; that request is dropped",
+                        panic_text(&*panic)
+                    );
+                    continue;
+                }
+            }
+            break;
         }
         Ok(())
     }
@@ -1087,6 +1107,99 @@ mod tests {
 
         assert!(result.is_ok(), "the worker thread must survive");
         assert_eq!(mock.used().idx().load(), 0);
+    }
+
+    /// A file system with a bug: every LOOKUP panics; everything else is ENOSYS.
+    struct Buggy;
+
+    impl FileSystem for Buggy {
+        type Inode = u64;
+        type Handle = u64;
+
+        fn init(
+            &self,
+            _: fuse_backend_rs::api::filesystem::FsOptions,
+        ) -> io::Result<fuse_backend_rs::api::filesystem::FsOptions> {
+            Ok(fuse_backend_rs::api::filesystem::FsOptions::empty())
+        }
+
+        fn lookup(
+            &self,
+            _: &fuse_backend_rs::api::filesystem::Context,
+            _: u64,
+            _: &std::ffi::CStr,
+        ) -> io::Result<fuse_backend_rs::api::filesystem::Entry> {
+            panic!("a bug in the file system");
+        }
+    }
+
+    /// 1. A vring holds INIT, a LOOKUP that makes the file system panic, and a GETATTR.
+    /// 2. One kick: INIT and GETATTR are answered, the LOOKUP is dropped, and the worker
+    ///    thread goes on (the panic does not unwind into vhost-user-backend).
+    #[test]
+    fn a_panic_while_serving_drops_that_request_and_serves_the_rest() {
+        let guest = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mem = Mem::new(guest.clone());
+        let backend = VhostUserFsBackend::new(
+            Arc::new(FuseSession::new(Arc::new(Buggy))),
+            "share0",
+            1,
+            mem.clone(),
+        )
+        .unwrap();
+        let mock = MockSplitQueue::new(&guest, 16);
+        let vring = VringRwLock::new(mem, 16).unwrap();
+        vring
+            .set_queue_info(
+                mock.desc_table_addr().0,
+                mock.avail_addr().0,
+                mock.used_addr().0,
+            )
+            .unwrap();
+        vring.set_queue_size(16);
+        vring.set_queue_ready(true);
+        let init = InitIn {
+            major: 7,
+            minor: 31,
+            max_readahead: 4096,
+            flags: 0,
+        };
+        let requests: [(u32, &[u8]); 3] = [(26, init.as_slice()), (1, b"name\0"), (3, &[0; 16])];
+        for (i, (opcode, body)) in requests.iter().enumerate() {
+            let header = InHeader {
+                len: (std::mem::size_of::<InHeader>() + body.len()) as u32,
+                opcode: *opcode,
+                unique: i as u64 + 1,
+                nodeid: 1,
+                ..Default::default()
+            };
+            let request = [header.as_slice(), body].concat();
+            let (addr, slot) = (0x8000 + 0x2000 * i as u64, 2 * i as u16);
+            guest.write_slice(&request, GuestAddress(addr)).unwrap();
+            let descs = [
+                Descriptor::new(
+                    addr,
+                    request.len() as u32,
+                    VRING_DESC_F_NEXT as u16,
+                    slot + 1,
+                ),
+                Descriptor::new(addr + 0x1000, 4096, VRING_DESC_F_WRITE as u16, 0),
+            ];
+            for (j, desc) in descs.into_iter().enumerate() {
+                mock.desc_table()
+                    .store(slot + j as u16, RawDescriptor::from(desc))
+                    .unwrap();
+            }
+            mock.avail().ring().ref_at(i).unwrap().store(slot);
+        }
+        mock.avail().idx().store(3);
+
+        let result = backend.handle_event(0, EventSet::IN, std::slice::from_ref(&vring), 1);
+
+        assert!(result.is_ok(), "the worker thread must go on");
+        assert_eq!(mock.used().idx().load(), 2, "INIT and GETATTR answered");
+        let getattr: OutHeader = guest.read_obj(GuestAddress(0xc000 + 0x1000)).unwrap();
+        assert_eq!(getattr.unique, 3);
     }
 
     #[test]

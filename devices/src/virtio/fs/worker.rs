@@ -4,16 +4,17 @@
 //! thread, and each worker installs its own seccomp filter before it serves anything.
 
 use std::os::fd::AsRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use fuse_backend_rs::api::filesystem::FileSystem;
-use log::{debug, warn};
+use log::{debug, error, warn};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::handler::{process_queue, FuseSession};
+use super::handler::{panic_text, process_queue, FuseSession};
 use super::NeedsReset;
 use crate::confine::{self, Enforcement};
 use crate::seccomp::{self, SeccompMode, ThreadRole};
@@ -189,17 +190,168 @@ impl<F: FileSystem + Send + Sync + 'static> Drop for QueueThread<F> {
 }
 
 /// A parked worker's life: one command after another, until the device is dropped.
+///
+/// A panic while serving is a bug, never an answer to a guest: it is logged, the device
+/// asks the driver for a reset (so the guest sees a device reset rather than a hung
+/// request), and the thread parks again, so that the next activation finds its worker.
 fn park<F: FileSystem + Send + Sync>(commands: Receiver<Command<F>>) {
     while let Ok(command) = commands.recv() {
         match command {
             Command::Serve { worker, done } => {
-                worker.run();
+                let (index, needs_reset) = (worker.index, worker.needs_reset.clone());
+                let interrupt = worker.interrupt.clone();
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| worker.run())) {
+                    error!(
+                        "virtio-fs queue {index}: serving a request panicked ({}), a bug to \
+                         report; the device asks the driver for a reset",
+                        panic_text(&*panic)
+                    );
+                    needs_reset.set();
+                    let _ = interrupt.signal_config_change();
+                }
                 let _ = done.send(());
             }
             Command::Call { call, done } => {
-                call();
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(call)) {
+                    error!(
+                        "virtio-fs: a device call panicked ({}), a bug to report",
+                        panic_text(&*panic)
+                    );
+                }
                 let _ = done.send(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    use fuse_backend_rs::abi::fuse_abi::{InHeader, InitIn};
+    use fuse_backend_rs::api::filesystem::{Context, Entry, FsOptions};
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::{Queue, QueueT};
+    use vm_memory::{ByteValued, Bytes, GuestAddress};
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    use super::*;
+    use crate::virtio::MmioInterrupt;
+
+    /// A file system with a bug: every LOOKUP panics.
+    struct Buggy;
+
+    impl FileSystem for Buggy {
+        type Inode = u64;
+        type Handle = u64;
+
+        fn init(&self, _: FsOptions) -> std::io::Result<FsOptions> {
+            Ok(FsOptions::empty())
+        }
+
+        fn lookup(&self, _: &Context, _: u64, _: &std::ffi::CStr) -> std::io::Result<Entry> {
+            panic!("a bug in the file system");
+        }
+    }
+
+    const QUEUE_SIZE: u16 = 8;
+
+    /// A queue in `mem` holding an INIT and then a LOOKUP, each with room for its reply.
+    fn queue_with_init_and_lookup(mem: &GuestMemory) -> Queue {
+        let mut queue = Queue::new(QUEUE_SIZE).unwrap();
+        queue.set_size(QUEUE_SIZE);
+        queue.set_desc_table_address(Some(0), Some(0));
+        queue.set_avail_ring_address(Some(0x1000), Some(0));
+        queue.set_used_ring_address(Some(0x2000), Some(0));
+        queue.set_ready(true);
+        let request = |opcode: u32, unique: u64, body: &[u8]| {
+            let header = InHeader {
+                len: (std::mem::size_of::<InHeader>() + body.len()) as u32,
+                opcode,
+                unique,
+                nodeid: 1,
+                ..Default::default()
+            };
+            [header.as_slice(), body].concat()
+        };
+        let init = InitIn {
+            major: 7,
+            minor: 31,
+            max_readahead: 0,
+            flags: 0,
+        };
+        let requests = [request(26, 1, init.as_slice()), request(1, 2, b"name\0")];
+        for (i, bytes) in requests.iter().enumerate() {
+            let (slot, buf) = (2 * i as u16, 0x10_000 + 0x1000 * i as u64);
+            mem.write_slice(bytes, GuestAddress(buf)).unwrap();
+            let desc = |slot: u16, addr: u64, len: u32, flags: u32, next: u16| {
+                let base = 16 * u64::from(slot);
+                mem.write_obj(addr, GuestAddress(base)).unwrap();
+                mem.write_obj(len, GuestAddress(base + 8)).unwrap();
+                mem.write_obj(flags as u16, GuestAddress(base + 12))
+                    .unwrap();
+                mem.write_obj(next, GuestAddress(base + 14)).unwrap();
+            };
+            desc(slot, buf, bytes.len() as u32, VRING_DESC_F_NEXT, slot + 1);
+            desc(slot + 1, buf + 0x800, 0x800, VRING_DESC_F_WRITE, 0);
+            mem.write_obj(slot, GuestAddress(0x1004 + 2 * i as u64))
+                .unwrap();
+        }
+        mem.write_obj(requests.len() as u16, GuestAddress(0x1002))
+            .unwrap();
+        queue
+    }
+
+    /// 1. A worker, filtered as in a VMM, serves a queue whose second request makes the file
+    ///    system panic.
+    /// 2. The panic becomes a reset request to the driver (NEEDS_RESET and a configuration
+    ///    interrupt), not a dead thread or process.
+    /// 3. The worker parks again and still runs the next command.
+    #[test]
+    fn a_panic_while_serving_asks_for_a_reset_and_the_worker_lives_on() {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let queue = queue_with_init_and_lookup(&mem);
+        let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+        let stop = EventFd::new(EFD_NONBLOCK).unwrap();
+        let needs_reset = NeedsReset::default();
+        let confinement = WorkerConfinement {
+            seccomp: SeccompMode::Kill,
+            beneath: Vec::new(),
+        };
+        let thread = QueueThread::start("fs-test-q1".into(), confinement).unwrap();
+        let worker = Worker {
+            index: 1,
+            queue: ActiveQueue {
+                queue,
+                kick: kick.try_clone().unwrap(),
+            },
+            mem: mem.clone(),
+            server: Arc::new(FuseSession::new(Buggy)),
+            interrupt: Arc::new(MmioInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
+            stop: stop.try_clone().unwrap(),
+            needs_reset: needs_reset.clone(),
+        };
+        let (done, served) = mpsc::channel();
+        assert!(thread.send(Command::Serve { worker, done }));
+        kick.write(1).unwrap();
+
+        // A guard against a hang, not a timing check.
+        let start = Instant::now();
+        while !needs_reset.is_set() && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(needs_reset.is_set(), "the panic did not ask for a reset");
+        served.recv_timeout(Duration::from_secs(30)).unwrap();
+
+        let (done, ran) = mpsc::channel();
+        let call = Box::new(|| {});
+        assert!(
+            thread.send(Command::Call { call, done }),
+            "the worker is gone"
+        );
+        ran.recv_timeout(Duration::from_secs(30))
+            .expect("the worker parked again and runs the next command");
+        drop(stop);
     }
 }
