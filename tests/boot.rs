@@ -35,43 +35,41 @@ fn main() {
         // host the share tests of tests/ cover the device instead.
         batch.extend(testhost::share_scenarios());
         batch.push(testhost::sandboxed_share_scenario());
-        let paths = opts.paths.clone();
-        checks.push((
-            "share-store-readable-on-host".to_owned(),
-            Box::new(move |_report| {
-                let path = format!("{SHARE_STORE}/share0/fs-basic/renamed.txt");
-                let bytes =
-                    testhost::read_share_disk_file(&paths, &path).map_err(|e| e.to_string())?;
-                if bytes == RENAMED_TXT.as_bytes() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "{path} on the share disk holds {:?}, expected {RENAMED_TXT:?}",
-                        String::from_utf8_lossy(&bytes)
-                    ))
-                }
-            }),
+        checks.push(store_file_check(
+            "share-store-readable-on-host",
+            &opts,
+            format!("{SHARE_STORE}/share0/fs-basic/renamed.txt"),
+            RENAMED_TXT,
         ));
-    }
-    if in_test_host {
-        let paths = opts.paths.clone();
-        checks.push((
-            "sandboxed-share-store-readable-on-host".to_owned(),
-            Box::new(move |_report| {
-                let path = format!("{SANDBOXED_STORE}/share0/fs-basic/renamed.txt");
-                let bytes =
-                    testhost::read_share_disk_file(&paths, &path).map_err(|e| e.to_string())?;
-                if bytes == RENAMED_BY_FS_BASIC.as_bytes() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "{path} on the share disk holds {:?}, expected {RENAMED_BY_FS_BASIC:?}",
-                        String::from_utf8_lossy(&bytes)
-                    ))
-                }
-            }),
+        checks.push(store_file_check(
+            "sandboxed-share-store-readable-on-host",
+            &opts,
+            format!("{SANDBOXED_STORE}/share0/fs-basic/renamed.txt"),
+            RENAMED_BY_FS_BASIC,
         ));
     }
     let tests = trials_with_checks("testhost", batch, opts, checks);
     libtest_mimic::run(&args, tests).exit();
+}
+
+/// A check, after the batch, that `path` on the test host's share disk holds `expected`.
+fn store_file_check(
+    name: &str,
+    opts: &RunOptions,
+    path: String,
+    expected: &'static str,
+) -> (String, HostCheck) {
+    let paths = opts.paths.clone();
+    let check: HostCheck = Box::new(move |_report| {
+        let bytes = testhost::read_share_disk_file(&paths, &path).map_err(|e| e.to_string())?;
+        if bytes == expected.as_bytes() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{path} on the share disk holds {:?}, expected {expected:?}",
+                String::from_utf8_lossy(&bytes)
+            ))
+        }
+    });
+    (name.to_owned(), check)
 }

@@ -482,13 +482,7 @@ fn daemon_stops_on_sigterm() -> Result<(), String> {
     let socket = tmp.0.join("fs.sock");
     let bin = qemu::hypervisor_binary().map_err(|e| e.to_string())?;
     let log = tmp.0.join("daemon.log");
-    let mut child = Command::new(&bin)
-        .arg("vhost-user-fs")
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--share")
-        .arg(format!("tag=fs0,dir={}", tree.display()))
-        .stdin(Stdio::null())
+    let mut child = passthrough_daemon(&bin, &socket, &tree)
         .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
@@ -521,6 +515,20 @@ fn daemon_stops_on_sigterm() -> Result<(), String> {
     Ok(())
 }
 
+/// `hypervisor vhost-user-fs` serving `tree` (passthrough, tag fs0) on `socket`, with its
+/// defaults and no standard input.
+fn passthrough_daemon(bin: &Path, socket: &Path, tree: &Path) -> Command {
+    let mut command = Command::new(bin);
+    command
+        .arg("vhost-user-fs")
+        .arg("--socket")
+        .arg(socket)
+        .arg("--share")
+        .arg(format!("tag=fs0,dir={}", tree.display()))
+        .stdin(Stdio::null());
+    command
+}
+
 /// 1. This process holds the lock of a guest tree, as a running server does.
 /// 2. `hypervisor vhost-user-fs` (sandboxed, the default) on that tree refuses to start,
 ///    naming this process's pid (which its sandbox's pid namespace could not see), and leaves
@@ -532,13 +540,7 @@ fn busy_tree_is_named() -> Result<(), String> {
     let _held = fsredirect::treelock::open_locked(&tree, fsredirect::treelock::LockMode::Exclusive)
         .map_err(|e| e.to_string())?;
     let bin = qemu::hypervisor_binary().map_err(|e| e.to_string())?;
-    let out = Command::new(&bin)
-        .arg("vhost-user-fs")
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--share")
-        .arg(format!("tag=fs0,dir={}", tree.display()))
-        .stdin(Stdio::null())
+    let out = passthrough_daemon(&bin, &socket, &tree)
         .output()
         .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
     let said = String::from_utf8_lossy(&out.stderr).into_owned();

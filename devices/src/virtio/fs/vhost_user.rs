@@ -904,6 +904,26 @@ mod tests {
         Arc::new(fs)
     }
 
+    /// A split queue of 16 in `guest`, and a ready vring on it as vhost-user-backend wires the
+    /// front-end's queue.
+    fn ready_vring(
+        guest: &GuestMemoryMmap<()>,
+        mem: Mem,
+    ) -> (MockSplitQueue<'_, GuestMemoryMmap<()>>, VringRwLock) {
+        let mock = MockSplitQueue::new(guest, 16);
+        let vring = VringRwLock::new(mem, 16).unwrap();
+        vring
+            .set_queue_info(
+                mock.desc_table_addr().0,
+                mock.avail_addr().0,
+                mock.used_addr().0,
+            )
+            .unwrap();
+        vring.set_queue_size(16);
+        vring.set_queue_ready(true);
+        (mock, vring)
+    }
+
     fn backend(dir: &Path, mem: Mem) -> VhostUserFsBackend<Fs> {
         VhostUserFsBackend::new(
             Arc::new(FuseSession::new(passthrough(dir))),
@@ -1027,17 +1047,7 @@ mod tests {
         let guest = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let mem = Mem::new(guest.clone());
         let backend = backend(dir.path(), mem.clone());
-        let mock = MockSplitQueue::new(&guest, 16);
-        let vring = VringRwLock::new(mem, 16).unwrap();
-        vring
-            .set_queue_info(
-                mock.desc_table_addr().0,
-                mock.avail_addr().0,
-                mock.used_addr().0,
-            )
-            .unwrap();
-        vring.set_queue_size(16);
-        vring.set_queue_ready(true);
+        let (mock, vring) = ready_vring(&guest, mem);
         let (call_consumer, call_notifier) =
             new_event_consumer_and_notifier(EventFlag::NONBLOCK).unwrap();
         // SAFETY: the descriptor was just released by into_raw_fd; File owns it alone.
@@ -1090,17 +1100,7 @@ mod tests {
         let guest = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let mem = Mem::new(guest.clone());
         let backend = backend(dir.path(), mem.clone());
-        let mock = MockSplitQueue::new(&guest, 16);
-        let vring = VringRwLock::new(mem, 16).unwrap();
-        vring
-            .set_queue_info(
-                mock.desc_table_addr().0,
-                mock.avail_addr().0,
-                mock.used_addr().0,
-            )
-            .unwrap();
-        vring.set_queue_size(16);
-        vring.set_queue_ready(true);
+        let (mock, vring) = ready_vring(&guest, mem);
         mock.avail().idx().store(100);
 
         let result = backend.handle_event(0, EventSet::IN, std::slice::from_ref(&vring), 1);
@@ -1147,17 +1147,7 @@ mod tests {
             mem.clone(),
         )
         .unwrap();
-        let mock = MockSplitQueue::new(&guest, 16);
-        let vring = VringRwLock::new(mem, 16).unwrap();
-        vring
-            .set_queue_info(
-                mock.desc_table_addr().0,
-                mock.avail_addr().0,
-                mock.used_addr().0,
-            )
-            .unwrap();
-        vring.set_queue_size(16);
-        vring.set_queue_ready(true);
+        let (mock, vring) = ready_vring(&guest, mem);
         let init = InitIn {
             major: 7,
             minor: 31,
