@@ -1,8 +1,7 @@
 //! The `hypervisor` binary: parses the command line and runs the library.
 
-use std::process::ExitCode;
-
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use clap::Parser;
 use hypervisor::cli::{Cli, Command};

@@ -11,15 +11,16 @@
 //! 1. a tmpfs, on which each exposed path is bind-mounted at its own absolute path (read-only
 //!    where asked), so that paths mean the same inside;
 //! 2. `pivot_root` into it, the old root detached (where the host runs from its initramfs,
-//!    which cannot be pivoted away from, the tmpfs is moved over it and taken as root), a fresh `/proc` of the new pid namespace
-//!    (`/proc/1` is the server itself), the tmpfs made read-only;
+//!    which cannot be pivoted away from, the tmpfs is moved over it and taken as root), a
+//!    fresh `/proc` of the new pid namespace (`/proc/1` is the process itself), the tmpfs
+//!    made read-only;
 //! 3. capabilities cut to [`KEPT_CAPABILITIES`], in every set and the bounding set.
 //!
 //! File handles are the one way out a mount namespace does not close: with
 //! CAP_DAC_READ_SEARCH, `open_by_handle_at` opens any file of a file system the process
-//! can name, inside the share or not. The sandboxed server therefore drops that capability
-//! and serves without file handles (one `O_PATH` descriptor per inode the guest knows,
-//! bounded by the descriptor budget), and every handle open fails with EPERM.
+//! can name, inside the share or not. The sandboxed process therefore drops that capability
+//! and its shares serve without file handles (one `O_PATH` descriptor per inode the guest
+//! knows, bounded by the descriptor budget), and every handle open fails with EPERM.
 
 use std::ffi::CString;
 use std::fmt;
