@@ -36,10 +36,11 @@ use caps::{CapSet, Capability, CapsHashSet};
 /// Where the server runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SandboxMode {
-    /// New mount, pid, IPC and network namespaces; the share is all the root holds.
+    /// New mount, pid, IPC and network namespaces; what is exposed is all the root holds.
+    /// The default of `vhost-user-fs` (`hypervisor run` defaults to none).
     #[default]
     Namespace,
-    /// No sandbox: the server sees the host as its user does.
+    /// No sandbox: the process sees the host as its user does.
     None,
 }
 
