@@ -10,7 +10,8 @@
 //! and by `..` from the descriptor held on the store; read `/etc/passwd` by `..` from the
 //! descriptor held on `/proc/self/fd` (the server holds both, as the real one does); hold
 //! CAP_DAC_READ_SEARCH; write a file exposed read-only (as the VMM's kernel is); write and
-//! read in the guest tree and the store, and read the read-only file.
+//! read in the guest tree and the store, read the read-only file, and write to a device node
+//! exposed read-write (`/dev/null`, as the VMM's `/dev/kvm` is).
 //!
 //! Skipped, with the reason, when not run as root (namespaces need CAP_SYS_ADMIN).
 
@@ -29,6 +30,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 /// Set in the child: `MODE,TREE,STORE,SECRET,HANDLE,READ_ONLY` (the handle in hex).
 const PROBE: &str = "HYPERVISOR_SANDBOX_PROBE";
+
+/// The device node exposed read-write, as the VMM's `/dev/kvm` is.
+const DEVICE: &str = "/dev/null";
 
 /// What the escape probes are called, in the child's output.
 const ESCAPES: [&str; 8] = [
@@ -121,7 +125,7 @@ fn run_probes(mode: SandboxMode, at: &Layout) -> Result<Vec<(String, bool)>, Str
             Some((name.to_owned(), verdict.starts_with("reached")))
         })
         .collect();
-    if results.len() != ESCAPES.len() + 4 {
+    if results.len() != ESCAPES.len() + 5 {
         return Err(format!("expected every probe's line, got:\n{stdout}"));
     }
     Ok(results)
@@ -151,6 +155,9 @@ fn sandboxed() -> Result<(), String> {
     }
     if !verdict(&results, "read-only-file-read") {
         return Err("the file exposed read-only could not be read inside".into());
+    }
+    if !verdict(&results, "device-written") {
+        return Err("the device node exposed read-write could not be written inside".into());
     }
     if !verdict(&results, "no-new-privs") {
         return Err("no_new_privs is not set inside the sandbox".into());
@@ -199,6 +206,7 @@ fn probe_child(spec: &str) -> ! {
         Exposed::read_write(&tree),
         Exposed::read_write(&store),
         Exposed::read_only(&read_only),
+        Exposed::read_write(DEVICE),
     ];
     match sandbox::enter(mode, &exposed) {
         Ok(Entered::Supervisor(supervisor)) => {
@@ -279,6 +287,11 @@ fn probe_child(spec: &str) -> ! {
     );
     let (r, d) = read(read_only.to_str().unwrap());
     report("read-only-file-read", r, d);
+    let device = std::fs::OpenOptions::new()
+        .write(true)
+        .open(DEVICE)
+        .and_then(|mut device| device.write_all(b"to the device"));
+    report("device-written", device.is_ok(), format!("{device:?}"));
     report(
         "share-works",
         works.as_ref().is_ok_and(|b| b == b"data"),
