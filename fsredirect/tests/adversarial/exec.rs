@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Barrier;
 
 use fsredirect::memio::{MemSink, MemSource};
-use fsredirect::{FsConfig, RedirectFs, ShareSpec};
+use fsredirect::treelock::TreeLockError;
+use fsredirect::{FsConfig, FsError, RedirectFs, ShareSpec, StoreError};
 use fuse_backend_rs::abi::fuse_abi::{CreateIn, FsOptions, SetattrValid};
 use fuse_backend_rs::api::filesystem::{Context, FileSystem, GetxattrReply, ListxattrReply};
 
@@ -22,6 +23,26 @@ pub struct Server {
     fs: Option<RedirectFs>,
     ctx: Context,
     _tmp: tempfile::TempDir,
+}
+
+/// Starts a server on `share`, waiting up to 2 s while its locks are still held. The
+/// previous server's are released when it is dropped, yet once in about eight runs of this
+/// test on 2026-12-03 a restart found its volume still locked (seed 0x7, not reproduced by
+/// its replay; cause not established: one candidate is a process another trial forks at that
+/// moment, mkfs, mount or setpriv, which holds copies of the descriptors until it execs). A
+/// lock held past the 2 s is still a finding.
+fn start_when_free(share: &ShareSpec, cfg: &FsConfig) -> Result<RedirectFs, FsError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match RedirectFs::new(share, cfg.clone()) {
+            Err(
+                FsError::Store(StoreError::Busy { .. }) | FsError::Tree(TreeLockError::Busy { .. }),
+            ) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Largest READ the driver sends in one request when it reads a whole file.
@@ -74,7 +95,7 @@ impl Server {
     /// Stops the server (a clean stop) and starts a new one on the same share.
     pub fn restart(&mut self) -> std::io::Result<()> {
         self.fs = None;
-        let fs = RedirectFs::new(&self.share, self.cfg.clone()).map_err(|e| {
+        let fs = start_when_free(&self.share, &self.cfg).map_err(|e| {
             // The whole chain: the top error alone rarely says which file or call failed.
             let mut msg = e.to_string();
             let mut cause = std::error::Error::source(&e);
