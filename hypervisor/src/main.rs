@@ -90,16 +90,14 @@ fn run_sandboxed(
         exposed.push(Exposed::read_write(kvm));
     }
     for share in &config.shares {
-        exposed.push(Exposed::read_write(&share.dir));
-        if let Some(store) = &share.store {
-            exposed.push(Exposed::read_write(&store.root));
-        }
-    }
-    for share in &config.shares {
         sandbox::check_tree_free(&share.dir).map_err(|e| hypervisor::VmError::Share {
             tag: share.tag.clone(),
             source: e.into(),
         })?;
+        exposed.push(Exposed::read_write(&share.dir));
+        if let Some(store) = &share.store {
+            exposed.push(Exposed::read_write(&store.root));
+        }
     }
     let stop = StopEvent::install()?;
     match sandbox::enter(mode, &exposed)? {
