@@ -7,6 +7,9 @@
 //! call (an `access` of a path that names the case), and the parent counts the calls the
 //! child's thread made between the markers. Without strace the test says so and is skipped.
 //!
+//! A READDIR of the directory holding each file (and 40 more) must cost a fixed few calls,
+//! whatever the number of entries: no lookup per entry.
+//!
 //! It also prints, without a bound, what a 4 KiB WRITE in place, a CREATE and an UNLINK cost
 //! each kind of file: the measured part of the redirecting layer's price for data and
 //! namespace changes.
@@ -36,6 +39,13 @@ const MOST: [(&str, usize); 4] = [
     ("getattr-paths", 1),
     ("lookup-paths", 5),
 ];
+
+/// The most one READDIR of a directory of 41 entries may cost: a seek and a `getdents64`
+/// (and one more `getdents64` should the first hold only `.` and `..`).
+const MOST_READDIR: usize = 3;
+
+/// Files added beside each measured one, so a lookup per entry would show.
+const MORE_ENTRIES: usize = 40;
 
 fn main() {
     if std::env::var_os("FSR_SYSCALLS_CHILD").is_some() {
@@ -91,6 +101,18 @@ fn compare(requests: &[&str]) -> Result<(), Failed> {
     let counts = count(&std::fs::read_to_string(&trace)?)?;
     for (case, n) in &counts {
         eprintln!("host system calls of one {case}: {n}");
+    }
+    for (case, n) in counts.iter().filter(|(c, _)| c.starts_with("readdir-")) {
+        if *n > MOST_READDIR {
+            return Err(format!(
+                "{case}: {n} host calls for one listing of {} entries, more than {MOST_READDIR}",
+                MORE_ENTRIES + 1
+            )
+            .into());
+        }
+    }
+    if !counts.keys().any(|c| c.starts_with("readdir-")) {
+        return Err("no READDIR was counted".into());
     }
     for (mode, _) in modes() {
         for request in requests {
@@ -183,6 +205,10 @@ fn child() {
         let share = TestShare::with_options("policy=include:r/**");
         share.write("r/file", &[7; 8192]);
         share.write("p/file", &[7; 8192]);
+        for i in 0..MORE_ENTRIES {
+            share.write(&format!("r/more-{i}"), b"x");
+            share.write(&format!("p/more-{i}"), b"x");
+        }
         let redirecting = share.try_serve(cfg()).unwrap();
         assert!(
             share.volume.join("r/file").exists(),
@@ -196,6 +222,9 @@ fn child() {
         let plain_dir = share.root().join("plain");
         std::fs::create_dir_all(plain_dir.join("p")).unwrap();
         std::fs::write(plain_dir.join("p/file"), [7; 8192]).unwrap();
+        for i in 0..MORE_ENTRIES {
+            std::fs::write(plain_dir.join(format!("p/more-{i}")), b"x").unwrap();
+        }
         let spec = ShareSpec::parse(&format!("tag=p,dir={}", plain_dir.display())).unwrap();
         let fs = RedirectFs::new(&spec, cfg()).unwrap();
         fs.init(FsOptions::empty()).unwrap();
@@ -223,6 +252,22 @@ fn child() {
             });
             assert_eq!(entry.inode, inode);
             assert_eq!(entry.attr.st_size, 8192, "{file}: size");
+            let (dir, _) = guest.fs.opendir(&guest.ctx, parent, 0).unwrap();
+            let mut listed = 0;
+            measured(&format!("readdir-{mode}-{file}"), || {
+                guest
+                    .fs
+                    .readdir(&guest.ctx, parent, dir.unwrap(), 4096, 0, &mut |_| {
+                        listed += 1;
+                        Ok(1)
+                    })
+                    .unwrap()
+            });
+            assert_eq!(listed, MORE_ENTRIES + 1, "{file}: entries listed");
+            guest
+                .fs
+                .releasedir(&guest.ctx, parent, 0, dir.unwrap())
+                .unwrap();
             data_and_namespace_costs(guest, &format!("{mode}-{file}"), inode, parent);
         }
     }

@@ -31,6 +31,9 @@ pub(super) enum OpenFile {
         /// it moves back into the guest tree while open.
         flags: u32,
     },
+    /// A directory listed from the server's own descriptor of it, which the file system
+    /// keeps beside this table (`dirs.rs`).
+    Dir,
 }
 
 impl OpenFile {

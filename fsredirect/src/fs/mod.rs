@@ -33,6 +33,10 @@
 //! descriptor budget ([`crate::fdbudget`]); a FUSE session that ends (DESTROY, a device reset,
 //! a front-end gone) gives all of it back.
 //!
+//! Listings: READDIR reads an open directory through the server's own descriptor of it
+//! (`dirs.rs`), one `getdents64` per reply, reporting each entry's host inode number; the
+//! passthrough layer lists only a directory whose known path no longer leads to it.
+//!
 //! Attribute caching: attributes are returned with a zero timeout (size and blocks come from
 //! the store, and a hard link's other names change ctime and link count behind the kernel's
 //! back), entries with one second (every name change goes through this server).
@@ -51,6 +55,7 @@ use fuse_backend_rs::abi::fuse_abi::SetattrValid;
 use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem, GetxattrReply};
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
+use self::dirs::DirStream;
 use self::handles::{kept_open_flags, HandleTable, OpenFile, OpenInode};
 use self::nodes::{NodeTable, ObjectAttr};
 use self::redirecting::Redirecting;
@@ -217,6 +222,8 @@ struct State {
     nodes: NodeTable,
     handles: HandleTable,
     detached: HashMap<u64, Detached>,
+    /// The listing behind each [`OpenFile::Dir`] handle.
+    dirs: HashMap<u64, Arc<DirStream>>,
 }
 
 impl State {
@@ -1039,6 +1046,9 @@ impl RedirectFs {
             .remove(handle)
             .ok_or_else(|| errno(libc::EBADF))?;
         self.budget.release(1);
+        if let OpenFile::Dir = file {
+            self.state().dirs.remove(&handle);
+        }
         let (OpenFile::Redirect { inode, .. }, Some(_)) = (file, &open) else {
             return Ok((file, None));
         };
@@ -1060,7 +1070,9 @@ impl RedirectFs {
     fn inner_of(&self, handle: u64) -> io::Result<u64> {
         match self.handle(handle)? {
             OpenFile::Inner(ih, _) => Ok(ih),
-            OpenFile::Inline { .. } | OpenFile::Redirect { .. } => Err(errno(libc::EBADF)),
+            OpenFile::Inline { .. } | OpenFile::Redirect { .. } | OpenFile::Dir => {
+                Err(errno(libc::EBADF))
+            }
         }
     }
 
@@ -1069,7 +1081,7 @@ impl RedirectFs {
             None => Ok(None),
             Some(h) => Ok(match self.handle(h)? {
                 OpenFile::Inner(ih, _) | OpenFile::Inline { ih, .. } => Some(ih),
-                OpenFile::Redirect { .. } => None,
+                OpenFile::Redirect { .. } | OpenFile::Dir => None,
             }),
         }
     }
@@ -1193,6 +1205,39 @@ impl RedirectFs {
 
     fn is_open(&self, inode: u64) -> bool {
         self.state().handles.is_open(inode)
+    }
+
+    /// The attributes of `inode` as the passthrough layer has them: through the node's hot
+    /// handle if it has one (one `statx`), else by reopening the node.
+    fn host_attr(&self, ctx: &Context, inode: u64) -> io::Result<(libc::stat64, Duration)> {
+        match self.hot_handle(inode) {
+            // A request in flight may have just retired that hot handle: then as without.
+            Some(hot) => self
+                .inner
+                .getattr(ctx, inode, Some(hot))
+                .or_else(|_| self.inner.getattr(ctx, inode, None)),
+            None => self.inner.getattr(ctx, inode, None),
+        }
+    }
+
+    /// Opens directory `inode` for listing ([`DirStream`]) through the path the name table
+    /// knows for it, if that path still leads to the node the passthrough layer holds (same
+    /// device and inode number). `None` otherwise (a path unknown, or changed behind the
+    /// server's back): the caller lists through the passthrough layer instead. The caller
+    /// holds the namespace lock.
+    fn open_dir_stream(&self, ctx: &Context, inode: u64) -> Option<DirStream> {
+        let parts = self.state().names.path(inode)?;
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+        let dir = match parts.split_last() {
+            None => open_beneath(&self.guest_root, c".", flags, 0),
+            Some((name, dirs)) => {
+                walk(&self.guest_root, dirs).and_then(|d| open_beneath(&d, name, flags, 0))
+            }
+        };
+        let dir = File::from(dir.ok()?);
+        let ours = crate::beneath::fstat(&dir).ok()?;
+        let (node, _) = self.host_attr(ctx, inode).ok()?;
+        (ours.st_dev == node.st_dev && ours.st_ino == node.st_ino).then(|| DirStream::new(dir))
     }
 
     /// Keeps the stub of an open redirected file reachable after its last name goes (the
@@ -1323,7 +1368,7 @@ impl RedirectFs {
                 OpenFile::Inline { ih, inode, .. } => {
                     self.inner.release(&ctx, inode, 0, ih, false, false, None)
                 }
-                OpenFile::Redirect { .. } => Ok(()),
+                OpenFile::Redirect { .. } | OpenFile::Dir => Ok(()),
             };
             if let Err(e) = released {
                 log::debug!("handle {handle} of the ended session: {e}");
@@ -1485,6 +1530,7 @@ fn sync_stub_file(stub: &File, size: u64, touch: bool) -> io::Result<()> {
 }
 
 mod datalock;
+mod dirs;
 mod handles;
 mod nodes;
 mod ops;

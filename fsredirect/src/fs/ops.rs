@@ -4,6 +4,7 @@
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{CreateIn, FsOptions, OpenOptions, SetattrValid};
@@ -99,14 +100,7 @@ impl FileSystem for RedirectFs {
         let kind = self.kind(inode)?;
         let (mut st, timeout) = match self.inner_handle(handle)? {
             Some(ih) => self.inner.getattr(ctx, inode, Some(ih))?,
-            None => match self.hot_handle(inode) {
-                // A request in flight may have just retired that hot handle: then as without.
-                Some(hot) => self
-                    .inner
-                    .getattr(ctx, inode, Some(hot))
-                    .or_else(|_| self.inner.getattr(ctx, inode, None))?,
-                None => self.inner.getattr(ctx, inode, None)?,
-            },
+            None => self.host_attr(ctx, inode)?,
         };
         self.fix_attr(inode, kind, &mut st);
         Ok((st, timeout))
@@ -507,8 +501,10 @@ impl FileSystem for RedirectFs {
                 passthrough_io_flags(flags),
             ),
             OpenFile::Redirect { inode, .. } => {
+                let _data = self.data_locks.read(inode);
                 self.with_object(inode, |f| w.write_from(f, size as usize, offset))
             }
+            OpenFile::Dir => Err(errno(libc::EISDIR)),
         }
     }
 
@@ -574,6 +570,7 @@ impl FileSystem for RedirectFs {
                 }
                 Ok(n)
             }
+            OpenFile::Dir => Err(errno(libc::EISDIR)),
         }
     }
 
@@ -583,7 +580,7 @@ impl FileSystem for RedirectFs {
             OpenFile::Inner(ih, _) | OpenFile::Inline { ih, .. } => {
                 self.inner.flush(ctx, inode, ih, lock_owner)
             }
-            OpenFile::Redirect { .. } => Ok(()),
+            OpenFile::Redirect { .. } | OpenFile::Dir => Ok(()),
         }
     }
 
@@ -595,6 +592,10 @@ impl FileSystem for RedirectFs {
             }
             OpenFile::Redirect { inode, .. } => {
                 self.sync_redirected(inode, SyncMode::of_fsync(datasync))
+            }
+            OpenFile::Dir => {
+                let stream = self.state().dirs.get(&handle).cloned();
+                sync_dir(&stream.ok_or_else(|| errno(libc::EBADF))?.file(), datasync)
             }
         }
     }
@@ -638,6 +639,7 @@ impl FileSystem for RedirectFs {
                 done?;
                 stub
             }
+            OpenFile::Dir => Err(errno(libc::EISDIR)),
         }
     }
 
@@ -657,7 +659,7 @@ impl FileSystem for RedirectFs {
                 self.inner
                     .release(ctx, inode, flags, ih, flush, flock_release, lock_owner)
             }
-            OpenFile::Redirect { .. } => Ok(()),
+            OpenFile::Redirect { .. } | OpenFile::Dir => Ok(()),
         }
     }
 
@@ -728,6 +730,12 @@ impl FileSystem for RedirectFs {
         // Directory handles live in the same table as file handles: the kernel may pass
         // either to SETATTR (fchmod or futimens on a directory descriptor).
         self.check_fd_room()?;
+        let _ns = self.ns_read();
+        if let Some(stream) = self.open_dir_stream(ctx, inode) {
+            let handle = self.new_handle(OpenFile::Dir)?;
+            self.state().dirs.insert(handle, Arc::new(stream));
+            return Ok((Some(handle), OpenOptions::empty()));
+        }
         let (ih, opts) = self.inner.opendir(ctx, inode, flags)?;
         let ih = ih.ok_or_else(|| errno(libc::EIO))?;
         Ok((Some(self.new_handle(OpenFile::Inner(ih, inode))?), opts))
@@ -742,6 +750,12 @@ impl FileSystem for RedirectFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
+        if let OpenFile::Dir = self.handle(handle)? {
+            let stream = self.state().dirs.get(&handle).cloned();
+            return stream
+                .ok_or_else(|| errno(libc::EBADF))?
+                .read(offset, size, add_entry);
+        }
         let handle = self.inner_of(handle)?;
         self.inner
             .readdir(ctx, inode, handle, size, offset, &mut |mut entry| {
@@ -754,8 +768,13 @@ impl FileSystem for RedirectFs {
     }
 
     fn fsyncdir(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
-        let handle = self.inner_of(handle)?;
-        self.inner.fsyncdir(ctx, inode, datasync, handle)?;
+        if let OpenFile::Dir = self.handle(handle)? {
+            let stream = self.state().dirs.get(&handle).cloned();
+            sync_dir(&stream.ok_or_else(|| errno(libc::EBADF))?.file(), datasync)?;
+        } else {
+            let handle = self.inner_of(handle)?;
+            self.inner.fsyncdir(ctx, inode, datasync, handle)?;
+        }
         // The names in this directory are durable in the guest tree: make their store half
         // durable too (the mirrored directory may not exist yet if it holds no objects).
         if let Some(r) = &self.redirect {
@@ -772,6 +791,9 @@ impl FileSystem for RedirectFs {
     }
 
     fn releasedir(&self, ctx: &Context, inode: u64, flags: u32, handle: u64) -> io::Result<()> {
+        if let OpenFile::Dir = self.handle(handle)? {
+            return self.close_handle(handle).map(drop);
+        }
         let ih = self.inner_of(handle)?;
         self.close_handle(handle)?;
         self.inner.releasedir(ctx, inode, flags, ih)
@@ -807,6 +829,8 @@ impl FileSystem for RedirectFs {
                     }
                 })
             }
+            // The kernel seeks in a directory itself; data and holes are for files.
+            OpenFile::Dir => Err(errno(libc::EINVAL)),
         }
     }
 }
@@ -953,6 +977,15 @@ fn write_object(
 /// release reach that other file. With only these flags F_SETFL toggles O_APPEND and
 /// O_NONBLOCK, which it does not refuse (but for a host file made append-only, which no
 /// guest request can do).
+/// fsync (or fdatasync) of a directory the server lists itself.
+fn sync_dir(dir: &std::fs::File, datasync: bool) -> io::Result<()> {
+    if datasync {
+        dir.sync_data()
+    } else {
+        dir.sync_all()
+    }
+}
+
 pub(super) fn passthrough_io_flags(flags: u32) -> u32 {
     let kept = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_SYNC | libc::O_DSYNC;
     (flags as i32 & kept) as u32

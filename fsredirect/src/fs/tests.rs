@@ -956,6 +956,96 @@ fn special_file_kept_inert_in_readdir_type() {
     assert_eq!(types, vec![u32::from(libc::DT_UNKNOWN)]);
 }
 
+/// Every entry of directory `inode` as READDIR lists it, with the inode number it reports.
+fn list_dir(fx: &Fixture, inode: u64) -> std::collections::BTreeMap<String, u64> {
+    let (dh, _) = fx.fs.opendir(&fx.ctx, inode, 0).unwrap();
+    let dh = dh.unwrap();
+    let mut all = std::collections::BTreeMap::new();
+    let mut offset = 0;
+    loop {
+        let mut got = 0;
+        fx.fs
+            .readdir(&fx.ctx, inode, dh, 4096, offset, &mut |e| {
+                got += 1;
+                offset = e.offset;
+                let name = String::from_utf8(e.name.to_vec()).unwrap();
+                assert!(all.insert(name, e.ino).is_none(), "listed twice");
+                Ok(1)
+            })
+            .unwrap();
+        if got == 0 {
+            break;
+        }
+    }
+    fx.fs.releasedir(&fx.ctx, inode, 0, dh).unwrap();
+    all
+}
+
+#[test]
+fn readdir_reports_the_inode_numbers_stat_does_on_both_kinds_of_share() {
+    for fx in [redirecting(), passthrough()] {
+        let dir = fx.mkdir(ROOT_INODE, "d");
+        for i in 0..40 {
+            fx.write_file(dir.inode, &format!("f{i}"), b"data");
+        }
+        fx.mkdir(dir.inode, "sub");
+        let listed = list_dir(&fx, dir.inode);
+        assert_eq!(listed.len(), 41);
+        for (name, ino) in &listed {
+            let entry = fx.lookup(dir.inode, name).unwrap();
+            let (st, _) = fx.fs.getattr(&fx.ctx, entry.inode, None).unwrap();
+            assert_eq!(*ino, st.st_ino, "{name}");
+        }
+        let root = list_dir(&fx, ROOT_INODE);
+        assert_eq!(root.keys().collect::<Vec<_>>(), vec!["d"]);
+        assert_eq!(
+            fx.fs.guest_fds().0,
+            0,
+            "every listing gave its descriptor back"
+        );
+    }
+}
+
+#[test]
+fn a_directory_moved_behind_the_servers_back_is_still_the_one_listed() {
+    let fx = redirecting();
+    let dir = fx.mkdir(ROOT_INODE, "d");
+    fx.write_file(dir.inode, "inside", b"x");
+    // The name the server knows now leads to another directory.
+    std::fs::rename(fx.guest.join("d"), fx.guest.join("moved")).unwrap();
+    std::fs::create_dir(fx.guest.join("d")).unwrap();
+    std::fs::write(fx.guest.join("d/impostor"), b"").unwrap();
+    let listed = list_dir(&fx, dir.inode);
+    assert_eq!(listed.keys().collect::<Vec<_>>(), vec!["inside"]);
+}
+
+#[test]
+fn a_directory_handle_is_no_file_handle() {
+    let fx = redirecting();
+    let dir = fx.mkdir(ROOT_INODE, "d");
+    let (dh, _) = fx.fs.opendir(&fx.ctx, dir.inode, 0).unwrap();
+    let dh = dh.unwrap();
+    let mut sink = MemSink::default();
+    let r = fx
+        .fs
+        .read(&fx.ctx, dir.inode, dh, &mut sink, 10, 0, None, 0);
+    assert_eq!(errno_of(r), libc::EISDIR);
+    let r = fx.fs.fallocate(&fx.ctx, dir.inode, dh, 0, 0, 10);
+    assert_eq!(errno_of(r), libc::EISDIR);
+    fx.fs.fsyncdir(&fx.ctx, dir.inode, true, dh).unwrap();
+    fx.fs.fsync(&fx.ctx, dir.inode, false, dh).unwrap();
+    assert_eq!(fx.fs.guest_fds().0, 1);
+    // A guest may close it as a file: it is closed all the same.
+    fx.fs
+        .release(&fx.ctx, dir.inode, 0, dh, false, false, None)
+        .unwrap();
+    assert_eq!(fx.fs.guest_fds().0, 0);
+    let r = fx
+        .fs
+        .readdir(&fx.ctx, dir.inode, dh, 4096, 0, &mut |_| Ok(1));
+    assert_eq!(errno_of(r), libc::EBADF);
+}
+
 #[test]
 fn create_with_missing_store_fails_and_leaves_no_stub() {
     let fx = redirecting();
