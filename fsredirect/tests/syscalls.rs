@@ -33,11 +33,13 @@ const MARK: &str = "/fsr-syscalls-mark";
 /// server refers to inodes: what it cost before the per-node table (commit 92a0731), a
 /// bound against regressions. With file handles, each request reopens the inode by its
 /// handle; a LOOKUP then read the metadata again.
-const MOST: [(&str, usize); 4] = [
+const MOST: [(&str, usize); 6] = [
     ("getattr-handles", 4),
     ("lookup-handles", 13),
+    ("lookup_new-handles", 13),
     ("getattr-paths", 1),
     ("lookup-paths", 5),
+    ("lookup_new-paths", 5),
 ];
 
 /// The most one READDIR of a directory of 41 entries may cost: a seek and a `getdents64`
@@ -55,7 +57,7 @@ fn main() {
     let args = Arguments::from_args();
     let trials = vec![Trial::test(
         "redirected_getattr_and_lookup_cost_what_plain_ones_cost",
-        || compare(&["getattr", "lookup"]),
+        || compare(&["getattr", "lookup", "lookup_new"]),
     )
     .with_ignored_flag(strace().is_none())];
     if strace().is_none() {
@@ -302,6 +304,12 @@ fn data_and_namespace_costs(guest: &Guest, case: &str, inode: u64, parent: u64) 
     });
     fs.release(ctx, entry.inode, 0, handle.unwrap(), false, false, None)
         .unwrap();
+    // The kernel looks a new file up again once its entry times out.
+    let again = measured(&format!("lookup_new-{case}"), || {
+        fs.lookup(ctx, parent, &name).unwrap()
+    });
+    assert_eq!(again.inode, entry.inode);
+    fs.forget(ctx, entry.inode, 1);
     measured(&format!("unlink-{case}"), || {
         fs.unlink(ctx, parent, &name).unwrap()
     });

@@ -619,11 +619,16 @@ impl RedirectFs {
     /// and object figures, `nodes.rs`): its host file may be gone, and with inode-number
     /// identities (no file handles) a new file may come back under the same node id.
     fn drop_cached(&self, inode: u64) {
+        self.close_cached(inode);
+        self.state().nodes.forget_object(inode);
+    }
+
+    /// Closes the cached descriptors of `inode` (its store object and stub).
+    fn close_cached(&self, inode: u64) {
         if let Some(r) = &self.redirect {
             r.objects.remove(inode);
             r.stubs.remove(inode);
         }
-        self.state().nodes.forget_object(inode);
     }
 
     fn with_object<T>(
@@ -937,7 +942,12 @@ impl RedirectFs {
             return Err(e);
         }
         drop(object);
-        Ok(self.admit(parent, name, entry, Kind::Redirect))
+        let entry = self.admit(parent, name, entry, Kind::Redirect);
+        // The record just written, kept with the node (it was not known when it was
+        // written), so the next LOOKUP need not read it back.
+        let record = Meta::redirect(&self.redirected()?.volume, &join(&parts));
+        self.state().nodes.set_record(entry.inode, Some(record));
+        Ok(entry)
     }
 
     /// Enters `file` in the handle table; a redirected file's first handle takes hold of
@@ -1049,11 +1059,17 @@ impl RedirectFs {
         if let OpenFile::Dir = file {
             self.state().dirs.remove(&handle);
         }
-        let (OpenFile::Redirect { inode, .. }, Some(_)) = (file, &open) else {
+        let (OpenFile::Redirect { inode, .. }, Some(last)) = (file, &open) else {
             return Ok((file, None));
         };
-        self.drop_cached(inode);
-        if open.as_ref().is_some_and(|o| o.pin.is_some()) {
+        // Its descriptors go. What its host files say stays true (a release changes
+        // nothing), unless its last name went while it was open: then its object goes now.
+        if last.orphan.is_some() || last.pin.is_some() {
+            self.drop_cached(inode);
+        } else {
+            self.close_cached(inode);
+        }
+        if last.pin.is_some() {
             self.budget.release(1);
         }
         Ok((file, open))
