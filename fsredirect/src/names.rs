@@ -1,7 +1,7 @@
 //! Guest names: validation before any host syscall, and the table of names through which each
 //! inode was reached (the common portion of a file is the path of one of its names).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::{CStr, CString};
 use std::io;
 
@@ -310,9 +310,17 @@ impl NameTable {
         }
     }
 
-    /// The path of `inode` relative to the share root, as components, through its first known
-    /// name; `None` if the inode or one of its ancestors has no known name.
+    /// The path of `inode` relative to the share root, as components: through the first
+    /// known name of each inode on the way, or else through any known names that reach the
+    /// root; `None` if none do.
     pub fn path(&self, inode: u64) -> Option<Vec<CString>> {
+        self.path_by_first_names(inode)
+            .or_else(|| self.path_by_any_names(inode))
+    }
+
+    /// [`NameTable::path`] through the first known name of each inode: one step per
+    /// component, the common case (most inodes have one name).
+    fn path_by_first_names(&self, inode: u64) -> Option<Vec<CString>> {
         let mut parts = Vec::new();
         let mut current = inode;
         // A depth bound guards against a cycle, which would be a bug, never a hang.
@@ -324,6 +332,34 @@ impl NameTable {
             let (parent, name) = self.inodes.get(&current)?.links.first()?;
             parts.push(name.clone());
             current = *parent;
+        }
+        None
+    }
+
+    /// [`NameTable::path`] through every known name, breadth first, when the first names do
+    /// not reach the root: a hard link's first known name may lie below a directory whose
+    /// own name the server never learnt (the guest moved it by another name).
+    fn path_by_any_names(&self, inode: u64) -> Option<Vec<CString>> {
+        // For each inode reached: the inode below it and the name it has there.
+        let mut below: HashMap<u64, Option<(u64, &CString)>> = HashMap::new();
+        below.insert(inode, None);
+        let mut queue = VecDeque::from([inode]);
+        while let Some(current) = queue.pop_front() {
+            if current == ROOT_INODE {
+                let mut parts = Vec::new();
+                let mut at = current;
+                while let Some(&Some((child, name))) = below.get(&at) {
+                    parts.push(name.clone());
+                    at = child;
+                }
+                return Some(parts);
+            }
+            for (parent, name) in self.inodes.get(&current).map_or(&[][..], |k| &k.links) {
+                if !below.contains_key(parent) {
+                    below.insert(*parent, Some((current, name)));
+                    queue.push_back(*parent);
+                }
+            }
         }
         None
     }
@@ -396,6 +432,22 @@ mod tests {
         t.remember(2, ROOT_INODE, c"dir");
         t.remember(3, 2, c"file");
         assert_eq!(join(&t.path(3).unwrap()), b"dir/file");
+    }
+
+    #[test]
+    fn a_path_is_found_through_any_name_when_the_first_leads_nowhere() {
+        let mut t = NameTable::default();
+        t.remember(3, ROOT_INODE, c"d");
+        t.remember(5, 3, c"b");
+        t.remember(9, 5, c"c");
+        t.remember(9, ROOT_INODE, c"a");
+        assert_eq!(join(&t.path(9).unwrap()), b"d/b/c", "first names first");
+        // The directory above the first name loses its own (a name the server never saw
+        // replaced it): the other name still leads to the file.
+        t.remove_name(ROOT_INODE, c"d");
+        assert_eq!(t.path(5), None);
+        assert_eq!(join(&t.path(9).unwrap()), b"a");
+        assert_eq!(join(&t.child_path(9, c"x").unwrap()), b"a/x");
     }
 
     #[test]

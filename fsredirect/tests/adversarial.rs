@@ -98,7 +98,8 @@ const SEEDS_HANDLES: &[u64] = &[
 /// 0xd8604a028290 a WRITE without O_APPEND appending. On 939b0bc: 0xabd2c012126c an O_SYNC
 /// WRITE answering ESTALE after its bytes landed (the open file's node forgotten), and
 /// 0xeb002ecacd38 a MKDIR answering EBADF after making the directory (a FORGET of its parent
-/// in flight).
+/// in flight). On e62ab65: 0xe71b714fa3fa a CREATE opening an existing hard link answering
+/// ESTALE (its first known name lay below a directory whose own name the server never saw).
 const SEEDS_PATHS: &[u64] = &[
     0x22556f313231,
     0xa8fe884cdf9e,
@@ -110,6 +111,7 @@ const SEEDS_PATHS: &[u64] = &[
     0x8,
     0xabd2c012126c,
     0xeb002ecacd38,
+    0xe71b714fa3fa,
 ];
 /// Seeds run by default as an unprivileged user. On 939b0bc 0x91167b332b17 found a node
 /// left without a path by a FORGET of its directory; on 73815e3 (once, in a race)
