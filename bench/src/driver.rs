@@ -144,6 +144,18 @@ impl<F: FileSystem + Sync> Driver<F> {
         Ok(fuse_wire::entry_out(&reply)?.nodeid)
     }
 
+    /// BMAP, which the device answers with ENOSYS without a host call: the cost of the
+    /// request path alone (queue, decoding, reply).
+    pub fn unimplemented(&mut self) -> Result<()> {
+        match self.call(Opcode::Bmap, 1, &fuse_wire::bmap_in()) {
+            Err(BenchError::Fuse { errno, .. }) if errno == libc::ENOSYS => Ok(()),
+            Err(e) => Err(e),
+            Ok(_) => Err(BenchError::Driver(
+                "BMAP succeeded: it no longer measures the request path alone".into(),
+            )),
+        }
+    }
+
     /// GETATTR of `nodeid`.
     pub fn getattr(&mut self, nodeid: u64) -> Result<()> {
         self.call(Opcode::Getattr, nodeid, &fuse_wire::getattr_in())?;

@@ -4,8 +4,8 @@
 //! replies. Nothing here trusts a reply: a short or failed one is a [`BenchError`].
 
 use fuse_backend_rs::abi::fuse_abi::{
-    AttrOut, CreateIn, EntryOut, ForgetIn, FsyncIn, GetattrIn, InHeader, InitIn, Opcode, OpenIn,
-    OpenOut, OutHeader, ReadIn, ReleaseIn, WriteIn, WriteOut,
+    AttrOut, BmapIn, CreateIn, EntryOut, ForgetIn, FsyncIn, GetattrIn, InHeader, InitIn, Opcode,
+    OpenIn, OpenOut, OutHeader, ReadIn, ReleaseIn, WriteIn, WriteOut,
 };
 use vm_memory::ByteValued;
 
@@ -123,6 +123,11 @@ pub fn create_in(name: &str) -> Vec<u8> {
 /// The body of LOOKUP or UNLINK of `name`.
 pub fn name_in(name: &str) -> Vec<u8> {
     with_name(&[], name)
+}
+
+/// The body of BMAP (block 0), a request no share of ours implements.
+pub fn bmap_in() -> Vec<u8> {
+    BmapIn::default().as_slice().to_vec()
 }
 
 /// The body of GETATTR (no handle).

@@ -46,6 +46,9 @@ pub struct DeviceSummary {
     pub data_rounds: [Vec<DataSummary>; 3],
     /// Per target, each round's metadata figures (for paired ratios).
     pub meta_rounds: [Vec<[MetaSummary; 5]>; 3],
+    /// Per target, the median p50 latency (µs) of a request answered without any host call
+    /// (NaN for the host, which has no request path).
+    pub floor_us: [f64; 3],
 }
 
 impl DeviceSummary {
@@ -86,12 +89,25 @@ impl DeviceSummary {
                 }
             })
         });
+        let floor_us = std::array::from_fn(|t| {
+            let p50s: Vec<f64> = runs[t]
+                .iter()
+                .filter(|f| !f.floor.is_empty())
+                .map(|f| f.floor.quantile_us(0.5))
+                .collect();
+            if p50s.is_empty() {
+                f64::NAN
+            } else {
+                median(&p50s)
+            }
+        });
         DeviceSummary {
             data,
             meta,
             rounds: runs[0].len(),
             data_rounds,
             meta_rounds,
+            floor_us,
         }
     }
 
@@ -186,17 +202,18 @@ different file systems: fsredirect/README.md, \"Intent log\") and changes both t
 and the store: several host calls where the passthrough makes one or two.";
 const CAUSE_STUB: &str = "every redirected WRITE also updates the stub (fstat of the object, \
 then ftruncate or futimens of the stub), a few syscalls more than the passthrough per request.";
-const CAUSE_FUSE_META: &str = "syscalls, not our code: a LOOKUP of a known file by file handle \
-is 9 host calls (open_by_handle_at of the parent, openat O_PATH, statx, name_to_handle_at \
-twice, closes), the same for a redirected and a plain file (fsredirect/tests/syscalls.rs), \
-where the host needs one fstatat; a GETATTR is one statx through the node's hot O_PATH \
-descriptor, plus the FUSE decoding and the queue.";
+const CAUSE_FUSE_META: &str = "the request path, not the host calls: a request the device \
+answers without any host call already takes several times the host's own call (the request \
+floor, device section); a LOOKUP by file handle adds 7 host calls and a GETATTR one statx \
+through the node's hot descriptor, the same for a redirected and a plain file \
+(fsredirect/tests/syscalls.rs).";
 const CAUSE_REDIRECT_READ: &str = "each redirected READ takes the namespace lock and looks its \
 object up in the store-descriptor cache (a mutex-guarded LRU) before the pread, which the \
 passthrough does not; within the run-to-run noise of this shared machine.";
-const CAUSE_READDIR: &str = "fuse-backend-rs's PassthroughFs::readdir, under both shares, looks \
-every entry up (name_to_handle_at, open, statx, then a forget) to report its inode number: one \
-full LOOKUP per entry, where the host's listing is one getdents64.";
+const CAUSE_READDIR: &str = "a listing is OPENDIR, READDIRs until one comes back empty and \
+RELEASEDIR, each a request through the device (the request floor, device section), where the \
+host's is an open, getdents64 calls and a close; each READDIR costs a seek and one getdents64 \
+(fsredirect/tests/syscalls.rs), no lookup per entry.";
 const CAUSE_FUSE_DATA: &str = "per-request work of the FUSE server and the passthrough layer \
 (decode, handle lookup, copying through guest memory) on top of the host's own copy.";
 const CAUSE_VMM_MEM: &str = "see the VMM section: RSS and PSS outside guest RAM, sampled \
@@ -1116,6 +1133,26 @@ impl Report {
                 fr(d.meta_ratio(m, RED, PT, |x| x.ops)),
             );
         }
+        if d.floor_us[PT].is_finite() {
+            let bound = |op: MetaOp| {
+                let m = MetaOp::ALL.iter().position(|o| *o == op).unwrap_or(0);
+                let host = d.meta[HOST][m].p50_us;
+                host / (host + d.floor_us[PT])
+            };
+            let _ = write!(
+                s,
+                "\nRequest floor: a request the device answers without any host call (BMAP, \
+                 answered ENOSYS: the queue, the FUSE decoding and the reply alone) takes \
+                 {:.2} µs (p50) on the passthrough share and {:.2} µs on the redirecting one. \
+                 A metadata request costs at least that plus its own host calls, so by p50 \
+                 latency no FUSE device can reach more than {:.2} of the host's lookup rate or \
+                 {:.2} of its getattr rate here.\n",
+                d.floor_us[PT],
+                d.floor_us[RED],
+                bound(MetaOp::Lookup),
+                bound(MetaOp::Getattr),
+            );
+        }
         s.push('\n');
     }
 
@@ -1288,7 +1325,35 @@ mod tests {
             rand_read: 10.0 * scale,
             rand_write: 10.0 * scale,
             meta: vec![lat; 5],
+            floor: Latencies::default(),
         }
+    }
+
+    #[test]
+    fn the_request_floor_bounds_what_a_device_can_reach() {
+        let with_floor = |scale: f64, meta_us: u64, floor_us: u64| {
+            let mut f = figures(scale, meta_us);
+            f.floor.push(Duration::from_micros(floor_us));
+            f
+        };
+        let mut r = report(1.0, 2);
+        let runs = [
+            vec![figures(1.0, 1)],
+            vec![with_floor(0.95, 2, 3)],
+            vec![with_floor(0.95, 2, 4)],
+        ];
+        r.device = Ok(DeviceSummary::from_runs(&runs));
+        let md = r.markdown("x.svg");
+        assert!(
+            md.contains("takes 3.00 µs (p50) on the passthrough share and 4.00 µs on the"),
+            "{md}"
+        );
+        // Host calls of 1 µs behind a floor of 3 µs: at most 1 / (1 + 3) of the host's rate.
+        assert!(
+            md.contains("more than 0.25 of the host's lookup rate or 0.25"),
+            "{md}"
+        );
+        assert!(!report(1.0, 2).markdown("x.svg").contains("Request floor"));
     }
 
     fn report(redirect_scale: f64, redirect_meta_us: u64) -> Report {

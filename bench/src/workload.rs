@@ -109,6 +109,8 @@ pub struct Figures {
     pub rand_write: f64,
     /// Per metadata operation (in `MetaOp::ALL` order): the latencies.
     pub meta: Vec<Latencies>,
+    /// Latencies of a request answered without any host call (none for the host).
+    pub floor: Latencies,
 }
 
 /// The operations a target offers; each is timed by the caller.
@@ -124,6 +126,9 @@ trait Target {
     fn list(&mut self) -> Result<usize>;
     /// Untimed clean-up between the create and the getattr phases.
     fn after_getattr(&mut self) -> Result<()>;
+    /// A request answered without any host call, if the target serves requests (false for
+    /// the host itself, which has no request path).
+    fn unimplemented(&mut self) -> Result<bool>;
 }
 
 fn file_name(i: usize) -> String {
@@ -251,6 +256,10 @@ impl Target for HostTarget {
         Ok(())
     }
 
+    fn unimplemented(&mut self) -> Result<bool> {
+        Ok(false)
+    }
+
     fn unlink(&mut self, i: usize) -> Result<()> {
         let name = cname(&file_name(i));
         // SAFETY: `name` is a valid C string and dirfd an open directory.
@@ -324,6 +333,10 @@ impl Target for DeviceTarget {
 
     fn getattr(&mut self, i: usize) -> Result<()> {
         self.driver.getattr(self.nodes[i])
+    }
+
+    fn unimplemented(&mut self) -> Result<bool> {
+        self.driver.unimplemented().map(|()| true)
     }
 
     fn after_getattr(&mut self) -> Result<()> {
@@ -425,6 +438,9 @@ fn run(target: &mut dyn Target, size: &WorkloadSize, dir: &Path) -> Result<Figur
     })?;
     let unlink = timed(size.files, &mut |i| target.unlink(i))?;
     figures.meta = vec![create, lookup, getattr, unlink, readdir];
+    if target.unimplemented()? {
+        figures.floor = timed(size.files, &mut |_| target.unimplemented().map(drop))?;
+    }
     Ok(figures)
 }
 
