@@ -57,7 +57,7 @@ use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
 use self::dirs::DirStream;
 use self::handles::{kept_open_flags, HandleTable, OpenFile, OpenInode};
-use self::nodes::{NodeTable, ObjectAttr};
+use self::nodes::{NodeTable, ObjectAttr, StubStamp};
 use self::redirecting::Redirecting;
 use crate::beneath::{open_beneath, walk, ProcSelfFd};
 use crate::faults::Hook;
@@ -648,10 +648,48 @@ impl RedirectFs {
     fn sync_stub(&self, inode: u64, touch: bool, data: &DataGuard<'_>) -> io::Result<()> {
         self.object_changed(inode, data);
         let size = self.object_attr_locked(inode, data)?.size;
-        match self.stub_file(inode) {
-            Ok(stub) => return sync_stub_file(&stub, size, touch),
-            Err(e) => log::debug!("inode {inode}: no direct stub descriptor ({e}), slow path"),
+        self.sync_stub_to(inode, size, touch, data)
+    }
+
+    /// [`RedirectFs::sync_stub`] for an object known to be `size` bytes long. Nothing at all
+    /// when the server's own last change to the stub already says so (`nodes.rs`): same
+    /// size, and for a data change, stamped in the current tick of the coarse clock the
+    /// kernel stamps changes with.
+    fn sync_stub_to(
+        &self,
+        inode: u64,
+        size: u64,
+        touch: bool,
+        _data: &DataGuard<'_>,
+    ) -> io::Result<()> {
+        let now = coarse_now();
+        let known = self.state().nodes.stub(inode);
+        if let (Some(known), Some(now)) = (known, now) {
+            if known.size == size && (!touch || now <= known.tick) {
+                return Ok(());
+            }
         }
+        let stub = match self.stub_file(inode) {
+            Ok(stub) => Ok(stub),
+            Err(e) => {
+                log::debug!("inode {inode}: no direct stub descriptor ({e}), slow path");
+                Err(e)
+            }
+        };
+        if let Ok(stub) = stub {
+            let synced = match known.filter(|k| k.size == size) {
+                // Only the stamp is due: the size is as the server left it.
+                Some(_) => stamp_now(&stub).map(|()| true),
+                None => sync_stub_file(&stub, size, touch, now),
+            };
+            let mut st = self.state();
+            match (&synced, now) {
+                (Ok(true), Some(tick)) => st.nodes.stub_synced(inode, StubStamp { size, tick }),
+                _ => st.nodes.stub_unknown(inode),
+            }
+            return synced.map(drop);
+        }
+        self.state().nodes.stub_unknown(inode);
         let (stub, _) = self.inner.getattr(&root_ctx(), inode, None)?;
         // SAFETY: stat64 is plain old data; all-zero is a valid value.
         let mut attr: libc::stat64 = unsafe { std::mem::zeroed() };
@@ -759,6 +797,15 @@ impl RedirectFs {
         self.object_attr_locked(inode, &data)
     }
 
+    /// The size of the store object of redirected `inode`: the known one, or read.
+    fn object_size(&self, inode: u64) -> io::Result<u64> {
+        let known = self.state().nodes.object_size(inode);
+        match known {
+            Some(size) => Ok(size),
+            None => self.object_attr(inode).map(|o| o.size),
+        }
+    }
+
     /// [`RedirectFs::object_attr`] for a caller holding the data lock.
     fn object_attr_locked(&self, inode: u64, _data: &DataGuard<'_>) -> io::Result<ObjectAttr> {
         if let Some(known) = self.state().nodes.object(inode) {
@@ -767,6 +814,16 @@ impl RedirectFs {
         let object = ObjectAttr::of(&self.object(inode)?.metadata()?);
         self.state().nodes.set_object(inode, object);
         Ok(object)
+    }
+
+    /// The size of the store object of redirected `inode`: the known one, or read under its
+    /// data lock. The caller holds the data lock.
+    fn object_size_locked(&self, inode: u64, data: &DataGuard<'_>) -> io::Result<u64> {
+        let known = self.state().nodes.object_size(inode);
+        match known {
+            Some(size) => Ok(size),
+            None => self.object_attr_locked(inode, data).map(|o| o.size),
+        }
     }
 
     /// Drops the known size and blocks of `inode`'s store object, which the caller, holding
@@ -1108,7 +1165,7 @@ impl RedirectFs {
             // than its data, never one claiming bytes the object lost.
             let store = self.store()?;
             let data = self.data_locks.lock(inode);
-            sync_stub_file(self.stub_file(inode)?.as_ref(), 0, true)?;
+            self.sync_stub_to(inode, 0, true, &data)?;
             let truncated = self.with_object(inode, |f| store.set_len(f, 0));
             self.object_changed(inode, &data);
             if let Err(e) = truncated {
@@ -1501,8 +1558,25 @@ impl Drop for RedirectFs {
     }
 }
 
+/// The coarse clock the kernel stamps file changes with: (seconds, nanoseconds).
+fn coarse_now() -> Option<(i64, i64)> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `now`.
+    let clock = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut now) };
+    (clock == 0).then_some((now.tv_sec, now.tv_nsec))
+}
+
 /// Gives `stub` the apparent size `size` (sparse) and, for a data change, a new mtime/ctime.
-fn sync_stub_file(stub: &File, size: u64, touch: bool) -> io::Result<()> {
+/// Returns whether the stub's mtime is now at least `now` (the coarse clock read before).
+fn sync_stub_file(
+    stub: &File,
+    size: u64,
+    touch: bool,
+    now: Option<(i64, i64)>,
+) -> io::Result<bool> {
     use std::os::unix::fs::MetadataExt;
     let meta = stub.metadata()?;
     if meta.len() != size {
@@ -1515,34 +1589,34 @@ fn sync_stub_file(stub: &File, size: u64, touch: bool) -> io::Result<()> {
             let mode = std::fs::Permissions::from_mode(meta.mode() & 0o7777);
             stub.set_permissions(mode)?;
         }
-        return Ok(());
+        return Ok(true);
     }
     // The kernel stamps changes with its coarse clock: if the stub already carries the
     // current tick, stamping it again would change nothing a reader can see.
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into `now`.
-    let clock = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut now) };
-    if clock == 0 && (meta.mtime(), meta.mtime_nsec()) >= (now.tv_sec, now.tv_nsec) {
-        return Ok(());
+    if now.is_some_and(|now| (meta.mtime(), meta.mtime_nsec()) >= now) {
+        return Ok(true);
     }
     if touch {
-        let times = [
-            libc::timespec {
-                tv_sec: 0,
-                tv_nsec: libc::UTIME_OMIT,
-            },
-            libc::timespec {
-                tv_sec: 0,
-                tv_nsec: libc::UTIME_NOW,
-            },
-        ];
-        // SAFETY: futimens on a descriptor we hold, with a two-element timespec array.
-        crate::beneath::check(unsafe { libc::futimens(stub.as_raw_fd(), times.as_ptr()) })?;
+        stamp_now(stub)?;
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
+}
+
+/// Stamps `stub`'s mtime (and so its ctime) with the current time.
+fn stamp_now(stub: &File) -> io::Result<()> {
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+    ];
+    // SAFETY: futimens on a descriptor we hold, with a two-element timespec array.
+    crate::beneath::check(unsafe { libc::futimens(stub.as_raw_fd(), times.as_ptr()) }).map(drop)
 }
 
 mod datalock;

@@ -11,7 +11,13 @@
 //! - an object's size and blocks change only under the node's data lock (WRITE, SETATTR of
 //!   the size, fallocate, O_TRUNC), which drops them ([`NodeTable::object_changed`]) and
 //!   reads them back under the same lock; they are filled only under that lock too, so a
-//!   reading request never stores figures older than a change that finished;
+//!   reading request never stores figures older than a change that finished. A WRITE of a
+//!   known size keeps the size it makes, which it knows, and drops only the blocks
+//!   ([`NodeTable::object_written`]);
+//! - the stub's size and the coarse clock tick it was last stamped at are what the server
+//!   last set through its own stub descriptor ([`NodeTable::stub_synced`]), so a WRITE that
+//!   changes neither stamps nothing; anything else that may touch the stub (a SETATTR, a
+//!   slower path) drops them ([`NodeTable::stub_unknown`]);
 //! - a node whose host file may be gone (renamed over, unlinked, forgotten, or a node id that
 //!   comes back for another file) loses everything but its kind
 //!   ([`NodeTable::forget_object`]), and a forgotten node loses its entry.
@@ -61,10 +67,24 @@ struct Node {
     kind: Kind,
     /// The redirect record as last read from or written to the stub; `None` until then.
     record: Option<Meta>,
-    /// The store object's figures; `None` until read, and after every change.
-    object: Option<ObjectAttr>,
+    /// The store object's size; `None` until read, and after every change but a WRITE.
+    size: Option<u64>,
+    /// The store object's 512-byte blocks; `None` until read, and after every change.
+    blocks: Option<u64>,
+    /// The stub as the server last set it, if nothing else may have touched it since.
+    stub: Option<StubStamp>,
     /// The passthrough layer's handle on an `O_PATH` descriptor of the node, if it is hot.
     hot: Option<u64>,
+}
+
+/// A stub's size and the coarse clock tick (seconds, nanoseconds) at or before its last
+/// stamp: its mtime is at least that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct StubStamp {
+    /// The stub's apparent size.
+    pub size: u64,
+    /// The coarse clock read just before the stub was last stamped.
+    pub tick: (i64, i64),
 }
 
 impl Node {
@@ -72,7 +92,9 @@ impl Node {
         Node {
             kind,
             record: None,
-            object: None,
+            size: None,
+            blocks: None,
+            stub: None,
             hot: None,
         }
     }
@@ -130,32 +152,73 @@ impl NodeTable {
         }
     }
 
-    /// The object figures of `inode`, if known.
+    /// The object figures of `inode`, if both are known.
     pub fn object(&self, inode: u64) -> Option<ObjectAttr> {
-        self.nodes.get(&inode).and_then(|n| n.object)
+        let node = self.nodes.get(&inode)?;
+        Some(ObjectAttr {
+            size: node.size?,
+            blocks: node.blocks?,
+        })
+    }
+
+    /// The object size of `inode`, if known.
+    pub fn object_size(&self, inode: u64) -> Option<u64> {
+        self.nodes.get(&inode).and_then(|n| n.size)
     }
 
     /// Stores the object figures of `inode`, read under its data lock; nothing for a node
     /// whose kind is not known.
     pub fn set_object(&mut self, inode: u64, attr: ObjectAttr) {
         if let Some(node) = self.nodes.get_mut(&inode) {
-            node.object = Some(attr);
+            node.size = Some(attr.size);
+            node.blocks = Some(attr.blocks);
         }
     }
 
     /// Drops the object figures of `inode`: its object is changing (under its data lock).
     pub fn object_changed(&mut self, inode: u64) {
         if let Some(node) = self.nodes.get_mut(&inode) {
-            node.object = None;
+            node.size = None;
+            node.blocks = None;
         }
     }
 
-    /// Drops what `inode`'s host files said (record and object figures): they may be gone,
-    /// or another file may come back under this node id. Its kind stays.
+    /// A WRITE (under the data lock) left the object of `inode` `size` bytes long; its
+    /// blocks are unknown until read again.
+    pub fn object_written(&mut self, inode: u64, size: u64) {
+        if let Some(node) = self.nodes.get_mut(&inode) {
+            node.size = Some(size);
+            node.blocks = None;
+        }
+    }
+
+    /// How the server last left the stub of `inode`, if nothing else may have touched it.
+    pub fn stub(&self, inode: u64) -> Option<StubStamp> {
+        self.nodes.get(&inode).and_then(|n| n.stub)
+    }
+
+    /// The server just set the stub of `inode` (under its data lock) to `stamp`.
+    pub fn stub_synced(&mut self, inode: u64, stamp: StubStamp) {
+        if let Some(node) = self.nodes.get_mut(&inode) {
+            node.stub = Some(stamp);
+        }
+    }
+
+    /// The stub of `inode` may have changed by another way than [`NodeTable::stub_synced`].
+    pub fn stub_unknown(&mut self, inode: u64) {
+        if let Some(node) = self.nodes.get_mut(&inode) {
+            node.stub = None;
+        }
+    }
+
+    /// Drops what `inode`'s host files said (record, object figures, stub): they may be
+    /// gone, or another file may come back under this node id. Its kind stays.
     pub fn forget_object(&mut self, inode: u64) {
         if let Some(node) = self.nodes.get_mut(&inode) {
             node.record = None;
-            node.object = None;
+            node.size = None;
+            node.blocks = None;
+            node.stub = None;
         }
     }
 
@@ -273,9 +336,24 @@ mod tests {
         assert_eq!(t.object(1), None);
         assert!(t.kind_and_record(1).unwrap().1.is_some());
         t.set_object(1, SIZES);
+        t.object_written(1, 30);
+        assert_eq!(t.object(1), None, "blocks unknown after a write");
+        assert_eq!(t.object_size(1), Some(30));
+        let stamp = StubStamp {
+            size: 30,
+            tick: (5, 0),
+        };
+        t.stub_synced(1, stamp);
+        assert_eq!(t.stub(1), Some(stamp));
+        t.stub_unknown(1);
+        assert_eq!(t.stub(1), None);
+        t.stub_synced(1, stamp);
+        t.set_object(1, SIZES);
         t.forget_object(1);
         assert_eq!(t.kind_and_record(1), Some((Kind::Redirect, None)));
         assert_eq!(t.object(1), None);
+        assert_eq!(t.object_size(1), None);
+        assert_eq!(t.stub(1), None);
         assert_eq!(t.remove(1), None);
         assert_eq!(t.kind(1), None);
     }

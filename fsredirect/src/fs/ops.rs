@@ -562,7 +562,7 @@ impl FileSystem for RedirectFs {
                 // it is settled when written, like an inline one.
                 let size = match self.redirected()?.policy.is_all() {
                     true => None,
-                    false => Some(self.object_attr(inode)?.size),
+                    false => Some(self.object_size(inode)?),
                 };
                 drop(ns);
                 if size.is_some_and(|size| self.placement_may_change(inode, true, size)) {
@@ -858,14 +858,24 @@ impl RedirectFs {
         let data = self.data_locks.lock(inode);
         // The stub must be able to follow the object before the object changes.
         self.stub_file(inode)?;
-        let offset = match append {
-            true => self.object_attr_locked(inode, &data)?.size,
-            false => offset,
+        let before = self.state().nodes.object_size(inode);
+        let offset = match (append, before) {
+            (true, Some(size)) => size,
+            (true, None) => self.object_size_locked(inode, &data)?,
+            (false, _) => offset,
         };
         let written = self.with_object(inode, |f| write_object(store, f, r, offset, size as usize));
         // Even after a failed write (ENOSPC part-way) the stub takes the object's size, so
-        // the two never disagree.
-        let stub = self.sync_stub(inode, written.is_ok(), &data);
+        // the two never disagree. After a whole write the size is known: the server is the
+        // object's only writer, and holds its data lock.
+        let stub = match (&written, before) {
+            (Ok(n), Some(before)) => {
+                let after = before.max(offset + *n as u64);
+                self.state().nodes.object_written(inode, after);
+                self.sync_stub_to(inode, after, true, &data)
+            }
+            _ => self.sync_stub(inode, written.is_ok(), &data),
+        };
         drop(data);
         let n = written?;
         stub?;
@@ -892,6 +902,8 @@ impl RedirectFs {
         if kind == Kind::Foreign && valid.contains(SetattrValid::SIZE) {
             return Err(self.foreign_stub(inode));
         }
+        // The guest may set the stub's times or size here.
+        self.state().nodes.stub_unknown(inode);
         // A server not run as root may be granting itself write access to this stub just
         // now (see `open_stub_for_write`): the guest's new mode comes after that. (Taken
         // after the data lock, as there.)

@@ -393,6 +393,34 @@ fn write_updates_stub_mtime() {
 }
 
 #[test]
+fn every_write_after_a_guests_utimens_stamps_the_stub_again() {
+    let fx = redirecting();
+    let (entry, handle) = fx.create(ROOT_INODE, "f");
+    let stub_mtime = || std::fs::metadata(fx.guest.join("f")).unwrap().mtime();
+    for round in 0..3 {
+        // Two writes in the same clock tick: the second may stamp nothing.
+        fx.write(entry.inode, handle, round * 8, b"abcd");
+        fx.write(entry.inode, handle, round * 8 + 4, b"efgh");
+        assert!(
+            stub_mtime() > 1_000_000,
+            "round {round}: the write stamped the stub"
+        );
+        // SAFETY: stat64 is plain old data; all-zero is a valid value.
+        let mut attr: libc::stat64 = unsafe { std::mem::zeroed() };
+        attr.st_mtime = 1;
+        fx.fs
+            .setattr(&fx.ctx, entry.inode, attr, None, SetattrValid::MTIME)
+            .unwrap();
+        assert_eq!(stub_mtime(), 1, "round {round}: the guest's own time");
+    }
+    // Size kept in step while the server knows it, without reading it back.
+    let (st, _) = fx.fs.getattr(&fx.ctx, entry.inode, None).unwrap();
+    assert_eq!(st.st_size, 24);
+    assert_eq!(std::fs::metadata(fx.guest.join("f")).unwrap().len(), 24);
+    fx.release(entry.inode, handle);
+}
+
+#[test]
 fn unlink_removes_stored_object() {
     let fx = redirecting();
     fx.write_file(ROOT_INODE, "f", b"x");
