@@ -209,9 +209,10 @@ answers without any host call already takes several times the host's own call (t
 floor, device section); a LOOKUP by file handle adds 7 host calls and a GETATTR one statx \
 through the node's hot descriptor, the same for a redirected and a plain file \
 (fsredirect/tests/syscalls.rs).";
-const CAUSE_REDIRECT_READ: &str = "each redirected READ takes the namespace lock and looks its \
-object up in the store-descriptor cache (a mutex-guarded LRU) before the pread, which the \
-passthrough does not; within the run-to-run noise of this shared machine.";
+const CAUSE_REDIRECT_READ: &str = "each redirected READ takes the namespace lock and its file's \
+data lock (shared, so it never sees a truncate half done) and looks its object up in the \
+store-descriptor cache (a mutex-guarded LRU) before the pread, which the passthrough does not; \
+within the run-to-run noise of this shared machine.";
 const CAUSE_READDIR: &str = "a listing is OPENDIR, READDIRs until one comes back empty and \
 RELEASEDIR, each a request through the device (the request floor, device section), where the \
 host's is an open, getdents64 calls and a close; each READDIR costs a seek and one getdents64 \
