@@ -77,7 +77,12 @@ impl DirStream {
             }
             let mut added = 0usize;
             for entry in Entries(&buf[..filled]) {
-                let entry = entry?;
+                let entry = match entry {
+                    Ok(entry) => entry,
+                    // As for an error of `add_entry` below.
+                    Err(_) if added > 0 => return Ok(()),
+                    Err(e) => return Err(e),
+                };
                 if entry.name == b"." || entry.name == b".." {
                     continue;
                 }
