@@ -12,6 +12,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use fuse_backend_rs::api::filesystem::DirEntry;
 
+use super::errno;
+
 /// Most bytes of host directory entries read at once, whatever size the guest asks for: a
 /// host entry is never larger than the FUSE entry it becomes, so this fills any reply up to
 /// this size, and a guest cannot make the server allocate more.
@@ -169,10 +171,6 @@ fn parse_entry(buf: &[u8]) -> Option<(DirEntry<'_>, usize)> {
         },
         reclen,
     ))
-}
-
-fn errno(code: i32) -> io::Error {
-    io::Error::from_raw_os_error(code)
 }
 
 #[cfg(test)]

@@ -1139,6 +1139,12 @@ impl RedirectFs {
             .ok_or_else(|| errno(libc::EBADF))
     }
 
+    /// The listing behind [`OpenFile::Dir`] handle `handle`; EBADF if there is none.
+    fn dir_stream(&self, handle: u64) -> io::Result<Arc<DirStream>> {
+        let stream = self.state().dirs.get(&handle).cloned();
+        stream.ok_or_else(|| errno(libc::EBADF))
+    }
+
     /// The passthrough handle behind `handle`; EBADF for anything else.
     fn inner_of(&self, handle: u64) -> io::Result<u64> {
         match self.handle(handle)? {

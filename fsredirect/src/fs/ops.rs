@@ -593,10 +593,7 @@ impl FileSystem for RedirectFs {
             OpenFile::Redirect { inode, .. } => {
                 self.sync_redirected(inode, SyncMode::of_fsync(datasync))
             }
-            OpenFile::Dir => {
-                let stream = self.state().dirs.get(&handle).cloned();
-                sync_dir(&stream.ok_or_else(|| errno(libc::EBADF))?.file(), datasync)
-            }
+            OpenFile::Dir => sync_dir(&self.dir_stream(handle)?.file(), datasync),
         }
     }
 
@@ -751,10 +748,7 @@ impl FileSystem for RedirectFs {
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
         if let OpenFile::Dir = self.handle(handle)? {
-            let stream = self.state().dirs.get(&handle).cloned();
-            return stream
-                .ok_or_else(|| errno(libc::EBADF))?
-                .read(offset, size, add_entry);
+            return self.dir_stream(handle)?.read(offset, size, add_entry);
         }
         let handle = self.inner_of(handle)?;
         self.inner
@@ -769,8 +763,7 @@ impl FileSystem for RedirectFs {
 
     fn fsyncdir(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
         if let OpenFile::Dir = self.handle(handle)? {
-            let stream = self.state().dirs.get(&handle).cloned();
-            sync_dir(&stream.ok_or_else(|| errno(libc::EBADF))?.file(), datasync)?;
+            sync_dir(&self.dir_stream(handle)?.file(), datasync)?;
         } else {
             let handle = self.inner_of(handle)?;
             self.inner.fsyncdir(ctx, inode, datasync, handle)?;
