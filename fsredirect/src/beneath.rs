@@ -144,6 +144,230 @@ impl ProcSelfFd {
     }
 }
 
+/// `setxattrat(2)` and its siblings (Linux 6.13): the same number on every architecture.
+const SYS_SETXATTRAT: libc::c_long = 463;
+const SYS_GETXATTRAT: libc::c_long = 464;
+const SYS_LISTXATTRAT: libc::c_long = 465;
+const SYS_REMOVEXATTRAT: libc::c_long = 466;
+
+/// `struct xattr_args` of `setxattrat(2)` and `getxattrat(2)`.
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+/// Extended attributes of the file behind any descriptor, `O_PATH` ones included (which the
+/// `f*xattr` calls refuse), named as an entry of the held `/proc/self/fd`: the `*xattrat`
+/// calls of Linux 6.13 follow that magic link to the file itself, a symlink included. Unlike
+/// the path `/proc/self/fd/N`, this works whatever the process's root is.
+impl ProcSelfFd {
+    /// True if the kernel has the `*xattrat` calls (Linux 6.13 and later).
+    pub fn has_xattr_at(&self) -> bool {
+        let mut args = XattrArgs {
+            value: 0,
+            size: 0,
+            flags: 0,
+        };
+        // SAFETY: constant NUL-terminated strings and a valid xattr_args of the size given;
+        // with a size of 0 the kernel writes nothing.
+        let rc = unsafe {
+            libc::syscall(
+                SYS_GETXATTRAT,
+                self.0.as_raw_fd(),
+                c".".as_ptr(),
+                0,
+                c"user.fsredirect-probe".as_ptr(),
+                &mut args as *mut XattrArgs,
+                std::mem::size_of::<XattrArgs>(),
+            )
+        };
+        rc >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
+    }
+
+    /// Reads attribute `name` of the file behind `fd` into `buf`; an empty `buf` asks only
+    /// for the value's size. Returns the value's length.
+    pub fn getxattr(&self, fd: &impl AsRawFd, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+        let entry = Self::entry(fd);
+        let mut args = XattrArgs {
+            value: buf.as_mut_ptr() as u64,
+            size: u32::try_from(buf.len()).unwrap_or(u32::MAX),
+            flags: 0,
+        };
+        // SAFETY: NUL-terminated strings, and an xattr_args naming `buf` with its length,
+        // which the kernel writes at most.
+        let rc = unsafe {
+            libc::syscall(
+                SYS_GETXATTRAT,
+                self.0.as_raw_fd(),
+                entry.as_ptr(),
+                0,
+                name.as_ptr(),
+                &mut args as *mut XattrArgs,
+                std::mem::size_of::<XattrArgs>(),
+            )
+        };
+        syscall_len(rc)
+    }
+
+    /// Sets attribute `name` of the file behind `fd` to `value`, with `setxattr(2)`'s
+    /// `flags`.
+    pub fn setxattr(
+        &self,
+        fd: &impl AsRawFd,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        let entry = Self::entry(fd);
+        let args = XattrArgs {
+            value: value.as_ptr() as u64,
+            size: u32::try_from(value.len())
+                .map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
+            flags,
+        };
+        // SAFETY: NUL-terminated strings, and an xattr_args naming `value` with its length,
+        // which the kernel only reads.
+        let rc = unsafe {
+            libc::syscall(
+                SYS_SETXATTRAT,
+                self.0.as_raw_fd(),
+                entry.as_ptr(),
+                0,
+                name.as_ptr(),
+                &args as *const XattrArgs,
+                std::mem::size_of::<XattrArgs>(),
+            )
+        };
+        syscall_len(rc).map(drop)
+    }
+
+    /// Lists the attribute names of the file behind `fd` into `buf` (NUL-separated); an
+    /// empty `buf` asks only for the list's size. Returns the list's length.
+    pub fn listxattr(&self, fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
+        let entry = Self::entry(fd);
+        // SAFETY: a NUL-terminated string, and `buf` with its length, which the kernel
+        // writes at most.
+        let rc = unsafe {
+            libc::syscall(
+                SYS_LISTXATTRAT,
+                self.0.as_raw_fd(),
+                entry.as_ptr(),
+                0,
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        syscall_len(rc)
+    }
+
+    /// Removes attribute `name` of the file behind `fd`.
+    pub fn removexattr(&self, fd: &impl AsRawFd, name: &CStr) -> io::Result<()> {
+        let entry = Self::entry(fd);
+        // SAFETY: NUL-terminated strings; the kernel only reads them.
+        let rc = unsafe {
+            libc::syscall(
+                SYS_REMOVEXATTRAT,
+                self.0.as_raw_fd(),
+                entry.as_ptr(),
+                0,
+                name.as_ptr(),
+            )
+        };
+        syscall_len(rc).map(drop)
+    }
+
+    /// A new `O_PATH` descriptor of the file with device `dev` and inode number `ino`, found
+    /// among this process's own descriptors; `None` if none holds it. While a descriptor
+    /// holds a file, no other file can have its number, so any descriptor found is of that
+    /// very file. Costs a `stat` per descriptor the process holds: for the rare file no known
+    /// path leads to.
+    pub fn find(&self, dev: u64, ino: u64) -> io::Result<Option<OwnedFd>> {
+        for entry in self.entries()? {
+            let Ok(st) = self.stat_entry(&entry) else {
+                continue;
+            };
+            if st.st_dev != dev || st.st_ino != ino {
+                continue;
+            }
+            // SAFETY: `entry` is NUL-terminated; the magic link leads to the file it names.
+            let fd = unsafe {
+                libc::openat(
+                    self.0.as_raw_fd(),
+                    entry.as_ptr(),
+                    libc::O_PATH | libc::O_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                continue;
+            }
+            // SAFETY: `openat` returned a new descriptor that nothing else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // The descriptor may have been closed and its number reused in between.
+            if fstat(&fd).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino) {
+                return Ok(Some(fd));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The names of this process's descriptors now.
+    fn entries(&self) -> io::Result<Vec<CString>> {
+        // SAFETY: a constant NUL-terminated path; the result is checked.
+        let fd = check(unsafe {
+            libc::openat(
+                self.0.as_raw_fd(),
+                c".".as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        })?;
+        // SAFETY: `fd` is a new directory descriptor; the stream owns it from here, and
+        // closedir closes it.
+        let dir = unsafe { libc::fdopendir(fd) };
+        if dir.is_null() {
+            let err = io::Error::last_os_error();
+            // SAFETY: fdopendir failed, so `fd` is still ours to close.
+            unsafe { libc::close(fd) };
+            return Err(err);
+        }
+        let mut names = Vec::new();
+        loop {
+            // SAFETY: `dir` is an open stream; the entry it returns lives until the next call.
+            let entry = unsafe { libc::readdir64(dir) };
+            if entry.is_null() {
+                break;
+            }
+            // SAFETY: d_name is NUL-terminated within the entry.
+            let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) };
+            if name.to_bytes().first().is_some_and(u8::is_ascii_digit) {
+                names.push(name.to_owned());
+            }
+        }
+        // SAFETY: `dir` is an open stream, closed once.
+        unsafe { libc::closedir(dir) };
+        Ok(names)
+    }
+
+    /// `stat` of the file an entry's magic link leads to.
+    fn stat_entry(&self, entry: &CStr) -> io::Result<libc::stat64> {
+        let mut st = std::mem::MaybeUninit::<libc::stat64>::zeroed();
+        // SAFETY: `entry` is NUL-terminated and `st` a writable stat64 buffer.
+        check(unsafe { libc::fstatat64(self.0.as_raw_fd(), entry.as_ptr(), st.as_mut_ptr(), 0) })?;
+        // SAFETY: fstatat64 succeeded, so it filled the buffer (which was zeroed anyway).
+        Ok(unsafe { st.assume_init() })
+    }
+}
+
+/// The result of a system call returning a length, or -1 with errno.
+fn syscall_len(rc: libc::c_long) -> io::Result<usize> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as usize)
+    }
+}
+
 /// `fstat` on any descriptor.
 pub fn fstat(fd: &impl AsRawFd) -> io::Result<libc::stat64> {
     let mut st = std::mem::MaybeUninit::<libc::stat64>::zeroed();

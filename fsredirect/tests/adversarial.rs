@@ -22,11 +22,13 @@
 //!    root again, so names come back half known (one of two hard links looked up, say).
 //! 4. The run ends with a check, a clean stop and `verify` of the stopped share.
 //!
-//! Three trials, one per way of running the server: as root with guest-tree inodes held as
+//! Four trials, one per way of running the server: as root with guest-tree inodes held as
 //! file handles (`inode_file_handles: true`), as root with them held as `O_PATH` descriptors
 //! (`false`: how a server without CAP_DAC_READ_SEARCH identifies inodes, where fuse-backend-rs
-//! hands a freed host inode number's old node id to the next file that gets it), and as a real
-//! unprivileged user (the test binary copied to a temp dir and re-executed through
+//! hands a freed host inode number's old node id to the next file that gets it), the same
+//! with extended attributes reached through the server's own descriptors
+//! (`xattrs_by_descriptor: true`, as `--sandbox chroot` serves; skipped without Linux 6.13's
+//! `getxattrat`), and as a real unprivileged user (the test binary copied to a temp dir and re-executed through
 //! `setpriv --reuid=65534 --regid=65534 --clear-groups`; root only).
 //!
 //! A finding prints its seed, how to replay it, and a trace shrunk by delta debugging, with
@@ -40,7 +42,8 @@
 //!
 //! `FSR_ADV_SEEDS` (seeds per trial: the committed ones, then more derived from the index),
 //! `FSR_ADV_OPS` (operations per seed), `FSR_ADV_SEED` (one seed only, decimal or 0x-hex),
-//! `FSR_ADV_MODE` (`handles`, `paths`, `unprivileged`: the trials to run, comma-separated),
+//! `FSR_ADV_MODE` (`handles`, `paths`, `xattrs`, `unprivileged`: the trials to run,
+//! comma-separated),
 //! `FSR_ADV_SHRINK` (most replays spent shrinking one finding, default 1000; 0: no shrinking),
 //! `FSR_ADV_DEBUG` (also print how many replies were judged against several model states).
 //!
@@ -69,7 +72,7 @@ mod run;
 #[path = "adversarial/shrink.rs"]
 mod shrink;
 
-use run::{replay, run_seed, Stats};
+use run::{replay, run_seed, Serving, Stats};
 
 /// Operations per seed by default.
 const OPS_PER_SEED: u64 = 5000;
@@ -134,16 +137,20 @@ const NOBODY: u32 = 65534;
 enum Mode {
     Handles,
     Paths,
+    /// As `Paths`, with extended attributes reached by the server's own descriptors
+    /// (`FsConfig::xattrs_by_descriptor`, as `--sandbox chroot` serves).
+    Xattrs,
     Unprivileged,
 }
 
 impl Mode {
-    const ALL: [Mode; 3] = [Mode::Handles, Mode::Paths, Mode::Unprivileged];
+    const ALL: [Mode; 4] = [Mode::Handles, Mode::Paths, Mode::Xattrs, Mode::Unprivileged];
 
     fn name(self) -> &'static str {
         match self {
             Mode::Handles => "handles",
             Mode::Paths => "paths",
+            Mode::Xattrs => "xattrs",
             Mode::Unprivileged => "unprivileged",
         }
     }
@@ -152,6 +159,7 @@ impl Mode {
         match self {
             Mode::Handles => "hostile_requests_to_a_root_server_with_file_handle_inodes",
             Mode::Paths => "hostile_requests_to_a_root_server_with_descriptor_inodes",
+            Mode::Xattrs => "hostile_requests_to_a_server_reaching_xattrs_by_its_own_descriptors",
             Mode::Unprivileged => "hostile_requests_to_a_server_run_as_an_unprivileged_user",
         }
     }
@@ -159,8 +167,17 @@ impl Mode {
     fn committed(self) -> &'static [u64] {
         match self {
             Mode::Handles => SEEDS_HANDLES,
-            Mode::Paths => SEEDS_PATHS,
+            // The descriptor-inode seeds, which found the defects of unknown paths.
+            Mode::Paths | Mode::Xattrs => SEEDS_PATHS,
             Mode::Unprivileged => SEEDS_UNPRIVILEGED,
+        }
+    }
+
+    /// How this mode's server is configured (the unprivileged child runs `Paths`' way).
+    fn serving(self) -> Serving {
+        Serving {
+            file_handles: self == Mode::Handles,
+            xattrs_by_descriptor: self == Mode::Xattrs,
         }
     }
 }
@@ -172,6 +189,11 @@ fn env_u64(name: &str) -> Option<u64> {
         Some(hex) => u64::from_str_radix(hex, 16).ok(),
         None => v.parse().ok(),
     }
+}
+
+/// True if this kernel has the `*xattrat` calls.
+fn has_xattr_at() -> bool {
+    fsredirect::beneath::ProcSelfFd::open().is_ok_and(|proc| proc.has_xattr_at())
 }
 
 fn euid() -> u32 {
@@ -329,11 +351,14 @@ fn run_mode(mode: Mode) -> Result<Completion, Failed> {
             )
         }
         Mode::Unprivileged => return run_unprivileged(&seeds, ops),
+        Mode::Xattrs if !has_xattr_at() => {
+            return skipped("this kernel has no getxattrat (Linux 6.13 and later)".into())
+        }
         _ => {}
     }
     let start = Instant::now();
     let (_fs, base) = scratch();
-    let (stats, findings) = run_seeds(&base, mode, mode == Mode::Handles, &seeds, ops);
+    let (stats, findings) = run_seeds(&base, mode, &seeds, ops);
     figure(
         mode,
         &stats,
@@ -376,17 +401,11 @@ fn figure(mode: Mode, s: &Stats, seeds: usize, findings: usize, secs: f64) {
 
 /// Runs `seeds`; returns the totals and one summary line per finding (the details are
 /// printed as they are found).
-fn run_seeds(
-    base: &std::path::Path,
-    mode: Mode,
-    file_handles: bool,
-    seeds: &[u64],
-    ops: u64,
-) -> (Stats, Vec<String>) {
+fn run_seeds(base: &std::path::Path, mode: Mode, seeds: &[u64], ops: u64) -> (Stats, Vec<String>) {
     let mut total = Stats::default();
     let mut findings = Vec::new();
     for &seed in seeds {
-        let (setup, run) = run_seed(base, file_handles, seed, ops);
+        let (setup, run) = run_seed(base, mode.serving(), seed, ops);
         total += run.stats;
         let Some(finding) = run.finding else {
             continue;
@@ -534,13 +553,7 @@ fn child_main() -> ! {
         .filter_map(|s| s.parse().ok())
         .collect();
     let ops = env_u64("FSR_ADV_OPS").unwrap_or(OPS_PER_SEED);
-    let (s, findings) = run_seeds(
-        &std::env::temp_dir(),
-        Mode::Unprivileged,
-        false,
-        &seeds,
-        ops,
-    );
+    let (s, findings) = run_seeds(&std::env::temp_dir(), Mode::Unprivileged, &seeds, ops);
     println!(
         "ADV-CHILD ops={} calls={} races={} restarts={} checks={} findings={}",
         s.ops,

@@ -59,6 +59,7 @@ use self::dirs::DirStream;
 use self::handles::{kept_open_flags, HandleTable, OpenFile, OpenInode};
 use self::nodes::{NodeTable, ObjectAttr, StubStamp};
 use self::redirecting::Redirecting;
+use self::xattrs::Reached;
 use crate::beneath::{open_beneath, walk, ProcSelfFd};
 use crate::faults::Hook;
 use crate::fdbudget::FdBudget;
@@ -103,6 +104,18 @@ pub enum FsError {
     /// Another server holds the guest tree.
     #[error(transparent)]
     Tree(#[from] crate::treelock::TreeLockError),
+    /// Extended attributes by descriptor were asked for and the kernel lacks the calls.
+    #[error(
+        "cannot reach the extended attributes of guest tree {0} by descriptor: this kernel \
+         has no getxattrat (Linux 6.13 and later have it)"
+    )]
+    NoXattrAt(std::path::PathBuf),
+    /// Extended attributes by descriptor were asked for with inodes held as file handles.
+    #[error(
+        "xattrs_by_descriptor needs inode_file_handles off (a node no known path leads to is \
+         found by the descriptor the passthrough layer holds for it)"
+    )]
+    XattrsNeedDescriptorInodes,
     /// Recovery after an unclean stop failed.
     #[error("recovery of guest tree {dir} after an unclean stop failed")]
     Recovery {
@@ -141,6 +154,19 @@ pub struct FsConfig {
     /// reopen by handle. Reserved from `RLIMIT_NOFILE` like the store descriptors. `None`: a
     /// quarter of `RLIMIT_NOFILE`, at most 65,536 ([`FsConfig::hot_inodes_or_default`]).
     pub max_hot_inodes: Option<usize>,
+    /// Reach extended attributes (the guest's and the redirect metadata) through the server's
+    /// own descriptor of each node and its held `/proc/self/fd`, with Linux 6.13's
+    /// `*xattrat` calls, instead of the path `/proc/self/fd/N`, which a server whose root is
+    /// its guest tree cannot name (`--sandbox chroot`). Without those calls in the kernel,
+    /// [`RedirectFs::new`] fails with [`FsError::NoXattrAt`]. Needs `inode_file_handles`
+    /// off. Off by default.
+    pub xattrs_by_descriptor: bool,
+    /// The process takes the guest tree as its root (`chroot`) once this file system is
+    /// built and before it serves (`--sandbox chroot`): the passthrough layer then opens the
+    /// tree as `/` at each FUSE INIT, and extended attributes go by descriptor (as with
+    /// `xattrs_by_descriptor`). Everything else is reached through descriptors opened here.
+    /// Off by default.
+    pub tree_as_root: bool,
     /// Sees every store operation first (tests only: fault injection and power-loss
     /// simulation, [`crate::faults`]); none by default.
     #[cfg(any(test, feature = "test-utils"))]
@@ -158,6 +184,8 @@ impl Default for FsConfig {
             inode_file_handles: root,
             max_guest_fds: None,
             max_hot_inodes: None,
+            xattrs_by_descriptor: false,
+            tree_as_root: false,
             #[cfg(any(test, feature = "test-utils"))]
             store_hook: Hook::default(),
         }
@@ -282,6 +310,8 @@ pub struct RedirectFs {
     budget: FdBudget,
     /// Reopens and renames descriptors ([`ProcSelfFd`]).
     proc: ProcSelfFd,
+    /// Extended attributes through this layer's own descriptors (`xattrs.rs`).
+    xattrs_by_descriptor: bool,
     /// Most nodes holding a hot handle (`nodes.rs`).
     hot_inodes: usize,
     recovery: Option<RecoveryReport>,
@@ -316,7 +346,11 @@ impl RedirectFs {
         )?;
         let guest_root = OwnedFd::from(guest_root);
         let pcfg = Config {
-            root_dir: dir,
+            root_dir: if cfg.tree_as_root {
+                "/".to_owned()
+            } else {
+                dir
+            },
             xattr: true,
             do_import: true,
             attr_timeout: cfg.attr_timeout,
@@ -334,6 +368,13 @@ impl RedirectFs {
             dir: share.dir.clone(),
             source,
         })?;
+        let xattrs_by_descriptor = cfg.xattrs_by_descriptor || cfg.tree_as_root;
+        if xattrs_by_descriptor && cfg.inode_file_handles {
+            return Err(FsError::XattrsNeedDescriptorInodes);
+        }
+        if xattrs_by_descriptor && !proc.has_xattr_at() {
+            return Err(FsError::NoXattrAt(share.dir.clone()));
+        }
         let (redirect, recovery) = match &share.store {
             Some(spec) => {
                 let (redirecting, recovery) = Redirecting::open(share, spec, &cfg)?;
@@ -375,6 +416,7 @@ impl RedirectFs {
             stub_modes: Mutex::new(()),
             budget,
             proc,
+            xattrs_by_descriptor,
             recovery,
         })
     }
@@ -473,9 +515,9 @@ impl RedirectFs {
 
     /// The metadata of `inode` in this server's own spelling ([`crate::meta::read`]);
     /// metadata that cannot be decoded reads as none, and the file is served as a plain one.
-    fn stub_meta(&self, inode: u64) -> io::Result<Option<Meta>> {
+    fn stub_meta(&self, inode: u64, at: Reached<'_>) -> io::Result<Option<Meta>> {
         let read = crate::meta::read(&[self.meta_name], |name| {
-            match self.inner.getxattr(&root_ctx(), inode, name, XATTR_BUF) {
+            match self.node_getxattr(inode, at, name, XATTR_BUF) {
                 Ok(GetxattrReply::Value(v)) => Ok(Some(v)),
                 Ok(GetxattrReply::Count(_)) => Ok(None),
                 Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(None),
@@ -493,15 +535,15 @@ impl RedirectFs {
     }
 
     /// Writes the metadata of `inode`, and records it as the node's.
-    fn write_meta(&self, inode: u64, meta: &Meta) -> io::Result<()> {
-        self.inner
-            .setxattr(&root_ctx(), inode, self.meta_name, &meta.encode(), 0)?;
+    fn write_meta(&self, inode: u64, meta: &Meta, at: Reached<'_>) -> io::Result<()> {
+        self.node_setxattr(inode, at, self.meta_name, &meta.encode(), 0)?;
         self.state().nodes.set_record(inode, Some(meta.clone()));
         Ok(())
     }
 
-    fn classify(&self, inode: u64, attr: &libc::stat64) -> io::Result<Kind> {
-        self.classify_with_meta(inode, attr).map(|(kind, _)| kind)
+    fn classify(&self, inode: u64, attr: &libc::stat64, at: Reached<'_>) -> io::Result<Kind> {
+        self.classify_with_meta(inode, attr, at)
+            .map(|(kind, _)| kind)
     }
 
     /// The kind of an inode and the metadata it was read from.
@@ -509,11 +551,12 @@ impl RedirectFs {
         &self,
         inode: u64,
         attr: &libc::stat64,
+        at: Reached<'_>,
     ) -> io::Result<(Kind, Option<Meta>)> {
         if attr.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Ok((Kind::Plain, None));
         }
-        let meta = self.stub_meta(inode)?;
+        let meta = self.stub_meta(inode, at)?;
         let kind = match &meta {
             Some(Meta::Special { kind, rdev }) => Kind::Special {
                 kind: *kind,
@@ -535,16 +578,16 @@ impl RedirectFs {
             return Ok(kind);
         }
         let (attr, _) = self.inner.getattr(&root_ctx(), inode, None)?;
-        let (kind, meta) = self.classify_with_meta(inode, &attr)?;
+        let (kind, meta) = self.classify_with_meta(inode, &attr, Reached::Known)?;
         let mut st = self.state();
         st.nodes.set_kind(inode, kind);
         st.nodes.set_record(inode, meta);
         Ok(kind)
     }
 
-    /// The kind of a node the lookup of `entry` reached, and its redirect record: the known
-    /// ones of a node the server holds (no host call), else read from the stub.
-    fn kind_of_entry(&self, entry: &Entry) -> io::Result<(Kind, Option<Meta>)> {
+    /// The kind of a node the lookup of `entry` (at `at`) reached, and its redirect record:
+    /// the known ones of a node the server holds (no host call), else read from the stub.
+    fn kind_of_entry(&self, entry: &Entry, at: Reached<'_>) -> io::Result<(Kind, Option<Meta>)> {
         let known = {
             let st = self.state();
             let held = st.names.holds(entry.inode) || st.handles.is_open(entry.inode);
@@ -554,10 +597,10 @@ impl RedirectFs {
         match known {
             Some((kind @ Kind::Redirect, None)) => {
                 // Known, but its record was dropped (a rename over it, say): read again.
-                Ok((kind, self.stub_meta(entry.inode)?))
+                Ok((kind, self.stub_meta(entry.inode, at)?))
             }
             Some(known) => Ok(known),
-            None => self.classify_with_meta(entry.inode, &entry.attr),
+            None => self.classify_with_meta(entry.inode, &entry.attr, at),
         }
     }
 
@@ -567,7 +610,7 @@ impl RedirectFs {
         static REFUSALS: AtomicU64 = AtomicU64::new(0);
         let n = REFUSALS.fetch_add(1, Ordering::Relaxed) + 1;
         if n == 1 || n.is_power_of_two() {
-            let volume = match self.stub_meta(inode) {
+            let volume = match self.stub_meta(inode, Reached::Known) {
                 Ok(Some(Meta::Redirect { volume, .. })) => {
                     String::from_utf8_lossy(&volume).into_owned()
                 }
@@ -917,7 +960,7 @@ impl RedirectFs {
         let known = self.state().nodes.kind(entry.inode);
         peeked.kind = match known {
             Some(kind) => kind,
-            None => self.classify(entry.inode, &entry.attr)?,
+            None => self.classify(entry.inode, &entry.attr, Reached::Child(parent, name))?,
         };
         Ok(Some(peeked))
     }
@@ -961,7 +1004,11 @@ impl RedirectFs {
 
     fn record_portion(&self, inode: u64, parts: &[CString]) -> io::Result<()> {
         let volume = &self.redirected()?.volume;
-        self.write_meta(inode, &Meta::redirect(volume, &join(parts)))
+        self.write_meta(
+            inode,
+            &Meta::redirect(volume, &join(parts)),
+            Reached::Path(parts),
+        )
     }
 
     /// Creates a redirected regular file: the store object first, then the stub, then the
@@ -1306,17 +1353,22 @@ impl RedirectFs {
     /// holds the namespace lock.
     fn open_dir_stream(&self, ctx: &Context, inode: u64) -> Option<DirStream> {
         let parts = self.state().names.path(inode)?;
-        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
-        let dir = match parts.split_last() {
-            None => open_beneath(&self.guest_root, c".", flags, 0),
-            Some((name, dirs)) => {
-                walk(&self.guest_root, dirs).and_then(|d| open_beneath(&d, name, flags, 0))
-            }
-        };
+        let dir = self.open_known(&parts, libc::O_RDONLY | libc::O_DIRECTORY);
         let dir = File::from(dir.ok()?);
         let ours = crate::beneath::fstat(&dir).ok()?;
         let (node, _) = self.host_attr(ctx, inode).ok()?;
         (ours.st_dev == node.st_dev && ours.st_ino == node.st_ino).then(|| DirStream::new(dir))
+    }
+
+    /// Opens the guest-tree path `parts` (the root if empty) with `flags`, one component at a
+    /// time, never following a symlink.
+    fn open_known(&self, parts: &[CString], flags: i32) -> io::Result<OwnedFd> {
+        match parts.split_last() {
+            None => open_beneath(&self.guest_root, c".", flags, 0),
+            Some((name, dirs)) => {
+                walk(&self.guest_root, dirs).and_then(|d| open_beneath(&d, name, flags, 0))
+            }
+        }
     }
 
     /// Keeps the stub of an open redirected file reachable after its last name goes (the
@@ -1633,6 +1685,7 @@ mod ops;
 mod redirecting;
 mod rename;
 mod transition;
+mod xattrs;
 
 use datalock::{DataGuard, DataLocks};
 

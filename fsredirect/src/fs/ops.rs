@@ -14,6 +14,7 @@ use fuse_backend_rs::api::filesystem::{
 };
 
 use super::datalock::DataGuard;
+use super::xattrs::Reached;
 use super::{
     errno, root_ctx, Kind, OpenFile, Peeked, RedirectFs, SyncMode, CAPABILITY_XATTR,
     PRIVILEGE_BITS, XATTR_BUF,
@@ -57,7 +58,7 @@ impl FileSystem for RedirectFs {
                 return Err(e);
             }
         }
-        let (kind, meta) = match self.kind_of_entry(&entry) {
+        let (kind, meta) = match self.kind_of_entry(&entry, Reached::Child(parent, name)) {
             Ok(k) => k,
             Err(e) => {
                 self.inner.forget(ctx, entry.inode, 1);
@@ -207,7 +208,7 @@ impl FileSystem for RedirectFs {
             .inner
             .mknod(&self.creator(ctx), parent, name, stub_mode, 0, umask)?;
         let meta = Meta::Special { kind, rdev };
-        if let Err(e) = self.write_meta(entry.inode, &meta) {
+        if let Err(e) = self.write_meta(entry.inode, &meta, Reached::Child(parent, name)) {
             let _ = self.inner.unlink(&root_ctx(), parent, name);
             self.inner.forget(&root_ctx(), entry.inode, 1);
             return Err(e);
@@ -669,7 +670,7 @@ impl FileSystem for RedirectFs {
 
     fn setxattr(
         &self,
-        ctx: &Context,
+        _ctx: &Context,
         inode: u64,
         name: &CStr,
         value: &[u8],
@@ -681,12 +682,12 @@ impl FileSystem for RedirectFs {
         if name == CAPABILITY_XATTR {
             self.redirect_before_privilege(inode)?;
         }
-        self.inner.setxattr(ctx, inode, name, value, flags)
+        self.node_setxattr(inode, Reached::Known, name, value, flags)
     }
 
     fn getxattr(
         &self,
-        ctx: &Context,
+        _ctx: &Context,
         inode: u64,
         name: &CStr,
         size: u32,
@@ -694,11 +695,11 @@ impl FileSystem for RedirectFs {
         if is_reserved_xattr(name.to_bytes()) {
             return Err(errno(libc::ENODATA));
         }
-        self.inner.getxattr(ctx, inode, name, xattr_buffer(size))
+        self.node_getxattr(inode, Reached::Known, name, xattr_buffer(size))
     }
 
-    fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
-        let list = match self.inner.listxattr(ctx, inode, XATTR_BUF)? {
+    fn listxattr(&self, _ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
+        let list = match self.node_listxattr(inode, XATTR_BUF)? {
             ListxattrReply::Names(list) => filter_xattr_list(&list),
             ListxattrReply::Count(_) => Vec::new(),
         };
@@ -711,11 +712,11 @@ impl FileSystem for RedirectFs {
         }
     }
 
-    fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
+    fn removexattr(&self, _ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
         if is_reserved_xattr(name.to_bytes()) {
             return Err(errno(libc::ENODATA));
         }
-        self.inner.removexattr(ctx, inode, name)
+        self.node_removexattr(inode, name)
     }
 
     fn opendir(

@@ -1290,3 +1290,6 @@ mod policy_tests;
 
 #[path = "hostile_tests.rs"]
 mod hostile_tests;
+
+#[path = "xattrs_tests.rs"]
+mod xattrs_tests;

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use fuse_backend_rs::api::filesystem::FileSystem;
 
+use super::xattrs::Reached;
 use super::{errno, root_ctx, Kind, RedirectFs, Redirecting, CAPABILITY_XATTR, PRIVILEGE_BITS};
 use crate::beneath::{open_beneath, walk};
 use crate::intent::Intent;
@@ -100,7 +101,7 @@ impl RedirectFs {
             }
             Kind::Plain => {
                 // Metadata of another volume, or unreadable: not ours to move.
-                if self.stub_meta(inode)?.is_none()
+                if self.stub_meta(inode, Reached::Known)?.is_none()
                     && r.policy.redirects(&path, attr.st_size as u64)
                 {
                     self.make_redirected(r, inode, &parts, attr.st_ino)?;
@@ -117,7 +118,7 @@ impl RedirectFs {
         if attr.st_mode & PRIVILEGE_BITS != 0 {
             return Ok(true);
         }
-        match self.inner.getxattr(&root_ctx(), inode, CAPABILITY_XATTR, 0) {
+        match self.node_getxattr(inode, Reached::Known, CAPABILITY_XATTR, 0) {
             Ok(_) => Ok(true),
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA | libc::EOPNOTSUPP)) => {
                 Ok(false)
@@ -140,7 +141,7 @@ impl RedirectFs {
         if attr.st_mode & libc::S_IFMT != libc::S_IFREG || self.kind(inode)? != Kind::Plain {
             return Ok(());
         }
-        if self.stub_meta(inode)?.is_some() {
+        if self.stub_meta(inode, Reached::Known)?.is_some() {
             // Another volume's stub holds no data here.
             return Ok(());
         }

@@ -12,12 +12,21 @@ use super::gen::{Gen, Profile};
 use super::model::{HKind, Lenience, Mismatch, Model};
 use super::ops::{tag, Call, Outcome, Reply, Req, Shown, Step, Tag, ROOT_NODE};
 
-/// How a run is set up: the node-identity mode of fuse-backend-rs and the seed's profile.
-#[derive(Debug, Clone)]
-pub struct Setup {
+/// How the server under test is configured.
+#[derive(Debug, Clone, Copy)]
+pub struct Serving {
     /// Guest-tree inodes held as file handles (as a root server runs) or as `O_PATH`
     /// descriptors (as a server without CAP_DAC_READ_SEARCH runs).
     pub file_handles: bool,
+    /// Extended attributes reached through the server's own descriptors.
+    pub xattrs_by_descriptor: bool,
+}
+
+/// How a run is set up: the server's configuration and the seed's profile.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// The server's configuration.
+    pub serving: Serving,
     /// The seed's profile.
     pub profile: Profile,
     /// Where the seed's share directories go.
@@ -27,7 +36,8 @@ pub struct Setup {
 impl Setup {
     fn config(&self) -> FsConfig {
         FsConfig {
-            inode_file_handles: self.file_handles,
+            inode_file_handles: self.serving.file_handles,
+            xattrs_by_descriptor: self.serving.xattrs_by_descriptor,
             max_store_fds: self.profile.max_store_fds,
             ..FsConfig::default()
         }
@@ -530,10 +540,10 @@ pub struct SeedRun {
 }
 
 /// Generates and runs `ops` requests of `seed`, on shares under `base`.
-pub fn run_seed(base: &Path, file_handles: bool, seed: u64, ops: u64) -> (Setup, SeedRun) {
+pub fn run_seed(base: &Path, serving: Serving, seed: u64, ops: u64) -> (Setup, SeedRun) {
     let mut gen = Gen::new(seed);
     let setup = Setup {
-        file_handles,
+        serving,
         profile: gen.profile.clone(),
         base: base.to_path_buf(),
     };

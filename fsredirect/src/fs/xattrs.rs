@@ -1,0 +1,124 @@
+//! Extended attributes of guest-tree nodes: the guest's own and the redirect metadata.
+//!
+//! The passthrough layer reaches a node's attributes by the path `/proc/self/fd/N` of its
+//! `O_PATH` descriptor (the `f*xattr` calls refuse those). A server whose root is its guest
+//! tree (`--sandbox chroot`) has no `/proc` in sight, so with
+//! [`FsConfig::xattrs_by_descriptor`](super::FsConfig::xattrs_by_descriptor) this layer reaches
+//! them itself: it opens the node by a path the name table knows, checks that it is the node
+//! the passthrough layer holds (same device and inode number), and names that descriptor
+//! through the held `/proc/self/fd` with the `*xattrat` calls of Linux 6.13. A node that no
+//! known path leads to (a hard link whose known names were all renamed over or unlinked) is
+//! found among the server's own descriptors instead ([`ProcSelfFd::find`]).
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::OwnedFd;
+
+use fuse_backend_rs::api::filesystem::{FileSystem, GetxattrReply, ListxattrReply};
+
+use super::{errno, root_ctx, RedirectFs};
+use crate::beneath::fstat;
+
+/// Where a node was just reached: a node not yet in the name table (in the middle of its
+/// LOOKUP or creation) has no known path of its own.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Reached<'a> {
+    /// Only through the name table.
+    Known,
+    /// As `name` in directory `parent`.
+    Child(u64, &'a CStr),
+    /// At the guest-tree path given as components.
+    Path(&'a [CString]),
+}
+
+impl RedirectFs {
+    /// Attribute `name` of `inode`: its value if `size` is not 0 (at most `size` bytes, or
+    /// ERANGE), else its length.
+    pub(super) fn node_getxattr(
+        &self,
+        inode: u64,
+        at: Reached<'_>,
+        name: &CStr,
+        size: u32,
+    ) -> io::Result<GetxattrReply> {
+        if !self.xattrs_by_descriptor {
+            return self.inner.getxattr(&root_ctx(), inode, name, size);
+        }
+        let fd = self.node_descriptor(inode, at)?;
+        let mut buf = vec![0u8; size as usize];
+        let len = self.proc.getxattr(&fd, name, &mut buf)?;
+        if size == 0 {
+            return Ok(GetxattrReply::Count(len as u32));
+        }
+        buf.truncate(len);
+        Ok(GetxattrReply::Value(buf))
+    }
+
+    /// Sets attribute `name` of `inode` to `value` (`setxattr(2)`'s `flags`).
+    pub(super) fn node_setxattr(
+        &self,
+        inode: u64,
+        at: Reached<'_>,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        if !self.xattrs_by_descriptor {
+            return self.inner.setxattr(&root_ctx(), inode, name, value, flags);
+        }
+        let fd = self.node_descriptor(inode, at)?;
+        self.proc.setxattr(&fd, name, value, flags)
+    }
+
+    /// The attribute names of `inode`: the list if `size` is not 0 (at most `size` bytes, or
+    /// ERANGE), else its length.
+    pub(super) fn node_listxattr(&self, inode: u64, size: u32) -> io::Result<ListxattrReply> {
+        if !self.xattrs_by_descriptor {
+            return self.inner.listxattr(&root_ctx(), inode, size);
+        }
+        let fd = self.node_descriptor(inode, Reached::Known)?;
+        let mut buf = vec![0u8; size as usize];
+        let len = self.proc.listxattr(&fd, &mut buf)?;
+        if size == 0 {
+            return Ok(ListxattrReply::Count(len as u32));
+        }
+        buf.truncate(len);
+        Ok(ListxattrReply::Names(buf))
+    }
+
+    /// Removes attribute `name` of `inode`.
+    pub(super) fn node_removexattr(&self, inode: u64, name: &CStr) -> io::Result<()> {
+        if !self.xattrs_by_descriptor {
+            return self.inner.removexattr(&root_ctx(), inode, name);
+        }
+        let fd = self.node_descriptor(inode, Reached::Known)?;
+        self.proc.removexattr(&fd, name)
+    }
+
+    /// A new `O_PATH` descriptor of node `inode`: opened by the path it was just reached at
+    /// (`at`) or else by one the name table knows, if that path leads to the node; else
+    /// found among the server's own descriptors; ESTALE if neither (the passthrough layer
+    /// no longer holds the node).
+    fn node_descriptor(&self, inode: u64, at: Reached<'_>) -> io::Result<OwnedFd> {
+        let (node, _) = self.inner.getattr(&root_ctx(), inode, None)?;
+        let same = |fd: &OwnedFd| {
+            fstat(fd).is_ok_and(|st| st.st_dev == node.st_dev && st.st_ino == node.st_ino)
+        };
+        let reached = match at {
+            Reached::Known => None,
+            Reached::Child(parent, name) => self.state().names.child_path(parent, name),
+            Reached::Path(parts) => Some(parts.to_vec()),
+        };
+        let known = std::iter::once_with(|| self.state().names.path(inode)).flatten();
+        for parts in reached.into_iter().chain(known) {
+            if let Ok(fd) = self.open_known(&parts, libc::O_PATH) {
+                if same(&fd) {
+                    return Ok(fd);
+                }
+            }
+        }
+        self.proc
+            .find(node.st_dev, node.st_ino)?
+            .ok_or_else(|| errno(libc::ESTALE))
+    }
+}
