@@ -9,7 +9,9 @@
 //! (Debian package `qemu-system-x86`) or the guest image, or when pjdfstest
 //! cannot be built (it needs libacl1-dev; `PJDFSTEST=/path/to/it` uses a
 //! ready binary, which must be dynamically linked against this host's glibc).
-//! `FSR_PJDFSTEST_TIMEOUT` sets the limit of the guest run in seconds.
+//! `FSR_PJDFSTEST_TIMEOUT` sets the limit of the guest run in seconds;
+//! `FSR_PJDFSTEST_SANDBOX` the back-end's `--sandbox` mode (its default,
+//! namespace, when unset; `chroot` runs the suite through the chroot sandbox).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -110,13 +112,17 @@ fn pjdfstest_in_guest() -> Result<Option<String>, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    let share = GuestShare::redirect("fs0", &tree, &store, "vol");
+    let mut share = GuestShare::redirect("fs0", &tree, &store, "vol");
+    if let Ok(mode) = std::env::var("FSR_PJDFSTEST_SANDBOX") {
+        share = share.daemon_args(&["--sandbox", &mode]);
+    }
     let mount = share.mount_point();
     let serial = work.join("serial.log");
     let timeout = timeout()?;
     println!(
-        "{PATH}: running pjdfstest in the guest on {mount} (redirecting share {}); serial output in {} (limit {} s)",
+        "{PATH}: running pjdfstest in the guest on {mount} (redirecting share {}, back-end options {:?}); serial output in {} (limit {} s)",
         share.spec,
+        share.daemon_args,
         serial.display(),
         timeout.as_secs()
     );

@@ -330,12 +330,23 @@ fn run_direct() -> Result<PathRun, String> {
 }
 
 /// The `vhost_user` path: one QEMU boot per guest scenario, in order, each with a fresh
-/// `hypervisor vhost-user-fs` daemon on the same share.
+/// `hypervisor vhost-user-fs` daemon on the same share. The daemon takes its guest tree as
+/// root (`--sandbox chroot`) where the host allows it (the vhost-user tests and pjdfstest run
+/// it in its default namespace sandbox), so that every scenario, extended attributes
+/// included, is served that way too.
 fn run_vhost_user_path() -> Result<PathRun, String> {
-    let label = "vhost-user back-end under QEMU TCG".to_owned();
+    let sandbox = match hypervisor::sandbox::check_chroot_support() {
+        Ok(()) => "chroot",
+        Err(why) => {
+            println!("smoke: vhost_user path in the namespace sandbox, because {why}");
+            "namespace"
+        }
+    };
+    let label = format!("vhost-user back-end under QEMU TCG, --sandbox {sandbox}");
     let temp = TempDir::new("vhost-user");
     prepare_share(&temp.0)?;
-    let share = GuestShare::redirect(TAG, temp.0.join("tree"), temp.0.join("store"), TAG);
+    let share = GuestShare::redirect(TAG, temp.0.join("tree"), temp.0.join("store"), TAG)
+        .daemon_args(&["--sandbox", sandbox]);
     let mut guest = HashMap::new();
     let mut failed = false;
     for b in &BEHAVIOURS {

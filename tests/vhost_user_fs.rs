@@ -35,9 +35,18 @@ fn main() {
     let qemu_trial = |name: &str, f: fn() -> Result<(), String>| {
         Trial::test(name, move || f().map_err(Failed::from)).with_ignored_flag(skip.is_some())
     };
+    let chroot_skip = hypervisor::sandbox::check_chroot_support().err();
+    if let (None, Some(why)) = (&skip, &chroot_skip) {
+        println!("vhost_user_fs: the chroot sandbox trial skipped, because {why}");
+    }
     let trials = vec![
         qemu_trial("fs_basic_on_a_passthrough_share", fs_basic_passthrough),
         qemu_trial("fs_basic_on_a_redirecting_share", fs_basic_redirect),
+        qemu_trial(
+            "fs_basic_on_a_redirecting_share_in_the_chroot_sandbox",
+            fs_basic_redirect_chroot,
+        )
+        .with_ignored_flag(skip.is_some() || chroot_skip.is_some()),
         qemu_trial("fs_tree_on_a_redirecting_share", fs_tree_redirect),
         qemu_trial(
             "fs_basic_with_two_request_queues",
@@ -371,11 +380,21 @@ fn fs_basic_two_request_queues() -> Result<(), String> {
 ///    guest tree holds sparse stubs of the same sizes; the renamed and
 ///    deleted names are gone on both sides; fsredirect's verifier agrees.
 fn fs_basic_redirect() -> Result<(), String> {
-    let tmp = TempDir::new("redirect");
+    fs_basic_redirect_with("redirect", &[])
+}
+
+/// As [`fs_basic_redirect`], the daemon in `--sandbox chroot`: its guest tree is its root,
+/// and it reaches the redirect metadata through its own descriptors.
+fn fs_basic_redirect_chroot() -> Result<(), String> {
+    fs_basic_redirect_with("redirect-chroot", &["--sandbox", "chroot"])
+}
+
+fn fs_basic_redirect_with(label: &str, daemon_args: &[&str]) -> Result<(), String> {
+    let tmp = TempDir::new(label);
     let tree = tmp.make("tree");
     let store = tmp.make("store");
 
-    run_fs_basic(GuestShare::redirect("fs0", &tree, &store, "vol"))?;
+    run_fs_basic(GuestShare::redirect("fs0", &tree, &store, "vol").daemon_args(daemon_args))?;
 
     let stored = store.join("vol/fs-basic");
     let stubs = tree.join("fs-basic");

@@ -790,8 +790,9 @@ impl Report {
             (Some(version), None) => format!(
                 "virtiofsd: `{version}`, built from crates.io by \
                 `bench/build-virtiofsd.sh`, run as `virtiofsd --socket-path SOCK --shared-dir DIR \
-                --sandbox=namespace --seccomp=kill --cache=auto --log-level=error` (its \
-                defaults, confined as ours is by default)."
+                --sandbox={} --seccomp=kill --cache=auto --log-level=error` (confined as \
+                ours is).",
+                v.sandbox
             ),
             (None, None) => "virtiofsd: version unknown.".into(),
         };
@@ -804,8 +805,8 @@ impl Report {
              INIT; then FUSE requests on the request queue, encoded as the in-process \
              driver encodes them, with 1 or 16 in flight, a kick when the device's \
              avail_event asks for one, and a wait on the call eventfd. Ours: `hypervisor \
-             vhost-user-fs --socket SOCK --share tag=bench,dir=DIR[,store=STORE]`, in its \
-             namespace sandbox and under its seccomp filters; the last column is the same \
+             vhost-user-fs --socket SOCK --share tag=bench,dir=DIR[,store=STORE] --sandbox {}`, \
+             under its seccomp filters; the last column is the same \
              passthrough with `--sandbox none --seccomp none`, and its ratio column is what \
              the confinement costs (below 1: confined is slower). {peer} \
              Every round runs each back-end once, in rotating order, each started fresh on \
@@ -816,7 +817,7 @@ impl Report {
              | metric | virtiofsd | ours passthrough | ours redirect | ours passthrough, \
              unconfined | passthrough / virtiofsd | redirect / virtiofsd | passthrough / \
              unconfined |\n|---|---|---|---|---|---|---|---|\n",
-            v.params
+            v.sandbox, v.params
         );
         let cell = |t: usize, f: &dyn Fn(&RunFigures) -> f64, digits: usize| match v.spread(t, f) {
             Some((m, lo, hi)) => format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})"),
@@ -1399,6 +1400,7 @@ mod tests {
             virtiofsd_missing: Some("skipped with --no-virtiofsd".into()),
             virtiofsd_version: None,
             params: "tiny".into(),
+            sandbox: "namespace".into(),
         });
 
         let md = r.markdown("x.svg");

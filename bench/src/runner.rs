@@ -120,6 +120,11 @@ pub struct Options {
     /// Vhost-user rounds (every back-end once per round; medians reported).
     #[arg(long, default_value_t = 5)]
     pub vu_rounds: usize,
+    /// The sandbox both virtiofsd and ours run in for the vhost-user comparison: namespace
+    /// (both defaults) or chroot (for containers without namespaces)
+    #[arg(long, value_name = "MODE", default_value = "namespace",
+          value_parser = ["namespace", "chroot"])]
+    pub vu_sandbox: String,
     /// LOOKUPs, GETATTRs and 4 KiB READs per back-end, depth and round.
     #[arg(long, default_value_t = 4000)]
     pub vu_ops: usize,
@@ -428,6 +433,7 @@ fn run_in(opts: &Options, base: &Path) -> Result<Report> {
             None => Ok(opts.virtiofsd.clone()),
         },
         rounds: opts.vu_rounds.max(1),
+        sandbox: opts.vu_sandbox.clone(),
         files: opts.vu_files.max(1),
         ops: opts.vu_ops.max(1),
         data_mib: opts.vu_data_mib.max(1),

@@ -161,6 +161,8 @@ pub struct VuParams {
     pub virtiofsd: std::result::Result<PathBuf, String>,
     /// Rounds (every target once per round).
     pub rounds: usize,
+    /// The `--sandbox` mode of virtiofsd and of ours (`namespace` or `chroot`).
+    pub sandbox: String,
     /// Files pre-created in the share, and files created then unlinked per depth.
     pub files: usize,
     /// LOOKUPs, GETATTRs and READs per depth.
@@ -194,6 +196,8 @@ pub struct VhostUserSummary {
     pub virtiofsd_version: Option<String>,
     /// The parameters, in words.
     pub params: String,
+    /// The `--sandbox` mode both confined back-ends ran in.
+    pub sandbox: String,
 }
 
 impl VhostUserSummary {
@@ -253,6 +257,7 @@ impl Backend {
     /// `socket`, its output in `log`; returns once the socket is there.
     pub fn start(
         peer: Peer,
+        sandbox: &str,
         hypervisor: &Path,
         virtiofsd: Option<&Path>,
         share: &Path,
@@ -269,12 +274,8 @@ impl Backend {
                     .arg(socket)
                     .arg("--shared-dir")
                     .arg(share)
-                    .args([
-                        "--sandbox=namespace",
-                        "--seccomp=kill",
-                        "--cache=auto",
-                        "--log-level=error",
-                    ]);
+                    .arg(format!("--sandbox={sandbox}"))
+                    .args(["--seccomp=kill", "--cache=auto", "--log-level=error"]);
                 cmd
             }
             Peer::OursPassthrough | Peer::OursRedirect | Peer::OursUnconfined => {
@@ -290,6 +291,8 @@ impl Backend {
                     .arg(spec);
                 if peer == Peer::OursUnconfined {
                     cmd.args(["--sandbox", "none", "--seccomp", "none"]);
+                } else {
+                    cmd.args(["--sandbox", sandbox]);
                 }
                 cmd
             }
@@ -634,6 +637,7 @@ pub fn run_target(peer: Peer, params: &VuParams, base: &Path) -> Result<RunFigur
     let virtiofsd = params.virtiofsd.as_ref().ok().map(PathBuf::as_path);
     let backend = Backend::start(
         peer,
+        &params.sandbox,
         &params.hypervisor,
         virtiofsd,
         &share,
@@ -698,6 +702,7 @@ pub fn run(params: &VuParams, base: &Path) -> Result<VhostUserSummary> {
         runs,
         virtiofsd_missing,
         virtiofsd_version,
+        sandbox: params.sandbox.clone(),
         params: format!(
             "{} rounds; per run and depth: {} LOOKUPs and {} GETATTRs cycling over {} \
              pre-created files, {} random 4 KiB READs and as many WRITEs of a {} MiB file, \

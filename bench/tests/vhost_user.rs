@@ -99,6 +99,7 @@ fn known_file_attributes(peer: Peer, depth: usize) -> Result<Completion, Failed>
     populate(&share, redirect.then_some(store.as_path()), FILES, 1)?;
     let backend = Backend::start(
         peer,
+        "namespace",
         &hv,
         vfsd.as_deref(),
         &share,

@@ -102,13 +102,25 @@ pub struct RunArgs {
     /// Where the VMM runs: none, or namespace (new mount, pid, IPC and network namespaces
     /// holding only the kernel, initramfs, /dev/kvm and the shares; shares served without
     /// file handles, their workers limited by Landlock; capabilities cut; needs root)
-    #[arg(long, value_name = "MODE", default_value = "none", value_parser = parse_sandbox)]
+    #[arg(long, value_name = "MODE", default_value = "none", value_parser = parse_vmm_sandbox)]
     pub sandbox: SandboxMode,
 }
 
 /// Parses a `--sandbox` value, for clap.
 pub fn parse_sandbox(mode: &str) -> Result<SandboxMode, String> {
     mode.parse()
+}
+
+/// Parses `run`'s `--sandbox` value, for clap: chroot confines one share's server, not a VMM.
+pub fn parse_vmm_sandbox(mode: &str) -> Result<SandboxMode, String> {
+    match mode.parse()? {
+        SandboxMode::Chroot => Err(
+            "chroot is for `hypervisor vhost-user-fs` only: one root cannot hold a VMM's \
+             kernel, /dev/kvm and every share; give namespace or none"
+                .into(),
+        ),
+        mode => Ok(mode),
+    }
 }
 
 /// Parses a `--seccomp` value, for clap.
@@ -221,8 +233,15 @@ mod tests {
         assert_eq!(asked.run_args().sandbox, SandboxMode::Namespace);
         let wrong = Cli::try_parse_from(["hypervisor", "--sandbox", "jail"]).unwrap_err();
         assert!(
-            wrong.to_string().contains("give namespace or none"),
+            wrong.to_string().contains("give namespace, chroot or none"),
             "{wrong}"
+        );
+        let chroot = Cli::try_parse_from(["hypervisor", "--sandbox", "chroot"]).unwrap_err();
+        assert!(
+            chroot
+                .to_string()
+                .contains("chroot is for `hypervisor vhost-user-fs` only"),
+            "{chroot}"
         );
     }
 

@@ -2,7 +2,9 @@
 //! --sandbox namespace`) runs in new mount, pid, IPC and network namespaces whose root holds
 //! only what it names ([`Exposed`]: guest trees and stores, and for the VMM its kernel,
 //! initramfs and `/dev/kvm`), with no_new_privs set and every capability it does not need
-//! dropped.
+//! dropped. Where namespaces cannot be made (a container that refuses them), the
+//! `vhost-user-fs` server can take its guest tree as root instead ([`SandboxMode::Chroot`],
+//! [`take_tree_as_root`]).
 //!
 //! [`enter`] forks. The parent stays outside as a supervisor that reads no guest byte: it
 //! forwards stop signals and returns the child's exit status ([`Supervisor::wait`]). The
@@ -40,18 +42,28 @@ pub enum SandboxMode {
     /// The default of `vhost-user-fs` (`hypervisor run` defaults to none).
     #[default]
     Namespace,
+    /// The guest tree as the process's root (`chroot`), Landlock limiting it to the tree,
+    /// the store and reading `/proc`; no namespaces (for containers that refuse them). Only
+    /// for `vhost-user-fs`; needs root, Landlock and Linux 6.13 (extended attributes by
+    /// descriptor, since `/proc` is out of sight).
+    Chroot,
     /// No sandbox: the process sees the host as its user does.
     None,
 }
 
 impl SandboxMode {
     /// Every mode, in the order `--help` lists them.
-    pub const ALL: [SandboxMode; 2] = [SandboxMode::Namespace, SandboxMode::None];
+    pub const ALL: [SandboxMode; 3] = [
+        SandboxMode::Namespace,
+        SandboxMode::Chroot,
+        SandboxMode::None,
+    ];
 
     /// The mode's name on the command line.
     pub fn word(self) -> &'static str {
         match self {
             SandboxMode::Namespace => "namespace",
+            SandboxMode::Chroot => "chroot",
             SandboxMode::None => "none",
         }
     }
@@ -70,7 +82,7 @@ impl FromStr for SandboxMode {
         SandboxMode::ALL
             .into_iter()
             .find(|mode| mode.word() == s)
-            .ok_or_else(|| format!("unknown sandbox mode {s:?}: give namespace or none"))
+            .ok_or_else(|| format!("unknown sandbox mode {s:?}: give namespace, chroot or none"))
     }
 }
 
@@ -127,12 +139,27 @@ impl Exposed {
 /// Why the sandbox could not be entered.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    /// Namespaces need root (CAP_SYS_ADMIN).
+    /// Namespaces and chroot need root (CAP_SYS_ADMIN, CAP_SYS_CHROOT).
     #[error(
-        "--sandbox namespace needs root (CAP_SYS_ADMIN) to make its namespaces; run as root, \
-         or pass --sandbox none to run without a sandbox"
+        "--sandbox {0} needs root (CAP_SYS_ADMIN for namespaces, CAP_SYS_CHROOT for chroot); \
+         run as root, or pass --sandbox none to run without a sandbox"
     )]
-    NotRoot,
+    NotRoot(SandboxMode),
+    /// Chroot mode without Landlock: `..` from a descriptor held outside the new root (the
+    /// store, `/proc/self/fd`) would walk out of it.
+    #[error(
+        "--sandbox chroot needs Landlock (Linux 5.13 and later, enabled at boot: see \
+         /sys/kernel/security/lsm), which this kernel does not enforce; use --sandbox \
+         namespace, or --sandbox none to run without a sandbox"
+    )]
+    NoLandlock,
+    /// Chroot mode without the `*xattrat` calls.
+    #[error(
+        "--sandbox chroot needs Linux 6.13 or later (getxattrat: a server whose root is its \
+         guest tree reaches extended attributes only through its own descriptors); use \
+         --sandbox namespace, or --sandbox none to run without a sandbox"
+    )]
+    NoXattrAt,
     /// A step failed.
     #[error(
         "cannot build the sandbox: {step} failed: {source}. Pass --sandbox none to run without one"
@@ -167,22 +194,33 @@ pub struct Supervisor {
 
 /// Makes the calling process enter the sandbox exposing `exposed` (absolute, existing paths),
 /// in mode `mode`. The caller must be single-threaded (it forks).
+///
+/// In [`SandboxMode::Chroot`] the child returns before it is confined: it opens its share
+/// (by the host's paths), then calls [`take_tree_as_root`]. `exposed` is not used there.
 pub fn enter(mode: SandboxMode, exposed: &[Exposed]) -> Result<Entered, SandboxError> {
     if mode == SandboxMode::None {
         return Ok(Entered::Sandboxed);
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Err(SandboxError::NotRoot);
+        return Err(SandboxError::NotRoot(mode));
     }
-    // Only the children of this process enter the new pid namespace: the supervisor stays.
-    // SAFETY: unshare with a constant flag changes only this process's namespaces.
-    check(unsafe { libc::unshare(libc::CLONE_NEWPID) }).map_err(step("unshare(CLONE_NEWPID)"))?;
+    if mode == SandboxMode::Namespace {
+        // Only the children of this process enter the new pid namespace: the supervisor
+        // stays.
+        // SAFETY: unshare with a constant flag changes only this process's namespaces.
+        check(unsafe { libc::unshare(libc::CLONE_NEWPID) })
+            .map_err(step("unshare(CLONE_NEWPID)"))?;
+    }
     // SAFETY: the caller is single-threaded, so the child may run any code after fork.
     let child = unsafe { libc::fork() };
+    let confine = || match mode {
+        SandboxMode::Namespace => build_root(exposed).and_then(|()| drop_privileges()),
+        SandboxMode::Chroot | SandboxMode::None => Ok(()),
+    };
     match child {
         -1 => Err(step("fork")(io::Error::last_os_error())),
-        0 => match build_root(exposed).and_then(|()| drop_privileges()) {
+        0 => match confine() {
             Ok(()) => Ok(Entered::Sandboxed),
             Err(err) => {
                 eprintln!("hypervisor: {err}");
@@ -199,6 +237,59 @@ pub fn enter(mode: SandboxMode, exposed: &[Exposed]) -> Result<Entered, SandboxE
             Ok(Entered::Supervisor(Supervisor { child: pid, pidfd }))
         }
     }
+}
+
+/// Fails unless this host can run [`SandboxMode::Chroot`]: as root, with Landlock enforced
+/// and the `*xattrat` calls (Linux 6.13). Landlock is tried on a thread of its own, which
+/// the restriction ends with; the caller is single-threaded again when this returns.
+pub fn check_chroot_support() -> Result<(), SandboxError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(SandboxError::NotRoot(SandboxMode::Chroot));
+    }
+    let landlock = std::thread::spawn(|| {
+        devices::confine::restrict_thread_beneath(&[std::env::temp_dir()])
+            .is_ok_and(|e| e != devices::confine::Enforcement::None)
+    })
+    .join()
+    .unwrap_or(false);
+    if !landlock {
+        return Err(SandboxError::NoLandlock);
+    }
+    let proc = fsredirect::beneath::ProcSelfFd::open().map_err(step("opening /proc/self/fd"))?;
+    if !proc.has_xattr_at() {
+        return Err(SandboxError::NoXattrAt);
+    }
+    Ok(())
+}
+
+/// [`SandboxMode::Chroot`], once the share is open: limits the process (this thread and
+/// every thread it starts later) with Landlock to files beneath `landlocked` and to reading
+/// `/proc`, then takes `tree` as root and working directory, keeps only
+/// [`KEPT_CAPABILITIES`] (CAP_SYS_CHROOT and CAP_DAC_READ_SEARCH go) and sets
+/// no_new_privs. Call it before starting any thread.
+///
+/// Landlock is what makes this a sandbox: the store and `/proc/self/fd`, opened before,
+/// are reached through descriptors from outside the new root, and `..` from those walks
+/// out of a chroot; Landlock judges a file by where it is, whatever path reached it. Fails
+/// with [`SandboxError::NoLandlock`] where the kernel does not enforce it.
+pub fn take_tree_as_root(tree: &Path, landlocked: &[PathBuf]) -> Result<(), SandboxError> {
+    use devices::confine::{restrict_thread_beneath, Enforcement};
+    match restrict_thread_beneath(landlocked) {
+        Ok(Enforcement::Full | Enforcement::Partial) => {}
+        Ok(Enforcement::None) => return Err(SandboxError::NoLandlock),
+        Err(e) => {
+            return Err(step("limiting the process with Landlock")(
+                io::Error::other(e),
+            ))
+        }
+    }
+    let root = c_path(tree);
+    // SAFETY: a NUL-terminated path alive for the call.
+    check(unsafe { libc::chroot(root.as_ptr()) })
+        .map_err(step(format!("chroot {}", tree.display())))?;
+    std::env::set_current_dir("/").map_err(step("chdir /"))?;
+    drop_privileges()
 }
 
 /// Fails, naming the holder's pid, if another server holds the guest tree at `dir`. Inside

@@ -41,6 +41,10 @@ Examples:
   Redirect the guest's file data into a block store, and keep serving across guest restarts:
     hypervisor vhost-user-fs --socket /tmp/fs0.sock --loop \\
         --share tag=fs0,dir=/srv/guest-tree,store=/srv/store
+  In a container that refuses namespaces: take the guest tree as root instead (needs root,
+  Landlock and Linux 6.13):
+    hypervisor vhost-user-fs --socket /tmp/fs0.sock --sandbox chroot \\
+        --share tag=fs0,dir=/srv/guest-tree,store=/srv/store
   The QEMU side (guest memory must be shared with the daemon):
     qemu-system-x86_64 -M microvm,acpi=off -m 512 \\
         -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \\
@@ -73,8 +77,10 @@ pub struct VhostUserFsArgs {
     #[arg(long = "loop")]
     pub keep_listening: bool,
     /// Where the server runs: namespace (new mount, pid, IPC and network namespaces holding
-    /// only the guest tree and the store, file handles off, capabilities cut; needs root) or
-    /// none
+    /// only the guest tree and the store, file handles off, capabilities cut; needs root),
+    /// chroot (the guest tree as root, Landlock on the tree and the store, file handles off,
+    /// capabilities cut; for containers without namespaces; needs root, Landlock and Linux
+    /// 6.13) or none
     #[arg(long, value_name = "MODE", default_value = "namespace", value_parser = crate::cli::parse_sandbox)]
     pub sandbox: SandboxMode,
     /// What the seccomp filters of the server and queue-worker threads do with a system call
@@ -134,8 +140,8 @@ pub fn run(args: &VhostUserFsArgs) -> Result<u8, VhostUserCmdError> {
 /// Like [`run`], stopping when `stop` becomes readable instead of on signals
 /// (for programs that handle signals themselves).
 ///
-/// With `args.sandbox` namespace this forks (see [`crate::sandbox`]): call it from a
-/// single-threaded process, or serve with [`SandboxMode::None`].
+/// With `args.sandbox` namespace or chroot this forks (see [`crate::sandbox`]): call it from
+/// a single-threaded process, or serve with [`SandboxMode::None`].
 pub fn serve(args: &VhostUserFsArgs, stop: &EventFd) -> Result<u8, VhostUserCmdError> {
     let share = &args.share;
     let share_error = |source| VhostUserCmdError::Share {
@@ -147,13 +153,18 @@ pub fn serve(args: &VhostUserFsArgs, stop: &EventFd) -> Result<u8, VhostUserCmdE
         // The file system names what is missing, and how to fix it; or it makes what it may.
         drop(RedirectFs::new(share, FsConfig::default()).map_err(share_error)?);
     }
-    if args.sandbox != SandboxMode::None {
-        sandbox::check_tree_free(&share.dir).map_err(|e| share_error(e.into()))?;
+    match args.sandbox {
+        SandboxMode::Namespace => {
+            sandbox::check_tree_free(&share.dir).map_err(|e| share_error(e.into()))?;
+        }
+        SandboxMode::Chroot => sandbox::check_chroot_support()?,
+        SandboxMode::None => {}
     }
     let fs_config = FsConfig {
         // With CAP_DAC_READ_SEARCH gone, a handle opens nothing; see crate::sandbox.
         inode_file_handles: args.sandbox == SandboxMode::None
             && FsConfig::default().inode_file_handles,
+        tree_as_root: args.sandbox == SandboxMode::Chroot,
         ..FsConfig::default()
     };
     let config = DaemonConfig {
@@ -163,8 +174,10 @@ pub fn serve(args: &VhostUserFsArgs, stop: &EventFd) -> Result<u8, VhostUserCmdE
         seccomp: args.seccomp,
         // Landlock only where inodes are not reached by file handle: on the test host's 6.1
         // kernel, a worker limited by Landlock and opening by handle took a path it never
-        // takes otherwise (an ioctl its filter forbids); see the README, "Containment".
-        beneath: if fs_config.inode_file_handles {
+        // takes otherwise (an ioctl its filter forbids); see the README, "Containment". In
+        // chroot mode the whole process is limited before the chroot, after which these
+        // paths would name nothing.
+        beneath: if fs_config.inode_file_handles || args.sandbox == SandboxMode::Chroot {
             Vec::new()
         } else {
             exposed.clone()
@@ -195,11 +208,16 @@ pub fn serve(args: &VhostUserFsArgs, stop: &EventFd) -> Result<u8, VhostUserCmdE
             return Err(share_error(source));
         }
     };
+    if args.sandbox == SandboxMode::Chroot {
+        sandbox::take_tree_as_root(&share.dir, &exposed)?;
+    }
     // In a sandbox this is a process of its own, stopped by the signals its supervisor
     // passes on: it must not share the supervisor's stop eventfd.
     let own_stop = match args.sandbox {
         SandboxMode::None => None,
-        SandboxMode::Namespace => Some(StopEvent::install().map_err(VhostUserCmdError::Signals)?),
+        SandboxMode::Namespace | SandboxMode::Chroot => {
+            Some(StopEvent::install().map_err(VhostUserCmdError::Signals)?)
+        }
     };
     let stop = own_stop.as_ref().map_or(stop, StopEvent::event);
     let mode = match &share.store {
@@ -351,8 +369,13 @@ mod tests {
         assert_eq!(parse(&base).unwrap().sandbox, SandboxMode::Namespace);
         let none = parse(&[&base[..], &["--sandbox", "none"]].concat()).unwrap();
         assert_eq!(none.sandbox, SandboxMode::None);
-        let err = parse(&[&base[..], &["--sandbox", "chroot"]].concat()).unwrap_err();
-        assert!(err.to_string().contains("give namespace or none"), "{err}");
+        let chroot = parse(&[&base[..], &["--sandbox", "chroot"]].concat()).unwrap();
+        assert_eq!(chroot.sandbox, SandboxMode::Chroot);
+        let err = parse(&[&base[..], &["--sandbox", "jail"]].concat()).unwrap_err();
+        assert!(
+            err.to_string().contains("give namespace, chroot or none"),
+            "{err}"
+        );
     }
 
     #[test]

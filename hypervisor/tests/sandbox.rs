@@ -8,12 +8,19 @@
 //! root; read a file beside the share, by path, by a file handle taken beforehand on the
 //! same host file system (`open_by_handle_at` with the share's tree as mount descriptor),
 //! and by `..` from the descriptor held on the store; read `/etc/passwd` by `..` from the
-//! descriptor held on `/proc/self/fd` (the server holds both, as the real one does); hold
-//! CAP_DAC_READ_SEARCH; write a file exposed read-only (as the VMM's kernel is); write and
-//! read in the guest tree and the store, read the read-only file, and write to a device node
-//! exposed read-write (`/dev/null`, as the VMM's `/dev/kvm` is).
+//! descriptor held on `/proc/self/fd` (the server holds both, as the real one does), and
+//! through `/proc/1/root` from there; hold CAP_DAC_READ_SEARCH; write a file exposed
+//! read-only (as the VMM's kernel is); write and read in the guest tree and the store, read
+//! the read-only file, and write to a device node exposed read-write (`/dev/null`, as the
+//! VMM's `/dev/kvm` is).
 //!
-//! Skipped, with the reason, when not run as root (namespaces need CAP_SYS_ADMIN).
+//! `--sandbox chroot` ([`sandbox::take_tree_as_root`]) is tried the same way: there the
+//! descriptors are opened before the guest tree becomes the root, as the server opens its
+//! share, and no probe may reach; a plain `chroot` with the same descriptors lets them out
+//! through `..`, which shows what its Landlock limit adds.
+//!
+//! Skipped, with the reason, when not run as root (namespaces need CAP_SYS_ADMIN); the
+//! chroot trials also where the kernel lacks Landlock or `getxattrat` (Linux 6.13).
 
 use std::ffi::CString;
 use std::fs::File;
@@ -28,14 +35,18 @@ use hypervisor::sandbox::{self, Entered, Exposed, SandboxMode};
 use libtest_mimic::{Arguments, Failed, Trial};
 use vmm_sys_util::eventfd::EventFd;
 
-/// Set in the child: `MODE,TREE,STORE,SECRET,HANDLE,READ_ONLY` (the handle in hex).
+/// Set in the child: `MODE,TREE,STORE,SECRET,HANDLE,READ_ONLY` (the handle in hex; MODE a
+/// sandbox mode or [`PLAIN_CHROOT`]).
 const PROBE: &str = "HYPERVISOR_SANDBOX_PROBE";
+
+/// The probe mode of a plain `chroot` into the tree, without Landlock or capabilities cut.
+const PLAIN_CHROOT: &str = "plain-chroot";
 
 /// The device node exposed read-write, as the VMM's `/dev/kvm` is.
 const DEVICE: &str = "/dev/null";
 
 /// What the escape probes are called, in the child's output.
-const ESCAPES: [&str; 8] = [
+const ESCAPES: [&str; 9] = [
     "etc-passwd",
     "proc-1-root",
     "dotdot-from-root",
@@ -43,6 +54,7 @@ const ESCAPES: [&str; 8] = [
     "secret-by-handle",
     "secret-by-dotdot-from-store",
     "etc-passwd-by-dotdot-from-proc",
+    "etc-passwd-by-proc-1-root-from-proc",
     "read-only-file-written",
 ];
 
@@ -59,9 +71,25 @@ fn main() {
     if !root {
         println!("skipped, because the sandbox's namespaces need root");
     }
+    let chroot_unsupported = sandbox::check_chroot_support().err();
+    if let Some(why) = &chroot_unsupported {
+        println!("chroot trials skipped, because {why}");
+    }
+    let chroot_trial = |name: &'static str, f: fn() -> Result<(), String>| {
+        Trial::test(name, move || f().map_err(Failed::from))
+            .with_ignored_flag(chroot_unsupported.is_some())
+    };
     let trials = vec![
         trial("the_sandbox_keeps_the_host_out_and_the_share_in", sandboxed),
         trial("without_the_sandbox_the_probes_reach_the_host", unsandboxed),
+        chroot_trial(
+            "the_chroot_sandbox_keeps_the_host_out_and_the_share_in",
+            chroot_sandboxed,
+        ),
+        chroot_trial(
+            "a_plain_chroot_lets_the_held_descriptors_reach_the_host",
+            plain_chroot,
+        ),
     ];
     libtest_mimic::run(&args, trials).exit();
 }
@@ -94,8 +122,9 @@ fn layout() -> Layout {
     }
 }
 
-/// Runs the probes in a child in `mode`; returns each probe's name and whether it reached.
-fn run_probes(mode: SandboxMode, at: &Layout) -> Result<Vec<(String, bool)>, String> {
+/// Runs the probes in a child in `mode` (a sandbox mode's word, or [`PLAIN_CHROOT`]);
+/// returns each probe's name and whether it reached.
+fn run_probes(mode: &str, at: &Layout) -> Result<Vec<(String, bool)>, String> {
     let handle = file_handle(&at.secret)?;
     let spec = format!(
         "{mode},{},{},{},{},{}",
@@ -137,32 +166,78 @@ fn verdict(results: &[(String, bool)], name: &str) -> bool {
 
 fn sandboxed() -> Result<(), String> {
     let at = layout();
-    let results = run_probes(SandboxMode::Namespace, &at)?;
-    let escaped: Vec<&str> = ESCAPES
-        .into_iter()
-        .filter(|name| verdict(&results, name))
-        .collect();
-    if !escaped.is_empty() {
-        return Err(format!(
-            "from inside the sandbox these reached the host: {escaped:?}"
-        ));
-    }
-    if verdict(&results, "cap-dac-read-search") {
-        return Err("the sandboxed server still holds CAP_DAC_READ_SEARCH".into());
-    }
-    if !verdict(&results, "share-works") {
-        return Err("the share's tree and store could not be written and read inside".into());
-    }
+    let results = run_probes(SandboxMode::Namespace.word(), &at)?;
+    kept_in(&results)?;
     if !verdict(&results, "read-only-file-read") {
         return Err("the file exposed read-only could not be read inside".into());
     }
     if !verdict(&results, "device-written") {
         return Err("the device node exposed read-write could not be written inside".into());
     }
-    if !verdict(&results, "no-new-privs") {
+    share_written_inside(&at)
+}
+
+/// `--sandbox chroot`: nothing reaches the host; the share works through the descriptors
+/// opened before (nothing else is exposed in this mode).
+fn chroot_sandboxed() -> Result<(), String> {
+    let at = layout();
+    let results = run_probes(SandboxMode::Chroot.word(), &at)?;
+    kept_in(&results)?;
+    share_written_inside(&at)
+}
+
+/// A plain chroot into the tree, with the same descriptors held: `..` from them reaches
+/// the host, which is what the chroot sandbox's Landlock limit stops.
+fn plain_chroot() -> Result<(), String> {
+    let at = layout();
+    let results = run_probes(PLAIN_CHROOT, &at)?;
+    for name in [
+        "secret-by-dotdot-from-store",
+        "etc-passwd-by-dotdot-from-proc",
+        "share-works",
+    ] {
+        if !verdict(&results, name) {
+            return Err(format!(
+                "in a plain chroot, probe {name} should reach: {results:?}"
+            ));
+        }
+    }
+    for name in ["etc-passwd", "secret-by-path"] {
+        if verdict(&results, name) {
+            return Err(format!(
+                "in a chroot, probe {name} should not reach by path"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// No escape probe reached, CAP_DAC_READ_SEARCH is gone, no_new_privs is set and the share
+/// works.
+fn kept_in(results: &[(String, bool)]) -> Result<(), String> {
+    let escaped: Vec<&str> = ESCAPES
+        .into_iter()
+        .filter(|name| verdict(results, name))
+        .collect();
+    if !escaped.is_empty() {
+        return Err(format!(
+            "from inside the sandbox these reached the host: {escaped:?}"
+        ));
+    }
+    if verdict(results, "cap-dac-read-search") {
+        return Err("the sandboxed server still holds CAP_DAC_READ_SEARCH".into());
+    }
+    if !verdict(results, "share-works") {
+        return Err("the share's tree and store could not be written and read inside".into());
+    }
+    if !verdict(results, "no-new-privs") {
         return Err("no_new_privs is not set inside the sandbox".into());
     }
-    // What the server wrote inside is in the host's share.
+    Ok(())
+}
+
+/// What the server wrote inside is in the host's share.
+fn share_written_inside(at: &Layout) -> Result<(), String> {
     let inside = std::fs::read(at.tree.join("written-inside")).map_err(|e| e.to_string())?;
     if inside != b"from inside" {
         return Err(format!("the tree holds {inside:?}"));
@@ -170,9 +245,11 @@ fn sandboxed() -> Result<(), String> {
     Ok(())
 }
 
+/// Without a sandbox the probes reach (the `/proc/1/root` ones only where the kernel lets
+/// this process follow pid 1's links; on this project's machines even root gets EACCES).
 fn unsandboxed() -> Result<(), String> {
     let at = layout();
-    let results = run_probes(SandboxMode::None, &at)?;
+    let results = run_probes(SandboxMode::None.word(), &at)?;
     for name in [
         "etc-passwd",
         "secret-by-path",
@@ -194,7 +271,12 @@ fn unsandboxed() -> Result<(), String> {
 /// In the child: enter the sandbox, print one line per probe, exit.
 fn probe_child(spec: &str) -> ! {
     let parts: Vec<&str> = spec.split(',').collect();
-    let mode: SandboxMode = parts[0].parse().unwrap();
+    let plain_chroot = parts[0] == PLAIN_CHROOT;
+    let mode: SandboxMode = if plain_chroot {
+        SandboxMode::None
+    } else {
+        parts[0].parse().unwrap()
+    };
     let (tree, store, secret) = (
         PathBuf::from(parts[1]),
         PathBuf::from(parts[2]),
@@ -220,7 +302,8 @@ fn probe_child(spec: &str) -> ! {
             std::process::exit(2);
         }
     }
-    // What the server holds, opened (as the server opens its share) once inside.
+    // What the server holds, opened as the server opens its share: once inside, or before
+    // the tree becomes the root.
     let held = {
         let open = |path: &Path, flags| {
             std::fs::OpenOptions::new()
@@ -235,6 +318,18 @@ fn probe_child(spec: &str) -> ! {
             proc: open(Path::new("/proc/self/fd"), libc::O_PATH),
         }
     };
+    if mode == SandboxMode::Chroot {
+        if let Err(err) = sandbox::take_tree_as_root(&tree, &[tree.clone(), store.clone()]) {
+            println!("cannot take the tree as root: {err}");
+            std::process::exit(2);
+        }
+    }
+    if plain_chroot {
+        let root = CString::new(tree.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path alive for the call.
+        assert_eq!(unsafe { libc::chroot(root.as_ptr()) }, 0, "chroot");
+        std::env::set_current_dir("/").unwrap();
+    }
 
     let report = |name: &str, reached: bool, detail: String| {
         let word = if reached { "reached" } else { "denied" };
@@ -259,6 +354,8 @@ fn probe_child(spec: &str) -> ! {
     report("secret-by-dotdot-from-store", r, d);
     let (r, d) = read_at(&held.proc, "../../../etc/passwd");
     report("etc-passwd-by-dotdot-from-proc", r, d);
+    let (r, d) = read_at(&held.proc, "../../1/root/etc/passwd");
+    report("etc-passwd-by-proc-1-root-from-proc", r, d);
     let has = caps::has_cap(
         None,
         caps::CapSet::Effective,

@@ -116,6 +116,8 @@ pub struct GuestShare {
     pub spec: String,
     /// Request queues (daemon `--request-queues`, QEMU `num-request-queues=`).
     pub request_queues: usize,
+    /// More daemon options (`--sandbox chroot`, say).
+    pub daemon_args: Vec<String>,
 }
 
 impl GuestShare {
@@ -125,6 +127,7 @@ impl GuestShare {
             tag: tag.to_owned(),
             spec: format!("tag={tag},dir={}", dir.as_ref().display()),
             request_queues: 1,
+            daemon_args: Vec::new(),
         }
     }
 
@@ -143,7 +146,15 @@ impl GuestShare {
                 store.as_ref().display()
             ),
             request_queues: 1,
+            daemon_args: Vec::new(),
         }
+    }
+
+    /// Passes `args` to the daemon too.
+    pub fn daemon_args(mut self, args: &[&str]) -> Self {
+        self.daemon_args
+            .extend(args.iter().map(|arg| (*arg).to_owned()));
+        self
     }
 
     /// Uses `n` request queues instead of one.
@@ -461,6 +472,7 @@ impl Daemon {
             .arg(&share.spec)
             .arg("--request-queues")
             .arg(share.request_queues.to_string())
+            .args(&share.daemon_args)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

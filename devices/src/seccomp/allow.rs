@@ -90,6 +90,11 @@ const EVENTS: &[i64] = &[
     libc::SYS_dup,
 ];
 
+/// `setxattrat`, `getxattrat`, `listxattrat` and `removexattrat` (Linux 6.13; libc has no
+/// names for them yet): a share whose root is its guest tree reaches extended attributes
+/// with them (`--sandbox chroot`).
+const SYS_XATTRAT: [i64; 4] = [463, 464, 465, 466];
+
 /// What the redirecting file system and fuse-backend-rs's passthrough layer call while
 /// serving FUSE requests: the share's files, their metadata and extended attributes, file
 /// handles, the credential switch around creations, the descriptor budget.
@@ -158,6 +163,10 @@ const FILE_SYSTEM: &[i64] = &[
     libc::SYS_llistxattr,
     libc::SYS_removexattr,
     libc::SYS_lremovexattr,
+    SYS_XATTRAT[0],
+    SYS_XATTRAT[1],
+    SYS_XATTRAT[2],
+    SYS_XATTRAT[3],
     libc::SYS_umask,
     libc::SYS_setresuid,
     libc::SYS_setresgid,

@@ -365,6 +365,10 @@ pub const SYSCALL_NAMES: &[(i64, &str)] = &[
     (448, "process_mrelease"),
     (449, "futex_waitv"),
     (450, "set_mempolicy_home_node"),
+    (463, "setxattrat"),
+    (464, "getxattrat"),
+    (465, "listxattrat"),
+    (466, "removexattrat"),
 ];
 
 /// The name of system call `number`, if it is a known x86_64 call.
