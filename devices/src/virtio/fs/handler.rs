@@ -187,10 +187,13 @@ where
 /// Serves every request available on `queue`, with notification suppression both ways;
 /// calls `interrupt` when the driver wants to hear of used chains.
 ///
-/// The driver is told of each batch of replies before the device turns kicks back on: a
-/// driver that queues its next request as soon as it hears of the last one then often finds
-/// the device still checking for more, and need not kick it. Whether more arrived is
-/// checked again after re-enabling (virtio 1.2 §2.7.10), so none is missed.
+/// The driver is told of a reply as soon as it wants to hear of it (its used event, checked
+/// after each chain), not at the end of a batch: a driver that queues its next request as
+/// soon as it hears of the last one then finds the device still draining the ring, which
+/// sees the new request without a kick. Told only at the end of each batch, a driver
+/// keeping 16 requests in flight had to kick once per 16 requests and wait for the device
+/// to wake each time. Whether more arrived is checked again after re-enabling kicks
+/// (virtio 1.2 §2.7.10), so none is missed.
 pub fn process_queue<F, M>(
     server: &F,
     mem: &M,
@@ -205,15 +208,13 @@ where
     loop {
         queue.disable_notification(mem).map_err(corrupt)?;
         check_avail_index(queue, mem)?;
-        let mut used_any = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
             let written = handle_chain(server, mem, chain);
             queue.add_used(mem, head, written).map_err(corrupt)?;
-            used_any = true;
-        }
-        if used_any && queue.needs_notification(mem).map_err(corrupt)? {
-            interrupt();
+            if queue.needs_notification(mem).map_err(corrupt)? {
+                interrupt();
+            }
         }
         if !queue.enable_notification(mem).map_err(corrupt)? {
             return Ok(());

@@ -827,3 +827,32 @@ fn a_driver_answering_the_interrupt_at_once_need_not_kick() {
     );
     assert_eq!(kicks_needed, 0, "the device was still draining the ring");
 }
+
+/// A driver that asked to hear of the first reply hears of it as soon as it is used, while
+/// the device still has requests of the same batch to serve, not once the batch is done:
+/// with several requests in flight it can queue more before the device runs dry, and need
+/// not kick.
+#[test]
+fn the_driver_hears_of_a_reply_before_the_rest_of_its_batch_is_served() {
+    let mut d = Driver::new();
+    d.queue.set_event_idx(true);
+    let mem = d.mem;
+    let used_idx = move || -> u16 { mem.read_obj(GuestAddress(USED_RING + 2)).unwrap() };
+    let set_used_event = move |idx: u16| {
+        let at = AVAIL_RING + 4 + 2 * u64::from(QUEUE_SIZE);
+        mem.write_obj(idx, GuestAddress(at)).unwrap();
+    };
+    for unique in 1..=3 {
+        d.push_request(&message(OP_GETATTR, FUSE_ROOT_ID, unique, &[0; 16]), 256);
+    }
+    set_used_event(0);
+    let mut used_at_interrupts = Vec::new();
+    let mut on_interrupt = || used_at_interrupts.push(used_idx());
+    process_queue(&d.server, mem, &mut d.queue, &mut on_interrupt).unwrap();
+    assert_eq!(used_idx(), 3, "every request served");
+    assert_eq!(
+        used_at_interrupts,
+        [1],
+        "one interrupt, right after the reply the driver asked to hear of"
+    );
+}
