@@ -244,6 +244,17 @@ impl VhostUserSummary {
     }
 }
 
+/// How the back-ends are started: their binaries and the sandbox both confined ones use.
+#[derive(Debug, Clone, Copy)]
+pub struct Launch<'a> {
+    /// The `hypervisor` binary.
+    pub hypervisor: &'a Path,
+    /// The virtiofsd binary, if there is one.
+    pub virtiofsd: Option<&'a Path>,
+    /// The `--sandbox` mode of virtiofsd and of ours (`namespace` or `chroot`).
+    pub sandbox: &'a str,
+}
+
 /// A back-end process serving one share on its socket.
 pub struct Backend {
     child: Child,
@@ -253,13 +264,11 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// Starts `peer` on `share` (with `store` for the redirecting share), listening on
-    /// `socket`, its output in `log`; returns once the socket is there.
+    /// Starts `peer` as `launch` says on `share` (with `store` for the redirecting share),
+    /// listening on `socket`, its output in `log`; returns once the socket is there.
     pub fn start(
         peer: Peer,
-        sandbox: &str,
-        hypervisor: &Path,
-        virtiofsd: Option<&Path>,
+        launch: Launch<'_>,
         share: &Path,
         store: &Path,
         socket: &Path,
@@ -267,14 +276,15 @@ impl Backend {
     ) -> Result<Backend> {
         let mut cmd = match peer {
             Peer::Virtiofsd => {
-                let bin =
-                    virtiofsd.ok_or_else(|| BenchError::Backend("no virtiofsd binary".into()))?;
+                let bin = launch
+                    .virtiofsd
+                    .ok_or_else(|| BenchError::Backend("no virtiofsd binary".into()))?;
                 let mut cmd = Command::new(bin);
                 cmd.arg("--socket-path")
                     .arg(socket)
                     .arg("--shared-dir")
                     .arg(share)
-                    .arg(format!("--sandbox={sandbox}"))
+                    .arg(format!("--sandbox={}", launch.sandbox))
                     .args(["--seccomp=kill", "--cache=auto", "--log-level=error"]);
                 cmd
             }
@@ -283,7 +293,7 @@ impl Backend {
                 if peer == Peer::OursRedirect {
                     spec.push_str(&format!(",store={}", store.display()));
                 }
-                let mut cmd = Command::new(hypervisor);
+                let mut cmd = Command::new(launch.hypervisor);
                 cmd.arg("vhost-user-fs")
                     .arg("--socket")
                     .arg(socket)
@@ -292,7 +302,7 @@ impl Backend {
                 if peer == Peer::OursUnconfined {
                     cmd.args(["--sandbox", "none", "--seccomp", "none"]);
                 } else {
-                    cmd.args(["--sandbox", sandbox]);
+                    cmd.args(["--sandbox", launch.sandbox]);
                 }
                 cmd
             }
@@ -634,12 +644,14 @@ pub fn run_target(peer: Peer, params: &VuParams, base: &Path) -> Result<RunFigur
         params.files,
         params.data_mib,
     )?;
-    let virtiofsd = params.virtiofsd.as_ref().ok().map(PathBuf::as_path);
+    let launch = Launch {
+        hypervisor: &params.hypervisor,
+        virtiofsd: params.virtiofsd.as_ref().ok().map(PathBuf::as_path),
+        sandbox: &params.sandbox,
+    };
     let backend = Backend::start(
         peer,
-        &params.sandbox,
-        &params.hypervisor,
-        virtiofsd,
+        launch,
         &share,
         &store,
         &base.join("vu.sock"),

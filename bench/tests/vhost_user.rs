@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bench::fuse_wire::{self, ROOT};
-use bench::vhost_bench::{file_contents, file_name, populate, Backend, Peer};
+use bench::vhost_bench::{file_contents, file_name, populate, Backend, Launch, Peer};
 use bench::vhost_frontend::{Call, FrontendConfig, VhostFrontend};
 use fuse_backend_rs::abi::fuse_abi::Opcode;
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
@@ -97,11 +97,14 @@ fn known_file_attributes(peer: Peer, depth: usize) -> Result<Completion, Failed>
     let store = tmp.path().join("store");
     let redirect = peer == Peer::OursRedirect;
     populate(&share, redirect.then_some(store.as_path()), FILES, 1)?;
+    let launch = Launch {
+        hypervisor: &hv,
+        virtiofsd: vfsd.as_deref(),
+        sandbox: "namespace",
+    };
     let backend = Backend::start(
         peer,
-        "namespace",
-        &hv,
-        vfsd.as_deref(),
+        launch,
         &share,
         &store,
         &tmp.path().join("vu.sock"),
