@@ -229,9 +229,18 @@ const CAUSE_VU_JOURNAL: &str = "waits on the host file system's journal: a redir
 or unlink changes the guest tree, the store and the intent log (a file created and removed), \
 several journaled changes where the passthrough makes one; the issue allows this as a named \
 miss.";
-const CAUSE_VU_PEER: &str = "per-request work of fuse-backend-rs's passthrough layer against \
-virtiofsd's (for LOOKUP: a reopen of the parent by file handle and two name_to_handle_at \
-calls), and the noise of this shared machine: compare the rounds' spread.";
+const CAUSE_VU_PEER: &str = "per-request work on our side: each request builds \
+fuse-backend-rs's Reader and Writer, two buffer lists of 64 slots (about 1.5 KiB each, past \
+glibc's per-thread cache, so each takes its arena's slow path): about 2,100 of the 10,000 \
+instructions of an in-process round trip of a request answered without any host call, the \
+driver's side included (callgrind, 2026-12-04); mimalloc in glibc's place took GETATTR at \
+16 in flight from 0.67-0.71 to 0.76 of virtiofsd and 4k READ nowhere, within this machine's \
+noise, and was not adopted. For LOOKUP by file handle, add a reopen of the parent and two \
+name_to_handle_at calls. Compare the rounds' spread.";
+const CAUSE_VU_WRITEBACK: &str = "the host's writeback, not the back-end: this figure is \
+mostly the final FSYNC of 256 MiB, and runs of the same code and options put its slow value \
+on one back-end or another (README, \"What the confinement costs\"); compare the other \
+back-ends and the 1-in-flight figure.";
 const CAUSE_VU_REDIRECT: &str = "the redirecting layer's own work on top of the passthrough \
 (namespace lock, node table, store descriptors; for a write, the stub's size and time).";
 
@@ -274,10 +283,10 @@ fn vhost_user_checks(v: &VhostUserSummary) -> Vec<Check> {
                 VIRTIOFSD,
                 &figure,
                 1.0,
-                if journal {
-                    CAUSE_VU_JOURNAL
-                } else {
-                    CAUSE_VU_PEER
+                match op {
+                    VuOp::Create | VuOp::Unlink => CAUSE_VU_JOURNAL,
+                    VuOp::SeqWrite => CAUSE_VU_WRITEBACK,
+                    _ => CAUSE_VU_PEER,
                 },
             );
             if journal {
