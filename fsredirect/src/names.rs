@@ -190,12 +190,16 @@ impl NameTable {
         let holder_b = self.by_name.remove(&key_b);
         // Two hard links of one inode swapped: the inode still has both names.
         if holder_a != holder_b {
-            if let Some(holder) = holder_a {
-                self.relink(holder, a, b);
-            }
-            if let Some(holder) = holder_b {
-                self.relink(holder, b, a);
-            }
+            let moved_a = holder_a.map_or(0, |holder| self.move_links(holder, a, b));
+            let moved_b = holder_b.map_or(0, |holder| self.move_links(holder, b, a));
+            // Every name each directory gains is counted before any it loses: a directory
+            // the kernel forgot, kept only for the one name below it that moves to the
+            // other directory, would otherwise leave the table before the name coming the
+            // other way is counted, and that name would lead nowhere.
+            self.add_children(b.0, moved_a);
+            self.add_children(a.0, moved_b);
+            self.drop_children(a.0, moved_a);
+            self.drop_children(b.0, moved_b);
         }
         if let Some(holder) = holder_a {
             self.by_name.insert(key_b, holder);
@@ -226,10 +230,19 @@ impl NameTable {
         }
     }
 
-    /// Replaces the link `from` of `inode` by `to` (not in the index).
+    /// Replaces the link `from` of `inode` by `to` (not in the index), and moves the child
+    /// count with it.
     fn relink(&mut self, inode: u64, from: (u64, &CStr), to: (u64, &CStr)) {
+        let moved = self.move_links(inode, from, to);
+        self.add_children(to.0, moved);
+        self.drop_children(from.0, moved);
+    }
+
+    /// Replaces the link `from` of `inode` by `to` in its links only (not in the index, not
+    /// in the child counts); returns how many links moved.
+    fn move_links(&mut self, inode: u64, from: (u64, &CStr), to: (u64, &CStr)) -> u64 {
         let Some(known) = self.inodes.get_mut(&inode) else {
-            return;
+            return 0;
         };
         self.visited += known.links.len() as u64;
         let mut moved = 0;
@@ -239,15 +252,22 @@ impl NameTable {
                 moved += 1;
             }
         }
-        for _ in 0..moved {
-            self.add_child(to.0);
-            self.drop_child(from.0);
-        }
+        moved
     }
 
     fn add_child(&mut self, parent: u64) {
+        self.add_children(parent, 1);
+    }
+
+    fn add_children(&mut self, parent: u64, count: u64) {
         if let Some(known) = self.inodes.get_mut(&parent) {
-            known.children += 1;
+            known.children += count;
+        }
+    }
+
+    fn drop_children(&mut self, parent: u64, count: u64) {
+        for _ in 0..count {
+            self.drop_child(parent);
         }
     }
 
@@ -337,8 +357,9 @@ impl NameTable {
     }
 
     /// [`NameTable::path`] through every known name, breadth first, when the first names do
-    /// not reach the root: a hard link's first known name may lie below a directory whose
-    /// own name the server never learnt (the guest moved it by another name).
+    /// not reach the root: a hard link's first known name may lie below a directory that has
+    /// lost its own name (a name changed on the host behind the server, say) while another
+    /// of its names still leads somewhere.
     fn path_by_any_names(&self, inode: u64) -> Option<Vec<CString>> {
         // For each inode reached: the inode below it and the name it has there.
         let mut below: HashMap<u64, Option<(u64, &CString)>> = HashMap::new();
@@ -568,6 +589,25 @@ mod tests {
         assert!(t.forget(3, 1));
         assert_eq!(released(&mut t), vec![(3, 1, true), (2, 1, true)]);
         assert_eq!(t.known(), 0);
+    }
+
+    /// Adversarial seed 0xe71b714fa3fa, reduced: directory 3, which the kernel forgot, stays
+    /// in the table only for the one name known below it (file 7 as "b"). RENAME_EXCHANGE
+    /// swaps that name with directory 2's ("a" in the root): directory 2 now lies below 3,
+    /// which must stay for it. Counting the name 3 loses before the one it gains dropped 3
+    /// from the table, and 2 had no path (a CREATE opening file 7 through it got ESTALE).
+    #[test]
+    fn an_exchange_counts_the_names_a_directory_gains_before_those_it_loses() {
+        let mut t = NameTable::default();
+        t.remember(3, ROOT_INODE, c"b");
+        t.remember(2, ROOT_INODE, c"a");
+        t.remember(7, 3, c"b");
+        assert!(t.forget(3, 1));
+        t.exchange((3, c"b"), (ROOT_INODE, c"a"));
+        assert!(t.holds(3), "directory 3 has a name below it again");
+        assert_eq!(join(&t.path(7).unwrap()), b"a");
+        assert_eq!(join(&t.path(2).unwrap()), b"b/b");
+        assert_eq!(join(&t.path_by_first_names(2).unwrap()), b"b/b");
     }
 
     #[test]

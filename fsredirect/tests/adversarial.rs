@@ -102,7 +102,8 @@ const SEEDS_HANDLES: &[u64] = &[
 /// WRITE answering ESTALE after its bytes landed (the open file's node forgotten), and
 /// 0xeb002ecacd38 a MKDIR answering EBADF after making the directory (a FORGET of its parent
 /// in flight). On e62ab65: 0xe71b714fa3fa a CREATE opening an existing hard link answering
-/// ESTALE (its first known name lay below a directory whose own name the server never saw).
+/// ESTALE (a RENAME_EXCHANGE moved the one name that kept a forgotten directory in the name
+/// table out of it before counting the name it moved in: names.rs, `exchange`).
 const SEEDS_PATHS: &[u64] = &[
     0x22556f313231,
     0xa8fe884cdf9e,
