@@ -766,6 +766,17 @@ fn an_ended_session_waits_for_init_again() {
     assert_still_serves(&mut driver);
 }
 
+/// The used ring's index, as the driver reads it.
+fn used_idx(mem: &GuestMemoryMmap<()>) -> u16 {
+    mem.read_obj(GuestAddress(USED_RING + 2)).unwrap()
+}
+
+/// Sets the driver's used event (EVENT_IDX): the used index past which it wants to hear.
+fn set_used_event(mem: &GuestMemoryMmap<()>, idx: u16) {
+    let at = AVAIL_RING + 4 + 2 * u64::from(QUEUE_SIZE);
+    mem.write_obj(idx, GuestAddress(at)).unwrap();
+}
+
 /// A driver that queues its next request as soon as it hears of the last reply (and asks to
 /// hear of the next) finds the device still draining the ring: the new request is served in
 /// the same pass, and the driver's EVENT_IDX check says it need not kick (virtio 1.2 §2.7.10).
@@ -774,14 +785,9 @@ fn a_driver_answering_the_interrupt_at_once_need_not_kick() {
     let mut d = Driver::new();
     d.queue.set_event_idx(true);
     let mem = d.mem;
-    let used_idx = move || -> u16 { mem.read_obj(GuestAddress(USED_RING + 2)).unwrap() };
     let avail_event = move || -> u16 {
         let at = USED_RING + 4 + 8 * u64::from(QUEUE_SIZE);
         mem.read_obj(GuestAddress(at)).unwrap()
-    };
-    let set_used_event = move |idx: u16| {
-        let at = AVAIL_RING + 4 + 2 * u64::from(QUEUE_SIZE);
-        mem.write_obj(idx, GuestAddress(at)).unwrap();
     };
     // Two requests in the table; only the first is available.
     d.push_request(&message(OP_GETATTR, FUSE_ROOT_ID, 1, &[0; 16]), 256);
@@ -797,7 +803,7 @@ fn a_driver_answering_the_interrupt_at_once_need_not_kick() {
         second_head + 1,
     );
     d.write_desc(second_head + 1, reply, 256, WRITE, 0);
-    set_used_event(0);
+    set_used_event(mem, 0);
 
     let mut interrupts = 0;
     let mut kicks_needed = 0;
@@ -808,7 +814,7 @@ fn a_driver_answering_the_interrupt_at_once_need_not_kick() {
         }
         // The driver's reaction: hear of the next reply too, queue the next request, and
         // kick only if the device asked for it.
-        set_used_event(used_idx());
+        set_used_event(mem, used_idx(mem));
         let old = mem.read_obj::<u16>(GuestAddress(AVAIL_RING + 2)).unwrap();
         let entry = AVAIL_RING + 4 + 2 * u64::from(old % QUEUE_SIZE);
         mem.write_obj(second_head, GuestAddress(entry)).unwrap();
@@ -820,7 +826,7 @@ fn a_driver_answering_the_interrupt_at_once_need_not_kick() {
         }
     };
     process_queue(&d.server, mem, &mut d.queue, &mut on_interrupt).unwrap();
-    assert_eq!(used_idx(), 2, "both requests served in one pass");
+    assert_eq!(used_idx(mem), 2, "both requests served in one pass");
     assert_eq!(
         interrupts, 2,
         "one interrupt per reply the driver asked to hear of"
@@ -837,19 +843,14 @@ fn the_driver_hears_of_a_reply_before_the_rest_of_its_batch_is_served() {
     let mut d = Driver::new();
     d.queue.set_event_idx(true);
     let mem = d.mem;
-    let used_idx = move || -> u16 { mem.read_obj(GuestAddress(USED_RING + 2)).unwrap() };
-    let set_used_event = move |idx: u16| {
-        let at = AVAIL_RING + 4 + 2 * u64::from(QUEUE_SIZE);
-        mem.write_obj(idx, GuestAddress(at)).unwrap();
-    };
     for unique in 1..=3 {
         d.push_request(&message(OP_GETATTR, FUSE_ROOT_ID, unique, &[0; 16]), 256);
     }
-    set_used_event(0);
+    set_used_event(mem, 0);
     let mut used_at_interrupts = Vec::new();
-    let mut on_interrupt = || used_at_interrupts.push(used_idx());
+    let mut on_interrupt = || used_at_interrupts.push(used_idx(mem));
     process_queue(&d.server, mem, &mut d.queue, &mut on_interrupt).unwrap();
-    assert_eq!(used_idx(), 3, "every request served");
+    assert_eq!(used_idx(mem), 3, "every request served");
     assert_eq!(
         used_at_interrupts,
         [1],
