@@ -186,17 +186,20 @@ impl ProcSelfFd {
         rc >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
     }
 
-    /// Reads attribute `name` of the file behind `fd` into `buf`; an empty `buf` asks only
-    /// for the value's size. Returns the value's length.
-    pub fn getxattr(&self, fd: &impl AsRawFd, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    /// Reads attribute `name` of the file behind `fd` into `buf`, replacing its contents, at
+    /// most its capacity (ERANGE if the value is longer); a capacity of 0 asks only for the
+    /// value's size. Returns the value's length.
+    pub fn getxattr(&self, fd: &impl AsRawFd, name: &CStr, buf: &mut Vec<u8>) -> io::Result<usize> {
         let entry = Self::entry(fd);
+        buf.clear();
+        let spare = buf.spare_capacity_mut();
         let mut args = XattrArgs {
-            value: buf.as_mut_ptr() as u64,
-            size: u32::try_from(buf.len()).unwrap_or(u32::MAX),
+            value: spare.as_mut_ptr() as u64,
+            size: u32::try_from(spare.len()).unwrap_or(u32::MAX),
             flags: 0,
         };
-        // SAFETY: NUL-terminated strings, and an xattr_args naming `buf` with its length,
-        // which the kernel writes at most.
+        // SAFETY: NUL-terminated strings, and an xattr_args naming `buf`'s spare capacity
+        // with its length, which the kernel writes at most.
         let rc = unsafe {
             libc::syscall(
                 SYS_GETXATTRAT,
@@ -208,7 +211,13 @@ impl ProcSelfFd {
                 std::mem::size_of::<XattrArgs>(),
             )
         };
-        syscall_len(rc)
+        let len = syscall_len(rc)?;
+        if buf.capacity() > 0 {
+            // SAFETY: the kernel wrote the value's `len` bytes at the start of the spare
+            // capacity, and `len` is at most the capacity (longer values fail with ERANGE).
+            unsafe { buf.set_len(len) };
+        }
+        Ok(len)
     }
 
     /// Sets attribute `name` of the file behind `fd` to `value`, with `setxattr(2)`'s
@@ -243,23 +252,32 @@ impl ProcSelfFd {
         syscall_len(rc).map(drop)
     }
 
-    /// Lists the attribute names of the file behind `fd` into `buf` (NUL-separated); an
-    /// empty `buf` asks only for the list's size. Returns the list's length.
-    pub fn listxattr(&self, fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
+    /// Lists the attribute names of the file behind `fd` into `buf` (NUL-separated),
+    /// replacing its contents, at most its capacity (ERANGE if the list is longer); a
+    /// capacity of 0 asks only for the list's size. Returns the list's length.
+    pub fn listxattr(&self, fd: &impl AsRawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
         let entry = Self::entry(fd);
-        // SAFETY: a NUL-terminated string, and `buf` with its length, which the kernel
-        // writes at most.
+        buf.clear();
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: a NUL-terminated string, and `buf`'s spare capacity with its length, which
+        // the kernel writes at most.
         let rc = unsafe {
             libc::syscall(
                 SYS_LISTXATTRAT,
                 self.0.as_raw_fd(),
                 entry.as_ptr(),
                 0,
-                buf.as_mut_ptr(),
-                buf.len(),
+                spare.as_mut_ptr(),
+                spare.len(),
             )
         };
-        syscall_len(rc)
+        let len = syscall_len(rc)?;
+        if buf.capacity() > 0 {
+            // SAFETY: the kernel wrote the list's `len` bytes at the start of the spare
+            // capacity, and `len` is at most the capacity (longer lists fail with ERANGE).
+            unsafe { buf.set_len(len) };
+        }
+        Ok(len)
     }
 
     /// Removes attribute `name` of the file behind `fd`.

@@ -45,13 +45,14 @@ impl RedirectFs {
             return self.inner.getxattr(&root_ctx(), inode, name, size);
         }
         let fd = self.node_descriptor(inode, at)?;
-        let mut buf = vec![0u8; size as usize];
+        let mut buf = Vec::with_capacity(size as usize);
         let len = self.proc.getxattr(&fd, name, &mut buf)?;
-        if size == 0 {
-            return Ok(GetxattrReply::Count(len as u32));
+        match size {
+            0 => Ok(GetxattrReply::Count(len as u32)),
+            // The capacity may exceed what was asked for: the guest's limit holds.
+            _ if len > size as usize => Err(errno(libc::ERANGE)),
+            _ => Ok(GetxattrReply::Value(buf)),
         }
-        buf.truncate(len);
-        Ok(GetxattrReply::Value(buf))
     }
 
     /// Sets attribute `name` of `inode` to `value` (`setxattr(2)`'s `flags`).
@@ -77,13 +78,13 @@ impl RedirectFs {
             return self.inner.listxattr(&root_ctx(), inode, size);
         }
         let fd = self.node_descriptor(inode, Reached::Known)?;
-        let mut buf = vec![0u8; size as usize];
+        let mut buf = Vec::with_capacity(size as usize);
         let len = self.proc.listxattr(&fd, &mut buf)?;
-        if size == 0 {
-            return Ok(ListxattrReply::Count(len as u32));
+        match size {
+            0 => Ok(ListxattrReply::Count(len as u32)),
+            _ if len > size as usize => Err(errno(libc::ERANGE)),
+            _ => Ok(ListxattrReply::Names(buf)),
         }
-        buf.truncate(len);
-        Ok(ListxattrReply::Names(buf))
     }
 
     /// Removes attribute `name` of `inode`.
