@@ -1,5 +1,5 @@
 //! Landlock: a file-serving thread may only reach files beneath the directories it serves
-//! (and read `/proc`, where the passthrough layer reopens its own descriptors), where the
+//! (and read `/proc/self/fd`, where the passthrough layer reopens its own descriptors), where the
 //! kernel has Landlock (Linux 5.13 and later, when enabled at boot). Elsewhere nothing is
 //! restricted, and the caller is told so.
 //!
@@ -17,8 +17,11 @@ use landlock::{
 /// rights it knows (best effort), and says so in the [`Enforcement`].
 const ASKED_ABI: ABI = ABI::V5;
 
-/// Where `/proc` is read from (reopening the thread's own descriptors).
-const PROC: &str = "/proc";
+/// The one part of `/proc` a file-serving thread reads: its process's descriptors, which it
+/// reopens through their magic links (a file reopened so is judged by where it is). The rest
+/// of `/proc` stays out of reach: another process's memory, environment or root, which a
+/// process with the same uid might otherwise read.
+const PROC_SELF_FD: &str = "/proc/self/fd";
 
 /// How much of the restriction the running kernel enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +46,7 @@ pub struct ConfineError {
 }
 
 /// Limits the calling thread, and the threads it starts later, to files beneath `dirs`
-/// (every right) and to reading `/proc`. Also sets no_new_privs.
+/// (every right) and to reading its process's `/proc/self/fd`. Also sets no_new_privs.
 pub fn restrict_thread_beneath(dirs: &[PathBuf]) -> Result<Enforcement, ConfineError> {
     let error = |detail: String| ConfineError {
         dirs: dirs
@@ -61,7 +64,7 @@ pub fn restrict_thread_beneath(dirs: &[PathBuf]) -> Result<Enforcement, ConfineE
         })
         .and_then(|ruleset| {
             ruleset.add_rules(path_beneath_rules(
-                [Path::new(PROC)],
+                [Path::new(PROC_SELF_FD)],
                 AccessFs::from_read(ASKED_ABI),
             ))
         })

@@ -1,6 +1,7 @@
 //! Landlock's limit on a file-serving thread ([`devices::confine`]): the limited thread
-//! reaches its directory and reads `/proc`, but not a file beside the directory, not
-//! through `..`, not `/etc/passwd`; other threads are not limited.
+//! reaches its directory and reads `/proc/self/fd`, but not a file beside the directory,
+//! not through `..`, not `/etc/passwd`, not the rest of `/proc`; other threads are not
+//! limited.
 //!
 //! Skipped, with the reason, on a kernel without Landlock.
 
@@ -61,6 +62,10 @@ fn limited_thread() -> Result<(), String> {
                 reached(&served_in.join("../beside.txt")),
             ),
             ("/etc/passwd", reached(std::path::Path::new("/etc/passwd"))),
+            (
+                "another part of /proc",
+                reached(std::path::Path::new("/proc/self/environ")),
+            ),
         ];
         let proc_readable = std::fs::read_dir("/proc/self/fd").is_ok();
         (enforcement, inside, escapes, proc_readable)

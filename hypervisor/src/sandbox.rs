@@ -43,9 +43,9 @@ pub enum SandboxMode {
     #[default]
     Namespace,
     /// The guest tree as the process's root (`chroot`), Landlock limiting it to the tree,
-    /// the store and reading `/proc`; no namespaces (for containers that refuse them). Only
-    /// for `vhost-user-fs`; needs root, Landlock and Linux 6.13 (extended attributes by
-    /// descriptor, since `/proc` is out of sight).
+    /// the store and reading its `/proc/self/fd`; no namespaces (for containers that refuse
+    /// them). Only for `vhost-user-fs`; needs root, Landlock and Linux 6.13 (extended
+    /// attributes by descriptor, since `/proc` is out of sight).
     Chroot,
     /// No sandbox: the process sees the host as its user does.
     None,
@@ -265,7 +265,7 @@ pub fn check_chroot_support() -> Result<(), SandboxError> {
 
 /// [`SandboxMode::Chroot`], once the share is open: limits the process (this thread and
 /// every thread it starts later) with Landlock to files beneath `landlocked` and to reading
-/// `/proc`, then takes `tree` as root and working directory, keeps only
+/// its `/proc/self/fd`, then takes `tree` as root and working directory, keeps only
 /// [`KEPT_CAPABILITIES`] (CAP_SYS_CHROOT and CAP_DAC_READ_SEARCH go) and sets
 /// no_new_privs. Call it before starting any thread.
 ///

@@ -46,7 +46,7 @@ const PLAIN_CHROOT: &str = "plain-chroot";
 const DEVICE: &str = "/dev/null";
 
 /// What the escape probes are called, in the child's output.
-const ESCAPES: [&str; 9] = [
+const ESCAPES: [&str; 10] = [
     "etc-passwd",
     "proc-1-root",
     "dotdot-from-root",
@@ -55,6 +55,7 @@ const ESCAPES: [&str; 9] = [
     "secret-by-dotdot-from-store",
     "etc-passwd-by-dotdot-from-proc",
     "etc-passwd-by-proc-1-root-from-proc",
+    "parent-environ-from-proc",
     "read-only-file-written",
 ];
 
@@ -194,6 +195,7 @@ fn plain_chroot() -> Result<(), String> {
     for name in [
         "secret-by-dotdot-from-store",
         "etc-passwd-by-dotdot-from-proc",
+        "parent-environ-from-proc",
         "share-works",
     ] {
         if !verdict(&results, name) {
@@ -256,6 +258,7 @@ fn unsandboxed() -> Result<(), String> {
         "secret-by-handle",
         "secret-by-dotdot-from-store",
         "etc-passwd-by-dotdot-from-proc",
+        "parent-environ-from-proc",
         "read-only-file-written",
         "share-works",
     ] {
@@ -356,6 +359,12 @@ fn probe_child(spec: &str) -> ! {
     report("etc-passwd-by-dotdot-from-proc", r, d);
     let (r, d) = read_at(&held.proc, "../../1/root/etc/passwd");
     report("etc-passwd-by-proc-1-root-from-proc", r, d);
+    // Another process of the same uid (the supervisor, or the test outside): its
+    // environment, as its memory would be.
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
+    let (r, d) = read_at(&held.proc, &format!("../../{parent}/environ"));
+    report("parent-environ-from-proc", r, d);
     let has = caps::has_cap(
         None,
         caps::CapSet::Effective,
