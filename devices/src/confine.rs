@@ -45,6 +45,27 @@ pub struct ConfineError {
     detail: String,
 }
 
+/// The kernel's Landlock ABI version (`landlock_create_ruleset(NULL, 0,
+/// LANDLOCK_CREATE_RULESET_VERSION)`), or why it has none (an older kernel, or Landlock not
+/// enabled at boot). Asks without restricting anything.
+pub fn kernel_abi() -> Result<i64, String> {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a null attribute pointer and size 0 the call only reports the ABI.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    if abi > 0 {
+        Ok(abi)
+    } else {
+        Err(std::io::Error::last_os_error().to_string())
+    }
+}
+
 /// Limits the calling thread, and the threads it starts later, to files beneath `dirs`
 /// (every right) and to reading its process's `/proc/self/fd`. Also sets no_new_privs.
 pub fn restrict_thread_beneath(dirs: &[PathBuf]) -> Result<Enforcement, ConfineError> {

@@ -8,29 +8,9 @@
 use devices::confine::{restrict_thread_beneath, Enforcement};
 use libtest_mimic::{Arguments, Failed, Trial};
 
-/// `landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)`: the kernel's
-/// Landlock ABI, or why there is none.
-fn landlock_abi() -> Result<i64, String> {
-    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
-    // SAFETY: with a null attribute pointer and size 0 the call only reports the ABI.
-    let abi = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            LANDLOCK_CREATE_RULESET_VERSION,
-        )
-    };
-    if abi > 0 {
-        Ok(abi)
-    } else {
-        Err(std::io::Error::last_os_error().to_string())
-    }
-}
-
 fn main() {
     let args = Arguments::from_args();
-    let abi = landlock_abi();
+    let abi = devices::confine::kernel_abi();
     if let Err(why) = &abi {
         println!("skipped, because this kernel has no Landlock ({why})");
     }

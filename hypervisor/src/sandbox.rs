@@ -239,21 +239,14 @@ pub fn enter(mode: SandboxMode, exposed: &[Exposed]) -> Result<Entered, SandboxE
     }
 }
 
-/// Fails unless this host can run [`SandboxMode::Chroot`]: as root, with Landlock enforced
-/// and the `*xattrat` calls (Linux 6.13). Landlock is tried on a thread of its own, which
-/// the restriction ends with; the caller is single-threaded again when this returns.
+/// Fails unless this host can run [`SandboxMode::Chroot`]: as root, with Landlock and the
+/// `*xattrat` calls (Linux 6.13).
 pub fn check_chroot_support() -> Result<(), SandboxError> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(SandboxError::NotRoot(SandboxMode::Chroot));
     }
-    let landlock = std::thread::spawn(|| {
-        devices::confine::restrict_thread_beneath(&[std::env::temp_dir()])
-            .is_ok_and(|e| e != devices::confine::Enforcement::None)
-    })
-    .join()
-    .unwrap_or(false);
-    if !landlock {
+    if devices::confine::kernel_abi().is_err() {
         return Err(SandboxError::NoLandlock);
     }
     let proc = fsredirect::beneath::ProcSelfFd::open().map_err(step("opening /proc/self/fd"))?;

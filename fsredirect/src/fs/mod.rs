@@ -1353,11 +1353,18 @@ impl RedirectFs {
     /// holds the namespace lock.
     fn open_dir_stream(&self, ctx: &Context, inode: u64) -> Option<DirStream> {
         let parts = self.state().names.path(inode)?;
-        let dir = self.open_known(&parts, libc::O_RDONLY | libc::O_DIRECTORY);
-        let dir = File::from(dir.ok()?);
-        let ours = crate::beneath::fstat(&dir).ok()?;
         let (node, _) = self.host_attr(ctx, inode).ok()?;
-        (ours.st_dev == node.st_dev && ours.st_ino == node.st_ino).then(|| DirStream::new(dir))
+        let dir = self.open_as_node(&parts, libc::O_RDONLY | libc::O_DIRECTORY, &node)?;
+        Some(DirStream::new(File::from(dir)))
+    }
+
+    /// Opens guest-tree path `parts` with `flags` ([`RedirectFs::open_known`]) if it leads
+    /// to the node whose attributes are `node` (same device and inode number): a path the
+    /// server knows may have changed behind its back. `None` otherwise.
+    fn open_as_node(&self, parts: &[CString], flags: i32, node: &libc::stat64) -> Option<OwnedFd> {
+        let fd = self.open_known(parts, flags).ok()?;
+        let ours = crate::beneath::fstat(&fd).ok()?;
+        (ours.st_dev == node.st_dev && ours.st_ino == node.st_ino).then_some(fd)
     }
 
     /// Opens the guest-tree path `parts` (the root if empty) with `flags`, one component at a

@@ -17,7 +17,6 @@ use std::os::fd::OwnedFd;
 use fuse_backend_rs::api::filesystem::{FileSystem, GetxattrReply, ListxattrReply};
 
 use super::{errno, root_ctx, RedirectFs};
-use crate::beneath::fstat;
 
 /// Where a node was just reached: a node not yet in the name table (in the middle of its
 /// LOOKUP or creation) has no known path of its own.
@@ -101,22 +100,23 @@ impl RedirectFs {
     /// found among the server's own descriptors; ESTALE if neither (the passthrough layer
     /// no longer holds the node).
     fn node_descriptor(&self, inode: u64, at: Reached<'_>) -> io::Result<OwnedFd> {
-        let (node, _) = self.inner.getattr(&root_ctx(), inode, None)?;
-        let same = |fd: &OwnedFd| {
-            fstat(fd).is_ok_and(|st| st.st_dev == node.st_dev && st.st_ino == node.st_ino)
-        };
+        let (node, _) = self.host_attr(&root_ctx(), inode)?;
+        let open = |parts: &[CString]| self.open_as_node(parts, libc::O_PATH, &node);
         let reached = match at {
             Reached::Known => None,
-            Reached::Child(parent, name) => self.state().names.child_path(parent, name),
-            Reached::Path(parts) => Some(parts.to_vec()),
-        };
-        let known = std::iter::once_with(|| self.state().names.path(inode)).flatten();
-        for parts in reached.into_iter().chain(known) {
-            if let Ok(fd) = self.open_known(&parts, libc::O_PATH) {
-                if same(&fd) {
-                    return Ok(fd);
-                }
+            Reached::Child(parent, name) => {
+                let parts = self.state().names.child_path(parent, name);
+                parts.and_then(|parts| open(&parts))
             }
+            Reached::Path(parts) => open(parts),
+        };
+        let known = || {
+            // The path is taken, and the state lock given back, before any host call.
+            let parts = self.state().names.path(inode);
+            parts.and_then(|parts| open(&parts))
+        };
+        if let Some(fd) = reached.or_else(known) {
+            return Ok(fd);
         }
         self.proc
             .find(node.st_dev, node.st_ino)?
