@@ -237,10 +237,10 @@ driver's side included (callgrind, 2026-12-04); mimalloc in glibc's place took G
 16 in flight from 0.67-0.71 to 0.76 of virtiofsd and 4k READ nowhere, within this machine's \
 noise, and was not adopted. For LOOKUP by file handle, add a reopen of the parent and two \
 name_to_handle_at calls. Compare the rounds' spread.";
-const CAUSE_VU_WRITEBACK: &str = "the host's writeback, not the back-end: this figure is \
-mostly the final FSYNC of 256 MiB, and runs of the same code and options put its slow value \
-on one back-end or another (README, \"What the confinement costs\"); compare the other \
-back-ends and the 1-in-flight figure.";
+const CAUSE_VU_WRITEBACK: &str = "the machine's memory, not the back-end: on a virtual \
+machine whose balloon reports free pages to its host, writes into page cache the host must \
+back afresh run at about a fifth of the usual rate, and that lands on whichever back-end \
+runs when the free memory is cold (compare the spreads of the other back-ends).";
 const CAUSE_VU_REDIRECT: &str = "the redirecting layer's own work on top of the passthrough \
 (namespace lock, node table, store descriptors; for a write, the stub's size and time).";
 

@@ -74,6 +74,8 @@ const RINGS: [RingLayout; 2] = [
 const SLOTS: u64 = 0x1_0000;
 const SLOT_STRIDE: u64 = 0x2000;
 const REPLY_CAP: u32 = 0x1000;
+/// Where a FORGET on the hiprio queue is built (between the slots and the data).
+const FORGET_AREA: u64 = SLOTS + SLOT_STRIDE * MAX_DEPTH as u64;
 /// Slot `s`'s READ or WRITE data at `DATA + s * MAX_IO`.
 const DATA: u64 = 0x4_0000;
 const MEM_SIZE: usize = DATA as usize + MAX_DEPTH * MAX_IO as usize;
@@ -409,6 +411,38 @@ impl VhostFrontend {
         }
         self.drain_interrupts()?;
         Ok(latencies)
+    }
+
+    /// FORGET `nlookup` lookups of `nodeid` on the hiprio queue, as a guest kernel does when
+    /// it drops an inode (at once for a file unlinked and closed). FORGET has no reply; this
+    /// returns once the back-end has used the request, so that a server holding a
+    /// descriptor per node has closed it before the next timed phase.
+    pub fn forget(&mut self, nodeid: u64, nlookup: u64) -> Result<()> {
+        self.unique += 1;
+        let body = fuse_wire::forget_in(nlookup);
+        let req = Request::new(Opcode::Forget, self.unique, nodeid, &body, 0);
+        self.mem
+            .write_slice(&req.bytes, GuestAddress(FORGET_AREA))
+            .map_err(mem_err)?;
+        let ring = &mut self.rings[HIPRIO];
+        ring.write_chain(&self.mem, 0, &[(FORGET_AREA, req.len(), 0)])?;
+        ring.push(&self.mem, 0)?;
+        if ring.publish(&self.mem)? {
+            self.kicks[HIPRIO]
+                .write(1)
+                .map_err(host_err("kick the hiprio queue"))?;
+        }
+        let start = Instant::now();
+        while self.rings[HIPRIO].pop_used(&self.mem)?.is_none() {
+            if start.elapsed() > REPLY_TIMEOUT {
+                return Err(BenchError::Driver(format!(
+                    "the back-end did not use a FORGET within {} s",
+                    REPLY_TIMEOUT.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        Ok(())
     }
 
     /// Sends one request and returns its reply (header included).
