@@ -229,14 +229,15 @@ const CAUSE_VU_JOURNAL: &str = "waits on the host file system's journal: a redir
 or unlink changes the guest tree, the store and the intent log (a file created and removed), \
 several journaled changes where the passthrough makes one; the issue allows this as a named \
 miss.";
-const CAUSE_VU_PEER: &str = "per-request work on our side: each request builds \
-fuse-backend-rs's Reader and Writer, two buffer lists of 64 slots (about 1.5 KiB each, past \
-glibc's per-thread cache, so each takes its arena's slow path): about 2,100 of the 10,000 \
-instructions of an in-process round trip of a request answered without any host call, the \
-driver's side included (callgrind, 2026-12-04); mimalloc in glibc's place took GETATTR at \
-16 in flight from 0.67-0.71 to 0.76 of virtiofsd and 4k READ nowhere, within this machine's \
-noise, and was not adopted. For LOOKUP by file handle, add a reopen of the parent and two \
-name_to_handle_at calls. Compare the rounds' spread.";
+const CAUSE_VU_PEER: &str = "per-request work on our side, most of it in the transport \
+layer we build on: of the 11,700 instructions the in-process device spends on a request \
+(callgrind, 2026-12-04, after the header is no longer read twice), building fuse-backend-rs's \
+Reader and Writer takes about 2,100 (two 64-slot buffer lists, each walking the chain), \
+writing a GETATTR reply 1,260 (each write through the Writer about 540), our file system's \
+GETATTR 2,970; mimalloc in glibc's place took GETATTR at 16 in flight from 0.67-0.71 to \
+0.76 of virtiofsd and 4k READ nowhere, within this machine's noise, and was not adopted. \
+For LOOKUP by file handle, add a reopen of the parent and two name_to_handle_at calls. \
+Compare the rounds' spread.";
 const CAUSE_VU_WRITEBACK: &str = "the machine's memory, not the back-end: on a virtual \
 machine whose balloon reports free pages to its host, writes into page cache the host must \
 back afresh run at about a fifth of the usual rate, and that lands on whichever back-end \

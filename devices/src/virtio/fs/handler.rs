@@ -10,7 +10,7 @@ use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::bitmap::BitmapSlice;
-use vm_memory::{ByteValued, GuestMemory};
+use vm_memory::{ByteValued, Bytes, GuestMemory};
 
 use crate::warn_limited;
 
@@ -21,9 +21,11 @@ const FUSE_BATCH_FORGET: u32 = 42;
 
 /// Something that answers one FUSE request read from `r` into `w`.
 pub trait FuseServer: Sync {
-    /// Handles one request; returns the number of reply bytes written.
+    /// Handles one request, whose header (also still in `r`) is `header`; returns the
+    /// number of reply bytes written.
     fn serve<S: BitmapSlice>(
         &self,
+        header: &InHeader,
         r: Reader<'_, S>,
         w: Writer<'_, S>,
     ) -> fuse_backend_rs::Result<usize>;
@@ -32,6 +34,7 @@ pub trait FuseServer: Sync {
 impl<F: FileSystem + Sync> FuseServer for Server<F> {
     fn serve<S: BitmapSlice>(
         &self,
+        _header: &InHeader,
         r: Reader<'_, S>,
         w: Writer<'_, S>,
     ) -> fuse_backend_rs::Result<usize> {
@@ -42,10 +45,11 @@ impl<F: FileSystem + Sync> FuseServer for Server<F> {
 impl<T: FuseServer + Send> FuseServer for std::sync::Arc<T> {
     fn serve<S: BitmapSlice>(
         &self,
+        header: &InHeader,
         r: Reader<'_, S>,
         w: Writer<'_, S>,
     ) -> fuse_backend_rs::Result<usize> {
-        (**self).serve(r, w)
+        (**self).serve(header, r, w)
     }
 }
 
@@ -83,13 +87,10 @@ impl<F: FileSystem + Sync> FuseSession<F> {
 impl<F: FileSystem + Sync> FuseServer for FuseSession<F> {
     fn serve<S: BitmapSlice>(
         &self,
+        header: &InHeader,
         r: Reader<'_, S>,
         mut w: Writer<'_, S>,
     ) -> fuse_backend_rs::Result<usize> {
-        let header: InHeader = r
-            .clone()
-            .read_obj()
-            .map_err(fuse_backend_rs::Error::DecodeMessage)?;
         match header.opcode {
             FUSE_INIT => {
                 let written = self.server.handle_message(r, w, None, None)?;
@@ -161,6 +162,7 @@ where
     F: FuseServer,
     M: GuestMemory,
 {
+    let header = peek_header(mem, &chain);
     let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
         Ok(reader) => reader,
         Err(err) => {
@@ -175,13 +177,27 @@ where
             return 0;
         }
     };
-    match server.serve(reader, writer) {
+    // A header split across descriptors (legal, if no driver does it) is read the slow way.
+    let Some(header) = header.or_else(|| reader.clone().read_obj().ok()) else {
+        warn_limited!("virtio-fs: dropping a request shorter than a FUSE header");
+        return 0;
+    };
+    match server.serve(&header, reader, writer) {
         Ok(written) => u32::try_from(written).unwrap_or(u32::MAX),
         Err(err) => {
             warn_limited!("virtio-fs: request failed: {err}");
             0
         }
     }
+}
+
+/// The request's FUSE header, when its first descriptor holds all of it: the session needs
+/// the opcode before the server reads the request, and this spares copying the reader (its
+/// list of buffers) to peek at it.
+fn peek_header<M: GuestMemory>(mem: &M, chain: &DescriptorChain<&M>) -> Option<InHeader> {
+    let first = chain.clone().next()?;
+    let whole = !first.is_write_only() && first.len() as usize >= size_of::<InHeader>();
+    whole.then(|| mem.read_obj(first.addr()).ok()).flatten()
 }
 
 /// Serves every request available on `queue`, with notification suppression both ways;

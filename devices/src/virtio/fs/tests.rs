@@ -471,6 +471,57 @@ fn header_shorter_than_declared_is_dropped() {
     assert_still_serves(&mut driver);
 }
 
+/// Sends `request` with its first `at` bytes in one descriptor and the rest in another.
+fn send_split(driver: &mut Driver, request: &[u8], at: usize) -> Reply {
+    let (head, tail) = request.split_at(at);
+    let first = driver.alloc(head.len());
+    let second = driver.alloc(tail.len());
+    let reply = driver.alloc(4096);
+    driver.mem.write_slice(head, GuestAddress(first)).unwrap();
+    driver.mem.write_slice(tail, GuestAddress(second)).unwrap();
+    driver.push_raw(&[
+        (first, head.len() as u32, NEXT, 1),
+        (second, tail.len() as u32, NEXT, 2),
+        (reply, 4096, WRITE, 0),
+    ]);
+    let used = driver.run_device().unwrap();
+    assert_eq!(used.len(), 1, "exactly one chain is used");
+    let mut bytes = vec![0u8; used[0].1 as usize];
+    driver
+        .mem
+        .read_slice(&mut bytes, GuestAddress(reply))
+        .unwrap();
+    Reply {
+        used_len: used[0].1,
+        bytes,
+    }
+}
+
+#[test]
+fn a_header_split_across_descriptors_is_read_whole() {
+    // The session reads the opcode from the first descriptor when it holds the whole
+    // header, and from the chain otherwise: an INIT split after 12 bytes must still open
+    // the session, and a GETATTR split inside its opcode must still be answered.
+    let mut driver = Driver::new();
+    let init = InitIn {
+        major: 7,
+        minor: 31,
+        max_readahead: 0x20000,
+        flags: 0,
+    };
+    let reply = send_split(&mut driver, &message(OP_INIT, 0, 1, init.as_slice()), 12);
+    assert_eq!(reply.errno(), 0, "a split INIT opens the session");
+
+    let reply = send_split(
+        &mut driver,
+        &message(OP_GETATTR, FUSE_ROOT_ID, 2, &[0u8; 16]),
+        5,
+    );
+    assert_eq!(reply.errno(), 0);
+    assert_eq!(reply.header().unique, 2);
+    assert_eq!(reply.used_len as usize, reply.header().len as usize);
+}
+
 #[test]
 fn declared_length_larger_than_the_chain_gets_an_error_or_is_dropped() {
     let mut driver = Driver::new();
