@@ -7,7 +7,7 @@
 //! for READ the reply header and the data in separate writable descriptors. Requests go one
 //! at a time (queue depth 1), so every figure is the latency of the device's request path.
 
-use devices::virtio::fs::handler::{process_queue, FuseSession};
+use devices::virtio::fs::handler::{process_queue, FuseSession, DEFAULT_BATCH_POLL};
 use fuse_backend_rs::abi::fuse_abi::{Opcode, WriteOut};
 use fuse_backend_rs::api::filesystem::FileSystem;
 use virtio_queue::{Queue, QueueT};
@@ -92,8 +92,14 @@ impl<F: FileSystem + Sync> Driver<F> {
         self.ring.push(&self.mem, 0)?;
         // The device runs right here, so whether it asked for a notification does not matter.
         self.ring.publish(&self.mem)?;
-        process_queue(&self.session, &self.mem, &mut self.queue, &mut || {})
-            .map_err(|e| BenchError::Driver(e.to_string()))?;
+        process_queue(
+            &self.session,
+            &self.mem,
+            &mut self.queue,
+            DEFAULT_BATCH_POLL,
+            &mut || {},
+        )
+        .map_err(|e| BenchError::Driver(e.to_string()))?;
         let Some((_, written)) = self.ring.pop_used(&self.mem)? else {
             return Err(BenchError::Driver(
                 "the device used no chain for a request".into(),

@@ -2,6 +2,7 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
+use std::time::Duration;
 
 use devices::virtio::fs::handler::{process_queue, FuseSession};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -93,7 +94,7 @@ fn serve_all(session: &FuseSession<Arc<share::Fs>>, mem: &GuestMemoryMmap<()>, d
         avail = avail.wrapping_add(1);
         write(&avail.to_le_bytes(), AVAIL_RING + 2);
         // A well-formed queue: only the requests can fail, and they are answered.
-        process_queue(session, mem, &mut queue, &mut || {})
+        process_queue(session, mem, &mut queue, Duration::ZERO, &mut || {})
             .expect("the fuzz queue stays consistent");
     }
 }

@@ -12,6 +12,7 @@
 //!     keep_listening: false,
 //!     seccomp: hypervisor::SeccompMode::Kill,
 //!     sandbox: hypervisor::sandbox::SandboxMode::Namespace,
+//!     batch_poll_us: 50,
 //! };
 //! // Until the front-end disconnects, or SIGINT/SIGTERM/SIGHUP.
 //! vhost_user::run(&args)?;
@@ -88,6 +89,13 @@ pub struct VhostUserFsArgs {
     /// (let it through; the kernel logs it, see dmesg), none (no filters)
     #[arg(long, value_name = "MODE", default_value = "kill", value_parser = crate::cli::parse_seccomp)]
     pub seccomp: SeccompMode,
+    /// How long, in microseconds, a queue that has just served several requests keeps
+    /// looking for the front-end's next ones before it asks to be kicked: spares a front-end
+    /// with many requests in flight a kick and a wake-up per batch, for up to this much CPU
+    /// time per batch. 0 turns it off (cores shared with the guest's vCPUs)
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub batch_poll_us: u64,
 }
 
 /// Errors of `hypervisor vhost-user-fs`.
@@ -172,6 +180,7 @@ pub fn serve(args: &VhostUserFsArgs, stop: &EventFd) -> Result<u8, VhostUserCmdE
         tag: share.tag.clone(),
         request_queues: args.request_queues,
         seccomp: args.seccomp,
+        batch_poll: std::time::Duration::from_micros(args.batch_poll_us),
         // Landlock only where inodes are not reached by file handle: on the test host's 6.1
         // kernel, a worker limited by Landlock and opening by handle took a path it never
         // takes otherwise (an ioctl its filter forbids); see the README, "Containment". In
@@ -417,6 +426,7 @@ mod tests {
             keep_listening: false,
             seccomp: SeccompMode::Kill,
             sandbox: SandboxMode::Namespace,
+            batch_poll_us: 50,
         };
 
         let stop = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();

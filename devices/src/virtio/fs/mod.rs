@@ -11,6 +11,7 @@ mod tests;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
+use std::time::Duration;
 
 use fuse_backend_rs::api::filesystem::FileSystem;
 use log::warn;
@@ -145,6 +146,8 @@ pub struct VirtioFs<F: FileSystem + Send + Sync + 'static> {
     /// Whether the workers run under a seccomp filter (then so does the thread that
     /// resets the device, a vCPU, which may not touch files).
     filtered: bool,
+    /// How long a queue looks for more requests after serving a batch.
+    batch_poll: Duration,
 }
 
 impl<F: FileSystem + Send + Sync + 'static> VirtioFs<F> {
@@ -183,7 +186,18 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFs<F> {
             filtered,
             threads,
             running: None,
+            batch_poll: handler::DEFAULT_BATCH_POLL,
         })
+    }
+
+    /// Sets how long a queue that has just served several requests keeps looking for the
+    /// driver's next ones before it asks to be kicked (default
+    /// [`handler::DEFAULT_BATCH_POLL`]; zero: never). Polling spares a driver with several
+    /// requests in flight a kick and a wake-up per batch, for up to this much CPU time per
+    /// batch; turn it off where the device's threads share their cores with the vCPUs.
+    pub fn with_batch_poll(mut self, batch_poll: Duration) -> Self {
+        self.batch_poll = batch_poll;
+        self
     }
 
     /// The tag the guest mounts.
@@ -243,6 +257,7 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioDevice for VirtioFs<F> {
                         interrupt: ctx.interrupt.clone(),
                         stop: worker_stop,
                         needs_reset: self.needs_reset.clone(),
+                        batch_poll: self.batch_poll,
                     };
                     let done = done.clone();
                     thread

@@ -5,6 +5,7 @@
 //! Then the same path fed hostile descriptors and malformed FUSE messages.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{
     CreateIn, EntryOut, ForgetIn, InHeader, InitIn, OpenIn, OpenOut, OutHeader, ReadIn, WriteIn,
@@ -201,7 +202,13 @@ impl Driver {
             mem.read_obj(GuestAddress(USED_RING + 2)).unwrap()
         };
         let before = used_idx(self.mem);
-        process_queue(&self.server, self.mem, &mut self.queue, &mut || {})?;
+        process_queue(
+            &self.server,
+            self.mem,
+            &mut self.queue,
+            Duration::ZERO,
+            &mut || {},
+        )?;
         let after = used_idx(self.mem);
         Ok((before..after)
             .map(|i| {
@@ -876,7 +883,14 @@ fn a_driver_answering_the_interrupt_at_once_need_not_kick() {
             kicks_needed += 1;
         }
     };
-    process_queue(&d.server, mem, &mut d.queue, &mut on_interrupt).unwrap();
+    process_queue(
+        &d.server,
+        mem,
+        &mut d.queue,
+        Duration::ZERO,
+        &mut on_interrupt,
+    )
+    .unwrap();
     assert_eq!(used_idx(mem), 2, "both requests served in one pass");
     assert_eq!(
         interrupts, 2,
@@ -900,11 +914,71 @@ fn the_driver_hears_of_a_reply_before_the_rest_of_its_batch_is_served() {
     set_used_event(mem, 0);
     let mut used_at_interrupts = Vec::new();
     let mut on_interrupt = || used_at_interrupts.push(used_idx(mem));
-    process_queue(&d.server, mem, &mut d.queue, &mut on_interrupt).unwrap();
+    process_queue(
+        &d.server,
+        mem,
+        &mut d.queue,
+        Duration::ZERO,
+        &mut on_interrupt,
+    )
+    .unwrap();
     assert_eq!(used_idx(mem), 3, "every request served");
     assert_eq!(
         used_at_interrupts,
         [1],
         "one interrupt, right after the reply the driver asked to hear of"
+    );
+}
+
+/// A queue that has just served a batch keeps watching the ring: a request the driver adds
+/// a while after it has seen the batch's replies is served in the same call, without a
+/// kick. With polling off, the call returns right after the batch, asking for a kick, long
+/// before the driver adds the request (the polling window is far longer than the wait, so
+/// the outcome does not depend on timing where polling works).
+#[test]
+fn after_a_batch_the_queue_waits_for_the_next_request_without_a_kick() {
+    let mut d = Driver::new();
+    d.queue.set_event_idx(true);
+    let mem = d.mem;
+    for unique in 1..=2 {
+        d.push_request(&message(OP_GETATTR, FUSE_ROOT_ID, unique, &[0; 16]), 256);
+    }
+    // The third request, in the table but not yet available.
+    let third = d.next_desc;
+    let request = message(OP_GETATTR, FUSE_ROOT_ID, 3, &[0; 16]);
+    let (req, reply) = (d.alloc(request.len()), d.alloc(256));
+    mem.write_slice(&request, GuestAddress(req)).unwrap();
+    d.write_desc(third, req, request.len() as u32, NEXT, third + 1);
+    d.write_desc(third + 1, reply, 256, WRITE, 0);
+
+    std::thread::scope(|s| {
+        let (server, queue) = (&d.server, &mut d.queue);
+        let device =
+            s.spawn(move || process_queue(server, mem, queue, Duration::from_secs(60), &mut || {}));
+        // The driver: a while after both replies are used, it makes the third available.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while used_idx(mem) < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the batch was not served"
+            );
+            std::thread::yield_now();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let avail = mem.read_obj::<u16>(GuestAddress(AVAIL_RING + 2)).unwrap();
+        let entry = AVAIL_RING + 4 + 2 * u64::from(avail % QUEUE_SIZE);
+        mem.write_obj(third, GuestAddress(entry)).unwrap();
+        mem.store(
+            avail.wrapping_add(1),
+            GuestAddress(AVAIL_RING + 2),
+            std::sync::atomic::Ordering::Release,
+        )
+        .unwrap();
+        device.join().unwrap().unwrap();
+    });
+    assert_eq!(
+        used_idx(mem),
+        3,
+        "the third request was served in the same call"
     );
 }

@@ -36,6 +36,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
+use std::time::Duration;
 
 use fuse_backend_rs::api::filesystem::FileSystem;
 use log::{debug, info, warn};
@@ -51,7 +52,7 @@ use vmm_sys_util::event::{
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::handler::{panic_text, process_queue, FuseSession};
+use super::handler::{panic_text, process_queue, FuseSession, DEFAULT_BATCH_POLL};
 use super::WorkerConfinement;
 use super::{config_space, FsDeviceError, MAX_TAG_LEN};
 use crate::seccomp::SeccompMode;
@@ -134,6 +135,8 @@ pub struct VhostUserFsBackend<F: FileSystem + Send + Sync + 'static> {
     greeted: AtomicBool,
     /// How each queue worker confines itself before serving its first kick.
     confinement: WorkerConfinement,
+    /// How long a queue looks for more requests after serving a batch.
+    batch_poll: Duration,
 }
 
 thread_local! {
@@ -169,7 +172,16 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserFsBackend<F> {
             greeting: None,
             greeted: AtomicBool::new(false),
             confinement: WorkerConfinement::default(),
+            batch_poll: DEFAULT_BATCH_POLL,
         })
+    }
+
+    /// Sets how long a queue that has just served several requests keeps looking for the
+    /// front-end's next ones before it asks to be kicked (default [`DEFAULT_BATCH_POLL`];
+    /// zero: never).
+    pub fn with_batch_poll(mut self, batch_poll: Duration) -> Self {
+        self.batch_poll = batch_poll;
+        self
     }
 
     /// Makes each queue worker (a thread vhost-user-backend starts) confine itself as
@@ -333,7 +345,8 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VhostUserFsBack
         // panicked, so a queue's size in passes serves it all; past that, the next kick.
         for _ in 0..=virtio_queue::QueueT::size(state.get_queue()) {
             let served = catch_unwind(AssertUnwindSafe(|| {
-                process_queue(&self.server, &*mem, state.get_queue_mut(), &mut signal)
+                let queue = state.get_queue_mut();
+                process_queue(&self.server, &*mem, queue, self.batch_poll, &mut signal)
             }));
             match served {
                 Ok(Ok(())) => {}
@@ -415,6 +428,10 @@ pub struct DaemonConfig {
     /// The only directories whose files the queue workers may reach (Landlock, where the
     /// kernel has it): the share's guest tree and store. Empty: no such limit.
     pub beneath: Vec<PathBuf>,
+    /// How long a queue that has just served several requests keeps looking for the
+    /// front-end's next ones before it asks to be kicked ([`DEFAULT_BATCH_POLL`]; zero:
+    /// never).
+    pub batch_poll: Duration,
 }
 
 impl DaemonConfig {
@@ -426,6 +443,7 @@ impl DaemonConfig {
             request_queues: 1,
             seccomp: SeccompMode::Kill,
             beneath: Vec::new(),
+            batch_poll: DEFAULT_BATCH_POLL,
         }
     }
 }
@@ -574,7 +592,8 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserFsDaemon<F> {
         .confined(WorkerConfinement {
             seccomp: self.config.seccomp,
             beneath: self.config.beneath.clone(),
-        });
+        })
+        .with_batch_poll(self.config.batch_poll);
         let mut daemon = VhostUserDaemon::new(
             format!("vhost-user-fs-{}", self.config.tag),
             Arc::new(backend),

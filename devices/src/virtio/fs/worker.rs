@@ -37,6 +37,9 @@ pub struct Worker<F: FileSystem + Send + Sync> {
     pub stop: EventFd,
     /// Set when the driver broke the queue; the device then reports NEEDS_RESET.
     pub needs_reset: NeedsReset,
+    /// How long the queue looks for more requests after serving a batch
+    /// ([`super::handler::process_queue`]).
+    pub batch_poll: std::time::Duration,
 }
 
 enum Wake {
@@ -75,7 +78,8 @@ impl<F: FileSystem + Send + Sync> Worker<F> {
                     warn!("virtio-fs queue {index}: cannot interrupt the guest: {err}");
                 }
             };
-            match process_queue(&self.server, &self.mem, &mut self.queue.queue, &mut signal) {
+            let queue = &mut self.queue.queue;
+            match process_queue(&self.server, &self.mem, queue, self.batch_poll, &mut signal) {
                 Ok(()) => {}
                 Err(err) => {
                     warn!(
@@ -331,6 +335,7 @@ mod tests {
             interrupt: Arc::new(MmioInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
             stop: stop.try_clone().unwrap(),
             needs_reset: needs_reset.clone(),
+            batch_poll: std::time::Duration::ZERO,
         };
         let (done, served) = mpsc::channel();
         assert!(thread.send(Command::Serve { worker, done }));
