@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use devices::seccomp::{SeccompError, SeccompMode, ThreadRole};
+use devices::virtio::fs::handler::DEFAULT_BATCH_POLL;
 use devices::virtio::fs::vhost_user::{
     DaemonConfig, DaemonEvent, ServeEnd, VhostUserFsDaemon, VhostUserFsError,
 };
@@ -93,7 +94,8 @@ pub struct VhostUserFsArgs {
     /// looking for the front-end's next ones before it asks to be kicked: spares a front-end
     /// with many requests in flight a kick and a wake-up per batch, for up to this much CPU
     /// time per batch. 0 turns it off (cores shared with the guest's vCPUs)
-    #[arg(long, value_name = "MICROSECONDS", default_value_t = 50,
+    #[arg(long, value_name = "MICROSECONDS",
+          default_value_t = DEFAULT_BATCH_POLL.as_micros() as u64,
           value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub batch_poll_us: u64,
 }

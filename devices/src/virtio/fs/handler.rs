@@ -246,7 +246,7 @@ where
             let head = chain.head_index();
             let written = handle_chain(server, mem, chain);
             queue.add_used(mem, head, written).map_err(corrupt)?;
-            served += 1;
+            served = served.saturating_add(1);
             if queue.needs_notification(mem).map_err(corrupt)? {
                 interrupt();
             }
