@@ -127,16 +127,24 @@ fn serve(peer: Peer) -> Result<Served, Result<Completion, Failed>> {
     start().map_err(Err)
 }
 
-/// Starts `peer` on a share of known files and checks what the driver reads back.
-fn known_file_attributes(peer: Peer, depth: usize) -> Result<Completion, Failed> {
+/// Runs `test` on `peer` serving a fresh share, or says why it cannot run here.
+fn with_served(
+    peer: Peer,
+    test: impl FnOnce(Served) -> Result<Completion, Failed>,
+) -> Result<Completion, Failed> {
+    match serve(peer) {
+        Ok(served) => test(served),
+        Err(outcome) => outcome,
+    }
+}
+
+/// Checks what the driver reads back of a known file from `peer`.
+fn known_file_attributes(served: Served, peer: Peer, depth: usize) -> Result<Completion, Failed> {
     let Served {
         tmp,
         backend,
         mut fe,
-    } = match serve(peer) {
-        Ok(served) => served,
-        Err(outcome) => return outcome,
-    };
+    } = served;
     let share = tmp.path().join("share");
     let redirect = peer == Peer::OursRedirect;
 
@@ -207,15 +215,12 @@ fn held_after_unlink(path: &Path) -> usize {
 /// A file created, written, released and unlinked is let go by the back-end once the
 /// driver FORGETs it, as a guest kernel does: the benchmark's sequential writes rely on it
 /// (a back-end holding a descriptor per node would keep 256 MiB of page cache otherwise).
-fn forget_lets_an_unlinked_file_go(peer: Peer) -> Result<Completion, Failed> {
+fn forget_lets_an_unlinked_file_go(served: Served, peer: Peer) -> Result<Completion, Failed> {
     let Served {
         tmp,
         backend,
         mut fe,
-    } = match serve(peer) {
-        Ok(served) => served,
-        Err(outcome) => return outcome,
-    };
+    } = served;
     let reply = fe.call(Opcode::Create, ROOT, &fuse_wire::create_in("gone"))?;
     let (entry, fh) = fuse_wire::create_out(&reply)?;
     fe.pipeline(
@@ -254,7 +259,7 @@ fn main() {
                 peer.name().replace(' ', "_")
             );
             trials.push(Trial::ignorable_test(name, move || {
-                known_file_attributes(peer, depth)
+                with_served(peer, |served| known_file_attributes(served, peer, depth))
             }));
         }
     }
@@ -264,7 +269,7 @@ fn main() {
             peer.name().replace(' ', "_")
         );
         trials.push(Trial::ignorable_test(name, move || {
-            forget_lets_an_unlinked_file_go(peer)
+            with_served(peer, |served| forget_lets_an_unlinked_file_go(served, peer))
         }));
     }
     libtest_mimic::run(&args, trials).exit();

@@ -202,13 +202,7 @@ impl Driver {
             mem.read_obj(GuestAddress(USED_RING + 2)).unwrap()
         };
         let before = used_idx(self.mem);
-        process_queue(
-            &self.server,
-            self.mem,
-            &mut self.queue,
-            Duration::ZERO,
-            &mut || {},
-        )?;
+        self.serve_queue(&mut || {})?;
         let after = used_idx(self.mem);
         Ok((before..after)
             .map(|i| {
@@ -218,6 +212,17 @@ impl Driver {
                 (id, len)
             })
             .collect())
+    }
+
+    /// Runs the device's queue loop once, without polling after batches.
+    fn serve_queue(&mut self, interrupt: &mut dyn FnMut()) -> Result<(), QueueError> {
+        process_queue(
+            &self.server,
+            self.mem,
+            &mut self.queue,
+            Duration::ZERO,
+            interrupt,
+        )
     }
 
     /// Sends one FUSE request and returns the reply.
@@ -835,6 +840,37 @@ fn set_used_event(mem: &GuestMemoryMmap<()>, idx: u16) {
     mem.write_obj(idx, GuestAddress(at)).unwrap();
 }
 
+impl Driver {
+    /// Writes GETATTR `unique` of the root and its reply buffer into the next two
+    /// descriptors without making them available; returns the chain's head.
+    fn stage_getattr(&mut self, unique: u64) -> u16 {
+        let head = self.next_desc;
+        let request = message(OP_GETATTR, FUSE_ROOT_ID, unique, &[0; 16]);
+        let (req, reply) = (self.alloc(request.len()), self.alloc(256));
+        self.mem.write_slice(&request, GuestAddress(req)).unwrap();
+        self.write_desc(head, req, request.len() as u32, NEXT, head + 1);
+        self.write_desc(head + 1, reply, 256, WRITE, 0);
+        self.next_desc = head + 2;
+        head
+    }
+}
+
+/// Makes chain `head` available as a driver does (the ring entry, then the index, released);
+/// returns the available index before and after.
+fn make_available(mem: &GuestMemoryMmap<()>, head: u16) -> (u16, u16) {
+    let old = mem.read_obj::<u16>(GuestAddress(AVAIL_RING + 2)).unwrap();
+    let entry = AVAIL_RING + 4 + 2 * u64::from(old % QUEUE_SIZE);
+    mem.write_obj(head, GuestAddress(entry)).unwrap();
+    let new = old.wrapping_add(1);
+    mem.store(
+        new,
+        GuestAddress(AVAIL_RING + 2),
+        std::sync::atomic::Ordering::Release,
+    )
+    .unwrap();
+    (old, new)
+}
+
 /// A driver that queues its next request as soon as it hears of the last reply (and asks to
 /// hear of the next) finds the device still draining the ring: the new request is served in
 /// the same pass, and the driver's EVENT_IDX check says it need not kick (virtio 1.2 §2.7.10).
@@ -849,18 +885,7 @@ fn a_driver_answering_the_interrupt_at_once_need_not_kick() {
     };
     // Two requests in the table; only the first is available.
     d.push_request(&message(OP_GETATTR, FUSE_ROOT_ID, 1, &[0; 16]), 256);
-    let second_head = d.next_desc;
-    let request = message(OP_GETATTR, FUSE_ROOT_ID, 2, &[0; 16]);
-    let (req, reply) = (d.alloc(request.len()), d.alloc(256));
-    mem.write_slice(&request, GuestAddress(req)).unwrap();
-    d.write_desc(
-        second_head,
-        req,
-        request.len() as u32,
-        NEXT,
-        second_head + 1,
-    );
-    d.write_desc(second_head + 1, reply, 256, WRITE, 0);
+    let second_head = d.stage_getattr(2);
     set_used_event(mem, 0);
 
     let mut interrupts = 0;
@@ -873,24 +898,13 @@ fn a_driver_answering_the_interrupt_at_once_need_not_kick() {
         // The driver's reaction: hear of the next reply too, queue the next request, and
         // kick only if the device asked for it.
         set_used_event(mem, used_idx(mem));
-        let old = mem.read_obj::<u16>(GuestAddress(AVAIL_RING + 2)).unwrap();
-        let entry = AVAIL_RING + 4 + 2 * u64::from(old % QUEUE_SIZE);
-        mem.write_obj(second_head, GuestAddress(entry)).unwrap();
-        let new = old.wrapping_add(1);
-        mem.write_obj(new, GuestAddress(AVAIL_RING + 2)).unwrap();
+        let (old, new) = make_available(mem, second_head);
         let event = avail_event();
         if new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old) {
             kicks_needed += 1;
         }
     };
-    process_queue(
-        &d.server,
-        mem,
-        &mut d.queue,
-        Duration::ZERO,
-        &mut on_interrupt,
-    )
-    .unwrap();
+    d.serve_queue(&mut on_interrupt).unwrap();
     assert_eq!(used_idx(mem), 2, "both requests served in one pass");
     assert_eq!(
         interrupts, 2,
@@ -914,14 +928,7 @@ fn the_driver_hears_of_a_reply_before_the_rest_of_its_batch_is_served() {
     set_used_event(mem, 0);
     let mut used_at_interrupts = Vec::new();
     let mut on_interrupt = || used_at_interrupts.push(used_idx(mem));
-    process_queue(
-        &d.server,
-        mem,
-        &mut d.queue,
-        Duration::ZERO,
-        &mut on_interrupt,
-    )
-    .unwrap();
+    d.serve_queue(&mut on_interrupt).unwrap();
     assert_eq!(used_idx(mem), 3, "every request served");
     assert_eq!(
         used_at_interrupts,
@@ -944,12 +951,7 @@ fn after_a_batch_the_queue_waits_for_the_next_request_without_a_kick() {
         d.push_request(&message(OP_GETATTR, FUSE_ROOT_ID, unique, &[0; 16]), 256);
     }
     // The third request, in the table but not yet available.
-    let third = d.next_desc;
-    let request = message(OP_GETATTR, FUSE_ROOT_ID, 3, &[0; 16]);
-    let (req, reply) = (d.alloc(request.len()), d.alloc(256));
-    mem.write_slice(&request, GuestAddress(req)).unwrap();
-    d.write_desc(third, req, request.len() as u32, NEXT, third + 1);
-    d.write_desc(third + 1, reply, 256, WRITE, 0);
+    let third = d.stage_getattr(3);
 
     std::thread::scope(|s| {
         let (server, queue) = (&d.server, &mut d.queue);
@@ -965,15 +967,7 @@ fn after_a_batch_the_queue_waits_for_the_next_request_without_a_kick() {
             std::thread::yield_now();
         }
         std::thread::sleep(Duration::from_millis(100));
-        let avail = mem.read_obj::<u16>(GuestAddress(AVAIL_RING + 2)).unwrap();
-        let entry = AVAIL_RING + 4 + 2 * u64::from(avail % QUEUE_SIZE);
-        mem.write_obj(third, GuestAddress(entry)).unwrap();
-        mem.store(
-            avail.wrapping_add(1),
-            GuestAddress(AVAIL_RING + 2),
-            std::sync::atomic::Ordering::Release,
-        )
-        .unwrap();
+        make_available(mem, third);
         device.join().unwrap().unwrap();
     });
     assert_eq!(
