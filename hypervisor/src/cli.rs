@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use devices::virtio::fs::handler::DEFAULT_BATCH_POLL;
 use fsredirect::ShareSpec;
 
 use crate::config::{self, ConfigError, VmConfig, DEFAULT_CMDLINE};
@@ -104,6 +105,14 @@ pub struct RunArgs {
     /// file handles, their workers limited by Landlock; capabilities cut; needs root)
     #[arg(long, value_name = "MODE", default_value = "none", value_parser = parse_vmm_sandbox)]
     pub sandbox: SandboxMode,
+    /// How long, in microseconds, a share's queue that has just served several requests keeps
+    /// looking for the guest's next ones before it asks to be kicked: spares a guest with many
+    /// requests in flight a kick (a VM exit) and a wake-up per batch, for up to this much CPU
+    /// time per batch. 0 turns it off (cores shared with the vCPUs)
+    #[arg(long, value_name = "MICROSECONDS",
+          default_value_t = DEFAULT_BATCH_POLL.as_micros() as u64,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub fs_batch_poll_us: u64,
 }
 
 /// Parses a `--sandbox` value, for clap.
@@ -157,6 +166,7 @@ impl RunArgs {
         let mut builder = VmConfig::builder(kernel)
             .allow_software_kvm(self.allow_software_kvm)
             .seccomp(self.seccomp)
+            .fs_batch_poll(std::time::Duration::from_micros(self.fs_batch_poll_us))
             .cmdline(cmdline)
             .mem_size(self.mem)
             .vcpus(self.vcpus);
@@ -243,6 +253,16 @@ mod tests {
                 .contains("chroot is for `hypervisor vhost-user-fs` only"),
             "{chroot}"
         );
+    }
+
+    #[test]
+    fn share_queues_poll_after_a_batch_unless_told_not_to() {
+        let default = parse(&[]).run_args().to_config().unwrap();
+        assert_eq!(default.fs_batch_poll, DEFAULT_BATCH_POLL);
+        let off = parse(&["--fs-batch-poll-us", "0"]).run_args().to_config();
+        assert_eq!(off.unwrap().fs_batch_poll, std::time::Duration::ZERO);
+        let long = Cli::try_parse_from(["hypervisor", "--fs-batch-poll-us", "20000"]).unwrap_err();
+        assert!(long.to_string().contains("0..=10000"), "{long}");
     }
 
     #[test]

@@ -3,8 +3,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use devices::seccomp::SeccompMode;
+use devices::virtio::fs::handler::DEFAULT_BATCH_POLL;
 use fsredirect::{FsConfig, ShareSpec};
 
 use crate::boot::mptable::MAX_CPUS;
@@ -143,6 +145,10 @@ pub struct VmConfig {
     /// themselves with Landlock to their tree and store: what a process without
     /// CAP_DAC_READ_SEARCH does, such as one in the sandbox (`hypervisor run --sandbox`).
     pub share_file_handles: bool,
+    /// How long a share's queue that has just served several requests keeps looking for the
+    /// guest's next ones before it asks to be kicked (default [`DEFAULT_BATCH_POLL`]; zero:
+    /// never). See `devices::virtio::fs::VirtioFs::with_batch_poll`.
+    pub fs_batch_poll: Duration,
 }
 
 impl VmConfig {
@@ -182,6 +188,7 @@ pub struct VmConfigBuilder {
     allow_software_kvm: bool,
     seccomp: SeccompMode,
     share_file_handles: Option<bool>,
+    fs_batch_poll: Option<Duration>,
 }
 
 impl VmConfigBuilder {
@@ -189,6 +196,13 @@ impl VmConfigBuilder {
     /// [`SeccompMode::Kill`]; [`SeccompMode::None`] installs none).
     pub fn seccomp(mut self, mode: SeccompMode) -> Self {
         self.seccomp = mode;
+        self
+    }
+
+    /// Sets how long a share's queue polls for more requests after a batch (default
+    /// [`DEFAULT_BATCH_POLL`]; zero turns it off); see [`VmConfig::fs_batch_poll`].
+    pub fn fs_batch_poll(mut self, poll: Duration) -> Self {
+        self.fs_batch_poll = Some(poll);
         self
     }
 
@@ -281,6 +295,7 @@ impl VmConfigBuilder {
             share_file_handles: self
                 .share_file_handles
                 .unwrap_or_else(|| FsConfig::default().inode_file_handles),
+            fs_batch_poll: self.fs_batch_poll.unwrap_or(DEFAULT_BATCH_POLL),
         })
     }
 }

@@ -4,6 +4,7 @@
 //! command line (`virtio_mmio.device=4K@BASE:IRQ`).
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use devices::bus::Bus;
 use devices::seccomp::SeccompMode;
@@ -16,6 +17,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::layout::{VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
 use crate::vm::{host_err, kvm_err, VmError};
+use crate::VmConfig;
 
 /// Interrupt lines for virtio-mmio devices: the IOAPIC pins no legacy
 /// device uses (4 is COM1, 8 the RTC, 12 the PS/2 mouse, 14/15 IDE).
@@ -32,25 +34,23 @@ pub struct VirtioPlacer<'a> {
     mem: GuestMemory,
     seccomp: SeccompMode,
     file_handles: bool,
+    fs_batch_poll: Duration,
     next: usize,
     /// Kernel parameters announcing the devices placed so far.
     pub cmdline: Vec<String>,
 }
 
 impl<'a> VirtioPlacer<'a> {
-    /// Starts placing devices in the VM behind `vm_fd`; shares reach inodes by file handle if
-    /// `file_handles` (see [`crate::VmConfig::share_file_handles`]).
-    pub fn new(
-        vm_fd: &'a VmFd,
-        mem: GuestMemory,
-        seccomp: SeccompMode,
-        file_handles: bool,
-    ) -> Self {
+    /// Starts placing devices in the VM behind `vm_fd`, as `config` says: its seccomp mode,
+    /// whether shares reach inodes by file handle ([`crate::VmConfig::share_file_handles`])
+    /// and how long their queues poll after a batch ([`crate::VmConfig::fs_batch_poll`]).
+    pub fn new(vm_fd: &'a VmFd, mem: GuestMemory, config: &VmConfig) -> Self {
         Self {
             vm_fd,
             mem,
-            seccomp,
-            file_handles,
+            seccomp: config.seccomp,
+            file_handles: config.share_file_handles,
+            fs_batch_poll: config.fs_batch_poll,
             next: 0,
             cmdline: Vec::new(),
         }
@@ -111,7 +111,8 @@ impl<'a> VirtioPlacer<'a> {
             beneath,
         };
         let device = VirtioFs::confined(&share.tag, 1, Arc::new(fs), confinement)
-            .map_err(VmError::FsDevice)?;
+            .map_err(VmError::FsDevice)?
+            .with_batch_poll(self.fs_batch_poll);
         self.place(bus, device)?;
         let mode = match &share.store {
             Some(store) => format!(

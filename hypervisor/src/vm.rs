@@ -442,12 +442,7 @@ impl Machine {
             legacy::EXIT_PORT_LEN.into(),
         )?;
         let mut mmio_bus = Bus::new();
-        let mut placer = VirtioPlacer::new(
-            vm_fd,
-            mem.clone(),
-            config.seccomp,
-            config.share_file_handles,
-        );
+        let mut placer = VirtioPlacer::new(vm_fd, mem.clone(), config);
         for share in &config.shares {
             placer.place_share(&mut mmio_bus, share)?;
         }
