@@ -191,33 +191,26 @@ impl ProcSelfFd {
     /// value's size. Returns the value's length.
     pub fn getxattr(&self, fd: &impl AsRawFd, name: &CStr, buf: &mut Vec<u8>) -> io::Result<usize> {
         let entry = Self::entry(fd);
-        buf.clear();
-        let spare = buf.spare_capacity_mut();
-        let mut args = XattrArgs {
-            value: spare.as_mut_ptr() as u64,
-            size: u32::try_from(spare.len()).unwrap_or(u32::MAX),
-            flags: 0,
-        };
-        // SAFETY: NUL-terminated strings, and an xattr_args naming `buf`'s spare capacity
-        // with its length, which the kernel writes at most.
-        let rc = unsafe {
-            libc::syscall(
-                SYS_GETXATTRAT,
-                self.0.as_raw_fd(),
-                entry.as_ptr(),
-                0,
-                name.as_ptr(),
-                &mut args as *mut XattrArgs,
-                std::mem::size_of::<XattrArgs>(),
-            )
-        };
-        let len = syscall_len(rc)?;
-        if buf.capacity() > 0 {
-            // SAFETY: the kernel wrote the value's `len` bytes at the start of the spare
-            // capacity, and `len` is at most the capacity (longer values fail with ERANGE).
-            unsafe { buf.set_len(len) };
-        }
-        Ok(len)
+        fill_capacity(buf, |value, size| {
+            let mut args = XattrArgs {
+                value: value as u64,
+                size: u32::try_from(size).unwrap_or(u32::MAX),
+                flags: 0,
+            };
+            // SAFETY: NUL-terminated strings, and an xattr_args naming a buffer of `size`
+            // writable bytes, which the kernel writes at most.
+            unsafe {
+                libc::syscall(
+                    SYS_GETXATTRAT,
+                    self.0.as_raw_fd(),
+                    entry.as_ptr(),
+                    0,
+                    name.as_ptr(),
+                    &mut args as *mut XattrArgs,
+                    std::mem::size_of::<XattrArgs>(),
+                )
+            }
+        })
     }
 
     /// Sets attribute `name` of the file behind `fd` to `value`, with `setxattr(2)`'s
@@ -257,27 +250,18 @@ impl ProcSelfFd {
     /// capacity of 0 asks only for the list's size. Returns the list's length.
     pub fn listxattr(&self, fd: &impl AsRawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
         let entry = Self::entry(fd);
-        buf.clear();
-        let spare = buf.spare_capacity_mut();
-        // SAFETY: a NUL-terminated string, and `buf`'s spare capacity with its length, which
-        // the kernel writes at most.
-        let rc = unsafe {
+        // SAFETY: a NUL-terminated string, and a buffer of `size` writable bytes, which the
+        // kernel writes at most.
+        fill_capacity(buf, |list, size| unsafe {
             libc::syscall(
                 SYS_LISTXATTRAT,
                 self.0.as_raw_fd(),
                 entry.as_ptr(),
                 0,
-                spare.as_mut_ptr(),
-                spare.len(),
+                list,
+                size,
             )
-        };
-        let len = syscall_len(rc)?;
-        if buf.capacity() > 0 {
-            // SAFETY: the kernel wrote the list's `len` bytes at the start of the spare
-            // capacity, and `len` is at most the capacity (longer lists fail with ERANGE).
-            unsafe { buf.set_len(len) };
-        }
-        Ok(len)
+        })
     }
 
     /// Removes attribute `name` of the file behind `fd`.
@@ -378,6 +362,24 @@ impl ProcSelfFd {
 }
 
 /// The result of a system call returning a length, or -1 with errno.
+/// Empties `buf` and has `call` fill its capacity (a pointer to it and its size) with as many
+/// bytes as it returns, as the `*xattr` calls do (a size of 0 asks only for the length); `buf`
+/// then holds those bytes. Returns the length `call` returned.
+fn fill_capacity(
+    buf: &mut Vec<u8>,
+    call: impl FnOnce(*mut u8, usize) -> libc::c_long,
+) -> io::Result<usize> {
+    buf.clear();
+    let spare = buf.spare_capacity_mut();
+    let len = syscall_len(call(spare.as_mut_ptr().cast(), spare.len()))?;
+    if len <= buf.capacity() {
+        // SAFETY: `call` wrote `len` bytes at the start of the capacity, which holds them. (A
+        // longer value fails with ERANGE; a size query leaves `buf` empty.)
+        unsafe { buf.set_len(len) };
+    }
+    Ok(len)
+}
+
 fn syscall_len(rc: libc::c_long) -> io::Result<usize> {
     if rc < 0 {
         Err(io::Error::last_os_error())
