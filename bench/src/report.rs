@@ -229,15 +229,15 @@ const CAUSE_VU_JOURNAL: &str = "waits on the host file system's journal: a redir
 or unlink changes the guest tree, the store and the intent log (a file created and removed), \
 several journaled changes where the passthrough makes one; the issue allows this as a named \
 miss.";
-const CAUSE_VU_PEER: &str = "per-request work on our side, most of it in the transport \
-layer we build on: of the 11,700 instructions the in-process device spends on a request \
-(callgrind, 2026-12-04, after the header is no longer read twice), building fuse-backend-rs's \
-Reader and Writer takes about 2,100 (two 64-slot buffer lists, each walking the chain), \
-writing a GETATTR reply 1,260 (each write through the Writer about 540), our file system's \
-GETATTR 2,970; mimalloc in glibc's place took GETATTR at 16 in flight from 0.67-0.71 to \
-0.76 of virtiofsd and 4k READ nowhere, within this machine's noise, and was not adopted. \
-For LOOKUP by file handle, add a reopen of the parent and two name_to_handle_at calls. \
-Compare the rounds' spread.";
+const CAUSE_VU_PEER: &str = "per-request cost on our side. First compare the kicks per \
+request: profiles of both back-ends (perf, 2026-12-04) put about 90% of their time in the \
+kernel, most of it a queue thread sleeping and being woken, and a back-end that finds the \
+ring empty after each batch pays a kick and a wake-up per batch (what the queues' polling \
+after a batch, 50 us by default, removed: 0.038 kicks per request to 0.000). Of the user \
+time, about 11,700 instructions per request in the in-process device (callgrind): building \
+fuse-backend-rs's Reader and Writer about 2,100, writing a GETATTR reply 1,260, our file \
+system's GETATTR 2,970. For LOOKUP by file handle, add a reopen of the parent and two \
+name_to_handle_at calls. Compare the rounds' spread.";
 const CAUSE_VU_WRITEBACK: &str = "the machine's memory, not the back-end: on a virtual \
 machine whose balloon reports free pages to its host, writes into page cache the host must \
 back afresh run at about a fifth of the usual rate, and that lands on whichever back-end \
