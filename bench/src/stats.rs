@@ -72,6 +72,19 @@ pub fn paired_ratio(pairs: impl IntoIterator<Item = (f64, f64)>) -> f64 {
     median(&ratios)
 }
 
+/// The lowest and highest `a / b` over paired samples (pairs with `b <= 0` left out), or
+/// `None` for none: how far the rounds behind a [`paired_ratio`] spread.
+pub fn paired_range(pairs: impl IntoIterator<Item = (f64, f64)>) -> Option<(f64, f64)> {
+    pairs
+        .into_iter()
+        .filter(|&(_, b)| b > 0.0)
+        .map(|(a, b)| a / b)
+        .fold(None, |range, r| match range {
+            None => Some((r, r)),
+            Some((lo, hi)) => Some((f64::min(lo, r), f64::max(hi, r))),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +107,14 @@ mod tests {
 
         assert_eq!(paired_ratio(pairs), 1.0);
         assert_eq!(paired_ratio([(1.0, 0.0)]), 0.0);
+    }
+
+    #[test]
+    fn paired_range_spans_the_per_round_ratios() {
+        let pairs = [(10.0, 10.0), (1.0, 2.0), (12.0, 6.0), (3.0, 0.0)];
+
+        assert_eq!(paired_range(pairs), Some((0.5, 2.0)));
+        assert_eq!(paired_range([(1.0, 0.0)]), None);
     }
 
     #[test]

@@ -232,15 +232,12 @@ impl VhostUserSummary {
         b: usize,
         f: impl Fn(&RunFigures) -> f64,
     ) -> Option<(f64, f64)> {
-        let ratios: Vec<f64> = self.runs[a]
-            .iter()
-            .zip(&self.runs[b])
-            .filter(|&(_, y)| f(y) > 0.0)
-            .map(|(x, y)| f(x) / f(y))
-            .collect();
-        let lo = ratios.iter().copied().reduce(f64::min)?;
-        let hi = ratios.iter().copied().reduce(f64::max)?;
-        Some((lo, hi))
+        crate::stats::paired_range(
+            self.runs[a]
+                .iter()
+                .zip(&self.runs[b])
+                .map(|(x, y)| (f(x), f(y))),
+        )
     }
 }
 
