@@ -53,6 +53,10 @@ fn main() {
             fs_basic_two_request_queues,
         ),
         qemu_trial(
+            "fs_basic_on_a_redirecting_share_served_by_a_thread_pool",
+            fs_basic_redirect_thread_pool,
+        ),
+        qemu_trial(
             "one_looping_daemon_serves_two_boots_in_turn",
             daemon_serves_two_boots,
         ),
@@ -380,21 +384,36 @@ fn fs_basic_two_request_queues() -> Result<(), String> {
 ///    guest tree holds sparse stubs of the same sizes; the renamed and
 ///    deleted names are gone on both sides; fsredirect's verifier agrees.
 fn fs_basic_redirect() -> Result<(), String> {
-    fs_basic_redirect_with("redirect", &[])
+    fs_basic_redirect_with("redirect", &[]).map(drop)
 }
 
 /// As [`fs_basic_redirect`], the daemon in `--sandbox chroot`: its guest tree is its root,
 /// and it reaches the redirect metadata through its own descriptors.
 fn fs_basic_redirect_chroot() -> Result<(), String> {
-    fs_basic_redirect_with("redirect-chroot", &["--sandbox", "chroot"])
+    fs_basic_redirect_with("redirect-chroot", &["--sandbox", "chroot"]).map(drop)
 }
 
-fn fs_basic_redirect_with(label: &str, daemon_args: &[&str]) -> Result<(), String> {
+/// As [`fs_basic_redirect`], the request queue served by a pool of two threads
+/// (`--thread-pool-size 2`), whose replies may come back out of order.
+fn fs_basic_redirect_thread_pool() -> Result<(), String> {
+    let run = fs_basic_redirect_with("redirect-pool", &["--thread-pool-size", "2"])?;
+    if !run
+        .daemons
+        .iter()
+        .all(|d| d.log.contains("served by 2 threads each"))
+    {
+        return Err("the daemon did not serve its queue with a pool of 2 threads".into());
+    }
+    Ok(())
+}
+
+fn fs_basic_redirect_with(label: &str, daemon_args: &[&str]) -> Result<GuestRun, String> {
     let tmp = TempDir::new(label);
     let tree = tmp.make("tree");
     let store = tmp.make("store");
 
-    run_fs_basic(GuestShare::redirect("fs0", &tree, &store, "vol").daemon_args(daemon_args))?;
+    let run =
+        run_fs_basic(GuestShare::redirect("fs0", &tree, &store, "vol").daemon_args(daemon_args))?;
 
     let stored = store.join("vol/fs-basic");
     let stubs = tree.join("fs-basic");
@@ -422,7 +441,7 @@ fn fs_basic_redirect_with(label: &str, daemon_args: &[&str]) -> Result<(), Strin
     if !mismatches.is_empty() {
         return Err(format!("stubs and stored objects disagree: {mismatches:?}"));
     }
-    Ok(())
+    Ok(run)
 }
 
 /// Runs `scenario` against an already running daemon; checks the guest's side.

@@ -878,16 +878,22 @@ impl Report {
              vhost-user-fs --socket SOCK --share tag=bench,dir=DIR[,store=STORE] --sandbox {}`, \
              under its seccomp filters; the last column is the same \
              passthrough with `--sandbox none --seccomp none`, and its ratio column is what \
-             the confinement costs (below 1: confined is slower). {peer} \
+             the confinement costs (below 1: confined is slower); the request-pool column is \
+             the confined passthrough with `--thread-pool-size {}` (each request handed to \
+             one of that many threads; the default is none), and its ratio column is what \
+             the pool gains (above 1) or costs. {peer} \
              Every round runs each back-end once, in rotating order, each started fresh on \
              a fresh share holding the same files (the redirecting share's written through \
              the redirecting file system, so their data is in the store). {}. Each cell: \
              the median over rounds (min–max); ratios are medians of the per-round ratios \
              (ops/s: above 1 means ours is faster).\n\n\
              | metric | virtiofsd | ours passthrough | ours redirect | ours passthrough, \
-             unconfined | passthrough / virtiofsd | redirect / virtiofsd | passthrough / \
-             unconfined |\n|---|---|---|---|---|---|---|---|\n",
-            v.sandbox, v.params
+             unconfined | ours passthrough, request pool | passthrough / virtiofsd | \
+             redirect / virtiofsd | passthrough / unconfined | request pool / passthrough \
+             |\n|---|---|---|---|---|---|---|---|---|---|\n",
+            v.sandbox,
+            crate::vhost_bench::POOL_THREADS,
+            v.params
         );
         let cell = |t: usize, f: &dyn Fn(&RunFigures) -> f64, digits: usize| match v.spread(t, f) {
             Some((m, lo, hi)) => format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})"),
@@ -899,14 +905,16 @@ impl Report {
         let mut row = |label: String, f: &dyn Fn(&RunFigures) -> f64, digits: usize| {
             let _ = writeln!(
                 s,
-                "| {label} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 cell(0, f, digits),
                 cell(1, f, digits),
                 cell(2, f, digits),
                 cell(3, f, digits),
+                cell(4, f, digits),
                 ratio(1, 0, f),
                 ratio(2, 0, f),
-                ratio(1, 3, f)
+                ratio(1, 3, f),
+                ratio(4, 1, f)
             );
         };
         for (d, depth) in DEPTHS.iter().enumerate() {
@@ -948,11 +956,12 @@ impl Report {
             s,
             "\nKicks are the driver's writes to the request queue's kick eventfd, interrupts \
              the back-end's signals of its call eventfd (the eventfd counter summed), both \
-             over the timed phases at that depth. Runs per column: {} / {} / {} / {}.\n",
-            v.runs[0].len(),
-            v.runs[1].len(),
-            v.runs[2].len(),
-            v.runs[3].len()
+             over the timed phases at that depth. Runs per column: {}.\n",
+            v.runs
+                .iter()
+                .map(|r| r.len().to_string())
+                .collect::<Vec<_>>()
+                .join(" / ")
         );
     }
 
@@ -1466,6 +1475,7 @@ mod tests {
                 vec![run(10.0), run(30.0), run(20.0)],
                 vec![run(5.0); 3],
                 vec![run(25.0), run(25.0), run(25.0)],
+                vec![run(10.0), run(15.0), run(40.0)],
             ],
             virtiofsd_missing: Some("skipped with --no-virtiofsd".into()),
             virtiofsd_version: None,
@@ -1478,8 +1488,8 @@ mod tests {
         assert!(md.contains("virtiofsd has no figures in this run: skipped with --no-virtiofsd"));
         assert!(
             md.contains(
-                "| lookup ops/s, 1 in flight | — | 20 (10–30) | 5 (5–5) | 25 (25–25) | — | — \
-                 | 0.80 |"
+                "| lookup ops/s, 1 in flight | — | 20 (10–30) | 5 (5–5) | 25 (25–25) | 15 \
+                 (10–40) | — | — | 0.80 | 1.00 |"
             ),
             "{md}"
         );

@@ -27,11 +27,16 @@ use crate::vhost_frontend::{Call, Counters, FrontendConfig, VhostFrontend};
 use crate::{BenchError, Result};
 
 /// How many back-ends a round runs.
-pub const PEERS: usize = 4;
+pub const PEERS: usize = 5;
+
+/// Threads of the request pool of [`Peer::OursPooled`]: one per core of this project's
+/// machines.
+pub const POOL_THREADS: usize = 2;
 
 /// The back-ends compared, in column order. virtiofsd and ours run confined the same way
-/// (their defaults: namespace sandbox, seccomp filters that kill); the last column is our
-/// passthrough without either, which gives their cost.
+/// (their defaults: namespace sandbox, seccomp filters that kill, no thread pool); then our
+/// passthrough without either confinement, which gives their cost, and with a request pool,
+/// which gives what serving one queue's requests side by side gains or costs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peer {
     /// virtiofsd, `--sandbox=namespace --seccomp=kill --cache=auto`.
@@ -42,6 +47,8 @@ pub enum Peer {
     OursRedirect,
     /// The same passthrough with `--sandbox none --seccomp none`.
     OursUnconfined,
+    /// The confined passthrough with `--thread-pool-size` [`POOL_THREADS`].
+    OursPooled,
 }
 
 impl Peer {
@@ -51,6 +58,7 @@ impl Peer {
         Peer::OursPassthrough,
         Peer::OursRedirect,
         Peer::OursUnconfined,
+        Peer::OursPooled,
     ];
 
     /// Name for tables.
@@ -60,6 +68,7 @@ impl Peer {
             Peer::OursPassthrough => "ours passthrough",
             Peer::OursRedirect => "ours redirect",
             Peer::OursUnconfined => "ours passthrough, unconfined",
+            Peer::OursPooled => "ours passthrough, request pool",
         }
     }
 }
@@ -285,7 +294,10 @@ impl Backend {
                     .args(["--seccomp=kill", "--cache=auto", "--log-level=error"]);
                 cmd
             }
-            Peer::OursPassthrough | Peer::OursRedirect | Peer::OursUnconfined => {
+            Peer::OursPassthrough
+            | Peer::OursRedirect
+            | Peer::OursUnconfined
+            | Peer::OursPooled => {
                 let mut spec = format!("tag=bench,dir={}", share.display());
                 if peer == Peer::OursRedirect {
                     spec.push_str(&format!(",store={}", store.display()));
@@ -300,6 +312,9 @@ impl Backend {
                     cmd.args(["--sandbox", "none", "--seccomp", "none"]);
                 } else {
                     cmd.args(["--sandbox", launch.sandbox]);
+                }
+                if peer == Peer::OursPooled {
+                    cmd.arg("--thread-pool-size").arg(POOL_THREADS.to_string());
                 }
                 cmd
             }

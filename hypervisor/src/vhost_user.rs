@@ -13,6 +13,7 @@
 //!     seccomp: hypervisor::SeccompMode::Kill,
 //!     sandbox: hypervisor::sandbox::SandboxMode::Namespace,
 //!     batch_poll_us: 50,
+//!     thread_pool_size: 0,
 //! };
 //! // Until the front-end disconnects, or SIGINT/SIGTERM/SIGHUP.
 //! vhost_user::run(&args)?;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use clap::Args;
 use devices::seccomp::{SeccompError, SeccompMode, ThreadRole};
 use devices::virtio::fs::handler::DEFAULT_BATCH_POLL;
+use devices::virtio::fs::pool::MAX_POOL_SIZE;
 use devices::virtio::fs::vhost_user::{
     DaemonConfig, DaemonEvent, ServeEnd, VhostUserFsDaemon, VhostUserFsError,
 };
@@ -98,6 +100,13 @@ pub struct VhostUserFsArgs {
           default_value_t = DEFAULT_BATCH_POLL.as_micros() as u64,
           value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub batch_poll_us: u64,
+    /// Threads serving each request queue's requests side by side (as virtiofsd's
+    /// --thread-pool-size), for hosts whose requests block for long (slow or network
+    /// storage) with cores to spare; otherwise the hand-over between threads costs about what
+    /// a request does. 0: the queue's own thread serves them one at a time
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_POOL_SIZE as u64))]
+    pub thread_pool_size: u64,
 }
 
 /// Errors of `hypervisor vhost-user-fs`.
@@ -183,6 +192,8 @@ pub fn serve(args: &VhostUserFsArgs, stop: &EventFd) -> Result<u8, VhostUserCmdE
         request_queues: args.request_queues,
         seccomp: args.seccomp,
         batch_poll: std::time::Duration::from_micros(args.batch_poll_us),
+        // At most MAX_POOL_SIZE, by the parser.
+        request_pool: args.thread_pool_size as usize,
         // Landlock only where inodes are not reached by file handle: on the test host's 6.1
         // kernel, a worker limited by Landlock and opening by handle took a path it never
         // takes otherwise (an ioctl its filter forbids); see the README, "Containment". In
@@ -243,13 +254,20 @@ pub fn serve(args: &VhostUserFsArgs, stop: &EventFd) -> Result<u8, VhostUserCmdE
     };
     let daemon = VhostUserFsDaemon::with_listener(config, listener, Arc::new(fs));
     say(&format!(
-        "listening on {} (tag {}, guest tree {}, {mode}, {} request queue{}, sandbox {}, \
+        "listening on {} (tag {}, guest tree {}, {mode}, {} request queue{}{}, sandbox {}, \
          seccomp {})",
         daemon.socket().display(),
         share.tag,
         share.dir.display(),
         args.request_queues,
         if args.request_queues == 1 { "" } else { "s" },
+        match args.thread_pool_size {
+            0 => String::new(),
+            n => format!(
+                " served by {n} thread{} each",
+                if n == 1 { "" } else { "s" }
+            ),
+        },
         args.sandbox,
         args.seccomp,
     ));
@@ -429,6 +447,7 @@ mod tests {
             seccomp: SeccompMode::Kill,
             sandbox: SandboxMode::Namespace,
             batch_poll_us: 50,
+            thread_pool_size: 0,
         };
 
         let stop = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();

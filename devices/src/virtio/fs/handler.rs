@@ -2,6 +2,7 @@
 //! of the device shared by the in-VMM device and the vhost-user back-end.
 
 use std::io::Write;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -158,10 +159,11 @@ pub enum QueueError {
 /// Malformed chains (addresses outside guest memory, no writable part,
 /// truncated FUSE headers, ...) are answered with an errno by the FUSE
 /// server when it can parse enough to reply, and dropped otherwise.
-pub fn handle_chain<F, M>(server: &F, mem: &M, chain: DescriptorChain<&M>) -> u32
+pub fn handle_chain<F, D>(server: &F, mem: &D::Target, chain: DescriptorChain<D>) -> u32
 where
     F: FuseServer,
-    M: GuestMemory,
+    D: Deref + Clone,
+    D::Target: GuestMemory + Sized,
 {
     let header = peek_header(mem, &chain);
     let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
@@ -195,7 +197,11 @@ where
 /// The request's FUSE header, when its first descriptor holds all of it: the session needs
 /// the opcode before the server reads the request, and this spares copying the reader (its
 /// list of buffers) to peek at it.
-fn peek_header<M: GuestMemory>(mem: &M, chain: &DescriptorChain<&M>) -> Option<InHeader> {
+fn peek_header<D>(mem: &D::Target, chain: &DescriptorChain<D>) -> Option<InHeader>
+where
+    D: Deref + Clone,
+    D::Target: GuestMemory + Sized,
+{
     let first = chain.clone().next()?;
     let whole = !first.is_write_only() && first.len() as usize >= size_of::<InHeader>();
     whole.then(|| mem.read_obj(first.addr()).ok()).flatten()
@@ -262,7 +268,7 @@ where
 
 /// Whether the driver makes a request available within `window`, watching its available
 /// index (a broken ring counts as no: the next pass reports it).
-fn more_arrive_within<M: GuestMemory>(queue: &Queue, mem: &M, window: Duration) -> bool {
+pub(super) fn more_arrive_within<M: GuestMemory>(queue: &Queue, mem: &M, window: Duration) -> bool {
     let start = Instant::now();
     loop {
         match queue.avail_idx(mem, Ordering::Acquire) {
@@ -275,7 +281,7 @@ fn more_arrive_within<M: GuestMemory>(queue: &Queue, mem: &M, window: Duration) 
 
 /// pop_descriptor_chain() treats a bad avail index as "nothing to do";
 /// we want to know, so the driver can be told to reset the device.
-fn check_avail_index<M: GuestMemory>(queue: &Queue, mem: &M) -> Result<(), QueueError> {
+pub(super) fn check_avail_index<M: GuestMemory>(queue: &Queue, mem: &M) -> Result<(), QueueError> {
     let avail = queue
         .avail_idx(mem, Ordering::Acquire)
         .map_err(QueueError::Rings)?;

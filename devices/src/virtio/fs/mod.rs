@@ -2,6 +2,7 @@
 //! fuse-backend-rs's `Server` over any `FileSystem` the caller supplies.
 
 pub mod handler;
+pub mod pool;
 pub mod vhost_user;
 pub mod worker;
 

@@ -976,3 +976,190 @@ fn after_a_batch_the_queue_waits_for_the_next_request_without_a_kick() {
         "the third request was served in the same call"
     );
 }
+
+mod pool {
+    //! Requests of one queue served side by side by a [`RequestPool`].
+
+    use std::sync::{Condvar, Mutex};
+
+    use fuse_backend_rs::transport::{Reader, Writer};
+    use vm_memory::bitmap::BitmapSlice;
+
+    use super::super::handler::FuseServer;
+    use super::super::pool::{process_queue_pooled, RequestPool};
+    use super::super::worker::WorkerConfinement;
+    use super::*;
+    use crate::seccomp::SeccompMode;
+
+    /// Request 1 waits (up to `patience`) until request 2 has been answered; request 99
+    /// panics; every other request is answered at once with an empty reply.
+    struct Gate {
+        answered: Mutex<Vec<u64>>,
+        changed: Condvar,
+        patience: Duration,
+        gave_up: Mutex<bool>,
+    }
+
+    impl Gate {
+        fn new(patience: Duration) -> Arc<Self> {
+            Arc::new(Gate {
+                answered: Mutex::new(Vec::new()),
+                changed: Condvar::new(),
+                patience,
+                gave_up: Mutex::new(false),
+            })
+        }
+    }
+
+    impl FuseServer for Gate {
+        fn serve<S: BitmapSlice>(
+            &self,
+            header: &InHeader,
+            _r: Reader<'_, S>,
+            mut w: Writer<'_, S>,
+        ) -> fuse_backend_rs::Result<usize> {
+            match header.unique {
+                1 => {
+                    let answered = self.answered.lock().unwrap();
+                    let (answered, wait) = self
+                        .changed
+                        .wait_timeout_while(answered, self.patience, |a| !a.contains(&2))
+                        .unwrap();
+                    drop(answered);
+                    if wait.timed_out() {
+                        *self.gave_up.lock().unwrap() = true;
+                    }
+                }
+                99 => panic!("a bug in serving request 99"),
+                _ => {}
+            }
+            let reply = OutHeader {
+                len: 16,
+                error: 0,
+                unique: header.unique,
+            };
+            std::io::Write::write_all(&mut w, reply.as_slice()).unwrap();
+            self.answered.lock().unwrap().push(header.unique);
+            self.changed.notify_all();
+            Ok(16)
+        }
+    }
+
+    fn unconfined(size: usize) -> RequestPool {
+        let confinement = WorkerConfinement {
+            seccomp: SeccompMode::None,
+            beneath: Vec::new(),
+        };
+        RequestPool::new("test", size, &confinement).unwrap()
+    }
+
+    /// The used ring's entries past `from`: (head, length).
+    fn used_since(mem: &GuestMemoryMmap<()>, from: u16) -> Vec<(u32, u32)> {
+        (from..used_idx(mem))
+            .map(|i| {
+                let elem = USED_RING + 4 + 8 * u64::from(i % QUEUE_SIZE);
+                let id: u32 = mem.read_obj(GuestAddress(elem)).unwrap();
+                let len: u32 = mem.read_obj(GuestAddress(elem + 4)).unwrap();
+                (id, len)
+            })
+            .collect()
+    }
+
+    fn serve_pooled(d: &mut Driver, server: &Arc<Gate>, pool: &RequestPool) {
+        process_queue_pooled(
+            server,
+            &d.mem,
+            &mut d.queue,
+            Duration::ZERO,
+            &mut || {},
+            pool,
+        )
+        .unwrap();
+    }
+
+    /// With two threads, a request waiting on a later one does not hold it up: the later
+    /// one is answered first, and both chains are used, each with its reply's length.
+    #[test]
+    fn a_pool_serves_a_request_while_an_earlier_one_waits_for_it() {
+        let mut d = Driver::new();
+        let gate = Gate::new(Duration::from_secs(60));
+        let first = d.stage_getattr(1);
+        let second = d.stage_getattr(2);
+        make_available(d.mem, first);
+        make_available(d.mem, second);
+
+        serve_pooled(&mut d, &gate, &unconfined(2));
+
+        assert!(!*gate.gave_up.lock().unwrap(), "request 1 waited in vain");
+        assert_eq!(*gate.answered.lock().unwrap(), [2, 1]);
+        assert_eq!(
+            used_since(d.mem, 0),
+            [(u32::from(second), 16), (u32::from(first), 16)]
+        );
+    }
+
+    /// The same requests on a pool of one thread are served one at a time: request 1 waits
+    /// for request 2 in vain (what the test above would see without a pool).
+    #[test]
+    fn a_pool_of_one_serves_one_request_at_a_time() {
+        let mut d = Driver::new();
+        let gate = Gate::new(Duration::from_millis(100));
+        let first = d.stage_getattr(1);
+        let second = d.stage_getattr(2);
+        make_available(d.mem, first);
+        make_available(d.mem, second);
+
+        serve_pooled(&mut d, &gate, &unconfined(1));
+
+        assert!(*gate.gave_up.lock().unwrap());
+        assert_eq!(*gate.answered.lock().unwrap(), [1, 2]);
+    }
+
+    /// A request whose serving panics is used with nothing written, the others of its batch
+    /// are answered, and the pool serves the next batch.
+    #[test]
+    fn a_request_that_panics_is_used_empty_and_the_pool_serves_on() {
+        let mut d = Driver::new();
+        let gate = Gate::new(Duration::from_secs(60));
+        let pool = unconfined(2);
+        let bug = d.stage_getattr(99);
+        let fine = d.stage_getattr(3);
+        make_available(d.mem, bug);
+        make_available(d.mem, fine);
+
+        serve_pooled(&mut d, &gate, &pool);
+        let mut used = used_since(d.mem, 0);
+        used.sort();
+        assert_eq!(used, [(u32::from(bug), 0), (u32::from(fine), 16)]);
+
+        let next = d.stage_getattr(4);
+        make_available(d.mem, next);
+        serve_pooled(&mut d, &gate, &pool);
+        assert_eq!(used_since(d.mem, 2), [(u32::from(next), 16)]);
+    }
+
+    /// Pool threads run their work under the queue workers' seccomp filter.
+    #[test]
+    fn pool_threads_serve_under_the_workers_filter() {
+        let pool = RequestPool::new("test", 1, &WorkerConfinement::default()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+
+        pool.run(Box::new(move || {
+            let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+            let _ = tx.send(status);
+        }));
+
+        let status = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        assert!(status.contains("Seccomp:\t2"), "{status}");
+    }
+
+    #[test]
+    fn a_pool_size_outside_1_to_64_is_refused() {
+        for size in [0, 65] {
+            let err = RequestPool::new("test", size, &WorkerConfinement::default())
+                .err()
+                .unwrap();
+            assert!(err.contains("1 to 64"), "{err}");
+        }
+    }
+}

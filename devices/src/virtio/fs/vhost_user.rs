@@ -53,6 +53,7 @@ use vmm_sys_util::event::{
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::handler::{panic_text, process_queue, FuseSession, DEFAULT_BATCH_POLL};
+use super::pool::{process_queue_pooled, RequestPool, MAX_POOL_SIZE};
 use super::WorkerConfinement;
 use super::{config_space, FsDeviceError, MAX_TAG_LEN};
 use crate::seccomp::SeccompMode;
@@ -105,6 +106,9 @@ pub enum VhostUserFsError {
         #[source]
         source: io::Error,
     },
+    /// A request queue's thread pool could not start.
+    #[error("cannot start the request threads: {0}")]
+    Pool(String),
     /// vhost-user-backend could not set up or run the daemon.
     #[error("the vhost-user daemon failed to {what}: {detail}")]
     Daemon {
@@ -137,6 +141,9 @@ pub struct VhostUserFsBackend<F: FileSystem + Send + Sync + 'static> {
     confinement: WorkerConfinement,
     /// How long a queue looks for more requests after serving a batch.
     batch_poll: Duration,
+    /// Per queue (hiprio first, never pooled), the threads serving its requests side by
+    /// side, if it has any.
+    pools: Vec<Option<RequestPool>>,
 }
 
 thread_local! {
@@ -173,7 +180,27 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserFsBackend<F> {
             greeted: AtomicBool::new(false),
             confinement: WorkerConfinement::default(),
             batch_poll: DEFAULT_BATCH_POLL,
+            pools: Vec::new(),
         })
+    }
+
+    /// Gives each request queue a pool of `size` threads serving its requests side by side
+    /// ([`RequestPool`]; 0: none, each queue's own thread serves them one at a time). The
+    /// threads start now, confined as set by [`VhostUserFsBackend::confined`], which must
+    /// come first.
+    pub fn with_request_pool(mut self, size: usize) -> Result<Self> {
+        self.pools.clear();
+        if size == 0 {
+            return Ok(self);
+        }
+        self.pools.push(None);
+        for queue in 1..self.num_queues {
+            let name = format!("vufs-q{queue}");
+            let pool =
+                RequestPool::new(&name, size, &self.confinement).map_err(VhostUserFsError::Pool)?;
+            self.pools.push(Some(pool));
+        }
+        Ok(self)
     }
 
     /// Sets how long a queue that has just served several requests keeps looking for the
@@ -344,9 +371,23 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for VhostUserFsBack
         // and the rest of the queue served. Each pass takes at least the chain that
         // panicked, so a queue's size in passes serves it all; past that, the next kick.
         for _ in 0..=virtio_queue::QueueT::size(state.get_queue()) {
+            let pool = self
+                .pools
+                .get(usize::from(device_event))
+                .and_then(Option::as_ref);
             let served = catch_unwind(AssertUnwindSafe(|| {
                 let queue = state.get_queue_mut();
-                process_queue(&self.server, &*mem, queue, self.batch_poll, &mut signal)
+                match pool {
+                    Some(pool) => process_queue_pooled(
+                        &self.server,
+                        &mem,
+                        queue,
+                        self.batch_poll,
+                        &mut signal,
+                        pool,
+                    ),
+                    None => process_queue(&self.server, &*mem, queue, self.batch_poll, &mut signal),
+                }
             }));
             match served {
                 Ok(Ok(())) => {}
@@ -432,6 +473,10 @@ pub struct DaemonConfig {
     /// front-end's next ones before it asks to be kicked ([`DEFAULT_BATCH_POLL`]; zero:
     /// never).
     pub batch_poll: Duration,
+    /// Threads serving each request queue's requests side by side (0 to
+    /// [`MAX_POOL_SIZE`]; 0, the default: the queue's own thread serves them one at a
+    /// time). See [`RequestPool`] for when a pool pays off.
+    pub request_pool: usize,
 }
 
 impl DaemonConfig {
@@ -444,6 +489,7 @@ impl DaemonConfig {
             seccomp: SeccompMode::Kill,
             beneath: Vec::new(),
             batch_poll: DEFAULT_BATCH_POLL,
+            request_pool: 0,
         }
     }
 }
@@ -516,6 +562,12 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserFsDaemon<F> {
     pub fn listen(config: &DaemonConfig) -> Result<UnixListener> {
         if config.request_queues > MAX_REQUEST_QUEUES {
             return Err(VhostUserFsError::TooManyQueues(config.request_queues));
+        }
+        if config.request_pool > MAX_POOL_SIZE {
+            return Err(VhostUserFsError::Pool(format!(
+                "a pool of {} threads per request queue asked for; at most {MAX_POOL_SIZE}",
+                config.request_pool
+            )));
         }
         config_space(&config.tag, config.request_queues as u32)?;
         remove_stale_socket(&config.socket)?;
@@ -593,7 +645,8 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserFsDaemon<F> {
             seccomp: self.config.seccomp,
             beneath: self.config.beneath.clone(),
         })
-        .with_batch_poll(self.config.batch_poll);
+        .with_batch_poll(self.config.batch_poll)
+        .with_request_pool(self.config.request_pool)?;
         let mut daemon = VhostUserDaemon::new(
             format!("vhost-user-fs-{}", self.config.tag),
             Arc::new(backend),
