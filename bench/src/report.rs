@@ -229,10 +229,11 @@ const HOST: usize = 0;
 const PT: usize = 1;
 const RED: usize = 2;
 
-const CAUSE_INTENT: &str = "every redirected create and unlink also writes and removes an \
-intent-log record (a file with an xattr, fdatasync'd only when guest tree and store are on \
-different file systems: fsredirect/README.md, \"Intent log\") and changes both the guest tree \
-and the store: several host calls where the passthrough makes one or two.";
+const CAUSE_INTENT: &str = "every redirected create and unlink also sets and clears an \
+intent-log record (an xattr of a reused slot file, or its content fdatasync'd when guest tree \
+and store are on different file systems: fsredirect/README.md, \"Intent log\") and changes \
+both the guest tree and the store (a create makes the object and the stub, an unlink removes \
+both): several host calls where the passthrough makes one or two.";
 const CAUSE_STUB: &str = "a redirected WRITE in place costs the host one pwrite, as a plain \
 one does (fsredirect/tests/syscalls.rs), plus a futimens of the stub once per tick of the \
 coarse clock (an ftruncate when it extends the file); on top come the namespace and data locks \
@@ -259,9 +260,9 @@ kernel's page clearing of the guest pages they fill, and read's copy from the pa
 and the dynamic loader; a busy machine adds cache misses.";
 
 const CAUSE_VU_JOURNAL: &str = "waits on the host file system's journal: a redirected create \
-or unlink changes the guest tree, the store and the intent log (a file created and removed), \
-several journaled changes where the passthrough makes one; the issue allows this as a named \
-miss.";
+or unlink changes the guest tree, the store and the intent log (an attribute set and \
+cleared), several journaled changes where the passthrough makes one; the issue allows this as \
+a named miss.";
 const CAUSE_VU_PEER: &str = "per-request cost on our side. First compare the kicks per \
 request: profiles of both back-ends (perf, 2026-12-04) put about 90% of their time in the \
 kernel, most of it a queue thread sleeping and being woken, and a back-end that finds the \

@@ -4,21 +4,31 @@
 //! records left behind and finishes or undoes each operation so that the store mirrors the
 //! guest tree again.
 //!
+//! Records live in slot files (`slot-N`) that the server keeps open and reuses: writing a
+//! record sets it on an idle slot, and removing it clears the slot, so a namespace change
+//! costs the host no file creation or removal of its own (each of which allocates or frees
+//! an inode and changes the log directory). A server that stops cleanly removes its idle
+//! slots; after a crash, recovery settles every slot holding a record and removes the idle
+//! ones ([`IntentLog::remove_idle_slots`]). Each record starts with its sequence number, so
+//! recovery still settles them oldest first.
+//!
 //! A record must be on disk before either half of its operation. Two ways:
 //! - **journal order** (guest tree and store on one journaling file system): the record is
-//!   an empty file whose content is an extended attribute, i.e. metadata only. The file
-//!   system's journal writes metadata changes in the order they were made, so whatever
-//!   half of the operation survives a power cut, the record (created before it) survives
-//!   too, and its removal (after both halves) cannot survive without them. No sync.
+//!   an extended attribute of the empty slot file, i.e. metadata only. The file system's
+//!   journal writes metadata changes in the order they were made, so whatever half of the
+//!   operation survives a power cut, the record (set before it) survives too, and its
+//!   removal (after both halves) cannot survive without them. No sync.
 //! - **synced** (anything else, or a record too large for an attribute): the record is the
-//!   file's content, fdatasync'd before the operation starts.
+//!   slot file's content, fdatasync'd before the operation starts.
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use crate::beneath::{check, open_beneath};
 use crate::faults::{Hook, Namespace, StoreOp};
@@ -147,7 +157,12 @@ impl Intent {
 #[derive(Debug)]
 pub struct IntentLog {
     dir: OwnedFd,
+    /// The next record's sequence number.
     next: AtomicU64,
+    /// The next slot file's number (numbers already taken on disk are skipped).
+    next_slot: AtomicU64,
+    /// Slot files holding no record, ready for the next one.
+    idle: Mutex<Vec<Slot>>,
     hook: Hook,
     journal_ordered: AtomicBool,
 }
@@ -158,32 +173,54 @@ const RECORD_XATTR: &CStr = c"user.fsredirect.intent";
 /// Largest record read back from an attribute.
 const MAX_RECORD: usize = 64 * 1024;
 
+/// How slot files' names start.
+const SLOT_PREFIX: &str = "slot-";
+
+/// How a record's sequence number is marked at its start.
+const SEQUENCE_MARK: u8 = b'#';
+
+/// An open slot file of the log.
+#[derive(Debug)]
+struct Slot {
+    file: File,
+    name: CString,
+}
+
 /// An open record; dropping it marks the operation complete.
 #[must_use = "the record is removed when this is dropped"]
 pub struct Pending<'a> {
     log: &'a IntentLog,
-    name: CString,
+    /// The slot holding the record (taken when the record is kept).
+    slot: Option<Slot>,
+    /// The record is the slot's content, not its attribute.
+    as_content: bool,
 }
 
 impl Pending<'_> {
     /// Leaves the record in the log: the operation's store half failed after its guest-tree
     /// half was done, so the next start's recovery must settle it.
-    pub fn keep(self) {
-        log::warn!(
-            "intent record {:?} kept for the next start's recovery",
-            self.name
-        );
-        std::mem::forget(self);
+    pub fn keep(mut self) {
+        if let Some(slot) = self.slot.take() {
+            log::warn!(
+                "intent record in {:?} kept for the next start's recovery",
+                slot.name
+            );
+        }
     }
 }
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self.log.remove(&self.name) {
-            log::warn!(
-                "cannot remove intent record {:?} (recovery will settle it): {e}",
-                self.name,
-            );
+        let Some(slot) = self.slot.take() else {
+            return;
+        };
+        match self.log.clear(&slot, self.as_content) {
+            Ok(()) => self.log.idle_slots().push(slot),
+            // The slot still holds its record: it is not reused, and the next start settles it.
+            Err(e) => log::warn!(
+                "cannot remove the intent record in {:?} (recovery will settle it): {e}",
+                slot.name,
+            ),
         }
     }
 }
@@ -195,6 +232,8 @@ impl IntentLog {
         IntentLog {
             dir,
             next: AtomicU64::new(0),
+            next_slot: AtomicU64::new(0),
+            idle: Mutex::new(Vec::new()),
             hook,
             journal_ordered: AtomicBool::new(false),
         }
@@ -212,28 +251,57 @@ impl IntentLog {
         self.journal_ordered.load(Ordering::Relaxed)
     }
 
+    fn idle_slots(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
+        // A vector of open files pushed and popped whole: a panic elsewhere cannot leave it
+        // half-changed.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An idle slot, or a new one: a slot file under a name no file of the log has.
+    fn take_slot(&self) -> io::Result<Slot> {
+        if let Some(slot) = self.idle_slots().pop() {
+            return Ok(slot);
+        }
+        loop {
+            let n = self.next_slot.fetch_add(1, Ordering::Relaxed);
+            let name = CString::new(format!("{SLOT_PREFIX}{n}"))
+                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            let flags = libc::O_CREAT | libc::O_EXCL | libc::O_RDWR;
+            match open_beneath(&self.dir, &name, flags, 0o600) {
+                Ok(fd) => {
+                    return Ok(Slot {
+                        file: File::from(fd),
+                        name,
+                    })
+                }
+                // Left by an earlier server (recovery removes idle ones): take the next.
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Writes and syncs a record of `intent` before the operation starts.
     pub fn begin(&self, intent: &Intent) -> io::Result<Pending<'_>> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let name = CString::new(format!("{n:016}"))
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
         self.hook
             .check(&StoreOp::Namespace(Namespace::IntentRecord))?;
-        let fd = open_beneath(
-            &self.dir,
-            &name,
-            libc::O_CREAT | libc::O_TRUNC | libc::O_WRONLY,
-            0o600,
-        )?;
-        let mut file = File::from(fd);
-        let pending = Pending { log: self, name };
-        let record = intent.encode();
+        let slot = self.take_slot()?;
+        let mut record = vec![SEQUENCE_MARK];
+        record.extend_from_slice(seq.to_string().as_bytes());
+        record.push(0);
+        record.extend_from_slice(&intent.encode());
+        let mut pending = Pending {
+            log: self,
+            slot: None,
+            as_content: false,
+        };
         if self.is_journal_ordered() {
             // SAFETY: fsetxattr on a descriptor we own, with a NUL-terminated name and a
             // value buffer of the given length.
             let res = unsafe {
                 libc::fsetxattr(
-                    file.as_raw_fd(),
+                    slot.file.as_raw_fd(),
                     RECORD_XATTR.as_ptr(),
                     record.as_ptr().cast(),
                     record.len(),
@@ -241,6 +309,7 @@ impl IntentLog {
                 )
             };
             if res == 0 {
+                pending.slot = Some(slot);
                 return Ok(pending);
             }
             let err = io::Error::last_os_error();
@@ -249,29 +318,45 @@ impl IntentLog {
                 Some(libc::E2BIG | libc::ENOSPC | libc::ERANGE | libc::EOPNOTSUPP) => {
                     log::debug!("intent record as an attribute refused ({err}); syncing it")
                 }
-                _ => return Err(err),
+                _ => {
+                    self.idle_slots().push(slot);
+                    return Err(err);
+                }
             }
         }
-        let file_ref = &file;
+        // From here on the slot may hold (part of) a record: it goes back only once cleared.
+        pending.as_content = true;
+        let file = &pending.slot.insert(slot).file;
         self.hook.check(&StoreOp::Write {
-            file: file_ref,
+            file,
             offset: 0,
             len: record.len(),
         })?;
-        file.write_all(&record)?;
+        file.write_all_at(&record, 0)?;
         // Enforced at namespace changes (docs/architecture.md#intent-records): the record is
         // on disk before either half of the operation.
         self.hook.check(&StoreOp::Sync {
-            file: &file,
+            file,
             data_only: true,
         })?;
         file.sync_data()?;
         Ok(pending)
     }
 
-    /// Every record left behind, oldest first, with its name; records this version cannot
-    /// read are reported as `None`.
-    pub fn leftovers(&self) -> io::Result<Vec<(CString, Option<Intent>)>> {
+    /// Clears the record in `slot`, after the hook's say.
+    fn clear(&self, slot: &Slot, as_content: bool) -> io::Result<()> {
+        self.hook
+            .check(&StoreOp::Namespace(Namespace::IntentDone))?;
+        if as_content {
+            return slot.file.set_len(0);
+        }
+        // SAFETY: fremovexattr on a descriptor we own, with a NUL-terminated name.
+        check(unsafe { libc::fremovexattr(slot.file.as_raw_fd(), RECORD_XATTR.as_ptr()) })
+            .map(|_| ())
+    }
+
+    /// The names of every file in the log directory.
+    fn names(&self) -> io::Result<Vec<CString>> {
         let dup = check(unsafe {
             // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own returns a new one.
             libc::fcntl(self.dir.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0)
@@ -279,33 +364,64 @@ impl IntentLog {
         // SAFETY: `dup` is a fresh descriptor owned by nobody else.
         let dup = unsafe { OwnedFd::from_raw_fd(dup) };
         let path = format!("/proc/self/fd/{}", dup.as_raw_fd());
-        let mut names: Vec<CString> = std::fs::read_dir(&path)?
+        Ok(std::fs::read_dir(&path)?
             .filter_map(|e| e.ok())
             .filter_map(|e| CString::new(e.file_name().into_encoded_bytes()).ok())
-            .collect();
-        names.sort();
-        let mut out = Vec::new();
-        for name in names {
-            let mut file = File::from(open_beneath(&self.dir, &name, libc::O_RDONLY, 0)?);
-            let mut record = vec![0u8; MAX_RECORD];
-            // SAFETY: fgetxattr on a descriptor we own into a buffer of the given length.
-            let n = unsafe {
-                libc::fgetxattr(
-                    file.as_raw_fd(),
-                    RECORD_XATTR.as_ptr(),
-                    record.as_mut_ptr().cast(),
-                    record.len(),
-                )
-            };
-            if n >= 0 {
-                record.truncate(n as usize);
-            } else {
-                record.clear();
-                file.read_to_end(&mut record)?;
-            }
-            out.push((name, Intent::decode(&record)));
+            .collect())
+    }
+
+    /// The record file `name` holds: its attribute, else its content (empty for an idle
+    /// slot).
+    fn read_record(&self, name: &CStr) -> io::Result<Vec<u8>> {
+        let mut file = File::from(open_beneath(&self.dir, name, libc::O_RDONLY, 0)?);
+        let mut record = vec![0u8; MAX_RECORD];
+        // SAFETY: fgetxattr on a descriptor we own into a buffer of the given length.
+        let n = unsafe {
+            libc::fgetxattr(
+                file.as_raw_fd(),
+                RECORD_XATTR.as_ptr(),
+                record.as_mut_ptr().cast(),
+                record.len(),
+            )
+        };
+        if n >= 0 {
+            record.truncate(n as usize);
+        } else {
+            record.clear();
+            file.read_to_end(&mut record)?;
         }
-        Ok(out)
+        Ok(record)
+    }
+
+    /// Every record left behind, oldest first, with the name of the file holding it; records
+    /// this version cannot read are reported as `None`. Idle slots are not records.
+    pub fn leftovers(&self) -> io::Result<Vec<(CString, Option<Intent>)>> {
+        let mut found = Vec::new();
+        for name in self.names()? {
+            let record = self.read_record(&name)?;
+            let slot = name.to_bytes().starts_with(SLOT_PREFIX.as_bytes());
+            if slot && record.is_empty() {
+                continue;
+            }
+            // Slot records carry their sequence number; older logs named each record file
+            // by it.
+            let (order, body) = match record.strip_prefix(&[SEQUENCE_MARK]) {
+                Some(rest) => {
+                    let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+                    let seq = std::str::from_utf8(&rest[..end])
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok());
+                    (seq, rest.get(end + 1..).unwrap_or_default().to_vec())
+                }
+                None => (
+                    name.to_str().ok().and_then(|s| s.parse::<u64>().ok()),
+                    record,
+                ),
+            };
+            found.push((order.unwrap_or(u64::MAX), name, Intent::decode(&body)));
+        }
+        found.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        Ok(found.into_iter().map(|(_, n, i)| (n, i)).collect())
     }
 
     /// True if any record is left (a crash, or an operation whose store half failed).
@@ -313,12 +429,43 @@ impl IntentLog {
         Ok(!self.leftovers()?.is_empty())
     }
 
-    /// Removes a record once recovery has dealt with it.
+    /// Removes a record once recovery has dealt with it (the file holding it goes).
     pub fn remove(&self, name: &CStr) -> io::Result<()> {
         self.hook
             .check(&StoreOp::Namespace(Namespace::IntentDone))?;
         // SAFETY: one component under a directory fd we own.
         check(unsafe { libc::unlinkat(self.dir.as_raw_fd(), name.as_ptr(), 0) }).map(|_| ())
+    }
+
+    /// Removes the slot files that hold no record (left by a server that did not stop
+    /// cleanly). Only for recovery: the caller holds the volume, so no other server is using
+    /// them.
+    pub fn remove_idle_slots(&self) -> io::Result<()> {
+        for name in self.names()? {
+            if name.to_bytes().starts_with(SLOT_PREFIX.as_bytes())
+                && self.read_record(&name)?.is_empty()
+            {
+                // SAFETY: one component under a directory fd we own.
+                check(unsafe { libc::unlinkat(self.dir.as_raw_fd(), name.as_ptr(), 0) })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for IntentLog {
+    fn drop(&mut self) {
+        // Idle slots hold no record: a stopped server leaves an empty log behind.
+        for slot in self.idle_slots().drain(..) {
+            // SAFETY: one component under a directory fd we own.
+            if unsafe { libc::unlinkat(self.dir.as_raw_fd(), slot.name.as_ptr(), 0) } != 0 {
+                log::debug!(
+                    "cannot remove idle intent slot {:?}: {}",
+                    slot.name,
+                    io::Error::last_os_error()
+                );
+            }
+        }
     }
 }
 
@@ -419,6 +566,97 @@ mod tests {
         };
         std::mem::forget(log.begin(&intent).unwrap());
         assert_eq!(log.leftovers().unwrap()[0].1, Some(intent));
+    }
+
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn unlink(path: &str) -> Intent {
+        Intent::Unlink {
+            path: path.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_slot_is_reused_and_an_idle_one_goes_with_the_log() {
+        for journal in [true, false] {
+            let (tmp, log) = log();
+            log.set_journal_ordered(journal);
+
+            drop(log.begin(&unlink("a")).unwrap());
+            drop(log.begin(&unlink("b")).unwrap());
+
+            assert_eq!(files_in(tmp.path()), ["slot-0"], "journal order {journal}");
+            assert!(log.leftovers().unwrap().is_empty());
+            drop(log);
+            assert!(files_in(tmp.path()).is_empty(), "journal order {journal}");
+        }
+    }
+
+    #[test]
+    fn records_in_reused_slots_come_back_oldest_first() {
+        for journal in [true, false] {
+            let (_tmp, log) = log();
+            log.set_journal_ordered(journal);
+            let a = log.begin(&unlink("a")).unwrap(); // slot-0
+            let b = log.begin(&unlink("b")).unwrap(); // slot-1
+            drop(a);
+            let c = log.begin(&unlink("c")).unwrap(); // slot-0 again
+            std::mem::forget(b);
+            std::mem::forget(c);
+
+            let left = log.leftovers().unwrap();
+
+            let names: Vec<_> = left.iter().map(|(n, _)| n.to_str().unwrap()).collect();
+            assert_eq!(names, ["slot-1", "slot-0"], "journal order {journal}");
+            let intents: Vec<_> = left.into_iter().map(|(_, i)| i.unwrap()).collect();
+            assert_eq!(
+                intents,
+                [unlink("b"), unlink("c")],
+                "journal order {journal}"
+            );
+        }
+    }
+
+    #[test]
+    fn recovery_removes_idle_slots_and_keeps_records() {
+        let (tmp, log) = log();
+        let kept = log.begin(&unlink("kept")).unwrap(); // slot-0
+        let done = log.begin(&unlink("done")).unwrap(); // slot-1
+        drop(done);
+        kept.keep();
+        // The server went away without stopping cleanly: its idle slot-1 is still there.
+        std::mem::forget(log);
+        let log = IntentLog::new(
+            OwnedFd::from(File::open(tmp.path()).unwrap()),
+            Hook::default(),
+        );
+
+        log.remove_idle_slots().unwrap();
+
+        assert_eq!(files_in(tmp.path()), ["slot-0"]);
+        assert_eq!(log.leftovers().unwrap()[0].1, Some(unlink("kept")));
+        // A new record does not take the name of the one kept.
+        std::mem::forget(log.begin(&unlink("new")).unwrap());
+        assert_eq!(files_in(tmp.path()), ["slot-0", "slot-1"]);
+    }
+
+    #[test]
+    fn a_record_file_of_an_older_log_is_still_read() {
+        let (tmp, log) = log();
+        std::fs::write(tmp.path().join("0000000000000007"), unlink("old").encode()).unwrap();
+
+        let left = log.leftovers().unwrap();
+
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].0.to_str().unwrap(), "0000000000000007");
+        assert_eq!(left[0].1, Some(unlink("old")));
     }
 
     #[test]

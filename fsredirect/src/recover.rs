@@ -118,6 +118,7 @@ pub fn replay_intents(guest: &Path, store: &Store) -> io::Result<(usize, usize)>
         }
         log.remove(&name)?;
     }
+    log.remove_idle_slots()?;
     Ok((settled, unreadable))
 }
 

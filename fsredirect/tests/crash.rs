@@ -1158,8 +1158,31 @@ fn violations(
     (durability, consistency)
 }
 
+/// True for a slot file of the intent log holding no record (no attribute, no content): a
+/// running server keeps such slots for its next records, and removes them when it stops.
+fn is_idle_intent_slot(rel: &str, path: &Path, m: &std::fs::Metadata) -> bool {
+    if !rel.contains("/intent/slot-") || m.len() != 0 {
+        return false;
+    }
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated path and attribute name; a null buffer of size 0 only asks
+    // for the attribute's size.
+    let n = unsafe {
+        libc::lgetxattr(
+            c.as_ptr(),
+            c"user.fsredirect.intent".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    n < 0
+}
+
 /// Everything recovery could touch: guest tree entries (kind, size, links, inode, redirect
-/// metadata) and store entries (kind, size, inode, contents), the lock and marker aside.
+/// metadata) and store entries (kind, size, inode, contents), the lock, the marker and idle
+/// intent slots aside.
 fn snapshot(dir: &Path) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for (label, root) in [("g", dir.join("g")), ("s", dir.join("s"))] {
@@ -1177,6 +1200,9 @@ fn snapshot(dir: &Path) -> BTreeSet<String> {
                 let Ok(m) = std::fs::symlink_metadata(&path) else {
                     continue;
                 };
+                if is_idle_intent_slot(&rel, &path, &m) {
+                    continue;
+                }
                 let mut line = format!(
                     "{label} {rel} mode {:o} size {} nlink {} ino {}",
                     m.mode(),
