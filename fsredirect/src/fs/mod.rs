@@ -881,7 +881,21 @@ impl RedirectFs {
     /// A node id the server holds no state for starts afresh: without file handles,
     /// fuse-backend-rs gives a new file that reuses a host inode number the old file's node
     /// id, so nothing cached under that id may survive.
-    fn admit(&self, parent: u64, name: &CStr, mut entry: Entry, kind: Kind) -> Entry {
+    fn admit(&self, parent: u64, name: &CStr, entry: Entry, kind: Kind) -> Entry {
+        self.admit_with_object(parent, name, entry, kind, None)
+    }
+
+    /// [`RedirectFs::admit`], for a node new to the kernel keeping `object` (its store object,
+    /// which the caller has just made) as its cached store descriptor: the attributes and the
+    /// OPEN that follow a CREATE then use it instead of opening the object again by its path.
+    fn admit_with_object(
+        &self,
+        parent: u64,
+        name: &CStr,
+        mut entry: Entry,
+        kind: Kind,
+        object: Option<File>,
+    ) -> Entry {
         let (fresh, released) = {
             let mut st = self.state();
             let fresh = !st.names.holds(entry.inode) && !st.handles.is_open(entry.inode);
@@ -896,6 +910,9 @@ impl RedirectFs {
             if !self.file_handles {
                 // The passthrough layer holds an O_PATH descriptor per node.
                 self.budget.charge(1);
+            }
+            if let (Some(object), Some(r)) = (object, &self.redirect) {
+                let _ = r.objects.get(entry.inode, || Ok(object));
             }
         }
         self.fix_attr(entry.inode, kind, &mut entry.attr);
@@ -968,7 +985,9 @@ impl RedirectFs {
     /// ENOTDIR unless `inode` is a directory: checked before the store mirrors a new name
     /// below it (the store would make the directories the guest tree then refuses).
     fn require_dir(&self, inode: u64) -> io::Result<()> {
-        let (attr, _) = self.inner.getattr(&root_ctx(), inode, None)?;
+        // Through the directory's hot handle: creating many files in one directory then
+        // costs one statx each for this check.
+        let (attr, _) = self.host_attr(&root_ctx(), inode)?;
         if attr.st_mode & libc::S_IFMT != libc::S_IFDIR {
             return Err(errno(libc::ENOTDIR));
         }
@@ -1045,8 +1064,7 @@ impl RedirectFs {
             self.inner.forget(&root_ctx(), entry.inode, 1);
             return Err(e);
         }
-        drop(object);
-        let entry = self.admit(parent, name, entry, Kind::Redirect);
+        let entry = self.admit_with_object(parent, name, entry, Kind::Redirect, Some(object));
         // The record just written, kept with the node (it was not known when it was
         // written), so the next LOOKUP need not read it back.
         let record = Meta::redirect(&self.redirected()?.volume, &join(&parts));
