@@ -132,6 +132,28 @@ fn serve_jobs(queue: &Mutex<Receiver<Job>>) {
     }
 }
 
+/// A reply from a pool thread: the chain's head index and the bytes written into it.
+type Reply = (u16, u32);
+
+/// The way back from the pool threads, and how many chains are still out. Dropping it waits
+/// for those (the rings may be broken, or a bug may have panicked), so no reply outlives the
+/// call that holds the queue.
+struct Replies {
+    tx: Sender<Reply>,
+    rx: Receiver<Reply>,
+    out: usize,
+}
+
+impl Drop for Replies {
+    fn drop(&mut self) {
+        for _ in 0..self.out {
+            if self.rx.recv().is_err() {
+                break;
+            }
+        }
+    }
+}
+
 /// [`super::handler::process_queue`] with the requests served by `pool`'s threads: as many
 /// at once as it has. The same notification suppression both ways, and the same polling
 /// after a batch; returns once every chain it popped is used.
@@ -153,48 +175,6 @@ where
 {
     let (tx, rx) = mpsc::channel();
     let mut replies = Replies { tx, rx, out: 0 };
-    let served = serve(
-        server,
-        mem,
-        queue,
-        batch_poll,
-        interrupt,
-        pool,
-        &mut replies,
-    );
-    // The rings are broken: still wait for the chains out, so none outlives the call.
-    for _ in 0..replies.out {
-        if replies.rx.recv().is_err() {
-            break;
-        }
-    }
-    served
-}
-
-/// A reply from a pool thread: the chain's head index and the bytes written into it.
-type Reply = (u16, u32);
-
-/// The way back from the pool threads, and how many chains are still out.
-struct Replies {
-    tx: Sender<Reply>,
-    rx: Receiver<Reply>,
-    out: usize,
-}
-
-fn serve<S, D>(
-    server: &Arc<S>,
-    mem: &D,
-    queue: &mut Queue,
-    batch_poll: Duration,
-    interrupt: &mut dyn FnMut(),
-    pool: &RequestPool,
-    replies: &mut Replies,
-) -> Result<(), QueueError>
-where
-    S: FuseServer + Send + Sync + 'static,
-    D: Deref + Clone + Send + 'static,
-    D::Target: GuestMemory + Sized,
-{
     let corrupt = QueueError::Rings;
     let guest = &**mem;
     let mut served = 0u32;
