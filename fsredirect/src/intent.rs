@@ -469,6 +469,36 @@ impl Drop for IntentLog {
     }
 }
 
+/// True if the log directory `dir` holds any record: a file other than an idle slot (for a
+/// tool that looks at a volume no server holds, without opening its store).
+pub fn dir_has_records(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let slot = entry
+            .file_name()
+            .as_bytes()
+            .starts_with(SLOT_PREFIX.as_bytes());
+        let empty = entry.metadata().is_ok_and(|m| m.len() == 0);
+        let Ok(path) = CString::new(entry.path().into_os_string().into_encoded_bytes()) else {
+            return true;
+        };
+        // SAFETY: a NUL-terminated path and attribute name; a null buffer of size 0 only
+        // asks for the attribute's size.
+        let attribute = unsafe {
+            libc::lgetxattr(
+                path.as_ptr(),
+                RECORD_XATTR.as_ptr(),
+                std::ptr::null_mut(),
+                0,
+            )
+        } >= 0;
+        !(slot && empty && !attribute)
+    })
+}
+
 /// True if `a` and `b` lie on one file system whose journal writes metadata in order
 /// (ext4, xfs, btrfs; tmpfs keeps nothing across a power cut anyway), so that records can be
 /// written in journal order. ext4 without a journal (or ext2 through the ext4 driver) has the
@@ -657,6 +687,22 @@ mod tests {
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].0.to_str().unwrap(), "0000000000000007");
         assert_eq!(left[0].1, Some(unlink("old")));
+    }
+
+    #[test]
+    fn only_records_count_as_left_in_the_directory() {
+        let (tmp, log) = log();
+        drop(log.begin(&unlink("a")).unwrap());
+        // An idle slot (a stop cut short before the log removed it) is no record.
+        std::mem::forget(log);
+        assert!(!dir_has_records(tmp.path()));
+
+        let log = IntentLog::new(
+            OwnedFd::from(File::open(tmp.path()).unwrap()),
+            Hook::default(),
+        );
+        std::mem::forget(log.begin(&unlink("b")).unwrap());
+        assert!(dir_has_records(tmp.path()));
     }
 
     #[test]

@@ -59,8 +59,13 @@ impl Redirecting {
                 store.volume_path().display()
             );
         } else if store.was_clean() && !leftovers {
-            // Files still open at a clean stop leave their objects in the orphan area.
+            // Files still open at a clean stop leave their objects in the orphan area; a stop
+            // cut short after its marker may leave idle intent slots.
             store.clear_orphans()?;
+            store
+                .intents()
+                .remove_idle_slots()
+                .map_err(recovery_failed)?;
         } else {
             let report = crate::recover::run(&share.dir, &store).map_err(recovery_failed)?;
             log::info!(

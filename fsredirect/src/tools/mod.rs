@@ -263,7 +263,7 @@ impl Volume {
     pub fn unclean(&self) -> bool {
         // Intent records left after a clean stop (a store half that failed) also need it.
         !self.control.join("clean").exists()
-            || std::fs::read_dir(self.control.join("intent")).is_ok_and(|mut d| d.next().is_some())
+            || crate::intent::dir_has_records(&self.control.join("intent"))
     }
 
     fn busy(&self) -> ToolError {
@@ -389,6 +389,8 @@ pub(crate) fn open_for_change_with(
     let leftovers = store.intents().has_leftovers().map_err(err)?;
     // A volume made just now has nothing to recover.
     let recovered = if (store.was_clean() && !leftovers) || fresh {
+        // A stop cut short after its marker may leave idle intent slots (no records).
+        store.intents().remove_idle_slots().map_err(err)?;
         None
     } else {
         let (settled, _unreadable) = replay_intents(&share.dir, &store).map_err(err)?;
