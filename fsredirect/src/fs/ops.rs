@@ -491,16 +491,24 @@ impl FileSystem for RedirectFs {
     ) -> io::Result<usize> {
         let _ns = self.io_lock();
         match self.handle(handle)? {
-            OpenFile::Inner(ih, _) | OpenFile::Inline { ih, .. } => self.inner.read(
-                ctx,
-                inode,
-                ih,
-                w,
-                size,
-                offset,
-                lock_owner,
-                passthrough_io_flags(flags),
-            ),
+            OpenFile::Inner(ih, node)
+            | OpenFile::Inline {
+                ih, inode: node, ..
+            } => {
+                // Shared: no WRITE of the file may change its descriptor's flags meanwhile
+                // (see `passthrough_io_flags`).
+                let _data = self.data_locks.read(node);
+                self.inner.read(
+                    ctx,
+                    inode,
+                    ih,
+                    w,
+                    size,
+                    offset,
+                    lock_owner,
+                    passthrough_io_flags(flags),
+                )
+            }
             OpenFile::Redirect { inode, .. } => {
                 let _data = self.data_locks.read(inode);
                 self.with_object(inode, |f| w.write_from(f, size as usize, offset))
@@ -524,19 +532,24 @@ impl FileSystem for RedirectFs {
     ) -> io::Result<usize> {
         let ns = self.io_lock();
         match self.handle(handle)? {
-            OpenFile::Inner(ih, _) => self.inner.write(
-                ctx,
-                inode,
-                ih,
-                r,
-                size,
-                offset,
-                lock_owner,
-                delayed_write,
-                passthrough_io_flags(flags),
-                fuse_flags,
-            ),
+            OpenFile::Inner(ih, node) => {
+                // Exclusive: see `passthrough_io_flags`.
+                let _data = self.data_locks.lock(node);
+                self.inner.write(
+                    ctx,
+                    inode,
+                    ih,
+                    r,
+                    size,
+                    offset,
+                    lock_owner,
+                    delayed_write,
+                    passthrough_io_flags(flags),
+                    fuse_flags,
+                )
+            }
             OpenFile::Inline { ih, inode, .. } => {
+                let data = self.data_locks.lock(inode);
                 let n = self.inner.write(
                     ctx,
                     inode,
@@ -549,6 +562,7 @@ impl FileSystem for RedirectFs {
                     passthrough_io_flags(flags),
                     fuse_flags,
                 )?;
+                drop(data);
                 drop(ns);
                 // The file is at least this long now: it may have crossed `min-size`.
                 let end = offset.saturating_add(n as u64);
@@ -983,6 +997,13 @@ fn write_object(
 /// release reach that other file. With only these flags F_SETFL toggles O_APPEND and
 /// O_NONBLOCK, which it does not refuse (but for a host file made append-only, which no
 /// guest request can do).
+///
+/// The flags so set are the descriptor's, shared by every request on the handle: a READ or
+/// WRITE whose flags differ, in flight beside an O_APPEND WRITE, could clear O_APPEND between
+/// that write's F_SETFL and its pwrite, which would then land at its offset instead of at
+/// the end (found by the adversarial driver, unprivileged, seed 0xe8919fd221d2). So the
+/// passthrough layer's writes of a file hold its data lock exclusively and its reads hold it
+/// shared: no flag change interleaves with a write.
 /// fsync (or fdatasync) of a directory the server lists itself.
 fn sync_dir(dir: &std::fs::File, datasync: bool) -> io::Result<()> {
     if datasync {
