@@ -5,6 +5,11 @@
 //! sees a truncate or a write whole or not at all, as POSIX asks of read and truncate on a
 //! regular file (a host read racing a truncate may copy bytes the truncate is zeroing).
 //!
+//! READ and WRITE through the passthrough layer (inline files, passthrough shares) take the
+//! same lock, shared and exclusive: that layer sets each request's flags on the handle's
+//! descriptor, and a request with other flags must not clear O_APPEND between an appending
+//! write's flag change and its pwrite (`passthrough_io_flags` in `ops.rs`).
+//!
 //! A fixed set of striped locks, indexed by inode: bounded memory whatever the guest opens,
 //! nothing to clean up at forget, and two inodes share a stripe only by chance (they then
 //! wait for each other, which is correct, only slower).
