@@ -986,6 +986,15 @@ fn write_object(
     r.read_to(f, len, offset)
 }
 
+/// fsync (or fdatasync) of a directory the server lists itself.
+fn sync_dir(dir: &std::fs::File, datasync: bool) -> io::Result<()> {
+    if datasync {
+        dir.sync_data()
+    } else {
+        dir.sync_all()
+    }
+}
+
 /// The file flags of a READ or WRITE as they go to the passthrough layer: the access mode and
 /// the flags a program may change with `fcntl(F_SETFL)` and that matter to a write (O_APPEND,
 /// O_NONBLOCK; O_SYNC and O_DSYNC, which F_SETFL ignores), nothing else.
@@ -1004,15 +1013,6 @@ fn write_object(
 /// the end (found by the adversarial driver, unprivileged, seed 0xe8919fd221d2). So the
 /// passthrough layer's writes of a file hold its data lock exclusively and its reads hold it
 /// shared: no flag change interleaves with a write.
-/// fsync (or fdatasync) of a directory the server lists itself.
-fn sync_dir(dir: &std::fs::File, datasync: bool) -> io::Result<()> {
-    if datasync {
-        dir.sync_data()
-    } else {
-        dir.sync_all()
-    }
-}
-
 pub(super) fn passthrough_io_flags(flags: u32) -> u32 {
     let kept = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_SYNC | libc::O_DSYNC;
     (flags as i32 & kept) as u32
