@@ -13,8 +13,9 @@
 //! quick, handing each to another thread and waking the queue's thread for its reply costs
 //! about what the request does, which is why the default is no pool (virtiofsd's default too).
 //! On this project's machines (2 cores, storage that answers fast) a pool of 2 measured 0.90 to
-//! 1.02 of the queue's own thread at 16 requests in flight, and gained nothing on reads of
-//! files not in the page cache or on fsyncs (BENCHMARKS.md, the request-pool column).
+//! 1.09 of the queue's own thread at 16 requests in flight over two runs, and gained nothing
+//! on reads of files not in the page cache or on fsyncs (BENCHMARKS.md, the request-pool
+//! column).
 
 use std::ops::Deref;
 use std::panic::{catch_unwind, AssertUnwindSafe};
