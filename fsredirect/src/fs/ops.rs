@@ -531,28 +531,20 @@ impl FileSystem for RedirectFs {
         fuse_flags: u32,
     ) -> io::Result<usize> {
         let ns = self.io_lock();
-        match self.handle(handle)? {
-            OpenFile::Inner(ih, node) => {
+        let file = self.handle(handle)?;
+        match file {
+            OpenFile::Inner(ih, node)
+            | OpenFile::Inline {
+                ih, inode: node, ..
+            } => {
+                let inline = matches!(file, OpenFile::Inline { .. });
                 // Exclusive: see `passthrough_io_flags`.
-                let _data = self.data_locks.lock(node);
-                self.inner.write(
-                    ctx,
-                    inode,
-                    ih,
-                    r,
-                    size,
-                    offset,
-                    lock_owner,
-                    delayed_write,
-                    passthrough_io_flags(flags),
-                    fuse_flags,
-                )
-            }
-            OpenFile::Inline { ih, inode, .. } => {
-                let data = self.data_locks.lock(inode);
+                let data = self.data_locks.lock(node);
                 let n = self.inner.write(
                     ctx,
-                    inode,
+                    // An inline handle names its own node; a plain one is checked against
+                    // the request's by the passthrough layer.
+                    if inline { node } else { inode },
                     ih,
                     r,
                     size,
@@ -566,8 +558,8 @@ impl FileSystem for RedirectFs {
                 drop(ns);
                 // The file is at least this long now: it may have crossed `min-size`.
                 let end = offset.saturating_add(n as u64);
-                if self.placement_may_change(inode, false, end) {
-                    self.settle(inode);
+                if inline && self.placement_may_change(node, false, end) {
+                    self.settle(node);
                 }
                 Ok(n)
             }
