@@ -469,34 +469,36 @@ impl Drop for IntentLog {
     }
 }
 
+/// True if `path` is a slot file of the log holding no record (no attribute, no content).
+pub fn is_idle_slot(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let slot = path
+        .file_name()
+        .is_some_and(|n| n.as_bytes().starts_with(SLOT_PREFIX.as_bytes()));
+    if !slot || !std::fs::symlink_metadata(path).is_ok_and(|m| m.len() == 0) {
+        return false;
+    }
+    let Ok(path) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated path and attribute name; a null buffer of size 0 only asks
+    // for the attribute's size.
+    let attribute = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            RECORD_XATTR.as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    attribute < 0
+}
+
 /// True if the log directory `dir` holds any record: a file other than an idle slot (for a
 /// tool that looks at a volume no server holds, without opening its store).
 pub fn dir_has_records(dir: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return false;
-    };
-    entries.flatten().any(|entry| {
-        let slot = entry
-            .file_name()
-            .as_bytes()
-            .starts_with(SLOT_PREFIX.as_bytes());
-        let empty = entry.metadata().is_ok_and(|m| m.len() == 0);
-        let Ok(path) = CString::new(entry.path().into_os_string().into_encoded_bytes()) else {
-            return true;
-        };
-        // SAFETY: a NUL-terminated path and attribute name; a null buffer of size 0 only
-        // asks for the attribute's size.
-        let attribute = unsafe {
-            libc::lgetxattr(
-                path.as_ptr(),
-                RECORD_XATTR.as_ptr(),
-                std::ptr::null_mut(),
-                0,
-            )
-        } >= 0;
-        !(slot && empty && !attribute)
-    })
+    std::fs::read_dir(dir)
+        .is_ok_and(|entries| entries.flatten().any(|entry| !is_idle_slot(&entry.path())))
 }
 
 /// True if `a` and `b` lie on one file system whose journal writes metadata in order

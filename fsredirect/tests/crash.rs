@@ -1158,28 +1158,6 @@ fn violations(
     (durability, consistency)
 }
 
-/// True for a slot file of the intent log holding no record (no attribute, no content): a
-/// running server keeps such slots for its next records, and removes them when it stops.
-fn is_idle_intent_slot(rel: &str, path: &Path, m: &std::fs::Metadata) -> bool {
-    if !rel.contains("/intent/slot-") || m.len() != 0 {
-        return false;
-    }
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: a NUL-terminated path and attribute name; a null buffer of size 0 only asks
-    // for the attribute's size.
-    let n = unsafe {
-        libc::lgetxattr(
-            c.as_ptr(),
-            c"user.fsredirect.intent".as_ptr(),
-            std::ptr::null_mut(),
-            0,
-        )
-    };
-    n < 0
-}
-
 /// Everything recovery could touch: guest tree entries (kind, size, links, inode, redirect
 /// metadata) and store entries (kind, size, inode, contents), the lock, the marker and idle
 /// intent slots aside.
@@ -1200,7 +1178,9 @@ fn snapshot(dir: &Path) -> BTreeSet<String> {
                 let Ok(m) = std::fs::symlink_metadata(&path) else {
                     continue;
                 };
-                if is_idle_intent_slot(&rel, &path, &m) {
+                // A running server keeps idle slots for its next records (and removes them
+                // when it stops): not state.
+                if rel.contains("/intent/") && fsredirect::intent::is_idle_slot(&path) {
                     continue;
                 }
                 let mut line = format!(
