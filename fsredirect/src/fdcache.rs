@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug)]
 pub struct FdCache {
     capacity: usize,
+    /// What one entry is, for the log.
+    what: &'static str,
     entries: Mutex<Entries>,
     evictions: AtomicU64,
 }
@@ -23,10 +25,17 @@ struct Entries {
 }
 
 impl FdCache {
-    /// A cache holding at most `capacity` descriptors (at least one).
+    /// A cache of store objects holding at most `capacity` descriptors (at least one).
     pub fn new(capacity: usize) -> Self {
+        FdCache::named(capacity, "store descriptor")
+    }
+
+    /// A cache of `what` (for the log: "directory descriptor", say) holding at most
+    /// `capacity` descriptors (at least one).
+    pub fn named(capacity: usize, what: &'static str) -> Self {
         FdCache {
             capacity: capacity.max(1),
+            what,
             entries: Mutex::new(Entries::default()),
             evictions: AtomicU64::new(0),
         }
@@ -63,7 +72,8 @@ impl FdCache {
                 let n = self.evictions.fetch_add(1, Ordering::Relaxed) + 1;
                 if n == 1 || n.is_power_of_two() {
                     log::info!(
-                        "store descriptor bound of {} reached: {} evictions so far",
+                        "{} bound of {} reached: {} evictions so far",
+                        self.what,
                         self.capacity,
                         n
                     );

@@ -32,6 +32,10 @@ struct Known {
     links: Vec<Link>,
     /// References the kernel holds (LOOKUPs not yet FORGOTten).
     lookups: u64,
+    /// Of those, references the server gave without the passthrough layer (a LOOKUP of a
+    /// node the kernel already held, see [`NameTable::remember_unbacked`]): FORGETs drop
+    /// these first, and never pass them on. Always fewer than `lookups`.
+    unbacked: u64,
     /// Known names of other inodes in this directory.
     children: u64,
     /// One passthrough-layer reference held back from the kernel's FORGETs while names below
@@ -91,6 +95,29 @@ impl NameTable {
         self.inodes.entry(inode).or_default().lookups += 1;
     }
 
+    /// [`NameTable::remember`] for a reference the server gives without the passthrough
+    /// layer's knowing: a LOOKUP answered for a node the kernel already holds (so the
+    /// passthrough layer holds at least one reference to it, and keeps it until the kernel's
+    /// FORGETs drop this one too). Returns false, and records nothing, if the kernel does
+    /// not hold `inode`.
+    pub fn remember_unbacked(&mut self, inode: u64, parent: u64, name: &CStr) -> bool {
+        if !self.is_known(inode) {
+            return false;
+        }
+        self.remember(inode, parent, name);
+        if let Some(known) = self.inodes.get_mut(&inode) {
+            known.unbacked += 1;
+        }
+        true
+    }
+
+    /// The inode the name `parent`/`name` is known to lead to, if any.
+    pub fn holder(&self, parent: u64, name: &CStr) -> Option<u64> {
+        // The index is keyed by an owned name; a lookup by a borrowed one would need a
+        // second map type, and names are short.
+        self.by_name.get(&(parent, name.to_owned())).copied()
+    }
+
     /// True if the kernel holds at least one reference to `inode`.
     pub fn is_known(&self, inode: u64) -> bool {
         self.inodes.get(&inode).is_some_and(|k| k.lookups > 0)
@@ -118,7 +145,10 @@ impl NameTable {
         out.extend(
             self.inodes
                 .drain()
-                .map(|(inode, known)| (inode, known.lookups + u64::from(known.withheld)))
+                .map(|(inode, known)| {
+                    let passed = known.lookups - known.unbacked;
+                    (inode, passed + u64::from(known.withheld))
+                })
                 .filter(|(_, count)| *count > 0),
         );
         out
@@ -138,18 +168,23 @@ impl NameTable {
         };
         let dropped = count.min(known.lookups);
         known.lookups -= dropped;
+        // The references the passthrough layer never had go first: it keeps at least one
+        // while the kernel holds any.
+        let unbacked = dropped.min(known.unbacked);
+        known.unbacked -= unbacked;
+        let passed = dropped - unbacked;
         if known.lookups > 0 {
-            self.release(inode, dropped, false);
+            self.release(inode, passed, false);
             return false;
         }
         if known.children > 0 {
             // Names below are still known: keep one reference, and the names.
-            let keep = u64::from(!known.withheld && dropped > 0);
+            let keep = u64::from(!known.withheld && passed > 0);
             known.withheld |= keep == 1;
-            self.release(inode, dropped - keep, false);
+            self.release(inode, passed - keep, false);
         } else {
             let withheld = u64::from(known.withheld);
-            self.remove_inode(inode, dropped + withheld);
+            self.remove_inode(inode, passed + withheld);
         }
         true
     }
@@ -589,6 +624,48 @@ mod tests {
         assert!(t.forget(3, 1));
         assert_eq!(released(&mut t), vec![(3, 1, true), (2, 1, true)]);
         assert_eq!(t.known(), 0);
+    }
+
+    #[test]
+    fn unbacked_references_are_forgotten_first_and_never_passed_on() {
+        let mut t = NameTable::default();
+        // Not held by the kernel: nothing to add to.
+        assert!(!t.remember_unbacked(3, ROOT_INODE, c"f"));
+        assert_eq!(t.holder(ROOT_INODE, c"f"), None);
+        t.remember(3, ROOT_INODE, c"f");
+        assert_eq!(t.holder(ROOT_INODE, c"f"), Some(3));
+        assert!(t.remember_unbacked(3, ROOT_INODE, c"f"));
+        assert!(t.remember_unbacked(3, ROOT_INODE, c"f"));
+        assert_eq!(t.lookups(3), 3);
+        // Two FORGETs of one: the passthrough layer, which had one reference, hears of none.
+        assert!(!t.forget(3, 1));
+        assert!(!t.forget(3, 1));
+        assert_eq!(released(&mut t), vec![]);
+        // The last: its one reference goes on, with the node.
+        assert!(t.forget(3, 1));
+        assert_eq!(released(&mut t), vec![(3, 1, true)]);
+    }
+
+    #[test]
+    fn a_forget_of_everything_passes_on_only_the_backed_references() {
+        let mut t = NameTable::default();
+        t.remember(3, ROOT_INODE, c"f");
+        t.remember(3, ROOT_INODE, c"f");
+        assert!(t.remember_unbacked(3, ROOT_INODE, c"f"));
+        assert!(t.forget(3, u64::MAX));
+        assert_eq!(released(&mut t), vec![(3, 2, true)]);
+        // A directory forgotten with a name below keeps one backed reference back.
+        t.remember(2, ROOT_INODE, c"d");
+        t.remember(4, 2, c"g");
+        assert!(t.remember_unbacked(2, ROOT_INODE, c"d"));
+        assert!(t.forget(2, 2));
+        assert_eq!(released(&mut t), vec![]);
+        assert!(t.holds(2));
+        // At the end of a session the backed ones go back: the held-back one here.
+        assert!(t.remember_unbacked(4, 2, c"g"));
+        let mut drained = t.drain();
+        drained.sort();
+        assert_eq!(drained, vec![(2, 1), (4, 1)]);
     }
 
     /// Adversarial seed 0xe71b714fa3fa, reduced: directory 3, which the kernel forgot, stays

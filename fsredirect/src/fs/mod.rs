@@ -63,6 +63,7 @@ use self::xattrs::Reached;
 use crate::beneath::{open_beneath, walk, ProcSelfFd};
 use crate::faults::Hook;
 use crate::fdbudget::FdBudget;
+use crate::fdcache::FdCache;
 use crate::intent::Intent;
 use crate::meta::Meta;
 use crate::names::{join, NameTable};
@@ -314,6 +315,12 @@ pub struct RedirectFs {
     xattrs_by_descriptor: bool,
     /// Most nodes holding a hot handle (`nodes.rs`).
     hot_inodes: usize,
+    /// The server's own `O_PATH` descriptors of directories, for LOOKUPs of nodes the
+    /// kernel holds (`revalidate.rs`).
+    dir_fds: FdCache,
+    /// The timeouts of every attribute and entry reply, as the passthrough layer's.
+    attr_timeout: Duration,
+    entry_timeout: Duration,
     recovery: Option<RecoveryReport>,
 }
 
@@ -386,9 +393,12 @@ impl RedirectFs {
         let server_is_root = unsafe { libc::geteuid() } == 0;
         let meta_name = crate::meta::xattr_name_for(server_is_root);
         let hot_inodes = cfg.hot_inodes_or_default();
+        let dir_fds = revalidate::dir_fds_for(crate::fdbudget::nofile_limit().unwrap_or(1024));
         let budget = match cfg.max_guest_fds {
             Some(limit) => FdBudget::new(limit),
-            None => FdBudget::from_rlimit(cfg.max_store_fds.saturating_mul(2) + hot_inodes),
+            None => {
+                FdBudget::from_rlimit(cfg.max_store_fds.saturating_mul(2) + hot_inodes + dir_fds)
+            }
         };
         log::info!(
             "serving {} ({}), at most {} store descriptors, {} hot inodes and {} descriptors held \
@@ -412,6 +422,9 @@ impl RedirectFs {
             ns: RwLock::new(()),
             state: Mutex::new(State::new(hot_inodes)),
             hot_inodes,
+            dir_fds: FdCache::named(dir_fds, "directory descriptor"),
+            attr_timeout: cfg.attr_timeout,
+            entry_timeout: cfg.entry_timeout,
             data_locks: DataLocks::default(),
             stub_modes: Mutex::new(()),
             budget,
@@ -901,11 +914,13 @@ impl RedirectFs {
             let fresh = !st.names.holds(entry.inode) && !st.handles.is_open(entry.inode);
             st.names.remember(entry.inode, parent, name);
             st.nodes.set_kind(entry.inode, kind);
+            st.nodes.set_identity(entry.inode, &entry.attr);
             (fresh, st.names.take_released())
         };
         self.pass_on(released);
         if fresh {
             self.drop_cached(entry.inode);
+            self.dir_fds.remove(entry.inode);
             self.undetach(entry.inode);
             if !self.file_handles {
                 // The passthrough layer holds an O_PATH descriptor per node.
@@ -1005,6 +1020,18 @@ impl RedirectFs {
     /// corrects a stale record (left by a directory rename above it). Nothing is moved here:
     /// objects misplaced by a crash are put back by recovery, which runs before serving; a
     /// missing object leaves the record alone, as evidence for `verify`.
+    /// [`RedirectFs::correct_portion`] for redirected `inode` just looked up as
+    /// `parent`/`name`, whose record is `record`; a failure is only logged (the record is a
+    /// hint).
+    fn correct_portion_of(&self, inode: u64, parent: u64, name: &CStr, record: Option<Meta>) {
+        let parts = self.state().names.child_path(parent, name);
+        if let Some(parts) = parts {
+            if let Err(e) = self.correct_portion(inode, &parts, record) {
+                log::warn!("cannot correct metadata of inode {inode}: {e}");
+            }
+        }
+    }
+
     fn correct_portion(
         &self,
         inode: u64,
@@ -1144,6 +1171,7 @@ impl RedirectFs {
         };
         if retired {
             self.drop_cached(inode);
+            self.dir_fds.remove(inode);
             self.undetach(inode);
         }
         self.pass_on_released();
@@ -1385,9 +1413,19 @@ impl RedirectFs {
         (ours.st_dev == node.st_dev && ours.st_ino == node.st_ino).then_some(fd)
     }
 
-    /// Opens the guest-tree path `parts` (the root if empty) with `flags`, one component at a
-    /// time, never following a symlink.
+    /// Opens the guest-tree path `parts` (the root if empty) with `flags`, never following a
+    /// symlink and never leaving the tree: in one `openat2` where the path fits in
+    /// `PATH_MAX`, else one component at a time.
     fn open_known(&self, parts: &[CString], flags: i32) -> io::Result<OwnedFd> {
+        let path = join(parts);
+        if path.is_empty() {
+            return open_beneath(&self.guest_root, c".", flags, 0);
+        }
+        if path.len() < libc::PATH_MAX as usize {
+            // Components are names the guest sent and the server validated: no NUL.
+            let path = CString::new(path).map_err(|_| errno(libc::EINVAL))?;
+            return open_beneath(&self.guest_root, &path, flags, 0);
+        }
         match parts.split_last() {
             None => open_beneath(&self.guest_root, c".", flags, 0),
             Some((name, dirs)) => {
@@ -1545,6 +1583,7 @@ impl RedirectFs {
             r.objects.clear();
             r.stubs.clear();
         }
+        self.dir_fds.clear();
         self.budget.reset();
     }
 
@@ -1709,6 +1748,7 @@ mod nodes;
 mod ops;
 mod redirecting;
 mod rename;
+mod revalidate;
 mod transition;
 mod xattrs;
 

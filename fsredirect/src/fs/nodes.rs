@@ -22,6 +22,10 @@
 //!   comes back for another file) loses everything but its kind
 //!   ([`NodeTable::forget_object`]), and a forgotten node loses its entry.
 //!
+//! Each entry also records the node's identity (device and inode number) as the passthrough
+//! layer last reported it ([`NodeTable::set_identity`]), with which a LOOKUP of a node the
+//! kernel holds is answered without that layer (`revalidate.rs`).
+//!
 //! Memory is one small entry per node the kernel holds, as the name table's.
 //!
 //! With file handles, the passthrough layer reopens a node from its handle for every request
@@ -75,6 +79,9 @@ struct Node {
     stub: Option<StubStamp>,
     /// The passthrough layer's handle on an `O_PATH` descriptor of the node, if it is hot.
     hot: Option<u64>,
+    /// The guest-tree inode's device and inode number, as the passthrough layer last
+    /// reported them for this node.
+    identity: Option<(u64, u64)>,
 }
 
 /// A stub's size and the coarse clock tick (seconds, nanoseconds) at or before its last
@@ -96,6 +103,7 @@ impl Node {
             blocks: None,
             stub: None,
             hot: None,
+            identity: None,
         }
     }
 }
@@ -139,6 +147,7 @@ impl NodeTable {
         if node.kind != kind {
             *node = Node {
                 hot: node.hot,
+                identity: node.identity,
                 ..Node::new(kind)
             };
         }
@@ -212,7 +221,9 @@ impl NodeTable {
     }
 
     /// Drops what `inode`'s host files said (record, object figures, stub): they may be
-    /// gone, or another file may come back under this node id. Its kind stays.
+    /// gone, or another file may come back under this node id. Its kind stays, and its
+    /// identity: the node still stands for the same host inode, and a node id that comes
+    /// back is admitted again, which records the new one.
     pub fn forget_object(&mut self, inode: u64) {
         if let Some(node) = self.nodes.get_mut(&inode) {
             node.record = None;
@@ -220,6 +231,19 @@ impl NodeTable {
             node.blocks = None;
             node.stub = None;
         }
+    }
+
+    /// Records the device and inode number of `inode`'s guest-tree file, from attributes the
+    /// passthrough layer just gave for it; nothing for a node whose kind is not known.
+    pub fn set_identity(&mut self, inode: u64, attr: &libc::stat64) {
+        if let Some(node) = self.nodes.get_mut(&inode) {
+            node.identity = Some((attr.st_dev, attr.st_ino));
+        }
+    }
+
+    /// The device and inode number last recorded for `inode`.
+    pub fn identity(&self, inode: u64) -> Option<(u64, u64)> {
+        self.nodes.get(&inode).and_then(|n| n.identity)
     }
 
     /// Drops the entry of a node the kernel forgot; returns its hot handle, for the caller
@@ -324,6 +348,29 @@ mod tests {
         t.set_kind(1, Kind::Plain);
         assert_eq!(t.object(1), None);
         assert_eq!(t.kind_and_record(1), Some((Kind::Plain, None)));
+    }
+
+    #[test]
+    fn an_identity_survives_a_new_kind_and_goes_with_the_entry() {
+        // SAFETY: a zeroed stat is a valid value.
+        let mut attr: libc::stat64 = unsafe { std::mem::zeroed() };
+        attr.st_dev = 7;
+        attr.st_ino = 42;
+        let mut t = NodeTable::default();
+        t.set_identity(1, &attr);
+        assert_eq!(t.identity(1), None, "not for an unknown node");
+        t.set_kind(1, Kind::Plain);
+        t.set_identity(1, &attr);
+        t.set_kind(1, Kind::Redirect);
+        assert_eq!(
+            t.identity(1),
+            Some((7, 42)),
+            "a placement move keeps the host inode"
+        );
+        t.forget_object(1);
+        assert_eq!(t.identity(1), Some((7, 42)));
+        t.remove(1);
+        assert_eq!(t.identity(1), None);
     }
 
     #[test]

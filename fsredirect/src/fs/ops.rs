@@ -50,6 +50,12 @@ impl FileSystem for RedirectFs {
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
         validate_name(name)?;
         let _ns = self.ns_read();
+        if let Some(held) = self.lookup_held(parent, name) {
+            if held.kind == Kind::Redirect {
+                self.correct_portion_of(held.entry.inode, parent, name, held.record);
+            }
+            return Ok(held.entry);
+        }
         let entry = self.inner.lookup(ctx, parent, name)?;
         if !self.file_handles && !self.state().names.holds(entry.inode) {
             // A node new to the kernel: the passthrough layer now holds a descriptor for it.
@@ -68,12 +74,7 @@ impl FileSystem for RedirectFs {
         let entry = self.admit(parent, name, entry, kind);
         self.state().nodes.set_record(entry.inode, meta.clone());
         if kind == Kind::Redirect {
-            let parts = self.state().names.child_path(parent, name);
-            if let Some(parts) = parts {
-                if let Err(e) = self.correct_portion(entry.inode, &parts, meta) {
-                    log::warn!("cannot correct metadata of inode {}: {e}", entry.inode);
-                }
-            }
+            self.correct_portion_of(entry.inode, parent, name, meta);
         }
         Ok(entry)
     }

@@ -1293,3 +1293,73 @@ mod hostile_tests;
 
 #[path = "xattrs_tests.rs"]
 mod xattrs_tests;
+
+/// The configurations a LOOKUP answered by the server itself runs under: by file handle
+/// (root only) and by `O_PATH` descriptor.
+fn lookup_configs() -> Vec<FsConfig> {
+    let mut configs = vec![FsConfig {
+        inode_file_handles: false,
+        ..FsConfig::default()
+    }];
+    if FsConfig::default().inode_file_handles {
+        configs.push(FsConfig {
+            inode_file_handles: true,
+            ..FsConfig::default()
+        });
+    }
+    configs
+}
+
+#[test]
+fn a_lookup_again_follows_a_name_replaced_on_the_host() {
+    for cfg in lookup_configs() {
+        for store in [false, true] {
+            let fx = fixture_with(store, cfg.clone());
+            let old = fx.write_file(ROOT_INODE, "a", b"one");
+            // A GETATTR gives the node a hot handle (by file handle): it is pinned.
+            fx.fs.getattr(&fx.ctx, old.inode, None).unwrap();
+            let again = fx.lookup(ROOT_INODE, "a").unwrap();
+            assert_eq!(again.inode, old.inode);
+            assert_eq!(again.attr.st_size, 3);
+            // Behind the server's back, the name comes to lead to another inode.
+            std::fs::rename(fx.guest.join("a"), fx.guest.join("moved")).unwrap();
+            std::fs::write(fx.guest.join("a"), b"other").unwrap();
+            let new = fx.lookup(ROOT_INODE, "a").unwrap();
+            assert_ne!(new.inode, old.inode, "{cfg:?} store {store}");
+            assert_eq!(new.attr.st_size, 5);
+            assert_eq!(fx.read_file(ROOT_INODE, "a"), b"other");
+        }
+    }
+}
+
+/// How many of this process's descriptors lead to `path`.
+fn descriptors_of(path: &Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target == path)
+        .count()
+}
+
+#[test]
+fn lookups_the_server_answers_are_forgotten_first_and_the_node_goes_with_the_last() {
+    for cfg in lookup_configs() {
+        // Passthrough: no store caches hold descriptors of the file.
+        let fx = fixture_with(false, cfg.clone());
+        let entry = fx.write_file(ROOT_INODE, "f", b"data");
+        fx.fs.getattr(&fx.ctx, entry.inode, None).unwrap();
+        // The CREATE's reference, then two more LOOKUPs (answered by the server).
+        for _ in 0..2 {
+            assert_eq!(fx.lookup(ROOT_INODE, "f").unwrap().inode, entry.inode);
+        }
+        fx.fs.forget(&fx.ctx, entry.inode, 2);
+        let (st, _) = fx.fs.getattr(&fx.ctx, entry.inode, None).unwrap();
+        assert_eq!(st.st_size, 4, "{cfg:?}: the node is still held");
+        fx.fs.forget(&fx.ctx, entry.inode, 1);
+        assert!(fx.fs.getattr(&fx.ctx, entry.inode, None).is_err());
+        // The passthrough layer let its node go too, with its descriptor of it (without
+        // file handles; the hot handle goes either way).
+        assert_eq!(descriptors_of(&fx.guest.join("f")), 0, "{cfg:?}");
+        assert_eq!(fx.read_file(ROOT_INODE, "f"), b"data");
+    }
+}
