@@ -39,13 +39,13 @@ pub struct DeviceSummary {
     /// Data figures per target.
     pub data: [DataSummary; 3],
     /// Metadata figures per target, `MetaOp::ALL` order.
-    pub meta: [[MetaSummary; 5]; 3],
+    pub meta: [[MetaSummary; MetaOp::ALL.len()]; 3],
     /// Rounds the medians are taken over.
     pub rounds: usize,
     /// Per target, each round's data figures (for paired ratios).
     pub data_rounds: [Vec<DataSummary>; 3],
     /// Per target, each round's metadata figures (for paired ratios).
-    pub meta_rounds: [Vec<[MetaSummary; 5]>; 3],
+    pub meta_rounds: [Vec<[MetaSummary; MetaOp::ALL.len()]>; 3],
     /// Per target, the median p50 latency (µs) of a request answered without any host call
     /// (NaN for the host, which has no request path).
     pub floor_us: [f64; 3],
@@ -60,7 +60,7 @@ impl DeviceSummary {
                 .map(|f| [f.seq_write, f.seq_read, f.rand_read, f.rand_write])
                 .collect()
         });
-        let meta_rounds: [Vec<[MetaSummary; 5]>; 3] = std::array::from_fn(|t| {
+        let meta_rounds: [Vec<[MetaSummary; MetaOp::ALL.len()]>; 3] = std::array::from_fn(|t| {
             runs[t]
                 .iter()
                 .map(|f| {
@@ -240,9 +240,10 @@ coarse clock (an ftruncate when it extends the file); on top come the namespace 
 and the store-descriptor cache lookup, and the run-to-run noise of this shared machine.";
 const CAUSE_FUSE_META: &str = "the request path, not the host calls: a request the device \
 answers without any host call already takes several times the host's own call (the request \
-floor, device section); a LOOKUP by file handle adds 7 host calls and a GETATTR one statx \
-through the node's hot descriptor, the same for a redirected and a plain file \
-(fsredirect/tests/syscalls.rs).";
+floor, device section); a GETATTR adds one statx through the node's hot descriptor, a LOOKUP \
+again of a name in use one fstatat (the server answers it), and the first LOOKUP of a node the \
+passthrough layer's lookup: 7 host calls by file handle, as this run's server uses (3 without), \
+the same for a redirected and a plain file (fsredirect/tests/syscalls.rs).";
 const CAUSE_REDIRECT_READ: &str = "each redirected READ takes the namespace lock and its file's \
 data lock (shared, so it never sees a truncate half done) and looks its object up in the \
 store-descriptor cache (a mutex-guarded LRU) before the pread, which the passthrough does not; \
@@ -1195,7 +1196,10 @@ impl Report {
             );
         }
         s.push_str(
-            "\nMetadata: ops/s (p50 / p99 latency in µs). Readdir is one whole listing \
+            "\nMetadata: ops/s (p50 / p99 latency in µs). Each of the files is created (and \
+             kept open), looked up, stat'ed and looked up again, in that order, one phase after \
+             the other; the first lookup of a file follows its create, the second its getattr, \
+             as the kernel's revalidation of a name in use does. Readdir is one whole listing \
              (open, read to the end, close).\n\n\
              | op | host syscalls | passthrough | redirect | passthrough / host | \
              redirect / host | redirect / passthrough |\n|---|---|---|---|---|---|---|\n",
@@ -1408,7 +1412,7 @@ mod tests {
             seq_read: 200.0 * scale,
             rand_read: 10.0 * scale,
             rand_write: 10.0 * scale,
-            meta: vec![lat; 5],
+            meta: vec![lat; MetaOp::ALL.len()],
             floor: Latencies::default(),
         }
     }

@@ -68,6 +68,9 @@ pub enum MetaOp {
     Lookup,
     /// Attributes of a known inode.
     Getattr,
+    /// Look the same name up again once its node is in use (what the kernel does to
+    /// revalidate a name whose entry timed out).
+    LookupAgain,
     /// Remove a name.
     Unlink,
     /// Open, list to the end and close the directory.
@@ -76,10 +79,11 @@ pub enum MetaOp {
 
 impl MetaOp {
     /// All metadata operations, in report order.
-    pub const ALL: [MetaOp; 5] = [
+    pub const ALL: [MetaOp; 6] = [
         MetaOp::Create,
         MetaOp::Lookup,
         MetaOp::Getattr,
+        MetaOp::LookupAgain,
         MetaOp::Unlink,
         MetaOp::Readdir,
     ];
@@ -90,6 +94,7 @@ impl MetaOp {
             MetaOp::Create => "create",
             MetaOp::Lookup => "lookup",
             MetaOp::Getattr => "getattr",
+            MetaOp::LookupAgain => "lookup again",
             MetaOp::Unlink => "unlink",
             MetaOp::Readdir => "readdir",
         }
@@ -425,6 +430,7 @@ fn run(target: &mut dyn Target, size: &WorkloadSize, dir: &Path) -> Result<Figur
     let create = timed(size.files, &mut |i| target.create(i))?;
     let lookup = timed(size.files, &mut |i| target.lookup(i))?;
     let getattr = timed(size.files, &mut |i| target.getattr(i))?;
+    let lookup_again = timed(size.files, &mut |i| target.lookup(i))?;
     target.after_getattr()?;
     let want = size.files + 1; // the files and data.bin
     let readdir = timed(size.listings, &mut |_| {
@@ -437,7 +443,7 @@ fn run(target: &mut dyn Target, size: &WorkloadSize, dir: &Path) -> Result<Figur
         Ok(())
     })?;
     let unlink = timed(size.files, &mut |i| target.unlink(i))?;
-    figures.meta = vec![create, lookup, getattr, unlink, readdir];
+    figures.meta = vec![create, lookup, getattr, lookup_again, unlink, readdir];
     if target.unimplemented()? {
         figures.floor = timed(size.files, &mut |_| target.unimplemented().map(drop))?;
     }

@@ -420,6 +420,34 @@ impl NameTable {
         None
     }
 
+    /// True if `path` is the path of `parent`/`name` through the first known name of each
+    /// directory on the way ([`NameTable::path`]'s common case), compared without building
+    /// it. False otherwise, which says nothing: the path may lead through other names.
+    pub fn child_path_is(&self, parent: u64, name: &CStr, path: &[u8]) -> bool {
+        let Some(mut rest) = path.strip_suffix(name.to_bytes()) else {
+            return false;
+        };
+        let mut current = parent;
+        // A depth bound guards against a cycle, which would be a bug, never a hang.
+        for _ in 0..4096 {
+            if current == ROOT_INODE {
+                return rest.is_empty();
+            }
+            let Some((up, dir)) = self.inodes.get(&current).and_then(|k| k.links.first()) else {
+                return false;
+            };
+            let Some(above) = rest
+                .strip_suffix(b"/")
+                .and_then(|r| r.strip_suffix(dir.to_bytes()))
+            else {
+                return false;
+            };
+            rest = above;
+            current = *up;
+        }
+        false
+    }
+
     /// The path of `parent`/`name` relative to the share root.
     pub fn child_path(&self, parent: u64, name: &CStr) -> Option<Vec<CString>> {
         let mut parts = self.path(parent)?;
@@ -624,6 +652,28 @@ mod tests {
         assert!(t.forget(3, 1));
         assert_eq!(released(&mut t), vec![(3, 1, true), (2, 1, true)]);
         assert_eq!(t.known(), 0);
+    }
+
+    #[test]
+    fn a_child_path_is_compared_without_being_built() {
+        let mut t = NameTable::default();
+        t.remember(2, ROOT_INODE, c"a");
+        t.remember(3, 2, c"bb");
+        for (parent, name, path, is) in [
+            (3, c"f", &b"a/bb/f"[..], true),
+            (ROOT_INODE, c"f", b"f", true),
+            (3, c"f", b"a/bb/g", false),
+            (3, c"f", b"x/a/bb/f", false),
+            (3, c"f", b"abb/f", false),
+            (3, c"f", b"a/b/f", false),
+            (ROOT_INODE, c"f", b"/f", false),
+            (9, c"f", b"f", false),
+        ] {
+            assert_eq!(t.child_path_is(parent, name, path), is, "{path:?}");
+            if is {
+                assert_eq!(join(&t.child_path(parent, name).unwrap()), path);
+            }
+        }
     }
 
     #[test]

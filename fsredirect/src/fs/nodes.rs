@@ -139,6 +139,11 @@ impl NodeTable {
         self.nodes.get(&inode).map(|n| (n.kind, n.record.clone()))
     }
 
+    /// The redirect record of `inode` as last read or written, if known.
+    pub fn record(&self, inode: u64) -> Option<&Meta> {
+        self.nodes.get(&inode).and_then(|n| n.record.as_ref())
+    }
+
     /// Sets the kind of `inode`. A new kind starts afresh: its record and object figures, if
     /// any, were those of the old one.
     /// Its hot handle stays: the node's guest-tree inode is the same.

@@ -51,8 +51,8 @@ impl FileSystem for RedirectFs {
         validate_name(name)?;
         let _ns = self.ns_read();
         if let Some(held) = self.lookup_held(parent, name) {
-            if held.kind == Kind::Redirect {
-                self.correct_portion_of(held.entry.inode, parent, name, held.record);
+            if let Some(record) = held.stale_record {
+                self.correct_portion_of(held.entry.inode, parent, name, record);
             }
             return Ok(held.entry);
         }

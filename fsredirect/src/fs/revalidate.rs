@@ -48,12 +48,11 @@ pub(super) fn dir_fds_for(nofile: usize) -> usize {
     (nofile / 64).clamp(DIR_FDS_MIN, DIR_FDS_MAX)
 }
 
-/// A LOOKUP answered without the passthrough layer: the entry, and the node's kind and
-/// redirect record, for the checks that follow every LOOKUP.
+/// A LOOKUP answered without the passthrough layer: the entry, and for a redirected file
+/// whose record does not name the path it was looked up by, that record (to be corrected).
 pub(super) struct HeldLookup {
     pub entry: Entry,
-    pub kind: Kind,
-    pub record: Option<Meta>,
+    pub stale_record: Option<Option<Meta>>,
 }
 
 impl RedirectFs {
@@ -62,18 +61,31 @@ impl RedirectFs {
     /// passthrough layer must look the name up. The caller holds the namespace lock, shared,
     /// so no namespace change runs meanwhile; a FORGET may, and is checked for.
     pub(super) fn lookup_held(&self, parent: u64, name: &CStr) -> Option<HeldLookup> {
-        let (child, kind, record, identity) = {
+        let (child, kind, stale_record, identity) = {
             let st = self.state();
             let child = st.names.holder(parent, name)?;
             if !st.names.is_known(child) || !self.pinned(&st, child) {
                 return None;
             }
-            let (kind, record) = st.nodes.kind_and_record(child)?;
-            if kind == Kind::Redirect && record.is_none() {
-                // Its record was dropped (renamed over, say): the full LOOKUP reads it again.
-                return None;
-            }
-            (child, kind, record, st.nodes.identity(child)?)
+            let kind = st.nodes.kind(child)?;
+            let stale_record = match kind {
+                Kind::Redirect => match st.nodes.record(child) {
+                    // Its record was dropped (renamed over, say): the full LOOKUP reads it.
+                    None => return None,
+                    Some(Meta::Redirect {
+                        volume,
+                        portion,
+                        truncated: false,
+                    }) if self.redirect.as_ref().is_some_and(|r| r.volume == *volume)
+                        && st.names.child_path_is(parent, name, portion) =>
+                    {
+                        None
+                    }
+                    Some(record) => Some(Some(record.clone())),
+                },
+                _ => None,
+            };
+            (child, kind, stale_record, st.nodes.identity(child)?)
         };
         let dir = self
             .dir_fds
@@ -104,8 +116,7 @@ impl RedirectFs {
         self.fix_attr(child, kind, &mut entry.attr);
         Some(HeldLookup {
             entry,
-            kind,
-            record,
+            stale_record,
         })
     }
 
