@@ -1016,10 +1016,6 @@ impl RedirectFs {
             .ok_or_else(|| errno(libc::ESTALE))
     }
 
-    /// Compares the recorded common portion with the path the file was reached by and
-    /// corrects a stale record (left by a directory rename above it). Nothing is moved here:
-    /// objects misplaced by a crash are put back by recovery, which runs before serving; a
-    /// missing object leaves the record alone, as evidence for `verify`.
     /// [`RedirectFs::correct_portion`] for redirected `inode` just looked up as
     /// `parent`/`name`, whose record is `record`; a failure is only logged (the record is a
     /// hint).
@@ -1032,6 +1028,10 @@ impl RedirectFs {
         }
     }
 
+    /// Compares the recorded common portion with the path the file was reached by and
+    /// corrects a stale record (left by a directory rename above it). Nothing is moved here:
+    /// objects misplaced by a crash are put back by recovery, which runs before serving; a
+    /// missing object leaves the record alone, as evidence for `verify`.
     fn correct_portion(
         &self,
         inode: u64,
