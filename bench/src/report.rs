@@ -1233,12 +1233,13 @@ impl Report {
                  answered ENOSYS: the queue, the FUSE decoding and the reply alone) takes \
                  {:.2} µs (p50) on the passthrough share and {:.2} µs on the redirecting one. \
                  A metadata request costs at least that plus its own host calls, so by p50 \
-                 latency no FUSE device can reach more than {:.2} of the host's lookup rate or \
-                 {:.2} of its getattr rate here.\n",
+                 latency no FUSE device can reach more than {:.2} of the host's lookup rate, \
+                 {:.2} of its getattr rate or {:.2} of its rate of lookups again here.\n",
                 d.floor_us[PT],
                 d.floor_us[RED],
                 bound(MetaOp::Lookup),
                 bound(MetaOp::Getattr),
+                bound(MetaOp::LookupAgain),
             );
         }
         s.push('\n');
@@ -1438,7 +1439,7 @@ mod tests {
         );
         // Host calls of 1 µs behind a floor of 3 µs: at most 1 / (1 + 3) of the host's rate.
         assert!(
-            md.contains("more than 0.25 of the host's lookup rate or 0.25"),
+            md.contains("more than 0.25 of the host's lookup rate, 0.25"),
             "{md}"
         );
         assert!(!report(1.0, 2).markdown("x.svg").contains("Request floor"));
