@@ -13,7 +13,8 @@
 //! That comparison proves the identity only while the node's host inode cannot be freed and
 //! its number reused by another file: the node must be pinned, by the passthrough layer's
 //! `O_PATH` descriptor of it (without file handles, every node it holds) or by its hot
-//! handle (`nodes.rs`). Any other node, a name unknown, a different inode, a directory the
+//! handle (`nodes.rs`; a file gets one at its first GETATTR, a directory at its first
+//! LOOKUP). Any other node, a name unknown, a different inode, a directory the
 //! server holds no descriptor of and cannot open through its known path: the passthrough
 //! layer's LOOKUP, as before.
 //!
