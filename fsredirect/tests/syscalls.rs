@@ -147,10 +147,11 @@ fn compare(requests: &[&str]) -> Result<(), Failed> {
         }
     }
     for (case, most) in MOST_REDIRECTED {
-        if let Some(&n) = counts.get(case) {
-            if n > most {
-                return Err(format!("{case}: {n} host calls, more than {most}").into());
-            }
+        let n = *counts
+            .get(case)
+            .ok_or_else(|| format!("no count for {case}: the child did not measure it"))?;
+        if n > most {
+            return Err(format!("{case}: {n} host calls, more than {most}").into());
         }
     }
     if !counts.keys().any(|c| c.starts_with("readdir-")) {

@@ -563,10 +563,19 @@ impl FileSystem for RedirectFs {
                 )?;
                 drop(data);
                 drop(ns);
-                // The file is at least this long now: it may have crossed `min-size`.
-                let end = offset.saturating_add(n as u64);
-                if inline && self.placement_may_change(node, false, end) {
-                    self.settle(node);
+                if inline {
+                    // The file is at least this long now: it may have crossed `min-size`. An
+                    // appending write lands at the end whatever offset it names (a guest may
+                    // name any), so its end is read back.
+                    let mut end = offset.saturating_add(n as u64);
+                    if flags as i32 & libc::O_APPEND != 0 {
+                        if let Ok((st, _)) = self.host_attr(&root_ctx(), node) {
+                            end = end.max(st.st_size as u64);
+                        }
+                    }
+                    if self.placement_may_change(node, false, end) {
+                        self.settle(node);
+                    }
                 }
                 Ok(n)
             }

@@ -78,6 +78,20 @@ fn write_crossing_min_size_moves_file_into_store_under_its_open_handle() {
 }
 
 #[test]
+fn an_appending_write_crossing_min_size_moves_the_file_whatever_offset_it_names() {
+    let fx = with_policy("min-size:4K");
+    let (entry, handle) = fx.create(ROOT_INODE, "log");
+    fx.write(entry.inode, handle, 0, &[1u8; 3000]);
+    fx.assert_inline("log", &[1u8; 3000]);
+    // A hostile offset: the write still lands at the end, and the file is 5000 bytes long.
+    fx.write_with_flags(entry.inode, handle, 0, &[2u8; 2000], libc::O_APPEND);
+    let mut want = vec![1u8; 3000];
+    want.extend_from_slice(&[2u8; 2000]);
+    fx.release(entry.inode, handle);
+    fx.assert_redirected("log", &want);
+}
+
+#[test]
 fn truncate_below_min_size_moves_file_back_inline_under_its_open_handle() {
     let fx = with_policy("min-size:4K");
     let (entry, handle) = fx.create(ROOT_INODE, "f");
