@@ -52,7 +52,7 @@ impl FileSystem for RedirectFs {
         let _ns = self.ns_read();
         if let Some(held) = self.lookup_held(parent, name) {
             if let Some(record) = held.stale_record {
-                self.correct_portion_of(held.entry.inode, parent, name, record);
+                self.correct_portion_of(held.entry.inode, parent, name, Some(record));
             }
             return Ok(held.entry);
         }

@@ -53,7 +53,7 @@ pub(super) fn dir_fds_for(nofile: usize) -> usize {
 /// whose record does not name the path it was looked up by, that record (to be corrected).
 pub(super) struct HeldLookup {
     pub entry: Entry,
-    pub stale_record: Option<Option<Meta>>,
+    pub stale_record: Option<Meta>,
 }
 
 impl RedirectFs {
@@ -82,7 +82,7 @@ impl RedirectFs {
                     {
                         None
                     }
-                    Some(record) => Some(Some(record.clone())),
+                    Some(record) => Some(record.clone()),
                 },
                 _ => None,
             };
