@@ -520,15 +520,20 @@ fn directory_rename_moves_store_directory() {
 
 #[test]
 fn stale_portion_after_directory_rename_is_corrected_on_lookup() {
-    let fx = redirecting();
-    let dir = fx.mkdir(ROOT_INODE, "d");
-    fx.write_file(dir.inode, "f", b"x");
-    fx.fs
-        .rename(&fx.ctx, ROOT_INODE, &c("d"), ROOT_INODE, &c("e"), 0)
-        .unwrap();
-    fx.lookup(dir.inode, "f").unwrap();
-    let meta = host_xattr(&fx.guest.join("e/f"), fx.fs.meta_name.to_str().unwrap()).unwrap();
-    assert_eq!(meta, b"R1vol\0e/f");
+    // By file handle and by path; the file's GETATTR pins it, so its LOOKUP again is
+    // answered by the server itself (`revalidate.rs`), which must correct the record too.
+    for cfg in lookup_configs() {
+        let fx = fixture_with(true, cfg);
+        let dir = fx.mkdir(ROOT_INODE, "d");
+        let file = fx.write_file(dir.inode, "f", b"x");
+        fx.fs.getattr(&fx.ctx, file.inode, None).unwrap();
+        fx.fs
+            .rename(&fx.ctx, ROOT_INODE, &c("d"), ROOT_INODE, &c("e"), 0)
+            .unwrap();
+        fx.lookup(dir.inode, "f").unwrap();
+        let meta = host_xattr(&fx.guest.join("e/f"), fx.fs.meta_name.to_str().unwrap()).unwrap();
+        assert_eq!(meta, b"R1vol\0e/f");
+    }
 }
 
 #[test]
