@@ -95,20 +95,23 @@ impl NameTable {
         self.inodes.entry(inode).or_default().lookups += 1;
     }
 
-    /// [`NameTable::remember`] for a reference the server gives without the passthrough
-    /// layer's knowing: a LOOKUP answered for a node the kernel already holds (so the
-    /// passthrough layer holds at least one reference to it, and keeps it until the kernel's
-    /// FORGETs drop this one too). Returns false, and records nothing, if the kernel does
-    /// not hold `inode`.
+    /// Records one more kernel reference to `inode`, looked up again as `parent`/`name`,
+    /// that the server gives without the passthrough layer's knowing: a LOOKUP answered for
+    /// a node the kernel already holds (so the passthrough layer holds at least one reference
+    /// to it, and keeps it until the kernel's FORGETs drop this one too). Returns false, and
+    /// records nothing, unless the name leads to `inode` and the kernel holds it.
     pub fn remember_unbacked(&mut self, inode: u64, parent: u64, name: &CStr) -> bool {
-        if !self.is_known(inode) {
+        if self.holder(parent, name) != Some(inode) {
             return false;
         }
-        self.remember(inode, parent, name);
-        if let Some(known) = self.inodes.get_mut(&inode) {
-            known.unbacked += 1;
+        match self.inodes.get_mut(&inode) {
+            Some(known) if known.lookups > 0 => {
+                known.lookups += 1;
+                known.unbacked += 1;
+                true
+            }
+            _ => false,
         }
-        true
     }
 
     /// The inode the name `parent`/`name` is known to lead to, if any.
@@ -684,6 +687,11 @@ mod tests {
         assert_eq!(t.holder(ROOT_INODE, c"f"), None);
         t.remember(3, ROOT_INODE, c"f");
         assert_eq!(t.holder(ROOT_INODE, c"f"), Some(3));
+        // A name that leads elsewhere, or leads nowhere: nothing either.
+        t.remember(4, ROOT_INODE, c"g");
+        assert!(!t.remember_unbacked(3, ROOT_INODE, c"g"));
+        assert!(!t.remember_unbacked(3, ROOT_INODE, c"h"));
+        assert_eq!(t.lookups(3), 1);
         assert!(t.remember_unbacked(3, ROOT_INODE, c"f"));
         assert!(t.remember_unbacked(3, ROOT_INODE, c"f"));
         assert_eq!(t.lookups(3), 3);

@@ -671,11 +671,13 @@ impl RedirectFs {
         })
     }
 
-    /// Forgets every cached descriptor of `inode` and what its host files said (its record
-    /// and object figures, `nodes.rs`): its host file may be gone, and with inode-number
-    /// identities (no file handles) a new file may come back under the same node id.
+    /// Forgets every cached descriptor of `inode` (its store object and stub, or its
+    /// directory descriptor for lookups) and what its host files said (its record and object
+    /// figures, `nodes.rs`): its host file may be gone, and with inode-number identities (no
+    /// file handles) a new file may come back under the same node id.
     fn drop_cached(&self, inode: u64) {
         self.close_cached(inode);
+        self.dir_fds.remove(inode);
         self.state().nodes.forget_object(inode);
     }
 
@@ -920,7 +922,6 @@ impl RedirectFs {
         self.pass_on(released);
         if fresh {
             self.drop_cached(entry.inode);
-            self.dir_fds.remove(entry.inode);
             self.undetach(entry.inode);
             if !self.file_handles {
                 // The passthrough layer holds an O_PATH descriptor per node.
@@ -1171,7 +1172,6 @@ impl RedirectFs {
         };
         if retired {
             self.drop_cached(inode);
-            self.dir_fds.remove(inode);
             self.undetach(inode);
         }
         self.pass_on_released();
@@ -1417,21 +1417,16 @@ impl RedirectFs {
     /// symlink and never leaving the tree: in one `openat2` where the path fits in
     /// `PATH_MAX`, else one component at a time.
     fn open_known(&self, parts: &[CString], flags: i32) -> io::Result<OwnedFd> {
-        let path = join(parts);
-        if path.is_empty() {
+        let Some((name, dirs)) = parts.split_last() else {
             return open_beneath(&self.guest_root, c".", flags, 0);
-        }
+        };
+        let path = join(parts);
         if path.len() < libc::PATH_MAX as usize {
             // Components are names the guest sent and the server validated: no NUL.
             let path = CString::new(path).map_err(|_| errno(libc::EINVAL))?;
             return open_beneath(&self.guest_root, &path, flags, 0);
         }
-        match parts.split_last() {
-            None => open_beneath(&self.guest_root, c".", flags, 0),
-            Some((name, dirs)) => {
-                walk(&self.guest_root, dirs).and_then(|d| open_beneath(&d, name, flags, 0))
-            }
-        }
+        walk(&self.guest_root, dirs).and_then(|d| open_beneath(&d, name, flags, 0))
     }
 
     /// Keeps the stub of an open redirected file reachable after its last name goes (the

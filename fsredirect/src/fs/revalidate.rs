@@ -97,12 +97,10 @@ impl RedirectFs {
             return None;
         }
         {
-            // The node is still held and pinned: its inode number is still its own.
+            // The name still leads to the node, which is still held and pinned: its inode
+            // number is still its own.
             let mut st = self.state();
-            if st.names.holder(parent, name) != Some(child)
-                || !self.pinned(&st, child)
-                || !st.names.remember_unbacked(child, parent, name)
-            {
+            if !self.pinned(&st, child) || !st.names.remember_unbacked(child, parent, name) {
                 return None;
             }
         }
