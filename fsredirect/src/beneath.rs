@@ -47,14 +47,38 @@ pub fn open_beneath(dir: &impl AsRawFd, path: &CStr, flags: i32, mode: u32) -> i
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Opens the directory reached from `dir` through `parts`, one component at a time (so no
-/// path string ever approaches PATH_MAX), refusing symlinks; an `O_PATH` descriptor.
+/// Opens the directory reached from `dir` through `parts`, refusing symlinks; an `O_PATH`
+/// descriptor. See [`open_parts`] for how.
 pub fn walk(dir: &impl AsRawFd, parts: &[CString]) -> io::Result<OwnedFd> {
+    open_parts(dir, parts, libc::O_PATH | libc::O_DIRECTORY)
+}
+
+/// Opens what `parts` (path components, each one validated name) lead to beneath `dir` with
+/// `flags` (no `O_CREAT`), refusing symlinks anywhere on the way: with one `openat2` of the
+/// joined path when it fits `PATH_MAX`, else one component at a time, so no path string
+/// handed to the kernel is ever too long. No components: `dir` itself, opened again.
+pub fn open_parts(dir: &impl AsRawFd, parts: &[CString], flags: i32) -> io::Result<OwnedFd> {
+    let Some((last, dirs)) = parts.split_last() else {
+        return open_beneath(dir, c".", flags, 0);
+    };
+    let len = parts.iter().map(|p| p.as_bytes().len() + 1).sum::<usize>();
+    if len <= libc::PATH_MAX as usize {
+        let mut path = Vec::with_capacity(len);
+        for part in parts {
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(part.as_bytes());
+        }
+        // Joined from C strings: no NUL inside.
+        let path = CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        return open_beneath(dir, &path, flags, 0);
+    }
     let mut fd = open_beneath(dir, c".", libc::O_PATH | libc::O_DIRECTORY, 0)?;
-    for part in parts {
+    for part in dirs {
         fd = open_beneath(&fd, part, libc::O_PATH | libc::O_DIRECTORY, 0)?;
     }
-    Ok(fd)
+    open_beneath(&fd, last, flags, 0)
 }
 
 /// This process's `/proc/self/fd`, held open: an `O_PATH` descriptor is reopened for I/O, or
@@ -400,6 +424,25 @@ pub fn fstat(fd: &impl AsRawFd) -> io::Result<libc::stat64> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// The attributes of entry `name` (one component) of directory `dir`, without following it
+/// if it is a symlink.
+pub fn stat_name(dir: &impl AsRawFd, name: &CStr) -> io::Result<libc::stat64> {
+    let mut st = std::mem::MaybeUninit::<libc::stat64>::zeroed();
+    // SAFETY: `st` is a writable stat64 buffer, `name` NUL-terminated, the fd valid for the
+    // call; the call writes nothing else.
+    let res = unsafe {
+        libc::fstatat64(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    check(res)?;
+    // SAFETY: fstatat64 succeeded, so it filled the buffer (which was zeroed anyway).
+    Ok(unsafe { st.assume_init() })
+}
+
 /// Turns the result of a libc call returning -1 on error into an `io::Result`.
 pub fn check(res: libc::c_int) -> io::Result<libc::c_int> {
     if res < 0 {
@@ -455,6 +498,41 @@ mod tests {
         });
         let dir = File::open(tmp.path()).unwrap();
         assert!(walk(&dir, &parts).is_ok());
+        // The component walk refuses a symlink too: the last directory replaced by one.
+        let fd = walk(&dir, &parts[..parts.len() - 1]).unwrap();
+        let last = parts.last().unwrap();
+        // SAFETY: valid fd and NUL-terminated names.
+        unsafe {
+            assert_eq!(
+                libc::unlinkat(fd.as_raw_fd(), last.as_ptr(), libc::AT_REMOVEDIR),
+                0
+            );
+            assert_eq!(
+                libc::symlinkat(c".".as_ptr(), fd.as_raw_fd(), last.as_ptr()),
+                0
+            );
+        }
+        // O_NOFOLLOW | O_DIRECTORY on the symlink itself: ENOTDIR.
+        let err = walk(&dir, &parts).unwrap_err().raw_os_error();
+        assert_eq!(err, Some(libc::ENOTDIR));
+    }
+
+    #[test]
+    fn open_parts_refuses_a_symlink_anywhere_on_the_way() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("a/real")).unwrap();
+        std::fs::write(tmp.path().join("a/real/f"), b"x").unwrap();
+        std::os::unix::fs::symlink("real", tmp.path().join("a/link")).unwrap();
+        std::os::unix::fs::symlink("f", tmp.path().join("a/real/l")).unwrap();
+        let dir = File::open(tmp.path()).unwrap();
+        let parts =
+            |p: &str| -> Vec<CString> { p.split('/').map(|c| CString::new(c).unwrap()).collect() };
+        assert!(open_parts(&dir, &parts("a/real/f"), libc::O_RDONLY).is_ok());
+        for refused in ["a/link/f", "a/real/l"] {
+            let err = open_parts(&dir, &parts(refused), libc::O_RDONLY).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{refused}");
+        }
+        assert!(open_parts(&dir, &[], libc::O_PATH | libc::O_DIRECTORY).is_ok());
     }
 
     #[test]

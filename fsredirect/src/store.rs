@@ -8,12 +8,12 @@
 use std::ffi::{CStr, CString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::beneath::{check, open_beneath, walk, ProcSelfFd};
+use crate::beneath::{check, open_beneath, open_parts, walk, ProcSelfFd};
 use crate::faults::{Hook, Namespace, StoreOp};
 use crate::intent::IntentLog;
 
@@ -286,11 +286,7 @@ impl Store {
 
     /// [`Store::sync_dir`] of the store directory at `parts` (the volume itself when empty).
     pub fn sync_volume_dir(&self, parts: &[CString]) -> io::Result<()> {
-        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
-        let dir = match parts.split_last() {
-            None => open_beneath(&self.volume, c".", flags, 0)?,
-            Some((last, dirs)) => open_beneath(&walk(&self.volume, dirs)?, last, flags, 0)?,
-        };
+        let dir = open_parts(&self.volume, parts, libc::O_RDONLY | libc::O_DIRECTORY)?;
         self.sync_dir(&dir)
     }
 
@@ -337,20 +333,26 @@ impl Store {
         self.sync_dir(&self.control)
     }
 
-    /// Opens the directory holding `parts` (all but the last component), creating missing
-    /// directories when `create` is set, and returns it with the last component.
-    fn parent<'a>(&self, parts: &'a [CString], create: bool) -> io::Result<(OwnedFd, &'a CStr)> {
+    /// The directory holding `parts` (all but the last component), creating missing
+    /// directories when `create` is set, and the last component. An object at the top of the
+    /// volume costs no host call; one deeper, one `openat2` while it exists.
+    fn parent<'a>(&self, parts: &'a [CString], create: bool) -> io::Result<(Dir<'_>, &'a CStr)> {
         let (last, dirs) = parts
             .split_last()
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-        if !create {
-            return Ok((walk(&self.volume, dirs)?, last.as_c_str()));
+        if dirs.is_empty() {
+            return Ok((Dir::Volume(self.volume.as_fd()), last.as_c_str()));
+        }
+        match walk(&self.volume, dirs) {
+            Ok(fd) => return Ok((Dir::Opened(fd), last.as_c_str())),
+            Err(e) if create && e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
         }
         let mut fd = open_beneath(&self.volume, c".", libc::O_PATH | libc::O_DIRECTORY, 0)?;
         for dir in dirs {
             fd = match open_beneath(&fd, dir, libc::O_PATH | libc::O_DIRECTORY, 0) {
                 Ok(next) => next,
-                Err(e) if create && e.raw_os_error() == Some(libc::ENOENT) => {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                     self.before(&StoreOp::Namespace(Namespace::Mkdir))?;
                     // SAFETY: `dir` is NUL-terminated; mkdirat creates one entry under `fd`.
                     let res = unsafe { libc::mkdirat(fd.as_raw_fd(), dir.as_ptr(), 0o700) };
@@ -365,7 +367,7 @@ impl Store {
                 Err(e) => return Err(e),
             };
         }
-        Ok((fd, last.as_c_str()))
+        Ok((Dir::Opened(fd), last.as_c_str()))
     }
 
     /// Creates an empty private object at `parts`, replacing a leftover object that no stub
@@ -373,14 +375,23 @@ impl Store {
     pub fn create_object(&self, parts: &[CString]) -> io::Result<File> {
         let (dir, name) = self.parent(parts, true)?;
         self.before(&StoreOp::Namespace(Namespace::Create))?;
-        // SAFETY: `name` is one validated component; unlinkat only touches that entry.
-        unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
-        let fd = open_beneath(
-            &dir,
-            name,
-            libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
-            0o600,
-        )?;
+        let create = || {
+            open_beneath(
+                &dir,
+                name,
+                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+                0o600,
+            )
+        };
+        let fd = match create() {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                // A leftover (a crash between the object and its stub): replaced.
+                // SAFETY: `name` is one validated component; unlinkat only touches that entry.
+                unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
+                create()?
+            }
+            other => other?,
+        };
         Ok(File::from(fd))
     }
 
@@ -393,8 +404,7 @@ impl Store {
     /// `fstatat` without following symlinks, beneath the volume.
     pub fn stat_object(&self, parts: &[CString]) -> io::Result<libc::stat64> {
         let (dir, name) = self.parent(parts, false)?;
-        let fd = open_beneath(&dir, name, libc::O_PATH, 0)?;
-        crate::beneath::fstat(&fd)
+        crate::beneath::stat_name(&dir, name)
     }
 
     /// Removes the object (or empty directory, with `dir`) at `parts`; a missing one is fine.
@@ -526,6 +536,31 @@ impl Store {
     }
 }
 
+/// A store directory [`Store::parent`] reached: the volume's own descriptor, or one opened.
+#[derive(Debug)]
+enum Dir<'a> {
+    Volume(BorrowedFd<'a>),
+    Opened(OwnedFd),
+}
+
+impl AsRawFd for Dir<'_> {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Dir::Volume(fd) => fd.as_raw_fd(),
+            Dir::Opened(fd) => fd.as_raw_fd(),
+        }
+    }
+}
+
+impl AsFd for Dir<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Dir::Volume(fd) => *fd,
+            Dir::Opened(fd) => fd.as_fd(),
+        }
+    }
+}
+
 impl Drop for Store {
     /// Syncs the store and marks a clean stop, so the next server skips recovery; if either
     /// fails, or the server found its guest tree could not be synced
@@ -616,6 +651,21 @@ mod tests {
         store.create_object(&parts("a/b/c")).unwrap();
         let st = store.stat_object(&parts("a/b/c")).unwrap();
         assert_eq!(st.st_mode & 0o7777, 0o600);
+    }
+
+    #[test]
+    fn a_leftover_object_is_replaced_by_an_empty_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path(), "v").unwrap();
+        for path in ["top", "a/b/deep"] {
+            let mut f = store.create_object(&parts(path)).unwrap();
+            f.write_all(b"leftover").unwrap();
+            let f = store.create_object(&parts(path)).unwrap();
+            assert_eq!(f.metadata().unwrap().len(), 0, "{path}");
+            assert_eq!(store.stat_object(&parts(path)).unwrap().st_size, 0);
+            store.remove(&parts(path), false).unwrap();
+            assert!(store.stat_object(&parts(path)).is_err());
+        }
     }
 
     #[test]

@@ -59,8 +59,9 @@ use self::dirs::DirStream;
 use self::handles::{kept_open_flags, HandleTable, OpenFile, OpenInode};
 use self::nodes::{NodeTable, ObjectAttr, StubStamp};
 use self::redirecting::Redirecting;
+use self::revalidate::{Named, Probe};
 use self::xattrs::Reached;
-use crate::beneath::{open_beneath, walk, ProcSelfFd};
+use crate::beneath::{check, open_parts, ProcSelfFd};
 use crate::faults::Hook;
 use crate::fdbudget::FdBudget;
 use crate::fdcache::FdCache;
@@ -594,6 +595,7 @@ impl RedirectFs {
         let (kind, meta) = self.classify_with_meta(inode, &attr, Reached::Known)?;
         let mut st = self.state();
         st.nodes.set_kind(inode, kind);
+        st.nodes.set_identity(inode, &attr);
         st.nodes.set_record(inode, meta);
         Ok(kind)
     }
@@ -957,6 +959,15 @@ impl RedirectFs {
         kept.then_some(handle)
     }
 
+    /// Pins a file just created (a hot handle, with file handles): what follows a CREATE
+    /// (a LOOKUP again, a GETATTR, an UNLINK) then finds it with one host call
+    /// (`revalidate.rs`), for the one this costs now.
+    fn pin_created(&self, inode: u64) {
+        if self.file_handles {
+            self.hot_handle(inode);
+        }
+    }
+
     /// Gives hot handles back to the passthrough layer.
     fn release_hot(&self, hot: impl IntoIterator<Item = (u64, u64)>) {
         for (inode, handle) in hot {
@@ -976,8 +987,17 @@ impl RedirectFs {
     }
 
     /// Looks a name up in the passthrough layer for the server's own use, without handing a
-    /// reference to the kernel: the reference goes back when the result is dropped.
+    /// reference to the kernel: the reference goes back when the result is dropped. A name
+    /// the server's descriptor of `parent` shows absent costs one host call (`revalidate.rs`).
     fn peek(&self, parent: u64, name: &CStr) -> io::Result<Option<Peeked<'_>>> {
+        match self.find_named(parent, name, Probe::Any, |_, _, _| None::<()>) {
+            Named::Absent => Ok(None),
+            _ => self.peek_passthrough(parent, name),
+        }
+    }
+
+    /// [`RedirectFs::peek`] in the passthrough layer only.
+    fn peek_passthrough(&self, parent: u64, name: &CStr) -> io::Result<Option<Peeked<'_>>> {
         let entry = match self.inner.lookup(&root_ctx(), parent, name) {
             Ok(entry) => entry,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
@@ -998,13 +1018,46 @@ impl RedirectFs {
         Ok(Some(peeked))
     }
 
+    /// [`RedirectFs::peek`] for a caller that only looks at what is there and never hands it
+    /// to the kernel: a name in use that leads to a node the kernel holds is checked with one
+    /// host call instead (`revalidate.rs`).
+    fn inspect(&self, parent: u64, name: &CStr) -> io::Result<Option<Inspected<'_>>> {
+        match self.find_named(parent, name, Probe::Any, |_, _, _| Some(())) {
+            Named::Held(held) => Ok(Some(Inspected::Held(HeldName {
+                fs: self,
+                entry: self.held_entry(&held),
+                kind: held.kind,
+            }))),
+            Named::Absent => Ok(None),
+            Named::Unknown => Ok(self.peek_passthrough(parent, name)?.map(Inspected::Peeked)),
+        }
+    }
+
+    /// Removes entry `name` of directory `parent` from the guest tree (`unlinkat(2)`'s
+    /// `flags`): through the server's own descriptor of the directory where it keeps one (one
+    /// host call), else through the passthrough layer, which may reopen the directory first.
+    fn remove_entry(&self, ctx: &Context, parent: u64, name: &CStr, flags: i32) -> io::Result<()> {
+        let Ok(dir) = self.dir_for_names(parent) else {
+            return match flags & libc::AT_REMOVEDIR {
+                0 => self.inner.unlink(ctx, parent, name),
+                _ => self.inner.rmdir(ctx, parent, name),
+            };
+        };
+        // SAFETY: `name` is a validated component and `dir` an open descriptor; unlinkat
+        // reads the name and touches only that entry.
+        check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(|_| ())
+    }
+
     /// ENOTDIR unless `inode` is a directory: checked before the store mirrors a new name
     /// below it (the store would make the directories the guest tree then refuses).
     fn require_dir(&self, inode: u64) -> io::Result<()> {
-        // Through the directory's hot handle: creating many files in one directory then
-        // costs one statx each for this check.
-        let (attr, _) = self.host_attr(&root_ctx(), inode)?;
-        if attr.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        // A node's file type is recorded when it is admitted, and never changes.
+        let known = self.state().nodes.identity(inode);
+        let file_type = match known {
+            Some(identity) => identity.file_type,
+            None => self.host_attr(&root_ctx(), inode)?.0.st_mode & libc::S_IFMT,
+        };
+        if file_type != libc::S_IFDIR {
             return Err(errno(libc::ENOTDIR));
         }
         Ok(())
@@ -1417,16 +1470,7 @@ impl RedirectFs {
     /// symlink and never leaving the tree: in one `openat2` where the path fits in
     /// `PATH_MAX`, else one component at a time.
     fn open_known(&self, parts: &[CString], flags: i32) -> io::Result<OwnedFd> {
-        let Some((name, dirs)) = parts.split_last() else {
-            return open_beneath(&self.guest_root, c".", flags, 0);
-        };
-        let path = join(parts);
-        if path.len() < libc::PATH_MAX as usize {
-            // Components are names the guest sent and the server validated: no NUL.
-            let path = CString::new(path).map_err(|_| errno(libc::EINVAL))?;
-            return open_beneath(&self.guest_root, &path, flags, 0);
-        }
-        walk(&self.guest_root, dirs).and_then(|d| open_beneath(&d, name, flags, 0))
+        open_parts(&self.guest_root, parts, flags)
     }
 
     /// Keeps the stub of an open redirected file reachable after its last name goes (the
@@ -1453,9 +1497,10 @@ impl RedirectFs {
 
     /// The stub at guest-tree path `parts`, as an `O_PATH` descriptor.
     fn open_stub_path(&self, parts: &[CString]) -> io::Result<OwnedFd> {
-        let (name, dirs) = parts.split_last().ok_or_else(|| errno(libc::EINVAL))?;
-        let dir = walk(&self.guest_root, dirs)?;
-        open_beneath(&dir, name, libc::O_PATH, 0)
+        if parts.is_empty() {
+            return Err(errno(libc::EINVAL));
+        }
+        open_parts(&self.guest_root, parts, libc::O_PATH)
     }
 
     /// Called before the name `name` (at `parts`) of redirected `inode` goes while its host inode keeps
@@ -1619,6 +1664,43 @@ impl Drop for Peeked<'_> {
         if !self.handed_over {
             self.fs.inner.forget(&root_ctx(), self.entry.inode, 1);
         }
+    }
+}
+
+/// What [`RedirectFs::inspect`] found at a name: the passthrough layer's reference, or one
+/// the name table counts for a node the kernel holds. Either is given back when this is
+/// dropped.
+enum Inspected<'a> {
+    Peeked(Peeked<'a>),
+    Held(HeldName<'a>),
+}
+
+impl Inspected<'_> {
+    /// The entry (with the host's attributes) and the kind of what is there.
+    fn pair(&self) -> (Entry, Kind) {
+        match self {
+            Inspected::Peeked(p) => p.pair(),
+            Inspected::Held(h) => (h.entry, h.kind),
+        }
+    }
+
+    /// The node found.
+    fn inode(&self) -> u64 {
+        self.pair().0.inode
+    }
+}
+
+/// A reference to a node the kernel holds, counted in the name table as the kernel's own
+/// would be ([`RedirectFs::find_named`]); dropping it is a FORGET of one.
+struct HeldName<'a> {
+    fs: &'a RedirectFs,
+    entry: Entry,
+    kind: Kind,
+}
+
+impl Drop for HeldName<'_> {
+    fn drop(&mut self) {
+        self.fs.forget_locked(self.entry.inode, 1);
     }
 }
 

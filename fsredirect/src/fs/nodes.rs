@@ -79,9 +79,34 @@ struct Node {
     stub: Option<StubStamp>,
     /// The passthrough layer's handle on an `O_PATH` descriptor of the node, if it is hot.
     hot: Option<u64>,
-    /// The guest-tree inode's device and inode number, as the passthrough layer last
-    /// reported them for this node.
-    identity: Option<(u64, u64)>,
+    /// The guest-tree inode, as the passthrough layer last reported it for this node.
+    identity: Option<Identity>,
+}
+
+/// A guest-tree inode: its device and inode number, which name it while it cannot be freed,
+/// and its file type, which never changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Identity {
+    pub dev: u64,
+    pub ino: u64,
+    /// `st_mode & S_IFMT`.
+    pub file_type: u32,
+}
+
+impl Identity {
+    /// The identity of the inode whose attributes are `attr`.
+    pub fn of(attr: &libc::stat64) -> Self {
+        Identity {
+            dev: attr.st_dev,
+            ino: attr.st_ino,
+            file_type: attr.st_mode & libc::S_IFMT,
+        }
+    }
+
+    /// True if `attr` are attributes of this inode (same device and inode number).
+    pub fn matches(&self, attr: &libc::stat64) -> bool {
+        (attr.st_dev, attr.st_ino) == (self.dev, self.ino)
+    }
 }
 
 /// A stub's size and the coarse clock tick (seconds, nanoseconds) at or before its last
@@ -238,16 +263,16 @@ impl NodeTable {
         }
     }
 
-    /// Records the device and inode number of `inode`'s guest-tree file, from attributes the
-    /// passthrough layer just gave for it; nothing for a node whose kind is not known.
+    /// Records the identity of `inode`'s guest-tree file, from attributes the passthrough
+    /// layer just gave for it; nothing for a node whose kind is not known.
     pub fn set_identity(&mut self, inode: u64, attr: &libc::stat64) {
         if let Some(node) = self.nodes.get_mut(&inode) {
-            node.identity = Some((attr.st_dev, attr.st_ino));
+            node.identity = Some(Identity::of(attr));
         }
     }
 
-    /// The device and inode number last recorded for `inode`.
-    pub fn identity(&self, inode: u64) -> Option<(u64, u64)> {
+    /// The identity last recorded for `inode`.
+    pub fn identity(&self, inode: u64) -> Option<Identity> {
         self.nodes.get(&inode).and_then(|n| n.identity)
     }
 
@@ -361,6 +386,7 @@ mod tests {
         let mut attr: libc::stat64 = unsafe { std::mem::zeroed() };
         attr.st_dev = 7;
         attr.st_ino = 42;
+        attr.st_mode = libc::S_IFDIR | 0o755;
         let mut t = NodeTable::default();
         t.set_identity(1, &attr);
         assert_eq!(t.identity(1), None, "not for an unknown node");
@@ -368,12 +394,14 @@ mod tests {
         t.set_identity(1, &attr);
         t.set_kind(1, Kind::Redirect);
         assert_eq!(
-            t.identity(1),
-            Some((7, 42)),
+            t.identity(1).map(|i| (i.dev, i.ino, i.file_type)),
+            Some((7, 42, libc::S_IFDIR)),
             "a placement move keeps the host inode"
         );
         t.forget_object(1);
-        assert_eq!(t.identity(1), Some((7, 42)));
+        assert!(t.identity(1).is_some_and(|i| i.matches(&attr)));
+        attr.st_ino = 43;
+        assert!(!t.identity(1).unwrap().matches(&attr));
         t.remove(1);
         assert_eq!(t.identity(1), None);
     }

@@ -16,7 +16,7 @@ use fuse_backend_rs::api::filesystem::{
 use super::datalock::DataGuard;
 use super::xattrs::Reached;
 use super::{
-    errno, root_ctx, Kind, OpenFile, Peeked, RedirectFs, SyncMode, CAPABILITY_XATTR,
+    errno, root_ctx, Inspected, Kind, OpenFile, RedirectFs, SyncMode, CAPABILITY_XATTR,
     PRIVILEGE_BITS, XATTR_BUF,
 };
 use crate::faults::StoreOp;
@@ -50,7 +50,7 @@ impl FileSystem for RedirectFs {
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
         validate_name(name)?;
         let _ns = self.ns_read();
-        if let Some(held) = self.lookup_held(parent, name) {
+        if let Some(held) = self.lookup_held(parent, name)? {
             if let Some(record) = held.stale_record {
                 self.correct_portion_of(held.entry.inode, parent, name, Some(record));
             }
@@ -243,8 +243,8 @@ impl FileSystem for RedirectFs {
     fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
         validate_name(name)?;
         let _ns = self.ns_write();
-        let peeked = self.peek(parent, name)?;
-        let victim = peeked.as_ref().map(Peeked::pair);
+        let found = self.inspect(parent, name)?;
+        let victim = found.as_ref().map(Inspected::pair);
         (|| {
             let (entry, kind) = victim.as_ref().ok_or_else(|| errno(libc::ENOENT))?;
             let parts = match kind {
@@ -270,7 +270,7 @@ impl FileSystem for RedirectFs {
             };
             // Stub first: a crash in between leaves an unnamed store object (garbage), never
             // a stub without data.
-            self.inner.unlink(ctx, parent, name)?;
+            self.remove_entry(ctx, parent, name, 0)?;
             self.state().names.remove_name(parent, name);
             self.pass_on_released();
             self.keep_detached(entry.inode, detached);
@@ -307,7 +307,7 @@ impl FileSystem for RedirectFs {
     fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
         validate_name(name)?;
         let _ns = self.ns_write();
-        self.inner.rmdir(ctx, parent, name)?;
+        self.remove_entry(ctx, parent, name, libc::AT_REMOVEDIR)?;
         let parts = self.state().names.child_path(parent, name);
         self.state().names.remove_name(parent, name);
         self.pass_on_released();
@@ -338,23 +338,23 @@ impl FileSystem for RedirectFs {
             return Err(errno(libc::EINVAL));
         }
         let _ns = self.ns_write();
-        let src = self.peek(olddir, oldname)?;
-        let dst = self.peek(newdir, newname)?;
+        let src = self.inspect(olddir, oldname)?;
+        let dst = self.inspect(newdir, newname)?;
         let result = self.rename_locked(
             ctx,
             (olddir, oldname),
             (newdir, newname),
             flags,
-            &src.as_ref().map(Peeked::pair),
-            &dst.as_ref().map(Peeked::pair),
+            &src.as_ref().map(Inspected::pair),
+            &dst.as_ref().map(Inspected::pair),
         );
         if result.is_ok() && self.redirect.is_some() {
             // The path changed: the include and exclude rules may say otherwise now.
             if let Some(src) = &src {
-                self.settle_locked(src.entry.inode);
+                self.settle_locked(src.inode());
             }
             if let (Some(dst), true) = (&dst, flags & libc::RENAME_EXCHANGE != 0) {
-                self.settle_locked(dst.entry.inode);
+                self.settle_locked(dst.inode());
             }
         }
         result
@@ -444,12 +444,15 @@ impl FileSystem for RedirectFs {
                 self.admit(parent, name, entry, kind)
             }
             None if self.redirects_new(parent, name, args.mode)? => {
-                self.create_redirected(ctx, parent, name, args.mode, args.umask)?
+                let entry = self.create_redirected(ctx, parent, name, args.mode, args.umask)?;
+                self.pin_created(entry.inode);
+                entry
             }
             None => {
                 let (entry, ih, opts, passthrough) =
                     self.inner.create(&self.creator(ctx), parent, name, args)?;
                 let entry = self.admit(parent, name, entry, Kind::Plain);
+                self.pin_created(entry.inode);
                 let handle = ih
                     .map(|ih| self.new_handle(self.plain_handle(ih, entry.inode, args.flags)))
                     .transpose()?;

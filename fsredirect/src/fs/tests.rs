@@ -1337,6 +1337,97 @@ fn a_lookup_again_follows_a_name_replaced_on_the_host() {
     }
 }
 
+#[test]
+fn a_lookup_again_of_a_name_removed_on_the_host_is_enoent_and_the_name_can_be_made_again() {
+    for cfg in lookup_configs() {
+        for store in [false, true] {
+            let fx = fixture_with(store, cfg.clone());
+            let old = fx.write_file(ROOT_INODE, "a", b"one");
+            fx.fs.getattr(&fx.ctx, old.inode, None).unwrap();
+            std::fs::remove_file(fx.guest.join("a")).unwrap();
+            assert_eq!(
+                errno_of(fx.lookup(ROOT_INODE, "a")),
+                libc::ENOENT,
+                "{cfg:?} store {store}"
+            );
+            // The server's descriptor of the directory says the name is free: it is made.
+            let (new, handle) = fx.create(ROOT_INODE, "a");
+            fx.release(new.inode, handle);
+            assert_eq!(fx.read_file(ROOT_INODE, "a"), b"");
+        }
+    }
+}
+
+#[test]
+fn a_create_finds_a_name_made_on_the_host_behind_the_server() {
+    for cfg in lookup_configs() {
+        for store in [false, true] {
+            let fx = fixture_with(store, cfg.clone());
+            fx.write_file(ROOT_INODE, "first", b"1");
+            // The directory's descriptor is open now; the host adds a name to it.
+            std::fs::write(fx.guest.join("b"), b"host").unwrap();
+            let r = fx.fs.create(
+                &fx.ctx,
+                ROOT_INODE,
+                &c("b"),
+                create_in(0o644, libc::O_RDWR | libc::O_EXCL),
+            );
+            assert_eq!(errno_of(r), libc::EEXIST, "{cfg:?} store {store}");
+            assert_eq!(fx.read_file(ROOT_INODE, "b"), b"host");
+            // Without O_EXCL, a CREATE of it is an open of what is there.
+            std::fs::write(fx.guest.join("c"), b"also host").unwrap();
+            let (entry, handle) = fx.create(ROOT_INODE, "c");
+            fx.release(entry.inode, handle);
+            assert_eq!(fx.read_file(ROOT_INODE, "c"), b"also host", "{cfg:?}");
+        }
+    }
+}
+
+#[test]
+fn an_unlink_of_a_name_replaced_on_the_host_removes_what_the_name_leads_to_now() {
+    for cfg in lookup_configs() {
+        let fx = fixture_with(true, cfg.clone());
+        let old = fx.write_file(ROOT_INODE, "a", b"one");
+        fx.fs.getattr(&fx.ctx, old.inode, None).unwrap();
+        // Behind the server's back, the redirected file moves away and a plain one takes
+        // its name: the UNLINK is of the plain one, whatever the name table last knew.
+        std::fs::rename(fx.guest.join("a"), fx.guest.join("moved")).unwrap();
+        std::fs::write(fx.guest.join("a"), b"other").unwrap();
+        fx.fs.unlink(&fx.ctx, ROOT_INODE, &c("a")).unwrap();
+        assert!(!fx.guest.join("a").exists(), "{cfg:?}");
+        // The redirected file keeps its stored data.
+        assert_eq!(fx.read_file(ROOT_INODE, "moved"), b"one", "{cfg:?}");
+    }
+}
+
+#[test]
+fn an_unlink_the_server_checks_itself_gives_its_reference_back() {
+    for cfg in lookup_configs() {
+        for store in [false, true] {
+            let fx = fixture_with(store, cfg.clone());
+            let entry = fx.write_file(ROOT_INODE, "f", b"data");
+            fx.fs.getattr(&fx.ctx, entry.inode, None).unwrap();
+            assert_eq!(fx.lookup(ROOT_INODE, "f").unwrap().inode, entry.inode);
+            fx.fs.unlink(&fx.ctx, ROOT_INODE, &c("f")).unwrap();
+            assert!(!fx.guest.join("f").exists());
+            // The kernel's two references hold the node, and nothing more does.
+            fx.fs.forget(&fx.ctx, entry.inode, 1);
+            assert!(fx.fs.getattr(&fx.ctx, entry.inode, None).is_ok(), "{cfg:?}");
+            fx.fs.forget(&fx.ctx, entry.inode, 1);
+            assert!(
+                fx.fs.getattr(&fx.ctx, entry.inode, None).is_err(),
+                "{cfg:?} store {store}"
+            );
+            let deleted = format!("{} (deleted)", fx.guest.join("f").display());
+            assert_eq!(
+                descriptors_of(Path::new(&deleted)),
+                0,
+                "{cfg:?} store {store}: the unlinked file is still held open"
+            );
+        }
+    }
+}
+
 /// How many of this process's descriptors lead to `path`.
 fn descriptors_of(path: &Path) -> usize {
     std::fs::read_dir("/proc/self/fd")

@@ -23,7 +23,7 @@ use fuse_backend_rs::api::filesystem::FileSystem;
 
 use super::xattrs::Reached;
 use super::{errno, root_ctx, Kind, RedirectFs, Redirecting, CAPABILITY_XATTR, PRIVILEGE_BITS};
-use crate::beneath::{open_beneath, walk};
+use crate::beneath::open_parts;
 use crate::intent::Intent;
 use crate::meta::Meta;
 use crate::names::join;
@@ -189,9 +189,10 @@ impl RedirectFs {
 
     /// Opens the guest-tree file at `parts` for I/O and checks it is host inode `ino`.
     fn open_guest_file(&self, parts: &[CString], ino: u64) -> io::Result<File> {
-        let (name, dirs) = parts.split_last().ok_or_else(|| errno(libc::EINVAL))?;
-        let dir = walk(&self.guest_root, dirs)?;
-        let path_fd = open_beneath(&dir, name, libc::O_PATH, 0)?;
+        if parts.is_empty() {
+            return Err(errno(libc::EINVAL));
+        }
+        let path_fd = open_parts(&self.guest_root, parts, libc::O_PATH)?;
         let file = self.proc.reopen_regular(&path_fd, libc::O_RDWR)?;
         if file
             .metadata()
