@@ -84,6 +84,16 @@ impl FdCache {
         Ok(file)
     }
 
+    /// The cached object for `key`, if there is one; nothing is opened.
+    pub fn cached(&self, key: u64) -> Option<Arc<File>> {
+        let mut e = self.lock();
+        e.tick += 1;
+        let tick = e.tick;
+        let (file, used) = e.map.get_mut(&key)?;
+        *used = tick;
+        Some(file.clone())
+    }
+
     /// Drops the cached object for `key`, if any.
     pub fn remove(&self, key: u64) {
         self.lock().map.remove(&key);
@@ -141,6 +151,20 @@ mod tests {
             .get(1, || panic!("must not reopen a cached entry"))
             .unwrap();
         assert!(Arc::ptr_eq(&a, &b));
+    }
+
+    #[test]
+    fn cached_opens_nothing_and_counts_as_a_use() {
+        let cache = FdCache::new(2);
+        assert!(cache.cached(1).is_none());
+        assert!(cache.is_empty(), "a miss opens nothing");
+        let a = cache.get(1, devnull).unwrap();
+        cache.get(2, devnull).unwrap();
+        assert!(Arc::ptr_eq(&a, &cache.cached(1).unwrap()));
+        // 1 was used after 2, so 2 goes first.
+        cache.get(3, devnull).unwrap();
+        assert!(cache.cached(1).is_some());
+        assert!(cache.cached(2).is_none());
     }
 
     #[test]

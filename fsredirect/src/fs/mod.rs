@@ -871,9 +871,34 @@ impl RedirectFs {
         if let Some(known) = self.state().nodes.object(inode) {
             return Ok(known);
         }
-        let object = ObjectAttr::of(&self.object(inode)?.metadata()?);
+        let object = self.read_object_attr(inode)?;
         self.state().nodes.set_object(inode, object);
         Ok(object)
+    }
+
+    /// Reads the size and blocks of the store object of redirected `inode`: through a
+    /// descriptor of it the server holds, else by its path, without opening it (a LOOKUP or
+    /// GETATTR of a file nobody reads costs one `fstatat`, not an open; `object` opens it at
+    /// the first I/O). Only a regular file is an object.
+    fn read_object_attr(&self, inode: u64) -> io::Result<ObjectAttr> {
+        let r = self.redirected()?;
+        let (held, path) = {
+            let st = self.state();
+            let held = st.handles.open_inode(inode).map(|open| open.object.clone());
+            let held = held.or_else(|| st.detached.get(&inode).map(|d| d.object.clone()));
+            let path = held.is_none().then(|| st.names.path(inode)).flatten();
+            (held, path)
+        };
+        // The host calls come after the state lock is given back.
+        if let Some(object) = held.or_else(|| r.objects.cached(inode)) {
+            return Ok(ObjectAttr::of(&object.metadata()?));
+        }
+        let parts = path.ok_or_else(|| errno(libc::ESTALE))?;
+        let st = r.store.stat_object(&parts)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(errno(libc::EIO));
+        }
+        Ok(ObjectAttr::of_stat(&st))
     }
 
     /// The size of the store object of redirected `inode`: the known one, or read under its

@@ -58,6 +58,14 @@ impl ObjectAttr {
         }
     }
 
+    /// The figures of an object from its `stat`.
+    pub fn of_stat(st: &libc::stat64) -> Self {
+        ObjectAttr {
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+        }
+    }
+
     /// Puts these figures in place of a stub's in `st`.
     pub fn apply(self, st: &mut libc::stat64) {
         st.st_size = self.size as i64;

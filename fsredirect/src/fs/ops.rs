@@ -76,10 +76,16 @@ impl FileSystem for RedirectFs {
         if kind == Kind::Redirect {
             self.correct_portion_of(entry.inode, parent, name, meta);
         }
-        if self.file_handles && entry.attr.st_mode & libc::S_IFMT == libc::S_IFDIR {
-            // A directory is looked up again at every path walk once its entry times out,
-            // and seldom stat'ed: pinned by a hot handle now, those LOOKUPs cost one host
-            // call each (`revalidate.rs`). A file gets its hot handle at its first GETATTR.
+        if self.file_handles
+            && matches!(
+                entry.attr.st_mode & libc::S_IFMT,
+                libc::S_IFDIR | libc::S_IFREG
+            )
+        {
+            // The kernel looks a name in use up again once its entry times out (a directory
+            // at every path walk, a file at every open), often without a GETATTR: pinned by
+            // a hot handle now, those LOOKUPs cost one host call each (`revalidate.rs`). The
+            // first GETATTR, which would have opened the handle, then costs one less.
             self.hot_handle(entry.inode);
         }
         Ok(entry)

@@ -1395,8 +1395,14 @@ fn an_unlink_of_a_name_replaced_on_the_host_removes_what_the_name_leads_to_now()
         std::fs::write(fx.guest.join("a"), b"other").unwrap();
         fx.fs.unlink(&fx.ctx, ROOT_INODE, &c("a")).unwrap();
         assert!(!fx.guest.join("a").exists(), "{cfg:?}");
-        // The redirected file keeps its stored data.
-        assert_eq!(fx.read_file(ROOT_INODE, "moved"), b"one", "{cfg:?}");
+        // The redirected file keeps its stored data (where its record says; the host's
+        // rename behind the server did not move it).
+        assert_eq!(
+            std::fs::read(fx.volume.join("a")).unwrap(),
+            b"one",
+            "{cfg:?}"
+        );
+        assert!(fx.guest.join("moved").exists());
     }
 }
 
@@ -1425,6 +1431,22 @@ fn an_unlink_the_server_checks_itself_gives_its_reference_back() {
                 "{cfg:?} store {store}: the unlinked file is still held open"
             );
         }
+    }
+}
+
+#[test]
+fn a_redirected_file_nobody_reads_is_stat_ed_without_opening_its_object() {
+    for cfg in lookup_configs() {
+        let fx = fixture_with(true, cfg.clone());
+        fx.write_file(ROOT_INODE, "f", b"twelve bytes");
+        let fx = fx.restart(cfg.clone());
+        let entry = fx.lookup(ROOT_INODE, "f").unwrap();
+        assert_eq!(entry.attr.st_size, 12, "{cfg:?}");
+        let (st, _) = fx.fs.getattr(&fx.ctx, entry.inode, None).unwrap();
+        assert_eq!(st.st_size, 12);
+        assert_eq!(descriptors_of(&fx.volume.join("f")), 0, "{cfg:?}");
+        // The first READ opens it.
+        assert_eq!(fx.read_file(ROOT_INODE, "f"), b"twelve bytes");
     }
 }
 
