@@ -657,20 +657,24 @@ impl RedirectFs {
     /// reached through a known name. The caller holds the namespace lock.
     fn object(&self, inode: u64) -> io::Result<Arc<File>> {
         let r = self.redirected()?;
-        let path = {
-            let st = self.state();
-            if let Some(open) = st.handles.open_inode(inode) {
-                return Ok(open.object.clone());
-            }
-            if let Some(detached) = st.detached.get(&inode) {
-                return Ok(detached.object.clone());
-            }
-            st.names.path(inode)
-        };
-        r.objects.get(inode, || match path {
-            Some(parts) => r.store.open_object(&parts),
-            None => Err(errno(libc::ESTALE)),
-        })
+        match self.object_held_or_path(inode) {
+            ObjectAt::Held(object) => Ok(object),
+            ObjectAt::Path(path) => r.objects.get(inode, || match path {
+                Some(parts) => r.store.open_object(&parts),
+                None => Err(errno(libc::ESTALE)),
+            }),
+        }
+    }
+
+    /// Where the store object of redirected `inode` is to be found, under the state lock: the
+    /// one its open handles or its detachment hold, else the known path its object has.
+    fn object_held_or_path(&self, inode: u64) -> ObjectAt {
+        let st = self.state();
+        let held = st.handles.open_inode(inode).map(|open| &open.object);
+        match held.or_else(|| st.detached.get(&inode).map(|d| &d.object)) {
+            Some(object) => ObjectAt::Held(object.clone()),
+            None => ObjectAt::Path(st.names.path(inode)),
+        }
     }
 
     /// Forgets every cached descriptor of `inode` (its store object and stub, or its
@@ -882,15 +886,11 @@ impl RedirectFs {
     /// the first I/O). Only a regular file is an object.
     fn read_object_attr(&self, inode: u64) -> io::Result<ObjectAttr> {
         let r = self.redirected()?;
-        let (held, path) = {
-            let st = self.state();
-            let held = st.handles.open_inode(inode).map(|open| open.object.clone());
-            let held = held.or_else(|| st.detached.get(&inode).map(|d| d.object.clone()));
-            let path = held.is_none().then(|| st.names.path(inode)).flatten();
-            (held, path)
+        let path = match self.object_held_or_path(inode) {
+            ObjectAt::Held(object) => return Ok(ObjectAttr::of(&object.metadata()?)),
+            ObjectAt::Path(path) => path,
         };
-        // The host calls come after the state lock is given back.
-        if let Some(object) = held.or_else(|| r.objects.cached(inode)) {
+        if let Some(object) = r.objects.cached(inode) {
             return Ok(ObjectAttr::of(&object.metadata()?));
         }
         let parts = path.ok_or_else(|| errno(libc::ESTALE))?;
@@ -984,10 +984,11 @@ impl RedirectFs {
         kept.then_some(handle)
     }
 
-    /// Pins a file just created (a hot handle, with file handles): what follows a CREATE
-    /// (a LOOKUP again, a GETATTR, an UNLINK) then finds it with one host call
-    /// (`revalidate.rs`), for the one this costs now.
-    fn pin_created(&self, inode: u64) {
+    /// Pins `inode` by a hot handle (with file handles; without them the passthrough layer's
+    /// descriptor pins every node): what names it next (a LOOKUP again, an UNLINK, a CREATE
+    /// in it) is then checked with one host call (`revalidate.rs`), and a GETATTR goes
+    /// through the handle, for the one host call this costs now.
+    fn pin(&self, inode: u64) {
         if self.file_handles {
             self.hot_handle(inode);
         }
@@ -1690,6 +1691,14 @@ impl Drop for Peeked<'_> {
             self.fs.inner.forget(&root_ctx(), self.entry.inode, 1);
         }
     }
+}
+
+/// Where [`RedirectFs::object_held_or_path`] found a store object.
+enum ObjectAt {
+    /// A descriptor the node's open handles or its detachment hold.
+    Held(Arc<File>),
+    /// The known path of the node, if any (the object is reached by the same path).
+    Path(Option<Vec<CString>>),
 }
 
 /// What [`RedirectFs::inspect`] found at a name: the passthrough layer's reference, or one

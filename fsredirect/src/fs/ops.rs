@@ -76,17 +76,15 @@ impl FileSystem for RedirectFs {
         if kind == Kind::Redirect {
             self.correct_portion_of(entry.inode, parent, name, meta);
         }
-        if self.file_handles
-            && matches!(
-                entry.attr.st_mode & libc::S_IFMT,
-                libc::S_IFDIR | libc::S_IFREG
-            )
-        {
+        if matches!(
+            entry.attr.st_mode & libc::S_IFMT,
+            libc::S_IFDIR | libc::S_IFREG
+        ) {
             // The kernel looks a name in use up again once its entry times out (a directory
             // at every path walk, a file at every open), often without a GETATTR: pinned by
             // a hot handle now, those LOOKUPs cost one host call each (`revalidate.rs`). The
             // first GETATTR, which would have opened the handle, then costs one less.
-            self.hot_handle(entry.inode);
+            self.pin(entry.inode);
         }
         Ok(entry)
     }
@@ -451,14 +449,14 @@ impl FileSystem for RedirectFs {
             }
             None if self.redirects_new(parent, name, args.mode)? => {
                 let entry = self.create_redirected(ctx, parent, name, args.mode, args.umask)?;
-                self.pin_created(entry.inode);
+                self.pin(entry.inode);
                 entry
             }
             None => {
                 let (entry, ih, opts, passthrough) =
                     self.inner.create(&self.creator(ctx), parent, name, args)?;
                 let entry = self.admit(parent, name, entry, Kind::Plain);
-                self.pin_created(entry.inode);
+                self.pin(entry.inode);
                 let handle = ih
                     .map(|ih| self.new_handle(self.plain_handle(ih, entry.inode, args.flags)))
                     .transpose()?;

@@ -16,9 +16,9 @@
 //! its number reused by another file: the node must be pinned, by the passthrough layer's
 //! `O_PATH` descriptor of it (without file handles, every node it holds) or by its hot
 //! handle (`nodes.rs`; a regular file or a directory gets one at its CREATE or first LOOKUP,
-//! any node at its first GETATTR, a directory also when its descriptor here is opened). Any other node, a name unknown, a
-//! different inode, a directory the server holds no descriptor of and cannot open through its
-//! known path: the passthrough layer's LOOKUP, as before. An entry the directory no longer
+//! any node at its first GETATTR, a directory also when its descriptor here is opened). Any
+//! other node, a name unknown, a different inode, a directory the server holds no descriptor
+//! of and cannot open through its known path: the passthrough layer's LOOKUP, as before. An entry the directory no longer
 //! has is ENOENT, as the passthrough layer would find.
 //!
 //! The reference handed to the kernel is the name table's own ([`NameTable::remember_unbacked`]):
@@ -243,7 +243,7 @@ impl RedirectFs {
             // A node gets a hot handle only once its kind is known: the root's is not
             // until something asks.
             self.kind(inode)?;
-            self.hot_handle(inode);
+            self.pin(inode);
         }
         let parts = {
             let st = self.state();
