@@ -45,6 +45,12 @@
 //! `FSR_ADV_MODE` (`handles`, `paths`, `xattrs`, `unprivileged`: the trials to run,
 //! comma-separated),
 //! `FSR_ADV_SHRINK` (most replays spent shrinking one finding, default 1000; 0: no shrinking),
+//! `FSR_ADV_VERIFY_EACH` (`verify` after every request, not only after races and checks:
+//! slower, but a finding then names the request that broke the share),
+//! `FSR_ADV_TAIL` (a finding also prints the last lines of its run's log, this many: for a
+//! race a replay may not lose again),
+//! `RUST_LOG` (the servers' log, to standard error, at that level: `warn` for what went wrong
+//! inside them),
 //! `FSR_ADV_DEBUG` (also print how many replies were judged against several model states).
 //!
 //! As root, each trial's shares live on a journaled ext4 of its own (a loop-mounted image):
@@ -225,6 +231,10 @@ fn main() {
     // apply its own on top would set them.
     // SAFETY: umask has no preconditions and cannot fail.
     unsafe { libc::umask(0) };
+    if std::env::var_os("RUST_LOG").is_some() {
+        // The servers' own log, to stderr, for a finding the driver's trace does not explain.
+        env_logger::init();
+    }
     if std::env::var_os("FSR_ADV_CHILD").is_some() {
         child_main();
     }
@@ -406,7 +416,8 @@ fn run_seeds(base: &std::path::Path, mode: Mode, seeds: &[u64], ops: u64) -> (St
     let mut total = Stats::default();
     let mut findings = Vec::new();
     for &seed in seeds {
-        let (setup, run) = run_seed(base, mode.serving(), seed, ops);
+        let tail = env_u64("FSR_ADV_TAIL").unwrap_or(0) as usize;
+        let (setup, run) = run_seed(base, mode.serving(), seed, ops, tail);
         total += run.stats;
         let Some(finding) = run.finding else {
             continue;
@@ -420,6 +431,15 @@ fn run_seeds(base: &std::path::Path, mode: Mode, seeds: &[u64], ops: u64) -> (St
             setup.profile.describe(),
             mode.name(),
         );
+        if !run.log_tail.is_empty() {
+            text.push_str(&format!(
+                "  the last {} lines of this run's log:\n",
+                run.log_tail.len()
+            ));
+            for line in &run.log_tail {
+                text.push_str(&format!("    {line}\n"));
+            }
+        }
         let budget = env_u64("FSR_ADV_SHRINK").unwrap_or(1000) as usize;
         let mut steps = run.steps;
         steps.truncate(finding.step + 1);

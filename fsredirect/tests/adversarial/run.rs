@@ -81,6 +81,8 @@ pub struct Session {
     pub stats: Stats,
     log: Option<Vec<String>>,
     walk_n: u64,
+    /// `verify` after every request, not only after races and checks (`FSR_ADV_VERIFY_EACH`).
+    verify_each: bool,
 }
 
 /// At most this many model states are kept after a race.
@@ -101,6 +103,7 @@ impl Session {
             stats: Stats::default(),
             log: log.then(Vec::new),
             walk_n: 0,
+            verify_each: std::env::var_os("FSR_ADV_VERIFY_EACH").is_some(),
         })
     }
 
@@ -174,7 +177,11 @@ impl Session {
                 self.stats.ops += 1;
                 let (out, r) = self.one(tag(op.id, 0), &call, &Lenience::default());
                 self.note(|| format!("{op} -> {}", Shown(&out)));
-                r
+                r?;
+                if self.verify_each {
+                    self.verify()?;
+                }
+                Ok(())
             }
             Step::Race { repeat, skew, ops } => {
                 for rep in 0..*repeat {
@@ -537,10 +544,20 @@ pub struct SeedRun {
     pub stats: Stats,
     /// The finding, if any.
     pub finding: Option<Finding>,
+    /// The log of the run, when asked for (`log_tail` of [`run_seed`]): its last lines.
+    pub log_tail: Vec<String>,
 }
 
-/// Generates and runs `ops` requests of `seed`, on shares under `base`.
-pub fn run_seed(base: &Path, serving: Serving, seed: u64, ops: u64) -> (Setup, SeedRun) {
+/// Generates and runs `ops` requests of `seed`, on shares under `base`; a finding keeps the
+/// last `log_tail` lines of the run's log (each step with its replies), for a race that a
+/// replay may not lose again.
+pub fn run_seed(
+    base: &Path,
+    serving: Serving,
+    seed: u64,
+    ops: u64,
+    log_tail: usize,
+) -> (Setup, SeedRun) {
     let mut gen = Gen::new(seed);
     let setup = Setup {
         serving,
@@ -548,7 +565,7 @@ pub fn run_seed(base: &Path, serving: Serving, seed: u64, ops: u64) -> (Setup, S
         base: base.to_path_buf(),
     };
     let mut steps = Vec::new();
-    let mut session = match Session::new(&setup, false) {
+    let mut session = match Session::new(&setup, log_tail > 0) {
         Ok(s) => s,
         Err(mismatch) => {
             let finding = Some(Finding { step: 0, mismatch });
@@ -556,6 +573,7 @@ pub fn run_seed(base: &Path, serving: Serving, seed: u64, ops: u64) -> (Setup, S
                 steps,
                 stats: Stats::default(),
                 finding,
+                log_tail: Vec::new(),
             };
             return (setup, run);
         }
@@ -563,17 +581,25 @@ pub fn run_seed(base: &Path, serving: Serving, seed: u64, ops: u64) -> (Setup, S
     while session.stats.ops < ops {
         let step = gen.next(&session.cands[0]);
         steps.push(step.clone());
+        if let Some(log) = &mut session.log {
+            // Only the tail is ever shown: keep the log from growing with the run.
+            if log.len() > 2 * log_tail {
+                log.drain(..log.len() - log_tail);
+            }
+        }
         if let Err(mismatch) = session.step(&step) {
             let finding = Some(Finding {
                 step: steps.len() - 1,
                 mismatch,
             });
+            let log_tail = tail(session.take_log(), log_tail);
             return (
                 setup,
                 SeedRun {
                     steps,
                     stats: session.stats,
                     finding,
+                    log_tail,
                 },
             );
         }
@@ -582,6 +608,10 @@ pub fn run_seed(base: &Path, serving: Serving, seed: u64, ops: u64) -> (Setup, S
         step: steps.len(),
         mismatch,
     });
+    let log_tail = match finding {
+        Some(_) => tail(session.take_log(), log_tail),
+        None => Vec::new(),
+    };
     let stats = session.stats;
     (
         setup,
@@ -589,8 +619,15 @@ pub fn run_seed(base: &Path, serving: Serving, seed: u64, ops: u64) -> (Setup, S
             steps,
             stats,
             finding,
+            log_tail,
         },
     )
+}
+
+/// The last `n` lines of `log`.
+fn tail(mut log: Vec<String>, n: usize) -> Vec<String> {
+    log.drain(..log.len().saturating_sub(n));
+    log
 }
 
 /// Runs `steps` on a fresh share (then the final check); the finding, if any, and the log.
