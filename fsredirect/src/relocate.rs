@@ -292,26 +292,37 @@ pub fn punch_data(file: &File) -> io::Result<()> {
 }
 
 /// [`punch_data`], shown to `hook` first.
+///
+/// Blocks past the end of the file go too: a guest may have preallocated them (fallocate
+/// with KEEP_SIZE) while the file was inline. A stub keeping them would hold data as soon as
+/// it grows over them with its object (unwritten extents read back as data once their pages
+/// are cached), and would waste their space meanwhile.
 fn punch_data_hooked(file: &File, hook: &Hook) -> io::Result<()> {
     let meta = file.metadata()?;
-    if meta.len() == 0 {
+    if meta.len() == 0 && meta.blocks() == 0 {
         return Ok(());
     }
     hook.check(&StoreOp::Punch { file })?;
-    // A punch frees whole blocks only (a partial one is zeroed and stays): reach the end of
-    // the last block, which KEEP_SIZE allows past the end of the file.
-    let block = meta.blksize().max(4096);
-    let len = meta.len().div_ceil(block) * block;
-    // SAFETY: fallocate on a descriptor we hold; no memory is passed.
-    let res = unsafe {
-        libc::fallocate64(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            0,
-            len as i64,
-        )
-    };
-    crate::beneath::check(res).map(|_| ())
+    if meta.len() > 0 {
+        // A punch frees whole blocks only (a partial one is zeroed and stays): reach the end
+        // of the last block, which KEEP_SIZE allows past the end of the file.
+        let block = meta.blksize().max(4096);
+        let len = meta.len().div_ceil(block) * block;
+        // SAFETY: fallocate on a descriptor we hold; no memory is passed.
+        let res = unsafe {
+            libc::fallocate64(
+                file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                0,
+                len as i64,
+            )
+        };
+        crate::beneath::check(res)?;
+    }
+    // A punch cannot name the end of blocks preallocated past the end of the file (it is
+    // the file system's, not the file's); a truncate to the file's own size frees them
+    // (ext4, XFS, Btrfs). The size never changes on the way.
+    file.set_len(meta.len())
 }
 
 /// Sets the access and modification times of `file` back to those in `meta`.

@@ -92,6 +92,30 @@ fn an_appending_write_crossing_min_size_moves_the_file_whatever_offset_it_names(
 }
 
 #[test]
+fn space_preallocated_past_the_end_while_inline_does_not_stay_in_the_stub() {
+    let fx = with_policy("min-size:4K");
+    let (entry, handle) = fx.create(ROOT_INODE, "f");
+    fx.write(entry.inode, handle, 0, &[1u8; 3000]);
+    // Blocks past the end, as `fallocate --keep-size` makes them.
+    let keep_size = libc::FALLOC_FL_KEEP_SIZE as u32;
+    fx.fs
+        .fallocate(&fx.ctx, entry.inode, handle, keep_size, 0, 1 << 20)
+        .unwrap();
+    fx.write(entry.inode, handle, 3000, &[2u8; 2000]);
+    // The object grows over that range, and the stub with it.
+    fx.write(entry.inode, handle, 5000, &[3u8; 100_000]);
+    fx.release(entry.inode, handle);
+    let stub = fx.guest.join("f");
+    // Read on the host (a backup, say): preallocated blocks would now hold cached pages,
+    // which is data.
+    assert_eq!(std::fs::read(&stub).unwrap(), vec![0u8; 105_000]);
+    let mut want = vec![1u8; 3000];
+    want.extend_from_slice(&[2u8; 2000]);
+    want.extend_from_slice(&[3u8; 100_000]);
+    fx.assert_redirected("f", &want);
+}
+
+#[test]
 fn truncate_below_min_size_moves_file_back_inline_under_its_open_handle() {
     let fx = with_policy("min-size:4K");
     let (entry, handle) = fx.create(ROOT_INODE, "f");

@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | object not private | mode 0600 | objects never carry exec or set-ID bits |
 //! | stub holds data | its bytes saved to lost+found, then the stub made all hole | the guest reads the object; the stub's bytes are kept, not trusted |
+//! | stub keeps allocated blocks, no data | the blocks freed | they hold nothing, and would read as data once the stub grows over them |
 //! | size mismatch (volume stopped cleanly) | stub's size set to the object's | the guest already reads the object's size and bytes; no byte is dropped |
 //! | object missing, and its stub's record names an object no stub claims | that object moved back | recovery's own rule (an interrupted rename), run through [`crate::recover::recover`] |
 //! | object missing otherwise | recreated as zeros of the stub's size, and reported | the data is gone; the file keeps its size, as recovery extends a short object with zeros |
@@ -91,6 +92,8 @@ pub enum Fix {
     MakePrivate,
     /// Save the bytes a stub holds to lost+found, then punch them out.
     SaveStubData,
+    /// Free the blocks a stub holding no data keeps.
+    FreeStubBlocks,
     /// Set the stub's size to this, the object's.
     ResizeStub(u64),
     /// Move what is at the object's path to lost+found and recreate the object as zeros of
@@ -127,7 +130,11 @@ impl Fix {
     /// then the rest.
     fn phase(&self) -> u8 {
         match self {
-            Fix::MakePrivate | Fix::SaveStubData | Fix::ResizeStub(_) | Fix::MoveAside { .. } => 0,
+            Fix::MakePrivate
+            | Fix::SaveStubData
+            | Fix::FreeStubBlocks
+            | Fix::ResizeStub(_)
+            | Fix::MoveAside { .. } => 0,
             Fix::MoveBack(_) => 1,
             _ => 2,
         }
@@ -148,6 +155,7 @@ impl Fix {
                 "save the stub's bytes to {}, then make the stub all hole again",
                 lf.target("guest", path).display()
             ),
+            Fix::FreeStubBlocks => "free the stub's blocks (it holds no data)".into(),
             Fix::ResizeStub(size) => format!(
                 "set the stub's size to the object's, {} (the guest reads the object)",
                 bytes(*size)
@@ -359,6 +367,7 @@ fn plan(ctx: &Ctx, report: &Report) -> Vec<Item> {
             },
             Mismatch::SizeDiffers { object, .. } => Fix::ResizeStub(*object),
             Mismatch::StubHasData(_) => Fix::SaveStubData,
+            Mismatch::StubHasBlocks(_) => Fix::FreeStubBlocks,
             Mismatch::UnsafeObject(_) => Fix::MakePrivate,
             Mismatch::ObjectNotRegular(p) => Fix::MoveAside {
                 recreate: stub_size(ctx, p),
@@ -443,6 +452,11 @@ fn apply(ctx: &Ctx, store: &Store, path: &Path, fix: &Fix) -> io::Result<()> {
             let mut copy = new_private_file(&target)?;
             io::copy(&mut stub, &mut copy)?;
             copy.sync_all()?;
+            let size = stub.metadata()?.len();
+            guest::resize_stub(&stub, size)
+        }
+        Fix::FreeStubBlocks => {
+            let stub = ctx.tree.open_regular(path, libc::O_WRONLY)?;
             let size = stub.metadata()?.len();
             guest::resize_stub(&stub, size)
         }
@@ -843,6 +857,36 @@ mod tests {
             lost_found(&t),
             vec![(PathBuf::from("guest/a"), b"stubby".to_vec())]
         );
+    }
+
+    #[test]
+    fn blocks_a_stub_keeps_past_its_end_are_freed_and_nothing_saved() {
+        let t = TestShare::new();
+        t.write("a", b"object");
+        let stub = fs::File::options()
+            .write(true)
+            .open(t.guest.join("a"))
+            .unwrap();
+        // SAFETY: fallocate on a descriptor we own; no memory is passed.
+        let res = unsafe {
+            libc::fallocate64(
+                std::os::fd::AsRawFd::as_raw_fd(&stub),
+                libc::FALLOC_FL_KEEP_SIZE,
+                0,
+                1 << 20,
+            )
+        };
+        assert_eq!(res, 0, "{}", std::io::Error::last_os_error());
+        drop(stub);
+        assert_eq!(
+            verify_share(&t.share).unwrap(),
+            vec![crate::verify::Mismatch::StubHasBlocks("a".into())]
+        );
+        run(&t);
+        let stub = fs::metadata(t.guest.join("a")).unwrap();
+        assert_eq!((stub.len(), stub.blocks()), (6, 0));
+        assert_eq!(fs::read(t.volume.join("a")).unwrap(), b"object");
+        assert_eq!(lost_found(&t), vec![]);
     }
 
     #[test]
