@@ -928,8 +928,9 @@ impl RedirectFs {
     }
 
     /// [`RedirectFs::admit`], for a node new to the kernel keeping `object` (its store object,
-    /// which the caller has just made) as its cached store descriptor: the attributes and the
-    /// OPEN that follow a CREATE then use it instead of opening the object again by its path.
+    /// which the caller has just made, empty) as its cached store descriptor: the attributes
+    /// and the OPEN that follow a CREATE then use it instead of opening the object again by
+    /// its path, and its figures (no bytes, no blocks) are known without a `stat`.
     fn admit_with_object(
         &self,
         parent: u64,
@@ -956,6 +957,10 @@ impl RedirectFs {
             }
             if let (Some(object), Some(r)) = (object, &self.redirect) {
                 let _ = r.objects.get(entry.inode, || Ok(object));
+                // Under its data lock, as every fill of the figures (`nodes.rs`).
+                let _data = self.data_locks.lock(entry.inode);
+                let empty = ObjectAttr { size: 0, blocks: 0 };
+                self.state().nodes.set_object(entry.inode, empty);
             }
         }
         self.fix_attr(entry.inode, kind, &mut entry.attr);
