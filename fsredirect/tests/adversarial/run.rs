@@ -138,9 +138,7 @@ impl Session {
                 Ok(()) => {
                     let forks = m.take_forks();
                     for x in std::iter::once(m).chain(forks) {
-                        if !next.contains(&x) {
-                            next.push(x);
-                        }
+                        keep(&mut next, x);
                     }
                 }
                 Err(e) => {
@@ -151,7 +149,7 @@ impl Session {
         if next.is_empty() {
             return (out, Err(first.unwrap()));
         }
-        self.cands = dedup(next);
+        self.cands = next;
         (out, Ok(()))
     }
 
@@ -270,9 +268,7 @@ impl Session {
                     states = after;
                 }
                 for m in states {
-                    if !next.contains(&m) {
-                        next.push(m);
-                    }
+                    keep(&mut next, m);
                 }
             }
         }
@@ -292,7 +288,7 @@ impl Session {
                 ),
             });
         }
-        self.cands = dedup(next);
+        self.cands = next;
         self.verify()?;
         if self.cands.len() > 1 {
             self.probe(&len.data)?;
@@ -497,18 +493,19 @@ impl Session {
     }
 }
 
-/// The distinct states among `states` once what no guest can observe is forgotten, at most
-/// [`MAX_CANDS`] of them.
-fn dedup(states: Vec<Model>) -> Vec<Model> {
-    let mut out: Vec<Model> = Vec::new();
-    for mut m in states {
-        m.bury_all();
-        if !out.contains(&m) {
-            out.push(m);
-        }
+/// Adds model state `m` to `states` once what no guest can observe is forgotten
+/// ([`Model::bury_all`]), unless an equal state is there or `states` holds [`MAX_CANDS`]
+/// already: the states kept are the first distinct ones, as before, and no time goes into
+/// comparing states that would be dropped (after a race, up to every order of its requests
+/// times every fork of each reply).
+fn keep(states: &mut Vec<Model>, mut m: Model) {
+    if states.len() >= MAX_CANDS {
+        return;
     }
-    out.truncate(MAX_CANDS);
-    out
+    m.bury_all();
+    if !states.contains(&m) {
+        states.push(m);
+    }
 }
 
 /// Every order of `n` items.
