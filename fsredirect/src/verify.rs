@@ -461,7 +461,7 @@ const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
 /// True if the regular file at `path` has blocks mapped to its data, those past its end
 /// included (preallocated with fallocate's KEEP_SIZE), which [`has_data`] cannot see: an
 /// unwritten extent reads as a hole until its pages are cached. Where the file system maps
-/// no extents (FIEMAP unsupported), whether it has a data extent.
+/// no extents (FIEMAP unsupported: tmpfs, say), whether it counts any block for the file.
 pub fn holds_blocks(path: &Path) -> io::Result<bool> {
     let f = open_to_inspect(path)?;
     let mut map = FiemapHeader {
@@ -477,7 +477,7 @@ pub fn holds_blocks(path: &Path) -> io::Result<bool> {
     }
     let err = io::Error::last_os_error();
     match err.raw_os_error() {
-        Some(libc::EOPNOTSUPP | libc::ENOTTY) => has_data(path),
+        Some(libc::EOPNOTSUPP | libc::ENOTTY) => Ok(f.metadata()?.blocks() > 0),
         _ => Err(err),
     }
 }
