@@ -834,3 +834,42 @@ fn a_setattr_answered_with_an_error_changed_nothing() {
         eprintln!("{refused} of 300 SETATTRs came after the FORGET");
     }
 }
+
+#[test]
+fn opening_a_file_as_a_directory_fails_whatever_its_placement() {
+    // A kernel never sends O_DIRECTORY for a file; a guest may. A redirected handle that kept
+    // it could never be reopened inline: the file's moves out of the store would fail while
+    // it stayed open.
+    let open_flags = [
+        libc::O_RDONLY | libc::O_DIRECTORY,
+        libc::O_RDWR | libc::O_TMPFILE,
+    ];
+    // With O_CREAT, what the host answers (EINVAL since Linux 6.4), for a name in use and for
+    // a new one.
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("f"), b"data").unwrap();
+    let host_errno = |name: &str, flags: i32| {
+        let path =
+            CString::new(host.path().join(name).into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path; the descriptor, if any, is closed at once.
+        let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CREAT, 0o644) };
+        assert!(fd < 0, "the host opened {name} with {flags:#o}");
+        io::Error::last_os_error().raw_os_error()
+    };
+    for fx in [redirecting(), passthrough()] {
+        let entry = fx.write_file(ROOT_INODE, "f", b"data");
+        for flags in open_flags {
+            let open = fx.fs.open(&fx.ctx, entry.inode, flags as u32, 0);
+            assert_eq!(
+                open.map(|_| ()).unwrap_err().raw_os_error(),
+                Some(libc::ENOTDIR)
+            );
+            for name in ["f", "new"] {
+                let args = create_in(0o644, flags | libc::O_CREAT);
+                let create = fx.fs.create(&fx.ctx, ROOT_INODE, &c(name), args);
+                let got = create.map(|_| ()).unwrap_err().raw_os_error();
+                assert_eq!(got, host_errno(name, flags), "CREATE {name} {flags:#o}");
+            }
+        }
+    }
+}

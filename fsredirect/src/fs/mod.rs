@@ -846,6 +846,12 @@ impl RedirectFs {
                 |data| self.object_attr_locked(inode, data),
             ) {
                 Ok(object) => object.apply(st),
+                // No known name leads to the object (the file's last name went, and it is not
+                // open): the stub's own figures stand, which agree with the object's size.
+                // A guest can ask in a loop; nothing is wrong.
+                Err(e) if e.raw_os_error() == Some(libc::ESTALE) => {
+                    log::debug!("inode {inode}: no known path to its store object")
+                }
                 Err(e) => log::warn!("inode {inode}: store object unreachable: {e}"),
             },
         }
@@ -1343,6 +1349,12 @@ impl RedirectFs {
     }
 
     fn open_redirected(&self, inode: u64, flags: u32) -> io::Result<u64> {
+        if flags as i32 & libc::O_DIRECTORY != 0 {
+            // As the host answers for the stub (and for a plain file): a handle keeping the
+            // flag could never be reopened inline if the file moves out of the store.
+            // O_TMPFILE includes it.
+            return Err(errno(libc::ENOTDIR));
+        }
         if flags as i32 & libc::O_TRUNC != 0 {
             // Stub first, as for any truncate: a crash in between leaves a stub no longer
             // than its data, never one claiming bytes the object lost.

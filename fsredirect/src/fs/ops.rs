@@ -434,6 +434,11 @@ impl FileSystem for RedirectFs {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         validate_name(name)?;
+        if args.flags as i32 & libc::O_DIRECTORY != 0 {
+            // What the host answers to O_CREAT with O_DIRECTORY (or O_TMPFILE), since Linux
+            // 6.4, whether the name exists or not.
+            return Err(errno(libc::EINVAL));
+        }
         self.check_fd_room()?;
         let _ns = self.ns_write();
         let entry = match self.peek(parent, name)? {
