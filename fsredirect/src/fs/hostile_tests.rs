@@ -873,3 +873,20 @@ fn opening_a_file_as_a_directory_fails_whatever_its_placement() {
         }
     }
 }
+
+#[test]
+fn truncating_open_of_a_file_whose_last_name_went_changes_nothing() {
+    // The kernel may OPEN a node it still holds after its last name went (through
+    // /proc/self/fd, say); a guest may with any flags. The object went with the name.
+    let fx = redirecting();
+    let entry = fx.write_file(ROOT_INODE, "f", &[7u8; 100]);
+    fx.fs.unlink(&fx.ctx, ROOT_INODE, &c("f")).unwrap();
+    let flags = (libc::O_RDWR | libc::O_TRUNC) as u32;
+    let open = fx.fs.open(&fx.ctx, entry.inode, flags, 0);
+    assert_eq!(
+        open.map(|_| ()).unwrap_err().raw_os_error(),
+        Some(libc::ESTALE)
+    );
+    // The stub the node still stands for keeps its size: nothing was truncated.
+    assert_eq!(fx.size(entry.inode), 100);
+}

@@ -1355,6 +1355,9 @@ impl RedirectFs {
             // O_TMPFILE includes it.
             return Err(errno(libc::ENOTDIR));
         }
+        // Surface a missing store object at open, not at the first read, and before a
+        // truncate touches the stub: a node no name leads to any more has none to reach.
+        self.object(inode)?;
         if flags as i32 & libc::O_TRUNC != 0 {
             // Stub first, as for any truncate: a crash in between leaves a stub no longer
             // than its data, never one claiming bytes the object lost.
@@ -1370,9 +1373,6 @@ impl RedirectFs {
                 }
                 return Err(e);
             }
-        } else {
-            // Surface a missing store object at open, not at the first read.
-            self.object(inode)?;
         }
         self.new_handle(OpenFile::redirect(inode, flags))
     }
