@@ -890,3 +890,27 @@ fn truncating_open_of_a_file_whose_last_name_went_changes_nothing() {
     // The stub the node still stands for keeps its size: nothing was truncated.
     assert_eq!(fx.size(entry.inode), 100);
 }
+
+#[test]
+fn a_handle_reads_and_writes_only_as_it_was_opened_whatever_the_placement() {
+    // The kernel sends WRITE only through a handle opened for writing, READ through one opened
+    // for reading; a guest may send either through any, naming any flags.
+    for fx in [redirecting(), passthrough()] {
+        let entry = fx.write_file(ROOT_INODE, "f", b"data");
+        let reader = fx.open(entry.inode, libc::O_RDONLY);
+        let wrote = fx.try_write(entry.inode, reader, 0, b"evil", libc::O_RDWR);
+        assert_eq!(errno_of(wrote), libc::EBADF);
+        let grown = fx.fs.fallocate(&fx.ctx, entry.inode, reader, 0, 0, 1 << 20);
+        assert_eq!(errno_of(grown), libc::EBADF);
+        assert_eq!(fx.read_file(ROOT_INODE, "f"), b"data");
+        assert_eq!(fx.size(entry.inode), 4);
+        fx.release(entry.inode, reader);
+        let writer = fx.open(entry.inode, libc::O_WRONLY);
+        let mut sink = MemSink::default();
+        let read = fx
+            .fs
+            .read(&fx.ctx, entry.inode, writer, &mut sink, 4, 0, None, 0);
+        assert_eq!(errno_of(read), libc::EBADF);
+        fx.release(entry.inode, writer);
+    }
+}

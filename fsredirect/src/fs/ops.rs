@@ -528,7 +528,8 @@ impl FileSystem for RedirectFs {
                     passthrough_io_flags(flags),
                 )
             }
-            OpenFile::Redirect { inode, .. } => {
+            OpenFile::Redirect { inode, flags } => {
+                may_read(flags)?;
                 let _data = self.data_locks.read(inode);
                 self.with_object(inode, |f| w.write_from(f, size as usize, offset))
             }
@@ -591,7 +592,11 @@ impl FileSystem for RedirectFs {
                 }
                 Ok(n)
             }
-            OpenFile::Redirect { inode, .. } => {
+            OpenFile::Redirect {
+                inode,
+                flags: opened,
+            } => {
+                may_write(opened)?;
                 let n = self.write_redirected(inode, r, size, offset, flags)?;
                 // A redirected file left where an older policy or a directory rename put
                 // it is settled when written, like an inline one.
@@ -655,7 +660,8 @@ impl FileSystem for RedirectFs {
                 }
                 Ok(())
             }
-            OpenFile::Redirect { inode, .. } => {
+            OpenFile::Redirect { inode, flags } => {
+                may_write(flags)?;
                 let offset = i64::try_from(offset).map_err(|_| errno(libc::EINVAL))?;
                 let length = i64::try_from(length).map_err(|_| errno(libc::EINVAL))?;
                 let store = self.store()?;
@@ -984,6 +990,27 @@ impl RedirectFs {
         }
         self.object_attr_locked(inode, data)?.apply(&mut st);
         Ok((st, timeout))
+    }
+}
+
+/// EBADF unless a handle opened with `flags` may read, as the host decides for a descriptor
+/// (a plain file's READ goes through one): the store object behind a redirected handle is
+/// open for reading and writing whatever the guest asked. (The share never asks for the
+/// kernel's writeback cache, under which a kernel reads through a write-only handle.)
+fn may_read(flags: u32) -> io::Result<()> {
+    let flags = flags as i32;
+    match flags & libc::O_ACCMODE {
+        libc::O_RDONLY | libc::O_RDWR if flags & libc::O_PATH == 0 => Ok(()),
+        _ => Err(errno(libc::EBADF)),
+    }
+}
+
+/// [`may_read`] for WRITE and fallocate.
+fn may_write(flags: u32) -> io::Result<()> {
+    let flags = flags as i32;
+    match flags & libc::O_ACCMODE {
+        libc::O_WRONLY | libc::O_RDWR if flags & libc::O_PATH == 0 => Ok(()),
+        _ => Err(errno(libc::EBADF)),
     }
 }
 
