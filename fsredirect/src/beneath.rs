@@ -174,6 +174,37 @@ const SYS_GETXATTRAT: libc::c_long = 464;
 const SYS_LISTXATTRAT: libc::c_long = 465;
 const SYS_REMOVEXATTRAT: libc::c_long = 466;
 
+/// Reads attribute `name` of entry `entry` of directory `dir` (not following a symlink) into
+/// `buf`, as [`ProcSelfFd::getxattr`] does for a descriptor: one `getxattrat(2)` (Linux
+/// 6.13), where opening the entry and reading through its descriptor would take three calls.
+pub fn getxattr_entry(
+    dir: &impl AsRawFd,
+    entry: &CStr,
+    name: &CStr,
+    buf: &mut Vec<u8>,
+) -> io::Result<usize> {
+    fill_capacity(buf, |value, size| {
+        let mut args = XattrArgs {
+            value: value as u64,
+            size: u32::try_from(size).unwrap_or(u32::MAX),
+            flags: 0,
+        };
+        // SAFETY: NUL-terminated strings, and an xattr_args naming a buffer of `size`
+        // writable bytes, which the kernel writes at most.
+        unsafe {
+            libc::syscall(
+                SYS_GETXATTRAT,
+                dir.as_raw_fd(),
+                entry.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                name.as_ptr(),
+                &mut args as *mut XattrArgs,
+                std::mem::size_of::<XattrArgs>(),
+            )
+        }
+    })
+}
+
 /// `struct xattr_args` of `setxattrat(2)` and `getxattrat(2)`.
 #[repr(C)]
 struct XattrArgs {

@@ -314,6 +314,9 @@ pub struct RedirectFs {
     proc: ProcSelfFd,
     /// Extended attributes through this layer's own descriptors (`xattrs.rs`).
     xattrs_by_descriptor: bool,
+    /// The kernel has the `*xattrat` calls (Linux 6.13): a node just looked up by file handle
+    /// has its metadata read by its name in its directory (`xattrs.rs`).
+    xattr_at: bool,
     /// Most nodes holding a hot handle (`nodes.rs`).
     hot_inodes: usize,
     /// The server's own `O_PATH` descriptors of directories, for LOOKUPs of nodes the
@@ -380,7 +383,8 @@ impl RedirectFs {
         if xattrs_by_descriptor && cfg.inode_file_handles {
             return Err(FsError::XattrsNeedDescriptorInodes);
         }
-        if xattrs_by_descriptor && !proc.has_xattr_at() {
+        let xattr_at = proc.has_xattr_at();
+        if xattrs_by_descriptor && !xattr_at {
             return Err(FsError::NoXattrAt(share.dir.clone()));
         }
         let (redirect, recovery) = match &share.store {
@@ -431,6 +435,7 @@ impl RedirectFs {
             budget,
             proc,
             xattrs_by_descriptor,
+            xattr_at,
             recovery,
         })
     }

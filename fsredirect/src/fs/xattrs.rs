@@ -17,6 +17,12 @@ use std::os::fd::OwnedFd;
 use fuse_backend_rs::api::filesystem::{FileSystem, GetxattrReply, ListxattrReply};
 
 use super::{errno, root_ctx, RedirectFs};
+use crate::beneath::getxattr_entry;
+
+/// Bytes first read of an attribute reached by its entry's name: more than the longest
+/// redirect record the server writes (a portion of at most 1 KiB, a volume name of at most 255
+/// bytes, a few bytes more).
+const SMALL_XATTR: usize = 2048;
 
 /// Where a node was just reached: a node not yet in the name table (in the middle of its
 /// LOOKUP or creation) has no known path of its own.
@@ -40,18 +46,61 @@ impl RedirectFs {
         name: &CStr,
         size: u32,
     ) -> io::Result<GetxattrReply> {
-        if !self.xattrs_by_descriptor {
-            return self.inner.getxattr(&root_ctx(), inode, name, size);
-        }
-        let fd = self.node_descriptor(inode, at)?;
-        let mut buf = Vec::with_capacity(size as usize);
-        let len = self.proc.getxattr(&fd, name, &mut buf)?;
+        let mut buf = Vec::new();
+        let len = if self.xattrs_by_descriptor {
+            let fd = self.node_descriptor(inode, at)?;
+            buf.reserve_exact(size as usize);
+            self.proc.getxattr(&fd, name, &mut buf)?
+        } else {
+            match self.getxattr_by_entry(at, name, size, &mut buf) {
+                Some(len) => len?,
+                None => return self.inner.getxattr(&root_ctx(), inode, name, size),
+            }
+        };
         match size {
             0 => Ok(GetxattrReply::Count(len as u32)),
             // The capacity may exceed what was asked for: the guest's limit holds.
             _ if len > size as usize => Err(errno(libc::ERANGE)),
             _ => Ok(GetxattrReply::Value(buf)),
         }
+    }
+
+    /// Reads attribute `name` of a node just reached as a child (`at`) by its name in the
+    /// server's own descriptor of the directory (`revalidate.rs`): one `getxattrat`, where
+    /// the passthrough layer would reopen the node from its file handle, read, and close.
+    /// The caller holds the namespace lock, so the name still leads to the node. `None`
+    /// where that does not apply: the passthrough layer holds a descriptor of each node
+    /// anyway (no file handles), the kernel lacks the call, or no directory descriptor.
+    ///
+    /// `buf` gets room for `size` bytes only if a small read does not hold the value: the
+    /// values read this way are redirect records, a few dozen bytes, and a buffer of the
+    /// largest size would cost the allocator a `brk` to grow the heap and another to trim it.
+    fn getxattr_by_entry(
+        &self,
+        at: Reached<'_>,
+        name: &CStr,
+        size: u32,
+        buf: &mut Vec<u8>,
+    ) -> Option<io::Result<usize>> {
+        let Reached::Child(parent, child) = at else {
+            return None;
+        };
+        if !self.file_handles || !self.xattr_at {
+            return None;
+        }
+        let dir = self.dir_for_names(parent).ok()?;
+        let size = size as usize;
+        buf.reserve_exact(size.min(SMALL_XATTR));
+        let read = getxattr_entry(&dir, child, name, buf);
+        if size > SMALL_XATTR
+            && read
+                .as_ref()
+                .is_err_and(|e| e.raw_os_error() == Some(libc::ERANGE))
+        {
+            buf.reserve_exact(size);
+            return Some(getxattr_entry(&dir, child, name, buf));
+        }
+        Some(read)
     }
 
     /// Sets attribute `name` of `inode` to `value` (`setxattr(2)`'s `flags`).

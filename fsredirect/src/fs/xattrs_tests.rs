@@ -151,3 +151,28 @@ fn attributes_by_descriptor_with_file_handle_inodes_are_refused() {
         "{err:?}"
     );
 }
+
+#[test]
+fn a_record_longer_than_the_first_read_is_read_whole_at_a_first_lookup() {
+    // No record the server writes is that long; a host user may set one. Read whole, it does
+    // not decode, and the file is served as the plain file it then is, as by any other read.
+    let fx = redirecting();
+    fx.write_file(ROOT_INODE, "f", b"stored");
+    let fx = fx.restart(FsConfig::default());
+    let path = CString::new(fx.guest.join("f").into_os_string().into_encoded_bytes()).unwrap();
+    let value = vec![b'x'; 3000];
+    // SAFETY: NUL-terminated path and name, and a buffer of the length given.
+    let res = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            fx.fs.meta_name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(res, 0, "{}", io::Error::last_os_error());
+    let entry = fx.lookup(ROOT_INODE, "f").unwrap();
+    assert_eq!(entry.attr.st_size, 6);
+    assert_eq!(fx.read_file(ROOT_INODE, "f"), vec![0u8; 6]);
+}
