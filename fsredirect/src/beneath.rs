@@ -183,6 +183,18 @@ pub fn getxattr_entry(
     name: &CStr,
     buf: &mut Vec<u8>,
 ) -> io::Result<usize> {
+    getxattr_at(dir, entry, libc::AT_SYMLINK_NOFOLLOW, name, buf)
+}
+
+/// `getxattrat(2)` of attribute `name` of entry `entry` of `dir` (`at_flags`: 0 or
+/// AT_SYMLINK_NOFOLLOW) into `buf`, as [`fill_capacity`] fills it.
+fn getxattr_at(
+    dir: &impl AsRawFd,
+    entry: &CStr,
+    at_flags: libc::c_int,
+    name: &CStr,
+    buf: &mut Vec<u8>,
+) -> io::Result<usize> {
     fill_capacity(buf, |value, size| {
         let mut args = XattrArgs {
             value: value as u64,
@@ -196,7 +208,7 @@ pub fn getxattr_entry(
                 SYS_GETXATTRAT,
                 dir.as_raw_fd(),
                 entry.as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
+                at_flags,
                 name.as_ptr(),
                 &mut args as *mut XattrArgs,
                 std::mem::size_of::<XattrArgs>(),
@@ -245,27 +257,8 @@ impl ProcSelfFd {
     /// most its capacity (ERANGE if the value is longer); a capacity of 0 asks only for the
     /// value's size. Returns the value's length.
     pub fn getxattr(&self, fd: &impl AsRawFd, name: &CStr, buf: &mut Vec<u8>) -> io::Result<usize> {
-        let entry = Self::entry(fd);
-        fill_capacity(buf, |value, size| {
-            let mut args = XattrArgs {
-                value: value as u64,
-                size: u32::try_from(size).unwrap_or(u32::MAX),
-                flags: 0,
-            };
-            // SAFETY: NUL-terminated strings, and an xattr_args naming a buffer of `size`
-            // writable bytes, which the kernel writes at most.
-            unsafe {
-                libc::syscall(
-                    SYS_GETXATTRAT,
-                    self.0.as_raw_fd(),
-                    entry.as_ptr(),
-                    0,
-                    name.as_ptr(),
-                    &mut args as *mut XattrArgs,
-                    std::mem::size_of::<XattrArgs>(),
-                )
-            }
-        })
+        // The magic link is followed: to the file itself.
+        getxattr_at(&*self.0, &Self::entry(fd), 0, name, buf)
     }
 
     /// Sets attribute `name` of the file behind `fd` to `value`, with `setxattr(2)`'s

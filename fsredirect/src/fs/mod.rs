@@ -26,12 +26,12 @@
 //! takes it too, so a node never goes away under a change in flight.
 //!
 //! Node identity: what this layer keeps per node id (the node table of `nodes.rs`, cached
-//! descriptors) is dropped when the kernel forgets the node and nothing holds it open, and
-//! when an id comes back that nothing knew: without file handles, fuse-backend-rs reuses an
-//! id for a new file that reuses the host inode number. An open redirected file holds its store object until its
-//! last release. What the guest makes the server hold is counted against a
-//! descriptor budget ([`crate::fdbudget`]); a FUSE session that ends (DESTROY, a device reset,
-//! a front-end gone) gives all of it back.
+//! descriptors) is dropped when the kernel forgets the node and nothing holds it open, and when an
+//! id comes back that nothing knew: without file handles, fuse-backend-rs reuses an id for a new
+//! file that reuses the host inode number. An open redirected file holds its store object until its
+//! last release. What the guest makes the server hold is counted against a descriptor budget
+//! ([`crate::fdbudget`]); a FUSE session that ends (DESTROY, a device reset, a front-end gone)
+//! gives all of it back.
 //!
 //! Listings: READDIR reads an open directory through the server's own descriptor of it
 //! (`dirs.rs`), one `getdents64` per reply, reporting each entry's host inode number; the
@@ -1196,17 +1196,13 @@ impl RedirectFs {
     }
 
     /// Enters `file` in the handle table; a redirected file's first handle takes hold of
-    /// its store object.
-    fn new_handle(&self, file: OpenFile) -> io::Result<u64> {
-        let object = match file {
-            OpenFile::Redirect { inode, .. } => Some(self.object(inode)?),
-            _ => None,
-        };
+    /// `object`, its store object (see [`HandleTable::insert`]).
+    fn new_handle(&self, file: OpenFile, object: Option<Arc<File>>) -> u64 {
         let handle = self.state().handles.insert(file, object);
         // One descriptor per handle: the passthrough layer's file, or the store object
         // (counted once per handle, which bounds the objects too).
         self.budget.charge(1);
-        Ok(handle)
+        handle
     }
 
     /// Takes `handle` out of the table and gives back what it held for the guest. For the
@@ -1362,14 +1358,14 @@ impl RedirectFs {
         }
         // Surface a missing store object at open, not at the first read, and before a
         // truncate touches the stub: a node no name leads to any more has none to reach.
-        self.object(inode)?;
+        let object = self.object(inode)?;
         if flags as i32 & libc::O_TRUNC != 0 {
             // Stub first, as for any truncate: a crash in between leaves a stub no longer
             // than its data, never one claiming bytes the object lost.
             let store = self.store()?;
             let data = self.data_locks.lock(inode);
             self.sync_stub_to(inode, 0, true, &data)?;
-            let truncated = self.with_object(inode, |f| store.set_len(f, 0));
+            let truncated = store.set_len(&object, 0);
             self.object_changed(inode, &data);
             if let Err(e) = truncated {
                 // The store refused: the stub takes the object's size back.
@@ -1379,7 +1375,7 @@ impl RedirectFs {
                 return Err(e);
             }
         }
-        self.new_handle(OpenFile::redirect(inode, flags))
+        Ok(self.new_handle(OpenFile::redirect(inode, flags), Some(object)))
     }
 
     /// The handle entry of a file opened by the passthrough layer as `ih`: one that can
@@ -1551,11 +1547,11 @@ impl RedirectFs {
         open_parts(&self.guest_root, parts, libc::O_PATH)
     }
 
-    /// Called before the name `name` (at `parts`) of redirected `inode` goes while its host inode keeps
-    /// other names (`nlink` > 1). If that is the last name this server knows for it and the
-    /// kernel still uses the node (it knows it or has it open), takes hold of its object and
-    /// its stub through descriptors now, while `parts` still leads to them: the caller
-    /// passes the result to [`RedirectFs::keep_detached`] once the name is gone.
+    /// Called before the name `name` (at `parts`) of redirected `inode` goes while its host inode
+    /// keeps other names (`nlink` > 1). If that is the last name this server knows for it and the
+    /// kernel still uses the node (it knows it or has it open), takes hold of its object and its
+    /// stub through descriptors now, while `parts` still leads to them: the caller passes the
+    /// result to [`RedirectFs::keep_detached`] once the name is gone.
     ///
     /// Without this, the node could reach neither: its other names are unknown to the server
     /// until the kernel looks them up.

@@ -420,7 +420,7 @@ impl FileSystem for RedirectFs {
             Kind::Plain => {
                 let (ih, opts, passthrough) = self.inner.open(ctx, inode, flags, fuse_flags)?;
                 let ih = ih.ok_or_else(|| errno(libc::EIO))?;
-                let handle = self.new_handle(self.plain_handle(ih, inode, flags))?;
+                let handle = self.new_handle(self.plain_handle(ih, inode, flags), None);
                 Ok((Some(handle), opts, passthrough))
             }
         }
@@ -462,9 +462,9 @@ impl FileSystem for RedirectFs {
                     self.inner.create(&self.creator(ctx), parent, name, args)?;
                 let entry = self.admit(parent, name, entry, Kind::Plain);
                 self.pin(entry.inode);
-                let handle = ih
-                    .map(|ih| self.new_handle(self.plain_handle(ih, entry.inode, args.flags)))
-                    .transpose()?;
+                let handle = ih.map(|ih| {
+                    self.new_handle(self.plain_handle(ih, entry.inode, args.flags), None)
+                });
                 return Ok((entry, handle, opts, passthrough));
             }
         };
@@ -477,7 +477,7 @@ impl FileSystem for RedirectFs {
                 .inner
                 .open(ctx, entry.inode, args.flags, args.fuse_flags)
                 .and_then(|(ih, _, _)| ih.ok_or_else(|| errno(libc::EIO)))
-                .and_then(|ih| self.new_handle(self.plain_handle(ih, entry.inode, args.flags))),
+                .map(|ih| self.new_handle(self.plain_handle(ih, entry.inode, args.flags), None)),
         };
         match opened {
             Ok(handle) => {
@@ -529,7 +529,7 @@ impl FileSystem for RedirectFs {
                 )
             }
             OpenFile::Redirect { inode, flags } => {
-                may_read(flags)?;
+                may_access(flags, libc::O_RDONLY)?;
                 let _data = self.data_locks.read(inode);
                 self.with_object(inode, |f| w.write_from(f, size as usize, offset))
             }
@@ -596,7 +596,7 @@ impl FileSystem for RedirectFs {
                 inode,
                 flags: opened,
             } => {
-                may_write(opened)?;
+                may_access(opened, libc::O_WRONLY)?;
                 let n = self.write_redirected(inode, r, size, offset, flags)?;
                 // A redirected file left where an older policy or a directory rename put
                 // it is settled when written, like an inline one.
@@ -661,7 +661,7 @@ impl FileSystem for RedirectFs {
                 Ok(())
             }
             OpenFile::Redirect { inode, flags } => {
-                may_write(flags)?;
+                may_access(flags, libc::O_WRONLY)?;
                 let offset = i64::try_from(offset).map_err(|_| errno(libc::EINVAL))?;
                 let length = i64::try_from(length).map_err(|_| errno(libc::EINVAL))?;
                 let store = self.store()?;
@@ -770,13 +770,16 @@ impl FileSystem for RedirectFs {
         self.check_fd_room()?;
         let _ns = self.ns_read();
         if let Some(stream) = self.open_dir_stream(ctx, inode) {
-            let handle = self.new_handle(OpenFile::Dir)?;
+            let handle = self.new_handle(OpenFile::Dir, None);
             self.state().dirs.insert(handle, Arc::new(stream));
             return Ok((Some(handle), OpenOptions::empty()));
         }
         let (ih, opts) = self.inner.opendir(ctx, inode, flags)?;
         let ih = ih.ok_or_else(|| errno(libc::EIO))?;
-        Ok((Some(self.new_handle(OpenFile::Inner(ih, inode))?), opts))
+        Ok((
+            Some(self.new_handle(OpenFile::Inner(ih, inode), None)),
+            opts,
+        ))
     }
 
     fn readdir(
@@ -993,24 +996,17 @@ impl RedirectFs {
     }
 }
 
-/// EBADF unless a handle opened with `flags` may read, as the host decides for a descriptor
-/// (a plain file's READ goes through one): the store object behind a redirected handle is
-/// open for reading and writing whatever the guest asked. (The share never asks for the
-/// kernel's writeback cache, under which a kernel reads through a write-only handle.)
-fn may_read(flags: u32) -> io::Result<()> {
+/// EBADF unless a handle opened with `flags` may read (`want` O_RDONLY) or write (O_WRONLY),
+/// as the host decides for a descriptor (a plain file's READ and WRITE go through one): the
+/// store object behind a redirected handle is open for both whatever the guest asked. (The
+/// share never asks for the kernel's writeback cache, under which a kernel reads through a
+/// write-only handle.)
+fn may_access(flags: u32, want: libc::c_int) -> io::Result<()> {
     let flags = flags as i32;
-    match flags & libc::O_ACCMODE {
-        libc::O_RDONLY | libc::O_RDWR if flags & libc::O_PATH == 0 => Ok(()),
-        _ => Err(errno(libc::EBADF)),
-    }
-}
-
-/// [`may_read`] for WRITE and fallocate.
-fn may_write(flags: u32) -> io::Result<()> {
-    let flags = flags as i32;
-    match flags & libc::O_ACCMODE {
-        libc::O_WRONLY | libc::O_RDWR if flags & libc::O_PATH == 0 => Ok(()),
-        _ => Err(errno(libc::EBADF)),
+    let mode = flags & libc::O_ACCMODE;
+    match flags & libc::O_PATH == 0 && (mode == want || mode == libc::O_RDWR) {
+        true => Ok(()),
+        false => Err(errno(libc::EBADF)),
     }
 }
 

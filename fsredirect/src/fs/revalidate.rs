@@ -12,14 +12,14 @@
 //!   the name still leads to that node's host inode (same device and inode number), or that
 //!   the directory has no such entry.
 //!
-//! That comparison proves the identity only while the node's host inode cannot be freed and
-//! its number reused by another file: the node must be pinned, by the passthrough layer's
-//! `O_PATH` descriptor of it (without file handles, every node it holds) or by its hot
-//! handle (`nodes.rs`; a regular file or a directory gets one at its CREATE or first LOOKUP,
-//! any node at its first GETATTR, a directory also when its descriptor here is opened). Any
-//! other node, a name unknown, a different inode, a directory the server holds no descriptor
-//! of and cannot open through its known path: the passthrough layer's LOOKUP, as before. An entry the directory no longer
-//! has is ENOENT, as the passthrough layer would find.
+//! That comparison proves the identity only while the node's host inode cannot be freed and its
+//! number reused by another file: the node must be pinned, by the passthrough layer's `O_PATH`
+//! descriptor of it (without file handles, every node it holds) or by its hot handle
+//! (`nodes.rs`; a regular file or a directory gets one at its CREATE or first LOOKUP, any node
+//! at its first GETATTR, a directory also when its descriptor here is opened). Any other node,
+//! a name unknown, a different inode, a directory the server holds no descriptor of and cannot
+//! open through its known path: the passthrough layer's LOOKUP, as before. An entry the
+//! directory no longer has is ENOENT, as the passthrough layer would find.
 //!
 //! The reference handed to the kernel is the name table's own ([`NameTable::remember_unbacked`]):
 //! the passthrough layer keeps the one it has until the kernel has forgotten this one too.
