@@ -14,7 +14,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::fuse_wire::{self, read_body, Request, OUT_HEADER};
-use crate::ring::{mem_err, Desc, DriverRing, RingLayout, WRITE};
+use crate::ring::{guest_slice, mem_err, Desc, DriverRing, RingLayout, WRITE};
 use crate::{BenchError, Result};
 
 pub use crate::fuse_wire::ROOT;
@@ -79,9 +79,7 @@ impl<F: FileSystem + Sync> Driver<F> {
     ) -> Result<Request> {
         self.unique += 1;
         let req = Request::new(op, self.unique, nodeid, body, extra);
-        self.mem
-            .write_slice(&req.bytes, GuestAddress(REQUEST))
-            .map_err(mem_err)?;
+        guest_slice(&self.mem, REQUEST, req.bytes.len())?.copy_from(&req.bytes);
         Ok(req)
     }
 
@@ -116,9 +114,7 @@ impl<F: FileSystem + Sync> Driver<F> {
     /// Reads `len` reply bytes and fails with the request's errno if it has one.
     fn reply(&self, op: Opcode, at: u64, len: u32) -> Result<Vec<u8>> {
         let mut bytes = vec![0u8; len as usize];
-        self.mem
-            .read_slice(&mut bytes, GuestAddress(at))
-            .map_err(mem_err)?;
+        guest_slice(&self.mem, at, bytes.len())?.copy_to(&mut bytes);
         fuse_wire::check_reply(op, Some(self.unique), &bytes)?;
         Ok(bytes)
     }
