@@ -7,7 +7,8 @@
 //!    to the VMM's standard input reaches the guest's console.
 //! 3. In the test host, the same boot also runs a virtio-fs share on the share disk: fs-basic
 //!    on an emptied tree and store, then fs-readback in a second VMM run; and fs-basic on a
-//!    share of its own with the VMM in `--sandbox namespace`.
+//!    share of its own with the VMM in `--sandbox namespace`, its requests served by a pool
+//!    of two threads (`--fs-thread-pool-size 2`).
 //! 4. Judge each scenario from the marker lines on the serial console; then read the stored
 //!    file from the share disk image on the host.
 //!

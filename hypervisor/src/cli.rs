@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use devices::virtio::fs::handler::DEFAULT_BATCH_POLL;
+use devices::virtio::fs::pool::MAX_POOL_SIZE;
 use fsredirect::ShareSpec;
 
 use crate::config::{self, ConfigError, VmConfig, DEFAULT_CMDLINE};
@@ -113,6 +114,13 @@ pub struct RunArgs {
           default_value_t = DEFAULT_BATCH_POLL.as_micros() as u64,
           value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub fs_batch_poll_us: u64,
+    /// Threads serving each share's request queue side by side (as virtiofsd's
+    /// --thread-pool-size), for hosts whose requests block for long (slow or network
+    /// storage) with cores to spare; otherwise the hand-over between threads costs about what
+    /// a request does. 0: the queue's own thread serves them one at a time
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_POOL_SIZE as u64))]
+    pub fs_thread_pool_size: u64,
 }
 
 /// Parses a `--sandbox` value, for clap.
@@ -167,6 +175,8 @@ impl RunArgs {
             .allow_software_kvm(self.allow_software_kvm)
             .seccomp(self.seccomp)
             .fs_batch_poll(std::time::Duration::from_micros(self.fs_batch_poll_us))
+            // At most MAX_POOL_SIZE, by the parser.
+            .fs_request_pool(self.fs_thread_pool_size as usize)
             .cmdline(cmdline)
             .mem_size(self.mem)
             .vcpus(self.vcpus);
@@ -234,6 +244,24 @@ mod tests {
             .unwrap()
             .ends_with("build/guest/initramfs.cpio.gz"));
         assert_eq!(config.cmdline, DEFAULT_CMDLINE);
+    }
+
+    #[test]
+    fn share_queues_have_no_request_pool_unless_asked_and_at_most_the_largest() {
+        assert_eq!(
+            parse(&[]).run_args().to_config().unwrap().fs_request_pool,
+            0
+        );
+        let asked = parse(&["run", "--fs-thread-pool-size", "4"]);
+        assert_eq!(asked.run_args().to_config().unwrap().fs_request_pool, 4);
+        let too_many = MAX_POOL_SIZE + 1;
+        let wrong =
+            Cli::try_parse_from(["hypervisor", "--fs-thread-pool-size", &too_many.to_string()])
+                .unwrap_err();
+        assert!(
+            wrong.to_string().contains("--fs-thread-pool-size"),
+            "{wrong}"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use devices::seccomp::SeccompMode;
 use devices::virtio::fs::handler::DEFAULT_BATCH_POLL;
+use devices::virtio::fs::pool::MAX_POOL_SIZE;
 use fsredirect::{FsConfig, ShareSpec};
 
 use crate::boot::mptable::MAX_CPUS;
@@ -39,6 +40,12 @@ pub enum ConfigError {
     /// A vCPU count outside the accepted range.
     #[error("{0} vCPUs is not usable: give 1 to {MAX_CPUS}")]
     Vcpus(u32),
+    /// A request pool larger than a queue may have.
+    #[error(
+        "a request pool of {0} threads per share queue is not usable: give 0 (none) to \
+         {MAX_POOL_SIZE}, e.g. --fs-thread-pool-size 4"
+    )]
+    RequestPool(usize),
     /// Two shares with one tag.
     #[error("two shares have the tag {0:?}; give each share its own tag")]
     DuplicateTag(String),
@@ -149,6 +156,10 @@ pub struct VmConfig {
     /// guest's next ones before it asks to be kicked (default [`DEFAULT_BATCH_POLL`]; zero:
     /// never). See `devices::virtio::fs::VirtioFs::with_batch_poll`.
     pub fs_batch_poll: Duration,
+    /// Threads serving each share's request queue side by side (default 0: the queue's own
+    /// thread serves its requests one at a time). See
+    /// `devices::virtio::fs::VirtioFs::with_request_pool` for when a pool pays off.
+    pub fs_request_pool: usize,
 }
 
 impl VmConfig {
@@ -189,6 +200,7 @@ pub struct VmConfigBuilder {
     seccomp: SeccompMode,
     share_file_handles: Option<bool>,
     fs_batch_poll: Option<Duration>,
+    fs_request_pool: usize,
 }
 
 impl VmConfigBuilder {
@@ -203,6 +215,13 @@ impl VmConfigBuilder {
     /// [`DEFAULT_BATCH_POLL`]; zero turns it off); see [`VmConfig::fs_batch_poll`].
     pub fn fs_batch_poll(mut self, poll: Duration) -> Self {
         self.fs_batch_poll = Some(poll);
+        self
+    }
+
+    /// Sets how many threads serve each share's request queue side by side (default 0:
+    /// none, the queue's own thread serves them); see [`VmConfig::fs_request_pool`].
+    pub fn fs_request_pool(mut self, threads: usize) -> Self {
+        self.fs_request_pool = threads;
         self
     }
 
@@ -275,6 +294,9 @@ impl VmConfigBuilder {
             .ok_or(ConfigError::Vcpus(vcpus))?;
         let cmdline = self.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_owned());
         crate::boot::parse_cmdline(&cmdline).map_err(ConfigError::Cmdline)?;
+        if self.fs_request_pool > MAX_POOL_SIZE {
+            return Err(ConfigError::RequestPool(self.fs_request_pool));
+        }
         let mut tags = std::collections::HashSet::new();
         for share in &self.shares {
             if !tags.insert(share.tag.as_str()) {
@@ -296,6 +318,7 @@ impl VmConfigBuilder {
                 .share_file_handles
                 .unwrap_or_else(|| FsConfig::default().inode_file_handles),
             fs_batch_poll: self.fs_batch_poll.unwrap_or(DEFAULT_BATCH_POLL),
+            fs_request_pool: self.fs_request_pool,
         })
     }
 }
@@ -353,6 +376,22 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_request_pool_larger_than_a_queue_may_have_is_refused_with_the_range() {
+        let too_many = VmConfig::builder("k")
+            .fs_request_pool(MAX_POOL_SIZE + 1)
+            .build()
+            .map(drop)
+            .unwrap_err();
+        assert_eq!(too_many, ConfigError::RequestPool(MAX_POOL_SIZE + 1));
+        assert!(too_many.to_string().contains("--fs-thread-pool-size"));
+        let most = VmConfig::builder("k")
+            .fs_request_pool(MAX_POOL_SIZE)
+            .build()
+            .unwrap();
+        assert_eq!(most.fs_request_pool, MAX_POOL_SIZE);
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub struct VirtioPlacer<'a> {
     seccomp: SeccompMode,
     file_handles: bool,
     fs_batch_poll: Duration,
+    fs_request_pool: usize,
     next: usize,
     /// Kernel parameters announcing the devices placed so far.
     pub cmdline: Vec<String>,
@@ -43,7 +44,8 @@ pub struct VirtioPlacer<'a> {
 impl<'a> VirtioPlacer<'a> {
     /// Starts placing devices in the VM behind `vm_fd`, as `config` says: its seccomp mode,
     /// whether shares reach inodes by file handle ([`crate::VmConfig::share_file_handles`])
-    /// and how long their queues poll after a batch ([`crate::VmConfig::fs_batch_poll`]).
+    /// how long their queues poll after a batch ([`crate::VmConfig::fs_batch_poll`]) and
+    /// how many threads serve each request queue ([`crate::VmConfig::fs_request_pool`]).
     pub fn new(vm_fd: &'a VmFd, mem: GuestMemory, config: &VmConfig) -> Self {
         Self {
             vm_fd,
@@ -51,6 +53,7 @@ impl<'a> VirtioPlacer<'a> {
             seccomp: config.seccomp,
             file_handles: config.share_file_handles,
             fs_batch_poll: config.fs_batch_poll,
+            fs_request_pool: config.fs_request_pool,
             next: 0,
             cmdline: Vec::new(),
         }
@@ -112,7 +115,9 @@ impl<'a> VirtioPlacer<'a> {
         };
         let device = VirtioFs::confined(&share.tag, 1, Arc::new(fs), confinement)
             .map_err(VmError::FsDevice)?
-            .with_batch_poll(self.fs_batch_poll);
+            .with_batch_poll(self.fs_batch_poll)
+            .with_request_pool(self.fs_request_pool)
+            .map_err(VmError::FsDevice)?;
         self.place(bus, device)?;
         let mode = match &share.store {
             Some(store) => format!(
@@ -122,8 +127,13 @@ impl<'a> VirtioPlacer<'a> {
             ),
             None => "passthrough".to_owned(),
         };
+        let pool = match self.fs_request_pool {
+            0 => String::new(),
+            1 => ", its requests served by 1 pool thread".to_owned(),
+            n => format!(", its requests served by {n} pool threads"),
+        };
         info!(
-            "share {}: {} {mode}, mounted in the guest at {}",
+            "share {}: {} {mode}, mounted in the guest at {}{pool}",
             share.tag,
             share.dir.display(),
             mount_point(&share.tag)

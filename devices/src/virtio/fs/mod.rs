@@ -23,6 +23,7 @@ use super::{
     VIRTIO_RING_F_INDIRECT_DESC,
 };
 use crate::seccomp::SeccompMode;
+use pool::{RequestPool, MAX_POOL_SIZE};
 pub use worker::WorkerConfinement;
 use worker::{Command, QueueThread, Worker};
 
@@ -40,6 +41,14 @@ pub enum FsDeviceError {
     /// A queue worker thread could not start (or could not install its seccomp filter).
     #[error("cannot start the queue workers of virtio-fs {tag}: {detail}")]
     Workers {
+        /// The device's tag.
+        tag: String,
+        /// What failed.
+        detail: String,
+    },
+    /// A request queue's thread pool could not start, or its size is out of range.
+    #[error("cannot start the request pool of virtio-fs {tag}: {detail}")]
+    Pool {
         /// The device's tag.
         tag: String,
         /// What failed.
@@ -68,6 +77,11 @@ pub fn config_space(
     config[..tag.len()].copy_from_slice(tag.as_bytes());
     config[MAX_TAG_LEN..].copy_from_slice(&request_queues.to_le_bytes());
     Ok(config)
+}
+
+/// The name of queue `index`'s worker thread (its pool threads add a suffix).
+fn queue_thread_name(tag: &str, index: usize) -> String {
+    format!("fs-{tag}-q{index}")
 }
 
 /// The queue workers of one activation: how to stop them, and how to hear that they have.
@@ -149,6 +163,11 @@ pub struct VirtioFs<F: FileSystem + Send + Sync + 'static> {
     filtered: bool,
     /// How long a queue looks for more requests after serving a batch.
     batch_poll: Duration,
+    /// How the workers (and pool threads) confine themselves.
+    confinement: WorkerConfinement,
+    /// Per queue (hiprio first, never pooled), the threads serving its requests side by
+    /// side, if any.
+    pools: Vec<Option<Arc<RequestPool>>>,
 }
 
 impl<F: FileSystem + Send + Sync + 'static> VirtioFs<F> {
@@ -171,7 +190,7 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFs<F> {
         let queues = 1 + request_queues as usize;
         let filtered = confinement.seccomp != SeccompMode::None;
         let threads = (0..queues)
-            .map(|index| QueueThread::start(format!("fs-{tag}-q{index}"), confinement.clone()))
+            .map(|index| QueueThread::start(queue_thread_name(tag, index), confinement.clone()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|err| FsDeviceError::Workers {
                 tag: tag.to_owned(),
@@ -188,7 +207,44 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFs<F> {
             threads,
             running: None,
             batch_poll: handler::DEFAULT_BATCH_POLL,
+            confinement,
+            pools: Vec::new(),
         })
+    }
+
+    /// Gives each request queue a pool of `size` threads serving its requests side by side
+    /// ([`RequestPool`]; 0: none, each queue's own thread serves them one at a time, the
+    /// default). The threads start here, each confined as the queue workers are, so call
+    /// this from the thread that builds the VM, not from a vCPU. A pool pays off where
+    /// requests block for long (slow or network storage) and cores are spare; see
+    /// [`RequestPool`] for what it cost where requests are quick.
+    pub fn with_request_pool(mut self, size: usize) -> Result<Self, FsDeviceError> {
+        let pool_error = |detail: String| FsDeviceError::Pool {
+            tag: self.tag.clone(),
+            detail,
+        };
+        if size > MAX_POOL_SIZE {
+            return Err(pool_error(format!(
+                "a pool of {size} threads per request queue asked for; at most {MAX_POOL_SIZE}"
+            )));
+        }
+        let mut pools = vec![None];
+        for index in HIPRIO_QUEUE + 1..self.queue_sizes.len() {
+            let pool = match size {
+                0 => None,
+                _ => Some(Arc::new(
+                    RequestPool::new(
+                        &queue_thread_name(&self.tag, index),
+                        size,
+                        &self.confinement,
+                    )
+                    .map_err(pool_error)?,
+                )),
+            };
+            pools.push(pool);
+        }
+        self.pools = pools;
+        Ok(self)
     }
 
     /// Sets how long a queue that has just served several requests keeps looking for the
@@ -259,6 +315,7 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioDevice for VirtioFs<F> {
                         stop: worker_stop,
                         needs_reset: self.needs_reset.clone(),
                         batch_poll: self.batch_poll,
+                        pool: self.pools.get(index).cloned().flatten(),
                     };
                     let done = done.clone();
                     thread

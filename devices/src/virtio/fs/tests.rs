@@ -669,7 +669,8 @@ mod device {
     use super::Fs;
     use crate::bus::BusDevice;
     use crate::seccomp::SeccompMode;
-    use crate::virtio::fs::{VirtioFs, WorkerConfinement};
+    use crate::virtio::fs::pool::MAX_POOL_SIZE;
+    use crate::virtio::fs::{FsDeviceError, VirtioFs, WorkerConfinement};
     use crate::virtio::{MmioInterrupt, MmioTransport, VIRTIO_F_VERSION_1};
 
     fn write(t: &mut MmioTransport<VirtioFs<Fs>>, reg: u32, value: u32) {
@@ -735,6 +736,47 @@ mod device {
             features_ok | VIRTIO_CONFIG_S_DRIVER_OK
         );
         (t, dir)
+    }
+
+    #[test]
+    fn a_request_pool_serves_the_request_queues_only_and_its_size_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = || {
+            Arc::new(
+                Fs::new(fuse_backend_rs::passthrough::Config {
+                    root_dir: dir.path().to_str().unwrap().to_owned(),
+                    ..Default::default()
+                })
+                .unwrap(),
+            )
+        };
+
+        let device = VirtioFs::new("share0", 2, fs())
+            .unwrap()
+            .with_request_pool(3)
+            .unwrap();
+        let sizes: Vec<Option<usize>> = device
+            .pools
+            .iter()
+            .map(|pool| pool.as_ref().map(|p| p.size()))
+            .collect();
+        assert_eq!(sizes, [None, Some(3), Some(3)]);
+
+        let none = VirtioFs::new("share0", 1, fs())
+            .unwrap()
+            .with_request_pool(0)
+            .unwrap();
+        assert!(none.pools.iter().all(Option::is_none));
+
+        let too_many = VirtioFs::new("share0", 1, fs())
+            .unwrap()
+            .with_request_pool(MAX_POOL_SIZE + 1)
+            .map(drop)
+            .unwrap_err();
+        assert!(
+            matches!(&too_many, FsDeviceError::Pool { tag, .. } if tag == "share0"),
+            "{too_many}"
+        );
     }
 
     #[test]

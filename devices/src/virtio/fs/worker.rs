@@ -15,6 +15,7 @@ use log::{debug, error, warn};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::handler::{panic_text, process_queue, FuseSession};
+use super::pool::{process_queue_pooled, RequestPool};
 use super::NeedsReset;
 use crate::confine::{self, Enforcement};
 use crate::seccomp::{self, SeccompMode, ThreadRole};
@@ -40,6 +41,11 @@ pub struct Worker<F: FileSystem + Send + Sync> {
     /// How long the queue looks for more requests after serving a batch
     /// ([`super::handler::process_queue`]).
     pub batch_poll: std::time::Duration,
+    /// The threads serving the queue's requests side by side, if it has any
+    /// ([`RequestPool`]); without, this worker serves them one at a time. A request that
+    /// panics on a pool thread is answered with nothing ([`process_queue_pooled`]), not with
+    /// a device reset.
+    pub pool: Option<Arc<RequestPool>>,
 }
 
 enum Wake {
@@ -47,9 +53,14 @@ enum Wake {
     Stop,
 }
 
-impl<F: FileSystem + Send + Sync> Worker<F> {
+impl<F: FileSystem + Send + Sync + 'static> Worker<F> {
     /// Serves the queue until told to stop or the queue breaks.
     pub fn run(mut self) {
+        // A pool thread holds the memory for as long as it serves a chain of it.
+        let pooled = self
+            .pool
+            .clone()
+            .map(|pool| (pool, Arc::new(self.mem.clone())));
         let mut waiter = match Waiter::new(&[self.stop.as_raw_fd(), self.queue.kick.as_raw_fd()]) {
             Ok(waiter) => waiter,
             Err(err) => {
@@ -79,7 +90,18 @@ impl<F: FileSystem + Send + Sync> Worker<F> {
                 }
             };
             let queue = &mut self.queue.queue;
-            match process_queue(&self.server, &self.mem, queue, self.batch_poll, &mut signal) {
+            let served = match &pooled {
+                Some((pool, mem)) => process_queue_pooled(
+                    &self.server,
+                    mem,
+                    queue,
+                    self.batch_poll,
+                    &mut signal,
+                    pool,
+                ),
+                None => process_queue(&self.server, &self.mem, queue, self.batch_poll, &mut signal),
+            };
+            match served {
                 Ok(()) => {}
                 Err(err) => {
                     warn!(
@@ -136,7 +158,7 @@ impl WorkerConfinement {
 }
 
 /// What a parked worker thread is asked to do.
-pub enum Command<F: FileSystem + Send + Sync> {
+pub enum Command<F: FileSystem + Send + Sync + 'static> {
     /// Serve a queue until told to stop; then say so on `done`.
     Serve {
         /// The queue and everything serving it needs.
@@ -198,7 +220,7 @@ impl<F: FileSystem + Send + Sync + 'static> Drop for QueueThread<F> {
 /// A panic while serving is a bug, never an answer to a guest: it is logged, the device
 /// asks the driver for a reset (so the guest sees a device reset rather than a hung
 /// request), and the thread parks again, so that the next activation finds its worker.
-fn park<F: FileSystem + Send + Sync>(commands: Receiver<Command<F>>) {
+fn park<F: FileSystem + Send + Sync + 'static>(commands: Receiver<Command<F>>) {
     while let Ok(command) = commands.recv() {
         match command {
             Command::Serve { worker, done } => {
@@ -336,6 +358,7 @@ mod tests {
             stop: stop.try_clone().unwrap(),
             needs_reset: needs_reset.clone(),
             batch_poll: std::time::Duration::ZERO,
+            pool: None,
         };
         let (done, served) = mpsc::channel();
         assert!(thread.send(Command::Serve { worker, done }));
@@ -358,5 +381,76 @@ mod tests {
         ran.recv_timeout(Duration::from_secs(30))
             .expect("the worker parked again and runs the next command");
         drop(stop);
+    }
+
+    /// Used entries of the queue at 0x2000: (head, length written), in order.
+    fn used(mem: &GuestMemory) -> Vec<(u32, u32)> {
+        let idx: u16 = mem.read_obj(GuestAddress(0x2002)).unwrap();
+        (0..u64::from(idx))
+            .map(|i| {
+                let at = 0x2004 + 8 * i;
+                let head: u32 = mem.read_obj(GuestAddress(at)).unwrap();
+                let len: u32 = mem.read_obj(GuestAddress(at + 4)).unwrap();
+                (head, len)
+            })
+            .collect()
+    }
+
+    /// 1. A worker with a pool of two threads, all filtered as in a VMM, serves a queue whose
+    ///    INIT succeeds and whose LOOKUP makes the file system panic on a pool thread.
+    /// 2. Both chains are used: the INIT with its reply, the LOOKUP with nothing (a pool
+    ///    contains a request's panic, as it does for the vhost-user back-end), and the
+    ///    device needs no reset.
+    /// 3. The worker stops when told, and parks again.
+    #[test]
+    fn a_pooled_worker_serves_its_queue_on_the_pool_and_contains_a_panic() {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let queue = queue_with_init_and_lookup(&mem);
+        let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+        let stop = EventFd::new(EFD_NONBLOCK).unwrap();
+        let needs_reset = NeedsReset::default();
+        let confinement = WorkerConfinement {
+            seccomp: SeccompMode::Kill,
+            beneath: Vec::new(),
+        };
+        let pool = RequestPool::new("fs-test-q1", 2, &confinement).unwrap();
+        let thread = QueueThread::start("fs-test-q1".into(), confinement).unwrap();
+        let worker = Worker {
+            index: 1,
+            queue: ActiveQueue {
+                queue,
+                kick: kick.try_clone().unwrap(),
+            },
+            mem: mem.clone(),
+            server: Arc::new(FuseSession::new(Buggy)),
+            interrupt: Arc::new(MmioInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
+            stop: stop.try_clone().unwrap(),
+            needs_reset: needs_reset.clone(),
+            batch_poll: std::time::Duration::ZERO,
+            pool: Some(Arc::new(pool)),
+        };
+        let (done, parked) = mpsc::channel();
+        assert!(thread.send(Command::Serve { worker, done }));
+        kick.write(1).unwrap();
+
+        // A guard against a hang, not a timing check.
+        let start = Instant::now();
+        while used(&mem).len() < 2 && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let used = used(&mem);
+        assert_eq!(used.len(), 2, "both chains used: {used:?}");
+        assert!(
+            used.contains(&(2, 0)),
+            "the LOOKUP answered with nothing: {used:?}"
+        );
+        let (_, init_len) = used.iter().find(|(head, _)| *head == 0).unwrap();
+        assert!(*init_len > 0, "the INIT has its reply: {used:?}");
+        assert!(!needs_reset.is_set());
+
+        stop.write(1).unwrap();
+        parked
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the worker stops and parks again");
     }
 }
