@@ -23,7 +23,7 @@ use super::{
     VIRTIO_RING_F_INDIRECT_DESC,
 };
 use crate::seccomp::SeccompMode;
-use pool::{RequestPool, MAX_POOL_SIZE};
+use pool::RequestPool;
 pub use worker::WorkerConfinement;
 use worker::{Command, QueueThread, Worker};
 
@@ -214,20 +214,15 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFs<F> {
 
     /// Gives each request queue a pool of `size` threads serving its requests side by side
     /// ([`RequestPool`]; 0: none, each queue's own thread serves them one at a time, the
-    /// default). The threads start here, each confined as the queue workers are, so call
-    /// this from the thread that builds the VM, not from a vCPU. A pool pays off where
-    /// requests block for long (slow or network storage) and cores are spare; see
-    /// [`RequestPool`] for what it cost where requests are quick.
+    /// default; at most [`pool::MAX_POOL_SIZE`]). The threads start here, each confined as
+    /// the queue workers are, so call this from the thread that builds the VM, not from a
+    /// vCPU. A pool pays off where requests block for long (slow or network storage) and
+    /// cores are spare; see [`RequestPool`] for what it cost where requests are quick.
     pub fn with_request_pool(mut self, size: usize) -> Result<Self, FsDeviceError> {
         let pool_error = |detail: String| FsDeviceError::Pool {
             tag: self.tag.clone(),
             detail,
         };
-        if size > MAX_POOL_SIZE {
-            return Err(pool_error(format!(
-                "a pool of {size} threads per request queue asked for; at most {MAX_POOL_SIZE}"
-            )));
-        }
         let mut pools = vec![None];
         for index in HIPRIO_QUEUE + 1..self.queue_sizes.len() {
             let pool = match size {
