@@ -171,8 +171,10 @@ pub struct VirtioFs<F: FileSystem + Send + Sync + 'static> {
 }
 
 impl<F: FileSystem + Send + Sync + 'static> VirtioFs<F> {
-    /// A device with tag `tag` and `request_queues` request queues, whose workers run
-    /// unconfined.
+    /// A device with tag `tag` and `request_queues` request queues, whose workers confine
+    /// themselves as [`WorkerConfinement::default`] says: the `fs-worker` seccomp filter in
+    /// mode kill (a call outside it ends the process), and no Landlock limit. Use
+    /// [`VirtioFs::confined`] to choose.
     pub fn new(tag: &str, request_queues: u32, fs: Arc<F>) -> Result<Self, FsDeviceError> {
         Self::confined(tag, request_queues, fs, WorkerConfinement::default())
     }

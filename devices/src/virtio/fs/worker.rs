@@ -127,7 +127,8 @@ impl<F: FileSystem + Send + Sync + 'static> Worker<F> {
     }
 }
 
-/// How a file-serving thread confines itself before it serves anything.
+/// How a file-serving thread confines itself before it serves anything. The default is the
+/// seccomp filter in mode kill ([`SeccompMode::default`]) and no Landlock limit.
 #[derive(Debug, Clone, Default)]
 pub struct WorkerConfinement {
     /// Its seccomp filter's mode.
