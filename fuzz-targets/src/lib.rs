@@ -41,6 +41,11 @@ pub use virtio_mmio::{virtio_mmio, Op as MmioOp};
 /// A target: its name (the directory of its corpus) and its body.
 pub type Target = (&'static str, fn(&[u8]));
 
+/// Threads of the request pool that the queue-serving targets ([`virtio_mmio`],
+/// [`vhost_user`]) give an input of odd length, so that the pooled queue loop meets the same
+/// inputs as the queue's own thread, without a byte of the input spent on choosing.
+pub const POOL_THREADS: usize = 2;
+
 /// Every target, by name.
 pub const TARGETS: [Target; 4] = [
     ("fuse_request", fuse_request),

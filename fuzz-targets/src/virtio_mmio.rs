@@ -19,7 +19,7 @@ use vm_memory::{Bytes as _, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::bytes::Bytes;
-use crate::share;
+use crate::{share, POOL_THREADS};
 
 /// Guest memory: rings, buffers and whatever the input writes.
 pub const MEM_SIZE: usize = 0x2_0000;
@@ -29,8 +29,6 @@ pub const QUEUE_SIZE: u16 = 16;
 const BUFFERS: (u64, u64) = (0x4000, MEM_SIZE as u64);
 /// The device's queues: hiprio and one request queue.
 const QUEUES: usize = 2;
-/// Threads of the request pool that inputs of odd length get ([`virtio_mmio`]).
-pub const POOL_THREADS: usize = 2;
 /// How long to wait for a worker to take a notification before giving up on it.
 const SETTLE_LIMIT: Duration = Duration::from_secs(2);
 
@@ -356,7 +354,7 @@ fn readable(fd: &EventFd) -> bool {
 /// Runs `data` as a sequence of [`MmioOp`](crate::MmioOp)s against a fresh virtio-fs device
 /// behind the virtio-mmio transport, in fresh guest memory, over a fresh file system on the
 /// fuzz share; the device is reset (its workers joined) at the end. An input of odd length
-/// gets a device whose request queue is served by a pool of [`POOL_THREADS`] threads, so
+/// gets a device whose request queue is served by a pool of [`crate::POOL_THREADS`] threads, so
 /// that the pooled queue loop meets the same inputs without a byte spent on choosing.
 pub fn virtio_mmio(data: &[u8]) {
     let run = share::begin();
