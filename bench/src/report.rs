@@ -233,7 +233,7 @@ const CAUSE_INTENT: &str = "every redirected create and unlink also sets and cle
 intent-log record (an xattr of a reused slot file, or its content fdatasync'd when guest tree \
 and store are on different file systems: fsredirect/README.md, \"Intent log\") and changes \
 both the guest tree and the store (a create makes the object and the stub, an unlink removes \
-both): a redirected CREATE costs 12 host calls by path and 22 by file handle where a plain one \
+both): a redirected CREATE costs 11 host calls by path and 21 by file handle where a plain one \
 costs 4 and 12, an UNLINK 7 where a plain one costs 2 (fsredirect/tests/syscalls.rs).";
 const CAUSE_STUB: &str = "a redirected WRITE in place costs the host one pwrite, as a plain \
 one does (fsredirect/tests/syscalls.rs), plus a futimens of the stub once per tick of the \

@@ -330,13 +330,20 @@ mod tests {
         queue
     }
 
-    /// 1. A worker, filtered as in a VMM, serves a queue whose second request makes the file
-    ///    system panic.
-    /// 2. The panic becomes a reset request to the driver (NEEDS_RESET and a configuration
-    ///    interrupt), not a dead thread or process.
-    /// 3. The worker parks again and still runs the next command.
-    #[test]
-    fn a_panic_while_serving_asks_for_a_reset_and_the_worker_lives_on() {
+    /// A worker started by a test, and what the test watches of it.
+    struct Started {
+        mem: GuestMemory,
+        stop: EventFd,
+        needs_reset: NeedsReset,
+        thread: QueueThread<Buggy>,
+        /// Told when the worker is parked again.
+        parked: mpsc::Receiver<()>,
+    }
+
+    /// Starts a worker filtered as in a VMM (mode kill) on a queue holding an INIT and a
+    /// LOOKUP that makes [`Buggy`] panic, with a pool of `pool_threads` threads confined the
+    /// same way (0: none), and kicks it once.
+    fn start_buggy_worker(pool_threads: usize) -> Started {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let queue = queue_with_init_and_lookup(&mem);
         let kick = EventFd::new(EFD_NONBLOCK).unwrap();
@@ -346,6 +353,8 @@ mod tests {
             seccomp: SeccompMode::Kill,
             beneath: Vec::new(),
         };
+        let pool = (pool_threads > 0)
+            .then(|| Arc::new(RequestPool::new("fs-test-q1", pool_threads, &confinement).unwrap()));
         let thread = QueueThread::start("fs-test-q1".into(), confinement).unwrap();
         let worker = Worker {
             index: 1,
@@ -359,29 +368,52 @@ mod tests {
             stop: stop.try_clone().unwrap(),
             needs_reset: needs_reset.clone(),
             batch_poll: std::time::Duration::ZERO,
-            pool: None,
+            pool,
         };
-        let (done, served) = mpsc::channel();
+        let (done, parked) = mpsc::channel();
         assert!(thread.send(Command::Serve { worker, done }));
         kick.write(1).unwrap();
+        Started {
+            mem,
+            stop,
+            needs_reset,
+            thread,
+            parked,
+        }
+    }
 
-        // A guard against a hang, not a timing check.
+    /// Waits, up to a bound that guards against a hang (not a timing check), until `done`.
+    fn wait_until(done: impl Fn() -> bool) {
         let start = Instant::now();
-        while !needs_reset.is_set() && start.elapsed() < Duration::from_secs(30) {
+        while !done() && start.elapsed() < Duration::from_secs(30) {
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert!(needs_reset.is_set(), "the panic did not ask for a reset");
-        served.recv_timeout(Duration::from_secs(30)).unwrap();
+    }
+
+    /// 1. A worker, filtered as in a VMM, serves a queue whose second request makes the file
+    ///    system panic.
+    /// 2. The panic becomes a reset request to the driver (NEEDS_RESET and a configuration
+    ///    interrupt), not a dead thread or process.
+    /// 3. The worker parks again and still runs the next command.
+    #[test]
+    fn a_panic_while_serving_asks_for_a_reset_and_the_worker_lives_on() {
+        let worker = start_buggy_worker(0);
+
+        wait_until(|| worker.needs_reset.is_set());
+        assert!(
+            worker.needs_reset.is_set(),
+            "the panic did not ask for a reset"
+        );
+        worker.parked.recv_timeout(Duration::from_secs(30)).unwrap();
 
         let (done, ran) = mpsc::channel();
         let call = Box::new(|| {});
         assert!(
-            thread.send(Command::Call { call, done }),
+            worker.thread.send(Command::Call { call, done }),
             "the worker is gone"
         );
         ran.recv_timeout(Duration::from_secs(30))
             .expect("the worker parked again and runs the next command");
-        drop(stop);
     }
 
     /// Used entries of the queue at 0x2000: (head, length written), in order.
@@ -405,41 +437,10 @@ mod tests {
     /// 3. The worker stops when told, and parks again.
     #[test]
     fn a_pooled_worker_serves_its_queue_on_the_pool_and_contains_a_panic() {
-        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let queue = queue_with_init_and_lookup(&mem);
-        let kick = EventFd::new(EFD_NONBLOCK).unwrap();
-        let stop = EventFd::new(EFD_NONBLOCK).unwrap();
-        let needs_reset = NeedsReset::default();
-        let confinement = WorkerConfinement {
-            seccomp: SeccompMode::Kill,
-            beneath: Vec::new(),
-        };
-        let pool = RequestPool::new("fs-test-q1", 2, &confinement).unwrap();
-        let thread = QueueThread::start("fs-test-q1".into(), confinement).unwrap();
-        let worker = Worker {
-            index: 1,
-            queue: ActiveQueue {
-                queue,
-                kick: kick.try_clone().unwrap(),
-            },
-            mem: mem.clone(),
-            server: Arc::new(FuseSession::new(Buggy)),
-            interrupt: Arc::new(MmioInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
-            stop: stop.try_clone().unwrap(),
-            needs_reset: needs_reset.clone(),
-            batch_poll: std::time::Duration::ZERO,
-            pool: Some(Arc::new(pool)),
-        };
-        let (done, parked) = mpsc::channel();
-        assert!(thread.send(Command::Serve { worker, done }));
-        kick.write(1).unwrap();
+        let worker = start_buggy_worker(2);
 
-        // A guard against a hang, not a timing check.
-        let start = Instant::now();
-        while used(&mem).len() < 2 && start.elapsed() < Duration::from_secs(30) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let used = used(&mem);
+        wait_until(|| used(&worker.mem).len() == 2);
+        let used = used(&worker.mem);
         assert_eq!(used.len(), 2, "both chains used: {used:?}");
         assert!(
             used.contains(&(2, 0)),
@@ -447,10 +448,11 @@ mod tests {
         );
         let (_, init_len) = used.iter().find(|(head, _)| *head == 0).unwrap();
         assert!(*init_len > 0, "the INIT has its reply: {used:?}");
-        assert!(!needs_reset.is_set());
+        assert!(!worker.needs_reset.is_set());
 
-        stop.write(1).unwrap();
-        parked
+        worker.stop.write(1).unwrap();
+        worker
+            .parked
             .recv_timeout(Duration::from_secs(30))
             .expect("the worker stops and parks again");
     }
