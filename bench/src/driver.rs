@@ -13,7 +13,7 @@ use fuse_backend_rs::api::filesystem::FileSystem;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::fuse_wire::{self, read_body, Request, OUT_HEADER};
+use crate::fuse_wire::{self, read_body, IN_HEADER, OUT_HEADER};
 use crate::ring::{guest_slice, mem_err, Desc, DriverRing, RingLayout, WRITE};
 use crate::{BenchError, Result};
 
@@ -42,6 +42,8 @@ pub struct Driver<F: FileSystem + Sync> {
     queue: Queue,
     session: FuseSession<F>,
     unique: u64,
+    /// The last reply read back, kept so that each request does not allocate its own.
+    reply: Vec<u8>,
 }
 
 impl<F: FileSystem + Sync> Driver<F> {
@@ -64,23 +66,21 @@ impl<F: FileSystem + Sync> Driver<F> {
             queue,
             session: FuseSession::new(fs),
             unique: 0,
+            reply: Vec::new(),
         };
         driver.call(Opcode::Init, 0, &fuse_wire::init_in())?;
         Ok(driver)
     }
 
-    /// Writes the FUSE header and `body` at the request address; returns the request.
-    fn put_request(
-        &mut self,
-        op: Opcode,
-        nodeid: u64,
-        body: &[u8],
-        extra: usize,
-    ) -> Result<Request> {
+    /// Writes the FUSE header and `body` at the request address, as a guest driver does, in
+    /// place; returns their length (`extra` payload bytes follow in another buffer).
+    fn put_request(&mut self, op: Opcode, nodeid: u64, body: &[u8], extra: usize) -> Result<u32> {
         self.unique += 1;
-        let req = Request::new(op, self.unique, nodeid, body, extra);
-        guest_slice(&self.mem, REQUEST, req.bytes.len())?.copy_from(&req.bytes);
-        Ok(req)
+        let header = fuse_wire::in_header(op, self.unique, nodeid, body.len() + extra);
+        let area = guest_slice(&self.mem, REQUEST, IN_HEADER + body.len())?;
+        area.write_obj(header, 0).map_err(mem_err)?;
+        area.write_slice(body, IN_HEADER).map_err(mem_err)?;
+        Ok((IN_HEADER + body.len()) as u32)
     }
 
     /// Makes `descs` available as one chain from slot 0, runs the device's queue loop, and
@@ -112,38 +112,38 @@ impl<F: FileSystem + Sync> Driver<F> {
     }
 
     /// Reads `len` reply bytes and fails with the request's errno if it has one.
-    fn reply(&self, op: Opcode, at: u64, len: u32) -> Result<Vec<u8>> {
-        let mut bytes = vec![0u8; len as usize];
-        guest_slice(&self.mem, at, bytes.len())?.copy_to(&mut bytes);
-        fuse_wire::check_reply(op, Some(self.unique), &bytes)?;
-        Ok(bytes)
+    fn reply(&mut self, op: Opcode, at: u64, len: u32) -> Result<&[u8]> {
+        self.reply.resize(len as usize, 0);
+        guest_slice(&self.mem, at, self.reply.len())?.copy_to(&mut self.reply);
+        fuse_wire::check_reply(op, Some(self.unique), &self.reply)?;
+        Ok(&self.reply)
     }
 
     /// Sends one request with a small reply; returns the reply, header included.
-    pub fn call(&mut self, op: Opcode, nodeid: u64, body: &[u8]) -> Result<Vec<u8>> {
-        let req = self.put_request(op, nodeid, body, 0)?;
-        let written = self.submit(&[(REQUEST, req.len(), 0), (REPLY, REPLY_CAP, WRITE)])?;
+    pub fn call(&mut self, op: Opcode, nodeid: u64, body: &[u8]) -> Result<&[u8]> {
+        let len = self.put_request(op, nodeid, body, 0)?;
+        let written = self.submit(&[(REQUEST, len, 0), (REPLY, REPLY_CAP, WRITE)])?;
         self.reply(op, REPLY, written)
     }
 
     /// Sends a request that has no reply (FORGET).
     pub fn send_no_reply(&mut self, op: Opcode, nodeid: u64, body: &[u8]) -> Result<()> {
-        let req = self.put_request(op, nodeid, body, 0)?;
-        self.submit(&[(REQUEST, req.len(), 0), (REPLY, REPLY_CAP, WRITE)])?;
+        let len = self.put_request(op, nodeid, body, 0)?;
+        self.submit(&[(REQUEST, len, 0), (REPLY, REPLY_CAP, WRITE)])?;
         Ok(())
     }
 
     /// CREATE `name` in `parent`, opened read-write: (node id, handle).
     pub fn create(&mut self, parent: u64, name: &str) -> Result<(u64, u64)> {
         let reply = self.call(Opcode::Create, parent, &fuse_wire::create_in(name))?;
-        let (entry, fh) = fuse_wire::create_out(&reply)?;
+        let (entry, fh) = fuse_wire::create_out(reply)?;
         Ok((entry.nodeid, fh))
     }
 
     /// LOOKUP `name` in `parent`: its node id.
     pub fn lookup(&mut self, parent: u64, name: &str) -> Result<u64> {
         let reply = self.call(Opcode::Lookup, parent, &fuse_wire::name_in(name))?;
-        Ok(fuse_wire::entry_out(&reply)?.nodeid)
+        Ok(fuse_wire::entry_out(reply)?.nodeid)
     }
 
     /// BMAP, which the device answers with ENOSYS without a host call: the cost of the
@@ -173,7 +173,7 @@ impl<F: FileSystem + Sync> Driver<F> {
     /// OPEN `nodeid` with `flags`: the handle.
     pub fn open(&mut self, nodeid: u64, flags: i32) -> Result<u64> {
         let reply = self.call(Opcode::Open, nodeid, &fuse_wire::open_in(flags))?;
-        fuse_wire::open_out(&reply)
+        fuse_wire::open_out(reply)
     }
 
     /// RELEASE (or RELEASEDIR with `dir`) handle `fh` of `nodeid`.
@@ -216,23 +216,23 @@ impl<F: FileSystem + Sync> Driver<F> {
     /// WRITE `len` bytes of the data area at `offset`; returns the bytes written.
     pub fn write(&mut self, nodeid: u64, fh: u64, offset: u64, len: usize) -> Result<usize> {
         let body = fuse_wire::write_in(fh, offset, len as u32);
-        let req = self.put_request(Opcode::Write, nodeid, &body, len)?;
+        let req_len = self.put_request(Opcode::Write, nodeid, &body, len)?;
         let cap = (OUT_HEADER + std::mem::size_of::<WriteOut>()) as u32;
         let written = self.submit(&[
-            (REQUEST, req.len(), 0),
+            (REQUEST, req_len, 0),
             (DATA, len as u32, 0),
             (REPLY, cap, WRITE),
         ])?;
         let reply = self.reply(Opcode::Write, REPLY, written)?;
-        Ok(read_body::<WriteOut>(&reply, OUT_HEADER)?.size as usize)
+        Ok(read_body::<WriteOut>(reply, OUT_HEADER)?.size as usize)
     }
 
     /// READ `len` bytes at `offset` into the data area; returns the bytes read.
     pub fn read(&mut self, nodeid: u64, fh: u64, offset: u64, len: usize) -> Result<usize> {
         let body = fuse_wire::read_in(fh, offset, len as u32);
-        let req = self.put_request(Opcode::Read, nodeid, &body, 0)?;
+        let req_len = self.put_request(Opcode::Read, nodeid, &body, 0)?;
         let written = self.submit(&[
-            (REQUEST, req.len(), 0),
+            (REQUEST, req_len, 0),
             (REPLY, OUT_HEADER as u32, WRITE),
             (DATA, len as u32, WRITE),
         ])?;
@@ -243,7 +243,7 @@ impl<F: FileSystem + Sync> Driver<F> {
     /// OPENDIR, READDIR to the end, RELEASEDIR: the number of entries other than `.` and `..`.
     pub fn list_dir(&mut self, nodeid: u64) -> Result<usize> {
         let reply = self.call(Opcode::Opendir, nodeid, &fuse_wire::open_in(0))?;
-        let fh = fuse_wire::open_out(&reply)?;
+        let fh = fuse_wire::open_out(reply)?;
         let mut offset = 0;
         let mut entries = 0;
         loop {
@@ -255,8 +255,8 @@ impl<F: FileSystem + Sync> Driver<F> {
             }
             // struct fuse_dirent: ino, off, namelen, type, then the name padded to 8 bytes.
             while at + 24 <= reply.len() {
-                let off: u64 = read_body(&reply, at + 8)?;
-                let namelen: u32 = read_body(&reply, at + 16)?;
+                let off: u64 = read_body(reply, at + 8)?;
+                let namelen: u32 = read_body(reply, at + 16)?;
                 let name = reply
                     .get(at + 24..at + 24 + namelen as usize)
                     .unwrap_or(b"");

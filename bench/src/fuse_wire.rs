@@ -22,6 +22,18 @@ pub const IN_HEADER: usize = std::mem::size_of::<InHeader>();
 const MAJOR: u32 = 7;
 const MINOR: u32 = 31;
 
+/// The header of request `op` number `unique` on `nodeid`, followed by `after` bytes (the
+/// opcode's struct, a name, WRITE payload).
+pub fn in_header(op: Opcode, unique: u64, nodeid: u64, after: usize) -> InHeader {
+    InHeader {
+        len: (IN_HEADER + after) as u32,
+        opcode: op as u32,
+        unique,
+        nodeid,
+        ..Default::default()
+    }
+}
+
 /// One request, encoded: the header and the opcode's struct (and name), ready to be copied
 /// into guest memory. `extra` bytes of payload (WRITE data) follow in another buffer.
 #[derive(Debug, Clone)]
@@ -36,13 +48,7 @@ impl Request {
     /// Encodes `op` on `nodeid` with `body`; `extra` payload bytes follow elsewhere.
     pub fn new(op: Opcode, unique: u64, nodeid: u64, body: &[u8], extra: usize) -> Request {
         let len = IN_HEADER + body.len();
-        let header = InHeader {
-            len: (len + extra) as u32,
-            opcode: op as u32,
-            unique,
-            nodeid,
-            ..Default::default()
-        };
+        let header = in_header(op, unique, nodeid, body.len() + extra);
         let mut bytes = Vec::with_capacity(len);
         bytes.extend_from_slice(header.as_slice());
         bytes.extend_from_slice(body);
@@ -83,7 +89,7 @@ pub fn check_reply(op: Opcode, unique: Option<u64>, bytes: &[u8]) -> Result<()> 
     }
     if header.error != 0 {
         return Err(BenchError::Fuse {
-            op: format!("{op:?}"),
+            op,
             errno: header.error.saturating_neg(),
         });
     }
