@@ -258,14 +258,21 @@ const CAUSE_FUSE_DATA: &str = "per-request work of the FUSE server and the passt
 (decode, handle lookup, copying through guest memory) on top of the host's own copy.";
 const CAUSE_VMM_MEM: &str = "see the VMM section: RSS and PSS outside guest RAM, sampled \
 while the guest runs.";
-const CAUSE_VMM_START: &str = "copying the kernel and initramfs into guest memory (the \
-kernel's page clearing of the guest pages they fill, and read's copy from the page cache) \
-and the dynamic loader; a busy machine adds cache misses.";
+const CAUSE_VMM_START: &str = "copying the kernel and initramfs into guest memory, which is \
+fresh memory: perf puts most of the main thread's start-up in that copy, and on a virtual \
+machine whose host backs its memory on first touch, as this project's machines are, a first \
+write to fresh memory ran at a sixth of the speed of a second (9 MiB: 5 to 8 ms against \
+0.8 ms, 2026-12-05), so the figure follows the machine's memory from run to run; then the \
+dynamic loader.";
 
 const CAUSE_VU_JOURNAL: &str = "waits on the host file system's journal: a redirected create \
 or unlink changes the guest tree, the store and the intent log (an attribute set and \
 cleared), several journaled changes where the passthrough makes one; the issue allows this as \
 a named miss.";
+const CAUSE_VU_PEER_JOURNAL: &str = "waits on the host file system's journal: each back-end's \
+create or unlink is one journaled change of the share, whose commits set the pace (compare \
+the two back-ends' p50 latencies and the rounds' spread); the issue allows this as a named \
+miss.";
 const CAUSE_VU_PEER: &str = "per-request cost on our side. First compare the kicks per \
 request: profiles of both back-ends (perf, 2026-12-04) put about 90% of their time in the \
 kernel, most of it a queue thread sleeping and being woken, and a back-end that finds the \
@@ -351,7 +358,7 @@ fn vhost_user_checks(v: &VhostUserSummary) -> Vec<Check> {
                 &figure,
                 1.0,
                 match op {
-                    VuOp::Create | VuOp::Unlink => CAUSE_VU_JOURNAL,
+                    VuOp::Create | VuOp::Unlink => CAUSE_VU_PEER_JOURNAL,
                     VuOp::SeqWrite => CAUSE_VU_WRITEBACK,
                     _ => CAUSE_VU_PEER,
                 },
@@ -493,9 +500,11 @@ fn boot_checks(b: &BootSummary) -> Vec<Check> {
         .collect()
 }
 
-const CAUSE_BOOT_FLOOR: &str = "what our VMM does beyond the floor before and during the boot \
-(devices the guest probes, such as the i8042; its threads; its own start-up before the first \
-KVM_RUN): compare the two console logs named in the boot section.";
+const CAUSE_BOOT_FLOOR: &str = "what our VMM does beyond the floor before and during the boot: \
+first its seccomp filters (ours with --seccomp none booted 1 to 20 ms after the floor in the \
+runs of 2026-12-05, the boot section gives this run's figure; where the filters' time goes is \
+not pinned down), then the devices the guest probes, such as the i8042, its threads and its \
+own start-up before the first KVM_RUN: compare the console logs named in the boot section.";
 
 const CAUSE_BOOT_QEMU: &str = "QEMU's own start-up (dynamic loading, machine set-up, qboot \
 firmware) against ours: compare the two console logs named in the boot section.";
