@@ -43,9 +43,9 @@ pub struct VirtioPlacer<'a> {
 
 impl<'a> VirtioPlacer<'a> {
     /// Starts placing devices in the VM behind `vm_fd`, as `config` says: its seccomp mode,
-    /// whether shares reach inodes by file handle ([`crate::VmConfig::share_file_handles`])
-    /// how long their queues poll after a batch ([`crate::VmConfig::fs_batch_poll`]) and
-    /// how many threads serve each request queue ([`crate::VmConfig::fs_request_pool`]).
+    /// whether shares reach inodes by file handle ([`crate::VmConfig::share_file_handles`]),
+    /// how long their queues poll after a batch ([`crate::VmConfig::fs_batch_poll`]) and how
+    /// many threads serve each request queue ([`crate::VmConfig::fs_request_pool`]).
     pub fn new(vm_fd: &'a VmFd, mem: GuestMemory, config: &VmConfig) -> Self {
         Self {
             vm_fd,
