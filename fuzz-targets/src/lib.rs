@@ -46,6 +46,16 @@ pub type Target = (&'static str, fn(&[u8]));
 /// inputs as the queue's own thread, without a byte of the input spent on choosing.
 pub const POOL_THREADS: usize = 2;
 
+/// The request pool a queue-serving target gives `input`: [`POOL_THREADS`] threads for an
+/// input of odd length, none (0) otherwise.
+fn pool_threads(input: &[u8]) -> usize {
+    if input.len() % 2 == 1 {
+        POOL_THREADS
+    } else {
+        0
+    }
+}
+
 /// Every target, by name.
 pub const TARGETS: [Target; 4] = [
     ("fuse_request", fuse_request),

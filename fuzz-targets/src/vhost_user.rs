@@ -18,7 +18,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::bytes::Bytes;
-use crate::{share, POOL_THREADS};
+use crate::{pool_threads, share};
 
 /// Size of the memory file handed with every message that takes one (the guest memory a
 /// SET_MEM_TABLE or ADD_MEM_REG maps, a log area, an inflight area).
@@ -176,8 +176,7 @@ fn kick_taken(kick: &EventFd) -> bool {
 /// The entry point is vhost-user-backend's `VhostUserDaemon` (its request handler reads the
 /// socket) over our `VhostUserFsBackend`, which is what the `hypervisor vhost-user-fs`
 /// daemon runs for each front-end. An input of odd length gets a back-end whose request
-/// queue is served by a pool of [`crate::POOL_THREADS`] threads (`--thread-pool-size`),
-/// chosen without a byte of the input.
+/// queue is served by a pool (`--thread-pool-size`; [`crate::POOL_THREADS`]).
 pub fn vhost_user(data: &[u8]) {
     static IGNORE_SIGPIPE: Once = Once::new();
     IGNORE_SIGPIPE.call_once(|| {
@@ -199,9 +198,8 @@ fn run_input(data: &[u8]) {
     let memory = memory_file(bytes.frame());
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let session = Arc::new(FuseSession::new(fs.clone()));
-    let pool = if data.len() % 2 == 1 { POOL_THREADS } else { 0 };
     let backend = VhostUserFsBackend::new(session, "fuzz", QUEUES - 1, mem.clone())
-        .and_then(|backend| backend.with_request_pool(pool))
+        .and_then(|backend| backend.with_request_pool(pool_threads(data)))
         .expect("the fuzz back-end is valid");
     let mut daemon = VhostUserDaemon::new("fuzz".to_owned(), Arc::new(backend), mem)
         .expect("cannot start the back-end's workers");

@@ -19,7 +19,7 @@ use vm_memory::{Bytes as _, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::bytes::Bytes;
-use crate::{share, POOL_THREADS};
+use crate::{pool_threads, share};
 
 /// Guest memory: rings, buffers and whatever the input writes.
 pub const MEM_SIZE: usize = 0x2_0000;
@@ -354,8 +354,7 @@ fn readable(fd: &EventFd) -> bool {
 /// Runs `data` as a sequence of [`MmioOp`](crate::MmioOp)s against a fresh virtio-fs device
 /// behind the virtio-mmio transport, in fresh guest memory, over a fresh file system on the
 /// fuzz share; the device is reset (its workers joined) at the end. An input of odd length
-/// gets a device whose request queue is served by a pool of [`crate::POOL_THREADS`] threads, so
-/// that the pooled queue loop meets the same inputs without a byte spent on choosing.
+/// gets a device whose request queue is served by a pool ([`crate::POOL_THREADS`]).
 pub fn virtio_mmio(data: &[u8]) {
     let run = share::begin();
     run_input(data);
@@ -364,9 +363,8 @@ pub fn virtio_mmio(data: &[u8]) {
 
 fn run_input(data: &[u8]) {
     let fs = share::fresh();
-    let pool = if data.len() % 2 == 1 { POOL_THREADS } else { 0 };
     let device = VirtioFs::new("fuzz", 1, fs.clone())
-        .and_then(|device| device.with_request_pool(pool))
+        .and_then(|device| device.with_request_pool(pool_threads(data)))
         .expect("the fuzz device is valid");
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)])
         .expect("cannot map the fuzz guest memory");
