@@ -158,12 +158,10 @@ pub struct VirtioFs<F: FileSystem + Send + Sync + 'static> {
     threads: Vec<QueueThread<Arc<F>>>,
     /// The workers of the current activation, if any.
     running: Option<Running>,
-    /// Whether the workers run under a seccomp filter (then so does the thread that
-    /// resets the device, a vCPU, which may not touch files).
-    filtered: bool,
     /// How long a queue looks for more requests after serving a batch.
     batch_poll: Duration,
-    /// How the workers (and pool threads) confine themselves.
+    /// How the workers (and pool threads) confine themselves; under a seccomp filter, so is
+    /// the thread that resets the device, a vCPU, which may not touch files.
     confinement: WorkerConfinement,
     /// Per queue (hiprio first, never pooled), the threads serving its requests side by
     /// side, if any.
@@ -190,7 +188,6 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFs<F> {
     ) -> Result<Self, FsDeviceError> {
         let config = config_space(tag, request_queues)?;
         let queues = 1 + request_queues as usize;
-        let filtered = confinement.seccomp != SeccompMode::None;
         let threads = (0..queues)
             .map(|index| QueueThread::start(queue_thread_name(tag, index), confinement.clone()))
             .collect::<Result<Vec<_>, _>>()
@@ -205,7 +202,6 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFs<F> {
             server: Arc::new(handler::FuseSession::new(fs.clone())),
             fs,
             needs_reset: NeedsReset::default(),
-            filtered,
             threads,
             running: None,
             batch_poll: handler::DEFAULT_BATCH_POLL,
@@ -362,10 +358,11 @@ impl<F: FileSystem + Send + Sync + 'static> VirtioFs<F> {
         if sent && finished.recv().is_ok() {
             return;
         }
-        if self.filtered {
+        if self.confinement.seccomp != SeccompMode::None {
             // This thread's filter forbids the file calls: the next start recovers instead.
             warn!(
-                "virtio-fs {}: the worker that ends the session is gone; the session is left                  to the next start's recovery",
+                "virtio-fs {}: the worker that ends the session is gone; the session is left to \
+                 the next start's recovery",
                 self.tag
             );
         } else {
