@@ -118,13 +118,33 @@ fn run_sandboxed(
     }
 }
 
+/// Logs to standard error, in colour on a terminal.
+///
+/// Threads under a seccomp filter log too (a vCPU, the virtio-fs workers), and env_logger's
+/// own standard-error target asks whether the stream is a terminal at every line: an ioctl
+/// those filters forbid, which ended the VMM at its first logged line on a terminal. So the
+/// question is asked once, here, before any filter, and the lines go through a plain pipe
+/// to standard error. `RUST_LOG_STYLE` (always, never) still decides when set; `NO_COLOR`
+/// turns colour off.
 fn init_logging(verbose: u8) {
+    use std::io::IsTerminal;
+
     let level = match verbose {
         0 => "warn",
         1 => "info",
         _ => "debug",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_timestamp_millis()
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level));
+    builder.format_timestamp_millis();
+    if std::env::var_os("RUST_LOG_STYLE").is_none() {
+        let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        builder.write_style(match colour {
+            true => env_logger::WriteStyle::Always,
+            false => env_logger::WriteStyle::Never,
+        });
+    }
+    builder
+        .target(env_logger::Target::Pipe(Box::new(std::io::stderr())))
         .init();
 }
