@@ -367,15 +367,18 @@ pub const SANDBOXED_STORE: &str = "/share/fs/sandboxed-store";
 /// IPC and network namespaces holding only the kernel, initramfs, /dev/kvm and the share,
 /// inodes held without file handles, the share's workers under Landlock, and its requests
 /// served by a pool of two threads confined as the workers are (`--fs-thread-pool-size 2`;
-/// the other share scenarios have none). Afterwards
+/// the other share scenarios have none; `-v` makes the VMM say so on the console, which the
+/// scenario checks, so a pool lost on its way to the device fails it). Afterwards
 /// `<SANDBOXED_STORE>/share0/fs-basic/renamed.txt` holds what the guest wrote.
 pub fn sandboxed_share_scenario() -> Scenario {
     Scenario::new("share-fs-basic-sandboxed", "fs-basic")
         .arg("/mnt/share0")
+        .vmm_arg("-v")
         .vmm_arg("--sandbox")
         .vmm_arg("namespace")
         .vmm_arg("--fs-thread-pool-size")
         .vmm_arg("2")
+        .expect_output("its requests served by 2 pool threads")
         .vmm_arg("--share")
         .vmm_arg(&format!(
             "tag=share0,dir={SANDBOXED_TREE},store={SANDBOXED_STORE}"
