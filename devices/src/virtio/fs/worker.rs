@@ -284,7 +284,9 @@ mod tests {
 
     const QUEUE_SIZE: u16 = 8;
 
-    /// A queue in `mem` holding an INIT and then a LOOKUP, each with room for its reply.
+    /// A queue in `mem` whose descriptors hold an INIT and then a LOOKUP, each with room for
+    /// its reply. Only the INIT is made available: a driver sends nothing else before INIT's
+    /// reply (the LOOKUP would be answered EIO), and a pool might serve the two together.
     fn queue_with_init_and_lookup(mem: &GuestMemory) -> Queue {
         let mut queue = Queue::new(QUEUE_SIZE).unwrap();
         queue.set_size(QUEUE_SIZE);
@@ -325,14 +327,14 @@ mod tests {
             mem.write_obj(slot, GuestAddress(0x1004 + 2 * i as u64))
                 .unwrap();
         }
-        mem.write_obj(requests.len() as u16, GuestAddress(0x1002))
-            .unwrap();
+        mem.write_obj(1u16, GuestAddress(0x1002)).unwrap();
         queue
     }
 
     /// A worker started by a test, and what the test watches of it.
     struct Started {
         mem: GuestMemory,
+        kick: EventFd,
         stop: EventFd,
         needs_reset: NeedsReset,
         thread: QueueThread<Buggy>,
@@ -340,9 +342,28 @@ mod tests {
         parked: mpsc::Receiver<()>,
     }
 
+    impl Started {
+        /// Waits for the INIT's reply, then makes the LOOKUP available and kicks, as a
+        /// driver does.
+        fn send_lookup_after_init(&self) {
+            wait_until(|| !used(&self.mem).is_empty());
+            assert_eq!(used(&self.mem).len(), 1, "the INIT is answered");
+            self.mem.write_obj(2u16, GuestAddress(0x1002)).unwrap();
+            self.kick.write(1).unwrap();
+        }
+    }
+
+    impl Drop for Started {
+        /// A test that fails while the worker serves must end, not wait for the worker's
+        /// thread forever: told to stop, the worker parks, and the thread can be joined.
+        fn drop(&mut self) {
+            let _ = self.stop.write(1);
+        }
+    }
+
     /// Starts a worker filtered as in a VMM (mode kill) on a queue holding an INIT and a
     /// LOOKUP that makes [`Buggy`] panic, with a pool of `pool_threads` threads confined the
-    /// same way (0: none), and kicks it once.
+    /// same way (0: none), and kicks it once for the INIT.
     fn start_buggy_worker(pool_threads: usize) -> Started {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let queue = queue_with_init_and_lookup(&mem);
@@ -375,6 +396,7 @@ mod tests {
         kick.write(1).unwrap();
         Started {
             mem,
+            kick,
             stop,
             needs_reset,
             thread,
@@ -398,6 +420,7 @@ mod tests {
     #[test]
     fn a_panic_while_serving_asks_for_a_reset_and_the_worker_lives_on() {
         let worker = start_buggy_worker(0);
+        worker.send_lookup_after_init();
 
         wait_until(|| worker.needs_reset.is_set());
         assert!(
@@ -438,6 +461,7 @@ mod tests {
     #[test]
     fn a_pooled_worker_serves_its_queue_on_the_pool_and_contains_a_panic() {
         let worker = start_buggy_worker(2);
+        worker.send_lookup_after_init();
 
         wait_until(|| used(&worker.mem).len() == 2);
         let used = used(&worker.mem);
