@@ -57,7 +57,7 @@ use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
 use self::dirs::DirStream;
 use self::handles::{kept_open_flags, HandleTable, OpenFile, OpenInode};
-use self::nodes::{NodeTable, ObjectAttr, StubStamp};
+use self::nodes::{Identity, NodeTable, ObjectAttr, StubStamp};
 use self::redirecting::Redirecting;
 use self::revalidate::{Named, Probe};
 use self::xattrs::Reached;
@@ -1055,7 +1055,10 @@ impl RedirectFs {
         let known = self.state().nodes.kind(entry.inode);
         peeked.kind = match known {
             Some(kind) => kind,
-            None => self.classify(entry.inode, &entry.attr, Reached::Child(parent, name))?,
+            None => {
+                let at = Reached::Child(parent, name, Identity::of(&entry.attr));
+                self.classify(entry.inode, &entry.attr, at)?
+            }
         };
         Ok(Some(peeked))
     }

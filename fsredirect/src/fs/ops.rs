@@ -14,6 +14,7 @@ use fuse_backend_rs::api::filesystem::{
 };
 
 use super::datalock::DataGuard;
+use super::nodes::Identity;
 use super::xattrs::Reached;
 use super::{
     errno, root_ctx, Inspected, Kind, OpenFile, RedirectFs, SyncMode, CAPABILITY_XATTR,
@@ -64,7 +65,8 @@ impl FileSystem for RedirectFs {
                 return Err(e);
             }
         }
-        let (kind, meta) = match self.kind_of_entry(&entry, Reached::Child(parent, name)) {
+        let at = Reached::Child(parent, name, Identity::of(&entry.attr));
+        let (kind, meta) = match self.kind_of_entry(&entry, at) {
             Ok(k) => k,
             Err(e) => {
                 self.inner.forget(ctx, entry.inode, 1);
@@ -219,7 +221,8 @@ impl FileSystem for RedirectFs {
             .inner
             .mknod(&self.creator(ctx), parent, name, stub_mode, 0, umask)?;
         let meta = Meta::Special { kind, rdev };
-        if let Err(e) = self.write_meta(entry.inode, &meta, Reached::Child(parent, name)) {
+        let at = Reached::Child(parent, name, Identity::of(&entry.attr));
+        if let Err(e) = self.write_meta(entry.inode, &meta, at) {
             let _ = self.inner.unlink(&root_ctx(), parent, name);
             self.inner.forget(&root_ctx(), entry.inode, 1);
             return Err(e);

@@ -16,8 +16,9 @@ use std::os::fd::OwnedFd;
 
 use fuse_backend_rs::api::filesystem::{FileSystem, GetxattrReply, ListxattrReply};
 
+use super::nodes::Identity;
 use super::{errno, root_ctx, RedirectFs};
-use crate::beneath::getxattr_entry;
+use crate::beneath::{getxattr_entry, stat_name};
 
 /// Bytes first read of an attribute reached by its entry's name: more than the longest
 /// redirect record the server writes (a portion of at most 1 KiB, a volume name of at most 255
@@ -30,8 +31,9 @@ const SMALL_XATTR: usize = 2048;
 pub(super) enum Reached<'a> {
     /// Only through the name table.
     Known,
-    /// As `name` in directory `parent`.
-    Child(u64, &'a CStr),
+    /// As `name` in directory `parent`, where the lookup found the inode `Identity` names
+    /// (a host process may give the name to another file at any moment).
+    Child(u64, &'a CStr, Identity),
     /// At the guest-tree path given as components.
     Path(&'a [CString]),
 }
@@ -66,23 +68,26 @@ impl RedirectFs {
     }
 
     /// Reads attribute `name` of a node just reached as a child (`at`) by its name in the
-    /// server's own descriptor of the directory (`revalidate.rs`): one `getxattrat`, where
-    /// the passthrough layer would reopen the node from its file handle, read, and close.
-    /// The caller holds the namespace lock, so the name still leads to the node. `None`
-    /// where that does not apply: the passthrough layer holds a descriptor of each node
-    /// anyway (no file handles), the kernel lacks the call, or no directory descriptor.
+    /// server's own descriptor of the directory (`revalidate.rs`): one `getxattrat`, then
+    /// one `fstatat` of the name, where the passthrough layer would reopen the node from its
+    /// file handle, read, and close. The namespace lock keeps the guest from moving the
+    /// name, but not a host process: the value counts only if the name still leads to the
+    /// node after the read. `None` where it does not, and where this does not apply: the
+    /// passthrough layer holds a descriptor of each node anyway (no file handles), the
+    /// kernel lacks the call, or no directory descriptor. The caller then reads through the
+    /// node's file handle.
     ///
     /// `buf` gets room for `size` bytes only if a small read does not hold the value: the
     /// values read this way are redirect records, a few dozen bytes, and a buffer of the
     /// largest size would cost the allocator a `brk` to grow the heap and another to trim it.
-    fn getxattr_by_entry(
+    pub(super) fn getxattr_by_entry(
         &self,
         at: Reached<'_>,
         name: &CStr,
         size: u32,
         buf: &mut Vec<u8>,
     ) -> Option<io::Result<usize>> {
-        let Reached::Child(parent, child) = at else {
+        let Reached::Child(parent, child, node) = at else {
             return None;
         };
         if !self.file_handles || !self.xattr_at {
@@ -92,15 +97,22 @@ impl RedirectFs {
         let size = size as usize;
         buf.reserve_exact(size.min(SMALL_XATTR));
         let read = getxattr_entry(&dir, child, name, buf);
-        if size > SMALL_XATTR
+        let read = if size > SMALL_XATTR
             && read
                 .as_ref()
                 .is_err_and(|e| e.raw_os_error() == Some(libc::ERANGE))
         {
             buf.reserve_exact(size);
-            return Some(getxattr_entry(&dir, child, name, buf));
+            getxattr_entry(&dir, child, name, buf)
+        } else {
+            read
+        };
+        // Whatever the read said (a value, or none: a plain file put in a stub's place
+        // would make a stub look plain), it was of the node only if the name leads to it.
+        match stat_name(&dir, child) {
+            Ok(st) if node.matches(&st) => Some(read),
+            _ => None,
         }
-        Some(read)
     }
 
     /// Sets attribute `name` of `inode` to `value` (`setxattr(2)`'s `flags`).
@@ -153,7 +165,7 @@ impl RedirectFs {
         let open = |parts: &[CString]| self.open_as_node(parts, libc::O_PATH, &node);
         let reached = match at {
             Reached::Known => None,
-            Reached::Child(parent, name) => {
+            Reached::Child(parent, name, _) => {
                 let parts = self.state().names.child_path(parent, name);
                 parts.and_then(|parts| open(&parts))
             }

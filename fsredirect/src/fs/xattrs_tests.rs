@@ -2,8 +2,12 @@
 //! (`FsConfig::xattrs_by_descriptor`, `xattrs.rs`): the same answers as through the
 //! passthrough layer, for every kind of node, known by a path or not.
 
+use std::fs::File;
+
 use super::*;
 use crate::beneath::ProcSelfFd;
+use crate::fs::nodes::Identity;
+use crate::fs::xattrs::Reached;
 
 fn by_descriptor() -> FsConfig {
     FsConfig {
@@ -175,4 +179,40 @@ fn a_record_longer_than_the_first_read_is_read_whole_at_a_first_lookup() {
     let entry = fx.lookup(ROOT_INODE, "f").unwrap();
     assert_eq!(entry.attr.st_size, 6);
     assert_eq!(fx.read_file(ROOT_INODE, "f"), vec![0u8; 6]);
+}
+
+/// 1. On a redirecting share with file handles, the first LOOKUP's route reads a file's
+///    redirect record by its name in the server's descriptor of the directory.
+/// 2. A host process then renames another redirected file onto that name, between the
+///    lookup that found the first file and the read: the value read is the other file's, and
+///    the route must not give it to the first file's node. It answers `None`, so the caller
+///    reads through the node's file handle.
+/// 3. Without file handles the route does not apply at all (`None`), as under `nobody`.
+#[test]
+fn a_record_read_by_name_counts_only_while_the_name_leads_to_the_node() {
+    let fx = redirecting();
+    fx.write_file(ROOT_INODE, "a", b"first");
+    fx.write_file(ROOT_INODE, "b", b"second");
+    let dir = File::open(&fx.guest).unwrap();
+    let found = Identity::of(&crate::beneath::stat_name(&dir, &c("a")).unwrap());
+    let read = |name: &str, node: Identity| {
+        let mut buf = Vec::new();
+        let at = Reached::Child(ROOT_INODE, &c(name), node);
+        fx.fs
+            .getxattr_by_entry(at, fx.fs.meta_name, 4096, &mut buf)
+            .map(|len| (len.unwrap(), buf))
+    };
+    if !(fx.fs.file_handles && fx.fs.xattr_at) {
+        assert!(read("a", found).is_none(), "a route that does not apply");
+        println!("no file handles or no getxattrat here: checked that the route is not taken");
+        return;
+    }
+    let (len, value) = read("a", found).expect("the name leads to the node");
+    assert_eq!(&value[..len], b"R1vol\0a");
+
+    std::fs::rename(fx.guest.join("b"), fx.guest.join("a")).unwrap();
+    assert!(
+        read("a", found).is_none(),
+        "the record of the file now named `a` was given to the node the lookup found"
+    );
 }
