@@ -4,6 +4,7 @@
 
 pub mod pattern;
 pub mod pjdfstest;
+pub mod pty;
 pub mod qemu;
 pub mod share_disk;
 pub mod testhost;

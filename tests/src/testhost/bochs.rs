@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -25,34 +25,6 @@ pub struct Bochs {
     screen: Arc<Mutex<Vec<u8>>>,
 }
 
-/// Opens a pseudo-terminal pair with an 80x25 window (what bochs's text screen needs).
-fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut master: libc::c_int = -1;
-    let mut slave: libc::c_int = -1;
-    let size = libc::winsize {
-        ws_row: 25,
-        ws_col: 80,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: openpty writes two descriptors into the provided ints; the name and termios
-    // pointers may be null, and `size` outlives the call.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            &size,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: openpty succeeded, so both descriptors are open and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) })
-}
-
 impl Bochs {
     /// Starts `bochs -q -f BOCHSRC -rc RCFILE` with `env` added to its environment, on a fresh
     /// pseudo-terminal in a new session. `disks` are the disk images it will lock.
@@ -62,7 +34,7 @@ impl Bochs {
         env: &[(&str, &Path)],
         disks: &[&Path],
     ) -> io::Result<Bochs> {
-        let (master, slave) = open_pty()?;
+        let (master, slave) = crate::pty::open_pty()?;
         let mut cmd = Command::new("bochs");
         cmd.arg("-q")
             .arg("-f")

@@ -13,10 +13,11 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+use e2e_tests::pty::open_pty;
+use e2e_tests::qemu::hypervisor_binary;
 use hypervisor::config::default_guest_dir;
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -51,29 +52,10 @@ fn main() {
     libtest_mimic::run(&args, vec![trial]).exit();
 }
 
-/// A pseudo-terminal: (the side this process reads, the side the child writes).
-fn pseudo_terminal() -> Result<(File, OwnedFd), Failed> {
-    let (mut reader, mut writer) = (-1, -1);
-    // SAFETY: two valid out-pointers; no name, terminal settings or window size asked for.
-    let rc = unsafe {
-        libc::openpty(
-            &mut reader,
-            &mut writer,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(format!("openpty: {}", std::io::Error::last_os_error()).into());
-    }
-    // SAFETY: openpty returned two open descriptors that nothing else owns.
-    Ok(unsafe { (File::from_raw_fd(reader), OwnedFd::from_raw_fd(writer)) })
-}
-
 fn logs_on_a_terminal(kernel: PathBuf) -> Result<(), Failed> {
-    let (mut reader, writer) = pseudo_terminal()?;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hypervisor"))
+    let (reader, writer) = open_pty()?;
+    let mut reader = File::from(reader);
+    let mut child = Command::new(hypervisor_binary()?)
         .args(["run", "-v", "--seccomp", "trap", "--allow-software-kvm"])
         .arg("--kernel")
         .arg(&kernel)
