@@ -378,13 +378,13 @@ pub fn sandboxed_share_scenario() -> Scenario {
         .vmm_arg("namespace")
         .vmm_arg("--fs-thread-pool-size")
         .vmm_arg("2")
-        .expect_output("its requests served by 2 pool threads")
         .vmm_arg("--share")
         .vmm_arg(&format!(
             "tag=share0,dir={SANDBOXED_TREE},store={SANDBOXED_STORE}"
         ))
         .fresh_dir(SANDBOXED_TREE)
         .fresh_dir(SANDBOXED_STORE)
+        .expect_output("its requests served by 2 pool threads")
 }
 
 /// Reads a file from the share disk image on the host (no mount needed; uses `debugfs` from
