@@ -7,6 +7,7 @@
 # test host on hosts without hardware virtualization); `--boot-only` runs only that.
 # The vhost-user part compares our back-end with virtiofsd, built from crates.io into
 # build/virtiofsd by bench/build-virtiofsd.sh on first use (skip it with --no-virtiofsd).
+# As root it also measures the servers run as `nobody` (skip them with --no-unprivileged).
 set -eu
 cd "$(dirname "$0")"
 target="${CARGO_TARGET_DIR:-$PWD/target}"

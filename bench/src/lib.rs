@@ -36,6 +36,7 @@ pub mod report;
 pub mod ring;
 pub mod runner;
 pub mod stats;
+pub mod unprivileged;
 pub mod vhost_bench;
 pub mod vhost_frontend;
 pub mod vmm;

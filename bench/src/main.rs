@@ -6,6 +6,15 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let opts = bench::runner::Options::parse();
+    if let Some(args) = &opts.device_child {
+        return match bench::runner::device_child(&opts, args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match bench::runner::run(&opts) {
         Ok(report) => {
             let misses = report.checks().iter().filter(|c| !c.pass).count();

@@ -7,7 +7,7 @@ use crate::fio::JOBS;
 use crate::guest::{GuestSummary, OPS as GUEST_OPS};
 use crate::machine::Machine;
 use crate::stats::{median, paired_range, paired_ratio};
-use crate::vhost_bench::{RunFigures, VhostUserSummary, VuOp, DEPTHS};
+use crate::vhost_bench::{Peer, RunFigures, VhostUserSummary, VuOp, DEPTHS};
 use crate::vmm::VmmSummary;
 use crate::workload::{Figures, MetaOp};
 
@@ -198,6 +198,8 @@ pub struct Report {
     pub device_params: String,
     /// Device-level figures, or why there are none.
     pub device: Result<DeviceSummary, String>,
+    /// The same with the file system run as an ordinary user, or why there are none.
+    pub device_unprivileged: Result<DeviceSummary, String>,
     /// fio figures, or why there are none.
     pub fio: Result<FioSummary, String>,
     /// The guest under QEMU, or why there is none.
@@ -326,68 +328,242 @@ fn check(
     }
 }
 
-/// The vhost-user budget: our passthrough at least virtiofsd's figure, redirect at least
-/// 0.9 of our passthrough (CREATE and UNLINK: p50 latency at most 1.2x), at 1 and 16 in
-/// flight. A figure whose per-round ratios reach the target counts as met.
-fn vhost_user_checks(v: &VhostUserSummary) -> Vec<Check> {
-    const VIRTIOFSD: usize = 0;
+/// The device budget of one set of device rounds; `label` follows "device" in each figure's
+/// name (empty for the file system run as root).
+fn device_checks(d: &DeviceSummary, label: &str) -> Vec<Check> {
     let mut checks = Vec::new();
-    let mut check = |figure: String, a, b, f: &dyn Fn(&RunFigures) -> f64, bound: f64, cause| {
-        let (Some(ratio), Some(rounds)) = (v.ratio(a, b, f), v.ratio_range(a, b, f)) else {
-            return;
+    let data = |i: usize, a: usize, b: usize| (d.data_ratio(i, a, b), d.data_ratio_range(i, a, b));
+    for (i, name) in DATA_NAMES.iter().enumerate() {
+        let cause = if i == 0 || i == 3 {
+            CAUSE_STUB
+        } else {
+            CAUSE_REDIRECT_READ
         };
-        // Above 1 is better for a throughput, below 1 for a latency.
-        let bound = match figure.contains("latency") {
-            true => Bound::AtMost(bound),
-            false => Bound::AtLeast(bound),
+        let (ratio, rounds) = data(i, RED, PT);
+        checks.push(check(
+            format!("device{label} {name}: redirect / passthrough"),
+            ratio,
+            rounds,
+            Bound::AtLeast(0.90),
+            cause,
+        ));
+    }
+    for (i, name) in DATA_NAMES.iter().enumerate().take(2) {
+        let (ratio, rounds) = data(i, RED, HOST);
+        checks.push(check(
+            format!("device{label} {name}: redirect / host syscalls"),
+            ratio,
+            rounds,
+            Bound::AtLeast(0.90),
+            if i == 0 { CAUSE_STUB } else { CAUSE_FUSE_DATA },
+        ));
+    }
+    for (m, op) in MetaOp::ALL.iter().enumerate() {
+        let cause = match op {
+            MetaOp::Create | MetaOp::Unlink => CAUSE_INTENT,
+            MetaOp::Readdir => CAUSE_READDIR,
+            _ => CAUSE_FUSE_META,
         };
-        checks.push(self::check(figure, ratio, Some(rounds), bound, cause));
-    };
-    for (d, depth) in DEPTHS.iter().enumerate() {
-        for (o, &op) in VuOp::ALL.iter().enumerate() {
-            let figure = |r: &RunFigures| op.figure(&r[o][d]);
-            let journal = matches!(op, VuOp::Create | VuOp::Unlink);
-            check(
-                format!(
-                    "vhost-user {} {}, {depth} in flight: ours passthrough / virtiofsd",
-                    op.name(),
-                    op.unit()
-                ),
-                PT,
-                VIRTIOFSD,
-                &figure,
-                1.0,
-                match op {
-                    VuOp::Create | VuOp::Unlink => CAUSE_VU_PEER_JOURNAL,
-                    VuOp::SeqWrite => CAUSE_VU_WRITEBACK,
-                    _ => CAUSE_VU_PEER,
-                },
-            );
-            if journal {
-                check(
-                    format!(
-                        "vhost-user {} p50 latency, {depth} in flight: redirect / passthrough",
-                        op.name()
-                    ),
-                    RED,
-                    PT,
-                    &|r: &RunFigures| r[o][d].p50_us,
-                    1.2,
-                    CAUSE_VU_JOURNAL,
-                );
+        let ops = |x: &MetaSummary| x.ops;
+        checks.push(check(
+            format!(
+                "device{label} {} ops/s: redirect / host syscalls",
+                op.name()
+            ),
+            d.meta_ratio(m, RED, HOST, ops),
+            d.meta_ratio_range(m, RED, HOST, ops),
+            Bound::AtLeast(0.40),
+            cause,
+        ));
+    }
+    for (m, op) in MetaOp::ALL.iter().enumerate() {
+        if !matches!(op, MetaOp::Create | MetaOp::Unlink) {
+            continue;
+        }
+        let p50 = |x: &MetaSummary| x.p50_us;
+        checks.push(check(
+            format!(
+                "device{label} {} p50 latency: redirect / passthrough",
+                op.name()
+            ),
+            d.meta_ratio(m, RED, PT, p50),
+            d.meta_ratio_range(m, RED, PT, p50),
+            Bound::AtMost(1.2),
+            CAUSE_INTENT,
+        ));
+    }
+    checks
+}
+
+/// The data and metadata tables of one set of device rounds, and its request floor.
+fn device_tables(s: &mut String, d: &DeviceSummary) {
+    s.push_str(
+        "| figure | host syscalls | passthrough | redirect | passthrough / host | \
+         redirect / host | redirect / passthrough |\n|---|---|---|---|---|---|---|\n",
+    );
+    for (i, name) in DATA_NAMES.iter().enumerate() {
+        let fmt = |v: f64| {
+            if i < 2 {
+                format!("{:.0} MB/s", v / 1e6)
             } else {
+                format!("{v:.0} IOPS")
+            }
+        };
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {} | {} | {} | {} |",
+            fmt(d.data[HOST][i]),
+            fmt(d.data[PT][i]),
+            fmt(d.data[RED][i]),
+            fr(d.data_ratio(i, PT, HOST)),
+            fr(d.data_ratio(i, RED, HOST)),
+            fr(d.data_ratio(i, RED, PT)),
+        );
+    }
+    s.push_str(
+        "\nMetadata: ops/s (p50 / p99 latency in µs). Each of the files is created (and \
+         kept open), looked up, stat'ed and looked up again, in that order, one phase after \
+         the other; the first lookup of a file follows its create, the second its getattr, \
+         as the kernel's revalidation of a name in use does. Readdir is one whole listing \
+         (open, read to the end, close).\n\n\
+         | op | host syscalls | passthrough | redirect | passthrough / host | \
+         redirect / host | redirect / passthrough |\n|---|---|---|---|---|---|---|\n",
+    );
+    for (m, op) in MetaOp::ALL.iter().enumerate() {
+        let cell = |t: usize| {
+            let x = d.meta[t][m];
+            format!("{:.0} ({:.1} / {:.1})", x.ops, x.p50_us, x.p99_us)
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            op.name(),
+            cell(HOST),
+            cell(PT),
+            cell(RED),
+            fr(d.meta_ratio(m, PT, HOST, |x| x.ops)),
+            fr(d.meta_ratio(m, RED, HOST, |x| x.ops)),
+            fr(d.meta_ratio(m, RED, PT, |x| x.ops)),
+        );
+    }
+    if d.floor_us[PT].is_finite() {
+        let bound = |op: MetaOp| {
+            let m = MetaOp::ALL.iter().position(|o| *o == op).unwrap_or(0);
+            let host = d.meta[HOST][m].p50_us;
+            host / (host + d.floor_us[PT])
+        };
+        let _ = write!(
+            s,
+            "\nRequest floor: a request the device answers without any host call (BMAP, \
+             answered ENOSYS: the queue, the FUSE decoding and the reply alone) takes \
+             {:.2} µs (p50) on the passthrough share and {:.2} µs on the redirecting one. \
+             A metadata request costs at least that plus its own host calls, so by p50 \
+             latency no FUSE device can reach more than {:.2} of the host's lookup rate, \
+             {:.2} of its getattr rate or {:.2} of its rate of lookups again here.\n",
+            d.floor_us[PT],
+            d.floor_us[RED],
+            bound(MetaOp::Lookup),
+            bound(MetaOp::Getattr),
+            bound(MetaOp::LookupAgain),
+        );
+    }
+    s.push('\n');
+}
+
+/// The back-ends a budget compares: virtiofsd, our passthrough and our redirecting share, run
+/// the same way, and the words that set their figures apart from another such group.
+struct VuGroup {
+    virtiofsd: Peer,
+    passthrough: Peer,
+    redirect: Peer,
+    /// Empty for the servers run as root; `, not root` for those run as an ordinary user.
+    label: &'static str,
+}
+
+/// The groups, in report order: the servers run as root, then as an ordinary user.
+const VU_GROUPS: [VuGroup; 2] = [
+    VuGroup {
+        virtiofsd: Peer::Virtiofsd,
+        passthrough: Peer::OursPassthrough,
+        redirect: Peer::OursRedirect,
+        label: "",
+    },
+    VuGroup {
+        virtiofsd: Peer::VirtiofsdUnprivileged,
+        passthrough: Peer::OursPassthroughUnprivileged,
+        redirect: Peer::OursRedirectUnprivileged,
+        label: ", not root",
+    },
+];
+
+/// The vhost-user budget, for the servers run as root and for those run as an ordinary user:
+/// our passthrough at least virtiofsd's figure, redirect at least 0.9 of our passthrough
+/// (CREATE and UNLINK: p50 latency at most 1.2x), at 1 and 16 in flight. A figure whose
+/// per-round ratios reach the target counts as met.
+fn vhost_user_checks(v: &VhostUserSummary) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let mut check =
+        |figure: String, a: Peer, b: Peer, f: &dyn Fn(&RunFigures) -> f64, bound: f64, cause| {
+            let (a, b) = (a.index(), b.index());
+            let (Some(ratio), Some(rounds)) = (v.ratio(a, b, f), v.ratio_range(a, b, f)) else {
+                return;
+            };
+            // Above 1 is better for a throughput, below 1 for a latency.
+            let bound = match figure.contains("latency") {
+                true => Bound::AtMost(bound),
+                false => Bound::AtLeast(bound),
+            };
+            checks.push(self::check(figure, ratio, Some(rounds), bound, cause));
+        };
+    for group in &VU_GROUPS {
+        let label = group.label;
+        for (d, depth) in DEPTHS.iter().enumerate() {
+            for (o, &op) in VuOp::ALL.iter().enumerate() {
+                let figure = |r: &RunFigures| op.figure(&r[o][d]);
+                let journal = matches!(op, VuOp::Create | VuOp::Unlink);
                 check(
                     format!(
-                        "vhost-user {} {}, {depth} in flight: redirect / passthrough",
+                        "vhost-user{label} {} {}, {depth} in flight: ours passthrough / virtiofsd",
                         op.name(),
                         op.unit()
                     ),
-                    RED,
-                    PT,
+                    group.passthrough,
+                    group.virtiofsd,
                     &figure,
-                    0.9,
-                    CAUSE_VU_REDIRECT,
+                    1.0,
+                    match op {
+                        VuOp::Create | VuOp::Unlink => CAUSE_VU_PEER_JOURNAL,
+                        VuOp::SeqWrite => CAUSE_VU_WRITEBACK,
+                        _ => CAUSE_VU_PEER,
+                    },
                 );
+                if journal {
+                    check(
+                        format!(
+                            "vhost-user{label} {} p50 latency, {depth} in flight: redirect / \
+                             passthrough",
+                            op.name()
+                        ),
+                        group.redirect,
+                        group.passthrough,
+                        &|r: &RunFigures| r[o][d].p50_us,
+                        1.2,
+                        CAUSE_VU_JOURNAL,
+                    );
+                } else {
+                    check(
+                        format!(
+                            "vhost-user{label} {} {}, {depth} in flight: redirect / passthrough",
+                            op.name(),
+                            op.unit()
+                        ),
+                        group.redirect,
+                        group.passthrough,
+                        &figure,
+                        0.9,
+                        CAUSE_VU_REDIRECT,
+                    );
+                }
             }
         }
     }
@@ -602,54 +778,99 @@ fn fr(r: f64) -> String {
     }
 }
 
+/// One vhost-user table: a column per back-end of `peers` (median and spread over rounds), then
+/// a column per ratio `(label, a, b)` of `a`'s figure to `b`'s; a row per operation and depth,
+/// p50 latencies and notifications per request; then the runs per column.
+fn vhost_user_table(
+    s: &mut String,
+    v: &VhostUserSummary,
+    peers: &[Peer],
+    ratios: &[(&str, Peer, Peer)],
+) {
+    let mut header = String::from("| metric |");
+    for peer in peers {
+        let _ = write!(header, " {} |", peer.name());
+    }
+    for (label, _, _) in ratios {
+        let _ = write!(header, " {label} |");
+    }
+    let _ = writeln!(
+        s,
+        "{header}\n|---|{}",
+        "---|".repeat(peers.len() + ratios.len())
+    );
+    let mut row = |label: String, f: &dyn Fn(&RunFigures) -> f64, digits: usize| {
+        let mut line = format!("| {label} |");
+        for peer in peers {
+            let cell = match v.spread(peer.index(), f) {
+                Some((m, lo, hi)) => format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})"),
+                None => "—".into(),
+            };
+            let _ = write!(line, " {cell} |");
+        }
+        for (_, a, b) in ratios {
+            let ratio = v.ratio(a.index(), b.index(), f).map(fr);
+            let _ = write!(line, " {} |", ratio.unwrap_or_else(|| "—".into()));
+        }
+        let _ = writeln!(s, "{line}");
+    };
+    for (d, depth) in DEPTHS.iter().enumerate() {
+        for (o, &op) in VuOp::ALL.iter().enumerate() {
+            row(
+                format!("{} {}, {depth} in flight", op.name(), op.unit()),
+                &|r: &RunFigures| op.figure(&r[o][d]),
+                0,
+            );
+        }
+        for (o, op) in VuOp::ALL.iter().enumerate() {
+            if op.is_sequential() {
+                continue;
+            }
+            row(
+                format!("{} p50 latency µs, {depth} in flight", op.name()),
+                &|r: &RunFigures| r[o][d].p50_us,
+                1,
+            );
+        }
+        let per_request = |r: &RunFigures, f: fn(&crate::vhost_frontend::Counters) -> u64| {
+            let (n, req) = r.iter().fold((0, 0), |(n, req), op| {
+                (n + f(&op[d].counters), req + op[d].counters.requests)
+            });
+            n as f64 / (req as f64).max(1.0)
+        };
+        row(
+            format!("kicks per request, {depth} in flight"),
+            &|r: &RunFigures| per_request(r, |c| c.kicks),
+            3,
+        );
+        row(
+            format!("interrupts per request, {depth} in flight"),
+            &|r: &RunFigures| per_request(r, |c| c.interrupts),
+            3,
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nKicks are the driver's writes to the request queue's kick eventfd, interrupts the \
+         back-end's signals of its call eventfd (the eventfd counter summed), both over the \
+         timed phases at that depth. Runs per column: {}.\n",
+        peers
+            .iter()
+            .map(|p| v.runs[p.index()].len().to_string())
+            .collect::<Vec<_>>()
+            .join(" / ")
+    );
+}
+
 impl Report {
     /// The budget lines, each with its verdict.
     pub fn checks(&self) -> Vec<Check> {
-        let device = self.device.as_ref().ok();
         let mut checks = Vec::new();
-        if let Some(d) = device {
-            let data =
-                |i: usize, a: usize, b: usize| (d.data_ratio(i, a, b), d.data_ratio_range(i, a, b));
-            for (i, name) in DATA_NAMES.iter().enumerate() {
-                let cause = if i == 0 || i == 3 {
-                    CAUSE_STUB
-                } else {
-                    CAUSE_REDIRECT_READ
-                };
-                let (ratio, rounds) = data(i, RED, PT);
-                checks.push(check(
-                    format!("device {name}: redirect / passthrough"),
-                    ratio,
-                    rounds,
-                    Bound::AtLeast(0.90),
-                    cause,
-                ));
-            }
-            for (i, name) in DATA_NAMES.iter().enumerate().take(2) {
-                let (ratio, rounds) = data(i, RED, HOST);
-                checks.push(check(
-                    format!("device {name}: redirect / host syscalls"),
-                    ratio,
-                    rounds,
-                    Bound::AtLeast(0.90),
-                    if i == 0 { CAUSE_STUB } else { CAUSE_FUSE_DATA },
-                ));
-            }
-            for (m, op) in MetaOp::ALL.iter().enumerate() {
-                let cause = match op {
-                    MetaOp::Create | MetaOp::Unlink => CAUSE_INTENT,
-                    MetaOp::Readdir => CAUSE_READDIR,
-                    _ => CAUSE_FUSE_META,
-                };
-                let ops = |x: &MetaSummary| x.ops;
-                checks.push(check(
-                    format!("device {} ops/s: redirect / host syscalls", op.name()),
-                    d.meta_ratio(m, RED, HOST, ops),
-                    d.meta_ratio_range(m, RED, HOST, ops),
-                    Bound::AtLeast(0.40),
-                    cause,
-                ));
-            }
+        if let Ok(d) = &self.device {
+            checks.extend(device_checks(d, ""));
+        }
+        if let Ok(d) = &self.device_unprivileged {
+            checks.extend(device_checks(d, ", not root"));
         }
         if let Ok(fio) = &self.fio {
             for (j, job) in JOBS.iter().enumerate() {
@@ -664,21 +885,6 @@ impl Report {
                     fio.ratio_range(j, RED, PT),
                     Bound::AtLeast(0.90),
                     cause,
-                ));
-            }
-        }
-        if let Some(d) = device {
-            for (m, op) in MetaOp::ALL.iter().enumerate() {
-                if !matches!(op, MetaOp::Create | MetaOp::Unlink) {
-                    continue;
-                }
-                let p50 = |x: &MetaSummary| x.p50_us;
-                checks.push(check(
-                    format!("device {} p50 latency: redirect / passthrough", op.name()),
-                    d.meta_ratio(m, RED, PT, p50),
-                    d.meta_ratio_range(m, RED, PT, p50),
-                    Bound::AtMost(1.2),
-                    CAUSE_INTENT,
                 ));
             }
         }
@@ -906,82 +1112,75 @@ impl Report {
              a fresh share holding the same files (the redirecting share's written through \
              the redirecting file system, so their data is in the store). {}. Each cell: \
              the median over rounds (min–max); ratios are medians of the per-round ratios \
-             (ops/s: above 1 means ours is faster).\n\n\
-             | metric | virtiofsd | ours passthrough | ours redirect | ours passthrough, \
-             unconfined | ours passthrough, request pool | passthrough / virtiofsd | \
-             redirect / virtiofsd | passthrough / unconfined | request pool / passthrough \
-             |\n|---|---|---|---|---|---|---|---|---|---|\n",
+             (ops/s: above 1 means ours is faster).\n\n",
             v.sandbox,
             crate::vhost_bench::POOL_THREADS,
             v.params
         );
-        let cell = |t: usize, f: &dyn Fn(&RunFigures) -> f64, digits: usize| match v.spread(t, f) {
-            Some((m, lo, hi)) => format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})"),
-            None => "—".into(),
-        };
-        let ratio = |a: usize, b: usize, f: &dyn Fn(&RunFigures) -> f64| {
-            v.ratio(a, b, f).map(fr).unwrap_or_else(|| "—".into())
-        };
-        let mut row = |label: String, f: &dyn Fn(&RunFigures) -> f64, digits: usize| {
-            let _ = writeln!(
-                s,
-                "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                cell(0, f, digits),
-                cell(1, f, digits),
-                cell(2, f, digits),
-                cell(3, f, digits),
-                cell(4, f, digits),
-                ratio(1, 0, f),
-                ratio(2, 0, f),
-                ratio(1, 3, f),
-                ratio(4, 1, f)
-            );
-        };
-        for (d, depth) in DEPTHS.iter().enumerate() {
-            for (o, &op) in VuOp::ALL.iter().enumerate() {
-                row(
-                    format!("{} {}, {depth} in flight", op.name(), op.unit()),
-                    &|r: &RunFigures| op.figure(&r[o][d]),
-                    0,
-                );
-            }
-            for (o, op) in VuOp::ALL.iter().enumerate() {
-                if op.is_sequential() {
-                    continue;
-                }
-                row(
-                    format!("{} p50 latency µs, {depth} in flight", op.name()),
-                    &|r: &RunFigures| r[o][d].p50_us,
-                    1,
-                );
-            }
-            let per_request = |r: &RunFigures, f: fn(&crate::vhost_frontend::Counters) -> u64| {
-                let (n, req) = r.iter().fold((0, 0), |(n, req), op| {
-                    (n + f(&op[d].counters), req + op[d].counters.requests)
-                });
-                n as f64 / (req as f64).max(1.0)
-            };
-            row(
-                format!("kicks per request, {depth} in flight"),
-                &|r: &RunFigures| per_request(r, |c| c.kicks),
-                3,
-            );
-            row(
-                format!("interrupts per request, {depth} in flight"),
-                &|r: &RunFigures| per_request(r, |c| c.interrupts),
-                3,
-            );
-        }
-        let _ = writeln!(
+        vhost_user_table(
             s,
-            "\nKicks are the driver's writes to the request queue's kick eventfd, interrupts \
-             the back-end's signals of its call eventfd (the eventfd counter summed), both \
-             over the timed phases at that depth. Runs per column: {}.\n",
-            v.runs
-                .iter()
-                .map(|r| r.len().to_string())
-                .collect::<Vec<_>>()
-                .join(" / ")
+            v,
+            &Peer::ALL[..5],
+            &[
+                (
+                    "passthrough / virtiofsd",
+                    Peer::OursPassthrough,
+                    Peer::Virtiofsd,
+                ),
+                ("redirect / virtiofsd", Peer::OursRedirect, Peer::Virtiofsd),
+                (
+                    "passthrough / unconfined",
+                    Peer::OursPassthrough,
+                    Peer::OursUnconfined,
+                ),
+                (
+                    "request pool / passthrough",
+                    Peer::OursPooled,
+                    Peer::OursPassthrough,
+                ),
+            ],
+        );
+        let _ = write!(
+            s,
+            "### Servers not run as root\n\n\
+             The same request stream, with virtiofsd and ours run as `nobody` (uid {}). \
+             Neither may keep inodes as file handles (that takes CAP_DAC_READ_SEARCH), so \
+             each holds a descriptor per inode the guest knows. Both run without a sandbox \
+             (ours needs root for its own; run the same way, virtiofsd with \
+             `--sandbox=none`) and under their seccomp filters. Each share is written as \
+             root and handed over to that user; the redirecting share's files then go to \
+             the store through `fsredirect dehydrate` run as that user, which writes their \
+             metadata under `user.fsredirect`, where a server that is not root keeps it. {}\n\n",
+            crate::unprivileged::UID,
+            match (&v.unprivileged_skipped, &v.virtiofsd_unprivileged_missing) {
+                (Some(why), _) => format!("**Not measured in this run: {why}.**"),
+                (None, Some(why)) => {
+                    format!("**virtiofsd run as `nobody` has no figures: {why}.**")
+                }
+                (None, None) => String::new(),
+            }
+        );
+        vhost_user_table(
+            s,
+            v,
+            &Peer::ALL[5..],
+            &[
+                (
+                    "passthrough / virtiofsd",
+                    Peer::OursPassthroughUnprivileged,
+                    Peer::VirtiofsdUnprivileged,
+                ),
+                (
+                    "redirect / virtiofsd",
+                    Peer::OursRedirectUnprivileged,
+                    Peer::VirtiofsdUnprivileged,
+                ),
+                (
+                    "redirect / passthrough",
+                    Peer::OursRedirectUnprivileged,
+                    Peer::OursPassthroughUnprivileged,
+                ),
+            ],
         );
     }
 
@@ -1188,79 +1387,30 @@ impl Report {
              readdir on a plain directory. Medians of {} rounds; in each round the three \
              targets run one after the other, in an order that rotates from round to round, \
              each on fresh directories in the same file system; every ratio is the median of \
-             the ratios within each round. Sequential reads read back the file just written (page cache warm); no \
-             fsync is timed, and an untimed syncfs separates the data and metadata phases.\n\n\
-             | figure | host syscalls | passthrough | redirect | passthrough / host | \
-             redirect / host | redirect / passthrough |\n|---|---|---|---|---|---|---|\n",
+             the ratios within each round. Sequential reads read back the file just written \
+             (page cache warm); no fsync is timed, and an untimed syncfs separates the data \
+             and metadata phases.\n\n",
             d.rounds
         );
-        for (i, name) in DATA_NAMES.iter().enumerate() {
-            let fmt = |v: f64| {
-                if i < 2 {
-                    format!("{:.0} MB/s", v / 1e6)
-                } else {
-                    format!("{v:.0} IOPS")
-                }
-            };
-            let _ = writeln!(
-                s,
-                "| {name} | {} | {} | {} | {} | {} | {} |",
-                fmt(d.data[HOST][i]),
-                fmt(d.data[PT][i]),
-                fmt(d.data[RED][i]),
-                fr(d.data_ratio(i, PT, HOST)),
-                fr(d.data_ratio(i, RED, HOST)),
-                fr(d.data_ratio(i, RED, PT)),
-            );
+        device_tables(s, d);
+        s.push_str("### The file system not run as root\n\n");
+        match &self.device_unprivileged {
+            Ok(d) => {
+                let _ = write!(
+                    s,
+                    "The same rounds, each target run by the bench started again as `nobody` \
+                     (uid {}): the file system keeps no file handles (it holds a descriptor per \
+                     inode the guest knows instead) and its metadata under `user.fsredirect`, \
+                     as a server not run as root does. {} rounds.\n\n",
+                    crate::unprivileged::UID,
+                    d.rounds
+                );
+                device_tables(s, d);
+            }
+            Err(why) => {
+                let _ = writeln!(s, "Not measured in this run: {why}\n");
+            }
         }
-        s.push_str(
-            "\nMetadata: ops/s (p50 / p99 latency in µs). Each of the files is created (and \
-             kept open), looked up, stat'ed and looked up again, in that order, one phase after \
-             the other; the first lookup of a file follows its create, the second its getattr, \
-             as the kernel's revalidation of a name in use does. Readdir is one whole listing \
-             (open, read to the end, close).\n\n\
-             | op | host syscalls | passthrough | redirect | passthrough / host | \
-             redirect / host | redirect / passthrough |\n|---|---|---|---|---|---|---|\n",
-        );
-        for (m, op) in MetaOp::ALL.iter().enumerate() {
-            let cell = |t: usize| {
-                let x = d.meta[t][m];
-                format!("{:.0} ({:.1} / {:.1})", x.ops, x.p50_us, x.p99_us)
-            };
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                op.name(),
-                cell(HOST),
-                cell(PT),
-                cell(RED),
-                fr(d.meta_ratio(m, PT, HOST, |x| x.ops)),
-                fr(d.meta_ratio(m, RED, HOST, |x| x.ops)),
-                fr(d.meta_ratio(m, RED, PT, |x| x.ops)),
-            );
-        }
-        if d.floor_us[PT].is_finite() {
-            let bound = |op: MetaOp| {
-                let m = MetaOp::ALL.iter().position(|o| *o == op).unwrap_or(0);
-                let host = d.meta[HOST][m].p50_us;
-                host / (host + d.floor_us[PT])
-            };
-            let _ = write!(
-                s,
-                "\nRequest floor: a request the device answers without any host call (BMAP, \
-                 answered ENOSYS: the queue, the FUSE decoding and the reply alone) takes \
-                 {:.2} µs (p50) on the passthrough share and {:.2} µs on the redirecting one. \
-                 A metadata request costs at least that plus its own host calls, so by p50 \
-                 latency no FUSE device can reach more than {:.2} of the host's lookup rate, \
-                 {:.2} of its getattr rate or {:.2} of its rate of lookups again here.\n",
-                d.floor_us[PT],
-                d.floor_us[RED],
-                bound(MetaOp::Lookup),
-                bound(MetaOp::Getattr),
-                bound(MetaOp::LookupAgain),
-            );
-        }
-        s.push('\n');
     }
 
     fn fio_section(&self, s: &mut String) {
@@ -1351,6 +1501,13 @@ cores without `--boot`) and rewrites this file and `docs/benchmarks.svg`. What i
    simulated front-end and FUSE request stream, 1 and 16 requests in flight
    (`./bench.sh --vhost-user-only` runs only this part; `--no-virtiofsd` leaves virtiofsd out).
 
+Servers not run as root (parts 1 and 6, as root; `--no-unprivileged` leaves them out): the
+device rounds run again with each target in the bench started again as `nobody`, and
+virtiofsd and ours run as `nobody` over vhost-user. Such a server keeps no file handles (it
+holds a descriptor per inode instead) and keeps the redirect metadata under
+`user.fsredirect`; its shares are written as root, handed over, and the redirecting one's
+files moved to the store by `fsredirect dehydrate` run as `nobody`.
+
 Budget: redirect at least 0.9 of passthrough on every throughput, create/unlink p50 latency
 at most 1.2x; device-level sequential read/write at least 0.9 of the host-syscall limit,
 metadata at least 0.4 of it; over vhost-user, our passthrough at least virtiofsd's figure and
@@ -1359,7 +1516,8 @@ rounds reach its target counts as met; create and unlink, which wait on the host
 system's journal, may end as named misses); VMM memory beyond guest RAM at most 5 MiB;
 the VMM's own CPU time from process start to the first vCPU entry under 10 ms (wall time
 reported, not budgeted, on these shared machines); boot: ours (no share) within 60 ms of the
-floor to `/init` and to exit, and ahead of QEMU microvm.
+floor to `/init` and to exit, and ahead of QEMU microvm. The device and vhost-user budgets
+hold for servers run as root and as an ordinary user alike.
 
 ";
 
@@ -1495,12 +1653,47 @@ mod tests {
             date: "today".into(),
             device_params: "tiny".into(),
             device: Ok(DeviceSummary::from_runs(&runs)),
+            device_unprivileged: Err("skipped".into()),
             fio: Err("skipped".into()),
             guest: Err("skipped".into()),
             vmm: Err("skipped".into()),
             boot: Err("skipped".into()),
             vhost_user: Err("skipped".into()),
         }
+    }
+
+    #[test]
+    fn the_device_rounds_not_run_as_root_have_their_own_tables_and_budget() {
+        let mut r = report(1.0, 2);
+        let md = r.markdown("x.svg");
+        assert!(
+            md.contains("### The file system not run as root\n\nNot measured in this run: skipped"),
+            "{md}"
+        );
+
+        r.device_unprivileged = r.device.clone();
+        let md = r.markdown("x.svg");
+        let checks = r.checks();
+
+        assert_eq!(
+            md.matches("| op | host syscalls | passthrough | redirect |")
+                .count(),
+            2
+        );
+        assert!(
+            md.contains("run by the bench started again as `nobody`"),
+            "{md}"
+        );
+        let named = |prefix: &str| {
+            checks
+                .iter()
+                .filter(|c| c.figure.starts_with(prefix))
+                .count()
+        };
+        assert_eq!(named("device, not root "), named("device "));
+        assert!(checks
+            .iter()
+            .any(|c| c.figure == "device, not root getattr ops/s: redirect / host syscalls"));
     }
 
     #[test]
@@ -1520,8 +1713,13 @@ mod tests {
                 vec![run(5.0); 3],
                 vec![run(25.0), run(25.0), run(25.0)],
                 vec![run(10.0), run(15.0), run(40.0)],
+                vec![run(8.0), run(12.0), run(10.0)],
+                vec![run(10.0), run(10.0), run(10.0)],
+                vec![],
             ],
             virtiofsd_missing: Some("skipped with --no-virtiofsd".into()),
+            virtiofsd_unprivileged_missing: None,
+            unprivileged_skipped: None,
             virtiofsd_version: None,
             params: "tiny".into(),
             sandbox: "namespace".into(),
@@ -1537,6 +1735,29 @@ mod tests {
             ),
             "{md}"
         );
+        // The servers run as nobody: their own table, their own ratios, a column without
+        // runs shown as such.
+        assert!(
+            md.contains(
+                "| metric | virtiofsd, not root | ours passthrough, not root | ours redirect, \
+                 not root | passthrough / virtiofsd | redirect / virtiofsd | redirect / \
+                 passthrough |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| lookup ops/s, 1 in flight | 10 (8–12) | 10 (10–10) | — | 1.00 | — | — |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("Runs per column: 3 / 3 / 0."), "{md}");
+        let checks = r.checks();
+        let not_root = checks
+            .iter()
+            .find(|c| c.figure == "vhost-user, not root lookup ops/s, 1 in flight: ours passthrough / virtiofsd")
+            .expect("a budget line for the servers not run as root");
+        assert!(not_root.pass, "{not_root:?}");
     }
 
     #[test]

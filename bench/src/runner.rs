@@ -10,6 +10,7 @@ use crate::guest::{self, GuestParams};
 use crate::machine::Machine;
 use crate::report::{DeviceSummary, FioSummary, Report};
 use crate::stats::median;
+use crate::unprivileged;
 use crate::vhost_bench::{self, VuParams};
 use crate::vmm::{self, VmmParams};
 use crate::workload::{self, TargetKind, WorkloadSize};
@@ -137,6 +138,26 @@ pub struct Options {
     /// The command line to record in the report (bench.sh passes its own).
     #[arg(long, default_value = "bench")]
     pub command: String,
+    /// Skip the figures of servers run as an ordinary user (`nobody`): the device rounds
+    /// run again that way, and virtiofsd and ours run that way over vhost-user.
+    #[arg(long)]
+    pub no_unprivileged: bool,
+    /// Internal: run one device target (its index in the device tables) in DIR and print its
+    /// figures, as the device rounds of a server not run as root start this program.
+    #[arg(long, hide = true, value_names = ["TARGET", "DIR"], num_args = 2)]
+    pub device_child: Option<Vec<String>>,
+}
+
+impl Options {
+    /// The device workload these options ask for.
+    fn workload_size(&self) -> WorkloadSize {
+        WorkloadSize {
+            seq_bytes: self.seq_mib << 20,
+            rand_ops: self.rand_ops,
+            files: self.files,
+            listings: self.listings,
+        }
+    }
 }
 
 fn utc_now() -> String {
@@ -161,12 +182,7 @@ pub(crate) fn rotated<const N: usize>(round: usize) -> [usize; N] {
 
 /// The device rounds: every target once per round, in rotating order.
 fn device(opts: &Options, base: &Path) -> Result<DeviceSummary> {
-    let size = WorkloadSize {
-        seq_bytes: opts.seq_mib << 20,
-        rand_ops: opts.rand_ops,
-        files: opts.files,
-        listings: opts.listings,
-    };
+    let size = opts.workload_size();
     let mut runs: [Vec<_>; 3] = Default::default();
     for round in 0..opts.rounds.max(1) {
         for t in rotated::<3>(round) {
@@ -182,6 +198,94 @@ fn device(opts: &Options, base: &Path) -> Result<DeviceSummary> {
         }
     }
     Ok(DeviceSummary::from_runs(&runs))
+}
+
+/// Why the servers run as an ordinary user cannot be measured, if they cannot.
+fn unprivileged_unavailable(opts: &Options) -> Option<String> {
+    if opts.no_unprivileged {
+        return Some("skipped with --no-unprivileged".into());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some(format!(
+            "needs root, to run the servers as uid {}",
+            unprivileged::UID
+        ));
+    }
+    None
+}
+
+/// The device rounds again, each target run by this program started again as an ordinary
+/// user ([`unprivileged::UID`]): the file system then keeps no file handles and its metadata
+/// under `user.fsredirect`, as a server not run as root does.
+fn device_unprivileged(opts: &Options, base: &Path) -> Result<DeviceSummary> {
+    let exe = std::env::current_exe().map_err(io_err("find this program".into()))?;
+    let mut runs: [Vec<_>; 3] = Default::default();
+    for round in 0..opts.rounds.max(1) {
+        for t in rotated::<3>(round) {
+            let kind = &TargetKind::ALL[t];
+            eprintln!(
+                "bench: device round {} of {}, not root: {}",
+                round + 1,
+                opts.rounds,
+                kind.name()
+            );
+            let dir = base.join(format!("device-not-root-{round}-{t}"));
+            std::fs::create_dir(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+            unprivileged::hand_over(&dir)?;
+            let mut cmd = Command::new(&exe);
+            cmd.arg("--device-child")
+                .arg(t.to_string())
+                .arg(dir.join("run"))
+                .arg("--seq-mib")
+                .arg(opts.seq_mib.to_string())
+                .arg("--rand-ops")
+                .arg(opts.rand_ops.to_string())
+                .arg("--files")
+                .arg(opts.files.to_string())
+                .arg("--listings")
+                .arg(opts.listings.to_string());
+            let out = unprivileged::run_as_user(&mut cmd)
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .map_err(io_err(format!(
+                    "start {} as uid {}",
+                    exe.display(),
+                    unprivileged::UID
+                )))?;
+            if !out.status.success() {
+                return Err(BenchError::Setup(format!(
+                    "the {} target run as uid {} failed ({})",
+                    kind.name(),
+                    unprivileged::UID,
+                    out.status
+                )));
+            }
+            runs[t].push(workload::Figures::decode(&String::from_utf8_lossy(
+                &out.stdout,
+            ))?);
+            std::fs::remove_dir_all(&dir).map_err(io_err(format!("remove {}", dir.display())))?;
+        }
+    }
+    Ok(DeviceSummary::from_runs(&runs))
+}
+
+/// Runs the device target `args[0]` (an index into [`TargetKind::ALL`]) in directory
+/// `args[1]` and prints its figures ([`workload::Figures::encode`]): what
+/// [`device_unprivileged`] starts this program for.
+pub fn device_child(opts: &Options, args: &[String]) -> Result<()> {
+    let bad = || BenchError::Setup(format!("--device-child takes TARGET DIR, not {args:?}"));
+    let [target, dir] = args else {
+        return Err(bad());
+    };
+    let kind = target
+        .parse::<usize>()
+        .ok()
+        .and_then(|t| TargetKind::ALL.get(t))
+        .ok_or_else(bad)?;
+    let figures = workload::run_target(*kind, Path::new(dir), &opts.workload_size())?;
+    print!("{}", figures.encode());
+    Ok(())
 }
 
 /// Why fio cannot run here, if it cannot.
@@ -369,6 +473,12 @@ fn run_in(opts: &Options, base: &Path) -> Result<Report> {
     } else {
         Ok(device(opts, base)?)
     };
+    let device_unprivileged = match rest_skipped {
+        true => Err(only.clone()),
+        false => optional(unprivileged_unavailable(opts), || {
+            device_unprivileged(opts, base)
+        }),
+    };
     let fio_unavailable = if rest_skipped {
         Some(only.clone())
     } else {
@@ -432,6 +542,8 @@ fn run_in(opts: &Options, base: &Path) -> Result<Report> {
             Some(why) => Err(why),
             None => Ok(opts.virtiofsd.clone()),
         },
+        fsredirect: opts.fsredirect.clone(),
+        unprivileged_skipped: unprivileged_unavailable(opts),
         rounds: opts.vu_rounds.max(1),
         sandbox: opts.vu_sandbox.clone(),
         files: opts.vu_files.max(1),
@@ -455,6 +567,7 @@ fn run_in(opts: &Options, base: &Path) -> Result<Report> {
             )
         },
         device,
+        device_unprivileged,
         fio,
         guest,
         vmm,

@@ -31,6 +31,25 @@ impl Latencies {
         self.samples.is_empty()
     }
 
+    /// The samples as whole nanoseconds separated by spaces (see [`Latencies::from_line`]).
+    pub fn to_line(&self) -> String {
+        let nanos: Vec<String> = self
+            .samples
+            .iter()
+            .map(|d| d.as_nanos().to_string())
+            .collect();
+        nanos.join(" ")
+    }
+
+    /// Reads back what [`Latencies::to_line`] wrote; `None` for anything else.
+    pub fn from_line(line: &str) -> Option<Self> {
+        let samples = line
+            .split_whitespace()
+            .map(|n| n.parse().ok().map(Duration::from_nanos))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Latencies { samples })
+    }
+
     /// Calls per second over the summed call time.
     pub fn ops_per_sec(&self) -> f64 {
         let total: Duration = self.samples.iter().sum();

@@ -5,7 +5,8 @@
 //! Every round runs every target once, in an order that rotates from round to round; each
 //! run starts its back-end process fresh on a fresh share directory holding the same files
 //! (for the redirecting share, put there through the redirecting file system, so that
-//! their data lies in the store). Each run: for 1 and then 16 requests in flight, LOOKUP
+//! their data lies in the store; for a back-end run as an ordinary user, written plain, given
+//! to that user and moved to the store by `fsredirect dehydrate` run as that user). Each run: for 1 and then 16 requests in flight, LOOKUP
 //! of existing files, GETATTR of them, random 4 KiB READs and then WRITEs of one file,
 //! sequential 1 MiB READs of it, sequential 1 MiB WRITEs of a new file ended by an FSYNC,
 //! CREATE (then an untimed RELEASE) of new files and UNLINK of those.
@@ -23,11 +24,15 @@ use fuse_backend_rs::abi::fuse_abi::Opcode;
 use crate::driver::Driver;
 use crate::fuse_wire::{self, ROOT};
 use crate::stats::median;
+use crate::unprivileged;
 use crate::vhost_frontend::{Call, Counters, FrontendConfig, VhostFrontend};
 use crate::{BenchError, Result};
 
+/// The tag of every share the back-ends serve.
+pub const TAG: &str = "bench";
+
 /// How many back-ends a round runs.
-pub const PEERS: usize = 5;
+pub const PEERS: usize = 8;
 
 /// Threads of the request pool of [`Peer::OursPooled`]: one per core of this project's
 /// machines.
@@ -36,7 +41,9 @@ pub const POOL_THREADS: usize = 2;
 /// The back-ends compared, in column order. virtiofsd and ours run confined the same way
 /// (their defaults: namespace sandbox, seccomp filters that kill, no thread pool); then our
 /// passthrough without either confinement, which gives their cost, and with a request pool,
-/// which gives what serving one queue's requests side by side gains or costs.
+/// which gives what serving one queue's requests side by side gains or costs. The last three
+/// run as an ordinary user ([`crate::unprivileged`]), without file handles, both without a
+/// sandbox (ours needs root for its own) and under their seccomp filters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peer {
     /// virtiofsd, `--sandbox=namespace --seccomp=kill --cache=auto`.
@@ -49,6 +56,12 @@ pub enum Peer {
     OursUnconfined,
     /// The confined passthrough with `--thread-pool-size` [`POOL_THREADS`].
     OursPooled,
+    /// virtiofsd as an ordinary user, `--sandbox=none --seccomp=kill --cache=auto`.
+    VirtiofsdUnprivileged,
+    /// Our passthrough as an ordinary user, `--sandbox none`.
+    OursPassthroughUnprivileged,
+    /// Our redirecting share as an ordinary user, `--sandbox none`.
+    OursRedirectUnprivileged,
 }
 
 impl Peer {
@@ -59,6 +72,9 @@ impl Peer {
         Peer::OursRedirect,
         Peer::OursUnconfined,
         Peer::OursPooled,
+        Peer::VirtiofsdUnprivileged,
+        Peer::OursPassthroughUnprivileged,
+        Peer::OursRedirectUnprivileged,
     ];
 
     /// Name for tables.
@@ -69,6 +85,45 @@ impl Peer {
             Peer::OursRedirect => "ours redirect",
             Peer::OursUnconfined => "ours passthrough, unconfined",
             Peer::OursPooled => "ours passthrough, request pool",
+            Peer::VirtiofsdUnprivileged => "virtiofsd, not root",
+            Peer::OursPassthroughUnprivileged => "ours passthrough, not root",
+            Peer::OursRedirectUnprivileged => "ours redirect, not root",
+        }
+    }
+
+    /// Its column: its place in [`Peer::ALL`].
+    pub fn index(self) -> usize {
+        Peer::ALL.iter().position(|p| *p == self).unwrap_or(0)
+    }
+
+    /// Whether it is virtiofsd (as root or not).
+    pub fn is_virtiofsd(self) -> bool {
+        matches!(self, Peer::Virtiofsd | Peer::VirtiofsdUnprivileged)
+    }
+
+    /// Whether it serves a redirecting share.
+    pub fn redirects(self) -> bool {
+        matches!(self, Peer::OursRedirect | Peer::OursRedirectUnprivileged)
+    }
+
+    /// Whether it runs as an ordinary user ([`crate::unprivileged::UID`]).
+    pub fn unprivileged(self) -> bool {
+        matches!(
+            self,
+            Peer::VirtiofsdUnprivileged
+                | Peer::OursPassthroughUnprivileged
+                | Peer::OursRedirectUnprivileged
+        )
+    }
+
+    /// The `--sandbox` mode it runs in: `confined` for a confined back-end run as root, none
+    /// for the unconfined one and for those run as an ordinary user (our sandbox needs root,
+    /// and both back-ends run the same way).
+    pub fn sandbox(self, confined: &str) -> &str {
+        if self == Peer::OursUnconfined || self.unprivileged() {
+            "none"
+        } else {
+            confined
         }
     }
 }
@@ -168,6 +223,10 @@ pub struct VuParams {
     pub hypervisor: PathBuf,
     /// The virtiofsd binary, or why there is none.
     pub virtiofsd: std::result::Result<PathBuf, String>,
+    /// The `fsredirect` binary (its `dehydrate` fills the unprivileged redirecting share).
+    pub fsredirect: PathBuf,
+    /// Why the back-ends run as an ordinary user are left out, if they are.
+    pub unprivileged_skipped: Option<String>,
     /// Rounds (every target once per round).
     pub rounds: usize,
     /// The `--sandbox` mode of virtiofsd and of ours (`namespace` or `chroot`).
@@ -201,6 +260,10 @@ pub struct VhostUserSummary {
     pub runs: [Vec<RunFigures>; PEERS],
     /// Why virtiofsd has no figures, if it has none.
     pub virtiofsd_missing: Option<String>,
+    /// Why virtiofsd run as an ordinary user has no figures, if it has none.
+    pub virtiofsd_unprivileged_missing: Option<String>,
+    /// Why no back-end ran as an ordinary user, if none did.
+    pub unprivileged_skipped: Option<String>,
     /// virtiofsd's `--version`, if it ran.
     pub virtiofsd_version: Option<String>,
     /// The parameters, in words.
@@ -280,8 +343,9 @@ impl Backend {
         socket: &Path,
         log: &Path,
     ) -> Result<Backend> {
+        let sandbox = peer.sandbox(launch.sandbox);
         let mut cmd = match peer {
-            Peer::Virtiofsd => {
+            Peer::Virtiofsd | Peer::VirtiofsdUnprivileged => {
                 let bin = launch
                     .virtiofsd
                     .ok_or_else(|| BenchError::Backend("no virtiofsd binary".into()))?;
@@ -290,16 +354,18 @@ impl Backend {
                     .arg(socket)
                     .arg("--shared-dir")
                     .arg(share)
-                    .arg(format!("--sandbox={}", launch.sandbox))
+                    .arg(format!("--sandbox={sandbox}"))
                     .args(["--seccomp=kill", "--cache=auto", "--log-level=error"]);
                 cmd
             }
             Peer::OursPassthrough
             | Peer::OursRedirect
             | Peer::OursUnconfined
-            | Peer::OursPooled => {
-                let mut spec = format!("tag=bench,dir={}", share.display());
-                if peer == Peer::OursRedirect {
+            | Peer::OursPooled
+            | Peer::OursPassthroughUnprivileged
+            | Peer::OursRedirectUnprivileged => {
+                let mut spec = format!("tag={TAG},dir={}", share.display());
+                if peer.redirects() {
                     spec.push_str(&format!(",store={}", store.display()));
                 }
                 let mut cmd = Command::new(launch.hypervisor);
@@ -308,10 +374,9 @@ impl Backend {
                     .arg(socket)
                     .arg("--share")
                     .arg(spec);
+                cmd.args(["--sandbox", sandbox]);
                 if peer == Peer::OursUnconfined {
-                    cmd.args(["--sandbox", "none", "--seccomp", "none"]);
-                } else {
-                    cmd.args(["--sandbox", launch.sandbox]);
+                    cmd.args(["--seccomp", "none"]);
                 }
                 if peer == Peer::OursPooled {
                     cmd.arg("--thread-pool-size").arg(POOL_THREADS.to_string());
@@ -319,6 +384,9 @@ impl Backend {
                 cmd
             }
         };
+        if peer.unprivileged() {
+            unprivileged::run_as_user(&mut cmd);
+        }
         let out = File::create(log).map_err(|source| BenchError::Io {
             what: format!("create {}", log.display()),
             source,
@@ -445,7 +513,7 @@ pub fn populate(share: &Path, store: Option<&Path>, files: usize, data_mib: u64)
             std::fs::write(&path, file_contents(i))
                 .map_err(io_err(format!("write {}", path.display())))?;
         }
-        let path = share.join("data.bin");
+        let path = share.join(DATA_FILE);
         let mut f = File::create(&path).map_err(io_err(format!("create {}", path.display())))?;
         let chunk = vec![0xa5u8; 1 << 20];
         for _ in 0..data_mib {
@@ -455,7 +523,7 @@ pub fn populate(share: &Path, store: Option<&Path>, files: usize, data_mib: u64)
         return Ok(());
     };
     let spec = format!(
-        "tag=bench,dir={},store={}",
+        "tag={TAG},dir={},store={}",
         share.display(),
         store.display()
     );
@@ -471,12 +539,49 @@ pub fn populate(share: &Path, store: Option<&Path>, files: usize, data_mib: u64)
         driver.release(node, fh, false)?;
         driver.forget(node, 1)?;
     }
-    let (node, fh) = driver.create(ROOT, "data.bin")?;
+    let (node, fh) = driver.create(ROOT, DATA_FILE)?;
     driver.fill_data(0xa5)?;
     for mib in 0..data_mib {
         driver.write(node, fh, mib << 20, 1 << 20)?;
     }
     driver.release(node, fh, false)?;
+    Ok(())
+}
+
+/// The file the READs and WRITEs of a run use.
+pub const DATA_FILE: &str = "data.bin";
+
+/// Prepares `base` for one run of `peer`: the share in `base/share` (and its store in
+/// `base/store`) holding `files` known files and a `data_mib` MiB data file, as
+/// [`populate`] writes them for a back-end run as root. For one run as an ordinary user, the
+/// files are written plain and `base` is handed over to that user; for its redirecting share,
+/// `fsredirect` (its `dehydrate`, run as that user, which writes the metadata that user's
+/// server reads) then moves each file's data into the store.
+pub fn prepare_run_dir(
+    peer: Peer,
+    base: &Path,
+    files: usize,
+    data_mib: u64,
+    fsredirect: &Path,
+) -> Result<()> {
+    let (share, store) = (base.join("share"), base.join("store"));
+    if !peer.unprivileged() {
+        return populate(
+            &share,
+            peer.redirects().then_some(store.as_path()),
+            files,
+            data_mib,
+        );
+    }
+    populate(&share, None, files, data_mib)?;
+    if peer.redirects() {
+        std::fs::create_dir(&store).map_err(io_err(format!("create {}", store.display())))?;
+    }
+    unprivileged::hand_over(base)?;
+    if peer.redirects() {
+        let names = (0..files).map(file_name).chain([DATA_FILE.to_string()]);
+        unprivileged::dehydrate(fsredirect, TAG, &share, &store, names)?;
+    }
     Ok(())
 }
 
@@ -540,7 +645,7 @@ pub fn run_workload(fe: &mut VhostFrontend, params: &VuParams) -> Result<RunFigu
             |i| Call::new(Opcode::Getattr, nodes[i % files], fuse_wire::getattr_in()),
             |_, reply| fuse_wire::attr_out(reply.bytes).map(drop),
         )?;
-        let (data, _) = fe.lookup(ROOT, "data.bin")?;
+        let (data, _) = fe.lookup(ROOT, DATA_FILE)?;
         let fh = fe.open(data, libc::O_RDWR)?;
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         figures[at(VuOp::Read4k)][d] = phase(
@@ -654,12 +759,13 @@ fn expect_len(what: &str, want: usize, got: usize) -> Result<()> {
 pub fn run_target(peer: Peer, params: &VuParams, base: &Path) -> Result<RunFigures> {
     let share = base.join("share");
     let store = base.join("store");
-    let redirect = peer == Peer::OursRedirect;
-    populate(
-        &share,
-        redirect.then_some(store.as_path()),
+    std::fs::create_dir_all(base).map_err(io_err(format!("create {}", base.display())))?;
+    prepare_run_dir(
+        peer,
+        base,
         params.files,
         params.data_mib,
+        &params.fsredirect,
     )?;
     let launch = Launch {
         hypervisor: &params.hypervisor,
@@ -694,7 +800,9 @@ pub fn virtiofsd_version(bin: &Path) -> Option<String> {
 /// Every round: every target once, in rotating order.
 pub fn run(params: &VuParams, base: &Path) -> Result<VhostUserSummary> {
     let mut runs: [Vec<RunFigures>; PEERS] = Default::default();
-    let mut virtiofsd_missing = params.virtiofsd.as_ref().err().cloned();
+    let absent = params.virtiofsd.as_ref().err().cloned();
+    // Why virtiofsd as root, and as an ordinary user, has no figures.
+    let (mut virtiofsd_missing, mut virtiofsd_unprivileged_missing) = (absent.clone(), absent);
     let virtiofsd_version = params
         .virtiofsd
         .as_ref()
@@ -704,7 +812,13 @@ pub fn run(params: &VuParams, base: &Path) -> Result<VhostUserSummary> {
     for round in 0..rounds {
         for t in crate::runner::rotated::<PEERS>(round) {
             let peer = Peer::ALL[t];
-            if peer == Peer::Virtiofsd && virtiofsd_missing.is_some() {
+            let missing = match peer {
+                Peer::Virtiofsd => Some(&mut virtiofsd_missing),
+                Peer::VirtiofsdUnprivileged => Some(&mut virtiofsd_unprivileged_missing),
+                _ => None,
+            };
+            let skipped = peer.unprivileged() && params.unprivileged_skipped.is_some();
+            if skipped || missing.as_ref().is_some_and(|why| why.is_some()) {
                 continue;
             }
             eprintln!(
@@ -713,23 +827,28 @@ pub fn run(params: &VuParams, base: &Path) -> Result<VhostUserSummary> {
                 peer.name()
             );
             let dir = base.join(format!("vu-{round}-{t}"));
-            match run_target(peer, params, &dir) {
-                Ok(f) => runs[t].push(f),
-                Err(e) if peer == Peer::Virtiofsd => {
+            match (run_target(peer, params, &dir), missing) {
+                (Ok(f), _) => runs[t].push(f),
+                (Err(e), Some(missing)) => {
                     // The peer failing leaves our columns to report, with the reason.
-                    eprintln!("bench: virtiofsd failed: {e}");
-                    virtiofsd_missing =
-                        Some(format!("virtiofsd failed in round {}: {e}", round + 1));
+                    eprintln!("bench: {} failed: {e}", peer.name());
+                    *missing = Some(format!(
+                        "{} failed in round {}: {e}",
+                        peer.name(),
+                        round + 1
+                    ));
                     runs[t].clear();
                     let _ = std::fs::remove_dir_all(&dir);
                 }
-                Err(e) => return Err(e),
+                (Err(e), None) => return Err(e),
             }
         }
     }
     Ok(VhostUserSummary {
         runs,
         virtiofsd_missing,
+        virtiofsd_unprivileged_missing,
+        unprivileged_skipped: params.unprivileged_skipped.clone(),
         virtiofsd_version,
         sandbox: params.sandbox.clone(),
         params: format!(

@@ -118,6 +118,64 @@ pub struct Figures {
     pub floor: Latencies,
 }
 
+/// The first line of [`Figures::encode`]'s text.
+const FIGURES_MAGIC: &str = "fsr-bench-figures 1";
+
+impl Figures {
+    /// The figures as text, for a run in another process (a server run as an ordinary user):
+    /// a first line that names the format, the four data figures on one line, then one line
+    /// of latencies per metadata operation and one for the request floor.
+    pub fn encode(&self) -> String {
+        let mut text = format!(
+            "{FIGURES_MAGIC}\n{} {} {} {}\n",
+            self.seq_write, self.seq_read, self.rand_read, self.rand_write
+        );
+        for latencies in self.meta.iter().chain([&self.floor]) {
+            text.push_str(&latencies.to_line());
+            text.push('\n');
+        }
+        text
+    }
+
+    /// Reads back what [`Figures::encode`] wrote.
+    pub fn decode(text: &str) -> Result<Figures> {
+        let bad = |what: &str| BenchError::Driver(format!("unreadable figures: {what}"));
+        let mut lines = text.lines();
+        if lines.next() != Some(FIGURES_MAGIC) {
+            return Err(bad("no header line"));
+        }
+        let data = lines
+            .next()
+            .ok_or_else(|| bad("no data line"))?
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<std::result::Result<Vec<f64>, _>>()
+            .map_err(|e| bad(&format!("data line: {e}")))?;
+        let [seq_write, seq_read, rand_read, rand_write] = data[..] else {
+            return Err(bad("the data line does not hold four figures"));
+        };
+        let mut latencies = lines
+            .map(|line| Latencies::from_line(line).ok_or_else(|| bad("a latency line")))
+            .collect::<Result<Vec<_>>>()?;
+        if latencies.len() != MetaOp::ALL.len() + 1 {
+            return Err(bad(&format!(
+                "{} latency lines where {} were expected",
+                latencies.len(),
+                MetaOp::ALL.len() + 1
+            )));
+        }
+        let floor = latencies.pop().unwrap_or_default();
+        Ok(Figures {
+            seq_write,
+            seq_read,
+            rand_read,
+            rand_write,
+            meta: latencies,
+            floor,
+        })
+    }
+}
+
 /// The operations a target offers; each is timed by the caller.
 trait Target {
     fn open_data(&mut self) -> Result<()>;
@@ -493,6 +551,33 @@ mod tests {
         files: 8,
         listings: 2,
     };
+
+    #[test]
+    fn figures_read_back_as_they_were_written() {
+        let lat = |ns: &[u64]| {
+            let mut l = Latencies::with_capacity(ns.len());
+            ns.iter().for_each(|&n| l.push(Duration::from_nanos(n)));
+            l
+        };
+        let figures = Figures {
+            seq_write: 1.5e9,
+            seq_read: 2.25e9,
+            rand_read: 123456.75,
+            rand_write: 0.0,
+            meta: MetaOp::ALL.iter().map(|_| lat(&[1, 20, 300])).collect(),
+            floor: lat(&[]),
+        };
+
+        let back = Figures::decode(&figures.encode()).unwrap();
+
+        assert_eq!(back.encode(), figures.encode());
+        assert_eq!(back.rand_read, 123456.75);
+        assert_eq!(back.meta[2].quantile_us(0.5), 0.02);
+        assert!(back.floor.is_empty());
+        for broken in ["", "fsr-bench-figures 1\n1 2 3\n", &figures.encode()[..40]] {
+            assert!(Figures::decode(broken).is_err(), "{broken:?}");
+        }
+    }
 
     #[test]
     fn workload_completes_on_every_target() {

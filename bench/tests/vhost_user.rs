@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bench::fuse_wire::{self, ROOT};
-use bench::vhost_bench::{file_contents, file_name, populate, Backend, Launch, Peer};
+use bench::vhost_bench::{file_contents, file_name, prepare_run_dir, Backend, Launch, Peer};
 use bench::vhost_frontend::{Call, FrontendConfig, VhostFrontend};
 use fuse_backend_rs::abi::fuse_abi::Opcode;
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
@@ -26,6 +26,17 @@ fn skipped(why: String) -> Result<Completion, Failed> {
 
 /// `hypervisor` in this test's target directory: the same profile first, then release.
 fn hypervisor() -> Result<PathBuf, String> {
+    our_binary("hypervisor")
+}
+
+/// `fsredirect` (its `dehydrate` fills the redirecting share of a server not run as root),
+/// looked for as `hypervisor` is.
+fn fsredirect() -> Result<PathBuf, String> {
+    our_binary("fsredirect")
+}
+
+/// Our binary `name` in this test's target directory: the same profile first, then release.
+fn our_binary(name: &str) -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("no test executable path: {e}"))?;
     // target/<profile>/deps/vhost_user-HASH
     let profile_dir = exe
@@ -33,8 +44,8 @@ fn hypervisor() -> Result<PathBuf, String> {
         .and_then(Path::parent)
         .ok_or("the test executable is not in target/<profile>/deps")?;
     let candidates = [
-        profile_dir.join("hypervisor"),
-        profile_dir.with_file_name("release").join("hypervisor"),
+        profile_dir.join(name),
+        profile_dir.with_file_name("release").join(name),
     ];
     candidates
         .iter()
@@ -42,7 +53,7 @@ fn hypervisor() -> Result<PathBuf, String> {
         .cloned()
         .ok_or_else(|| {
             format!(
-                "no hypervisor binary at {} (run cargo build -p hypervisor first)",
+                "no {name} binary at {} (run cargo build -p {name} first)",
                 candidates
                     .iter()
                     .map(|p| p.display().to_string())
@@ -85,10 +96,10 @@ struct Served {
 fn serve(peer: Peer) -> Result<Served, Result<Completion, Failed>> {
     let hv = match hypervisor() {
         Ok(p) => p,
-        Err(why) if peer != Peer::Virtiofsd => return Err(skipped(why)),
+        Err(why) if !peer.is_virtiofsd() => return Err(skipped(why)),
         Err(_) => PathBuf::new(),
     };
-    let vfsd = if peer == Peer::Virtiofsd {
+    let vfsd = if peer.is_virtiofsd() {
         match virtiofsd() {
             Ok(p) => Some(p),
             Err(why) => return Err(skipped(why)),
@@ -96,18 +107,23 @@ fn serve(peer: Peer) -> Result<Served, Result<Completion, Failed>> {
     } else {
         None
     };
+    let tool = match fsredirect() {
+        Ok(p) => p,
+        Err(why) if peer.redirects() && peer.unprivileged() => return Err(skipped(why)),
+        Err(_) => PathBuf::new(),
+    };
     if !is_root() {
-        // Both back-ends keep inodes as file handles, which needs CAP_DAC_READ_SEARCH.
+        // Both back-ends keep inodes as file handles, which needs CAP_DAC_READ_SEARCH, and
+        // only root may start one as another user.
         return Err(skipped(
-            "the back-ends need root for file-handle inodes".into(),
+            "the back-ends need root for file-handle inodes, and to be started as nobody".into(),
         ));
     }
     let start = || -> Result<Served, Failed> {
         let tmp = tempfile::tempdir()?;
         let share = tmp.path().join("share");
         let store = tmp.path().join("store");
-        let redirect = peer == Peer::OursRedirect;
-        populate(&share, redirect.then_some(store.as_path()), FILES, 1)?;
+        prepare_run_dir(peer, tmp.path(), FILES, 1, &tool)?;
         let launch = Launch {
             hypervisor: &hv,
             virtiofsd: vfsd.as_deref(),
@@ -146,7 +162,7 @@ fn known_file_attributes(served: Served, peer: Peer, depth: usize) -> Result<Com
         mut fe,
     } = served;
     let share = tmp.path().join("share");
-    let redirect = peer == Peer::OursRedirect;
+    let redirect = peer.redirects();
 
     let name = file_name(3);
     let want = file_contents(3);
@@ -185,6 +201,21 @@ fn known_file_attributes(served: Served, peer: Peer, depth: usize) -> Result<Com
         );
     }
     assert_eq!(read, want, "{peer:?} READ");
+    if redirect {
+        // The bytes came from the store: the guest tree keeps a stub without data blocks.
+        assert_eq!(host.blocks(), 0, "{peer:?}: {name} is a stub");
+        let object = tmp
+            .path()
+            .join("store")
+            .join(bench::vhost_bench::TAG)
+            .join(&name);
+        assert_eq!(
+            std::fs::read(&object)?,
+            want,
+            "{peer:?}: {}",
+            object.display()
+        );
+    }
     assert!(
         matches!(missing, Err(bench::BenchError::Fuse { errno, .. }) if errno == libc::ENOENT),
         "{peer:?}: {missing:?}"
@@ -237,9 +268,12 @@ fn forget_lets_an_unlinked_file_go(served: Served, peer: Peer) -> Result<Complet
     let after = held_after_unlink(&path);
     drop(fe);
     backend.finish(Duration::from_secs(5))?;
-    if peer == Peer::OursPassthrough {
-        // Confined, ours holds a descriptor per node (no file handles): the case FORGET is
-        // for, and what shows this test can fail.
+    if matches!(
+        peer,
+        Peer::OursPassthrough | Peer::OursPassthroughUnprivileged
+    ) {
+        // Confined, or not root, ours holds a descriptor per node (no file handles): the
+        // case FORGET is for, and what shows this test can fail.
         assert_eq!(before, 1, "{peer:?} held the unlinked file before FORGET");
     }
     assert_eq!(

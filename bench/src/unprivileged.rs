@@ -1,0 +1,124 @@
+//! Servers run as an ordinary user: what the bench (run as root) needs to start a back-end as
+//! `nobody` on a share that user owns, redirected files included.
+//!
+//! A server that is not root cannot keep inodes as file handles (that takes
+//! CAP_DAC_READ_SEARCH), so it holds a descriptor per inode instead, and it keeps the redirect
+//! metadata under `user.fsredirect` rather than `trusted.fsredirect`. The share it serves must
+//! therefore be written by that user: the bench writes plain files as root, hands the tree
+//! over, and has `fsredirect dehydrate`, run as that user, move the data of each file into the
+//! store, as a user of a share that already holds files would.
+
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::{BenchError, Result};
+
+/// The user the unprivileged servers run as: `nobody`.
+pub const UID: u32 = 65534;
+/// Its group: `nogroup`.
+pub const GID: u32 = 65534;
+
+/// Makes `cmd` run as [`UID`] and [`GID`], without supplementary groups (the standard library
+/// drops them when a root process switches user).
+pub fn run_as_user(cmd: &mut Command) -> &mut Command {
+    cmd.uid(UID).gid(GID)
+}
+
+/// Gives `path` and everything below it to [`UID`] and [`GID`] (symbolic links themselves,
+/// not what they point to).
+pub fn hand_over(path: &Path) -> Result<()> {
+    std::os::unix::fs::lchown(path, Some(UID), Some(GID)).map_err(|source| BenchError::Io {
+        what: format!("give {} to uid {UID}", path.display()),
+        source,
+    })?;
+    let meta = std::fs::symlink_metadata(path).map_err(|source| BenchError::Io {
+        what: format!("stat {}", path.display()),
+        source,
+    })?;
+    if !meta.is_dir() {
+        return Ok(());
+    }
+    let entries = std::fs::read_dir(path).map_err(|source| BenchError::Io {
+        what: format!("list {}", path.display()),
+        source,
+    })?;
+    for entry in entries {
+        let entry = entry.map_err(|source| BenchError::Io {
+            what: format!("list {}", path.display()),
+            source,
+        })?;
+        hand_over(&entry.path())?;
+    }
+    Ok(())
+}
+
+/// Turns each file of `names` in the guest tree `share` into a stub whose data is in
+/// `store`, with `fsredirect dehydrate` run as [`UID`]: the share tag is `tag`.
+pub fn dehydrate(
+    fsredirect: &Path,
+    tag: &str,
+    share: &Path,
+    store: &Path,
+    names: impl IntoIterator<Item = String>,
+) -> Result<()> {
+    let spec = format!(
+        "tag={tag},dir={},store={}",
+        share.display(),
+        store.display()
+    );
+    for name in names {
+        let mut cmd = Command::new(fsredirect);
+        cmd.args(["dehydrate", "--share", &spec, &name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        let out = run_as_user(&mut cmd)
+            .output()
+            .map_err(|source| BenchError::Io {
+                what: format!("run {} dehydrate", fsredirect.display()),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(BenchError::Setup(format!(
+                "fsredirect dehydrate --share {spec} {name}, as uid {UID}: {} ({})",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                out.status
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt as _;
+
+    use super::*;
+
+    #[test]
+    fn a_handed_over_tree_belongs_to_the_user_links_included() {
+        let tmp = tempfile::tempdir().unwrap();
+        let top = tmp.path().join("top");
+        std::fs::create_dir_all(top.join("a/b")).unwrap();
+        std::fs::write(top.join("a/b/f"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", top.join("a/link")).unwrap();
+
+        let handed = hand_over(&top);
+
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        if euid != 0 && euid != UID {
+            // Only root may give files away (the user itself keeps them): the error names
+            // the first path refused.
+            let err = handed.unwrap_err().to_string();
+            assert!(err.contains(&top.display().to_string()), "{err}");
+            return;
+        }
+        handed.unwrap();
+        for p in ["", "a", "a/b", "a/b/f", "a/link"] {
+            let meta = std::fs::symlink_metadata(top.join(p)).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (UID, GID), "{p}");
+        }
+        assert_eq!(std::fs::metadata("/etc/passwd").unwrap().uid(), 0);
+    }
+}
