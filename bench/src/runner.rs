@@ -272,7 +272,7 @@ fn device_unprivileged(opts: &Options, base: &Path) -> Result<DeviceSummary> {
 
 /// Runs the device target `args[0]` (an index into [`TargetKind::ALL`]) in directory
 /// `args[1]` and prints its figures ([`workload::Figures::encode`]): what
-/// [`device_unprivileged`] starts this program for.
+/// the device rounds of a server not run as root start this program for.
 pub fn device_child(opts: &Options, args: &[String]) -> Result<()> {
     let bad = || BenchError::Setup(format!("--device-child takes TARGET DIR, not {args:?}"));
     let [target, dir] = args else {
