@@ -1145,13 +1145,15 @@ impl Report {
             "### Servers not run as root\n\n\
              The same request stream, with virtiofsd and ours run as `nobody` (uid {}). \
              Neither may keep inodes as file handles (that takes CAP_DAC_READ_SEARCH), so \
-             each holds a descriptor per inode the guest knows. Both run without a sandbox \
-             (ours needs root for its own; run the same way, virtiofsd with \
-             `--sandbox=none`) and under their seccomp filters. Each share is written as \
+             each holds a descriptor per inode the guest knows. Both run under their \
+             seccomp filters and in sandbox mode `{}` (each makes its namespaces inside a \
+             user namespace of its own; with `--vu-sandbox chroot`, which needs root, both \
+             run without a sandbox). Each share is written as \
              root and handed over to that user; the redirecting share's files then go to \
              the store through `fsredirect dehydrate` run as that user, which writes their \
              metadata under `user.fsredirect`, where a server that is not root keeps it. {}\n\n",
             crate::unprivileged::UID,
+            Peer::OursPassthroughUnprivileged.sandbox(&v.sandbox),
             match (&v.unprivileged_skipped, &v.virtiofsd_unprivileged_missing) {
                 (Some(why), _) => format!("**Not measured in this run: {why}.**"),
                 (None, Some(why)) => {
@@ -1503,7 +1505,8 @@ cores without `--boot`) and rewrites this file and `docs/benchmarks.svg`. What i
 
 Servers not run as root (parts 1 and 6, as root; `--no-unprivileged` leaves them out): the
 device rounds run again with each target in the bench started again as `nobody`, and
-virtiofsd and ours run as `nobody` over vhost-user. Such a server keeps no file handles (it
+virtiofsd and ours run as `nobody` over vhost-user, each in its namespace sandbox made inside
+a user namespace of its own. Such a server keeps no file handles (it
 holds a descriptor per inode instead) and keeps the redirect metadata under
 `user.fsredirect`; its shares are written as root, handed over, and the redirecting one's
 files moved to the store by `fsredirect dehydrate` run as `nobody`.

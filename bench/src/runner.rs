@@ -220,6 +220,7 @@ fn unprivileged_unavailable(opts: &Options) -> Option<String> {
 /// under `user.fsredirect`, as a server not run as root does.
 fn device_unprivileged(opts: &Options, base: &Path) -> Result<DeviceSummary> {
     let exe = std::env::current_exe().map_err(io_err("find this program".into()))?;
+    let exe = unprivileged::Runnable::new(&exe)?;
     let mut runs: [Vec<_>; 3] = Default::default();
     for round in 0..opts.rounds.max(1) {
         for t in rotated::<3>(round) {
@@ -233,7 +234,7 @@ fn device_unprivileged(opts: &Options, base: &Path) -> Result<DeviceSummary> {
             let dir = base.join(format!("device-not-root-{round}-{t}"));
             std::fs::create_dir(&dir).map_err(io_err(format!("create {}", dir.display())))?;
             unprivileged::hand_over(&dir)?;
-            let mut cmd = Command::new(&exe);
+            let mut cmd = Command::new(exe.path());
             cmd.arg("--device-child")
                 .arg(t.to_string())
                 .arg(dir.join("run"))
@@ -250,7 +251,7 @@ fn device_unprivileged(opts: &Options, base: &Path) -> Result<DeviceSummary> {
                 .output()
                 .map_err(io_err(format!(
                     "start {} as uid {}",
-                    exe.display(),
+                    exe.path().display(),
                     unprivileged::UID
                 )))?;
             if !out.status.success() {

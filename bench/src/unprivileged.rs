@@ -8,8 +8,9 @@
 //! over, and has `fsredirect dehydrate`, run as that user, move the data of each file into the
 //! store, as a user of a share that already holds files would.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::{BenchError, Result};
@@ -23,6 +24,69 @@ pub const GID: u32 = 65534;
 /// drops them when a root process switches user).
 pub fn run_as_user(cmd: &mut Command) -> &mut Command {
     cmd.uid(UID).gid(GID)
+}
+
+/// A program the user can start: the program itself where the user reaches it, else a copy
+/// in a directory of its own (a checkout under `/root`, whose mode is 0700, is out of its
+/// reach), which lives as long as this value.
+pub struct Runnable {
+    path: PathBuf,
+    _copy: Option<tempfile::TempDir>,
+}
+
+impl Runnable {
+    /// `program`, or a copy of it the user can reach.
+    pub fn new(program: &Path) -> Result<Self> {
+        if reachable_by_others(program) {
+            return Ok(Runnable {
+                path: program.to_path_buf(),
+                _copy: None,
+            });
+        }
+        let io = |what: String| {
+            move |source| BenchError::Io {
+                what: what.clone(),
+                source,
+            }
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("fsr-bench-bin-")
+            .tempdir()
+            .map_err(io("make a directory for a program copy".into()))?;
+        let copy = dir
+            .path()
+            .join(program.file_name().unwrap_or("program".as_ref()));
+        std::fs::copy(program, &copy).map_err(io(format!(
+            "copy {} to {}",
+            program.display(),
+            copy.display()
+        )))?;
+        for (path, mode) in [(dir.path(), 0o755), (copy.as_path(), 0o755)] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .map_err(io(format!("open up {}", path.display())))?;
+        }
+        Ok(Runnable {
+            path: copy,
+            _copy: Some(dir),
+        })
+    }
+
+    /// Where to start it from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Whether a user with no claim to `program` may start it: every directory above it
+/// searchable, and the file executable, by others.
+fn reachable_by_others(program: &Path) -> bool {
+    let Ok(program) = program.canonicalize() else {
+        return false;
+    };
+    let others = |path: &Path, bit: u32| {
+        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & bit != 0)
+    };
+    others(&program, 0o001) && program.ancestors().skip(1).all(|dir| others(dir, 0o001))
 }
 
 /// Gives `path` and everything below it to [`UID`] and [`GID`] (symbolic links themselves,
@@ -67,15 +131,16 @@ pub fn dehydrate(
         share.display(),
         store.display()
     );
+    let fsredirect = Runnable::new(fsredirect)?;
     for name in names {
-        let mut cmd = Command::new(fsredirect);
+        let mut cmd = Command::new(fsredirect.path());
         cmd.args(["dehydrate", "--share", &spec, &name])
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         let out = run_as_user(&mut cmd)
             .output()
             .map_err(|source| BenchError::Io {
-                what: format!("run {} dehydrate", fsredirect.display()),
+                what: format!("run {} dehydrate", fsredirect.path().display()),
                 source,
             })?;
         if !out.status.success() {
@@ -94,6 +159,38 @@ mod tests {
     use std::os::unix::fs::MetadataExt as _;
 
     use super::*;
+
+    #[test]
+    fn a_program_out_of_others_reach_is_copied_where_they_reach_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let closed = tmp.path().join("closed");
+        std::fs::create_dir(&closed).unwrap();
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let program = closed.join("prog");
+        std::fs::write(&program, b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        let runnable = Runnable::new(&program).unwrap();
+
+        assert_ne!(runnable.path(), program);
+        assert!(
+            reachable_by_others(runnable.path()),
+            "{:?}",
+            runnable.path()
+        );
+        assert_eq!(std::fs::read(runnable.path()).unwrap(), b"#!/bin/sh\n");
+        let copy = runnable.path().to_path_buf();
+        drop(runnable);
+        assert!(!copy.exists(), "the copy goes with its Runnable");
+
+        // Opened up, it is started where it is.
+        for dir in [tmp.path(), closed.as_path()] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        if reachable_by_others(tmp.path().parent().unwrap()) {
+            assert_eq!(Runnable::new(&program).unwrap().path(), program);
+        }
+    }
 
     #[test]
     fn a_handed_over_tree_belongs_to_the_user_links_included() {

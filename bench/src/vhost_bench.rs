@@ -42,8 +42,9 @@ pub const POOL_THREADS: usize = 2;
 /// (their defaults: namespace sandbox, seccomp filters that kill, no thread pool); then our
 /// passthrough without either confinement, which gives their cost, and with a request pool,
 /// which gives what serving one queue's requests side by side gains or costs. The last three
-/// run as an ordinary user ([`crate::unprivileged`]), without file handles, both without a
-/// sandbox (ours needs root for its own) and under their seccomp filters.
+/// run as an ordinary user ([`crate::unprivileged`]), without file handles, confined as the
+/// first three are where they can be (the namespace sandbox, in a user namespace of their
+/// own; the chroot one needs root, so with it they run without a sandbox).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peer {
     /// virtiofsd, `--sandbox=namespace --seccomp=kill --cache=auto`.
@@ -56,11 +57,11 @@ pub enum Peer {
     OursUnconfined,
     /// The confined passthrough with `--thread-pool-size` [`POOL_THREADS`].
     OursPooled,
-    /// virtiofsd as an ordinary user, `--sandbox=none --seccomp=kill --cache=auto`.
+    /// virtiofsd as an ordinary user, `--seccomp=kill --cache=auto`.
     VirtiofsdUnprivileged,
-    /// Our passthrough as an ordinary user, `--sandbox none`.
+    /// Our passthrough as an ordinary user.
     OursPassthroughUnprivileged,
-    /// Our redirecting share as an ordinary user, `--sandbox none`.
+    /// Our redirecting share as an ordinary user.
     OursRedirectUnprivileged,
 }
 
@@ -116,11 +117,12 @@ impl Peer {
         )
     }
 
-    /// The `--sandbox` mode it runs in: `confined` for a confined back-end run as root, none
-    /// for the unconfined one and for those run as an ordinary user (our sandbox needs root,
-    /// and both back-ends run the same way).
+    /// The `--sandbox` mode it runs in, where `confined` is the mode of the confined
+    /// back-ends: none for the unconfined one, and for those run as an ordinary user when
+    /// `confined` needs root (chroot; both back-ends then run the same way, unsandboxed).
     pub fn sandbox(self, confined: &str) -> &str {
-        if self == Peer::OursUnconfined || self.unprivileged() {
+        let needs_root = confined != "namespace";
+        if self == Peer::OursUnconfined || (self.unprivileged() && needs_root) {
             "none"
         } else {
             confined
@@ -327,6 +329,9 @@ pub struct Launch<'a> {
 /// A back-end process serving one share on its socket.
 pub struct Backend {
     child: Child,
+    /// The copy of the program a back-end run as an ordinary user was started from, if it
+    /// needed one (kept until the back-end is gone).
+    _program: Option<unprivileged::Runnable>,
     socket: PathBuf,
     log: PathBuf,
     name: &'static str,
@@ -344,12 +349,20 @@ impl Backend {
         log: &Path,
     ) -> Result<Backend> {
         let sandbox = peer.sandbox(launch.sandbox);
+        let program = match peer.is_virtiofsd() {
+            true => launch
+                .virtiofsd
+                .ok_or_else(|| BenchError::Backend("no virtiofsd binary".into()))?,
+            false => launch.hypervisor,
+        };
+        let copy = match peer.unprivileged() {
+            true => Some(unprivileged::Runnable::new(program)?),
+            false => None,
+        };
+        let program = copy.as_ref().map_or(program, |c| c.path());
         let mut cmd = match peer {
             Peer::Virtiofsd | Peer::VirtiofsdUnprivileged => {
-                let bin = launch
-                    .virtiofsd
-                    .ok_or_else(|| BenchError::Backend("no virtiofsd binary".into()))?;
-                let mut cmd = Command::new(bin);
+                let mut cmd = Command::new(program);
                 cmd.arg("--socket-path")
                     .arg(socket)
                     .arg("--shared-dir")
@@ -368,7 +381,7 @@ impl Backend {
                 if peer.redirects() {
                     spec.push_str(&format!(",store={}", store.display()));
                 }
-                let mut cmd = Command::new(launch.hypervisor);
+                let mut cmd = Command::new(program);
                 cmd.arg("vhost-user-fs")
                     .arg("--socket")
                     .arg(socket)
@@ -406,6 +419,7 @@ impl Backend {
             })?;
         let mut backend = Backend {
             child,
+            _program: copy,
             socket: socket.to_path_buf(),
             log: log.to_path_buf(),
             name: peer.name(),

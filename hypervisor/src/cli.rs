@@ -103,7 +103,8 @@ pub struct RunArgs {
     pub seccomp: SeccompMode,
     /// Where the VMM runs: none, or namespace (new mount, pid, IPC and network namespaces
     /// holding only the kernel, initramfs, /dev/kvm and the shares; shares served without
-    /// file handles, their workers limited by Landlock; capabilities cut; needs root)
+    /// file handles, their workers limited by Landlock; capabilities cut; not run as root,
+    /// in a user namespace of its own, which the host must allow)
     #[arg(long, value_name = "MODE", default_value = "none", value_parser = parse_vmm_sandbox)]
     pub sandbox: SandboxMode,
     /// How long, in microseconds, a share's queue that has just served several requests keeps

@@ -18,6 +18,14 @@
 //!    made read-only;
 //! 3. capabilities cut to [`KEPT_CAPABILITIES`], in every set and the bounding set.
 //!
+//! A process not run as root first enters a user namespace of its own, in which its user and
+//! group are mapped to themselves ([`enter_user_namespace`]): there it may make the other
+//! namespaces, while every file keeps the owner it has outside and the process keeps its
+//! user's rights on the host's files. It then keeps no capability at all, as it had none
+//! outside, and serves as any server not run as root does (no file handles, its metadata
+//! under `user.fsredirect`). This needs unprivileged user namespaces, which some hosts turn
+//! off; [`SandboxError::NoUserNamespace`] says so.
+//!
 //! File handles are the one way out a mount namespace does not close: with
 //! CAP_DAC_READ_SEARCH, `open_by_handle_at` opens any file of a file system the process
 //! can name, inside the share or not. The sandboxed process therefore drops that capability
@@ -139,12 +147,21 @@ impl Exposed {
 /// Why the sandbox could not be entered.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    /// Namespaces and chroot need root (CAP_SYS_ADMIN, CAP_SYS_CHROOT).
+    /// Chroot needs root (CAP_SYS_CHROOT).
     #[error(
-        "--sandbox {0} needs root (CAP_SYS_ADMIN for namespaces, CAP_SYS_CHROOT for chroot); \
-         run as root, or pass --sandbox none to run without a sandbox"
+        "--sandbox {0} needs root (CAP_SYS_CHROOT); run as root, use --sandbox namespace, \
+         or pass --sandbox none to run without a sandbox"
     )]
     NotRoot(SandboxMode),
+    /// A process not run as root could not make its user namespace.
+    #[error(
+        "--sandbox namespace, run as a user other than root, needs a user namespace, which \
+         this host refuses ({0}): allow unprivileged user namespaces (sysctl \
+         user.max_user_namespaces, and kernel.unprivileged_userns_clone or the AppArmor \
+         restriction where the host has them), run as root, or pass --sandbox none to run \
+         without a sandbox"
+    )]
+    NoUserNamespace(#[source] io::Error),
     /// Chroot mode without Landlock: `..` from a descriptor held outside the new root (the
     /// store, `/proc/self/fd`) would walk out of it.
     #[error(
@@ -202,8 +219,11 @@ pub fn enter(mode: SandboxMode, exposed: &[Exposed]) -> Result<Entered, SandboxE
         return Ok(Entered::Sandboxed);
     }
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(SandboxError::NotRoot(mode));
+    let root = unsafe { libc::geteuid() } == 0;
+    match (root, mode) {
+        (true, _) => {}
+        (false, SandboxMode::Namespace) => enter_user_namespace()?,
+        (false, _) => return Err(SandboxError::NotRoot(mode)),
     }
     if mode == SandboxMode::Namespace {
         // Only the children of this process enter the new pid namespace: the supervisor
@@ -214,8 +234,9 @@ pub fn enter(mode: SandboxMode, exposed: &[Exposed]) -> Result<Entered, SandboxE
     }
     // SAFETY: the caller is single-threaded, so the child may run any code after fork.
     let child = unsafe { libc::fork() };
+    let kept: &[Capability] = if root { &KEPT_CAPABILITIES } else { &[] };
     let confine = || match mode {
-        SandboxMode::Namespace => build_root(exposed).and_then(|()| drop_privileges()),
+        SandboxMode::Namespace => build_root(exposed).and_then(|()| drop_privileges(kept)),
         SandboxMode::Chroot | SandboxMode::None => Ok(()),
     };
     match child {
@@ -237,6 +258,24 @@ pub fn enter(mode: SandboxMode, exposed: &[Exposed]) -> Result<Entered, SandboxE
             Ok(Entered::Supervisor(Supervisor { child: pid, pidfd }))
         }
     }
+}
+
+/// Moves the calling process (single-threaded, not root) into a new user namespace in which
+/// its user and group are mapped to themselves and nothing else is: the same ids inside as
+/// outside, every capability inside the namespace (to make the others), none over anything
+/// it does not own outside. Supplementary groups cannot be changed there (`setgroups` is
+/// denied, as the kernel requires before an unprivileged process maps its group).
+fn enter_user_namespace() -> Result<(), SandboxError> {
+    // SAFETY: geteuid and getegid have no preconditions.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    // SAFETY: unshare with a constant flag changes only this process's namespaces.
+    check(unsafe { libc::unshare(libc::CLONE_NEWUSER) }).map_err(SandboxError::NoUserNamespace)?;
+    let write = |file: &str, text: String| {
+        std::fs::write(file, text).map_err(step(format!("writing {file}")))
+    };
+    write("/proc/self/setgroups", "deny".into())?;
+    write("/proc/self/uid_map", format!("{uid} {uid} 1\n"))?;
+    write("/proc/self/gid_map", format!("{gid} {gid} 1\n"))
 }
 
 /// Fails unless this host can run [`SandboxMode::Chroot`]: as root, with Landlock and the
@@ -282,7 +321,7 @@ pub fn take_tree_as_root(tree: &Path, landlocked: &[PathBuf]) -> Result<(), Sand
     check(unsafe { libc::chroot(root.as_ptr()) })
         .map_err(step(format!("chroot {}", tree.display())))?;
     std::env::set_current_dir("/").map_err(step("chdir /"))?;
-    drop_privileges()
+    drop_privileges(&KEPT_CAPABILITIES)
 }
 
 /// Fails, naming the holder's pid, if another server holds the guest tree at `dir`. Inside
@@ -434,17 +473,32 @@ fn build_root(exposed: &[Exposed]) -> Result<(), SandboxError> {
         mount(Some(&source), &target, None, libc::MS_BIND | libc::MS_REC)
             .map_err(step(format!("bind-mounting {}", path.display())))?;
         if !exposed.writable {
+            // The source mount's own restrictions stay (a process not run as root may not
+            // lift them, and should not).
+            let kept = mount_restrictions(&target).map_err(step(format!(
+                "reading the mount flags of {}",
+                path.display()
+            )))?;
             mount(
                 None,
                 &target,
                 None,
-                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID,
+                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | kept,
             )
             .map_err(step(format!("making {} read-only", path.display())))?;
         }
     }
     drop(handles);
     std::fs::create_dir_all(staging.join("proc")).map_err(step("creating /proc"))?;
+    // The new pid namespace's /proc, mounted while the host's is still in sight: a process
+    // not run as root may mount a proc only where a whole one is already visible.
+    mount(
+        Some(Path::new("proc")),
+        &staging.join("proc"),
+        Some("proc"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+    )
+    .map_err(step("mounting /proc"))?;
     std::fs::create_dir_all(staging.join(OLD_ROOT))
         .map_err(step("creating the old root's place"))?;
     let (new_root, put_old) = (c_path(staging), c_path(&staging.join(OLD_ROOT)));
@@ -476,13 +530,6 @@ fn build_root(exposed: &[Exposed]) -> Result<(), SandboxError> {
     std::fs::remove_dir(Path::new("/").join(OLD_ROOT))
         .map_err(step("removing the old root's place"))?;
     mount(
-        Some(Path::new("proc")),
-        Path::new("/proc"),
-        Some("proc"),
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-    )
-    .map_err(step("mounting /proc"))?;
-    mount(
         None,
         Path::new("/"),
         None,
@@ -492,10 +539,32 @@ fn build_root(exposed: &[Exposed]) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// Keeps only [`KEPT_CAPABILITIES`] (in every set and the bounding set) and sets
+/// The restrictions of the mount at `path` a bind remount must repeat to keep them: no
+/// set-user-id, no devices, no execution, and its access-time rule.
+fn mount_restrictions(path: &Path) -> io::Result<libc::c_ulong> {
+    let path = c_path(path);
+    // SAFETY: a zeroed statvfs is a valid value for the kernel to fill.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid statvfs, both alive for the call.
+    check(unsafe { libc::statvfs(path.as_ptr(), &mut st) })?;
+    let pairs = [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ];
+    Ok(pairs
+        .iter()
+        .filter(|(st_flag, _)| st.f_flag & st_flag != 0)
+        .fold(0, |flags, (_, ms_flag)| flags | ms_flag))
+}
+
+/// Keeps only `kept` of the capabilities (in every set and the bounding set) and sets
 /// no_new_privs.
-fn drop_privileges() -> Result<(), SandboxError> {
-    let kept: CapsHashSet = KEPT_CAPABILITIES.into_iter().collect();
+fn drop_privileges(kept: &[Capability]) -> Result<(), SandboxError> {
+    let kept: CapsHashSet = kept.iter().copied().collect();
     for cap in caps::all() {
         if !kept.contains(&cap) {
             caps::drop(None, CapSet::Bounding, cap).map_err(|e| {

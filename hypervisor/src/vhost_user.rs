@@ -81,7 +81,8 @@ pub struct VhostUserFsArgs {
     #[arg(long = "loop")]
     pub keep_listening: bool,
     /// Where the server runs: namespace (new mount, pid, IPC and network namespaces holding
-    /// only the guest tree and the store, file handles off, capabilities cut; needs root),
+    /// only the guest tree and the store, file handles off, capabilities cut; not run as
+    /// root, in a user namespace of its own, which the host must allow),
     /// chroot (the guest tree as root, Landlock on the tree and the store, file handles off,
     /// capabilities cut; for containers without namespaces; needs root, Landlock and Linux
     /// 6.13) or none

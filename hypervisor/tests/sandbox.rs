@@ -19,15 +19,23 @@
 //! share, and no probe may reach; a plain `chroot` with the same descriptors lets them out
 //! through `..`, which shows what its Landlock limit adds.
 //!
-//! Skipped, with the reason, when not run as root (namespaces need CAP_SYS_ADMIN); the
-//! chroot trials also where the kernel lacks Landlock or `getxattrat` (Linux 6.13).
+//! The namespace sandbox is tried again with the probes run as `nobody` (a server not run as
+//! root, which makes a user namespace of its own first): nothing may reach, and the process
+//! may hold no capability at all; the same user without the sandbox reaches what that user
+//! may read.
+//!
+//! Skipped, with the reason, when not run as root (namespaces need CAP_SYS_ADMIN, and only
+//! root can start the probes as `nobody`); the chroot trials also where the kernel lacks
+//! Landlock or `getxattrat` (Linux 6.13), the `nobody` ones where the host refuses
+//! unprivileged user namespaces.
 
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -41,6 +49,9 @@ const PROBE: &str = "HYPERVISOR_SANDBOX_PROBE";
 
 /// The probe mode of a plain `chroot` into the tree, without Landlock or capabilities cut.
 const PLAIN_CHROOT: &str = "plain-chroot";
+
+/// The user and group the not-root trials run the probes as: `nobody`, `nogroup`.
+const NOBODY: (u32, u32) = (65534, 65534);
 
 /// The device node exposed read-write, as the VMM's `/dev/kvm` is.
 const DEVICE: &str = "/dev/null";
@@ -80,9 +91,27 @@ fn main() {
         Trial::test(name, move || f().map_err(Failed::from))
             .with_ignored_flag(chroot_unsupported.is_some())
     };
+    let no_user_namespace = (!root)
+        .then(|| "only root can start the probes as nobody".to_string())
+        .or_else(user_namespaces_refused);
+    if let Some(why) = &no_user_namespace {
+        println!("trials as nobody skipped, because {why}");
+    }
+    let nobody_trial = |name: &'static str, f: fn() -> Result<(), String>| {
+        Trial::test(name, move || f().map_err(Failed::from))
+            .with_ignored_flag(no_user_namespace.is_some())
+    };
     let trials = vec![
         trial("the_sandbox_keeps_the_host_out_and_the_share_in", sandboxed),
         trial("without_the_sandbox_the_probes_reach_the_host", unsandboxed),
+        nobody_trial(
+            "the_sandbox_of_a_server_not_run_as_root_keeps_the_host_out_and_no_capability",
+            sandboxed_as_nobody,
+        ),
+        nobody_trial(
+            "without_the_sandbox_a_server_not_run_as_root_reaches_what_its_user_may",
+            unsandboxed_as_nobody,
+        ),
         chroot_trial(
             "the_chroot_sandbox_keeps_the_host_out_and_the_share_in",
             chroot_sandboxed,
@@ -97,7 +126,7 @@ fn main() {
 
 /// A share beside a secret file, on one file system.
 struct Layout {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     tree: PathBuf,
     store: PathBuf,
     secret: PathBuf,
@@ -115,7 +144,7 @@ fn layout() -> Layout {
     let read_only = dir.path().join("kernel");
     std::fs::write(&read_only, "a kernel image").unwrap();
     Layout {
-        _dir: dir,
+        dir,
         tree,
         store,
         secret,
@@ -123,9 +152,39 @@ fn layout() -> Layout {
     }
 }
 
+/// Why this host refuses a process not run as root its own user namespace, if it does (the
+/// knobs Linux, Debian and Ubuntu have for it).
+fn user_namespaces_refused() -> Option<String> {
+    let knob = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    if knob("/proc/sys/user/max_user_namespaces") == Some(0) {
+        return Some("user.max_user_namespaces is 0".into());
+    }
+    if knob("/proc/sys/kernel/unprivileged_userns_clone") == Some(0) {
+        return Some("kernel.unprivileged_userns_clone is 0".into());
+    }
+    if knob("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == Some(1) {
+        return Some("AppArmor restricts unprivileged user namespaces".into());
+    }
+    None
+}
+
 /// Runs the probes in a child in `mode` (a sandbox mode's word, or [`PLAIN_CHROOT`]);
 /// returns each probe's name and whether it reached.
 fn run_probes(mode: &str, at: &Layout) -> Result<Vec<(String, bool)>, String> {
+    run_probes_as(mode, at, None)
+}
+
+/// [`run_probes`], the child run as `user` (uid, gid) if given: from a copy of this program
+/// that user can reach, on `at` handed over to that user.
+fn run_probes_as(
+    mode: &str,
+    at: &Layout,
+    user: Option<(u32, u32)>,
+) -> Result<Vec<(String, bool)>, String> {
     let handle = file_handle(&at.secret)?;
     let spec = format!(
         "{mode},{},{},{},{},{}",
@@ -135,10 +194,23 @@ fn run_probes(mode: &str, at: &Layout) -> Result<Vec<(String, bool)>, String> {
         hex(&handle),
         at.read_only.display()
     );
-    let out = Command::new(std::env::current_exe().unwrap())
-        .env(PROBE, spec)
-        .output()
-        .map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let copy = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut cmd = match user {
+        None => Command::new(&exe),
+        Some((uid, gid)) => {
+            // This program may live where the user cannot reach (a checkout under /root).
+            let program = copy.path().join("probes");
+            std::fs::copy(&exe, &program).map_err(|e| format!("copying the probes: {e}"))?;
+            std::fs::set_permissions(copy.path(), std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| e.to_string())?;
+            give_tree(at.dir.path(), uid, gid)?;
+            let mut cmd = Command::new(program);
+            cmd.uid(uid).gid(gid);
+            cmd
+        }
+    };
+    let out = cmd.env(PROBE, spec).output().map_err(|e| e.to_string())?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         return Err(format!(
@@ -155,10 +227,22 @@ fn run_probes(mode: &str, at: &Layout) -> Result<Vec<(String, bool)>, String> {
             Some((name.to_owned(), verdict.starts_with("reached")))
         })
         .collect();
-    if results.len() != ESCAPES.len() + 5 {
+    if results.len() != ESCAPES.len() + 6 {
         return Err(format!("expected every probe's line, got:\n{stdout}"));
     }
     Ok(results)
+}
+
+/// Gives `path` and everything below it to `uid` and `gid`.
+fn give_tree(path: &Path, uid: u32, gid: u32) -> Result<(), String> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+        .map_err(|e| format!("giving {} away: {e}", path.display()))?;
+    if path.is_dir() && !path.is_symlink() {
+        for entry in std::fs::read_dir(path).map_err(|e| e.to_string())? {
+            give_tree(&entry.map_err(|e| e.to_string())?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
 }
 
 fn verdict(results: &[(String, bool)], name: &str) -> bool {
@@ -176,6 +260,44 @@ fn sandboxed() -> Result<(), String> {
         return Err("the device node exposed read-write could not be written inside".into());
     }
     share_written_inside(&at)
+}
+
+/// The namespace sandbox entered by a process not run as root: nothing reaches the host, the
+/// share and the exposed files work, and the process holds no capability.
+fn sandboxed_as_nobody() -> Result<(), String> {
+    let at = layout();
+    let results = run_probes_as(SandboxMode::Namespace.word(), &at, Some(NOBODY))?;
+    kept_in(&results)?;
+    if verdict(&results, "any-capability") {
+        return Err(format!(
+            "the sandboxed server not run as root holds capabilities: {results:?}"
+        ));
+    }
+    for name in ["read-only-file-read", "device-written"] {
+        if !verdict(&results, name) {
+            return Err(format!("inside, probe {name} should reach: {results:?}"));
+        }
+    }
+    share_written_inside(&at)
+}
+
+/// The same user without the sandbox reaches what it may read and write: the probes can
+/// tell.
+fn unsandboxed_as_nobody() -> Result<(), String> {
+    let at = layout();
+    let results = run_probes_as(SandboxMode::None.word(), &at, Some(NOBODY))?;
+    all_reached(
+        &results,
+        "as nobody without a sandbox",
+        &[
+            "etc-passwd",
+            "secret-by-path",
+            "secret-by-dotdot-from-store",
+            "etc-passwd-by-dotdot-from-proc",
+            "read-only-file-written",
+            "share-works",
+        ],
+    )
 }
 
 /// `--sandbox chroot`: nothing reaches the host; the share works through the descriptors
@@ -375,6 +497,12 @@ fn probe_child(spec: &str) -> ! {
     );
     let detail = format!("{has:?}");
     report("cap-dac-read-search", has.unwrap_or(false), detail);
+    let effective = caps::read(None, caps::CapSet::Effective);
+    report(
+        "any-capability",
+        effective.as_ref().is_ok_and(|c| !c.is_empty()),
+        format!("{effective:?}"),
+    );
     // SAFETY: prctl with constant arguments reads a flag.
     let nnp = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) };
     report("no-new-privs", nnp == 1, format!("{nnp}"));
