@@ -180,24 +180,36 @@ pub(crate) fn rotated<const N: usize>(round: usize) -> [usize; N] {
     std::array::from_fn(|k| (k + round) % N)
 }
 
-/// The device rounds: every target once per round, in rotating order.
-fn device(opts: &Options, base: &Path) -> Result<DeviceSummary> {
-    let size = opts.workload_size();
+/// The device rounds: every target once per round, in rotating order, each run by `run`
+/// (round, index of the target in [`TargetKind::ALL`]); `who` follows the round in the
+/// progress lines.
+fn device_rounds(
+    opts: &Options,
+    who: &str,
+    mut run: impl FnMut(usize, usize) -> Result<workload::Figures>,
+) -> Result<DeviceSummary> {
     let mut runs: [Vec<_>; 3] = Default::default();
     for round in 0..opts.rounds.max(1) {
         for t in rotated::<3>(round) {
-            let kind = &TargetKind::ALL[t];
             eprintln!(
-                "bench: device round {} of {}: {}",
+                "bench: device round {} of {}{who}: {}",
                 round + 1,
                 opts.rounds,
-                kind.name()
+                TargetKind::ALL[t].name()
             );
-            let dir = base.join(format!("device-{round}-{t}"));
-            runs[t].push(workload::run_target(*kind, &dir, &size)?);
+            runs[t].push(run(round, t)?);
         }
     }
     Ok(DeviceSummary::from_runs(&runs))
+}
+
+/// The device rounds, in this process.
+fn device(opts: &Options, base: &Path) -> Result<DeviceSummary> {
+    let size = opts.workload_size();
+    device_rounds(opts, "", |round, t| {
+        let dir = base.join(format!("device-{round}-{t}"));
+        workload::run_target(TargetKind::ALL[t], &dir, &size)
+    })
 }
 
 /// Why the servers run as an ordinary user cannot be measured, if they cannot.
@@ -221,54 +233,42 @@ fn unprivileged_unavailable(opts: &Options) -> Option<String> {
 fn device_unprivileged(opts: &Options, base: &Path) -> Result<DeviceSummary> {
     let exe = std::env::current_exe().map_err(io_err("find this program".into()))?;
     let exe = unprivileged::Runnable::new(&exe)?;
-    let mut runs: [Vec<_>; 3] = Default::default();
-    for round in 0..opts.rounds.max(1) {
-        for t in rotated::<3>(round) {
-            let kind = &TargetKind::ALL[t];
-            eprintln!(
-                "bench: device round {} of {}, not root: {}",
-                round + 1,
-                opts.rounds,
-                kind.name()
-            );
-            let dir = base.join(format!("device-not-root-{round}-{t}"));
-            std::fs::create_dir(&dir).map_err(io_err(format!("create {}", dir.display())))?;
-            unprivileged::hand_over(&dir)?;
-            let mut cmd = Command::new(exe.path());
-            cmd.arg("--device-child")
-                .arg(t.to_string())
-                .arg(dir.join("run"))
-                .arg("--seq-mib")
-                .arg(opts.seq_mib.to_string())
-                .arg("--rand-ops")
-                .arg(opts.rand_ops.to_string())
-                .arg("--files")
-                .arg(opts.files.to_string())
-                .arg("--listings")
-                .arg(opts.listings.to_string());
-            let out = unprivileged::run_as_user(&mut cmd)
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .map_err(io_err(format!(
-                    "start {} as uid {}",
-                    exe.path().display(),
-                    unprivileged::UID
-                )))?;
-            if !out.status.success() {
-                return Err(BenchError::Setup(format!(
-                    "the {} target run as uid {} failed ({})",
-                    kind.name(),
-                    unprivileged::UID,
-                    out.status
-                )));
-            }
-            runs[t].push(workload::Figures::decode(&String::from_utf8_lossy(
-                &out.stdout,
-            ))?);
-            std::fs::remove_dir_all(&dir).map_err(io_err(format!("remove {}", dir.display())))?;
+    device_rounds(opts, ", not root", |round, t| {
+        let dir = base.join(format!("device-not-root-{round}-{t}"));
+        std::fs::create_dir(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        unprivileged::hand_over(&dir)?;
+        let mut cmd = Command::new(exe.path());
+        cmd.arg("--device-child")
+            .arg(t.to_string())
+            .arg(dir.join("run"))
+            .arg("--seq-mib")
+            .arg(opts.seq_mib.to_string())
+            .arg("--rand-ops")
+            .arg(opts.rand_ops.to_string())
+            .arg("--files")
+            .arg(opts.files.to_string())
+            .arg("--listings")
+            .arg(opts.listings.to_string());
+        let out = unprivileged::run_as_user(&mut cmd)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .map_err(io_err(format!(
+                "start {} as uid {}",
+                exe.path().display(),
+                unprivileged::UID
+            )))?;
+        if !out.status.success() {
+            return Err(BenchError::Setup(format!(
+                "the {} target run as uid {} failed ({})",
+                TargetKind::ALL[t].name(),
+                unprivileged::UID,
+                out.status
+            )));
         }
-    }
-    Ok(DeviceSummary::from_runs(&runs))
+        let figures = workload::Figures::decode(&String::from_utf8_lossy(&out.stdout))?;
+        std::fs::remove_dir_all(&dir).map_err(io_err(format!("remove {}", dir.display())))?;
+        Ok(figures)
+    })
 }
 
 /// Runs the device target `args[0]` (an index into [`TargetKind::ALL`]) in directory
