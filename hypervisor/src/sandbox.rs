@@ -19,7 +19,7 @@
 //! 3. capabilities cut to [`KEPT_CAPABILITIES`], in every set and the bounding set.
 //!
 //! A process not run as root first enters a user namespace of its own, in which its user and
-//! group are mapped to themselves ([`enter_user_namespace`]): there it may make the other
+//! group are mapped to themselves (`enter_user_namespace`): there it may make the other
 //! namespaces, while every file keeps the owner it has outside and the process keeps its
 //! user's rights on the host's files. It then keeps no capability at all, as it had none
 //! outside, and serves as any server not run as root does (no file handles, its metadata
@@ -258,6 +258,18 @@ pub fn enter(mode: SandboxMode, exposed: &[Exposed]) -> Result<Entered, SandboxE
             Ok(Entered::Supervisor(Supervisor { child: pid, pidfd }))
         }
     }
+}
+
+/// A line saying how the calling process, inside the sandbox of `mode`, is confined: its pid
+/// there, its user and the capabilities it holds (for the log, and what a test checks).
+pub fn describe_current(mode: SandboxMode) -> String {
+    // SAFETY: getpid and geteuid have no preconditions.
+    let (pid, uid) = unsafe { (libc::getpid(), libc::geteuid()) };
+    let held = caps::read(None, CapSet::Effective).map_or_else(
+        |e| format!("unknown capabilities ({e})"),
+        |set| format!("{} capabilities", set.len()),
+    );
+    format!("in the {mode} sandbox: pid {pid} of its own pid namespace, uid {uid}, holding {held}")
 }
 
 /// Moves the calling process (single-threaded, not root) into a new user namespace in which
