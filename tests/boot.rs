@@ -8,7 +8,8 @@
 //! 3. In the test host, the same boot also runs a virtio-fs share on the share disk: fs-basic
 //!    on an emptied tree and store, then fs-readback in a second VMM run; and fs-basic on a
 //!    share of its own with the VMM in `--sandbox namespace`, its requests served by a pool
-//!    of two threads (`--fs-thread-pool-size 2`).
+//!    of two threads (`--fs-thread-pool-size 2`); and fs-basic again with the VMM run as
+//!    `nobody` in `--sandbox namespace` (inside a user namespace of its own).
 //! 4. Judge each scenario from the marker lines on the serial console; then read the stored
 //!    file from the share disk image on the host.
 //!
@@ -17,7 +18,9 @@
 //! `RUSTFLAGS="-C target-feature=+crt-static" cargo test --release --target x86_64-unknown-linux-gnu -p e2e-tests --test boot`.
 
 use e2e_tests::testhost::trials::{trials_with_checks, HostCheck};
-use e2e_tests::testhost::{self, HostKind, RunOptions, SANDBOXED_STORE, SHARE_STORE};
+use e2e_tests::testhost::{
+    self, HostKind, RunOptions, SANDBOXED_STORE, SHARE_STORE, UNPRIVILEGED_STORE,
+};
 
 /// What fs-basic and then fs-readback leave in `renamed.txt`.
 const RENAMED_TXT: &str = "hello from the guest\nappended\nsecond boot\n";
@@ -36,6 +39,7 @@ fn main() {
         // host the share tests of tests/ cover the device instead.
         batch.extend(testhost::share_scenarios());
         batch.push(testhost::sandboxed_share_scenario());
+        batch.push(testhost::unprivileged_share_scenario());
         checks.push(store_file_check(
             "share-store-readable-on-host",
             &opts,
@@ -46,6 +50,12 @@ fn main() {
             "sandboxed-share-store-readable-on-host",
             &opts,
             format!("{SANDBOXED_STORE}/share0/fs-basic/renamed.txt"),
+            RENAMED_BY_FS_BASIC,
+        ));
+        checks.push(store_file_check(
+            "not-root-share-store-readable-on-host",
+            &opts,
+            format!("{UNPRIVILEGED_STORE}/share0/fs-basic/renamed.txt"),
             RENAMED_BY_FS_BASIC,
         ));
     }

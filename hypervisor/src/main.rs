@@ -112,6 +112,7 @@ fn run_sandboxed(
         Entered::Sandboxed => {
             // The VM installs its own stop-signal handling.
             drop(stop);
+            log::info!("{}", sandbox::describe_current(mode));
             let status = Vm::new(config)?.host_kind(host_kind).run()?;
             Ok(u8::try_from(status.code).unwrap_or(1))
         }

@@ -387,6 +387,34 @@ pub fn sandboxed_share_scenario() -> Scenario {
         .expect_output("its requests served by 2 pool threads")
 }
 
+/// Guest tree of the scenario whose VMM runs as a user other than root, on the share disk.
+pub const UNPRIVILEGED_TREE: &str = "/share/fs/unprivileged-tree";
+/// Its block store, on the share disk.
+pub const UNPRIVILEGED_STORE: &str = "/share/fs/unprivileged-store";
+
+/// `fs-basic` on a share of its own with the VMM run as `nobody` (uid and gid 65534) in
+/// `--sandbox namespace`, which it then makes inside a user namespace of its own: the
+/// share is served without file handles, its metadata under `user.fsredirect`, and the
+/// process holds no capability. `-v` makes the VMM say so on the console (its pid, user
+/// and capabilities inside, and no hot inodes), which the scenario checks. Afterwards
+/// `<UNPRIVILEGED_STORE>/share0/fs-basic/renamed.txt` holds what the guest wrote.
+pub fn unprivileged_share_scenario() -> Scenario {
+    Scenario::new("share-fs-basic-not-root", "fs-basic")
+        .arg("/mnt/share0")
+        .as_user(65534, 65534)
+        .vmm_arg("-v")
+        .vmm_arg("--sandbox")
+        .vmm_arg("namespace")
+        .vmm_arg("--share")
+        .vmm_arg(&format!(
+            "tag=share0,dir={UNPRIVILEGED_TREE},store={UNPRIVILEGED_STORE}"
+        ))
+        .fresh_dir(UNPRIVILEGED_TREE)
+        .fresh_dir(UNPRIVILEGED_STORE)
+        .expect_output("in the namespace sandbox: pid 1 of its own pid namespace, uid 65534, holding 0 capabilities")
+        .expect_output("0 hot inodes")
+}
+
 /// Reads a file from the share disk image on the host (no mount needed; uses `debugfs` from
 /// e2fsprogs). `path` is the path inside the test host, under [`SHARE_MOUNT`]. Call it only
 /// when no test-host run is using the disk.
@@ -959,6 +987,7 @@ pub fn run_direct(scenarios: &[Scenario], opts: &RunOptions) -> Result<RunReport
             &program(s.vmm),
             &argv,
             s.input.as_deref(),
+            s.user,
             Duration::from_secs(s.timeout_secs.into()),
             &mut |e| {
                 if let VmmEvent::Output(bytes) = e {

@@ -81,6 +81,31 @@ fn made_dirs(dirs: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// Prepares the test host for a VMM run as `user` (uid, gid): gives it the scenario's
+/// directories (a fresh one is empty; a made one keeps its contents, given as they are) and
+/// lets every user open `/dev/kvm`, as a host puts a VMM's user in its `kvm` group (this test
+/// host lives for one batch).
+fn give_to(user: (u32, u32), fresh: &[String], made: &[String]) -> Result<(), String> {
+    fn give(path: &Path, (uid, gid): (u32, u32)) -> Result<(), String> {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+            .map_err(|e| format!("cannot give {} to uid {uid}: {e}", path.display()))?;
+        if path.is_dir() && !path.is_symlink() {
+            let entries = std::fs::read_dir(path)
+                .map_err(|e| format!("cannot list {}: {e}", path.display()))?;
+            for entry in entries.flatten() {
+                give(&entry.path(), (uid, gid))?;
+            }
+        }
+        Ok(())
+    }
+    for dir in fresh.iter().chain(made) {
+        give(Path::new(dir), user)?;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions("/dev/kvm", std::fs::Permissions::from_mode(0o666))
+        .map_err(|e| format!("cannot open /dev/kvm to every user: {e}"))
+}
+
 fn main() -> ExitCode {
     let mut console = Console {
         out: std::io::stdout(),
@@ -118,7 +143,13 @@ fn main() -> ExitCode {
             all_ran = false;
             continue;
         }
-        if let Err(e) = fresh_dirs(&s.fresh_dirs).and_then(|()| made_dirs(&s.made_dirs)) {
+        let prepared = fresh_dirs(&s.fresh_dirs)
+            .and_then(|()| made_dirs(&s.made_dirs))
+            .and_then(|()| match s.user {
+                Some(user) => give_to(user, &s.fresh_dirs, &s.made_dirs),
+                None => Ok(()),
+            });
+        if let Err(e) = prepared {
             console.mark(&format!(
                 "scenario {} end status=not-run reason={}",
                 s.id,
@@ -137,6 +168,7 @@ fn main() -> ExitCode {
             Path::new(vmm),
             &argv,
             s.input.as_deref(),
+            s.user,
             Duration::from_secs(s.timeout_secs.into()),
             &mut |event| match event {
                 VmmEvent::Output(bytes) if holding && held.len() + bytes.len() <= HOLD_LIMIT => {

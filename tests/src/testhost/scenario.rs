@@ -97,6 +97,9 @@ pub struct Scenario {
     pub expect_output: Vec<String>,
     /// Limit in the test host's clock (seconds) before the agent kills the VMM.
     pub timeout_secs: u32,
+    /// The user and group (ids) the VMM runs as, if not root: the agent gives them the
+    /// scenario's fresh and made directories and `/dev/kvm` first.
+    pub user: Option<(u32, u32)>,
 }
 
 /// A scenario that cannot be written into the parameter file.
@@ -134,6 +137,7 @@ impl Scenario {
             expect_code: 0,
             expect_output: Vec::new(),
             timeout_secs: 60,
+            user: None,
         }
     }
 
@@ -184,6 +188,12 @@ impl Scenario {
     /// `/share`, the share disk's mount point.
     pub fn fresh_dir(mut self, dir: &str) -> Self {
         self.fresh_dirs.push(dir.to_owned());
+        self
+    }
+
+    /// Runs our VMM as user `uid` and group `gid` instead of root.
+    pub fn as_user(mut self, uid: u32, gid: u32) -> Self {
+        self.user = Some((uid, gid));
         self
     }
 
@@ -308,6 +318,12 @@ impl Scenario {
                 self.vmm.word()
             ));
         }
+        if self.vmm != VmmKind::Ours && self.user.is_some() {
+            return bad(format!(
+                "only our VMM runs as another user; {} runs as root",
+                self.vmm.word()
+            ));
+        }
         if self.vmm == VmmKind::Floor && self.vcpus != 1 {
             return bad("the floor VMM runs one vCPU only".into());
         }
@@ -378,6 +394,9 @@ pub fn encode_params(scenarios: &[Scenario]) -> Result<String, InvalidScenario> 
         fields.extend(s.vmm_args.iter().map(|a| format!("vmm-arg={a}")));
         fields.extend(s.fresh_dirs.iter().map(|d| format!("fresh-dir={d}")));
         fields.extend(s.made_dirs.iter().map(|d| format!("made-dir={d}")));
+        if let Some((uid, gid)) = s.user {
+            fields.push(format!("user={uid}:{gid}"));
+        }
         out.push_str(&fields.join("\t"));
         out.push('\n');
     }
@@ -434,6 +453,12 @@ pub fn decode_params(text: &str) -> Result<Vec<Scenario>, String> {
                 "vmm-arg" => s.vmm_args.push(value.to_owned()),
                 "fresh-dir" => s.fresh_dirs.push(value.to_owned()),
                 "made-dir" => s.made_dirs.push(value.to_owned()),
+                "user" => {
+                    let (uid, gid) = value.split_once(':').ok_or_else(|| {
+                        format!("parameter line {}: user={value} is not UID:GID", n + 2)
+                    })?;
+                    s.user = Some((number(uid)?, number(gid)?));
+                }
                 _ => return Err(format!("parameter line {}: unknown field '{key}'", n + 2)),
             }
         }
@@ -471,6 +496,16 @@ mod tests {
         assert_eq!(back[1].fresh_dirs, ["/share/g"]);
         assert_eq!(back[1].made_dirs, ["/share/kept"]);
         assert_eq!(back[0].vmm, VmmKind::Ours);
+        assert_eq!((back[0].user, back[1].user), (None, None));
+
+        let as_nobody = [Scenario::new("n", "exit").as_user(65534, 65534)];
+        let back = decode_params(&encode_params(&as_nobody).unwrap()).unwrap();
+        assert_eq!(back[0].user, Some((65534, 65534)));
+        assert!(decode_params(&format!(
+            "{PARAMS_MAGIC}\nscenario\tid=n\tguest=exit\tuser=7"
+        ))
+        .unwrap_err()
+        .contains("UID:GID"));
     }
 
     #[test]
@@ -498,6 +533,9 @@ mod tests {
             .vmm(VmmKind::QemuMicrovm)
             .vmm_arg("--share");
         let two_cpus = Scenario::new("b", "exit").vmm(VmmKind::Floor).vcpus(2);
+        let qemu_as_nobody = Scenario::new("c", "exit")
+            .vmm(VmmKind::QemuMicrovm)
+            .as_user(65534, 65534);
 
         assert!(with_arg
             .validate()
@@ -505,6 +543,11 @@ mod tests {
             .reason
             .contains("takes none"));
         assert!(two_cpus.validate().unwrap_err().reason.contains("one vCPU"));
+        assert!(qemu_as_nobody
+            .validate()
+            .unwrap_err()
+            .reason
+            .contains("runs as root"));
     }
 
     #[test]

@@ -54,16 +54,23 @@ pub struct VmmRun {
 /// Starts `binary` with `argv`, reports its console output and milestones to `on_event`, writes
 /// `input` (plus a newline) to its standard input once the guest prints `@@fsr echo-ready`, and
 /// kills it after `timeout`. Without `input` its standard input is `/dev/null`. Its standard
-/// error is inherited.
+/// error is inherited. With `user` (uid, gid) it runs as that user, without supplementary
+/// groups (the caller must be root).
 pub fn run_vmm(
     binary: &Path,
     argv: &[String],
     input: Option<&str>,
+    user: Option<(u32, u32)>,
     timeout: Duration,
     on_event: &mut dyn FnMut(VmmEvent<'_>),
 ) -> VmmRun {
     let start = Instant::now();
-    let spawned = Command::new(binary)
+    let mut command = Command::new(binary);
+    if let Some((uid, gid)) = user {
+        use std::os::unix::process::CommandExt;
+        command.uid(uid).gid(gid);
+    }
+    let spawned = command
         .args(argv)
         .stdin(if input.is_some() {
             Stdio::piped()
@@ -209,6 +216,7 @@ mod tests {
             Path::new("/bin/sh"),
             &["-c".to_owned(), script.to_owned()],
             input,
+            None,
             timeout,
             &mut |e| match e {
                 VmmEvent::Output(b) => out.extend_from_slice(b),
