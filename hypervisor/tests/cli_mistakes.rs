@@ -137,9 +137,60 @@ fn main() {
         run_sh_help,
     ));
     trials.push(embedding_example_error());
+    trials.push(Trial::test(
+        "vhost_user_fs_chroot_sandbox_not_as_root_names_the_other_ways",
+        chroot_sandbox_not_as_root,
+    ));
     let conclusion = libtest_mimic::run(&args, trials);
     drop(tmp);
     conclusion.exit();
+}
+
+/// `hypervisor vhost-user-fs --sandbox chroot` not run as root (as `nobody`, when the test
+/// runs as root): exit code 1, a message naming what chroot needs and the modes that work
+/// without it, and no socket.
+fn chroot_sandbox_not_as_root() -> Result<(), Failed> {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir()?;
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir(&tree)?;
+    let socket = tmp.path().join("fs.sock");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = if root {
+        // The binary may live where nobody cannot reach (a checkout under /root).
+        let copy = tmp.path().join("hypervisor");
+        std::fs::copy(env!("CARGO_BIN_EXE_hypervisor"), &copy)?;
+        for path in [tmp.path(), tree.as_path()] {
+            std::os::unix::fs::chown(path, Some(65534), Some(65534))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+        }
+        let mut cmd = Command::new(copy);
+        cmd.uid(65534).gid(65534);
+        cmd
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_hypervisor"))
+    };
+    let out = cmd
+        .arg("vhost-user-fs")
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--share")
+        .arg(format!("tag=t,dir={}", tree.display()))
+        .args(["--sandbox", "chroot"])
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let wanted = "--sandbox chroot needs root (CAP_SYS_CHROOT); run as root, use --sandbox \
+                  namespace, or pass --sandbox none";
+    if out.status.code() != Some(1) || !stderr.contains(wanted) {
+        return Err(format!("{}: {stderr}", out.status).into());
+    }
+    if socket.exists() {
+        return Err("the refused server left its socket behind".into());
+    }
+    Ok(())
 }
 
 /// 1. On a host that cannot run the default VM, `hypervisor run` with no arguments.
