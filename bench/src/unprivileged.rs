@@ -61,8 +61,8 @@ impl Runnable {
             program.display(),
             copy.display()
         )))?;
-        for (path, mode) in [(dir.path(), 0o755), (copy.as_path(), 0o755)] {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        for path in [dir.path(), copy.as_path()] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
                 .map_err(io(format!("open up {}", path.display())))?;
         }
         Ok(Runnable {
@@ -83,10 +83,10 @@ fn reachable_by_others(program: &Path) -> bool {
     let Ok(program) = program.canonicalize() else {
         return false;
     };
-    let others = |path: &Path, bit: u32| {
-        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & bit != 0)
-    };
-    others(&program, 0o001) && program.ancestors().skip(1).all(|dir| others(dir, 0o001))
+    // The "others" execute bit: search for a directory, start for a program.
+    let others_may =
+        |path: &Path| std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o001 != 0);
+    program.ancestors().all(others_may)
 }
 
 /// Gives `path` and everything below it to [`UID`] and [`GID`] (symbolic links themselves,
