@@ -42,6 +42,11 @@ pub mod vhost_frontend;
 pub mod vmm;
 pub mod workload;
 
+/// Turns an I/O error into a [`BenchError::Io`] that says what was being done (`what`).
+pub(crate) fn io_err(what: String) -> impl FnOnce(std::io::Error) -> BenchError {
+    move |source| BenchError::Io { what, source }
+}
+
 /// Why a benchmark could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {

@@ -14,7 +14,7 @@ use crate::unprivileged;
 use crate::vhost_bench::{self, VuParams};
 use crate::vmm::{self, VmmParams};
 use crate::workload::{self, TargetKind, WorkloadSize};
-use crate::{BenchError, Result};
+use crate::{io_err, BenchError, Result};
 
 /// What to run and where to write.
 #[derive(Debug, Clone, clap::Parser)]
@@ -168,10 +168,6 @@ fn utc_now() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".into())
-}
-
-fn io_err(what: String) -> impl FnOnce(std::io::Error) -> BenchError {
-    move |source| BenchError::Io { what, source }
 }
 
 /// The three targets' indices in the order round `round` runs them: rotated each round, so

@@ -13,7 +13,7 @@ use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::{BenchError, Result};
+use crate::{io_err, BenchError, Result};
 
 /// The user the unprivileged servers run as: `nobody`.
 pub const UID: u32 = 65534;
@@ -43,27 +43,21 @@ impl Runnable {
                 _copy: None,
             });
         }
-        let io = |what: String| {
-            move |source| BenchError::Io {
-                what: what.clone(),
-                source,
-            }
-        };
         let dir = tempfile::Builder::new()
             .prefix("fsr-bench-bin-")
             .tempdir()
-            .map_err(io("make a directory for a program copy".into()))?;
+            .map_err(io_err("make a directory for a program copy".into()))?;
         let copy = dir
             .path()
             .join(program.file_name().unwrap_or("program".as_ref()));
-        std::fs::copy(program, &copy).map_err(io(format!(
+        std::fs::copy(program, &copy).map_err(io_err(format!(
             "copy {} to {}",
             program.display(),
             copy.display()
         )))?;
         for path in [dir.path(), copy.as_path()] {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-                .map_err(io(format!("open up {}", path.display())))?;
+                .map_err(io_err(format!("open up {}", path.display())))?;
         }
         Ok(Runnable {
             path: copy,
@@ -92,29 +86,8 @@ fn reachable_by_others(program: &Path) -> bool {
 /// Gives `path` and everything below it to [`UID`] and [`GID`] (symbolic links themselves,
 /// not what they point to).
 pub fn hand_over(path: &Path) -> Result<()> {
-    std::os::unix::fs::lchown(path, Some(UID), Some(GID)).map_err(|source| BenchError::Io {
-        what: format!("give {} to uid {UID}", path.display()),
-        source,
-    })?;
-    let meta = std::fs::symlink_metadata(path).map_err(|source| BenchError::Io {
-        what: format!("stat {}", path.display()),
-        source,
-    })?;
-    if !meta.is_dir() {
-        return Ok(());
-    }
-    let entries = std::fs::read_dir(path).map_err(|source| BenchError::Io {
-        what: format!("list {}", path.display()),
-        source,
-    })?;
-    for entry in entries {
-        let entry = entry.map_err(|source| BenchError::Io {
-            what: format!("list {}", path.display()),
-            source,
-        })?;
-        hand_over(&entry.path())?;
-    }
-    Ok(())
+    e2e_tests::ownership::give_tree(path, UID, GID)
+        .map_err(io_err(format!("give {} to uid {UID}", path.display())))
 }
 
 /// Turns each file of `names` in the guest tree `share` into a stub whose data is in
@@ -156,8 +129,6 @@ pub fn dehydrate(
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::MetadataExt as _;
-
     use super::*;
 
     #[test]
@@ -190,32 +161,5 @@ mod tests {
         if reachable_by_others(tmp.path().parent().unwrap()) {
             assert_eq!(Runnable::new(&program).unwrap().path(), program);
         }
-    }
-
-    #[test]
-    fn a_handed_over_tree_belongs_to_the_user_links_included() {
-        let tmp = tempfile::tempdir().unwrap();
-        let top = tmp.path().join("top");
-        std::fs::create_dir_all(top.join("a/b")).unwrap();
-        std::fs::write(top.join("a/b/f"), b"x").unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", top.join("a/link")).unwrap();
-
-        let handed = hand_over(&top);
-
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
-        if euid != 0 && euid != UID {
-            // Only root may give files away (the user itself keeps them): the error names
-            // the first path refused.
-            let err = handed.unwrap_err().to_string();
-            assert!(err.contains(&top.display().to_string()), "{err}");
-            return;
-        }
-        handed.unwrap();
-        for p in ["", "a", "a/b", "a/b/f", "a/link"] {
-            let meta = std::fs::symlink_metadata(top.join(p)).unwrap();
-            assert_eq!((meta.uid(), meta.gid()), (UID, GID), "{p}");
-        }
-        assert_eq!(std::fs::metadata("/etc/passwd").unwrap().uid(), 0);
     }
 }

@@ -26,7 +26,7 @@ use crate::fuse_wire::{self, ROOT};
 use crate::stats::median;
 use crate::unprivileged;
 use crate::vhost_frontend::{Call, Counters, FrontendConfig, VhostFrontend};
-use crate::{BenchError, Result};
+use crate::{io_err, BenchError, Result};
 
 /// The tag of every share the back-ends serve.
 pub const TAG: &str = "bench";
@@ -510,10 +510,6 @@ pub fn file_name(i: usize) -> String {
 /// The contents of pre-created file `i` (short, and different from file to file).
 pub fn file_contents(i: usize) -> Vec<u8> {
     format!("file {i}\n").into_bytes().repeat(1 + i % 7)
-}
-
-fn io_err(what: String) -> impl FnOnce(std::io::Error) -> BenchError {
-    move |source| BenchError::Io { what, source }
 }
 
 /// Puts `files` files and `data.bin` of `data_mib` MiB in `share`: with plain host calls,

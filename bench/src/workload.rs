@@ -12,7 +12,7 @@ use fsredirect::{FsConfig, RedirectFs, ShareSpec};
 
 use crate::driver::{Driver, MAX_IO, ROOT};
 use crate::stats::Latencies;
-use crate::{BenchError, Result};
+use crate::{io_err, BenchError, Result};
 
 /// Size of one random I/O.
 pub const RAND_IO: usize = 4096;
@@ -196,10 +196,6 @@ trait Target {
 
 fn file_name(i: usize) -> String {
     format!("f{i:06}")
-}
-
-fn io_err(what: String) -> impl FnOnce(std::io::Error) -> BenchError {
-    move |source| BenchError::Io { what, source }
 }
 
 fn check(res: libc::ssize_t, what: &str) -> Result<usize> {

@@ -8,6 +8,9 @@ use std::process::Command;
 use hypervisor::host::{self, HostKind};
 use libtest_mimic::{Arguments, Failed, Trial};
 
+mod common;
+use common::{command_as, give_tree, NOBODY};
+
 const SOFTWARE_KVM_NOTICE: &str = "software-virtualized";
 
 /// Runs `hypervisor ARGS` in an empty folder; returns (exit code, stderr) after checking that
@@ -150,8 +153,6 @@ fn main() {
 /// runs as root): exit code 1, a message naming what chroot needs and the modes that work
 /// without it, and no socket.
 fn chroot_sandbox_not_as_root() -> Result<(), Failed> {
-    use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
     let tmp = tempfile::tempdir()?;
     let tree = tmp.path().join("tree");
     std::fs::create_dir(&tree)?;
@@ -159,16 +160,12 @@ fn chroot_sandbox_not_as_root() -> Result<(), Failed> {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let mut cmd = if root {
-        // The binary may live where nobody cannot reach (a checkout under /root).
-        let copy = tmp.path().join("hypervisor");
-        std::fs::copy(env!("CARGO_BIN_EXE_hypervisor"), &copy)?;
-        for path in [tmp.path(), tree.as_path()] {
-            std::os::unix::fs::chown(path, Some(65534), Some(65534))?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
-        }
-        let mut cmd = Command::new(copy);
-        cmd.uid(65534).gid(65534);
-        cmd
+        give_tree(tmp.path(), NOBODY)?;
+        command_as(
+            Path::new(env!("CARGO_BIN_EXE_hypervisor")),
+            tmp.path(),
+            NOBODY,
+        )?
     } else {
         Command::new(env!("CARGO_BIN_EXE_hypervisor"))
     };

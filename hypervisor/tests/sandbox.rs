@@ -34,13 +34,15 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use hypervisor::sandbox::{self, Entered, Exposed, SandboxMode};
 use libtest_mimic::{Arguments, Failed, Trial};
+
+mod common;
+use common::{command_as, give_tree, NOBODY};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Set in the child: `MODE,TREE,STORE,SECRET,HANDLE,READ_ONLY` (the handle in hex; MODE a
@@ -49,9 +51,6 @@ const PROBE: &str = "HYPERVISOR_SANDBOX_PROBE";
 
 /// The probe mode of a plain `chroot` into the tree, without Landlock or capabilities cut.
 const PLAIN_CHROOT: &str = "plain-chroot";
-
-/// The user and group the not-root trials run the probes as: `nobody`, `nogroup`.
-const NOBODY: (u32, u32) = (65534, 65534);
 
 /// The device node exposed read-write, as the VMM's `/dev/kvm` is.
 const DEVICE: &str = "/dev/null";
@@ -198,16 +197,9 @@ fn run_probes_as(
     let copy = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut cmd = match user {
         None => Command::new(&exe),
-        Some((uid, gid)) => {
-            // This program may live where the user cannot reach (a checkout under /root).
-            let program = copy.path().join("probes");
-            std::fs::copy(&exe, &program).map_err(|e| format!("copying the probes: {e}"))?;
-            std::fs::set_permissions(copy.path(), std::fs::Permissions::from_mode(0o755))
-                .map_err(|e| e.to_string())?;
-            give_tree(at.dir.path(), uid, gid)?;
-            let mut cmd = Command::new(program);
-            cmd.uid(uid).gid(gid);
-            cmd
+        Some(user) => {
+            give_tree(at.dir.path(), user).map_err(|e| format!("giving the layout away: {e}"))?;
+            command_as(&exe, copy.path(), user).map_err(|e| format!("copying the probes: {e}"))?
         }
     };
     let out = cmd.env(PROBE, spec).output().map_err(|e| e.to_string())?;
@@ -231,18 +223,6 @@ fn run_probes_as(
         return Err(format!("expected every probe's line, got:\n{stdout}"));
     }
     Ok(results)
-}
-
-/// Gives `path` and everything below it to `uid` and `gid`.
-fn give_tree(path: &Path, uid: u32, gid: u32) -> Result<(), String> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
-        .map_err(|e| format!("giving {} away: {e}", path.display()))?;
-    if path.is_dir() && !path.is_symlink() {
-        for entry in std::fs::read_dir(path).map_err(|e| e.to_string())? {
-            give_tree(&entry.map_err(|e| e.to_string())?.path(), uid, gid)?;
-        }
-    }
-    Ok(())
 }
 
 fn verdict(results: &[(String, bool)], name: &str) -> bool {

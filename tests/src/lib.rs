@@ -2,6 +2,7 @@
 
 #![deny(missing_docs)]
 
+pub mod ownership;
 pub mod pattern;
 pub mod pjdfstest;
 pub mod pty;

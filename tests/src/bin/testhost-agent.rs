@@ -85,21 +85,10 @@ fn made_dirs(dirs: &[String]) -> Result<(), String> {
 /// directories (a fresh one is empty; a made one keeps its contents, given as they are) and
 /// lets every user open `/dev/kvm`, as a host puts a VMM's user in its `kvm` group (this test
 /// host lives for one batch).
-fn give_to(user: (u32, u32), fresh: &[String], made: &[String]) -> Result<(), String> {
-    fn give(path: &Path, (uid, gid): (u32, u32)) -> Result<(), String> {
-        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
-            .map_err(|e| format!("cannot give {} to uid {uid}: {e}", path.display()))?;
-        if path.is_dir() && !path.is_symlink() {
-            let entries = std::fs::read_dir(path)
-                .map_err(|e| format!("cannot list {}: {e}", path.display()))?;
-            for entry in entries.flatten() {
-                give(&entry.path(), (uid, gid))?;
-            }
-        }
-        Ok(())
-    }
+fn give_to((uid, gid): (u32, u32), fresh: &[String], made: &[String]) -> Result<(), String> {
     for dir in fresh.iter().chain(made) {
-        give(Path::new(dir), user)?;
+        e2e_tests::ownership::give_tree(Path::new(dir), uid, gid)
+            .map_err(|e| format!("cannot give {dir} to uid {uid}: {e}"))?;
     }
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions("/dev/kvm", std::fs::Permissions::from_mode(0o666))
