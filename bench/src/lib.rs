@@ -12,6 +12,9 @@
 //!   passthrough share against a redirecting one;
 //! - [`vmm`]: the `hypervisor` process: start-up to the first KVM_RUN, and its memory
 //!   beyond guest RAM;
+//! - [`vhost_bench`]: virtiofsd and our `hypervisor vhost-user-fs` on the same FUSE request
+//!   stream from a vhost-user front-end in this process ([`vhost_frontend`]), and that stream
+//!   as the host's own calls ([`vhost_host`]);
 //! - [`boot`] (optional, slow): VMM start to guest `/init`, in the emulated VT-x test host
 //!   where there is no hardware virtualization.
 //!
@@ -39,6 +42,7 @@ pub mod stats;
 pub mod unprivileged;
 pub mod vhost_bench;
 pub mod vhost_frontend;
+pub mod vhost_host;
 pub mod vmm;
 pub mod workload;
 

@@ -7,7 +7,7 @@ use crate::fio::JOBS;
 use crate::guest::{GuestSummary, OPS as GUEST_OPS};
 use crate::machine::Machine;
 use crate::stats::{median, paired_range, paired_ratio};
-use crate::vhost_bench::{Peer, RunFigures, VhostUserSummary, VuOp, DEPTHS};
+use crate::vhost_bench::{OpFigures, Peer, RunFigures, VhostUserSummary, VuOp, DEPTHS};
 use crate::vmm::VmmSummary;
 use crate::workload::{Figures, MetaOp};
 
@@ -480,6 +480,16 @@ struct VuGroup {
     label: &'static str,
 }
 
+/// What the host's own calls of the vhost-user part are, before their first table.
+const HOST_CALLS_TEXT: &str = "Against the host's own calls: in every round, before the \
+    back-ends, one thread of the bench makes on a share populated as the plain shares are the \
+    calls a back-end makes to serve each request (`fstatat` in the share's directory for a \
+    LOOKUP, `statx` of an open file for a GETATTR, `pread` and `pwrite` of 4 KiB at the same \
+    offsets, `pread` of 1 MiB in order, `pwrite` of 1 MiB in order and one `fsync` timed \
+    together, `openat` with `O_CREAT | O_EXCL` for a CREATE, `unlinkat` for an UNLINK), one \
+    at a time, so one host figure stands for both depths. Each ratio is the median over \
+    rounds of the back-end's figure over the host's in the same round.\n\n";
+
 /// The groups, in report order: the servers run as root, then as an ordinary user.
 const VU_GROUPS: [VuGroup; 2] = [
     VuGroup {
@@ -862,6 +872,63 @@ fn vhost_user_table(
     );
 }
 
+/// One group's back-ends against the host's own calls ([`crate::vhost_host`]): a row per
+/// operation (its rate, then its p50 latency), the host's figure (median and spread over
+/// rounds), then each back-end's figure over the host's, at each depth.
+fn host_table(s: &mut String, v: &VhostUserSummary, group: &VuGroup) {
+    if v.host.is_empty() {
+        s.push_str("The host's own calls were not measured in this run.\n\n");
+        return;
+    }
+    let peers = [
+        ("virtiofsd", group.virtiofsd),
+        ("passthrough", group.passthrough),
+        ("redirect", group.redirect),
+    ];
+    let mut header = String::from("| metric | host syscalls |");
+    for depth in DEPTHS {
+        for (name, _) in &peers {
+            let _ = write!(header, " {name} / host, {depth} in flight |");
+        }
+    }
+    let _ = writeln!(
+        s,
+        "{header}\n|---|---|{}",
+        "---|".repeat(DEPTHS.len() * peers.len())
+    );
+    let mut row = |label: String, o: usize, f: &dyn Fn(&OpFigures) -> f64, digits: usize| {
+        let host = match v.host_spread(|h| f(&h[o])) {
+            Some((m, lo, hi)) => format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})"),
+            None => "—".into(),
+        };
+        let mut line = format!("| {label} | {host} |");
+        for d in 0..DEPTHS.len() {
+            for (_, peer) in &peers {
+                let ratio = v.host_ratio(peer.index(), |r| f(&r[o][d]), |h| f(&h[o]));
+                let _ = write!(line, " {} |", ratio.map(fr).unwrap_or_else(|| "—".into()));
+            }
+        }
+        let _ = writeln!(s, "{line}");
+    };
+    for (o, &op) in VuOp::ALL.iter().enumerate() {
+        row(
+            format!("{} {}", op.name(), op.unit()),
+            o,
+            &|f| op.figure(f),
+            0,
+        );
+        if !op.is_sequential() {
+            row(format!("{} p50 latency µs", op.name()), o, &|f| f.p50_us, 2);
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nHost runs: {}. Rates below 1 and latencies above 1 are slower than the host's \
+         own calls.\n",
+        v.host.len()
+    );
+}
+
 impl Report {
     /// The budget lines, each with its verdict.
     pub fn checks(&self) -> Vec<Check> {
@@ -1110,7 +1177,8 @@ impl Report {
              the pool gains (above 1) or costs. {peer} \
              Every round runs each back-end once, in rotating order, each started fresh on \
              a fresh share holding the same files (the redirecting share's written through \
-             the redirecting file system, so their data is in the store). {}. Each cell: \
+             the redirecting file system, so their data is in the store), written back to \
+             disk before it starts. {}. Each cell: \
              the median over rounds (min–max); ratios are medians of the per-round ratios \
              (ops/s: above 1 means ours is faster).\n\n",
             v.sandbox,
@@ -1140,6 +1208,8 @@ impl Report {
                 ),
             ],
         );
+        s.push_str(HOST_CALLS_TEXT);
+        host_table(s, v, &VU_GROUPS[0]);
         let _ = write!(
             s,
             "### Servers not run as root\n\n\
@@ -1184,6 +1254,11 @@ impl Report {
                 ),
             ],
         );
+        s.push_str(
+            "Against the host's own calls (the same host runs as above, made as root: the \
+             calls a server makes cost the same whoever makes them):\n\n",
+        );
+        host_table(s, v, &VU_GROUPS[1]);
     }
 
     fn guest_section(&self, s: &mut String) {
@@ -1500,7 +1575,8 @@ cores without `--boot`) and rewrites this file and `docs/benchmarks.svg`. What i
    peers), on its guest clock: comparable VMM to VMM, not a hardware figure.
 6. **Vhost-user back-ends** (as root): virtiofsd against our `hypervisor vhost-user-fs`
    (passthrough and redirecting), each a separate process driven over its socket by the same
-   simulated front-end and FUSE request stream, 1 and 16 requests in flight
+   simulated front-end and FUSE request stream, 1 and 16 requests in flight, and against the
+   same workload as the host's own calls, the limit, in every round
    (`./bench.sh --vhost-user-only` runs only this part; `--no-virtiofsd` leaves virtiofsd out).
 
 Servers not run as root (parts 1 and 6, as root; `--no-unprivileged` leaves them out): the
@@ -1708,6 +1784,13 @@ mod tests {
                 ..Default::default()
             }; 2]; crate::vhost_bench::VU_OPS]
         };
+        let host = |ops: f64| -> crate::vhost_host::HostFigures {
+            [OpFigures {
+                ops_per_sec: ops,
+                p50_us: 1e6 / ops,
+                ..Default::default()
+            }; crate::vhost_bench::VU_OPS]
+        };
         let mut r = report(1.0, 2);
         r.vhost_user = Ok(VhostUserSummary {
             runs: [
@@ -1720,6 +1803,7 @@ mod tests {
                 vec![run(10.0), run(10.0), run(10.0)],
                 vec![],
             ],
+            host: vec![host(40.0), host(50.0), host(100.0)],
             virtiofsd_missing: Some("skipped with --no-virtiofsd".into()),
             virtiofsd_unprivileged_missing: None,
             unprivileged_skipped: None,
@@ -1755,6 +1839,32 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("Runs per column: 3 / 3 / 0."), "{md}");
+        // Against the host's own calls: the host's spread, then each back-end's figure over
+        // the host's of the same round (passthrough: 10/40, 30/50, 20/100; redirect: 5/40,
+        // 5/50, 5/100; as nobody, virtiofsd 8/40, 12/50, 10/100 and passthrough 10 over
+        // each), for both groups; the missing virtiofsd shown as such.
+        assert!(
+            md.contains(
+                "| metric | host syscalls | virtiofsd / host, 1 in flight | passthrough / host, \
+                 1 in flight | redirect / host, 1 in flight | virtiofsd / host, 16 in flight | \
+                 passthrough / host, 16 in flight | redirect / host, 16 in flight |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| lookup ops/s | 50 (40–100) | — | 0.25 | 0.10 | — | 0.25 | 0.10 |"),
+            "{md}"
+        );
+        // Latencies: the fake runs have none, the host 1e6/ops µs.
+        assert!(
+            md.contains("| lookup p50 latency µs | 20000.00 (10000.00–25000.00) | — | 0.000 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| lookup ops/s | 50 (40–100) | 0.20 | 0.20 | — | 0.20 | 0.20 | — |"),
+            "the servers run as nobody against the same host runs: {md}"
+        );
+        assert!(md.contains("Host runs: 3."), "{md}");
         let checks = r.checks();
         let not_root = checks
             .iter()

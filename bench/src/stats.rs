@@ -91,6 +91,13 @@ pub fn paired_ratio(pairs: impl IntoIterator<Item = (f64, f64)>) -> f64 {
     median(&ratios)
 }
 
+/// The median, lowest and highest of `values`, or `None` for none.
+pub fn spread(values: &[f64]) -> Option<(f64, f64, f64)> {
+    let min = values.iter().copied().reduce(f64::min)?;
+    let max = values.iter().copied().reduce(f64::max)?;
+    Some((median(values), min, max))
+}
+
 /// The lowest and highest `a / b` over paired samples (pairs with `b <= 0` left out), or
 /// `None` for none: how far the rounds behind a [`paired_ratio`] spread.
 pub fn paired_range(pairs: impl IntoIterator<Item = (f64, f64)>) -> Option<(f64, f64)> {
@@ -126,6 +133,12 @@ mod tests {
 
         assert_eq!(paired_ratio(pairs), 1.0);
         assert_eq!(paired_ratio([(1.0, 0.0)]), 0.0);
+    }
+
+    #[test]
+    fn spread_is_the_median_and_the_extremes() {
+        assert_eq!(spread(&[3.0, 9.0, 1.0, 4.0]), Some((3.5, 1.0, 9.0)));
+        assert_eq!(spread(&[]), None);
     }
 
     #[test]

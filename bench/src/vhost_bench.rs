@@ -5,11 +5,14 @@
 //! Every round runs every target once, in an order that rotates from round to round; each
 //! run starts its back-end process fresh on a fresh share directory holding the same files
 //! (for the redirecting share, put there through the redirecting file system, so that
-//! their data lies in the store; for a back-end run as an ordinary user, written plain, given
-//! to that user and moved to the store by `fsredirect dehydrate` run as that user). Each run: for 1 and then 16 requests in flight, LOOKUP
-//! of existing files, GETATTR of them, random 4 KiB READs and then WRITEs of one file,
-//! sequential 1 MiB READs of it, sequential 1 MiB WRITEs of a new file ended by an FSYNC,
-//! CREATE (then an untimed RELEASE) of new files and UNLINK of those.
+//! their data lies in the store; for a back-end run as an ordinary user, written plain,
+//! given to that user and moved to the store by `fsredirect dehydrate` run as that user),
+//! written back to disk before the back-end starts. Each run: for 1 and then 16 requests in
+//! flight, LOOKUP of existing files, GETATTR of them, random 4 KiB READs and then WRITEs of
+//! one file, sequential 1 MiB READs of it, sequential 1 MiB WRITEs of a new file ended by an
+//! FSYNC, CREATE (then an untimed RELEASE) of new files and UNLINK of those. Each round
+//! first makes the same workload as the host's own calls ([`crate::vhost_host`]), the limit
+//! every figure is also set against.
 
 use std::fs::File;
 use std::io::Write as _;
@@ -23,9 +26,10 @@ use fuse_backend_rs::abi::fuse_abi::Opcode;
 
 use crate::driver::Driver;
 use crate::fuse_wire::{self, ROOT};
-use crate::stats::median;
 use crate::unprivileged;
 use crate::vhost_frontend::{Call, Counters, FrontendConfig, VhostFrontend};
+use crate::vhost_host::{run_host, HostFigures};
+use crate::workload::{settle, Rng};
 use crate::{io_err, BenchError, Result};
 
 /// The tag of every share the back-ends serve.
@@ -260,6 +264,9 @@ pub type RunFigures = [[OpFigures; 2]; VU_OPS];
 pub struct VhostUserSummary {
     /// Runs per target, in round order (empty for a target that did not run).
     pub runs: [Vec<RunFigures>; PEERS],
+    /// The same workload as the host's own calls, one run per round
+    /// ([`crate::vhost_host`]).
+    pub host: Vec<HostFigures>,
     /// Why virtiofsd has no figures, if it has none.
     pub virtiofsd_missing: Option<String>,
     /// Why virtiofsd run as an ordinary user has no figures, if it has none.
@@ -277,13 +284,7 @@ pub struct VhostUserSummary {
 impl VhostUserSummary {
     /// Median and (min, max) over rounds of `f` of target `t`, or `None` without runs.
     pub fn spread(&self, t: usize, f: impl Fn(&RunFigures) -> f64) -> Option<(f64, f64, f64)> {
-        let v: Vec<f64> = self.runs[t].iter().map(f).collect();
-        if v.is_empty() {
-            return None;
-        }
-        let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        Some((median(&v), min, max))
+        crate::stats::spread(&self.runs[t].iter().map(f).collect::<Vec<_>>())
     }
 
     /// Target `a`'s `f` over target `b`'s, the median of the per-round ratios.
@@ -296,6 +297,30 @@ impl VhostUserSummary {
                 .iter()
                 .zip(&self.runs[b])
                 .map(|(x, y)| (f(x), f(y))),
+        ))
+    }
+
+    /// Median and (min, max) over rounds of `f` of the host's own calls, or `None` without
+    /// host runs.
+    pub fn host_spread(&self, f: impl Fn(&HostFigures) -> f64) -> Option<(f64, f64, f64)> {
+        crate::stats::spread(&self.host.iter().map(f).collect::<Vec<_>>())
+    }
+
+    /// Target `a`'s `f` over the host's `g`, the median of the per-round ratios.
+    pub fn host_ratio(
+        &self,
+        a: usize,
+        f: impl Fn(&RunFigures) -> f64,
+        g: impl Fn(&HostFigures) -> f64,
+    ) -> Option<f64> {
+        if self.runs[a].is_empty() || self.host.is_empty() {
+            return None;
+        }
+        Some(crate::stats::paired_ratio(
+            self.runs[a]
+                .iter()
+                .zip(&self.host)
+                .map(|(x, y)| (f(x), g(y))),
         ))
     }
 
@@ -595,18 +620,6 @@ pub fn prepare_run_dir(
     Ok(())
 }
 
-/// A deterministic xorshift generator (the same offsets for every target).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
-
 fn phase(
     fe: &mut VhostFrontend,
     count: usize,
@@ -657,7 +670,7 @@ pub fn run_workload(fe: &mut VhostFrontend, params: &VuParams) -> Result<RunFigu
         )?;
         let (data, _) = fe.lookup(ROOT, DATA_FILE)?;
         let fh = fe.open(data, libc::O_RDWR)?;
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = Rng::new();
         figures[at(VuOp::Read4k)][d] = phase(
             fe,
             ops,
@@ -764,8 +777,8 @@ fn expect_len(what: &str, want: usize, got: usize) -> Result<()> {
     }
 }
 
-/// One run of `peer` in a fresh directory under `base`: populate, start, connect, the
-/// workload, disconnect, clean up.
+/// One run of `peer` in a fresh directory under `base`: populate (and write back to disk),
+/// start, connect, the workload, disconnect, clean up.
 pub fn run_target(peer: Peer, params: &VuParams, base: &Path) -> Result<RunFigures> {
     let share = base.join("share");
     let store = base.join("store");
@@ -777,6 +790,9 @@ pub fn run_target(peer: Peer, params: &VuParams, base: &Path) -> Result<RunFigur
         params.data_mib,
         &params.fsredirect,
     )?;
+    // The share's files written back first: a FSYNC would otherwise also wait for them (the
+    // journal commits what came before it), more or less from run to run.
+    settle(base)?;
     let launch = Launch {
         hypervisor: &params.hypervisor,
         virtiofsd: params.virtiofsd.as_ref().ok().map(PathBuf::as_path),
@@ -819,7 +835,13 @@ pub fn run(params: &VuParams, base: &Path) -> Result<VhostUserSummary> {
         .ok()
         .and_then(|b| virtiofsd_version(b));
     let rounds = params.rounds.max(1);
+    let mut host = Vec::with_capacity(rounds);
     for round in 0..rounds {
+        eprintln!(
+            "bench: vhost-user round {} of {rounds}: the host's own calls",
+            round + 1
+        );
+        host.push(run_host(params, &base.join(format!("vu-{round}-host")))?);
         for t in crate::runner::rotated::<PEERS>(round) {
             let peer = Peer::ALL[t];
             let missing = match peer {
@@ -856,6 +878,7 @@ pub fn run(params: &VuParams, base: &Path) -> Result<VhostUserSummary> {
     }
     Ok(VhostUserSummary {
         runs,
+        host,
         virtiofsd_missing,
         virtiofsd_unprivileged_missing,
         unprivileged_skipped: params.unprivileged_skipped.clone(),

@@ -198,7 +198,8 @@ fn file_name(i: usize) -> String {
     format!("f{i:06}")
 }
 
-fn check(res: libc::ssize_t, what: &str) -> Result<usize> {
+/// `res` as a count, or the call's error (`what` names the call) when it is negative.
+pub(crate) fn check(res: libc::ssize_t, what: &str) -> Result<usize> {
     if res < 0 {
         Err(BenchError::Io {
             what: what.to_string(),
@@ -209,7 +210,8 @@ fn check(res: libc::ssize_t, what: &str) -> Result<usize> {
     }
 }
 
-fn cname(name: &str) -> CString {
+/// `name` as a C string.
+pub(crate) fn cname(name: &str) -> CString {
     // Names are generated here and never hold a NUL.
     CString::new(name).expect("generated names hold no NUL")
 }
@@ -414,15 +416,22 @@ impl Target for DeviceTarget {
     }
 }
 
-/// A deterministic xorshift generator for random offsets (same sequence for every target).
-struct Rng(u64);
+/// A deterministic xorshift generator of random offsets: every target of a part gets the
+/// same sequence.
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
+    /// A generator at the start of the shared sequence.
+    pub(crate) fn new() -> Self {
+        Rng(0x9e37_79b9_7f4a_7c15)
+    }
+
+    /// The next number, below `n` (0 when `n` is 0).
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
-        self.0 % n
+        self.0 % n.max(1)
     }
 }
 
@@ -432,7 +441,7 @@ fn throughput(bytes: u64, elapsed: Duration) -> f64 {
 
 /// Writes back the file system holding `dir` (untimed), so that one phase's dirty data does
 /// not slow the next phase down.
-fn settle(dir: &Path) -> Result<()> {
+pub(crate) fn settle(dir: &Path) -> Result<()> {
     let file = File::open(dir).map_err(io_err(format!("open {}", dir.display())))?;
     // SAFETY: syncfs on an open descriptor has no memory-safety preconditions.
     let r = unsafe { libc::syncfs(file.as_raw_fd()) };
@@ -457,7 +466,7 @@ fn run(target: &mut dyn Target, size: &WorkloadSize, dir: &Path) -> Result<Figur
     }
     figures.seq_read = throughput(seq_bytes, start.elapsed());
     let blocks = seq_bytes / RAND_IO as u64;
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new();
     let start = Instant::now();
     for _ in 0..size.rand_ops {
         target.read(rng.below(blocks) * RAND_IO as u64, RAND_IO)?;
