@@ -750,6 +750,72 @@ fn impossible_file_flags_on_read_and_write_close_no_descriptor() {
     }
 }
 
+/// 1. OPEN a plain file, a redirected file and the root directory, OPENDIR the root, and
+///    CREATE a new name and an existing one, each with `O_PATH` among the flags, then READ
+///    and WRITE through the handles, if any, and open another file meanwhile.
+/// 2. Each is refused with EINVAL and no handle comes of it. An `O_PATH` handle once let
+///    fuse-backend-rs close its descriptor at the first READ (its `fcntl(F_SETFL)` fails on
+///    `O_PATH`): the handle's next WRITE landed in whatever file took the number next.
+///
+/// (Found by fuzzing FUSE requests: the second READ of such a handle closed a descriptor
+/// already closed.)
+#[test]
+fn opens_for_a_path_only_descriptor_are_refused() {
+    let path_only = libc::O_RDWR | libc::O_PATH;
+    // Plain files as is, kept inline by the policy, and redirected (by file handle and by
+    // descriptor).
+    for fx in [
+        passthrough(),
+        fixture_for(Some("min-size:1M"), FsConfig::default()),
+        redirecting(),
+        fixture_with(true, without_file_handles()),
+    ] {
+        let plain = fx.write_file(ROOT_INODE, "plain", b"plain bytes");
+        let redirected = fx.write_file(ROOT_INODE, "redirected", b"redirected bytes");
+        for inode in [plain.inode, redirected.inode, ROOT_INODE] {
+            let opened = fx.fs.open(&fx.ctx, inode, path_only as u32, 0);
+            assert_eq!(errno_of(opened.map(drop)), libc::EINVAL, "OPEN of {inode}");
+        }
+        let opened = fx.fs.opendir(
+            &fx.ctx,
+            ROOT_INODE,
+            (libc::O_PATH | libc::O_DIRECTORY) as u32,
+        );
+        assert_eq!(errno_of(opened.map(drop)), libc::EINVAL, "OPENDIR");
+        for name in ["plain", "new"] {
+            let created = fx.fs.create(
+                &fx.ctx,
+                ROOT_INODE,
+                &c(name),
+                create_in(0o644, path_only | libc::O_CREAT),
+            );
+            assert_eq!(
+                errno_of(created.map(drop)),
+                libc::EINVAL,
+                "CREATE of {name}"
+            );
+        }
+        assert_eq!(
+            errno_of(fx.fs.lookup(&fx.ctx, ROOT_INODE, &c("new")).map(drop)),
+            libc::ENOENT,
+            "a refused CREATE makes no file"
+        );
+        // The files are as they were, and plain opens still read and write them.
+        let victim = fx.write_file(ROOT_INODE, "victim", b"the victim's bytes");
+        assert_eq!(fx.read_file(ROOT_INODE, "plain"), b"plain bytes");
+        assert_eq!(fx.read_file(ROOT_INODE, "redirected"), b"redirected bytes");
+        assert_eq!(fx.read_file(ROOT_INODE, "victim"), b"the victim's bytes");
+        let handle = fx.open(victim.inode, libc::O_RDWR);
+        assert_eq!(
+            fx.write_with_flags(victim.inode, handle, 0, b"THE", libc::O_RDWR),
+            3
+        );
+        fx.release(victim.inode, handle);
+        assert_eq!(fx.read_file(ROOT_INODE, "victim"), b"THE victim's bytes");
+        drop(fx);
+    }
+}
+
 /// 1. Create a file, FORGET its node (kept while the file is open), then send a 128 KiB WRITE
 ///    and the RELEASE of the file's only handle at once, many times.
 /// 2. After every round the stub's size equals the stored object's: the release, which gives

@@ -406,6 +406,7 @@ impl FileSystem for RedirectFs {
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        refuse_path_only(flags)?;
         self.check_fd_room()?;
         let _ns = self.ns_read();
         match self.kind(inode)? {
@@ -437,6 +438,7 @@ impl FileSystem for RedirectFs {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         validate_name(name)?;
+        refuse_path_only(args.flags)?;
         if args.flags as i32 & libc::O_DIRECTORY != 0 {
             // What the host answers to O_CREAT with O_DIRECTORY (or O_TMPFILE), since Linux
             // 6.4, whether the name exists or not.
@@ -768,6 +770,7 @@ impl FileSystem for RedirectFs {
         inode: u64,
         flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
+        refuse_path_only(flags)?;
         // Directory handles live in the same table as file handles: the kernel may pass
         // either to SETATTR (fchmod or futimens on a directory descriptor).
         self.check_fd_room()?;
@@ -1038,6 +1041,23 @@ fn sync_dir(dir: &std::fs::File, datasync: bool) -> io::Result<()> {
         dir.sync_data()
     } else {
         dir.sync_all()
+    }
+}
+
+/// EINVAL for the flags of an OPEN, OPENDIR or CREATE that ask for an `O_PATH` descriptor,
+/// which a kernel never sends (it opens no FUSE file for one).
+///
+/// The passthrough layer would open the node with them and keep the `O_PATH` descriptor as
+/// the handle's. fuse-backend-rs 0.14 applies a READ's or WRITE's flags to a handle's
+/// descriptor with `fcntl(F_SETFL)`, which an `O_PATH` descriptor refuses, and on that error
+/// closes the descriptor its handle still owns (see [`passthrough_io_flags`]): the handle's
+/// next READ, WRITE or RELEASE would reach whatever file took the number next, another
+/// handle's file or one of the server's own. (Found by fuzzing FUSE requests: an OPEN with
+/// `O_PATH` among its flags, then a READ.)
+pub(super) fn refuse_path_only(flags: u32) -> io::Result<()> {
+    match flags as i32 & libc::O_PATH {
+        0 => Ok(()),
+        _ => Err(errno(libc::EINVAL)),
     }
 }
 
