@@ -448,6 +448,29 @@ pub fn fstat(fd: &impl AsRawFd) -> io::Result<libc::stat64> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// Whether the host keeps the file behind `fd` append-only (`chattr +a`; `statx`'s
+/// `STATX_ATTR_APPEND`).
+pub fn is_append_only(fd: &impl AsRawFd) -> io::Result<bool> {
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: `stx` is a writable statx buffer, the path a NUL-terminated empty string (with
+    // AT_EMPTY_PATH the call stats `fd` itself), the fd valid for the call.
+    let res = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            0,
+            stx.as_mut_ptr(),
+        )
+    };
+    if res < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statx succeeded, so it filled the buffer (which was zeroed anyway).
+    let stx = unsafe { stx.assume_init() };
+    Ok(stx.stx_attributes & libc::STATX_ATTR_APPEND as u64 != 0)
+}
+
 /// The attributes of entry `name` (one component) of directory `dir`, without following it
 /// if it is a symlink.
 pub fn stat_name(dir: &impl AsRawFd, name: &CStr) -> io::Result<libc::stat64> {

@@ -16,9 +16,9 @@ use std::sync::Arc;
 /// An open file as the guest holds it.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum OpenFile {
-    /// Opened by the passthrough layer: its handle there and the inode (directories, and
-    /// every file of a passthrough share).
-    Inner(u64, u64),
+    /// Opened by the passthrough layer: its handle there, the inode and the open flags
+    /// ([`kept_open_flags`]) (directories, and every file of a passthrough share).
+    Inner(u64, u64, u32),
     /// An inline regular file of a redirecting share, opened by the passthrough layer: its
     /// handle there, the inode, and the open flags, so the handle can become a
     /// [`OpenFile::Redirect`] if the file moves into the store while open.
@@ -231,13 +231,13 @@ mod tests {
             },
             None,
         );
-        let other = table.insert(OpenFile::Inner(41, 8), None);
+        let other = table.insert(OpenFile::Inner(41, 8, 0), None);
         assert_eq!(table.switch_to_redirected(7, object()), vec![40]);
         assert!(matches!(
             table.get(h),
             Some(OpenFile::Redirect { inode: 7, .. })
         ));
-        assert!(matches!(table.get(other), Some(OpenFile::Inner(41, 8))));
+        assert!(matches!(table.get(other), Some(OpenFile::Inner(41, 8, 0))));
         assert_eq!(table.redirected(7), vec![(h, libc::O_RDWR as u32)]);
         table.open_inode_mut(7).unwrap().forgets = 2;
         assert_eq!(

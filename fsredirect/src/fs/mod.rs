@@ -1335,7 +1335,7 @@ impl RedirectFs {
     /// The passthrough handle behind `handle`; EBADF for anything else.
     fn inner_of(&self, handle: u64) -> io::Result<u64> {
         match self.handle(handle)? {
-            OpenFile::Inner(ih, _) => Ok(ih),
+            OpenFile::Inner(ih, ..) => Ok(ih),
             OpenFile::Inline { .. } | OpenFile::Redirect { .. } | OpenFile::Dir => {
                 Err(errno(libc::EBADF))
             }
@@ -1346,7 +1346,7 @@ impl RedirectFs {
         match handle {
             None => Ok(None),
             Some(h) => Ok(match self.handle(h)? {
-                OpenFile::Inner(ih, _) | OpenFile::Inline { ih, .. } => Some(ih),
+                OpenFile::Inner(ih, ..) | OpenFile::Inline { ih, .. } => Some(ih),
                 OpenFile::Redirect { .. } | OpenFile::Dir => None,
             }),
         }
@@ -1391,7 +1391,7 @@ impl RedirectFs {
                 flags: kept_open_flags(flags as i32),
             }
         } else {
-            OpenFile::Inner(ih, inode)
+            OpenFile::Inner(ih, inode, kept_open_flags(flags as i32))
         }
     }
 
@@ -1645,7 +1645,7 @@ impl RedirectFs {
         self.release_hot(ended.nodes.take_hot());
         for (handle, file) in handles {
             let released = match file {
-                OpenFile::Inner(ih, inode) => self.inner.releasedir(&ctx, inode, 0, ih),
+                OpenFile::Inner(ih, inode, _) => self.inner.releasedir(&ctx, inode, 0, ih),
                 OpenFile::Inline { ih, inode, .. } => {
                     self.inner.release(&ctx, inode, 0, ih, false, false, None)
                 }

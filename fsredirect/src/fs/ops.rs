@@ -14,6 +14,7 @@ use fuse_backend_rs::api::filesystem::{
 };
 
 use super::datalock::DataGuard;
+use super::handles::kept_open_flags;
 use super::nodes::Identity;
 use super::xattrs::Reached;
 use super::{
@@ -515,23 +516,18 @@ impl FileSystem for RedirectFs {
     ) -> io::Result<usize> {
         let _ns = self.io_lock();
         match self.handle(handle)? {
-            OpenFile::Inner(ih, node)
+            OpenFile::Inner(ih, node, opened)
             | OpenFile::Inline {
-                ih, inode: node, ..
+                ih,
+                inode: node,
+                flags: opened,
             } => {
+                let flags = self.passthrough_flags(ctx, node, opened, flags)?;
                 // Shared: no WRITE of the file may change its descriptor's flags meanwhile
                 // (see `passthrough_io_flags`).
                 let _data = self.data_locks.read(node);
-                self.inner.read(
-                    ctx,
-                    inode,
-                    ih,
-                    w,
-                    size,
-                    offset,
-                    lock_owner,
-                    passthrough_io_flags(flags),
-                )
+                self.inner
+                    .read(ctx, inode, ih, w, size, offset, lock_owner, flags)
             }
             OpenFile::Redirect { inode, flags } => {
                 may_access(flags, libc::O_RDONLY)?;
@@ -558,11 +554,14 @@ impl FileSystem for RedirectFs {
         let ns = self.io_lock();
         let file = self.handle(handle)?;
         match file {
-            OpenFile::Inner(ih, node)
+            OpenFile::Inner(ih, node, opened)
             | OpenFile::Inline {
-                ih, inode: node, ..
+                ih,
+                inode: node,
+                flags: opened,
             } => {
                 let inline = matches!(file, OpenFile::Inline { .. });
+                let io_flags = self.passthrough_flags(ctx, node, opened, flags)?;
                 // Exclusive: see `passthrough_io_flags`.
                 let data = self.data_locks.lock(node);
                 let n = self.inner.write(
@@ -576,7 +575,7 @@ impl FileSystem for RedirectFs {
                     offset,
                     lock_owner,
                     delayed_write,
-                    passthrough_io_flags(flags),
+                    io_flags,
                     fuse_flags,
                 )?;
                 drop(data);
@@ -622,7 +621,7 @@ impl FileSystem for RedirectFs {
     fn flush(&self, ctx: &Context, inode: u64, handle: u64, lock_owner: u64) -> io::Result<()> {
         let _ns = self.io_lock();
         match self.handle(handle)? {
-            OpenFile::Inner(ih, _) | OpenFile::Inline { ih, .. } => {
+            OpenFile::Inner(ih, ..) | OpenFile::Inline { ih, .. } => {
                 self.inner.flush(ctx, inode, ih, lock_owner)
             }
             OpenFile::Redirect { .. } | OpenFile::Dir => Ok(()),
@@ -632,7 +631,7 @@ impl FileSystem for RedirectFs {
     fn fsync(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
         let _ns = self.io_lock();
         match self.handle(handle)? {
-            OpenFile::Inner(ih, _) | OpenFile::Inline { ih, .. } => {
+            OpenFile::Inner(ih, ..) | OpenFile::Inline { ih, .. } => {
                 self.inner.fsync(ctx, inode, datasync, ih)
             }
             OpenFile::Redirect { inode, .. } => {
@@ -653,7 +652,7 @@ impl FileSystem for RedirectFs {
     ) -> io::Result<()> {
         let ns = self.io_lock();
         match self.handle(handle)? {
-            OpenFile::Inner(ih, _) => self.inner.fallocate(ctx, inode, ih, mode, offset, length),
+            OpenFile::Inner(ih, ..) => self.inner.fallocate(ctx, inode, ih, mode, offset, length),
             OpenFile::Inline { ih, inode, .. } => {
                 self.inner.fallocate(ctx, inode, ih, mode, offset, length)?;
                 drop(ns);
@@ -698,7 +697,7 @@ impl FileSystem for RedirectFs {
     ) -> io::Result<()> {
         let _ns = self.io_lock();
         match self.close_handle(handle)? {
-            OpenFile::Inner(ih, _) | OpenFile::Inline { ih, .. } => {
+            OpenFile::Inner(ih, ..) | OpenFile::Inline { ih, .. } => {
                 self.inner
                     .release(ctx, inode, flags, ih, flush, flock_release, lock_owner)
             }
@@ -783,7 +782,10 @@ impl FileSystem for RedirectFs {
         let (ih, opts) = self.inner.opendir(ctx, inode, flags)?;
         let ih = ih.ok_or_else(|| errno(libc::EIO))?;
         Ok((
-            Some(self.new_handle(OpenFile::Inner(ih, inode), None)),
+            Some(self.new_handle(
+                OpenFile::Inner(ih, inode, kept_open_flags(flags as i32)),
+                None,
+            )),
             opts,
         ))
     }
@@ -856,7 +858,7 @@ impl FileSystem for RedirectFs {
     ) -> io::Result<u64> {
         let _ns = self.io_lock();
         match self.handle(handle)? {
-            OpenFile::Inner(ih, _) | OpenFile::Inline { ih, .. } => {
+            OpenFile::Inner(ih, ..) | OpenFile::Inline { ih, .. } => {
                 self.inner.lseek(ctx, inode, ih, offset, whence)
             }
             OpenFile::Redirect { inode, .. } => {
@@ -879,6 +881,50 @@ impl FileSystem for RedirectFs {
 }
 
 impl RedirectFs {
+    /// The flags a READ or WRITE with `flags` through a passthrough-layer handle of `node`
+    /// opened with `opened` goes to that layer with ([`passthrough_io_flags`]), or EPERM
+    /// where the host would refuse to apply them to the handle's descriptor.
+    ///
+    /// The host refuses to change O_APPEND on a descriptor of an append-only file (`chattr
+    /// +a`, which a host may set on files it shares; no guest request can). fuse-backend-rs
+    /// 0.14 applies the flags with `fcntl(F_SETFL)` and, when that fails, closes the
+    /// descriptor its handle still owns: the handle's next request would reach whatever file
+    /// took the number next. A guest program may clear O_APPEND with its own `fcntl` (its
+    /// kernel does not know the host file is append-only), so this is no hostile request
+    /// only. The file is asked about only when the request's O_APPEND differs from the open
+    /// flags': an append-only file's descriptor keeps the O_APPEND it was opened with, so a
+    /// request that matches them changes nothing. A node the server cannot ask about (its
+    /// path unknown, or changed behind its back) counts as append-only.
+    ///
+    /// (The one case left: a host that makes a file append-only while the guest has it open
+    /// and has already changed its O_APPEND through that handle.)
+    fn passthrough_flags(
+        &self,
+        ctx: &Context,
+        node: u64,
+        opened: u32,
+        flags: u32,
+    ) -> io::Result<u32> {
+        let flags = passthrough_io_flags(flags);
+        let toggles = (flags ^ opened) as i32 & libc::O_APPEND != 0;
+        if toggles && self.append_only(ctx, node) {
+            return Err(errno(libc::EPERM));
+        }
+        Ok(flags)
+    }
+
+    /// Whether node `inode` is append-only on the host, asked through the path the name
+    /// table knows for it; true when that path is unknown or no longer leads to the node.
+    fn append_only(&self, ctx: &Context, inode: u64) -> bool {
+        let ask = || {
+            let parts = self.state().names.path(inode)?;
+            let (node, _) = self.host_attr(ctx, inode).ok()?;
+            let fd = self.open_as_node(&parts, libc::O_PATH, &node)?;
+            crate::beneath::is_append_only(&fd).ok()
+        };
+        ask().unwrap_or(true)
+    }
+
     /// WRITE to a redirected file: the bytes into the store object, then the stub's size,
     /// under the inode's data lock. `flags` are the file's flags at this write (O_APPEND and
     /// the sync modes may have changed since the open).
@@ -1070,8 +1116,9 @@ pub(super) fn refuse_path_only(flags: u32) -> io::Result<()> {
 /// system without direct I/O, O_ASYNC, ...) it closes the descriptor its handle still owns
 /// on the way out: the next file opened takes that number, and the handle's later I/O and
 /// release reach that other file. With only these flags F_SETFL toggles O_APPEND and
-/// O_NONBLOCK, which it does not refuse (but for a host file made append-only, which no
-/// guest request can do).
+/// O_NONBLOCK, which it does not refuse but for O_APPEND on a file the host keeps
+/// append-only, which [`RedirectFs::passthrough_flags`] answers before the passthrough layer
+/// tries.
 ///
 /// The flags so set are the descriptor's, shared by every request on the handle: a READ or
 /// WRITE whose flags differ, in flight beside an O_APPEND WRITE, could clear O_APPEND between
