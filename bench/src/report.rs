@@ -788,6 +788,14 @@ fn fr(r: f64) -> String {
     }
 }
 
+/// A table cell for a figure over rounds: the median and the spread, or a dash without runs.
+fn spread_cell(spread: Option<(f64, f64, f64)>, digits: usize) -> String {
+    match spread {
+        Some((m, lo, hi)) => format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})"),
+        None => "—".into(),
+    }
+}
+
 /// One vhost-user table: a column per back-end of `peers` (median and spread over rounds), then
 /// a column per ratio `(label, a, b)` of `a`'s figure to `b`'s; a row per operation and depth,
 /// p50 latencies and notifications per request; then the runs per column.
@@ -812,11 +820,11 @@ fn vhost_user_table(
     let mut row = |label: String, f: &dyn Fn(&RunFigures) -> f64, digits: usize| {
         let mut line = format!("| {label} |");
         for peer in peers {
-            let cell = match v.spread(peer.index(), f) {
-                Some((m, lo, hi)) => format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})"),
-                None => "—".into(),
-            };
-            let _ = write!(line, " {cell} |");
+            let _ = write!(
+                line,
+                " {} |",
+                spread_cell(v.spread(peer.index(), f), digits)
+            );
         }
         for (_, a, b) in ratios {
             let ratio = v.ratio(a.index(), b.index(), f).map(fr);
@@ -897,10 +905,7 @@ fn host_table(s: &mut String, v: &VhostUserSummary, group: &VuGroup) {
         "---|".repeat(DEPTHS.len() * peers.len())
     );
     let mut row = |label: String, o: usize, f: &dyn Fn(&OpFigures) -> f64, digits: usize| {
-        let host = match v.host_spread(|h| f(&h[o])) {
-            Some((m, lo, hi)) => format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})"),
-            None => "—".into(),
-        };
+        let host = spread_cell(v.host_spread(|h| f(&h[o])), digits);
         let mut line = format!("| {label} | {host} |");
         for d in 0..DEPTHS.len() {
             for (_, peer) in &peers {

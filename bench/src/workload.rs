@@ -2,7 +2,7 @@
 //! device over a redirecting `RedirectFs`, the device over a passthrough `RedirectFs` (no
 //! store), and direct host syscalls on a plain directory (the limit).
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -210,6 +210,30 @@ pub(crate) fn check(res: libc::ssize_t, what: &str) -> Result<usize> {
     }
 }
 
+/// The host's LOOKUP of `name` in directory `dir`: one `fstatat`, not following a symlink.
+pub(crate) fn stat_at(dir: &File, name: &CStr) -> Result<()> {
+    fsredirect::beneath::stat_name(dir, name)
+        .map(drop)
+        .map_err(io_err(format!("fstatat {name:?}")))
+}
+
+/// The host's CREATE of `name` in directory `dir`: one `openat` with `O_CREAT | O_EXCL`.
+pub(crate) fn create_at(dir: &File, name: &CStr) -> Result<OwnedFd> {
+    let flags = libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC;
+    // SAFETY: `name` is a valid C string and `dir` an open directory.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, 0o644) };
+    let fd = check(fd as libc::ssize_t, "openat O_CREAT")?;
+    // SAFETY: `fd` was just returned by openat and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The host's UNLINK of `name` in directory `dir`: one `unlinkat`.
+pub(crate) fn unlink_at(dir: &File, name: &CStr) -> Result<()> {
+    // SAFETY: `name` is a valid C string and `dir` an open directory.
+    let r = unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
+    check(r as libc::ssize_t, "unlinkat").map(drop)
+}
+
 /// `name` as a C string.
 pub(crate) fn cname(name: &str) -> CString {
     // Names are generated here and never hold a NUL.
@@ -277,30 +301,13 @@ impl Target for HostTarget {
     }
 
     fn create(&mut self, i: usize) -> Result<()> {
-        let name = cname(&file_name(i));
-        let flags = libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC;
-        // SAFETY: `name` is a valid C string and dirfd an open directory.
-        let fd = unsafe { libc::openat(self.dirfd.as_raw_fd(), name.as_ptr(), flags, 0o644) };
-        let fd = check(fd as libc::ssize_t, "openat O_CREAT")?;
-        // SAFETY: `fd` was just returned by openat and is owned by nothing else.
-        self.fds.push(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+        self.fds
+            .push(create_at(&self.dirfd, &cname(&file_name(i)))?);
         Ok(())
     }
 
     fn lookup(&mut self, i: usize) -> Result<()> {
-        let name = cname(&file_name(i));
-        // SAFETY: a zeroed stat is a valid out-buffer.
-        let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
-        // SAFETY: `name` is a valid C string and `st` a valid out-pointer.
-        let r = unsafe {
-            libc::fstatat64(
-                self.dirfd.as_raw_fd(),
-                name.as_ptr(),
-                &mut st,
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        check(r as libc::ssize_t, "fstatat").map(drop)
+        stat_at(&self.dirfd, &cname(&file_name(i)))
     }
 
     fn getattr(&mut self, i: usize) -> Result<()> {
@@ -322,10 +329,7 @@ impl Target for HostTarget {
     }
 
     fn unlink(&mut self, i: usize) -> Result<()> {
-        let name = cname(&file_name(i));
-        // SAFETY: `name` is a valid C string and dirfd an open directory.
-        let r = unsafe { libc::unlinkat(self.dirfd.as_raw_fd(), name.as_ptr(), 0) };
-        check(r as libc::ssize_t, "unlinkat").map(drop)
+        unlink_at(&self.dirfd, &cname(&file_name(i)))
     }
 
     fn list(&mut self) -> Result<usize> {
