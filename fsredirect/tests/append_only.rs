@@ -181,22 +181,20 @@ fn exercise(
     )
     .map_err(|e| format!("a WRITE with the open flags: {e}"))?;
     check("the WRITE with O_APPEND wrote its 7 bytes", n == 7)?;
-    let bytes = read(log, reading, libc::O_RDONLY).map_err(|e| format!("READ of log: {e}"))?;
-    check(
-        &format!(
-            "log holds its two lines, got {:?}",
-            String::from_utf8_lossy(&bytes)
-        ),
-        bytes == b"line 1\nline 2\n",
-    )?;
-    let bytes = read(other, other_handle, libc::O_RDWR).map_err(|e| format!("READ: {e}"))?;
-    check(
-        &format!(
-            "other is untouched, got {:?}",
-            String::from_utf8_lossy(&bytes)
-        ),
-        bytes == b"other bytes",
-    )?;
+    // Each file through its own handle: what it must hold.
+    let holds = |what: &str, inode: u64, handle: u64, flags: i32, want: &[u8]| {
+        let bytes = read(inode, handle, flags).map_err(|e| format!("READ of {what}: {e}"))?;
+        let got = String::from_utf8_lossy(&bytes);
+        check(
+            &format!(
+                "{what} holds {:?}, got {got:?}",
+                String::from_utf8_lossy(want)
+            ),
+            bytes == want,
+        )
+    };
+    holds("log", log, reading, libc::O_RDONLY, b"line 1\nline 2\n")?;
+    holds("other", other, other_handle, libc::O_RDWR, b"other bytes")?;
     for (inode, handle) in [(log, appending), (log, reading), (other, other_handle)] {
         fs.release(&ctx, inode, 0, handle, false, false, None)
             .map_err(|e| format!("RELEASE: {e}"))?;

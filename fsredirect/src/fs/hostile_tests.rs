@@ -751,11 +751,12 @@ fn impossible_file_flags_on_read_and_write_close_no_descriptor() {
 }
 
 /// 1. OPEN a plain file, a redirected file and the root directory, OPENDIR the root, and
-///    CREATE a new name and an existing one, each with `O_PATH` among the flags, then READ
-///    and WRITE through the handles, if any, and open another file meanwhile.
-/// 2. Each is refused with EINVAL and no handle comes of it. An `O_PATH` handle once let
-///    fuse-backend-rs close its descriptor at the first READ (its `fcntl(F_SETFL)` fails on
-///    `O_PATH`): the handle's next WRITE landed in whatever file took the number next.
+///    CREATE a new name and an existing one, each with `O_PATH` among the flags; then write
+///    and read the files through plain handles.
+/// 2. Each is refused with EINVAL, no file is made, and every file keeps its bytes. An
+///    `O_PATH` handle once let fuse-backend-rs close its descriptor at the first READ (its
+///    `fcntl(F_SETFL)` fails on `O_PATH`): the handle's next WRITE landed in whatever file
+///    took the number next.
 ///
 /// (Found by fuzzing FUSE requests: the second READ of such a handle closed a descriptor
 /// already closed.)

@@ -886,10 +886,9 @@ impl RedirectFs {
     /// where the host would refuse to apply them to the handle's descriptor.
     ///
     /// The host refuses to change O_APPEND on a descriptor of an append-only file (`chattr
-    /// +a`, which a host may set on files it shares; no guest request can). fuse-backend-rs
-    /// 0.14 applies the flags with `fcntl(F_SETFL)` and, when that fails, closes the
-    /// descriptor its handle still owns: the handle's next request would reach whatever file
-    /// took the number next. A guest program may clear O_APPEND with its own `fcntl` (its
+    /// +a`, which a host may set on files it shares; no guest request can), and on that
+    /// refusal fuse-backend-rs would close the handle's descriptor (see
+    /// [`passthrough_io_flags`]). A guest program may clear O_APPEND with its own `fcntl` (its
     /// kernel does not know the host file is append-only), so this is no hostile request
     /// only. The file is asked about only when the request's O_APPEND differs from the open
     /// flags': an append-only file's descriptor keeps the O_APPEND it was opened with, so a
@@ -1093,13 +1092,11 @@ fn sync_dir(dir: &std::fs::File, datasync: bool) -> io::Result<()> {
 /// EINVAL for the flags of an OPEN, OPENDIR or CREATE that ask for an `O_PATH` descriptor,
 /// which a kernel never sends (it opens no FUSE file for one).
 ///
-/// The passthrough layer would open the node with them and keep the `O_PATH` descriptor as
-/// the handle's. fuse-backend-rs 0.14 applies a READ's or WRITE's flags to a handle's
-/// descriptor with `fcntl(F_SETFL)`, which an `O_PATH` descriptor refuses, and on that error
-/// closes the descriptor its handle still owns (see [`passthrough_io_flags`]): the handle's
-/// next READ, WRITE or RELEASE would reach whatever file took the number next, another
-/// handle's file or one of the server's own. (Found by fuzzing FUSE requests: an OPEN with
-/// `O_PATH` among its flags, then a READ.)
+/// The passthrough layer would keep the `O_PATH` descriptor as the handle's, and
+/// `fcntl(F_SETFL)` fails on every such descriptor: the first READ or WRITE whose flags
+/// differ from the open's would have fuse-backend-rs close it (see
+/// [`passthrough_io_flags`]). (Found by fuzzing FUSE requests: an OPEN with `O_PATH` among
+/// its flags, then a READ.)
 pub(super) fn refuse_path_only(flags: u32) -> io::Result<()> {
     match flags as i32 & libc::O_PATH {
         0 => Ok(()),
